@@ -1,0 +1,94 @@
+//! The map-level evaluator: the datapath's lookup order (docs/datapath.md) performed on the
+//! compiled maps. What this says is what the kernel does.
+
+use std::net::IpAddr;
+
+use crate::abi::{self, PolicyValue};
+use crate::cidr::Cidr;
+use crate::engine::{CompiledPolicy, Engine, EntryKey, port_mask};
+use crate::eval::{Decision, Flow, FlowPeer, Verdict};
+use crate::model::{Direction, Protocol};
+
+pub fn evaluate(engine: &Engine, flow: &Flow) -> Verdict {
+    let flow = flow.normalized(engine.cluster());
+    let is_ep = |p: &FlowPeer| match p {
+        FlowPeer::Endpoint(k) => engine.cluster().endpoints.contains_key(k),
+        FlowPeer::Ip(_) => false,
+    };
+    let decide = |dir: Direction, subject: &FlowPeer, peer: &FlowPeer| {
+        let FlowPeer::Endpoint(key) = subject else { return Decision::NotReady };
+        // Step 1: the endpoint and its policy.
+        let Some(policy) = engine.endpoint_policy(key) else { return Decision::NotReady };
+        // Step 2: the peer's identity.
+        let peer_id = match peer_identity(engine, peer) {
+            Some(id) if id != abi::IDENTITY_UNKNOWN => id,
+            _ => return Decision::InvalidIdentity,
+        };
+        // Steps 3-5.
+        policy_decision(policy, peer_id, dir, flow.protocol, flow.port)
+    };
+    Verdict {
+        egress: is_ep(&flow.src).then(|| decide(Direction::Egress, &flow.src, &flow.dst)),
+        ingress: is_ep(&flow.dst).then(|| decide(Direction::Ingress, &flow.dst, &flow.src)),
+    }
+}
+
+/// The identity the datapath would see for a peer: the ipcache entry of its address, or,
+/// for an endpoint without an address (a workload representative), its own identity.
+pub fn peer_identity(engine: &Engine, peer: &FlowPeer) -> Option<u32> {
+    match peer {
+        FlowPeer::Ip(ip) => ipcache_lookup(engine, ip),
+        FlowPeer::Endpoint(k) => {
+            let e = engine.cluster().endpoints.get(k)?;
+            match e.ips.first() {
+                Some(ip) => ipcache_lookup(engine, ip),
+                None => engine.endpoint_identity(k),
+            }
+        }
+    }
+}
+
+/// Longest-prefix match in the ipcache.
+pub fn ipcache_lookup(engine: &Engine, ip: &IpAddr) -> Option<u32> {
+    let max = crate::cidr::max_len(ip);
+    (0..=max).rev().find_map(|l| Cidr::new(*ip, l).and_then(|c| engine.ipcache().get(&c).copied()))
+}
+
+/// Steps 3-5 of the lookup order on one endpoint policy map.
+pub fn policy_decision(policy: &CompiledPolicy, peer: u32, dir: Direction, proto: Protocol, port: u16) -> Decision {
+    let d = dir.abi();
+    let exact = lpm(policy, peer, d, proto.0, port);
+    let any = lpm(policy, abi::IDENTITY_UNKNOWN, d, proto.0, port);
+    let winner = match (exact, any) {
+        (Some(a), Some(b)) => Some(if abi::value_beats(&b, &a) { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    match winner {
+        None => Decision::DefaultDeny { isolated_by: policy.isolated_by(dir).to_vec() },
+        Some(v) if v.rule_id == abi::RULE_ID_NOT_ISOLATED => Decision::NotIsolated,
+        Some(v) => Decision::Allowed { rule: v.rule_id },
+    }
+}
+
+/// One LPM lookup in the policy map: longest (protocol, port prefix) first.
+pub fn lpm(policy: &CompiledPolicy, identity: u32, direction: u8, protocol: u8, port: u16) -> Option<PolicyValue> {
+    for bits in (0..=16u8).rev() {
+        let key = EntryKey {
+            identity,
+            direction,
+            protocol,
+            port: port & port_mask(bits),
+            prefixlen: abi::POLICY_PREFIX_ANY_PORT as u8 + bits,
+        };
+        if let Some(v) = policy.get(&key) {
+            return Some(v);
+        }
+    }
+    policy.get(&EntryKey {
+        identity,
+        direction,
+        protocol: 0,
+        port: 0,
+        prefixlen: abi::POLICY_PREFIX_ANY_PROTO as u8,
+    })
+}

@@ -1,0 +1,305 @@
+//! The cluster as the compiler sees it: namespaces, endpoints (pods or workload
+//! representatives), services and validated NetworkPolicies in their defaulted form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cidr::Cidr;
+use crate::k8s::Labels;
+use crate::labels::Selector;
+
+/// The label every namespace carries implicitly (Kubernetes >= 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// IP protocol number. Policies speak TCP, UDP and SCTP; flows may carry anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    pub const ICMP: Protocol = Protocol(1);
+    pub const TCP: Protocol = Protocol(6);
+    pub const UDP: Protocol = Protocol(17);
+    pub const ICMPV6: Protocol = Protocol(58);
+    pub const SCTP: Protocol = Protocol(132);
+
+    /// The three protocols NetworkPolicy ports can name, in the order outputs list them.
+    pub const POLICY: [Protocol; 3] = [Protocol::SCTP, Protocol::TCP, Protocol::UDP];
+
+    pub fn from_name(s: &str) -> Option<Protocol> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(Protocol::TCP),
+            "UDP" => Some(Protocol::UDP),
+            "SCTP" => Some(Protocol::SCTP),
+            "ICMP" => Some(Protocol::ICMP),
+            "ICMPV6" => Some(Protocol::ICMPV6),
+            _ => None,
+        }
+    }
+
+    /// Whether the protocol has ports (so port rules can match it).
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::TCP | Protocol::UDP | Protocol::SCTP)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Protocol::TCP => f.write_str("TCP"),
+            Protocol::UDP => f.write_str("UDP"),
+            Protocol::SCTP => f.write_str("SCTP"),
+            Protocol::ICMP => f.write_str("ICMP"),
+            Protocol::ICMPV6 => f.write_str("ICMPv6"),
+            Protocol(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn abi(self) -> u8 {
+        match self {
+            Direction::Ingress => crate::abi::DIRECTION_INGRESS,
+            Direction::Egress => crate::abi::DIRECTION_EGRESS,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    /// Labels including the implicit `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+    /// Whether a Namespace object was given (otherwise it is implied by its members).
+    pub declared: bool,
+}
+
+impl Namespace {
+    pub fn new(name: &str, mut labels: Labels, declared: bool) -> Namespace {
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        Namespace { name: name.to_string(), labels, declared }
+    }
+}
+
+/// The workload an endpoint belongs to: the top owner the input reveals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WorkloadRef {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod, or the one representative endpoint of a workload whose pods are not given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Unique key: `ns/name` for a pod, `ns/Kind/name` for a workload representative.
+    pub key: String,
+    pub namespace: String,
+    pub name: String,
+    pub workload: WorkloadRef,
+    /// Raw labels; identities use them through the label filter.
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+    pub host_network: bool,
+}
+
+impl Endpoint {
+    pub fn pod_key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+
+    pub fn workload_key(namespace: &str, kind: &str, name: &str) -> String {
+        format!("{namespace}/{kind}/{name}")
+    }
+
+    /// Resolves a named container port for a protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        resolve_named_port(&self.ports, name, protocol)
+    }
+
+    /// `ns/name[Kind]`, as the connections listing prints workloads.
+    pub fn workload_display(&self) -> String {
+        format!("{}/{}[{}]", self.namespace, self.workload.name, self.workload.kind)
+    }
+}
+
+pub fn resolve_named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
+    ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
+}
+
+/// A NetworkPolicy after validation and defaulting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `Some` when the policy isolates ingress (policyTypes includes Ingress).
+    pub ingress: Option<Vec<Rule>>,
+    /// `Some` when the policy isolates egress.
+    pub egress: Option<Vec<Rule>>,
+    /// Where the policy came from, for messages.
+    pub origin: String,
+}
+
+impl Policy {
+    pub fn rules(&self, dir: Direction) -> Option<&[Rule]> {
+        match dir {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+
+    pub fn cidrs(&self) -> impl Iterator<Item = Cidr> + '_ {
+        Direction::BOTH
+            .into_iter()
+            .flat_map(|d| self.rules(d).unwrap_or(&[]))
+            .flat_map(|r| match &r.peers {
+                Peers::Any => &[][..],
+                Peers::List(l) => &l[..],
+            })
+            .flat_map(|p| match p {
+                Peer::IpBlock { cidr, except } => {
+                    std::iter::once(*cidr).chain(except.iter().copied()).collect::<Vec<_>>()
+                }
+                Peer::Endpoints { .. } => Vec::new(),
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub peers: Peers,
+    /// Empty: all ports and all protocols.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Peers {
+    /// `from`/`to` absent or empty: every source or destination, in or out of the cluster.
+    Any,
+    List(Vec<Peer>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Peer {
+    Endpoints { namespaces: NamespaceScope, pods: Selector },
+    IpBlock { cidr: Cidr, except: Vec<Cidr> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum NamespaceScope {
+    /// Only the policy's own namespace (peer without namespaceSelector).
+    Own(String),
+    /// Namespaces whose labels match.
+    Selected(Selector),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub port: PortMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum PortMatch {
+    /// Only a protocol was given.
+    All,
+    /// Inclusive range; a single port has `lo == hi`.
+    Range(u16, u16),
+    /// Resolved against the destination pod's container ports.
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePortSpec {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target: ServiceTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ServiceTarget {
+    Number(u16),
+    Named(String),
+}
+
+/// Kept for ClusterIP service NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Option<Labels>,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortSpec>,
+}
+
+/// Everything the compiler needs to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub endpoints: BTreeMap<String, Endpoint>,
+    pub policies: BTreeMap<(String, String), Arc<Policy>>,
+    pub services: BTreeMap<(String, String), Service>,
+}
+
+impl Cluster {
+    /// Namespace labels, implying an undeclared namespace.
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        match self.namespaces.get(ns) {
+            Some(n) => n.labels.clone(),
+            None => Namespace::new(ns, Labels::new(), false).labels,
+        }
+    }
+
+    /// Adds namespaces that endpoints or policies refer to but no object declares.
+    pub fn imply_namespaces(&mut self) {
+        let mut missing: Vec<String> = Vec::new();
+        for e in self.endpoints.values() {
+            if !self.namespaces.contains_key(&e.namespace) {
+                missing.push(e.namespace.clone());
+            }
+        }
+        for (ns, _) in self.policies.keys() {
+            if !self.namespaces.contains_key(ns) {
+                missing.push(ns.clone());
+            }
+        }
+        for ns in missing {
+            self.namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| Namespace::new(&ns, Labels::new(), false));
+        }
+    }
+
+    pub fn endpoint_by_ip(&self, ip: &IpAddr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.ips.contains(ip))
+    }
+}

@@ -1,0 +1,85 @@
+//! Rule ids: the number a policy map value carries, resolving to policy + rule index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::abi;
+use crate::model::Direction;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One rule of one policy: `spec.<direction>[index]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RuleRef {
+    pub policy: PolicyRef,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}[{}]", self.policy, self.direction, self.index)
+    }
+}
+
+/// Stable rule ids. An id keeps its meaning while its rule exists and is never reused
+/// within one engine, so a verdict logged earlier still names the right rule.
+#[derive(Debug, Clone)]
+pub struct RuleTable {
+    by_ref: HashMap<RuleRef, u32>,
+    by_id: BTreeMap<u32, RuleRef>,
+    next: u32,
+}
+
+impl Default for RuleTable {
+    fn default() -> Self {
+        RuleTable { by_ref: HashMap::new(), by_id: BTreeMap::new(), next: abi::RULE_ID_FIRST_POLICY }
+    }
+}
+
+impl RuleTable {
+    pub fn acquire(&mut self, r: RuleRef) -> u32 {
+        if let Some(&id) = self.by_ref.get(&r) {
+            return id;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.by_ref.insert(r.clone(), id);
+        self.by_id.insert(id, r);
+        id
+    }
+
+    pub fn release(&mut self, r: &RuleRef) {
+        if let Some(id) = self.by_ref.remove(r) {
+            self.by_id.remove(&id);
+        }
+    }
+
+    pub fn id(&self, r: &RuleRef) -> Option<u32> {
+        self.by_ref.get(r).copied()
+    }
+
+    pub fn resolve(&self, id: u32) -> Option<&RuleRef> {
+        self.by_id.get(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}

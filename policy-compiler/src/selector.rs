@@ -1,0 +1,195 @@
+//! The selector cache: every distinct selector used by a policy resolves to the set of
+//! identities it selects (a roaring bitmap), kept current as identities come and go.
+
+use std::collections::HashMap;
+
+use roaring::RoaringBitmap;
+
+use crate::cidr::Cidr;
+use crate::identity::{IdentityInfo, IdentityKey, Reserved};
+use crate::labels::Selector;
+use crate::model::NamespaceScope;
+
+/// What a selector selects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SelectorKey {
+    Endpoints { namespaces: NamespaceScope, pods: Selector },
+    IpBlock { cidr: Cidr, except: Vec<Cidr> },
+}
+
+pub type SelectorId = u32;
+
+impl SelectorKey {
+    pub fn matches(&self, info: &IdentityInfo) -> bool {
+        match (self, info) {
+            (SelectorKey::Endpoints { namespaces, pods }, IdentityInfo::Cluster(k)) => {
+                let ns_ok = match namespaces {
+                    NamespaceScope::Own(ns) => *ns == *k.namespace,
+                    NamespaceScope::Selected(s) => s.matches(&k.namespace_labels),
+                };
+                ns_ok && pods.matches(&k.labels)
+            }
+            (SelectorKey::IpBlock { cidr, except }, IdentityInfo::Cidr(p)) => {
+                cidr.contains(p) && !except.iter().any(|e| e.contains(p))
+            }
+            (SelectorKey::IpBlock { cidr, .. }, IdentityInfo::Reserved(r)) => {
+                // The world identities stand for the /0 of their family.
+                cidr.len() == 0
+                    && ((*r == Reserved::WorldIpv4 && cidr.is_ipv4())
+                        || (*r == Reserved::WorldIpv6 && !cidr.is_ipv4()))
+            }
+            (SelectorKey::IpBlock { cidr, except }, IdentityInfo::Cluster(k)) => {
+                ipblock_matches_cluster(cidr, except, k)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An ipBlock selects a pod when one of its IPs lies in `cidr` and in no `except`.
+fn ipblock_matches_cluster(cidr: &Cidr, except: &[Cidr], k: &IdentityKey) -> bool {
+    k.cidr_sets
+        .iter()
+        .any(|set| set.contains(cidr) && !except.iter().any(|e| set.contains(e)))
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: SelectorKey,
+    ids: RoaringBitmap,
+    refs: usize,
+}
+
+/// Which selectors could match an identity, so a new identity is tested against few.
+#[derive(Debug, Clone, Default)]
+pub struct SelectorCache {
+    by_key: HashMap<SelectorKey, SelectorId>,
+    entries: HashMap<SelectorId, Entry>,
+    next: SelectorId,
+    /// Selectors scoped to one namespace (podSelector without namespaceSelector).
+    by_namespace: HashMap<String, Vec<SelectorId>>,
+    /// Selectors with a namespaceSelector.
+    cross_namespace: Vec<SelectorId>,
+    /// ipBlock selectors.
+    ip_blocks: Vec<SelectorId>,
+}
+
+impl SelectorCache {
+    /// Takes a reference on a selector; a new selector is evaluated over `identities`.
+    /// Returns the id and whether the selector is new.
+    pub fn acquire<'a>(
+        &mut self,
+        key: SelectorKey,
+        identities: impl Iterator<Item = (u32, IdentityInfo)>,
+    ) -> (SelectorId, bool) {
+        if let Some(&id) = self.by_key.get(&key) {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.refs += 1;
+            }
+            return (id, false);
+        }
+        let id = self.next;
+        self.next += 1;
+        let mut ids = RoaringBitmap::new();
+        for (n, info) in identities {
+            if key.matches(&info) {
+                ids.insert(n);
+            }
+        }
+        match &key {
+            SelectorKey::Endpoints { namespaces: NamespaceScope::Own(ns), .. } => {
+                self.by_namespace.entry(ns.clone()).or_default().push(id)
+            }
+            SelectorKey::Endpoints { .. } => self.cross_namespace.push(id),
+            SelectorKey::IpBlock { .. } => self.ip_blocks.push(id),
+        }
+        self.by_key.insert(key.clone(), id);
+        self.entries.insert(id, Entry { key, ids, refs: 1 });
+        (id, true)
+    }
+
+    /// Drops a reference; returns true when the selector is gone.
+    pub fn release(&mut self, id: SelectorId) -> bool {
+        let Some(e) = self.entries.get_mut(&id) else { return false };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs > 0 {
+            return false;
+        }
+        let Some(e) = self.entries.remove(&id) else { return false };
+        self.by_key.remove(&e.key);
+        let list = match &e.key {
+            SelectorKey::Endpoints { namespaces: NamespaceScope::Own(ns), .. } => {
+                self.by_namespace.get_mut(ns)
+            }
+            SelectorKey::Endpoints { .. } => Some(&mut self.cross_namespace),
+            SelectorKey::IpBlock { .. } => Some(&mut self.ip_blocks),
+        };
+        if let Some(list) = list {
+            list.retain(|x| *x != id);
+        }
+        true
+    }
+
+    fn candidates(&self, info: &IdentityInfo) -> Vec<SelectorId> {
+        match info {
+            IdentityInfo::Cluster(k) => {
+                let mut v: Vec<SelectorId> =
+                    self.by_namespace.get(&*k.namespace).cloned().unwrap_or_default();
+                v.extend_from_slice(&self.cross_namespace);
+                if !k.cidr_sets.is_empty() {
+                    v.extend_from_slice(&self.ip_blocks);
+                }
+                v
+            }
+            IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) => self.ip_blocks.clone(),
+        }
+    }
+
+    /// Adds a new identity to every selector that selects it; returns those selectors.
+    pub fn add_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
+        let mut changed = Vec::new();
+        for s in self.candidates(info) {
+            if let Some(e) = self.entries.get_mut(&s) {
+                if e.key.matches(info) && e.ids.insert(id) {
+                    changed.push(s);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Removes an identity from every selector; returns the selectors that held it.
+    pub fn remove_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
+        let mut changed = Vec::new();
+        for s in self.candidates(info) {
+            if let Some(e) = self.entries.get_mut(&s) {
+                if e.ids.remove(id) {
+                    changed.push(s);
+                }
+            }
+        }
+        changed
+    }
+
+    pub fn selected(&self, id: SelectorId) -> Option<&RoaringBitmap> {
+        self.entries.get(&id).map(|e| &e.ids)
+    }
+
+    pub fn key(&self, id: SelectorId) -> Option<&SelectorKey> {
+        self.entries.get(&id).map(|e| &e.key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl SelectorCache {
+    pub fn contains(&self, key: &SelectorKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+}
