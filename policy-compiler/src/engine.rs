@@ -340,6 +340,16 @@ impl Engine {
         Ok((e, diff))
     }
 
+    /// Compiles this engine's cluster again from scratch, keeping identity numbers and
+    /// rule ids. The result must equal `self` in every map (the incremental-update test).
+    pub fn recompiled(&self) -> Result<Engine, EngineError> {
+        let mut e = Engine::new(self.config.clone());
+        e.identities = IdentityAllocator::with_numbering(&self.identities);
+        e.rules = RuleTable::with_numbering(&self.rules);
+        e.apply(changes_for(&self.cluster))?;
+        Ok(e)
+    }
+
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }

@@ -124,6 +124,9 @@ pub struct IdentityAllocator {
     by_cidr: BTreeMap<Cidr, u32>,
     cidrs: BTreeMap<u32, Cidr>,
     next_cidr: u32,
+    /// Numbers to reuse for keys seen before (see [`IdentityAllocator::with_numbering`]).
+    preferred: HashMap<Arc<IdentityKey>, u32>,
+    preferred_cidr: BTreeMap<Cidr, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +144,19 @@ impl IdentityAllocator {
             next_cidr: abi::IDENTITY_CIDR_MIN,
             ..Default::default()
         }
+    }
+
+    /// An empty allocator that gives every key and CIDR known to `other` the number it has
+    /// there. A recompile from scratch (enforcer restart, consistency checks) then yields
+    /// the same numbers, so maps and logs keep their meaning.
+    pub fn with_numbering(other: &IdentityAllocator) -> Self {
+        let mut a = IdentityAllocator::new();
+        a.preferred = other.keys.iter().map(|(id, (k, _))| (k.clone(), *id)).collect();
+        a.preferred.extend(other.preferred.iter().map(|(k, v)| (k.clone(), *v)));
+        a.preferred_cidr = other.by_cidr.clone();
+        a.next_cluster = other.next_cluster;
+        a.next_cidr = other.next_cidr;
+        a
     }
 
     pub fn lookup(&self, key: &IdentityKey) -> Option<u32> {
@@ -161,8 +177,14 @@ impl IdentityAllocator {
                 max: abi::IDENTITY_CLUSTER_MAX - abi::IDENTITY_CLUSTER_MIN + 1,
             });
         }
-        let id = self.next_cluster;
-        self.next_cluster += 1;
+        let id = match self.preferred.get(&key) {
+            Some(&p) if !self.keys.contains_key(&p) => p,
+            _ => {
+                let id = self.next_cluster;
+                self.next_cluster += 1;
+                id
+            }
+        };
         self.by_key.insert(key.clone(), id);
         self.keys.insert(id, (key, 1));
         Ok((id, true))
@@ -193,8 +215,14 @@ impl IdentityAllocator {
                 max: abi::IDENTITY_CIDR_MAX - abi::IDENTITY_CIDR_MIN + 1,
             });
         }
-        let id = self.next_cidr;
-        self.next_cidr += 1;
+        let id = match self.preferred_cidr.get(&cidr) {
+            Some(&p) if !self.cidrs.contains_key(&p) => p,
+            _ => {
+                let id = self.next_cidr;
+                self.next_cidr += 1;
+                id
+            }
+        };
         self.by_cidr.insert(cidr, id);
         self.cidrs.insert(id, cidr);
         Ok(id)

@@ -41,21 +41,40 @@ pub struct RuleTable {
     by_ref: HashMap<RuleRef, u32>,
     by_id: BTreeMap<u32, RuleRef>,
     next: u32,
+    preferred: HashMap<RuleRef, u32>,
 }
 
 impl Default for RuleTable {
     fn default() -> Self {
-        RuleTable { by_ref: HashMap::new(), by_id: BTreeMap::new(), next: abi::RULE_ID_FIRST_POLICY }
+        RuleTable {
+            by_ref: HashMap::new(),
+            by_id: BTreeMap::new(),
+            next: abi::RULE_ID_FIRST_POLICY,
+            preferred: HashMap::new(),
+        }
     }
 }
 
 impl RuleTable {
+    /// An empty table that gives every rule known to `other` the id it has there.
+    pub fn with_numbering(other: &RuleTable) -> Self {
+        let mut preferred = other.preferred.clone();
+        preferred.extend(other.by_ref.iter().map(|(k, v)| (k.clone(), *v)));
+        RuleTable { by_ref: HashMap::new(), by_id: BTreeMap::new(), next: other.next, preferred }
+    }
+
     pub fn acquire(&mut self, r: RuleRef) -> u32 {
         if let Some(&id) = self.by_ref.get(&r) {
             return id;
         }
-        let id = self.next;
-        self.next += 1;
+        let id = match self.preferred.get(&r) {
+            Some(&p) if !self.by_id.contains_key(&p) => p,
+            _ => {
+                let id = self.next;
+                self.next += 1;
+                id
+            }
+        };
         self.by_ref.insert(r.clone(), id);
         self.by_id.insert(id, r);
         id
