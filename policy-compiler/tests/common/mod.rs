@@ -52,3 +52,5 @@ pub fn rule_of(e: &Engine, d: &Decision) -> Option<String> {
         _ => None,
     }
 }
+
+pub mod generate;
