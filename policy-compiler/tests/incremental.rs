@@ -114,5 +114,5 @@ fn a_pod_added_to_an_existing_identity_touches_only_the_ipcache_and_endpoint() {
     assert!(diff.policy_upserts.is_empty() && diff.policy_deletes.is_empty(), "{diff:?}");
     assert_eq!(diff.ipcache_upserts.len(), 1);
     assert_eq!(diff.endpoint_upserts.len(), 1);
-    assert!(common::tcp(&e, "n/b", "ns1/a", 80));
+    assert!(common::tcp(&e, "ns1/b", "ns1/a", 80));
 }

@@ -40,6 +40,11 @@ impl Ctx<'_> {
         peer: &FlowPeer,
         peer_ep: Option<&Endpoint>,
     ) -> Decision {
+        // A peer named as an endpoint that does not exist has no identity: fail closed,
+        // as the datapath does for an address the ipcache cannot resolve.
+        if matches!(peer, FlowPeer::Endpoint(_)) && peer_ep.is_none() {
+            return Decision::InvalidIdentity;
+        }
         let labels = self.config.label_filter.apply(&subject.labels);
         let mut isolated_by = Vec::new();
         let mut best: Option<u32> = None;
