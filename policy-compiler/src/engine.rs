@@ -9,7 +9,7 @@
 //! depends only on facts in its identity key (namespace and labels select it, its named
 //! ports resolve ingress named ports).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::abi::{self, PolicyKey, PolicyValue};
 use crate::cidr::Cidr;
+use crate::hash::{FxHashMap, FxHashSet};
 use crate::identity::{IdentityAllocator, IdentityError, IdentityInfo, IdentityKey, Reserved};
 use crate::labels::LabelFilter;
 use crate::model::{
@@ -278,24 +279,22 @@ pub struct Engine {
     identities: IdentityAllocator,
     selectors: SelectorCache,
     rules: RuleTable,
-    policies: HashMap<PolicyRef, PolicyState>,
-    policies_by_ns: HashMap<String, BTreeSet<PolicyRef>>,
+    policies: FxHashMap<PolicyRef, PolicyState>,
+    policies_by_ns: FxHashMap<String, BTreeSet<PolicyRef>>,
     /// Peer selector -> policies using it.
-    peer_users: HashMap<SelectorId, BTreeSet<PolicyRef>>,
+    peer_users: FxHashMap<SelectorId, BTreeSet<PolicyRef>>,
     /// Port name -> policies with an egress rule to any peer on that named port.
-    any_peer_named: HashMap<String, BTreeSet<PolicyRef>>,
+    any_peer_named: FxHashMap<String, BTreeSet<PolicyRef>>,
     /// Port name -> identities with a container port of that name.
-    port_names: HashMap<String, RoaringBitmap>,
+    port_names: FxHashMap<String, RoaringBitmap>,
     /// Policy CIDRs with the number of references.
     cidr_refs: BTreeMap<Cidr, usize>,
     /// Prefix lengths present in `cidr_refs`, per family (bit n = length n), to bound lookups.
     cidr_lens_v4: u64,
     cidr_lens_v6: [u64; 3],
-    endpoint_ids: HashMap<String, u32>,
-    /// Endpoints per identity.
-    identity_endpoints: HashMap<u32, BTreeSet<String>>,
-    ip_owners: HashMap<IpAddr, BTreeSet<String>>,
-    compiled: HashMap<u32, Arc<CompiledPolicy>>,
+    endpoint_ids: FxHashMap<String, u32>,
+    ip_owners: FxHashMap<IpAddr, BTreeSet<String>>,
+    compiled: FxHashMap<u32, Arc<CompiledPolicy>>,
     ipcache: BTreeMap<Cidr, u32>,
     revision: u64,
 }
@@ -316,18 +315,17 @@ impl Engine {
             identities: IdentityAllocator::new(),
             selectors: SelectorCache::default(),
             rules: RuleTable::default(),
-            policies: HashMap::new(),
-            policies_by_ns: HashMap::new(),
-            peer_users: HashMap::new(),
-            any_peer_named: HashMap::new(),
-            port_names: HashMap::new(),
+            policies: FxHashMap::default(),
+            policies_by_ns: FxHashMap::default(),
+            peer_users: FxHashMap::default(),
+            any_peer_named: FxHashMap::default(),
+            port_names: FxHashMap::default(),
             cidr_refs: BTreeMap::new(),
             cidr_lens_v4: 0,
             cidr_lens_v6: [0; 3],
-            endpoint_ids: HashMap::new(),
-            identity_endpoints: HashMap::new(),
-            ip_owners: HashMap::new(),
-            compiled: HashMap::new(),
+            endpoint_ids: FxHashMap::default(),
+            ip_owners: FxHashMap::default(),
+            compiled: FxHashMap::default(),
             ipcache,
             revision: 0,
         }
@@ -335,8 +333,13 @@ impl Engine {
 
     /// Compiles a whole cluster: one batch with every object.
     pub fn compile(cluster: &Cluster, config: EngineConfig) -> Result<(Engine, MapDiff), EngineError> {
+        Engine::compile_owned(cluster.clone(), config)
+    }
+
+    /// [`Engine::compile`] without copying the model.
+    pub fn compile_owned(cluster: Cluster, config: EngineConfig) -> Result<(Engine, MapDiff), EngineError> {
         let mut e = Engine::new(config);
-        let diff = e.apply(changes_for(cluster))?;
+        let diff = e.apply(into_changes(cluster))?;
         Ok((e, diff))
     }
 
@@ -382,7 +385,7 @@ impl Engine {
         self.endpoint_ids.get(key).copied()
     }
 
-    pub fn endpoint_identities(&self) -> &HashMap<String, u32> {
+    pub fn endpoint_identities(&self) -> &FxHashMap<String, u32> {
         &self.endpoint_ids
     }
 
@@ -395,7 +398,7 @@ impl Engine {
         self.endpoint_ids.get(key).and_then(|id| self.compiled.get(id))
     }
 
-    pub fn compiled(&self) -> &HashMap<u32, Arc<CompiledPolicy>> {
+    pub fn compiled(&self) -> &FxHashMap<u32, Arc<CompiledPolicy>> {
         &self.compiled
     }
 
@@ -406,7 +409,7 @@ impl Engine {
         let mut touched_ns: BTreeSet<String> = BTreeSet::new();
         let mut policy_changes: BTreeMap<PolicyRef, (Option<Arc<Policy>>, Option<Arc<Policy>>)> =
             BTreeMap::new();
-        let mut old_ips: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        let mut old_ips: FxHashMap<String, Vec<IpAddr>> = FxHashMap::default();
 
         // 1. The model.
         for c in changes {
@@ -420,17 +423,20 @@ impl Engine {
                     self.cluster.namespaces.remove(&name);
                 }
                 Change::UpsertEndpoint(ep) => {
-                    let prev = self.cluster.endpoints.insert(ep.key.clone(), ep.clone());
-                    old_ips
-                        .entry(ep.key.clone())
-                        .or_insert_with(|| prev.map(|p| p.ips).unwrap_or_default());
-                    touched_eps.insert(ep.key);
+                    let key = ep.key.clone();
+                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep) {
+                        if !prev.ips.is_empty() {
+                            old_ips.entry(key.clone()).or_insert(prev.ips);
+                        }
+                    }
+                    touched_eps.insert(key);
                 }
                 Change::DeleteEndpoint(key) => {
-                    let prev = self.cluster.endpoints.remove(&key);
-                    old_ips
-                        .entry(key.clone())
-                        .or_insert_with(|| prev.map(|p| p.ips).unwrap_or_default());
+                    if let Some(prev) = self.cluster.endpoints.remove(&key) {
+                        if !prev.ips.is_empty() {
+                            old_ips.entry(key.clone()).or_insert(prev.ips);
+                        }
+                    }
                     touched_eps.insert(key);
                 }
                 Change::UpsertPolicy(p) => {
@@ -548,18 +554,24 @@ impl Engine {
             }
         }
         let mut new_keys: Vec<(String, Option<Arc<IdentityKey>>)> = Vec::new();
-        let mut ns_label_cache: HashMap<String, (Arc<str>, Arc<Labels>)> = HashMap::new();
-        for k in &affected {
-            let key = self.cluster.endpoints.get(k).map(|e| {
-                let (ns, nsl) = ns_label_cache
-                    .entry(e.namespace.clone())
-                    .or_insert_with(|| {
-                        (Arc::from(e.namespace.as_str()), Arc::new(self.cluster.namespace_labels(&e.namespace)))
-                    })
-                    .clone();
+        let mut ns_label_cache: FxHashMap<String, (Arc<str>, Arc<Labels>)> = FxHashMap::default();
+        new_keys.reserve(affected.len());
+        for k in affected {
+            let key = self.cluster.endpoints.get(&k).map(|e| {
+                let (ns, nsl) = match ns_label_cache.get(e.namespace.as_str()) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = (
+                            Arc::<str>::from(e.namespace.as_str()),
+                            Arc::new(self.cluster.namespace_labels(&e.namespace)),
+                        );
+                        ns_label_cache.insert(e.namespace.clone(), v.clone());
+                        v
+                    }
+                };
                 Arc::new(self.identity_key(e, ns, nsl))
             });
-            new_keys.push((k.clone(), key));
+            new_keys.push((k, key));
         }
         // Deterministic numbering: unseen keys are allocated in sorted order.
         let mut unseen: Vec<Arc<IdentityKey>> = new_keys
@@ -588,7 +600,7 @@ impl Engine {
                 }
             }
         }
-        let fresh: HashSet<u32> = added_ids.iter().copied().collect();
+        let fresh: FxHashSet<u32> = added_ids.iter().copied().collect();
         let mut endpoint_upserts = Vec::new();
         let mut endpoint_deletes = Vec::new();
         let mut ip_touched: BTreeSet<IpAddr> = BTreeSet::new();
@@ -620,14 +632,10 @@ impl Engine {
                 }
             }
             if let Some(old) = old_id {
-                if let Some(set) = self.identity_endpoints.get_mut(&old) {
-                    set.remove(&ep);
-                }
                 self.release_identity(old, &mut changed_selectors, &mut removed_ids, &mut dirty);
             }
             match new_id {
                 Some(id) => {
-                    self.identity_endpoints.entry(id).or_default().insert(ep.clone());
                     if old_id != Some(id) {
                         endpoint_upserts.push((ep.clone(), id));
                     }
@@ -647,7 +655,7 @@ impl Engine {
                 self.release_identity(*id, &mut changed_selectors, &mut removed_ids, &mut dirty);
             }
         }
-        let removed_set: HashSet<u32> = removed_ids.iter().copied().collect();
+        let removed_set: FxHashSet<u32> = removed_ids.iter().copied().collect();
         let added_ids: Vec<u32> = added_ids.into_iter().filter(|i| !removed_set.contains(i)).collect();
 
         // 6. Dirty identities.
@@ -675,13 +683,15 @@ impl Engine {
             }
         }
 
-        // 7. Recompile and diff.
+        // 7. Recompile and diff. Compiling is read-only on the engine, so large batches
+        //    split across the available cores.
+        let dirty: Vec<u32> = dirty
+            .into_iter()
+            .filter(|id| !removed_set.contains(id) && self.identities.key(*id).is_some())
+            .collect();
+        let compiled = self.compile_many(&dirty);
         let mut diff = MapDiff::default();
-        for id in dirty {
-            if removed_set.contains(&id) || self.identities.key(id).is_none() {
-                continue;
-            }
-            let new = self.compile_identity(id);
+        for (id, new) in dirty.into_iter().zip(compiled) {
             let old = self.compiled.get(&id).cloned();
             match &old {
                 None => {
@@ -736,7 +746,6 @@ impl Engine {
         dirty: &mut BTreeSet<u32>,
     ) {
         let Some(key) = self.identities.release(id) else { return };
-        self.identity_endpoints.remove(&id);
         changed.extend(self.selectors.remove_identity(id, &IdentityInfo::Cluster(key.clone())));
         for p in &key.ports {
             if let Some(bm) = self.port_names.get_mut(&p.name) {
@@ -941,6 +950,33 @@ impl Engine {
         self.identities.cidr_identity(c)
     }
 
+    fn compile_many(&self, ids: &[u32]) -> Vec<CompiledPolicy> {
+        const PARALLEL_MIN: usize = 512;
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+        if ids.len() < PARALLEL_MIN || threads < 2 {
+            return ids.iter().map(|id| self.compile_identity(*id)).collect();
+        }
+        let chunk = ids.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().map(|id| self.compile_identity(*id)).collect::<Vec<_>>()))
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for h in handles {
+                match h.join() {
+                    Ok(v) => out.extend(v),
+                    // A panic in a worker is a bug; compile that chunk here so it surfaces.
+                    Err(_) => out.clear(),
+                }
+            }
+            if out.len() != ids.len() {
+                return ids.iter().map(|id| self.compile_identity(*id)).collect();
+            }
+            out
+        })
+    }
+
     /// Compiles the policy map of one cluster identity.
     fn compile_identity(&self, id: u32) -> CompiledPolicy {
         let Some(key) = self.identities.key(id) else {
@@ -1134,6 +1170,17 @@ fn diff_entries(
             (None, None) => break,
         }
     }
+}
+
+/// Every object of a cluster as one batch, in a deterministic order.
+pub fn into_changes(cluster: Cluster) -> Vec<Change> {
+    let mut v: Vec<Change> = Vec::with_capacity(
+        cluster.namespaces.len() + cluster.policies.len() + cluster.endpoints.len(),
+    );
+    v.extend(cluster.namespaces.into_values().map(Change::UpsertNamespace));
+    v.extend(cluster.policies.into_values().map(Change::UpsertPolicy));
+    v.extend(cluster.endpoints.into_values().map(Change::UpsertEndpoint));
+    v
 }
 
 /// Every object of a cluster as one batch, in a deterministic order.

@@ -13,13 +13,14 @@
 //! input: a batch allocates new keys in sorted order. Numbers are never reused while an
 //! engine lives, so a log line's identity never silently changes meaning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::abi;
 use crate::cidr::Cidr;
+use crate::hash::FxHashMap as HashMap;
 use crate::k8s::Labels;
 use crate::model::NamedPort;
 
@@ -151,7 +152,7 @@ impl IdentityAllocator {
     /// the same numbers, so maps and logs keep their meaning.
     pub fn with_numbering(other: &IdentityAllocator) -> Self {
         let mut a = IdentityAllocator::new();
-        a.preferred = other.keys.iter().map(|(id, (k, _))| (k.clone(), *id)).collect();
+        a.preferred = other.keys.iter().map(|(id, (k, _))| (k.clone(), *id)).collect::<HashMap<_, _>>();
         a.preferred.extend(other.preferred.iter().map(|(k, v)| (k.clone(), *v)));
         a.preferred_cidr = other.by_cidr.clone();
         a.next_cluster = other.next_cluster;

@@ -11,6 +11,7 @@
 pub mod abi;
 pub mod cidr;
 pub mod engine;
+pub mod hash;
 pub mod eval;
 pub mod identity;
 pub mod k8s;
