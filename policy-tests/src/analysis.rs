@@ -1,0 +1,271 @@
+//! Manifests in, a compiled engine out, plus the views every command shares: workloads
+//! (one row per `ns/name[Kind]`) and endpoint name resolution with suggestions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use policy_compiler::manifest::{self, LoadOptions, LoadReport};
+use policy_compiler::model::{Peer, Peers};
+use policy_compiler::{Cluster, Direction, Engine, EngineConfig, FlowPeer};
+
+use crate::error::{EndpointError, InputError};
+use crate::suggest;
+
+/// Evaluation options shared by every command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Whether pod addresses take part in policy: ipBlocks select pods whose IPs fall
+    /// inside them, and the datapath identifies a pod's traffic by its address (Palisade's
+    /// default, as the upstream e2e suite expects). `false` is the offline analyzers'
+    /// reading (netpol-analyzer): ipBlocks select only addresses outside the cluster and
+    /// pods are known by their identity alone, so every address is an external one.
+    pub ipblocks_select_pods: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ipblocks_select_pods: true,
+        }
+    }
+}
+
+impl Options {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            ipblocks_select_pods: self.ipblocks_select_pods,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// A workload: the unit rows and columns of `matrix` and lines of `connections` stand for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `ns/name[Kind]`.
+    pub display: String,
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// Endpoint keys, sorted.
+    pub endpoints: Vec<String>,
+    /// The endpoint that answers for the workload: its first endpoint by key.
+    pub representative: String,
+}
+
+/// Loaded, compiled manifests.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub engine: Engine,
+    pub report: LoadReport,
+    /// Sorted by display name.
+    pub workloads: Vec<Workload>,
+    pub options: Options,
+    /// Addresses that more than one endpoint claims, with the claimants.
+    pub shared_ips: Vec<(IpAddr, Vec<String>)>,
+}
+
+impl Analysis {
+    /// Loads files and directories (recursively) and compiles them.
+    pub fn load(paths: &[PathBuf], options: &Options) -> Result<Analysis, InputError> {
+        if paths.is_empty() {
+            return Err(InputError::Usage(
+                "no manifests given: pass files or directories with -f/--file".into(),
+            ));
+        }
+        let loaded = manifest::load_paths(paths, &LoadOptions::default())?;
+        Analysis::from_cluster(&loaded.cluster, loaded.report, options)
+    }
+
+    /// Compiles a cluster built in memory.
+    pub fn from_cluster(
+        cluster: &Cluster,
+        report: LoadReport,
+        options: &Options,
+    ) -> Result<Analysis, InputError> {
+        let mut owners: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for e in cluster.endpoints.values() {
+            for ip in &e.ips {
+                owners.entry(*ip).or_default().push(e.key.clone());
+            }
+        }
+        let shared_ips: Vec<(IpAddr, Vec<String>)> =
+            owners.into_iter().filter(|(_, o)| o.len() > 1).collect();
+        let (engine, _) = if options.ipblocks_select_pods {
+            Engine::compile(cluster, options.engine_config())?
+        } else {
+            // Pods known by identity alone: no address of theirs reaches the ipcache.
+            let mut c = cluster.clone();
+            for e in c.endpoints.values_mut() {
+                e.ips.clear();
+            }
+            Engine::compile(&c, options.engine_config())?
+        };
+        let mut by_display: BTreeMap<String, Workload> = BTreeMap::new();
+        for (key, e) in &engine.cluster().endpoints {
+            let w = by_display
+                .entry(e.workload_display())
+                .or_insert_with(|| Workload {
+                    display: e.workload_display(),
+                    namespace: e.namespace.clone(),
+                    kind: e.workload.kind.clone(),
+                    name: e.workload.name.clone(),
+                    endpoints: Vec::new(),
+                    representative: key.clone(),
+                });
+            w.endpoints.push(key.clone());
+        }
+        let workloads = by_display.into_values().collect();
+        Ok(Analysis {
+            engine,
+            report,
+            workloads,
+            options: options.clone(),
+            shared_ips,
+        })
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        self.engine.cluster()
+    }
+
+    pub fn workload(&self, display: &str) -> Option<&Workload> {
+        self.workloads
+            .binary_search_by(|w| w.display.as_str().cmp(display))
+            .ok()
+            .and_then(|i| self.workloads.get(i))
+    }
+
+    /// Resolves `ns/name` (a pod, or a workload of that name when no pod has it),
+    /// `ns/Kind/name`, `ns/name[Kind]`, or an IP address.
+    pub fn resolve(&self, spec: &str) -> Result<FlowPeer, EndpointError> {
+        let s = spec.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(FlowPeer::Ip(ip));
+        }
+        let eps = &self.cluster().endpoints;
+        if eps.contains_key(s) {
+            return Ok(FlowPeer::Endpoint(s.to_string()));
+        }
+        if let Some(w) = self.workload(s) {
+            return Ok(FlowPeer::Endpoint(w.representative.clone()));
+        }
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [ns, kind, name] => {
+                if let Some(w) = self.workloads.iter().find(|w| {
+                    w.namespace == *ns && w.name == *name && w.kind.eq_ignore_ascii_case(kind)
+                }) {
+                    return Ok(FlowPeer::Endpoint(w.representative.clone()));
+                }
+            }
+            [ns, name] => {
+                let found: Vec<&Workload> = self
+                    .workloads
+                    .iter()
+                    .filter(|w| w.namespace == *ns && w.name == *name)
+                    .collect();
+                if let [w] = found.as_slice() {
+                    return Ok(FlowPeer::Endpoint(w.representative.clone()));
+                }
+            }
+            _ => {}
+        }
+        Err(EndpointError::Unknown {
+            name: s.to_string(),
+            suggestions: self.suggest(s),
+        })
+    }
+
+    /// The three existing names closest to `name`.
+    pub fn suggest(&self, name: &str) -> Vec<String> {
+        suggest::closest(name, self.known_names().iter().map(String::as_str), 3)
+    }
+
+    /// Every name `resolve` accepts for an endpoint: pod keys `ns/name` and workloads as
+    /// `ns/Kind/name`.
+    pub fn known_names(&self) -> Vec<String> {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for e in self.cluster().endpoints.values() {
+            if e.key.matches('/').count() == 1 {
+                names.insert(e.key.clone());
+            }
+        }
+        for w in &self.workloads {
+            names.insert(format!("{}/{}/{}", w.namespace, w.kind, w.name));
+        }
+        names.into_iter().collect()
+    }
+
+    /// How a peer is named in outputs: the workload display for endpoints, the address
+    /// otherwise.
+    pub fn peer_display(&self, p: &FlowPeer) -> String {
+        match p {
+            FlowPeer::Endpoint(k) => match self.cluster().endpoints.get(k) {
+                Some(e) if e.key.matches('/').count() == 1 && e.workload.kind != "Pod" => {
+                    format!("{k} ({})", e.workload_display())
+                }
+                Some(e) => e.workload_display(),
+                None => k.clone(),
+            },
+            FlowPeer::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// Warnings to print before any result: kinds that were not modelled, loader warnings,
+    /// and selectors on labels identities leave out.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.report.unsupported_kinds.is_empty() {
+            let kinds: Vec<String> = self
+                .report
+                .unsupported_kinds
+                .iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect();
+            out.push(format!(
+                "ignored {} object(s) of kinds Palisade does not model: {}",
+                self.report.unsupported_total(),
+                kinds.join(", ")
+            ));
+        }
+        out.extend(self.report.warnings.iter().cloned());
+        if self.options.ipblocks_select_pods {
+            for (ip, owners) in &self.shared_ips {
+                out.push(format!(
+                    "endpoints {} share the address {ip}: the datapath identifies traffic from it as {} \
+                     (its first owner); --ipblocks-select-pods=false identifies pods by identity instead",
+                    owners.join(", "),
+                    owners.first().map(String::as_str).unwrap_or("?"),
+                ));
+            }
+        }
+        let filter = &self.engine.config().label_filter;
+        for ((ns, name), p) in &self.cluster().policies {
+            let mut keys: BTreeSet<&str> = p
+                .pod_selector
+                .keys()
+                .filter(|k| filter.excludes(k))
+                .collect();
+            for dir in Direction::BOTH {
+                for rule in p.rules(dir).unwrap_or(&[]) {
+                    if let Peers::List(list) = &rule.peers {
+                        for peer in list {
+                            if let Peer::Endpoints { pods, .. } = peer {
+                                keys.extend(pods.keys().filter(|k| filter.excludes(k)));
+                            }
+                        }
+                    }
+                }
+            }
+            for k in keys {
+                out.push(format!(
+                    "policy {ns}/{name} selects on label {k:?}, which Palisade leaves out of identities: \
+                     that selector term never sees the label"
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,385 @@
+//! Every allowed connection between workloads and external address ranges, in
+//! netpol-analyzer's `list` format:
+//!
+//! ```text
+//! 0.0.0.0-255.255.255.255[External] => default/frontend[Deployment] : TCP 8080
+//! default/frontend[Deployment] => default/backend[Deployment] : TCP 9090
+//! ```
+//!
+//! One line per ordered pair with something allowed, sorted bytewise; no workload-to-itself
+//! lines; no address-to-address lines. External sources are the elementary ranges cut by
+//! every ingress ipBlock of every policy (plus 0.0.0.0/0), external destinations likewise
+//! from egress ipBlocks. Each answer is egress at the source intersected with ingress at
+//! the destination, read off the compiled maps (see [`crate::portset`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use policy_compiler::abi;
+use policy_compiler::cidr::{Cidr, ip_to_u128, u128_to_ip};
+use policy_compiler::eval::maps;
+use policy_compiler::model::{Peer, Peers};
+use policy_compiler::{Cluster, Direction, FlowPeer};
+use serde::Serialize;
+
+use crate::analysis::Analysis;
+use crate::output::Progress;
+use crate::par;
+use crate::portset::{self, DirectionAnswers, PortSet};
+
+/// One allowed connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    pub src: String,
+    pub dst: String,
+    #[serde(rename = "conn", serialize_with = "ser_display")]
+    pub ports: PortSet,
+}
+
+fn ser_display<S: serde::Serializer>(p: &PortSet, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(p)
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} => {} : {}", self.src, self.dst, self.ports)
+    }
+}
+
+/// An external address range `first-last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpRange {
+    pub v4: bool,
+    pub first: u128,
+    pub last: u128,
+}
+
+impl IpRange {
+    pub fn first_ip(&self) -> IpAddr {
+        u128_to_ip(self.first, self.v4)
+    }
+
+    pub fn last_ip(&self) -> IpAddr {
+        u128_to_ip(self.last, self.v4)
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        ip.is_ipv4() == self.v4 && (self.first..=self.last).contains(&ip_to_u128(ip))
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}[External]", self.first_ip(), self.last_ip())
+    }
+}
+
+/// Boundaries of the elementary external ranges of one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cuts {
+    v4: BTreeSet<u128>,
+    /// Only when some ipBlock of the direction is IPv6.
+    v6: Option<BTreeSet<u128>>,
+}
+
+const V4_END: u128 = 1 << 32;
+
+impl Cuts {
+    /// The cuts made by every ipBlock in the `dir` rules of every policy (ingress rules
+    /// give the external sources, egress rules the external destinations).
+    pub fn of(cluster: &Cluster, dir: Direction) -> Cuts {
+        let mut cuts = Cuts::default();
+        for p in cluster.policies.values() {
+            for rule in p.rules(dir).unwrap_or(&[]) {
+                let Peers::List(list) = &rule.peers else {
+                    continue;
+                };
+                for peer in list {
+                    if let Peer::IpBlock { cidr, except } = peer {
+                        cuts.add_block(cidr, except);
+                    }
+                }
+            }
+        }
+        cuts
+    }
+
+    fn add_block(&mut self, cidr: &Cidr, except: &[Cidr]) {
+        let (s, e) = cidr.range();
+        let mut parts = vec![(s, e)];
+        for x in except.iter().filter(|x| x.is_ipv4() == cidr.is_ipv4()) {
+            let (xs, xe) = x.range();
+            let mut next = Vec::new();
+            for (a, b) in parts {
+                if xe < a || xs > b {
+                    next.push((a, b));
+                    continue;
+                }
+                if a < xs {
+                    next.push((a, xs - 1));
+                }
+                if xe < b {
+                    next.push((xe + 1, b));
+                }
+            }
+            parts = next;
+        }
+        let set = if cidr.is_ipv4() {
+            &mut self.v4
+        } else {
+            self.v6.get_or_insert_with(BTreeSet::new)
+        };
+        for (a, b) in parts {
+            set.insert(a);
+            if let Some(end) = b.checked_add(1) {
+                set.insert(end);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: &Cuts) {
+        self.v4.extend(other.v4.iter().copied());
+        if let Some(o) = &other.v6 {
+            self.v6
+                .get_or_insert_with(BTreeSet::new)
+                .extend(o.iter().copied());
+        }
+    }
+
+    /// The elementary ranges: IPv4 always (0.0.0.0/0 at least), IPv6 only when cut.
+    pub fn ranges(&self) -> Vec<IpRange> {
+        let mut out = Vec::new();
+        let mut v4: Vec<u128> = self.v4.iter().copied().filter(|c| *c < V4_END).collect();
+        v4.push(0);
+        v4.push(V4_END);
+        v4.sort_unstable();
+        v4.dedup();
+        for w in v4.windows(2) {
+            out.push(IpRange {
+                v4: true,
+                first: w[0],
+                last: w[1] - 1,
+            });
+        }
+        if let Some(v6) = &self.v6 {
+            let mut cuts: Vec<u128> = v6.iter().copied().filter(|c| *c > 0).collect();
+            cuts.sort_unstable();
+            let mut start = 0u128;
+            for c in cuts {
+                out.push(IpRange {
+                    v4: false,
+                    first: start,
+                    last: c - 1,
+                });
+                start = c;
+            }
+            out.push(IpRange {
+                v4: false,
+                first: start,
+                last: u128::MAX,
+            });
+        }
+        out
+    }
+}
+
+/// External source and destination ranges of a cluster.
+pub fn external_ranges(cluster: &Cluster) -> (Vec<IpRange>, Vec<IpRange>) {
+    (
+        Cuts::of(cluster, Direction::Ingress).ranges(),
+        Cuts::of(cluster, Direction::Egress).ranges(),
+    )
+}
+
+/// A row or column of the computation: a workload or an external range.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub name: String,
+    /// Identity whose policy map polices this node (None: an address, or not ready).
+    pub subject: Option<u32>,
+    pub is_endpoint: bool,
+    /// The identity the datapath sees for traffic from/to this node.
+    pub peer_id: Option<u32>,
+}
+
+/// Per subject identity: ingress and egress answers for every peer.
+pub(crate) type AnswerTable<T> = HashMap<u32, [DirectionAnswers<T>; 2]>;
+
+pub(crate) fn workload_nodes(a: &Analysis) -> Vec<Node> {
+    let engine = &a.engine;
+    a.workloads
+        .iter()
+        .map(|w| {
+            let rep = &w.representative;
+            let subject = engine
+                .endpoint_identity(rep)
+                .filter(|_| engine.endpoint_policy(rep).is_some());
+            let peer_id = maps::peer_identity(engine, &FlowPeer::Endpoint(rep.clone()))
+                .filter(|id| *id != abi::IDENTITY_UNKNOWN);
+            Node {
+                name: w.display.clone(),
+                subject,
+                is_endpoint: true,
+                peer_id,
+            }
+        })
+        .collect()
+}
+
+/// Nodes for external ranges. A range is evaluated at its first address that belongs to no
+/// endpoint (an endpoint's address is that endpoint, not an external peer); the partition
+/// makes every such address of the range equivalent.
+pub(crate) fn range_nodes(a: &Analysis, ranges: &[IpRange]) -> Vec<Node> {
+    let owned: HashSet<IpAddr> = a
+        .cluster()
+        .endpoints
+        .values()
+        .flat_map(|e| e.ips.iter().copied())
+        .collect();
+    ranges
+        .iter()
+        .map(|r| {
+            let mut v = r.first;
+            while v < r.last && owned.contains(&u128_to_ip(v, r.v4)) {
+                v += 1;
+            }
+            let ip = u128_to_ip(v, r.v4);
+            let peer_id =
+                maps::ipcache_lookup(&a.engine, &ip).filter(|id| *id != abi::IDENTITY_UNKNOWN);
+            Node {
+                name: r.to_string(),
+                subject: None,
+                is_endpoint: false,
+                peer_id,
+            }
+        })
+        .collect()
+}
+
+/// Computes the answers of every distinct subject identity among `nodes`, in parallel.
+pub(crate) fn answer_table<T: Send>(
+    a: &Analysis,
+    nodes: &[Node],
+    f: impl Fn(&policy_compiler::CompiledPolicy, Direction) -> DirectionAnswers<T> + Sync,
+) -> AnswerTable<T> {
+    let ids: Vec<u32> = nodes
+        .iter()
+        .filter_map(|n| n.subject)
+        .collect::<BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    let engine = &a.engine;
+    let computed = par::map(&ids, |id| {
+        engine
+            .policy_for_identity(*id)
+            .map(|p| (*id, [f(p, Direction::Ingress), f(p, Direction::Egress)]))
+    });
+    computed.into_iter().flatten().collect()
+}
+
+/// What one direction allows between a subject node and a peer node. An address side is
+/// not policed; a subject without a policy map or a peer without identity fails closed.
+pub(crate) fn side<'t, T>(
+    table: &'t AnswerTable<T>,
+    subject: &Node,
+    peer: &Node,
+    dir: Direction,
+) -> Option<Option<&'t T>> {
+    if !subject.is_endpoint {
+        return None; // not policed here
+    }
+    let answers = subject.subject.and_then(|s| table.get(&s));
+    Some(match (answers, peer.peer_id) {
+        (Some(a), Some(p)) => Some(a[dir as usize].for_peer(p)),
+        _ => None,
+    })
+}
+
+/// All allowed connections with the external ranges the cluster's own policies cut.
+pub fn compute(a: &Analysis, progress: &Progress) -> Vec<Connection> {
+    let (src, dst) = external_ranges(a.cluster());
+    compute_with_ranges(a, &src, &dst, progress)
+}
+
+/// All allowed connections, with given external source and destination ranges.
+pub fn compute_with_ranges(
+    a: &Analysis,
+    src_ranges: &[IpRange],
+    dst_ranges: &[IpRange],
+    progress: &Progress,
+) -> Vec<Connection> {
+    let workloads = workload_nodes(a);
+    let table = answer_table(a, &workloads, portset::direction_port_sets);
+    let mut srcs = range_nodes(a, src_ranges);
+    srcs.extend(workloads.iter().cloned());
+    let mut dsts = range_nodes(a, dst_ranges);
+    dsts.extend(workloads.iter().cloned());
+    progress.set_length(srcs.len() as u64);
+    let all = Arc::new(PortSet::all());
+    let none = Arc::new(PortSet::empty());
+    let pick = |s: Option<Option<&Arc<PortSet>>>| -> Arc<PortSet> {
+        match s {
+            None => all.clone(),
+            Some(Some(p)) => p.clone(),
+            Some(None) => none.clone(),
+        }
+    };
+    let rows = par::map(&srcs, |s| {
+        let mut out = Vec::new();
+        for d in &dsts {
+            if (!s.is_endpoint && !d.is_endpoint) || s.name == d.name {
+                continue;
+            }
+            let eg = pick(side(&table, s, d, Direction::Egress));
+            if eg.is_empty() {
+                continue;
+            }
+            let ing = pick(side(&table, d, s, Direction::Ingress));
+            let ports = eg.intersect(&ing);
+            if !ports.is_empty() {
+                out.push(Connection {
+                    src: s.name.clone(),
+                    dst: d.name.clone(),
+                    ports,
+                });
+            }
+        }
+        progress.inc(1);
+        out
+    });
+    let mut lines: Vec<Connection> = rows.into_iter().flatten().collect();
+    lines.sort_by(|x, y| {
+        (x.src.as_bytes(), x.dst.as_bytes()).cmp(&(y.src.as_bytes(), y.dst.as_bytes()))
+    });
+    progress.finish();
+    lines
+}
+
+/// The `list` txt format: one line per connection, each ending in a newline.
+pub fn to_text(conns: &[Connection]) -> String {
+    let mut s = String::new();
+    for c in conns {
+        s.push_str(&c.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// JSON: `[{"src", "dst", "conn", "ports": {"TCP": [[lo, hi], ...]}}]`.
+pub fn to_json(conns: &[Connection]) -> serde_json::Value {
+    serde_json::Value::Array(
+        conns
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "src": c.src,
+                    "dst": c.dst,
+                    "conn": c.ports.to_string(),
+                    "ports": c.ports.to_json(),
+                })
+            })
+            .collect(),
+    )
+}

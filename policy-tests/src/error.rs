@@ -1,0 +1,85 @@
+//! Bad input: everything that makes `policy-test` exit with status 2.
+//!
+//! Every variant renders as one self-contained message (the binary prefixes `error: `).
+//! Positions are `file:line:column`, field paths are the API server's.
+
+use std::path::PathBuf;
+
+use policy_compiler::engine::EngineError;
+use policy_compiler::manifest::LoadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Manifests could not be read or are invalid (the policy core renders the details).
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error("compiling policies: {0}")]
+    Compile(#[from] EngineError),
+    #[error("{}: no such file", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A syntax or schema error in a scenario file.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    /// A problem with one scenario (unknown endpoint, unresolvable port, L7 fields).
+    #[error("{location}: scenario {scenario:?}: {message}")]
+    Scenario {
+        location: String,
+        scenario: String,
+        message: String,
+    },
+    /// An endpoint named on the command line does not exist.
+    #[error("{0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A peer reference that does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("unknown endpoint {name:?}{}", did_you_mean(.suggestions))]
+    Unknown {
+        name: String,
+        suggestions: Vec<String>,
+    },
+    #[error("invalid endpoint {name:?}: {reason}")]
+    Malformed { name: String, reason: String },
+    #[error(
+        "port {port:?} is a container-port name, but the destination {destination} is an IP address; give a number"
+    )]
+    NamedPortToIp { port: String, destination: String },
+    #[error("destination {destination} has no {protocol} container port named {port:?}{}", known_ports(.known))]
+    UnknownPortName {
+        port: String,
+        protocol: String,
+        destination: String,
+        known: Vec<String>,
+    },
+}
+
+fn did_you_mean(s: &[String]) -> String {
+    if s.is_empty() {
+        " (the manifests define no endpoints)".to_string()
+    } else {
+        format!("; closest existing: {}", s.join(", "))
+    }
+}
+
+fn known_ports(k: &[String]) -> String {
+    if k.is_empty() {
+        " (it has no named ports)".to_string()
+    } else {
+        format!(" (its named ports: {})", k.join(", "))
+    }
+}

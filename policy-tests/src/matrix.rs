@@ -1,0 +1,192 @@
+//! Reachability truth tables between all workloads, Kubernetes e2e style: rows are
+//! sources, columns destinations, `.` allowed and `X` denied, one table per probe
+//! (a port/protocol, or "any": some port of some protocol is allowed).
+
+use std::fmt;
+use std::str::FromStr;
+
+use policy_compiler::{Direction, Protocol};
+use serde::Serialize;
+
+use crate::analysis::Analysis;
+use crate::connections::{AnswerTable, Node, answer_table, workload_nodes};
+use crate::output::Progress;
+use crate::par;
+use crate::portset::{self, DirectionAnswers, PortSet};
+
+/// What one table asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Probe {
+    /// One destination port of one protocol.
+    Port { port: u16, protocol: Protocol },
+    /// Any port of any protocol.
+    Any,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Port { port, protocol } => write!(f, "{port}/{protocol}"),
+            Probe::Any => f.write_str("any port"),
+        }
+    }
+}
+
+impl FromStr for Probe {
+    type Err = String;
+
+    /// `80`, `80/TCP`, `53/udp`, or `any`.
+    fn from_str(s: &str) -> Result<Probe, String> {
+        if s.eq_ignore_ascii_case("any") {
+            return Ok(Probe::Any);
+        }
+        let (port, proto) = match s.split_once('/') {
+            Some((p, proto)) => (p, proto),
+            None => (s, "TCP"),
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("invalid port {port:?} in {s:?}: expected 1-65535"))?;
+        let protocol = Protocol::from_name(proto)
+            .filter(|p| p.has_ports())
+            .ok_or_else(|| {
+                format!("invalid protocol {proto:?} in {s:?}: expected TCP, UDP or SCTP")
+            })?;
+        Ok(Probe::Port { port, protocol })
+    }
+}
+
+/// One truth table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthTable {
+    pub probe: Probe,
+    /// `allowed[from][to]`, indices into [`Matrix::workloads`].
+    pub allowed: Vec<Vec<bool>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matrix {
+    /// Workload names (`ns/name[Kind]`), the order of rows and columns.
+    pub workloads: Vec<String>,
+    pub tables: Vec<TruthTable>,
+}
+
+/// Computes one table per probe (all workloads, including each workload to itself).
+pub fn compute(a: &Analysis, probes: &[Probe], progress: &Progress) -> Matrix {
+    let nodes = workload_nodes(a);
+    progress.set_length((nodes.len() * probes.len()) as u64);
+    let mut tables = Vec::new();
+    for probe in probes {
+        let allowed = match *probe {
+            Probe::Port { port, protocol } => {
+                let t = answer_table(a, &nodes, |p, d| {
+                    portset::direction_port_answers(p, d, protocol, port)
+                });
+                fill(&nodes, &t, progress, |e, i| *e && *i)
+            }
+            Probe::Any => {
+                let t = answer_table(a, &nodes, portset::direction_port_sets);
+                fill(&nodes, &t, progress, |e: &std::sync::Arc<PortSet>, i| {
+                    e.intersects(i)
+                })
+            }
+        };
+        tables.push(TruthTable {
+            probe: *probe,
+            allowed,
+        });
+    }
+    progress.finish();
+    Matrix {
+        workloads: nodes.into_iter().map(|n| n.name).collect(),
+        tables,
+    }
+}
+
+fn fill<T: Sync>(
+    nodes: &[Node],
+    table: &AnswerTable<T>,
+    progress: &Progress,
+    both: impl Fn(&T, &T) -> bool + Sync,
+) -> Vec<Vec<bool>> {
+    let answers = |n: &Node, dir: Direction| -> Option<&DirectionAnswers<T>> {
+        n.subject
+            .and_then(|s| table.get(&s))
+            .map(|a| &a[dir as usize])
+    };
+    let ingress: Vec<Option<&DirectionAnswers<T>>> = nodes
+        .iter()
+        .map(|n| answers(n, Direction::Ingress))
+        .collect();
+    let both = &both;
+    par::map(nodes, |src| {
+        let row = match (answers(src, Direction::Egress), src.peer_id) {
+            (Some(eg), Some(src_id)) => nodes
+                .iter()
+                .zip(&ingress)
+                .map(|(dst, ing)| match (ing, dst.peer_id) {
+                    (Some(ing), Some(dst_id)) => both(eg.for_peer(dst_id), ing.for_peer(src_id)),
+                    _ => false,
+                })
+                .collect(),
+            _ => vec![false; nodes.len()],
+        };
+        progress.inc(1);
+        row
+    })
+}
+
+/// Tab-separated tables: a `-` corner, destinations across, one row per source.
+pub fn to_text(m: &Matrix) -> String {
+    let mut s = String::new();
+    for (i, t) in m.tables.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "Reachability on {} (rows: from, columns: to; . allowed, X denied):\n",
+            t.probe
+        ));
+        s.push('-');
+        for w in &m.workloads {
+            s.push('\t');
+            s.push_str(w);
+        }
+        s.push('\n');
+        for (from, row) in m.workloads.iter().zip(&t.allowed) {
+            s.push_str(from);
+            for ok in row {
+                s.push_str(if *ok { "\t." } else { "\tX" });
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// `{"workloads": [...], "tables": [{"port", "protocol", "allowed": [[bool]]}]}`; rows are
+/// sources, columns destinations, in `workloads` order.
+pub fn to_json(m: &Matrix) -> serde_json::Value {
+    let tables: Vec<serde_json::Value> = m
+        .tables
+        .iter()
+        .map(|t| {
+            let (port, protocol) = match t.probe {
+                Probe::Port { port, protocol } => (
+                    serde_json::json!(port),
+                    serde_json::json!(protocol.to_string()),
+                ),
+                Probe::Any => (serde_json::json!("any"), serde_json::json!("any")),
+            };
+            serde_json::json!({
+                "port": port,
+                "protocol": protocol,
+                "allowed": t.allowed,
+            })
+        })
+        .collect();
+    serde_json::json!({ "workloads": m.workloads, "tables": tables })
+}
