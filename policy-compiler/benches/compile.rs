@@ -5,6 +5,12 @@
 //!
 //!     cargo bench -p policy-compiler --bench compile
 //!     PALISADE_BENCH_SCALE=0.1 cargo bench -p policy-compiler --bench compile   # smaller
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,22 +21,29 @@ use policy_compiler::cidr::Cidr;
 use policy_compiler::k8s::Labels;
 use policy_compiler::labels::{Operator, Requirement, Selector};
 use policy_compiler::model::{
-    Endpoint, NamedPort, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec,
-    Rule, WorkloadRef,
+    Endpoint, NamedPort, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec, Rule,
+    WorkloadRef,
 };
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
 
 const APPS: [&str; 3] = ["frontend", "backend", "db"];
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn sel(pairs: &[(&str, &str)]) -> Selector {
     Selector {
         requirements: pairs
             .iter()
-            .map(|(k, v)| Requirement { key: k.to_string(), op: Operator::In, values: BTreeSet::from([v.to_string()]) })
+            .map(|(k, v)| Requirement {
+                key: k.to_string(),
+                op: Operator::In,
+                values: BTreeSet::from([v.to_string()]),
+            })
             .collect(),
     }
 }
@@ -38,14 +51,25 @@ fn sel(pairs: &[(&str, &str)]) -> Selector {
 fn pod(ns: &str, app: &str, i: usize, n: u32) -> Endpoint {
     let name = format!("{app}-{i}");
     let ports = match app {
-        "db" => vec![NamedPort { name: "postgres".into(), port: 5432, protocol: Protocol::TCP }],
-        _ => vec![NamedPort { name: "http".into(), port: 8080, protocol: Protocol::TCP }],
+        "db" => vec![NamedPort {
+            name: "postgres".into(),
+            port: 5432,
+            protocol: Protocol::TCP,
+        }],
+        _ => vec![NamedPort {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::TCP,
+        }],
     };
     Endpoint {
         key: Endpoint::pod_key(ns, &name),
         namespace: ns.into(),
         name,
-        workload: WorkloadRef { kind: "ReplicaSet".into(), name: format!("{app}-5d8f9")},
+        workload: WorkloadRef {
+            kind: "ReplicaSet".into(),
+            name: format!("{app}-5d8f9"),
+        },
         labels: labels(&[("app", app), ("pod-template-hash", "5d8f9")]),
         ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))],
         ports,
@@ -54,7 +78,10 @@ fn pod(ns: &str, app: &str, i: usize, n: u32) -> Endpoint {
 }
 
 fn policies(ns: &str, team: &str) -> Vec<Policy> {
-    let p = |name: &str, pod_selector: Selector, ingress: Option<Vec<Rule>>, egress: Option<Vec<Rule>>| Policy {
+    let p = |name: &str,
+             pod_selector: Selector,
+             ingress: Option<Vec<Rule>>,
+             egress: Option<Vec<Rule>>| Policy {
         namespace: ns.into(),
         name: name.into(),
         pod_selector,
@@ -62,11 +89,25 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
         egress,
         origin: "bench".into(),
     };
-    let team_peer = Peer::Endpoints { namespaces: NamespaceScope::Selected(sel(&[("team", team)])), pods: Selector::default() };
-    let own = |app: &str| Peer::Endpoints { namespaces: NamespaceScope::Own(ns.into()), pods: sel(&[("app", app)]) };
-    let tcp = |lo: u16, hi: u16| PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(lo, hi) };
+    let team_peer = Peer::Endpoints {
+        namespaces: NamespaceScope::Selected(sel(&[("team", team)])),
+        pods: Selector::default(),
+    };
+    let own = |app: &str| Peer::Endpoints {
+        namespaces: NamespaceScope::Own(ns.into()),
+        pods: sel(&[("app", app)]),
+    };
+    let tcp = |lo: u16, hi: u16| PortSpec {
+        protocol: Protocol::TCP,
+        port: PortMatch::Range(lo, hi),
+    };
     vec![
-        p("default-deny", Selector::default(), Some(vec![]), Some(vec![])),
+        p(
+            "default-deny",
+            Selector::default(),
+            Some(vec![]),
+            Some(vec![]),
+        ),
         p(
             "frontend-ingress",
             sel(&[("app", "frontend")]),
@@ -74,27 +115,54 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
                 peers: Peers::List(vec![
                     team_peer.clone(),
                     Peer::IpBlock {
-                        cidr: "0.0.0.0/0".parse::<Cidr>().unwrap_or_else(|_| unreachable!()),
-                        except: vec!["10.0.0.0/8".parse::<Cidr>().unwrap_or_else(|_| unreachable!())],
+                        cidr: "0.0.0.0/0"
+                            .parse::<Cidr>()
+                            .unwrap_or_else(|_| unreachable!()),
+                        except: vec![
+                            "10.0.0.0/8"
+                                .parse::<Cidr>()
+                                .unwrap_or_else(|_| unreachable!()),
+                        ],
                     },
                 ]),
-                ports: vec![PortSpec { protocol: Protocol::TCP, port: PortMatch::Named("http".into()) }],
+                ports: vec![PortSpec {
+                    protocol: Protocol::TCP,
+                    port: PortMatch::Named("http".into()),
+                }],
             }]),
             None,
         ),
         p(
             "backend",
             sel(&[("app", "backend")]),
-            Some(vec![Rule { peers: Peers::List(vec![own("frontend")]), ports: vec![tcp(8080, 8080)] }]),
-            Some(vec![Rule { peers: Peers::List(vec![own("db")]), ports: vec![tcp(5432, 5432)] }]),
+            Some(vec![Rule {
+                peers: Peers::List(vec![own("frontend")]),
+                ports: vec![tcp(8080, 8080)],
+            }]),
+            Some(vec![Rule {
+                peers: Peers::List(vec![own("db")]),
+                ports: vec![tcp(5432, 5432)],
+            }]),
         ),
         p(
             "team-egress",
             Selector::default(),
             None,
             Some(vec![
-                Rule { peers: Peers::List(vec![team_peer]), ports: vec![tcp(8080, 8080)] },
-                Rule { peers: Peers::Any, ports: vec![PortSpec { protocol: Protocol::UDP, port: PortMatch::Range(53, 53) }, tcp(53, 53)] },
+                Rule {
+                    peers: Peers::List(vec![team_peer]),
+                    ports: vec![tcp(8080, 8080)],
+                },
+                Rule {
+                    peers: Peers::Any,
+                    ports: vec![
+                        PortSpec {
+                            protocol: Protocol::UDP,
+                            port: PortMatch::Range(53, 53),
+                        },
+                        tcp(53, 53),
+                    ],
+                },
             ]),
         ),
     ]
@@ -106,7 +174,10 @@ fn synthetic(namespaces: usize, pods_per_app: usize) -> Cluster {
     for i in 0..namespaces {
         let ns = format!("ns-{i:05}");
         let team = format!("team-{}", i / 10);
-        c.namespaces.insert(ns.clone(), Namespace::new(&ns, labels(&[("team", &team)]), true));
+        c.namespaces.insert(
+            ns.clone(),
+            Namespace::new(&ns, labels(&[("team", &team)]), true),
+        );
         for app in APPS {
             for r in 0..pods_per_app {
                 let e = pod(&ns, app, r, n);
@@ -115,7 +186,8 @@ fn synthetic(namespaces: usize, pods_per_app: usize) -> Cluster {
             }
         }
         for p in policies(&ns, &team) {
-            c.policies.insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+            c.policies
+                .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
         }
     }
     c
@@ -150,13 +222,23 @@ fn report(name: &str, value: Duration, target: Duration, baseline: Duration) {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: keep that fast.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let scale: f64 = std::env::var("PALISADE_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick { 0.01 } else { 1.0 });
+    let scale: f64 = std::env::var("PALISADE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 0.01 } else { 1.0 });
     let namespaces = ((5000.0 * scale) as usize).max(10);
     let build = Instant::now();
     let cluster = synthetic(namespaces, 10);
-    println!("synthetic cluster built in {:.2} s", build.elapsed().as_secs_f64());
+    println!(
+        "synthetic cluster built in {:.2} s",
+        build.elapsed().as_secs_f64()
+    );
     let rss_before = peak_rss_mib();
-    let (n_ns, n_eps, n_pol) = (cluster.namespaces.len(), cluster.endpoints.len(), cluster.policies.len());
+    let (n_ns, n_eps, n_pol) = (
+        cluster.namespaces.len(),
+        cluster.endpoints.len(),
+        cluster.policies.len(),
+    );
 
     let t = Instant::now();
     let (mut engine, diff) = match Engine::compile_owned(cluster, EngineConfig::default()) {
@@ -184,7 +266,12 @@ fn main() {
     // One pod joining an existing workload (same identity): the common case.
     let mut samples = Vec::new();
     for i in 0..200u32 {
-        let mut p = pod(&format!("ns-{:05}", i as usize % namespaces), "backend", 1000 + i as usize, 0x00f0_0000 + i);
+        let mut p = pod(
+            &format!("ns-{:05}", i as usize % namespaces),
+            "backend",
+            1000 + i as usize,
+            0x00f0_0000 + i,
+        );
         p.labels.insert("pod-template-hash".into(), "77aa1".into());
         let t = Instant::now();
         let d = engine.apply(vec![Change::UpsertEndpoint(p)]);
@@ -196,7 +283,12 @@ fn main() {
     // One pod with a label set nobody has yet: a new identity, selectors re-evaluated.
     let mut samples = Vec::new();
     for i in 0..50u32 {
-        let mut p = pod(&format!("ns-{:05}", i as usize % namespaces), "frontend", 2000 + i as usize, 0x00f1_0000 + i);
+        let mut p = pod(
+            &format!("ns-{:05}", i as usize % namespaces),
+            "frontend",
+            2000 + i as usize,
+            0x00f1_0000 + i,
+        );
         p.labels.insert("version".into(), format!("canary-{i}"));
         let t = Instant::now();
         let d = engine.apply(vec![Change::UpsertEndpoint(p)]);
@@ -208,7 +300,10 @@ fn main() {
     // One pod removed.
     let mut samples = Vec::new();
     for i in 0..200u32 {
-        let key = Endpoint::pod_key(&format!("ns-{:05}", i as usize % namespaces), &format!("backend-{}", 1000 + i));
+        let key = Endpoint::pod_key(
+            &format!("ns-{:05}", i as usize % namespaces),
+            &format!("backend-{}", 1000 + i),
+        );
         let t = Instant::now();
         let d = engine.apply(vec![Change::DeleteEndpoint(key)]);
         samples.push(t.elapsed());
@@ -223,7 +318,10 @@ fn main() {
         let team = format!("team-{}", ((i * 7) % namespaces) / 10);
         let mut p = policies(&ns, &team).remove(2);
         if let Some(rules) = p.ingress.as_mut() {
-            rules[0].ports.push(PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(9000, 9100) });
+            rules[0].ports.push(PortSpec {
+                protocol: Protocol::TCP,
+                port: PortMatch::Range(9000, 9100),
+            });
         }
         let t = Instant::now();
         let d = engine.apply(vec![Change::UpsertPolicy(Arc::new(p))]);
@@ -239,7 +337,10 @@ fn main() {
         let team = format!("team-{}", ((i * 13) % namespaces) / 10);
         let mut p = policies(&ns, &team).remove(1);
         if let Some(rules) = p.ingress.as_mut() {
-            rules[0].ports.push(PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(443, 443) });
+            rules[0].ports.push(PortSpec {
+                protocol: Protocol::TCP,
+                port: PortMatch::Range(443, 443),
+            });
         }
         let t = Instant::now();
         let d = engine.apply(vec![Change::UpsertPolicy(Arc::new(p))]);
@@ -249,11 +350,31 @@ fn main() {
     let policy_change_cross = median(samples);
 
     println!();
-    report("one pod add (existing identity)", pod_add, Duration::from_millis(1), full);
-    report("one pod add (new identity)", pod_new_identity, Duration::from_millis(1), full);
+    report(
+        "one pod add (existing identity)",
+        pod_add,
+        Duration::from_millis(1),
+        full,
+    );
+    report(
+        "one pod add (new identity)",
+        pod_new_identity,
+        Duration::from_millis(1),
+        full,
+    );
     report("one pod delete", pod_del, Duration::from_millis(1), full);
-    report("one policy change (namespace)", policy_change, Duration::from_millis(1), full);
-    report("one policy change (cross-namespace)", policy_change_cross, Duration::from_millis(1), full);
+    report(
+        "one policy change (namespace)",
+        policy_change,
+        Duration::from_millis(1),
+        full,
+    );
+    report(
+        "one policy change (cross-namespace)",
+        policy_change_cross,
+        Duration::from_millis(1),
+        full,
+    );
     let peak = peak_rss_mib();
     println!(
         "\npeak memory (VmHWM): {peak:.0} MiB (target 1024 MiB, {:.2}x of target); model alone {rss_before:.0} MiB",

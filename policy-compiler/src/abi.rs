@@ -166,6 +166,13 @@ pub fn verdict_rank(verdict: u8) -> u8 {
 
 /// The datapath's combine step (lookup order step 4): `true` when `a` beats `b`.
 pub fn value_beats(a: &PolicyValue, b: &PolicyValue) -> bool {
-    (a.precedence, std::cmp::Reverse(verdict_rank(a.verdict)), a.rule_id)
-        < (b.precedence, std::cmp::Reverse(verdict_rank(b.verdict)), b.rule_id)
+    (
+        a.precedence,
+        std::cmp::Reverse(verdict_rank(a.verdict)),
+        a.rule_id,
+    ) < (
+        b.precedence,
+        std::cmp::Reverse(verdict_rank(b.verdict)),
+        b.rule_id,
+    )
 }

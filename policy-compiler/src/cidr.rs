@@ -26,7 +26,10 @@ impl Cidr {
         if len > max {
             return None;
         }
-        Some(Cidr { addr: mask(addr, len), len })
+        Some(Cidr {
+            addr: mask(addr, len),
+            len,
+        })
     }
 
     pub fn host(addr: IpAddr) -> Cidr {
@@ -38,6 +41,11 @@ impl Cidr {
         self.addr
     }
 
+    /// The prefix length.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a prefix length, not a collection size"
+    )]
     pub fn len(&self) -> u8 {
         self.len
     }
@@ -62,7 +70,11 @@ impl Cidr {
         let bits = max_len(&self.addr) as u32;
         let start = ip_to_u128(&self.addr);
         let host_bits = bits - self.len as u32;
-        let span = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+        let span = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
         (start, start | span)
     }
 
@@ -83,7 +95,10 @@ impl FromStr for Cidr {
     /// Lenient parse (host bits are cleared); validation of user input happens in
     /// `validate`, which reports the apiserver's messages.
     fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let err = |reason| CidrError { input: s.to_string(), reason };
+        let err = |reason| CidrError {
+            input: s.to_string(),
+            reason,
+        };
         let (a, l) = s.split_once('/').ok_or_else(|| err("missing '/'"))?;
         let addr: IpAddr = a.parse().map_err(|_| err("bad address"))?;
         let len: u8 = l.parse().map_err(|_| err("bad prefix length"))?;
@@ -129,11 +144,19 @@ pub fn u128_to_ip(v: u128, v4: bool) -> IpAddr {
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
     }

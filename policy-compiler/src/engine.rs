@@ -40,7 +40,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { label_filter: LabelFilter::default(), ipblocks_select_pods: true }
+        EngineConfig {
+            label_filter: LabelFilter::default(),
+            ipblocks_select_pods: true,
+        }
     }
 }
 
@@ -71,13 +74,18 @@ impl EntryKey {
 
     /// Port prefix bits (0..=16) of a protocol-specific key.
     pub fn port_bits(&self) -> u8 {
-        self.prefixlen.saturating_sub(abi::POLICY_PREFIX_ANY_PORT as u8)
+        self.prefixlen
+            .saturating_sub(abi::POLICY_PREFIX_ANY_PORT as u8)
     }
 
     /// The inclusive port range the key covers.
     pub fn port_range(&self) -> (u16, u16) {
         let bits = self.port_bits() as u32;
-        let span = if bits == 0 { u16::MAX } else { ((1u32 << (16 - bits)) - 1) as u16 };
+        let span = if bits == 0 {
+            u16::MAX
+        } else {
+            ((1u32 << (16 - bits)) - 1) as u16
+        };
         (self.port, self.port | span)
     }
 }
@@ -101,7 +109,10 @@ impl CompiledPolicy {
     }
 
     pub fn get(&self, key: &EntryKey) -> Option<PolicyValue> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok().map(|i| self.entries[i].1)
+        self.entries
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| self.entries[i].1)
     }
 }
 
@@ -163,13 +174,37 @@ impl MapDiff {
         self.policies_created
             .iter()
             .map(|i| MapOp::CreatePolicy(*i))
-            .chain(self.policy_upserts.iter().map(|(i, k, v)| MapOp::UpsertPolicyEntry(*i, k, v)))
-            .chain(self.ipcache_upserts.iter().map(|(c, i)| MapOp::UpsertIpcache(c, *i)))
-            .chain(self.endpoint_upserts.iter().map(|(e, i)| MapOp::UpsertEndpoint(e, *i)))
-            .chain(self.endpoint_deletes.iter().map(|e| MapOp::DeleteEndpoint(e)))
-            .chain(self.policy_deletes.iter().map(|(i, k)| MapOp::DeletePolicyEntry(*i, k)))
+            .chain(
+                self.policy_upserts
+                    .iter()
+                    .map(|(i, k, v)| MapOp::UpsertPolicyEntry(*i, k, v)),
+            )
+            .chain(
+                self.ipcache_upserts
+                    .iter()
+                    .map(|(c, i)| MapOp::UpsertIpcache(c, *i)),
+            )
+            .chain(
+                self.endpoint_upserts
+                    .iter()
+                    .map(|(e, i)| MapOp::UpsertEndpoint(e, *i)),
+            )
+            .chain(
+                self.endpoint_deletes
+                    .iter()
+                    .map(|e| MapOp::DeleteEndpoint(e)),
+            )
+            .chain(
+                self.policy_deletes
+                    .iter()
+                    .map(|(i, k)| MapOp::DeletePolicyEntry(*i, k)),
+            )
             .chain(self.ipcache_deletes.iter().map(MapOp::DeleteIpcache))
-            .chain(self.policies_removed.iter().map(|i| MapOp::RemovePolicy(*i)))
+            .chain(
+                self.policies_removed
+                    .iter()
+                    .map(|i| MapOp::RemovePolicy(*i)),
+            )
     }
 
     pub fn op_count(&self) -> usize {
@@ -199,10 +234,14 @@ struct PolicyState {
 
 impl PolicyState {
     fn selectors(&self) -> impl Iterator<Item = SelectorId> + '_ {
-        self.rules.iter().flatten().flat_map(|(p, _)| match p {
-            RulePeers::Any => &[][..],
-            RulePeers::Selectors(v) => &v[..],
-        }).copied()
+        self.rules
+            .iter()
+            .flatten()
+            .flat_map(|(p, _)| match p {
+                RulePeers::Any => &[][..],
+                RulePeers::Selectors(v) => &v[..],
+            })
+            .copied()
     }
 }
 
@@ -217,7 +256,11 @@ struct PortPrefix {
 }
 
 impl PortPrefix {
-    const ANY: PortPrefix = PortPrefix { proto: 0, port: 0, bits: 0 };
+    const ANY: PortPrefix = PortPrefix {
+        proto: 0,
+        port: 0,
+        bits: 0,
+    };
 
     fn contains(&self, other: &PortPrefix) -> bool {
         if self.proto == 0 {
@@ -250,7 +293,11 @@ impl PortPrefix {
 }
 
 pub fn port_mask(bits: u8) -> u16 {
-    if bits == 0 { 0 } else { u16::MAX << (16 - bits as u32) }
+    if bits == 0 {
+        0
+    } else {
+        u16::MAX << (16 - bits as u32)
+    }
 }
 
 /// Splits an inclusive port range into aligned prefixes (at most 2*16 of them), so a range
@@ -260,7 +307,11 @@ pub fn port_range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (lo as u32, hi as u32);
     while lo <= hi {
         // Largest aligned block starting at lo that fits in [lo, hi].
-        let mut size = if lo == 0 { 1u32 << 16 } else { 1u32 << lo.trailing_zeros().min(16) };
+        let mut size = if lo == 0 {
+            1u32 << 16
+        } else {
+            1u32 << lo.trailing_zeros().min(16)
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -332,12 +383,18 @@ impl Engine {
     }
 
     /// Compiles a whole cluster: one batch with every object.
-    pub fn compile(cluster: &Cluster, config: EngineConfig) -> Result<(Engine, MapDiff), EngineError> {
+    pub fn compile(
+        cluster: &Cluster,
+        config: EngineConfig,
+    ) -> Result<(Engine, MapDiff), EngineError> {
         Engine::compile_owned(cluster.clone(), config)
     }
 
     /// [`Engine::compile`] without copying the model.
-    pub fn compile_owned(cluster: Cluster, config: EngineConfig) -> Result<(Engine, MapDiff), EngineError> {
+    pub fn compile_owned(
+        cluster: Cluster,
+        config: EngineConfig,
+    ) -> Result<(Engine, MapDiff), EngineError> {
         let mut e = Engine::new(config);
         let diff = e.apply(into_changes(cluster))?;
         Ok((e, diff))
@@ -395,7 +452,9 @@ impl Engine {
 
     /// The compiled policy map of an endpoint.
     pub fn endpoint_policy(&self, key: &str) -> Option<&Arc<CompiledPolicy>> {
-        self.endpoint_ids.get(key).and_then(|id| self.compiled.get(id))
+        self.endpoint_ids
+            .get(key)
+            .and_then(|id| self.compiled.get(id))
     }
 
     pub fn compiled(&self) -> &FxHashMap<u32, Arc<CompiledPolicy>> {
@@ -407,8 +466,9 @@ impl Engine {
         self.revision += 1;
         let mut touched_eps: BTreeSet<String> = BTreeSet::new();
         let mut touched_ns: BTreeSet<String> = BTreeSet::new();
-        let mut policy_changes: BTreeMap<PolicyRef, (Option<Arc<Policy>>, Option<Arc<Policy>>)> =
-            BTreeMap::new();
+        // Policy -> (before, after) over the whole batch.
+        type Versions = (Option<Arc<Policy>>, Option<Arc<Policy>>);
+        let mut policy_changes: BTreeMap<PolicyRef, Versions> = BTreeMap::new();
         let mut old_ips: FxHashMap<String, Vec<IpAddr>> = FxHashMap::default();
 
         // 1. The model.
@@ -424,29 +484,38 @@ impl Engine {
                 }
                 Change::UpsertEndpoint(ep) => {
                     let key = ep.key.clone();
-                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep) {
-                        if !prev.ips.is_empty() {
-                            old_ips.entry(key.clone()).or_insert(prev.ips);
-                        }
+                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep)
+                        && !prev.ips.is_empty()
+                    {
+                        old_ips.entry(key.clone()).or_insert(prev.ips);
                     }
                     touched_eps.insert(key);
                 }
                 Change::DeleteEndpoint(key) => {
-                    if let Some(prev) = self.cluster.endpoints.remove(&key) {
-                        if !prev.ips.is_empty() {
-                            old_ips.entry(key.clone()).or_insert(prev.ips);
-                        }
+                    if let Some(prev) = self.cluster.endpoints.remove(&key)
+                        && !prev.ips.is_empty()
+                    {
+                        old_ips.entry(key.clone()).or_insert(prev.ips);
                     }
                     touched_eps.insert(key);
                 }
                 Change::UpsertPolicy(p) => {
-                    let r = PolicyRef { namespace: p.namespace.clone(), name: p.name.clone() };
-                    let prev = self.cluster.policies.insert((r.namespace.clone(), r.name.clone()), p.clone());
+                    let r = PolicyRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    };
+                    let prev = self
+                        .cluster
+                        .policies
+                        .insert((r.namespace.clone(), r.name.clone()), p.clone());
                     let e = policy_changes.entry(r).or_insert((prev, None));
                     e.1 = Some(p);
                 }
                 Change::DeletePolicy(r) => {
-                    let prev = self.cluster.policies.remove(&(r.namespace.clone(), r.name.clone()));
+                    let prev = self
+                        .cluster
+                        .policies
+                        .remove(&(r.namespace.clone(), r.name.clone()));
                     let e = policy_changes.entry(r).or_insert((prev, None));
                     e.1 = None;
                 }
@@ -498,7 +567,10 @@ impl Engine {
             if let Some(p) = new {
                 let state = self.register_policy(r, p.clone());
                 self.policies.insert(r.clone(), state);
-                self.policies_by_ns.entry(r.namespace.clone()).or_default().insert(r.clone());
+                self.policies_by_ns
+                    .entry(r.namespace.clone())
+                    .or_default()
+                    .insert(r.clone());
             }
             if let Some(s) = old_state {
                 if let Some(bm) = self.selectors.selected(s.subject) {
@@ -506,10 +578,10 @@ impl Engine {
                 }
                 self.unregister_policy(r, &s, new.as_deref());
             }
-            if new.is_none() {
-                if let Some(set) = self.policies_by_ns.get_mut(&r.namespace) {
-                    set.remove(r);
-                }
+            if new.is_none()
+                && let Some(set) = self.policies_by_ns.get_mut(&r.namespace)
+            {
+                set.remove(r);
             }
             let _ = old;
         }
@@ -528,7 +600,8 @@ impl Engine {
         }
         for c in &cidrs_removed {
             if let Some(id) = self.identities.cidr_identity(c) {
-                changed_selectors.extend(self.selectors.remove_identity(id, &IdentityInfo::Cidr(*c)));
+                changed_selectors
+                    .extend(self.selectors.remove_identity(id, &IdentityInfo::Cidr(*c)));
                 self.identities.release_cidr(c);
                 removed_ids.push(id);
             }
@@ -548,7 +621,10 @@ impl Engine {
         if !cidrs_added.is_empty() || !cidrs_removed.is_empty() {
             let changed: Vec<Cidr> = cidrs_added.iter().chain(&cidrs_removed).copied().collect();
             for e in self.cluster.endpoints.values() {
-                if e.ips.iter().any(|ip| changed.iter().any(|c| c.contains_ip(ip))) {
+                if e.ips
+                    .iter()
+                    .any(|ip| changed.iter().any(|c| c.contains_ip(ip)))
+                {
                     affected.insert(e.key.clone());
                 }
             }
@@ -588,14 +664,13 @@ impl Engine {
             let info = IdentityInfo::Cluster(k.clone());
             changed_selectors.extend(self.selectors.add_identity(id, &info));
             for p in &k.ports {
-                self.port_names.entry(p.name.clone()).or_default().insert(id);
+                self.port_names
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(id);
                 if let Some(users) = self.any_peer_named.get(&p.name) {
                     for u in users {
-                        if let Some(s) = self.policies.get(u) {
-                            if let Some(bm) = self.selectors.selected(s.subject) {
-                                dirty.extend(bm.iter());
-                            }
-                        }
+                        self.mark_subjects(u, &mut dirty);
                     }
                 }
             }
@@ -656,26 +731,21 @@ impl Engine {
             }
         }
         let removed_set: FxHashSet<u32> = removed_ids.iter().copied().collect();
-        let added_ids: Vec<u32> = added_ids.into_iter().filter(|i| !removed_set.contains(i)).collect();
+        let added_ids: Vec<u32> = added_ids
+            .into_iter()
+            .filter(|i| !removed_set.contains(i))
+            .collect();
 
         // 6. Dirty identities.
         for s in &changed_selectors {
             if let Some(users) = self.peer_users.get(s) {
                 for u in users {
-                    if let Some(st) = self.policies.get(u) {
-                        if let Some(bm) = self.selectors.selected(st.subject) {
-                            dirty.extend(bm.iter());
-                        }
-                    }
+                    self.mark_subjects(u, &mut dirty);
                 }
             }
         }
         for r in &changed_policies {
-            if let Some(st) = self.policies.get(r) {
-                if let Some(bm) = self.selectors.selected(st.subject) {
-                    dirty.extend(bm.iter());
-                }
-            }
+            self.mark_subjects(r, &mut dirty);
         }
         for id in &added_ids {
             if *id < abi::IDENTITY_CIDR_MIN {
@@ -714,7 +784,12 @@ impl Engine {
 
         // 8. ipcache.
         let mut keys: BTreeSet<Cidr> = ip_touched.iter().map(|ip| Cidr::host(*ip)).collect();
-        keys.extend(cidrs_added.iter().chain(&cidrs_removed).filter(|c| c.len() > 0));
+        keys.extend(
+            cidrs_added
+                .iter()
+                .chain(&cidrs_removed)
+                .filter(|c| c.len() > 0),
+        );
         for c in keys {
             let want = self.desired_ipcache(&c);
             let have = self.ipcache.get(&c).copied();
@@ -738,6 +813,17 @@ impl Engine {
         Ok(diff)
     }
 
+    /// Marks every identity a policy selects as needing a recompile.
+    fn mark_subjects(&self, r: &PolicyRef, dirty: &mut BTreeSet<u32>) {
+        if let Some(bm) = self
+            .policies
+            .get(r)
+            .and_then(|st| self.selectors.selected(st.subject))
+        {
+            dirty.extend(bm.iter());
+        }
+    }
+
     fn release_identity(
         &mut self,
         id: u32,
@@ -745,8 +831,13 @@ impl Engine {
         removed: &mut Vec<u32>,
         dirty: &mut BTreeSet<u32>,
     ) {
-        let Some(key) = self.identities.release(id) else { return };
-        changed.extend(self.selectors.remove_identity(id, &IdentityInfo::Cluster(key.clone())));
+        let Some(key) = self.identities.release(id) else {
+            return;
+        };
+        changed.extend(
+            self.selectors
+                .remove_identity(id, &IdentityInfo::Cluster(key.clone())),
+        );
         for p in &key.ports {
             if let Some(bm) = self.port_names.get_mut(&p.name) {
                 bm.remove(id);
@@ -756,11 +847,7 @@ impl Engine {
             }
             if let Some(users) = self.any_peer_named.get(&p.name) {
                 for u in users {
-                    if let Some(s) = self.policies.get(u) {
-                        if let Some(bm) = self.selectors.selected(s.subject) {
-                            dirty.extend(bm.iter());
-                        }
-                    }
+                    self.mark_subjects(u, dirty);
                 }
             }
         }
@@ -793,10 +880,10 @@ impl Engine {
             if !present {
                 continue;
             }
-            if let Some(c) = Cidr::new(*ip, l as u8) {
-                if self.cidr_refs.contains_key(&c) {
-                    out.push(c);
-                }
+            if let Some(c) = Cidr::new(*ip, l as u8)
+                && self.cidr_refs.contains_key(&c)
+            {
+                out.push(c);
             }
         }
         out.sort();
@@ -804,7 +891,11 @@ impl Engine {
     }
 
     fn identity_key(&self, e: &Endpoint, ns: Arc<str>, ns_labels: Arc<Labels>) -> IdentityKey {
-        let ips: &[IpAddr] = if self.config.ipblocks_select_pods { &e.ips } else { &[] };
+        let ips: &[IpAddr] = if self.config.ipblocks_select_pods {
+            &e.ips
+        } else {
+            &[]
+        };
         let mut cidr_sets: Vec<Vec<Cidr>> = ips
             .iter()
             .map(|ip| self.containing_cidrs(ip))
@@ -826,12 +917,24 @@ impl Engine {
             .iter()
             .map(|r| (r.id(), IdentityInfo::Reserved(*r)))
             .collect();
-        v.extend(self.identities.cluster_ids().map(|(i, k)| (i, IdentityInfo::Cluster(k.clone()))));
-        v.extend(self.identities.cidr_ids().map(|(i, c)| (i, IdentityInfo::Cidr(*c))));
+        v.extend(
+            self.identities
+                .cluster_ids()
+                .map(|(i, k)| (i, IdentityInfo::Cluster(k.clone()))),
+        );
+        v.extend(
+            self.identities
+                .cidr_ids()
+                .map(|(i, c)| (i, IdentityInfo::Cidr(*c))),
+        );
         v
     }
 
-    fn acquire_selector(&mut self, key: SelectorKey, all: &mut Option<Vec<(u32, IdentityInfo)>>) -> SelectorId {
+    fn acquire_selector(
+        &mut self,
+        key: SelectorKey,
+        all: &mut Option<Vec<(u32, IdentityInfo)>>,
+    ) -> SelectorId {
         if self.selectors.contains(&key) {
             return self.selectors.acquire(key, std::iter::empty()).0;
         }
@@ -851,13 +954,20 @@ impl Engine {
         let mut rules: [Vec<(RulePeers, u32)>; 2] = [Vec::new(), Vec::new()];
         for dir in Direction::BOTH {
             for (i, rule) in p.rules(dir).unwrap_or(&[]).iter().enumerate() {
-                let id = self.rules.acquire(RuleRef { policy: r.clone(), direction: dir, index: i });
+                let id = self.rules.acquire(RuleRef {
+                    policy: r.clone(),
+                    direction: dir,
+                    index: i,
+                });
                 let peers = match &rule.peers {
                     Peers::Any => {
                         if dir == Direction::Egress {
                             for ps in &rule.ports {
                                 if let PortMatch::Named(n) = &ps.port {
-                                    self.any_peer_named.entry(n.clone()).or_default().insert(r.clone());
+                                    self.any_peer_named
+                                        .entry(n.clone())
+                                        .or_default()
+                                        .insert(r.clone());
                                 }
                             }
                         }
@@ -875,7 +985,10 @@ impl Engine {
                                     let mut except = except.clone();
                                     except.sort();
                                     except.dedup();
-                                    SelectorKey::IpBlock { cidr: *cidr, except }
+                                    SelectorKey::IpBlock {
+                                        cidr: *cidr,
+                                        except,
+                                    }
                                 }
                             };
                             let s = self.acquire_selector(key, &mut all);
@@ -888,7 +1001,11 @@ impl Engine {
                 rules[dir as usize].push((peers, id));
             }
         }
-        PolicyState { policy: p, subject, rules }
+        PolicyState {
+            policy: p,
+            subject,
+            rules,
+        }
     }
 
     fn unregister_policy(&mut self, r: &PolicyRef, s: &PolicyState, replacement: Option<&Policy>) {
@@ -898,21 +1015,26 @@ impl Engine {
                 .policies
                 .get(r)
                 .is_some_and(|n| n.selectors().any(|x| x == sel));
-            if !still_used {
-                if let Some(u) = self.peer_users.get_mut(&sel) {
-                    u.remove(r);
-                    if u.is_empty() {
-                        self.peer_users.remove(&sel);
-                    }
+            if !still_used && let Some(u) = self.peer_users.get_mut(&sel) {
+                u.remove(r);
+                if u.is_empty() {
+                    self.peer_users.remove(&sel);
                 }
             }
             self.selectors.release(sel);
         }
         self.selectors.release(s.subject);
         for dir in Direction::BOTH {
-            let keep = replacement.and_then(|p| p.rules(dir)).map(|r| r.len()).unwrap_or(0);
+            let keep = replacement
+                .and_then(|p| p.rules(dir))
+                .map(|r| r.len())
+                .unwrap_or(0);
             for i in keep..s.rules[dir as usize].len() {
-                self.rules.release(&RuleRef { policy: r.clone(), direction: dir, index: i });
+                self.rules.release(&RuleRef {
+                    policy: r.clone(),
+                    direction: dir,
+                    index: i,
+                });
             }
             for rule in s.policy.rules(dir).unwrap_or(&[]) {
                 if dir == Direction::Egress && rule.peers == Peers::Any {
@@ -921,13 +1043,14 @@ impl Engine {
                             let still = self.policies.get(r).is_some_and(|st| {
                                 st.policy.egress.iter().flatten().any(|ru| {
                                     ru.peers == Peers::Any
-                                        && ru.ports.iter().any(|p| p.port == PortMatch::Named(n.clone()))
+                                        && ru
+                                            .ports
+                                            .iter()
+                                            .any(|p| p.port == PortMatch::Named(n.clone()))
                                 })
                             });
-                            if !still {
-                                if let Some(u) = self.any_peer_named.get_mut(n) {
-                                    u.remove(r);
-                                }
+                            if !still && let Some(u) = self.any_peer_named.get_mut(n) {
+                                u.remove(r);
                             }
                         }
                     }
@@ -939,20 +1062,27 @@ impl Engine {
     /// The ipcache entry a prefix should have: an endpoint's identity for its host prefix,
     /// else the CIDR identity of a policy CIDR.
     fn desired_ipcache(&self, c: &Cidr) -> Option<u32> {
-        if c.len() == crate::cidr::max_len(&c.addr()) {
-            if let Some(owner) = self.ip_owners.get(&c.addr()).and_then(|s| s.iter().next()) {
-                return self.endpoint_ids.get(owner).copied();
-            }
+        if c.len() == crate::cidr::max_len(&c.addr())
+            && let Some(owner) = self.ip_owners.get(&c.addr()).and_then(|s| s.iter().next())
+        {
+            return self.endpoint_ids.get(owner).copied();
         }
         if c.len() == 0 {
-            return Some(if c.is_ipv4() { Reserved::WorldIpv4.id() } else { Reserved::WorldIpv6.id() });
+            return Some(if c.is_ipv4() {
+                Reserved::WorldIpv4.id()
+            } else {
+                Reserved::WorldIpv6.id()
+            });
         }
         self.identities.cidr_identity(c)
     }
 
     fn compile_many(&self, ids: &[u32]) -> Vec<CompiledPolicy> {
         const PARALLEL_MIN: usize = 512;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
         if ids.len() < PARALLEL_MIN || threads < 2 {
             return ids.iter().map(|id| self.compile_identity(*id)).collect();
         }
@@ -960,7 +1090,13 @@ impl Engine {
         std::thread::scope(|s| {
             let handles: Vec<_> = ids
                 .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().map(|id| self.compile_identity(*id)).collect::<Vec<_>>()))
+                .map(|c| {
+                    s.spawn(move || {
+                        c.iter()
+                            .map(|id| self.compile_identity(*id))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
             let mut out = Vec::with_capacity(ids.len());
             for h in handles {
@@ -988,12 +1124,20 @@ impl Engine {
         let empty = BTreeSet::new();
         let candidates = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
         for pref in candidates {
-            let Some(st) = self.policies.get(pref) else { continue };
-            if !self.selectors.selected(st.subject).is_some_and(|b| b.contains(id)) {
+            let Some(st) = self.policies.get(pref) else {
+                continue;
+            };
+            if !self
+                .selectors
+                .selected(st.subject)
+                .is_some_and(|b| b.contains(id))
+            {
                 continue;
             }
             for dir in Direction::BOTH {
-                let Some(rules) = st.policy.rules(dir) else { continue };
+                let Some(rules) = st.policy.rules(dir) else {
+                    continue;
+                };
                 isolated[dir as usize].push(pref.clone());
                 let d = dir.abi();
                 for (rule, (peers, rule_id)) in rules.iter().zip(&st.rules[dir as usize]) {
@@ -1017,7 +1161,11 @@ impl Engine {
                     for ps in &rule.ports {
                         let proto = ps.protocol.0;
                         match &ps.port {
-                            PortMatch::All => fixed.push(PortPrefix { proto, port: 0, bits: 0 }),
+                            PortMatch::All => fixed.push(PortPrefix {
+                                proto,
+                                port: 0,
+                                bits: 0,
+                            }),
                             PortMatch::Range(lo, hi) => {
                                 for (port, bits) in port_range_prefixes(*lo, *hi) {
                                     fixed.push(PortPrefix { proto, port, bits });
@@ -1026,8 +1174,14 @@ impl Engine {
                             PortMatch::Named(n) => match dir {
                                 // Ingress: the destination is this endpoint.
                                 Direction::Ingress => {
-                                    if let Some(port) = resolve_named_port(&key.ports, n, ps.protocol) {
-                                        fixed.push(PortPrefix { proto, port, bits: 16 });
+                                    if let Some(port) =
+                                        resolve_named_port(&key.ports, n, ps.protocol)
+                                    {
+                                        fixed.push(PortPrefix {
+                                            proto,
+                                            port,
+                                            bits: 16,
+                                        });
                                     }
                                 }
                                 Direction::Egress => named.push((n.as_str(), ps.protocol)),
@@ -1059,15 +1213,19 @@ impl Engine {
                             (Some(u), Some(b)) => Box::new((u & b).into_iter()),
                         };
                         for peer in peers {
-                            if let Some(k) = self.identities.key(peer) {
-                                if let Some(port) = resolve_named_port(&k.ports, n, proto) {
-                                    contribs.push((
-                                        peer,
-                                        d,
-                                        PortPrefix { proto: proto.0, port, bits: 16 },
-                                        *rule_id,
-                                    ));
-                                }
+                            if let Some(k) = self.identities.key(peer)
+                                && let Some(port) = resolve_named_port(&k.ports, n, proto)
+                            {
+                                contribs.push((
+                                    peer,
+                                    d,
+                                    PortPrefix {
+                                        proto: proto.0,
+                                        port,
+                                        bits: 16,
+                                    },
+                                    *rule_id,
+                                ));
                             }
                         }
                     }
@@ -1076,11 +1234,20 @@ impl Engine {
         }
         for dir in Direction::BOTH {
             if isolated[dir as usize].is_empty() {
-                contribs.push((abi::IDENTITY_UNKNOWN, dir.abi(), PortPrefix::ANY, abi::RULE_ID_NOT_ISOLATED));
+                contribs.push((
+                    abi::IDENTITY_UNKNOWN,
+                    dir.abi(),
+                    PortPrefix::ANY,
+                    abi::RULE_ID_NOT_ISOLATED,
+                ));
             }
         }
         let [ingress_isolated_by, egress_isolated_by] = isolated;
-        CompiledPolicy { entries: materialize(contribs), ingress_isolated_by, egress_isolated_by }
+        CompiledPolicy {
+            entries: materialize(contribs),
+            ingress_isolated_by,
+            egress_isolated_by,
+        }
     }
 }
 
@@ -1131,7 +1298,7 @@ fn materialize(mut contribs: Vec<(u32, u8, PortPrefix, u32)>) -> Vec<(EntryKey, 
         }
         i = j;
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.sort_unstable_by_key(|a| a.0);
     out
 }
 
@@ -1177,7 +1344,12 @@ pub fn into_changes(cluster: Cluster) -> Vec<Change> {
     let mut v: Vec<Change> = Vec::with_capacity(
         cluster.namespaces.len() + cluster.policies.len() + cluster.endpoints.len(),
     );
-    v.extend(cluster.namespaces.into_values().map(Change::UpsertNamespace));
+    v.extend(
+        cluster
+            .namespaces
+            .into_values()
+            .map(Change::UpsertNamespace),
+    );
     v.extend(cluster.policies.into_values().map(Change::UpsertPolicy));
     v.extend(cluster.endpoints.into_values().map(Change::UpsertEndpoint));
     v
@@ -1186,9 +1358,21 @@ pub fn into_changes(cluster: Cluster) -> Vec<Change> {
 /// Every object of a cluster as one batch, in a deterministic order.
 pub fn changes_for(cluster: &Cluster) -> Vec<Change> {
     let mut v: Vec<Change> = Vec::new();
-    v.extend(cluster.namespaces.values().cloned().map(Change::UpsertNamespace));
+    v.extend(
+        cluster
+            .namespaces
+            .values()
+            .cloned()
+            .map(Change::UpsertNamespace),
+    );
     v.extend(cluster.policies.values().cloned().map(Change::UpsertPolicy));
-    v.extend(cluster.endpoints.values().cloned().map(Change::UpsertEndpoint));
+    v.extend(
+        cluster
+            .endpoints
+            .values()
+            .cloned()
+            .map(Change::UpsertEndpoint),
+    );
     v
 }
 

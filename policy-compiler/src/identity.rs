@@ -103,8 +103,15 @@ pub struct IdentityKey {
 impl IdentityKey {
     /// Labels in the `k8s:key=value` form verdict logs use.
     pub fn log_labels(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
-        out.push(format!("k8s:io.kubernetes.pod.namespace={}", self.namespace));
+        let mut out: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("k8s:{k}={v}"))
+            .collect();
+        out.push(format!(
+            "k8s:io.kubernetes.pod.namespace={}",
+            self.namespace
+        ));
         out
     }
 }
@@ -152,8 +159,13 @@ impl IdentityAllocator {
     /// the same numbers, so maps and logs keep their meaning.
     pub fn with_numbering(other: &IdentityAllocator) -> Self {
         let mut a = IdentityAllocator::new();
-        a.preferred = other.keys.iter().map(|(id, (k, _))| (k.clone(), *id)).collect::<HashMap<_, _>>();
-        a.preferred.extend(other.preferred.iter().map(|(k, v)| (k.clone(), *v)));
+        a.preferred = other
+            .keys
+            .iter()
+            .map(|(id, (k, _))| (k.clone(), *id))
+            .collect::<HashMap<_, _>>();
+        a.preferred
+            .extend(other.preferred.iter().map(|(k, v)| (k.clone(), *v)));
         a.preferred_cidr = other.by_cidr.clone();
         a.next_cluster = other.next_cluster;
         a.next_cidr = other.next_cidr;

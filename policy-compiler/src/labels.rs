@@ -133,14 +133,19 @@ pub const DEFAULT_EXCLUDED_LABELS: &[&str] = &[
 impl Default for LabelFilter {
     fn default() -> Self {
         LabelFilter {
-            excluded_keys: DEFAULT_EXCLUDED_LABELS.iter().map(|s| s.to_string()).collect(),
+            excluded_keys: DEFAULT_EXCLUDED_LABELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
 
 impl LabelFilter {
     pub fn none() -> Self {
-        LabelFilter { excluded_keys: BTreeSet::new() }
+        LabelFilter {
+            excluded_keys: BTreeSet::new(),
+        }
     }
 
     pub fn apply(&self, labels: &Labels) -> Labels {
@@ -162,7 +167,10 @@ mod tests {
     use crate::k8s::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
@@ -193,7 +201,10 @@ mod tests {
     #[test]
     fn empty_selector_matches_everything_and_equal_selectors_are_equal() {
         assert!(Selector::everything().matches(&Labels::new()));
-        let a = LabelSelector { match_labels: Some(labels(&[("a", "1")])), match_expressions: None };
+        let a = LabelSelector {
+            match_labels: Some(labels(&[("a", "1")])),
+            match_expressions: None,
+        };
         let b = expr("a", "In", &["1"]);
         assert_eq!(Selector::from_api(&a), Selector::from_api(&b));
         assert_eq!(Selector::from_api(&a).to_string(), "a=1");

@@ -11,8 +11,8 @@
 pub mod abi;
 pub mod cidr;
 pub mod engine;
-pub mod hash;
 pub mod eval;
+pub mod hash;
 pub mod identity;
 pub mod k8s;
 pub mod labels;

@@ -62,7 +62,12 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error("{}:{line}:{column}: {message}", path.display())]
-    Syntax { path: PathBuf, line: u64, column: u64, message: String },
+    Syntax {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
     #[error("{}", render_invalid(.0))]
     Invalid(Vec<InvalidObject>),
 }
@@ -153,14 +158,22 @@ pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<Loaded, Lo
 fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let meta = std::fs::metadata(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound { path: path.to_path_buf() }
+            LoadError::NotFound {
+                path: path.to_path_buf(),
+            }
         } else {
-            LoadError::Io { path: path.to_path_buf(), source }
+            LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })?;
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?
+            .map_err(|source| LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
@@ -209,7 +222,7 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<Doc>, LoadError> {
         serde_saphyr::from_multiple::<Value>(text).map_err(|e| {
             let (line, column) = e
                 .location()
-                .map(|l| (l.line() as u64, l.column() as u64))
+                .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
             LoadError::Syntax {
                 path: path.to_path_buf(),
@@ -224,7 +237,10 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<Doc>, LoadError> {
         .enumerate()
         .filter(|(_, v)| !v.is_null())
         .map(|(i, value)| Doc {
-            origin: Origin { file: path.to_path_buf(), document: i + 1 },
+            origin: Origin {
+                file: path.to_path_buf(),
+                document: i + 1,
+            },
             value,
         })
         .collect())
@@ -243,36 +259,45 @@ fn first_line(msg: &str) -> String {
 
 /// Flattens `List` wrappers into their items.
 fn flatten(doc: Doc, out: &mut Vec<Doc>, report: &mut LoadReport) {
-    let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-    if kind.ends_with("List") {
-        if let Some(Value::Array(items)) = doc.value.get("items") {
-            let item_kind = kind.trim_end_matches("List").to_string();
-            for item in items {
-                let mut value = item.clone();
-                if let Value::Object(m) = &mut value {
-                    if !m.contains_key("kind") && !item_kind.is_empty() {
-                        m.insert("kind".into(), Value::String(item_kind.clone()));
-                    }
-                    if !m.contains_key("apiVersion") {
-                        if let Some(v) = doc.value.get("apiVersion") {
-                            let api = if item_kind == "NetworkPolicy" {
-                                Value::String("networking.k8s.io/v1".into())
-                            } else {
-                                v.clone()
-                            };
-                            m.insert("apiVersion".into(), api);
-                        }
-                    }
+    let kind = doc
+        .value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if kind.ends_with("List")
+        && let Some(Value::Array(items)) = doc.value.get("items")
+    {
+        let item_kind = kind.trim_end_matches("List").to_string();
+        for item in items {
+            let mut value = item.clone();
+            if let Value::Object(m) = &mut value {
+                if !m.contains_key("kind") && !item_kind.is_empty() {
+                    m.insert("kind".into(), Value::String(item_kind.clone()));
                 }
-                out.push(Doc { origin: doc.origin.clone(), value });
+                if !m.contains_key("apiVersion")
+                    && let Some(v) = doc.value.get("apiVersion")
+                {
+                    let api = if item_kind == "NetworkPolicy" {
+                        Value::String("networking.k8s.io/v1".into())
+                    } else {
+                        v.clone()
+                    };
+                    m.insert("apiVersion".into(), api);
+                }
             }
-            return;
+            out.push(Doc {
+                origin: doc.origin.clone(),
+                value,
+            });
         }
+        return;
     }
     if !doc.value.is_object() || doc.value.get("kind").is_none() {
-        report
-            .warnings
-            .push(format!("{}: not a Kubernetes object (no `kind`); skipped", doc.origin));
+        report.warnings.push(format!(
+            "{}: not a Kubernetes object (no `kind`); skipped",
+            doc.origin
+        ));
         return;
     }
     out.push(doc);
@@ -301,8 +326,14 @@ fn decode<T: DeserializeOwned>(
 
 fn object_label(doc: &Doc, kind: &str) -> String {
     let meta = doc.value.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
@@ -331,8 +362,17 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
     let mut seen: BTreeMap<String, Origin> = BTreeMap::new();
 
     for doc in &flat {
-        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-        let api = doc.value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = doc
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let api = doc
+            .value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let label = object_label(doc, &kind);
         let supported = match kind.as_str() {
             "NetworkPolicy" => api == "networking.k8s.io/v1",
@@ -340,16 +380,29 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
             k => WORKLOAD_KINDS.contains(&k),
         };
         if !supported {
-            let key = if kind == "NetworkPolicy" { format!("{kind} ({api})") } else { kind };
+            let key = if kind == "NetworkPolicy" {
+                format!("{kind} ({api})")
+            } else {
+                kind
+            };
             *report.unsupported_kinds.entry(key).or_default() += 1;
             continue;
         }
         *report.objects.entry(kind.clone()).or_default() += 1;
         let full_key = {
             let meta = doc.value.get("metadata");
-            let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
-            let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
-            let ns = if kind == "Namespace" { "" } else { ns.unwrap_or(DEFAULT_NAMESPACE) };
+            let ns = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str);
+            let name = meta
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let ns = if kind == "Namespace" {
+                ""
+            } else {
+                ns.unwrap_or(DEFAULT_NAMESPACE)
+            };
             format!("{kind} {ns}/{name}")
         };
         if let Some(prev) = seen.get(&full_key) {
@@ -369,7 +422,9 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 };
                 let v = validate::validate_network_policy(&np, &opts.validation);
                 for w in v.warnings {
-                    report.warnings.push(format!("{}: {label}: {w}", doc.origin));
+                    report
+                        .warnings
+                        .push(format!("{}: {label}: {w}", doc.origin));
                 }
                 if !v.errors.is_empty() {
                     invalid.push(InvalidObject {
@@ -504,7 +559,12 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
         let ips = pod_ips(&pod, &mut errors);
         let ports = named_ports(pod.spec.as_ref(), "spec", &mut errors);
         if !errors.is_empty() {
-            invalid.push(InvalidObject { origin, object: label, errors, messages: Vec::new() });
+            invalid.push(InvalidObject {
+                origin,
+                object: label,
+                errors,
+                messages: Vec::new(),
+            });
             continue;
         }
         let workload = match controller_owner(&pod.metadata) {
@@ -512,7 +572,10 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 covered.insert((ns.clone(), kind.clone(), owner.clone()));
                 WorkloadRef { kind, name: owner }
             }
-            None => WorkloadRef { kind: "Pod".into(), name: name.clone() },
+            None => WorkloadRef {
+                kind: "Pod".into(),
+                name: name.clone(),
+            },
         };
         let key = Endpoint::pod_key(&ns, &name);
         cluster.endpoints.insert(
@@ -525,7 +588,11 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 labels,
                 ips,
                 ports,
-                host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+                host_network: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false),
             },
         );
     }
@@ -555,7 +622,11 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
             labels: w.labels.clone(),
             ips: Vec::new(),
             ports,
-            host_network: w.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+            host_network: w
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false),
         });
     }
 
@@ -569,7 +640,10 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 fn namespace_of(meta: &k8s::ObjectMeta) -> String {
-    meta.namespace.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+    meta.namespace
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
 }
 
 fn required_name(meta: &k8s::ObjectMeta, errors: &mut Vec<FieldError>) -> String {
@@ -581,7 +655,10 @@ fn required_name(meta: &k8s::ObjectMeta, errors: &mut Vec<FieldError>) -> String
             n.to_string()
         }
         _ => {
-            errors.push(field_required("metadata.name", "name or generateName is required"));
+            errors.push(field_required(
+                "metadata.name",
+                "name or generateName is required",
+            ));
             String::new()
         }
     }
@@ -630,12 +707,17 @@ fn pod_ips(pod: &PodObject, errors: &mut Vec<FieldError>) -> Vec<IpAddr> {
 fn named_ports(spec: Option<&PodSpec>, base: &str, errors: &mut Vec<FieldError>) -> Vec<NamedPort> {
     let mut out = Vec::new();
     let Some(spec) = spec else { return out };
-    let groups = [("containers", &spec.containers), ("initContainers", &spec.init_containers)];
+    let groups = [
+        ("containers", &spec.containers),
+        ("initContainers", &spec.init_containers),
+    ];
     for (field, containers) in groups {
         for (ci, c) in containers.iter().flatten().enumerate() {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
                 let path = format!("{base}.{field}[{ci}].ports[{pi}]");
-                let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else { continue };
+                let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                    continue;
+                };
                 let proto = p.protocol.as_deref().unwrap_or("TCP");
                 let protocol = match proto {
                     "TCP" => Protocol::TCP,
@@ -661,10 +743,7 @@ fn named_ports(spec: Option<&PodSpec>, base: &str, errors: &mut Vec<FieldError>)
                         n.to_string(),
                         "must be between 1 and 65535, inclusive".into(),
                     )),
-                    None => errors.push(field_required(
-                        &format!("{path}.containerPort"),
-                        "",
-                    )),
+                    None => errors.push(field_required(&format!("{path}.containerPort"), "")),
                 }
             }
         }
@@ -720,7 +799,9 @@ fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldError>> {
         };
         let target = match &p.target_port {
             None => ServiceTarget::Number(port as u16),
-            Some(IntOrString::Int(n)) if (1..=65535).contains(n) => ServiceTarget::Number(*n as u16),
+            Some(IntOrString::Int(n)) if (1..=65535).contains(n) => {
+                ServiceTarget::Number(*n as u16)
+            }
             Some(IntOrString::Int(n)) => {
                 errors.push(field_invalid(
                     &format!("{path}.targetPort"),
@@ -734,7 +815,12 @@ fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldError>> {
                 _ => ServiceTarget::Named(s.clone()),
             },
         };
-        ports.push(ServicePortSpec { name: p.name.clone(), port: port as u16, protocol, target });
+        ports.push(ServicePortSpec {
+            name: p.name.clone(),
+            port: port as u16,
+            protocol,
+            target,
+        });
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -749,7 +835,10 @@ fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldError>> {
 }
 
 /// Converts a validated NetworkPolicy into its defaulted internal form.
-pub fn convert_policy(np: &NetworkPolicyObject, origin: &Origin) -> Result<Policy, Vec<FieldError>> {
+pub fn convert_policy(
+    np: &NetworkPolicyObject,
+    origin: &Origin,
+) -> Result<Policy, Vec<FieldError>> {
     let namespace = np
         .metadata
         .namespace
@@ -761,9 +850,10 @@ pub fn convert_policy(np: &NetworkPolicyObject, origin: &Origin) -> Result<Polic
     // Defaulting as the API server does: no policyTypes -> Ingress, plus Egress when
     // egress rules are present.
     let (isolate_ingress, isolate_egress) = match &spec.policy_types {
-        Some(t) if !t.is_empty() => {
-            (t.iter().any(|x| x == "Ingress"), t.iter().any(|x| x == "Egress"))
-        }
+        Some(t) if !t.is_empty() => (
+            t.iter().any(|x| x == "Ingress"),
+            t.iter().any(|x| x == "Egress"),
+        ),
         _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
     let mut errors = Vec::new();
@@ -773,7 +863,14 @@ pub fn convert_policy(np: &NetworkPolicyObject, origin: &Origin) -> Result<Polic
             .flatten()
             .enumerate()
             .map(|(i, r)| {
-                convert_rule(&namespace, &r.from, &r.ports, &format!("spec.ingress[{i}]"), "from", &mut errors)
+                convert_rule(
+                    &namespace,
+                    &r.from,
+                    &r.ports,
+                    &format!("spec.ingress[{i}]"),
+                    "from",
+                    &mut errors,
+                )
             })
             .collect()
     });
@@ -783,7 +880,14 @@ pub fn convert_policy(np: &NetworkPolicyObject, origin: &Origin) -> Result<Polic
             .flatten()
             .enumerate()
             .map(|(i, r)| {
-                convert_rule(&namespace, &r.to, &r.ports, &format!("spec.egress[{i}]"), "to", &mut errors)
+                convert_rule(
+                    &namespace,
+                    &r.to,
+                    &r.ports,
+                    &format!("spec.egress[{i}]"),
+                    "to",
+                    &mut errors,
+                )
             })
             .collect()
     });
@@ -868,7 +972,11 @@ fn convert_peer(
             .collect();
         return Some(Peer::IpBlock { cidr, except });
     }
-    let pods = p.pod_selector.as_ref().map(Selector::from_api).unwrap_or_default();
+    let pods = p
+        .pod_selector
+        .as_ref()
+        .map(Selector::from_api)
+        .unwrap_or_default();
     let namespaces = match &p.namespace_selector {
         Some(ns) => NamespaceScope::Selected(Selector::from_api(ns)),
         None => NamespaceScope::Own(namespace.to_string()),

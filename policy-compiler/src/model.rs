@@ -97,7 +97,11 @@ pub struct Namespace {
 impl Namespace {
     pub fn new(name: &str, mut labels: Labels, declared: bool) -> Namespace {
         labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
-        Namespace { name: name.to_string(), labels, declared }
+        Namespace {
+            name: name.to_string(),
+            labels,
+            declared,
+        }
     }
 }
 
@@ -146,12 +150,18 @@ impl Endpoint {
 
     /// `ns/name[Kind]`, as the connections listing prints workloads.
     pub fn workload_display(&self) -> String {
-        format!("{}/{}[{}]", self.namespace, self.workload.name, self.workload.kind)
+        format!(
+            "{}/{}[{}]",
+            self.namespace, self.workload.name, self.workload.kind
+        )
     }
 }
 
 pub fn resolve_named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
-    ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
+    ports
+        .iter()
+        .find(|p| p.name == name && p.protocol == protocol)
+        .map(|p| p.port)
 }
 
 /// A NetworkPolicy after validation and defaulting.
@@ -185,9 +195,9 @@ impl Policy {
                 Peers::List(l) => &l[..],
             })
             .flat_map(|p| match p {
-                Peer::IpBlock { cidr, except } => {
-                    std::iter::once(*cidr).chain(except.iter().copied()).collect::<Vec<_>>()
-                }
+                Peer::IpBlock { cidr, except } => std::iter::once(*cidr)
+                    .chain(except.iter().copied())
+                    .collect::<Vec<_>>(),
                 Peer::Endpoints { .. } => Vec::new(),
             })
     }
@@ -209,8 +219,14 @@ pub enum Peers {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Peer {
-    Endpoints { namespaces: NamespaceScope, pods: Selector },
-    IpBlock { cidr: Cidr, except: Vec<Cidr> },
+    Endpoints {
+        namespaces: NamespaceScope,
+        pods: Selector,
+    },
+    IpBlock {
+        cidr: Cidr,
+        except: Vec<Cidr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

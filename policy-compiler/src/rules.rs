@@ -60,7 +60,12 @@ impl RuleTable {
     pub fn with_numbering(other: &RuleTable) -> Self {
         let mut preferred = other.preferred.clone();
         preferred.extend(other.by_ref.iter().map(|(k, v)| (k.clone(), *v)));
-        RuleTable { by_ref: HashMap::new(), by_id: BTreeMap::new(), next: other.next, preferred }
+        RuleTable {
+            by_ref: HashMap::new(),
+            by_id: BTreeMap::new(),
+            next: other.next,
+            preferred,
+        }
     }
 
     pub fn acquire(&mut self, r: RuleRef) -> u32 {

@@ -13,8 +13,14 @@ use crate::model::NamespaceScope;
 /// What a selector selects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SelectorKey {
-    Endpoints { namespaces: NamespaceScope, pods: Selector },
-    IpBlock { cidr: Cidr, except: Vec<Cidr> },
+    Endpoints {
+        namespaces: NamespaceScope,
+        pods: Selector,
+    },
+    IpBlock {
+        cidr: Cidr,
+        except: Vec<Cidr>,
+    },
 }
 
 pub type SelectorId = u32;
@@ -77,7 +83,7 @@ pub struct SelectorCache {
 impl SelectorCache {
     /// Takes a reference on a selector; a new selector is evaluated over `identities`.
     /// Returns the id and whether the selector is new.
-    pub fn acquire<'a>(
+    pub fn acquire(
         &mut self,
         key: SelectorKey,
         identities: impl Iterator<Item = (u32, IdentityInfo)>,
@@ -97,9 +103,10 @@ impl SelectorCache {
             }
         }
         match &key {
-            SelectorKey::Endpoints { namespaces: NamespaceScope::Own(ns), .. } => {
-                self.by_namespace.entry(ns.clone()).or_default().push(id)
-            }
+            SelectorKey::Endpoints {
+                namespaces: NamespaceScope::Own(ns),
+                ..
+            } => self.by_namespace.entry(ns.clone()).or_default().push(id),
             SelectorKey::Endpoints { .. } => self.cross_namespace.push(id),
             SelectorKey::IpBlock { .. } => self.ip_blocks.push(id),
         }
@@ -110,17 +117,22 @@ impl SelectorCache {
 
     /// Drops a reference; returns true when the selector is gone.
     pub fn release(&mut self, id: SelectorId) -> bool {
-        let Some(e) = self.entries.get_mut(&id) else { return false };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return false;
+        };
         e.refs = e.refs.saturating_sub(1);
         if e.refs > 0 {
             return false;
         }
-        let Some(e) = self.entries.remove(&id) else { return false };
+        let Some(e) = self.entries.remove(&id) else {
+            return false;
+        };
         self.by_key.remove(&e.key);
         let list = match &e.key {
-            SelectorKey::Endpoints { namespaces: NamespaceScope::Own(ns), .. } => {
-                self.by_namespace.get_mut(ns)
-            }
+            SelectorKey::Endpoints {
+                namespaces: NamespaceScope::Own(ns),
+                ..
+            } => self.by_namespace.get_mut(ns),
             SelectorKey::Endpoints { .. } => Some(&mut self.cross_namespace),
             SelectorKey::IpBlock { .. } => Some(&mut self.ip_blocks),
         };
@@ -133,8 +145,11 @@ impl SelectorCache {
     fn candidates(&self, info: &IdentityInfo) -> Vec<SelectorId> {
         match info {
             IdentityInfo::Cluster(k) => {
-                let mut v: Vec<SelectorId> =
-                    self.by_namespace.get(&*k.namespace).cloned().unwrap_or_default();
+                let mut v: Vec<SelectorId> = self
+                    .by_namespace
+                    .get(&*k.namespace)
+                    .cloned()
+                    .unwrap_or_default();
                 v.extend_from_slice(&self.cross_namespace);
                 if !k.cidr_sets.is_empty() {
                     v.extend_from_slice(&self.ip_blocks);
@@ -149,10 +164,11 @@ impl SelectorCache {
     pub fn add_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
         let mut changed = Vec::new();
         for s in self.candidates(info) {
-            if let Some(e) = self.entries.get_mut(&s) {
-                if e.key.matches(info) && e.ids.insert(id) {
-                    changed.push(s);
-                }
+            if let Some(e) = self.entries.get_mut(&s)
+                && e.key.matches(info)
+                && e.ids.insert(id)
+            {
+                changed.push(s);
             }
         }
         changed
@@ -162,10 +178,10 @@ impl SelectorCache {
     pub fn remove_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
         let mut changed = Vec::new();
         for s in self.candidates(info) {
-            if let Some(e) = self.entries.get_mut(&s) {
-                if e.ids.remove(id) {
-                    changed.push(s);
-                }
+            if let Some(e) = self.entries.get_mut(&s)
+                && e.ids.remove(id)
+            {
+                changed.push(s);
             }
         }
         changed

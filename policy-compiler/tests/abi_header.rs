@@ -1,12 +1,21 @@
 //! The C header is the source of truth for the datapath ABI: every `#define` in it must
 //! have a Rust constant of the same name and value in `policy_compiler::abi`, and the
 //! struct sizes asserted in C must match the Rust mirrors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 
 use policy_compiler::abi;
 use std::collections::BTreeMap;
 
 fn header() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/include/palisade_abi.h");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ebpf/include/palisade_abi.h"
+    );
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -29,7 +38,10 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("IDENTITY_HEALTH", abi::IDENTITY_HEALTH as i64),
         ("IDENTITY_INIT", abi::IDENTITY_INIT as i64),
         ("IDENTITY_REMOTE_NODE", abi::IDENTITY_REMOTE_NODE as i64),
-        ("IDENTITY_KUBE_APISERVER", abi::IDENTITY_KUBE_APISERVER as i64),
+        (
+            "IDENTITY_KUBE_APISERVER",
+            abi::IDENTITY_KUBE_APISERVER as i64,
+        ),
         ("IDENTITY_INGRESS", abi::IDENTITY_INGRESS as i64),
         ("IDENTITY_WORLD_IPV4", abi::IDENTITY_WORLD_IPV4 as i64),
         ("IDENTITY_WORLD_IPV6", abi::IDENTITY_WORLD_IPV6 as i64),
@@ -42,10 +54,16 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("RULE_ID_FIRST_POLICY", abi::RULE_ID_FIRST_POLICY as i64),
         ("POLICY_VERDICT_ALLOW", abi::POLICY_VERDICT_ALLOW as i64),
         ("POLICY_VERDICT_DENY", abi::POLICY_VERDICT_DENY as i64),
-        ("POLICY_VERDICT_REDIRECT", abi::POLICY_VERDICT_REDIRECT as i64),
+        (
+            "POLICY_VERDICT_REDIRECT",
+            abi::POLICY_VERDICT_REDIRECT as i64,
+        ),
         ("POLICY_F_AUDIT", abi::POLICY_F_AUDIT as i64),
         ("PRECEDENCE_ADMIN_MIN", abi::PRECEDENCE_ADMIN_MIN as i64),
-        ("PRECEDENCE_NETWORK_POLICY", abi::PRECEDENCE_NETWORK_POLICY as i64),
+        (
+            "PRECEDENCE_NETWORK_POLICY",
+            abi::PRECEDENCE_NETWORK_POLICY as i64,
+        ),
         ("PRECEDENCE_BASELINE", abi::PRECEDENCE_BASELINE as i64),
         ("DIRECTION_INGRESS", abi::DIRECTION_INGRESS as i64),
         ("DIRECTION_EGRESS", abi::DIRECTION_EGRESS as i64),
@@ -55,7 +73,10 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("DROP_INVALID_IDENTITY", abi::DROP_INVALID_IDENTITY as i64),
         ("DROP_POLICY_DENY", abi::DROP_POLICY_DENY as i64),
         ("DROP_EP_NOT_READY", abi::DROP_EP_NOT_READY as i64),
-        ("POLICY_PREFIX_ANY_PROTO", abi::POLICY_PREFIX_ANY_PROTO as i64),
+        (
+            "POLICY_PREFIX_ANY_PROTO",
+            abi::POLICY_PREFIX_ANY_PROTO as i64,
+        ),
         ("POLICY_PREFIX_ANY_PORT", abi::POLICY_PREFIX_ANY_PORT as i64),
         ("POLICY_PREFIX_FULL", abi::POLICY_PREFIX_FULL as i64),
         ("IPCACHE_PREFIX_FIXED", abi::IPCACHE_PREFIX_FIXED as i64),
@@ -76,12 +97,21 @@ fn every_define_has_an_equal_rust_constant() {
         if name == "PALISADE_ABI_H" {
             continue;
         }
-        let value = parts.next().and_then(parse_int).unwrap_or_else(|| panic!("unparsable #define {name}"));
-        let r = rust.get(name).unwrap_or_else(|| panic!("#define {name} has no Rust mirror in abi.rs"));
+        let value = parts
+            .next()
+            .and_then(parse_int)
+            .unwrap_or_else(|| panic!("unparsable #define {name}"));
+        let r = rust
+            .get(name)
+            .unwrap_or_else(|| panic!("#define {name} has no Rust mirror in abi.rs"));
         assert_eq!(*r, value, "{name}: C {value} vs Rust {r}");
         seen += 1;
     }
-    assert_eq!(seen, rust.len(), "abi.rs mirrors constants the header does not define");
+    assert_eq!(
+        seen,
+        rust.len(),
+        "abi.rs mirrors constants the header does not define"
+    );
 }
 
 #[test]
@@ -95,10 +125,14 @@ fn struct_sizes_match_the_static_asserts() {
     ]);
     let mut checked = 0;
     for line in header().lines() {
-        let Some(rest) = line.trim().strip_prefix("_Static_assert(sizeof(struct ") else { continue };
-        let (name, rest) = rest.split_once(')').unwrap_or_else(|| panic!("bad assert: {line}"));
+        let Some(rest) = line.trim().strip_prefix("_Static_assert(sizeof(struct ") else {
+            continue;
+        };
+        let (name, rest) = rest
+            .split_once(')')
+            .unwrap_or_else(|| panic!("bad assert: {line}"));
         let n: usize = rest
-            .trim_start_matches(|c: char| c == ' ' || c == '=')
+            .trim_start_matches([' ', '='])
             .split(',')
             .next()
             .and_then(|v| v.trim().parse().ok())
@@ -111,7 +145,14 @@ fn struct_sizes_match_the_static_asserts() {
 
 #[test]
 fn key_bytes_put_the_port_in_network_order() {
-    let k = policy_compiler::EntryKey { identity: 300, direction: 1, protocol: 6, port: 0x1f90, prefixlen: 64 }.to_abi();
+    let k = policy_compiler::EntryKey {
+        identity: 300,
+        direction: 1,
+        protocol: 6,
+        port: 0x1f90,
+        prefixlen: 64,
+    }
+    .to_abi();
     let b = k.to_bytes();
     assert_eq!(&b[0..4], &64u32.to_ne_bytes());
     assert_eq!(&b[4..8], &300u32.to_ne_bytes());

@@ -1,6 +1,12 @@
 //! Incremental updates: applying random changes one batch at a time, and the diffs they
 //! produce to a mirror of the maps, must end in exactly the maps a compile from scratch
 //! produces (same identity numbers and rule ids), and both evaluators keep agreeing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 
 mod common;
 
@@ -23,7 +29,9 @@ fn apply_to_mirror(m: &mut Mirror, diff: &MapDiff) {
             }
             MapOp::UpsertPolicyEntry(id, k, v) => {
                 assert!(!seen_delete, "add after delete");
-                m.0.get_mut(&id).unwrap_or_else(|| panic!("upsert into missing map {id}")).insert(*k, *v);
+                m.0.get_mut(&id)
+                    .unwrap_or_else(|| panic!("upsert into missing map {id}"))
+                    .insert(*k, *v);
             }
             MapOp::UpsertIpcache(c, id) => {
                 assert!(!seen_delete, "add after delete");
@@ -31,7 +39,10 @@ fn apply_to_mirror(m: &mut Mirror, diff: &MapDiff) {
             }
             MapOp::UpsertEndpoint(e, id) => {
                 assert!(!seen_delete, "add after delete");
-                assert!(m.0.contains_key(&id), "endpoint {e} points at missing policy map {id}");
+                assert!(
+                    m.0.contains_key(&id),
+                    "endpoint {e} points at missing policy map {id}"
+                );
                 m.2.insert(e.to_string(), id);
             }
             MapOp::DeleteEndpoint(e) => {
@@ -62,27 +73,49 @@ fn engine_maps(e: &Engine) -> Mirror {
         .iter()
         .map(|(id, p)| (*id, p.entries.iter().copied().collect::<BTreeMap<_, _>>()))
         .collect();
-    let endpoints = e.endpoint_identities().iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let endpoints = e
+        .endpoint_identities()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     (policies, e.ipcache().clone(), endpoints)
 }
 
 #[test]
 fn applying_diffs_equals_compiling_from_scratch() {
-    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
-    let strategy = (cluster(), prop::collection::vec((0usize..1000).prop_flat_map(change_seed), 1..8), flow_seeds(60));
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        cluster(),
+        prop::collection::vec((0usize..1000).prop_flat_map(change_seed), 1..8),
+        flow_seeds(60),
+    );
     let result = runner.run(&strategy, |(initial, changes, seeds)| {
         let config = EngineConfig::default();
-        let (mut engine, first) = Engine::compile(&initial, config.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (mut engine, first) = Engine::compile(&initial, config.clone())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut mirror: Mirror = Default::default();
         // The world entries exist before any diff.
         mirror.1 = Engine::new(config.clone()).ipcache().clone();
         apply_to_mirror(&mut mirror, &first);
         prop_assert_eq!(&mirror, &engine_maps(&engine));
         for seed in &changes {
-            let Some(change) = resolve_change(engine.cluster(), seed) else { continue };
-            let diff = engine.apply(vec![change]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let Some(change) = resolve_change(engine.cluster(), seed) else {
+                continue;
+            };
+            let diff = engine
+                .apply(vec![change])
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             apply_to_mirror(&mut mirror, &diff);
-            prop_assert_eq!(&mirror, &engine_maps(&engine), "mirror diverged after {:?}", seed);
+            prop_assert_eq!(
+                &mirror,
+                &engine_maps(&engine),
+                "mirror diverged after {:?}",
+                seed
+            );
             for s in &seeds {
                 let flow = seed_to_flow(engine.cluster(), s);
                 let m = maps::evaluate(&engine, &flow);
@@ -90,8 +123,14 @@ fn applying_diffs_equals_compiling_from_scratch() {
                 prop_assert_eq!(m, sp, "flow {:?} after {:?}", flow, seed);
             }
         }
-        let scratch = engine.recompiled().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(engine_maps(&scratch), engine_maps(&engine), "incremental != scratch");
+        let scratch = engine
+            .recompiled()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            engine_maps(&scratch),
+            engine_maps(&engine),
+            "incremental != scratch"
+        );
         Ok(())
     });
     if let Err(e) = result {
@@ -105,13 +144,26 @@ fn a_pod_added_to_an_existing_identity_touches_only_the_ipcache_and_endpoint() {
     use policy_compiler::model::{Endpoint, WorkloadRef};
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ns1, labels: {app: web}}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns1}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]\n";
     let mut e = common::engine(yaml);
-    let mut pod = e.cluster().endpoints.get("ns1/a").cloned().unwrap_or_else(|| panic!("pod a"));
+    let mut pod = e
+        .cluster()
+        .endpoints
+        .get("ns1/a")
+        .cloned()
+        .unwrap_or_else(|| panic!("pod a"));
     pod.key = Endpoint::pod_key("ns1", "b");
     pod.name = "b".into();
-    pod.workload = WorkloadRef { kind: "Pod".into(), name: "b".into() };
+    pod.workload = WorkloadRef {
+        kind: "Pod".into(),
+        name: "b".into(),
+    };
     pod.ips = vec!["10.0.0.2".parse().unwrap_or_else(|_| panic!())];
-    let diff = e.apply(vec![Change::UpsertEndpoint(pod)]).unwrap_or_else(|err| panic!("{err}"));
-    assert!(diff.policy_upserts.is_empty() && diff.policy_deletes.is_empty(), "{diff:?}");
+    let diff = e
+        .apply(vec![Change::UpsertEndpoint(pod)])
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        diff.policy_upserts.is_empty() && diff.policy_deletes.is_empty(),
+        "{diff:?}"
+    );
     assert_eq!(diff.ipcache_upserts.len(), 1);
     assert_eq!(diff.endpoint_upserts.len(), 1);
     assert!(common::tcp(&e, "ns1/b", "ns1/a", 80));

@@ -1,4 +1,10 @@
 //! Manifest loading: formats, wrappers, ownership, and bad input.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 
 use std::io::Write;
 
@@ -39,12 +45,26 @@ metadata: {name: old}
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(l.cluster.endpoints.contains_key("x/a"));
-    assert!(l.cluster.endpoints.contains_key("x/b"), "PodList items take the list's kind");
+    assert!(
+        l.cluster.endpoints.contains_key("x/b"),
+        "PodList items take the list's kind"
+    );
     assert_eq!(l.report.unsupported_kinds.get("ConfigMap"), Some(&1));
-    assert_eq!(l.report.unsupported_kinds.get("AdminNetworkPolicy"), Some(&1));
-    assert_eq!(l.report.unsupported_kinds.get("NetworkPolicy (extensions/v1beta1)"), Some(&1));
+    assert_eq!(
+        l.report.unsupported_kinds.get("AdminNetworkPolicy"),
+        Some(&1)
+    );
+    assert_eq!(
+        l.report
+            .unsupported_kinds
+            .get("NetworkPolicy (extensions/v1beta1)"),
+        Some(&1)
+    );
     assert_eq!(l.report.unsupported_total(), 3);
-    assert!(l.cluster.namespaces.contains_key("x"), "namespace implied by its pods");
+    assert!(
+        l.cluster.namespaces.contains_key("x"),
+        "namespace implied by its pods"
+    );
 }
 
 #[test]
@@ -88,16 +108,34 @@ metadata:
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let eps = &l.cluster.endpoints;
-    let web = eps.get("prod/Deployment/web").unwrap_or_else(|| panic!("web representative"));
+    let web = eps
+        .get("prod/Deployment/web")
+        .unwrap_or_else(|| panic!("web representative"));
     assert_eq!(web.workload_display(), "prod/web[Deployment]");
-    assert_eq!(web.named_port("http", policy_compiler::Protocol::TCP), Some(8080));
+    assert_eq!(
+        web.named_port("http", policy_compiler::Protocol::TCP),
+        Some(8080)
+    );
     assert!(web.ips.is_empty());
-    assert_eq!(eps.get("default/CronJob/nightly").map(|e| e.labels.get("app").cloned()), Some(Some("batch".into())));
-    let api = eps.get("prod/api-5d8f9-abcde").unwrap_or_else(|| panic!("api pod"));
+    assert_eq!(
+        eps.get("default/CronJob/nightly")
+            .map(|e| e.labels.get("app").cloned()),
+        Some(Some("batch".into()))
+    );
+    let api = eps
+        .get("prod/api-5d8f9-abcde")
+        .unwrap_or_else(|| panic!("api pod"));
     assert_eq!(api.workload_display(), "prod/api-5d8f9[ReplicaSet]");
     assert_eq!(api.ips.len(), 2);
-    assert!(!eps.contains_key("prod/ReplicaSet/api-5d8f9"), "a workload with pods has no representative");
-    assert_eq!(eps.get("kube-system/etcd-node1").map(|e| e.workload_display()), Some("kube-system/etcd-node1[Pod]".into()));
+    assert!(
+        !eps.contains_key("prod/ReplicaSet/api-5d8f9"),
+        "a workload with pods has no representative"
+    );
+    assert_eq!(
+        eps.get("kube-system/etcd-node1")
+            .map(|e| e.workload_display()),
+        Some("kube-system/etcd-node1[Pod]".into())
+    );
 }
 
 #[test]
@@ -106,29 +144,57 @@ fn json_files_and_directories_are_read_recursively() {
     let sub = dir.join("nested");
     std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("{e}"));
     let mut f = std::fs::File::create(sub.join("pod.json")).unwrap_or_else(|e| panic!("{e}"));
-    writeln!(f, r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"j","namespace":"n"}}}}"#).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(
+        f,
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"j","namespace":"n"}}}}"#
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.join("out.json"), r#"[{"src": "a", "dst": "b"}]"#).unwrap_or_else(|e| panic!("{e}"));
-    let l = load_paths(&[dir.clone()], &LoadOptions::default());
+    std::fs::write(dir.join("out.json"), r#"[{"src": "a", "dst": "b"}]"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let l = load_paths(std::slice::from_ref(&dir), &LoadOptions::default());
     std::fs::remove_dir_all(&dir).ok();
     let l = l.unwrap_or_else(|e| panic!("{e}"));
     assert!(l.cluster.endpoints.contains_key("n/j"));
-    assert_eq!(l.report.files, 2, ".txt files in directories are not manifests");
-    assert!(l.report.warnings.iter().any(|w| w.contains("not a Kubernetes object")), "{:?}", l.report.warnings);
+    assert_eq!(
+        l.report.files, 2,
+        ".txt files in directories are not manifests"
+    );
+    assert!(
+        l.report
+            .warnings
+            .iter()
+            .any(|w| w.contains("not a Kubernetes object")),
+        "{:?}",
+        l.report.warnings
+    );
 }
 
 #[test]
 fn syntax_errors_carry_file_line_and_column() {
-    let err = load("apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n").err().unwrap_or_else(|| panic!("expected an error"));
+    let err = load("apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n")
+        .err()
+        .unwrap_or_else(|| panic!("expected an error"));
     let msg = err.to_string();
-    assert!(matches!(err, LoadError::Syntax { line, .. } if line > 0), "{msg}");
+    assert!(
+        matches!(err, LoadError::Syntax { line, .. } if line > 0),
+        "{msg}"
+    );
     assert!(msg.starts_with("in.yaml:"), "{msg}");
 }
 
 #[test]
 fn missing_files_are_named() {
-    let err = load_paths(&["/nonexistent/palisade.yaml".into()], &LoadOptions::default()).err().unwrap_or_else(|| panic!("expected an error"));
-    assert_eq!(err.to_string(), "/nonexistent/palisade.yaml: no such file or directory");
+    let err = load_paths(
+        &["/nonexistent/palisade.yaml".into()],
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("expected an error"));
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/palisade.yaml: no such file or directory"
+    );
 }
 
 #[test]
@@ -147,9 +213,17 @@ spec:
     .err()
     .unwrap_or_else(|| panic!("expected an error"));
     let msg = err.to_string();
-    assert!(msg.contains("in.yaml (document 1): NetworkPolicy prod/bad is invalid"), "{msg}");
+    assert!(
+        msg.contains("in.yaml (document 1): NetworkPolicy prod/bad is invalid"),
+        "{msg}"
+    );
     assert!(msg.contains(r#"spec.ingress[0].ports[0].protocol: Unsupported value: "ICMP": supported values: "TCP", "UDP", "SCTP""#), "{msg}");
-    assert!(msg.contains("spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer"), "{msg}");
+    assert!(
+        msg.contains(
+            "spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer"
+        ),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -158,19 +232,35 @@ fn unknown_fields_are_strict_decoding_errors() {
         .err()
         .unwrap_or_else(|| panic!("expected an error"));
     let msg = err.to_string();
-    assert!(msg.contains("strict decoding error") && msg.contains("form"), "{msg}");
+    assert!(
+        msg.contains("strict decoding error") && msg.contains("form"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn duplicate_objects_are_rejected() {
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n";
-    let err = load(&format!("{np}---\n{np}")).err().unwrap_or_else(|| panic!("expected an error"));
+    let err = load(&format!("{np}---\n{np}"))
+        .err()
+        .unwrap_or_else(|| panic!("expected an error"));
     assert!(err.to_string().contains("duplicate object"), "{err}");
 }
 
 #[test]
 fn garbage_never_panics() {
-    for input in ["", "---", "[]", "{}", "kind: 5", "kind: Pod\nmetadata: 7", "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nspec: []", "\u{0}\u{1}", "a: &x [*x]", "kind: Pod\nstatus: {podIP: not-an-ip}\nmetadata: {name: p}"] {
+    for input in [
+        "",
+        "---",
+        "[]",
+        "{}",
+        "kind: 5",
+        "kind: Pod\nmetadata: 7",
+        "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nspec: []",
+        "\u{0}\u{1}",
+        "a: &x [*x]",
+        "kind: Pod\nstatus: {podIP: not-an-ip}\nmetadata: {name: p}",
+    ] {
         let _ = load(input);
     }
 }

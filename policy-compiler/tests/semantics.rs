@@ -1,5 +1,11 @@
 //! NetworkPolicy v1 semantics, one rule per test. Every evaluation goes through both
 //! evaluators (spec and map level), which must agree.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 
 mod common;
 
@@ -65,7 +71,11 @@ fn default_deny_ingress_isolates_and_names_the_policy() {
     );
     let v = check(&e, "prod/web", "prod/db", Protocol::TCP, 5432);
     assert!(!v.allowed());
-    assert_eq!(v.egress, Some(Decision::NotIsolated), "egress is not isolated by an ingress-only policy");
+    assert_eq!(
+        v.egress,
+        Some(Decision::NotIsolated),
+        "egress is not isolated by an ingress-only policy"
+    );
     match v.ingress {
         Some(Decision::DefaultDeny { isolated_by }) => {
             assert_eq!(isolated_by.len(), 1);
@@ -119,8 +129,14 @@ spec:
   ingress: [{}]
 "#,
     );
-    assert!(tcp(&e, "prod/api", "prod/web", 8080), "ingress not isolated");
-    assert!(!tcp(&e, "prod/web", "prod/api", 9000), "egress isolated with no rules");
+    assert!(
+        tcp(&e, "prod/api", "prod/web", 8080),
+        "ingress not isolated"
+    );
+    assert!(
+        !tcp(&e, "prod/web", "prod/api", 9000),
+        "egress isolated with no rules"
+    );
 }
 
 #[test]
@@ -136,7 +152,10 @@ spec:
 "#,
     );
     assert!(tcp(&e, "prod/web", "prod/db", 5432));
-    assert!(!tcp(&e, "dev/tool", "prod/db", 5432), "app=web in another namespace");
+    assert!(
+        !tcp(&e, "dev/tool", "prod/db", 5432),
+        "app=web in another namespace"
+    );
     assert!(!tcp(&e, "prod/api", "prod/db", 5432));
 }
 
@@ -283,13 +302,22 @@ spec:
     assert!(tcp(&e, "ip:10.0.99.1", "prod/db", 1));
     assert!(!tcp(&e, "ip:10.0.2.9", "prod/db", 1), "inside except");
     assert!(!tcp(&e, "ip:10.1.0.1", "prod/db", 1), "outside cidr");
-    assert!(tcp(&e, "prod/web", "prod/db", 1), "pod IP 10.0.0.1 is inside the block");
-    assert!(!tcp(&e, "dev/tool", "prod/db", 1), "pod IP 10.0.2.4 is in the except");
+    assert!(
+        tcp(&e, "prod/web", "prod/db", 1),
+        "pod IP 10.0.0.1 is inside the block"
+    );
+    assert!(
+        !tcp(&e, "dev/tool", "prod/db", 1),
+        "pod IP 10.0.2.4 is in the except"
+    );
     assert!(tcp(&e, "ip:2001:db8:2::1", "prod/db", 1));
     assert!(!tcp(&e, "ip:2001:db8:1::1", "prod/db", 1));
     assert!(!tcp(&e, "ip:2001:db9::1", "prod/db", 1));
     // With ipBlocks restricted to outside addresses, pods no longer match.
-    let cfg = EngineConfig { ipblocks_select_pods: false, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        ipblocks_select_pods: false,
+        ..EngineConfig::default()
+    };
     let e2 = engine_with(
         &format!(
             "{BASE}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: cidr, namespace: prod}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 10.0.0.0/16}}}}]\n"
@@ -315,8 +343,14 @@ spec:
     );
     assert!(tcp(&e, "prod/web", "ip:8.8.8.8", 443));
     assert!(!tcp(&e, "prod/web", "ip:10.9.9.9", 443));
-    assert!(!tcp(&e, "prod/web", "ip:2001:db8::1", 443), "an IPv4 block does not admit IPv6");
-    assert!(!tcp(&e, "prod/web", "prod/db", 443), "pod IP inside the except");
+    assert!(
+        !tcp(&e, "prod/web", "ip:2001:db8::1", 443),
+        "an IPv4 block does not admit IPv6"
+    );
+    assert!(
+        !tcp(&e, "prod/web", "prod/db", 443),
+        "pod IP inside the except"
+    );
 }
 
 #[test]
@@ -344,14 +378,26 @@ spec:
     assert!(tcp(&e, "ip:1.2.3.4", "prod/web", 8080));
     assert!(!tcp(&e, "ip:1.2.3.4", "prod/web", 9000));
     assert!(tcp(&e, "ip:1.2.3.4", "prod/api", 9000));
-    assert!(!tcp(&e, "ip:1.2.3.4", "prod/db", 8080), "db has no port named http");
+    assert!(
+        !tcp(&e, "ip:1.2.3.4", "prod/db", 8080),
+        "db has no port named http"
+    );
     // Egress to any peer: resolved per destination.
     assert!(tcp(&e, "dev/tool", "prod/web", 8080));
     let v = check(&e, "dev/tool", "prod/web", Protocol::UDP, 5353);
-    assert!(v.egress.as_ref().is_some_and(|d| d.allowed()), "egress allows dns/UDP");
+    assert!(
+        v.egress.as_ref().is_some_and(|d| d.allowed()),
+        "egress allows dns/UDP"
+    );
     assert!(!v.allowed(), "web's ingress only admits http");
-    assert!(!tcp(&e, "dev/tool", "prod/web", 5353), "protocol must match too");
-    assert!(!tcp(&e, "dev/tool", "ip:1.2.3.4", 8080), "an address has no named ports");
+    assert!(
+        !tcp(&e, "dev/tool", "prod/web", 5353),
+        "protocol must match too"
+    );
+    assert!(
+        !tcp(&e, "dev/tool", "ip:1.2.3.4", 8080),
+        "an address has no named ports"
+    );
 }
 
 #[test]
@@ -379,10 +425,18 @@ spec:
     assert!(allowed(&e, "prod/web", "prod/db", Protocol::UDP, 65535));
     assert!(allowed(&e, "prod/web", "prod/db", Protocol::SCTP, 7));
     assert!(!allowed(&e, "prod/web", "prod/db", Protocol::SCTP, 8));
-    assert!(!allowed(&e, "prod/web", "prod/db", Protocol::ICMP, 0), "port rules never match ICMP");
+    assert!(
+        !allowed(&e, "prod/web", "prod/db", Protocol::ICMP, 0),
+        "port rules never match ICMP"
+    );
     // The range is a handful of LPM prefixes, not one entry per port.
-    let id = e.endpoint_identity("prod/db").unwrap_or_else(|| panic!("db identity"));
-    let n = e.policy_for_identity(id).map(|p| p.entries.len()).unwrap_or(0);
+    let id = e
+        .endpoint_identity("prod/db")
+        .unwrap_or_else(|| panic!("db identity"));
+    let n = e
+        .policy_for_identity(id)
+        .map(|p| p.entries.len())
+        .unwrap_or(0);
     assert!(n < 20, "expected prefix decomposition, got {n} entries");
 }
 
@@ -409,9 +463,15 @@ spec:
 "#,
     );
     let v = check(&e, "prod/web", "prod/db", Protocol::TCP, 5432);
-    assert_eq!(rule_of(&e, v.ingress.as_ref().unwrap_or(&Decision::NotReady)).as_deref(), Some("prod/a-first ingress[1]"));
+    assert_eq!(
+        rule_of(&e, v.ingress.as_ref().unwrap_or(&Decision::NotReady)).as_deref(),
+        Some("prod/a-first ingress[1]")
+    );
     let v = check(&e, "dev/tool", "prod/db", Protocol::TCP, 5432);
-    assert_eq!(rule_of(&e, v.ingress.as_ref().unwrap_or(&Decision::NotReady)).as_deref(), Some("prod/b-second ingress[0]"));
+    assert_eq!(
+        rule_of(&e, v.ingress.as_ref().unwrap_or(&Decision::NotReady)).as_deref(),
+        Some("prod/b-second ingress[0]")
+    );
     assert!(!tcp(&e, "dev/tool", "prod/db", 5433));
 }
 
@@ -445,7 +505,9 @@ spec:
 fn filtered_labels_do_not_split_identities() {
     let e = with("");
     // pod-template-hash is dropped: web's identity carries only app=web.
-    let id = e.endpoint_identity("prod/web").unwrap_or_else(|| panic!("identity"));
+    let id = e
+        .endpoint_identity("prod/web")
+        .unwrap_or_else(|| panic!("identity"));
     let key = e.identities().key(id).unwrap_or_else(|| panic!("key"));
     assert!(!key.labels.contains_key("pod-template-hash"));
     assert!(id >= policy_compiler::abi::IDENTITY_CLUSTER_MIN);

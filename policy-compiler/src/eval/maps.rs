@@ -16,9 +16,13 @@ pub fn evaluate(engine: &Engine, flow: &Flow) -> Verdict {
         FlowPeer::Ip(_) => false,
     };
     let decide = |dir: Direction, subject: &FlowPeer, peer: &FlowPeer| {
-        let FlowPeer::Endpoint(key) = subject else { return Decision::NotReady };
+        let FlowPeer::Endpoint(key) = subject else {
+            return Decision::NotReady;
+        };
         // Step 1: the endpoint and its policy.
-        let Some(policy) = engine.endpoint_policy(key) else { return Decision::NotReady };
+        let Some(policy) = engine.endpoint_policy(key) else {
+            return Decision::NotReady;
+        };
         // Step 2: the peer's identity.
         let peer_id = match peer_identity(engine, peer) {
             Some(id) if id != abi::IDENTITY_UNKNOWN => id,
@@ -51,11 +55,19 @@ pub fn peer_identity(engine: &Engine, peer: &FlowPeer) -> Option<u32> {
 /// Longest-prefix match in the ipcache.
 pub fn ipcache_lookup(engine: &Engine, ip: &IpAddr) -> Option<u32> {
     let max = crate::cidr::max_len(ip);
-    (0..=max).rev().find_map(|l| Cidr::new(*ip, l).and_then(|c| engine.ipcache().get(&c).copied()))
+    (0..=max)
+        .rev()
+        .find_map(|l| Cidr::new(*ip, l).and_then(|c| engine.ipcache().get(&c).copied()))
 }
 
 /// Steps 3-5 of the lookup order on one endpoint policy map.
-pub fn policy_decision(policy: &CompiledPolicy, peer: u32, dir: Direction, proto: Protocol, port: u16) -> Decision {
+pub fn policy_decision(
+    policy: &CompiledPolicy,
+    peer: u32,
+    dir: Direction,
+    proto: Protocol,
+    port: u16,
+) -> Decision {
     let d = dir.abi();
     let exact = lpm(policy, peer, d, proto.0, port);
     let any = lpm(policy, abi::IDENTITY_UNKNOWN, d, proto.0, port);
@@ -64,14 +76,22 @@ pub fn policy_decision(policy: &CompiledPolicy, peer: u32, dir: Direction, proto
         (a, b) => a.or(b),
     };
     match winner {
-        None => Decision::DefaultDeny { isolated_by: policy.isolated_by(dir).to_vec() },
+        None => Decision::DefaultDeny {
+            isolated_by: policy.isolated_by(dir).to_vec(),
+        },
         Some(v) if v.rule_id == abi::RULE_ID_NOT_ISOLATED => Decision::NotIsolated,
         Some(v) => Decision::Allowed { rule: v.rule_id },
     }
 }
 
 /// One LPM lookup in the policy map: longest (protocol, port prefix) first.
-pub fn lpm(policy: &CompiledPolicy, identity: u32, direction: u8, protocol: u8, port: u16) -> Option<PolicyValue> {
+pub fn lpm(
+    policy: &CompiledPolicy,
+    identity: u32,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<PolicyValue> {
     for bits in (0..=16u8).rev() {
         let key = EntryKey {
             identity,

@@ -55,7 +55,12 @@ impl Flow {
             },
             other => other.clone(),
         };
-        Flow { src: norm(&self.src), dst: norm(&self.dst), protocol: self.protocol, port: self.port }
+        Flow {
+            src: norm(&self.src),
+            dst: norm(&self.dst),
+            protocol: self.protocol,
+            port: self.port,
+        }
     }
 }
 

@@ -3,22 +3,32 @@
 
 use std::net::IpAddr;
 
-use crate::eval::{Decision, Flow, FlowPeer, Verdict};
 use crate::engine::EngineConfig;
+use crate::eval::{Decision, Flow, FlowPeer, Verdict};
 use crate::model::{Cluster, Direction, Endpoint, NamespaceScope, Peer, Peers, PortMatch, Rule};
 use crate::rules::{PolicyRef, RuleRef, RuleTable};
 
 /// Evaluates a flow. `rules` supplies rule ids for attribution; `config` carries the
 /// identity label filter (labels it drops are invisible to policy in the datapath, so here
 /// too) and whether ipBlocks select pods.
-pub fn evaluate(cluster: &Cluster, rules: &RuleTable, config: &EngineConfig, flow: &Flow) -> Verdict {
+pub fn evaluate(
+    cluster: &Cluster,
+    rules: &RuleTable,
+    config: &EngineConfig,
+    flow: &Flow,
+) -> Verdict {
     let flow = flow.normalized(cluster);
     let ep = |p: &FlowPeer| match p {
         FlowPeer::Endpoint(k) => cluster.endpoints.get(k),
         FlowPeer::Ip(_) => None,
     };
     let (src, dst) = (ep(&flow.src), ep(&flow.dst));
-    let ctx = Ctx { cluster, rules, config, flow: &flow };
+    let ctx = Ctx {
+        cluster,
+        rules,
+        config,
+        flow: &flow,
+    };
     Verdict {
         egress: src.map(|s| ctx.decide(Direction::Egress, s, &flow.dst, dst)),
         ingress: dst.map(|d| ctx.decide(Direction::Ingress, d, &flow.src, src)),
@@ -53,10 +63,17 @@ impl Ctx<'_> {
                 continue;
             }
             let Some(rules) = p.rules(dir) else { continue };
-            let pref = PolicyRef { namespace: ns.clone(), name: name.clone() };
+            let pref = PolicyRef {
+                namespace: ns.clone(),
+                name: name.clone(),
+            };
             for (i, rule) in rules.iter().enumerate() {
                 if self.rule_matches(rule, dir, subject, peer, peer_ep) {
-                    let r = RuleRef { policy: pref.clone(), direction: dir, index: i };
+                    let r = RuleRef {
+                        policy: pref.clone(),
+                        direction: dir,
+                        index: i,
+                    };
                     if let Some(id) = self.rules.id(&r) {
                         best = Some(best.map_or(id, |b| b.min(id)));
                     }
@@ -114,12 +131,15 @@ impl Ctx<'_> {
                 let Some(e) = peer_ep else { return false };
                 let ns_ok = match namespaces {
                     NamespaceScope::Own(ns) => *ns == e.namespace,
-                    NamespaceScope::Selected(s) => s.matches(&self.cluster.namespace_labels(&e.namespace)),
+                    NamespaceScope::Selected(s) => {
+                        s.matches(&self.cluster.namespace_labels(&e.namespace))
+                    }
                 };
                 ns_ok && pods.matches(&self.config.label_filter.apply(&e.labels))
             }
             Peer::IpBlock { cidr, except } => {
-                let inside = |ip: &IpAddr| cidr.contains_ip(ip) && !except.iter().any(|x| x.contains_ip(ip));
+                let inside =
+                    |ip: &IpAddr| cidr.contains_ip(ip) && !except.iter().any(|x| x.contains_ip(ip));
                 match (peer_ep, peer) {
                     (Some(e), _) => self.config.ipblocks_select_pods && e.ips.iter().any(inside),
                     (None, FlowPeer::Ip(ip)) => inside(ip),

@@ -1,4 +1,10 @@
 //! Random clusters, policies, flows and changes for the property tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -9,17 +15,32 @@ use policy_compiler::cidr::Cidr;
 use policy_compiler::k8s::Labels;
 use policy_compiler::labels::{Operator, Requirement, Selector};
 use policy_compiler::model::{
-    Endpoint, NamedPort, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec,
-    Rule, WorkloadRef,
+    Endpoint, NamedPort, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec, Rule,
+    WorkloadRef,
 };
 use policy_compiler::{Change, Cluster, Flow, FlowPeer, Protocol};
 use proptest::prelude::*;
 
 pub const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
-const CIDRS: [&str; 7] =
-    ["10.0.0.0/24", "10.0.0.0/28", "10.0.0.5/32", "10.0.0.0/8", "192.168.0.0/16", "0.0.0.0/0", "fd00::/64"];
-pub const IPS: [&str; 8] =
-    ["10.0.0.3", "10.0.0.5", "10.0.0.77", "10.9.0.1", "192.168.3.4", "8.8.8.8", "fd00::7", "2001:db8::1"];
+const CIDRS: [&str; 7] = [
+    "10.0.0.0/24",
+    "10.0.0.0/28",
+    "10.0.0.5/32",
+    "10.0.0.0/8",
+    "192.168.0.0/16",
+    "0.0.0.0/0",
+    "fd00::/64",
+];
+pub const IPS: [&str; 8] = [
+    "10.0.0.3",
+    "10.0.0.5",
+    "10.0.0.77",
+    "10.9.0.1",
+    "192.168.3.4",
+    "8.8.8.8",
+    "fd00::7",
+    "2001:db8::1",
+];
 const PORT_NAMES: [(&str, u16, Protocol); 4] = [
     ("http", 80, Protocol::TCP),
     ("http", 8080, Protocol::TCP),
@@ -29,7 +50,11 @@ const PORT_NAMES: [(&str, u16, Protocol); 4] = [
 pub const FLOW_PORTS: [u16; 9] = [0, 53, 80, 443, 8000, 8050, 8080, 8100, 9090];
 
 fn labels() -> impl Strategy<Value = Labels> {
-    (prop::option::of(prop::sample::select(vec!["web", "db", "api"])), prop::option::of(prop::sample::select(vec!["fe", "be"])), any::<bool>())
+    (
+        prop::option::of(prop::sample::select(vec!["web", "db", "api"])),
+        prop::option::of(prop::sample::select(vec!["fe", "be"])),
+        any::<bool>(),
+    )
         .prop_map(|(app, tier, hash)| {
             let mut l = Labels::new();
             if let Some(a) = app {
@@ -46,7 +71,10 @@ fn labels() -> impl Strategy<Value = Labels> {
 }
 
 fn ns_labels() -> impl Strategy<Value = Labels> {
-    (prop::option::of(prop::sample::select(vec!["x", "y"])), prop::option::of(prop::sample::select(vec!["prod", "dev"])))
+    (
+        prop::option::of(prop::sample::select(vec!["x", "y"])),
+        prop::option::of(prop::sample::select(vec!["prod", "dev"])),
+    )
         .prop_map(|(team, env)| {
             let mut l = Labels::new();
             if let Some(t) = team {
@@ -59,9 +87,21 @@ fn ns_labels() -> impl Strategy<Value = Labels> {
         })
 }
 
-fn selector(keys: &'static [&'static str], values: &'static [&'static str]) -> impl Strategy<Value = Selector> {
+fn selector(
+    keys: &'static [&'static str],
+    values: &'static [&'static str],
+) -> impl Strategy<Value = Selector> {
     prop::collection::vec(
-        (prop::sample::select(keys), prop::sample::select(vec![Operator::In, Operator::NotIn, Operator::Exists, Operator::DoesNotExist]), prop::collection::btree_set(prop::sample::select(values), 1..3)),
+        (
+            prop::sample::select(keys),
+            prop::sample::select(vec![
+                Operator::In,
+                Operator::NotIn,
+                Operator::Exists,
+                Operator::DoesNotExist,
+            ]),
+            prop::collection::btree_set(prop::sample::select(values), 1..3),
+        ),
         0..3,
     )
     .prop_map(|reqs| {
@@ -83,11 +123,17 @@ fn selector(keys: &'static [&'static str], values: &'static [&'static str]) -> i
 }
 
 fn pod_selector() -> impl Strategy<Value = Selector> {
-    selector(&["app", "tier", "pod-template-hash"], &["web", "db", "api", "fe", "be"])
+    selector(
+        &["app", "tier", "pod-template-hash"],
+        &["web", "db", "api", "fe", "be"],
+    )
 }
 
 fn ns_selector() -> impl Strategy<Value = Selector> {
-    selector(&["team", "env", "kubernetes.io/metadata.name"], &["x", "y", "prod", "dev", "ns-a", "ns-b"])
+    selector(
+        &["team", "env", "kubernetes.io/metadata.name"],
+        &["x", "y", "prod", "dev", "ns-a", "ns-b"],
+    )
 }
 
 fn cidr(s: &str) -> Cidr {
@@ -96,28 +142,69 @@ fn cidr(s: &str) -> Cidr {
 
 fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
     prop_oneof![
-        pod_selector().prop_map(move |pods| Peer::Endpoints { namespaces: NamespaceScope::Own(ns.into()), pods }),
-        (ns_selector(), pod_selector()).prop_map(|(n, pods)| Peer::Endpoints { namespaces: NamespaceScope::Selected(n), pods }),
-        (prop::sample::select(CIDRS.to_vec()), prop::collection::vec(prop::sample::select(CIDRS.to_vec()), 0..2)).prop_map(|(c, ex)| {
-            let c = cidr(c);
-            // Keep only strict subsets, as validation requires.
-            let except = ex.into_iter().map(cidr).filter(|e| c.contains(e) && *e != c).collect();
-            Peer::IpBlock { cidr: c, except }
+        pod_selector().prop_map(move |pods| Peer::Endpoints {
+            namespaces: NamespaceScope::Own(ns.into()),
+            pods
         }),
+        (ns_selector(), pod_selector()).prop_map(|(n, pods)| Peer::Endpoints {
+            namespaces: NamespaceScope::Selected(n),
+            pods
+        }),
+        (
+            prop::sample::select(CIDRS.to_vec()),
+            prop::collection::vec(prop::sample::select(CIDRS.to_vec()), 0..2)
+        )
+            .prop_map(|(c, ex)| {
+                let c = cidr(c);
+                // Keep only strict subsets, as validation requires.
+                let except = ex
+                    .into_iter()
+                    .map(cidr)
+                    .filter(|e| c.contains(e) && *e != c)
+                    .collect();
+                Peer::IpBlock { cidr: c, except }
+            }),
     ]
 }
 
 fn port_spec() -> impl Strategy<Value = PortSpec> {
     prop_oneof![
-        Just(PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(80, 80) }),
-        Just(PortSpec { protocol: Protocol::UDP, port: PortMatch::Range(53, 53) }),
-        Just(PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(8000, 8100) }),
-        Just(PortSpec { protocol: Protocol::TCP, port: PortMatch::Range(1, 1024) }),
-        Just(PortSpec { protocol: Protocol::SCTP, port: PortMatch::All }),
-        Just(PortSpec { protocol: Protocol::UDP, port: PortMatch::All }),
-        Just(PortSpec { protocol: Protocol::TCP, port: PortMatch::Named("http".into()) }),
-        Just(PortSpec { protocol: Protocol::UDP, port: PortMatch::Named("dns".into()) }),
-        Just(PortSpec { protocol: Protocol::TCP, port: PortMatch::Named("metrics".into()) }),
+        Just(PortSpec {
+            protocol: Protocol::TCP,
+            port: PortMatch::Range(80, 80)
+        }),
+        Just(PortSpec {
+            protocol: Protocol::UDP,
+            port: PortMatch::Range(53, 53)
+        }),
+        Just(PortSpec {
+            protocol: Protocol::TCP,
+            port: PortMatch::Range(8000, 8100)
+        }),
+        Just(PortSpec {
+            protocol: Protocol::TCP,
+            port: PortMatch::Range(1, 1024)
+        }),
+        Just(PortSpec {
+            protocol: Protocol::SCTP,
+            port: PortMatch::All
+        }),
+        Just(PortSpec {
+            protocol: Protocol::UDP,
+            port: PortMatch::All
+        }),
+        Just(PortSpec {
+            protocol: Protocol::TCP,
+            port: PortMatch::Named("http".into())
+        }),
+        Just(PortSpec {
+            protocol: Protocol::UDP,
+            port: PortMatch::Named("dns".into())
+        }),
+        Just(PortSpec {
+            protocol: Protocol::TCP,
+            port: PortMatch::Named("metrics".into())
+        }),
     ]
 }
 
@@ -126,7 +213,10 @@ fn rule(ns: &'static str) -> impl Strategy<Value = Rule> {
         prop_oneof![1 => Just(None), 3 => prop::collection::vec(peer(ns), 1..3).prop_map(Some)],
         prop::collection::vec(port_spec(), 0..3),
     )
-        .prop_map(|(peers, ports)| Rule { peers: peers.map(Peers::List).unwrap_or(Peers::Any), ports })
+        .prop_map(|(peers, ports)| Rule {
+            peers: peers.map(Peers::List).unwrap_or(Peers::Any),
+            ports,
+        })
 }
 
 pub fn policy(name: String) -> impl Strategy<Value = Policy> {
@@ -162,7 +252,11 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
                 let (n, port, protocol) = PORT_NAMES[p];
                 // One port per name, as Kubernetes requires.
                 if !named.iter().any(|x| x.name == n) {
-                    named.push(NamedPort { name: n.into(), port, protocol });
+                    named.push(NamedPort {
+                        name: n.into(),
+                        port,
+                        protocol,
+                    });
                 }
             }
             named.sort();
@@ -170,9 +264,15 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
                 key: format!("{ns}/{name}"),
                 namespace: ns.into(),
                 name: name.clone(),
-                workload: WorkloadRef { kind: "Pod".into(), name },
+                workload: WorkloadRef {
+                    kind: "Pod".into(),
+                    name,
+                },
                 labels,
-                ips: ip.map(|s| s.parse::<IpAddr>().unwrap_or_else(|_| panic!("ip"))).into_iter().collect(),
+                ips: ip
+                    .map(|s| s.parse::<IpAddr>().unwrap_or_else(|_| panic!("ip")))
+                    .into_iter()
+                    .collect(),
                 ports: named,
                 host_network: false,
             }
@@ -184,12 +284,17 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
     (
         prop::collection::vec(ns_labels(), 3),
         (1usize..7).prop_flat_map(|n| (0..n).map(endpoint).collect::<Vec<_>>()),
-        (0usize..5).prop_flat_map(|n| (0..n).map(|i| policy(format!("pol-{i}"))).collect::<Vec<_>>()),
+        (0usize..5).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| policy(format!("pol-{i}")))
+                .collect::<Vec<_>>()
+        }),
     )
         .prop_map(|(nsl, eps, pols)| {
             let mut c = Cluster::default();
             for (n, l) in NAMESPACES.iter().zip(nsl) {
-                c.namespaces.insert(n.to_string(), Namespace::new(n, l, true));
+                c.namespaces
+                    .insert(n.to_string(), Namespace::new(n, l, true));
             }
             let mut seen_ips = Vec::new();
             for mut e in eps {
@@ -198,7 +303,8 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 c.endpoints.insert(e.key.clone(), e);
             }
             for p in pols {
-                c.policies.insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+                c.policies
+                    .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
             }
             c
         })
@@ -213,18 +319,40 @@ pub fn flow_peer(cluster: &Cluster, pick: usize, ip: usize, use_ip: bool) -> Flo
     }
 }
 
-/// Flow "seeds" that become flows against a given cluster.
-pub fn flow_seeds(n: usize) -> impl Strategy<Value = Vec<(usize, usize, bool, usize, usize, bool, usize, usize)>> {
+/// Indexes that become a flow against a given cluster: source (endpoint pick, ip pick,
+/// use ip), destination (same), protocol, port.
+pub type FlowSeed = (usize, usize, bool, usize, usize, bool, usize, usize);
+
+/// Flow seeds that become flows against a given cluster.
+pub fn flow_seeds(n: usize) -> impl Strategy<Value = Vec<FlowSeed>> {
     prop::collection::vec(
-        (any::<usize>(), 0..IPS.len(), prop::bool::weighted(0.25), any::<usize>(), 0..IPS.len(), prop::bool::weighted(0.25), 0..4usize, 0..FLOW_PORTS.len()),
+        (
+            any::<usize>(),
+            0..IPS.len(),
+            prop::bool::weighted(0.25),
+            any::<usize>(),
+            0..IPS.len(),
+            prop::bool::weighted(0.25),
+            0..4usize,
+            0..FLOW_PORTS.len(),
+        ),
         n,
     )
 }
 
-pub fn seed_to_flow(c: &Cluster, s: &(usize, usize, bool, usize, usize, bool, usize, usize)) -> Flow {
+pub fn seed_to_flow(c: &Cluster, s: &FlowSeed) -> Flow {
     let protocol = [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::ICMP][s.6];
-    let port = if protocol == Protocol::ICMP { 0 } else { FLOW_PORTS[s.7] };
-    Flow { src: flow_peer(c, s.0, s.1, s.2), dst: flow_peer(c, s.3, s.4, s.5), protocol, port }
+    let port = if protocol == Protocol::ICMP {
+        0
+    } else {
+        FLOW_PORTS[s.7]
+    };
+    Flow {
+        src: flow_peer(c, s.0, s.1, s.2),
+        dst: flow_peer(c, s.3, s.4, s.5),
+        protocol,
+        port,
+    }
 }
 
 /// A random change against a cluster (resolved against the current state when applied).
@@ -244,13 +372,20 @@ pub fn change_seed(i: usize) -> impl Strategy<Value = ChangeSeed> {
         any::<usize>().prop_map(ChangeSeed::RemoveEndpoint),
         (any::<usize>(), labels()).prop_map(|(n, l)| ChangeSeed::Relabel(n, l)),
         (0..3usize, ns_labels()).prop_map(|(n, l)| ChangeSeed::RelabelNamespace(n, l)),
-        (0..6usize).prop_flat_map(|n| policy(format!("pol-{n}"))).prop_map(ChangeSeed::UpsertPolicy),
+        (0..6usize)
+            .prop_flat_map(|n| policy(format!("pol-{n}")))
+            .prop_map(ChangeSeed::UpsertPolicy),
         any::<usize>().prop_map(ChangeSeed::RemovePolicy),
     ]
 }
 
 pub fn resolve_change(c: &Cluster, seed: &ChangeSeed) -> Option<Change> {
-    let nth_ep = |n: usize| c.endpoints.values().nth(n % c.endpoints.len().max(1)).cloned();
+    let nth_ep = |n: usize| {
+        c.endpoints
+            .values()
+            .nth(n % c.endpoints.len().max(1))
+            .cloned()
+    };
     match seed {
         ChangeSeed::AddEndpoint(e) => {
             let mut e = e.clone();
@@ -265,7 +400,11 @@ pub fn resolve_change(c: &Cluster, seed: &ChangeSeed) -> Option<Change> {
         }),
         ChangeSeed::RelabelNamespace(n, l) => {
             let name = NAMESPACES[*n % NAMESPACES.len()];
-            Some(Change::UpsertNamespace(Namespace::new(name, l.clone(), true)))
+            Some(Change::UpsertNamespace(Namespace::new(
+                name,
+                l.clone(),
+                true,
+            )))
         }
         ChangeSeed::UpsertPolicy(p) => Some(Change::UpsertPolicy(Arc::new(p.clone()))),
         ChangeSeed::RemovePolicy(n) => {
@@ -274,9 +413,16 @@ pub fn resolve_change(c: &Cluster, seed: &ChangeSeed) -> Option<Change> {
                 return None;
             }
             let (ns, name) = keys[n % keys.len()];
-            Some(Change::DeletePolicy(policy_compiler::rules::PolicyRef { namespace: ns.clone(), name: name.clone() }))
+            Some(Change::DeletePolicy(policy_compiler::rules::PolicyRef {
+                namespace: ns.clone(),
+                name: name.clone(),
+            }))
         }
     }
 }
 
-pub type Mirror = (BTreeMap<u32, BTreeMap<policy_compiler::EntryKey, policy_compiler::abi::PolicyValue>>, BTreeMap<Cidr, u32>, BTreeMap<String, u32>);
+pub type Mirror = (
+    BTreeMap<u32, BTreeMap<policy_compiler::EntryKey, policy_compiler::abi::PolicyValue>>,
+    BTreeMap<Cidr, u32>,
+    BTreeMap<String, u32>,
+);

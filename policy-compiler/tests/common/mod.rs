@@ -1,5 +1,11 @@
 //! Shared helpers: load manifests, evaluate a flow with both evaluators and insist they
 //! agree.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
 #![allow(dead_code)]
 
 use policy_compiler::eval::{maps, spec};
@@ -30,7 +36,12 @@ pub fn peer(s: &str) -> FlowPeer {
 
 /// Evaluates with both evaluators and returns the (common) verdict.
 pub fn check(e: &Engine, from: &str, to: &str, proto: Protocol, port: u16) -> Verdict {
-    let flow = Flow { src: peer(from), dst: peer(to), protocol: proto, port };
+    let flow = Flow {
+        src: peer(from),
+        dst: peer(to),
+        protocol: proto,
+        port,
+    };
     let m = maps::evaluate(e, &flow);
     let s = spec::evaluate(e.cluster(), e.rules(), e.config(), &flow);
     assert_eq!(m, s, "evaluators disagree on {flow:?}");
