@@ -178,24 +178,34 @@ impl Analysis {
         })
     }
 
-    /// The three existing names closest to `name`.
+    /// The three existing endpoint names closest to `name`: pods as `ns/name`, workloads as
+    /// `ns/Kind/name` (matched against every form `resolve` accepts for them).
     pub fn suggest(&self, name: &str) -> Vec<String> {
-        suggest::closest(name, self.known_names().iter().map(String::as_str), 3)
-    }
-
-    /// Every name `resolve` accepts for an endpoint: pod keys `ns/name` and workloads as
-    /// `ns/Kind/name`.
-    pub fn known_names(&self) -> Vec<String> {
-        let mut names: BTreeSet<String> = BTreeSet::new();
-        for e in self.cluster().endpoints.values() {
-            if e.key.matches('/').count() == 1 {
-                names.insert(e.key.clone());
-            }
+        let mut best: BTreeMap<String, usize> = BTreeMap::new();
+        let mut score = |canonical: String, forms: &[String]| {
+            let d = forms
+                .iter()
+                .map(|f| suggest::levenshtein(name, f))
+                .min()
+                .unwrap_or(usize::MAX);
+            let e = best.entry(canonical).or_insert(d);
+            *e = (*e).min(d);
+        };
+        let eps = &self.cluster().endpoints;
+        for k in eps.keys().filter(|k| k.matches('/').count() == 1) {
+            score(k.clone(), std::slice::from_ref(k));
         }
         for w in &self.workloads {
-            names.insert(format!("{}/{}/{}", w.namespace, w.kind, w.name));
+            let short = format!("{}/{}", w.namespace, w.name);
+            if w.kind == "Pod" && eps.contains_key(&short) {
+                continue;
+            }
+            let canonical = format!("{}/{}/{}", w.namespace, w.kind, w.name);
+            score(canonical.clone(), &[canonical, short, w.display.clone()]);
         }
-        names.into_iter().collect()
+        let mut v: Vec<(usize, String)> = best.into_iter().map(|(n, d)| (d, n)).collect();
+        v.sort();
+        v.into_iter().take(3).map(|(_, n)| n).collect()
     }
 
     /// How a peer is named in outputs: the workload display for endpoints, the address

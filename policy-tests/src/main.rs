@@ -1,1 +1,365 @@
-fn main() {}
+//! `policy-test`: the command line. Parsing, output and exit codes only; the work is in
+//! the `policy_tests` library.
+//!
+//! Exit codes: 0 success (`check`: every scenario passed), 1 `check` had failures,
+//! 2 bad input (unreadable or invalid manifests or scenarios, unknown endpoints, usage).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use policy_compiler::{Flow, Protocol};
+use policy_tests::matrix::Probe;
+use policy_tests::output::{Progress, stdout_is_tty};
+use policy_tests::scenario::{self, PortRef};
+use policy_tests::{Analysis, InputError, Options, connections, diff, explain, matrix};
+
+const ABOUT: &str = "Evaluate traffic against Kubernetes NetworkPolicies offline, exactly as Palisade's datapath would";
+
+const LONG_ABOUT: &str = "\
+Evaluate traffic against Kubernetes NetworkPolicies offline, exactly as Palisade's datapath would.
+
+policy-test compiles the given manifests (Namespaces, Pods, workloads, Services and
+NetworkPolicies; files or directories, multi-document YAML or JSON, List wrappers) with
+Palisade's policy core and answers every question with the map-level evaluator: the same
+lookups the datapath performs on the same compiled policy maps.
+
+Workloads are named `ns/name[Kind]`. Endpoints are given as `ns/name` (a pod, or the only
+workload of that name), `ns/Kind/name`, `ns/name[Kind]`, or an IP address.
+
+Exit status: 0 success, 1 `check` found failing scenarios, 2 bad input (the reason is
+printed to stderr after `error: `; nothing is printed to stdout then).";
+
+const EXAMPLES: &str = "\
+Examples:
+  policy-test check -f manifests/ --scenarios scenarios.yaml
+  policy-test matrix -f manifests/ --port 80/TCP --port 53/UDP
+  policy-test connections -f manifests/ > connections.txt
+  policy-test explain -f manifests/ --from prod/frontend --to prod/backend --port 8080
+  policy-test diff -f old/ --against new/";
+
+#[derive(Debug, Parser)]
+#[command(name = "policy-test", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
+struct Cli {
+    /// Manifest file or directory (directories are walked recursively for .yaml, .yml and
+    /// .json). Repeat for more.
+    #[arg(short = 'f', long = "file", value_name = "PATH", global = true)]
+    files: Vec<PathBuf>,
+
+    /// Whether pod addresses take part in policy. `true` (Palisade, and the Kubernetes e2e
+    /// suite): an ipBlock selects pods whose IPs it contains, and traffic is identified by
+    /// its source address. `false` (netpol-analyzer's reading): ipBlocks select only
+    /// addresses outside the cluster and pods are known by identity alone.
+    #[arg(
+        long,
+        value_name = "true|false",
+        default_value_t = true,
+        action = ArgAction::Set,
+        global = true
+    )]
+    ipblocks_select_pods: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check scenarios (flows with an expected verdict) against the policies
+    #[command(long_about = CHECK_LONG)]
+    Check(CheckArgs),
+    /// Reachability truth table between all workloads
+    #[command(long_about = MATRIX_LONG)]
+    Matrix(MatrixArgs),
+    /// List every allowed connection (netpol-analyzer `list` format)
+    #[command(long_about = CONNECTIONS_LONG)]
+    Connections(ConnectionsArgs),
+    /// Explain why one flow is allowed or denied
+    #[command(long_about = EXPLAIN_LONG)]
+    Explain(ExplainArgs),
+    /// Connections added, removed or changed between two policy sets
+    #[command(long_about = DIFF_LONG)]
+    Diff(DiffArgs),
+}
+
+const CHECK_LONG: &str = "\
+Check scenarios (flows with an expected verdict) against the policies.
+
+A scenario file is YAML:
+
+  scenarios:
+    - name: frontend may call the API
+      from: production/frontend    # pod ns/name; workload ns/Kind/name; or {ip: 203.0.113.7}
+      to: production/backend
+      port: 8080                   # number, or a container-port name of the destination
+      protocol: TCP                # TCP (default), UDP or SCTP
+      expect: allow                # allow or deny
+
+For each scenario the verdict, the expectation and what decided it are shown: the rule
+that allowed the flow (`prod/allow-web ingress[0]`), `allowed: not isolated`, or the
+policies whose isolation denied it (`default deny: isolated by prod/deny-all (ingress)`).
+
+Output: a table on a terminal, plain text otherwise; `--output json` or `--output junit`
+for machines. Exit status 0 when every scenario passes, 1 when any fails, 2 on bad input
+(syntax errors as file:line:column, unknown endpoints with the closest existing names).
+
+Examples:
+  policy-test check -f k8s/ --scenarios scenarios.yaml
+  policy-test check -f k8s/ --scenarios a.yaml --scenarios b.yaml --output junit > report.xml
+  policy-test check -f policies.yaml -f pods.yaml --scenarios s.yaml --output json | jq .summary";
+
+const MATRIX_LONG: &str = "\
+Reachability truth table between all workloads, Kubernetes e2e style.
+
+Rows are sources, columns destinations (one per workload `ns/name[Kind]`, including each
+workload to itself); `.` means allowed and `X` denied. One table per `--port`; without
+`--port`, a single table answers whether any port of any protocol is allowed.
+
+Examples:
+  policy-test matrix -f k8s/ --port 80/TCP
+  policy-test matrix -f k8s/ --port 80 --port 53/UDP --port 9000/SCTP
+  policy-test matrix -f k8s/ --output json";
+
+const CONNECTIONS_LONG: &str = "\
+List every allowed connection between workloads, and between workloads and external
+address ranges, in netpol-analyzer's `list` text format (byte-compatible):
+
+  0.0.0.0-255.255.255.255[External] => default/frontend[Deployment] : TCP 8080
+  default/frontend[Deployment] => default/backend[Deployment] : TCP 9090
+
+External ranges are the elementary ranges cut by the policies' ipBlocks (ingress ipBlocks
+for sources, egress ipBlocks for destinations). Each range is answered at one address of
+it that belongs to no endpoint. Use --ipblocks-select-pods=false to read ipBlocks as
+netpol-analyzer does.
+
+Examples:
+  policy-test connections -f k8s/
+  policy-test connections -f k8s/ --ipblocks-select-pods=false
+  policy-test connections -f k8s/ --output json";
+
+const EXPLAIN_LONG: &str = "\
+Explain why one flow is allowed or denied: the policies that select the source (egress)
+and the destination (ingress), every rule of theirs with why it matches or not (peer
+mismatch, port mismatch, named port unresolved), each side's decision from the compiled
+maps, and the final verdict.
+
+Examples:
+  policy-test explain -f k8s/ --from prod/frontend --to prod/backend --port 8080
+  policy-test explain -f k8s/ --from 203.0.113.7 --to prod/Deployment/web --port http
+  policy-test explain -f k8s/ --from prod/a --to kube-system/coredns --port 53 --protocol UDP";
+
+const DIFF_LONG: &str = "\
+Connections added, removed or changed between two policy sets (or topologies): `-f` gives
+the old manifests, `--against` the new ones. Both are listed as by `connections`, over a
+common partition of external addresses, and compared pair by pair. The text format follows
+netpol-analyzer's `diff`.
+
+Examples:
+  policy-test diff -f main/k8s/ --against branch/k8s/
+  policy-test diff -f cluster/ -f old-policies/ --against cluster/ --against new-policies/ --output json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckOutput {
+    /// A table on a terminal, plain text otherwise.
+    Auto,
+    Table,
+    Text,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Scenario file (YAML). Repeat for more.
+    #[arg(long = "scenarios", short = 's', value_name = "FILE", required = true)]
+    scenarios: Vec<PathBuf>,
+    #[arg(long, short = 'o', value_enum, default_value_t = CheckOutput::Auto)]
+    output: CheckOutput,
+}
+
+#[derive(Debug, clap::Args)]
+struct MatrixArgs {
+    /// Port to probe: PORT[/PROTOCOL] (protocol TCP by default), or `any`. Repeat for more.
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    port: Vec<Probe>,
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConnectionsArgs {
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// Source: ns/name, ns/Kind/name, ns/name[Kind], or an IP address.
+    #[arg(long, value_name = "ENDPOINT")]
+    from: String,
+    /// Destination: ns/name, ns/Kind/name, ns/name[Kind], or an IP address.
+    #[arg(long, value_name = "ENDPOINT")]
+    to: String,
+    /// Destination port: a number or a container-port name of the destination.
+    #[arg(long, value_name = "PORT")]
+    port: PortRef,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+    protocol: Protocol,
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiffArgs {
+    /// The new manifests (files or directories), compared with those of -f/--file.
+    #[arg(long, value_name = "PATH", required = true)]
+    against: Vec<PathBuf>,
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Protocol::from_name(s)
+        .filter(|p| p.has_ports())
+        .ok_or_else(|| format!("unknown protocol {s:?}: expected TCP, UDP or SCTP"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(files: &[PathBuf], opts: &Options) -> Result<Analysis, InputError> {
+    let a = Analysis::load(files, opts)?;
+    for w in a.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(a)
+}
+
+/// Writes a result to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> Result<(), InputError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(InputError::Usage(format!("writing output: {e}"))),
+    }
+}
+
+fn json(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+    s.push('\n');
+    s
+}
+
+fn run(cli: Cli) -> Result<ExitCode, InputError> {
+    let opts = Options {
+        ipblocks_select_pods: cli.ipblocks_select_pods,
+    };
+    match cli.command {
+        Command::Check(args) => {
+            let files = args
+                .scenarios
+                .iter()
+                .map(|p| scenario::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let a = load(&cli.files, &opts)?;
+            let resolved = files
+                .iter()
+                .map(|f| scenario::resolve_all(&a, f).map(|r| (f.path.clone(), r)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let progress = Progress::for_terminal("scenarios");
+            let results: Vec<_> = resolved
+                .iter()
+                .map(|(p, r)| (p.clone(), scenario::run(&a, r, &progress)))
+                .collect();
+            let failed = results.iter().flat_map(|(_, o)| o).any(|o| !o.pass);
+            let text = match args.output {
+                CheckOutput::Auto if stdout_is_tty() => scenario::to_table(&results),
+                CheckOutput::Auto | CheckOutput::Text => scenario::to_plain(&results),
+                CheckOutput::Table => scenario::to_table(&results),
+                CheckOutput::Json => json(&scenario::to_json(&a, &results)),
+                CheckOutput::Junit => {
+                    let mut x = scenario::to_junit(&results)
+                        .map_err(|e| InputError::Usage(format!("rendering JUnit XML: {e}")))?;
+                    x.push('\n');
+                    x
+                }
+            };
+            emit(&text)?;
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Matrix(args) => {
+            let a = load(&cli.files, &opts)?;
+            let probes = if args.port.is_empty() {
+                vec![Probe::Any]
+            } else {
+                args.port
+            };
+            let m = matrix::compute(&a, &probes, &Progress::for_terminal("matrix"));
+            emit(&match args.output {
+                Output::Text => matrix::to_text(&m),
+                Output::Json => json(&matrix::to_json(&m)),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connections(args) => {
+            let a = load(&cli.files, &opts)?;
+            let c = connections::compute(&a, &Progress::for_terminal("connections"));
+            emit(&match args.output {
+                Output::Text => connections::to_text(&c),
+                Output::Json => json(&connections::to_json(&c)),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) => {
+            let a = load(&cli.files, &opts)?;
+            let src = a.resolve(&args.from)?;
+            let dst = a.resolve(&args.to)?;
+            let port = scenario::resolve_port(&a, &dst, &args.port, args.protocol)?;
+            let e = explain::explain(
+                &a,
+                &Flow {
+                    src,
+                    dst,
+                    protocol: args.protocol,
+                    port,
+                },
+            );
+            emit(&match args.output {
+                Output::Text => explain::to_text(&e),
+                Output::Json => json(&explain::to_json(&e)),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff(args) => {
+            let old = load(&cli.files, &opts)?;
+            let new = load(&args.against, &opts)?;
+            let d = diff::compute(&old, &new, &Progress::for_terminal("diff"));
+            emit(&match args.output {
+                Output::Text => diff::to_text(&d),
+                Output::Json => json(&diff::to_json(&d)),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

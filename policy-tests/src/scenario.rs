@@ -1,1 +1,747 @@
+//! Scenario files: flows with an expected verdict, checked against the compiled maps.
+//!
+//! ```yaml
+//! scenarios:
+//!   - name: frontend may call the API
+//!     from: production/frontend      # pod "ns/name"; workload "ns/Kind/name"; or {ip: 203.0.113.7}
+//!     to: production/backend
+//!     port: 8080                     # number, or a container-port name of the destination
+//!     protocol: TCP                  # TCP (default) | UDP | SCTP
+//!     expect: allow                  # allow | deny
+//! ```
+//!
+//! `http:` ({method, path, host, headers}) is reserved for L7 scenarios: it is accepted by
+//! the schema and rejected with a clear error until L7 policy exists. Unknown fields are
+//! errors naming the field, with a `file:line:column` position.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use policy_compiler::eval::maps;
+use policy_compiler::{Decision, Direction, Flow, FlowPeer, Protocol, Verdict};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{Location, Spanned};
+
+use crate::analysis::Analysis;
+use crate::error::{EndpointError, InputError};
+use crate::output::Progress;
+
+/// The expected (or actual) outcome of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Allow,
+    Deny,
+}
+
+impl Expect {
+    pub fn of(allowed: bool) -> Expect {
+        if allowed { Expect::Allow } else { Expect::Deny }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+        })
+    }
+}
+
+/// A flow end as written: a name (`ns/name`, `ns/Kind/name`, `ns/name[Kind]`) or an
+/// address (`{ip: ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PeerSpec {
+    Name(String),
+    Ip { ip: IpAddr },
+}
+
+impl fmt::Display for PeerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerSpec::Name(n) => f.write_str(n),
+            PeerSpec::Ip { ip } => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PeerSpec, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PeerSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an endpoint name (ns/name, ns/Kind/name) or {ip: ADDRESS}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PeerSpec, E> {
+                Ok(PeerSpec::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PeerSpec, A::Error> {
+                let mut ip: Option<IpAddr> = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    if k != "ip" {
+                        return Err(de::Error::unknown_field(&k, &["ip"]));
+                    }
+                    let s: String = m.next_value()?;
+                    let parsed = s
+                        .parse::<IpAddr>()
+                        .map_err(|_| de::Error::custom(format!("invalid IP address {s:?}")))?;
+                    ip = Some(parsed);
+                }
+                ip.map(|ip| PeerSpec::Ip { ip })
+                    .ok_or_else(|| de::Error::missing_field("ip"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A destination port as written: a number, or a container-port name of the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl std::str::FromStr for PortRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRef, String> {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(PortRef::Number(n)),
+                _ => Err(format!("port {s} is out of range 1-65535")),
+            };
+        }
+        if s.is_empty() {
+            return Err("empty port".into());
+        }
+        Ok(PortRef::Name(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PortRef, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number (1-65535) or a container-port name")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRef, E> {
+                u16::try_from(v)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .map(PortRef::Number)
+                    .ok_or_else(|| E::custom(format!("port {v} is out of range 1-65535")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRef, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!("port {v} is out of range 1-65535"))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRef, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The reserved L7 match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    scenarios: Vec<Spanned<RawScenario>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    from: Spanned<PeerSpec>,
+    to: Spanned<PeerSpec>,
+    port: Spanned<PortRef>,
+    #[serde(default)]
+    protocol: Option<Spanned<String>>,
+    expect: Expect,
+    #[serde(default)]
+    http: Option<Spanned<HttpSpec>>,
+}
+
+/// A position in a scenario file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Position {
+    fn at(file: &Path, l: &Location) -> Position {
+        Position {
+            file: file.to_path_buf(),
+            line: l.line(),
+            column: l.column(),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One scenario, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub from: PeerSpec,
+    pub to: PeerSpec,
+    pub port: PortRef,
+    pub protocol: Protocol,
+    pub expect: Expect,
+    #[serde(skip)]
+    pub at: Position,
+    #[serde(skip)]
+    from_at: Position,
+    #[serde(skip)]
+    to_at: Position,
+    #[serde(skip)]
+    port_at: Position,
+}
+
+/// The scenarios of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioFile {
+    pub path: PathBuf,
+    pub scenarios: Vec<Scenario>,
+}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<ScenarioFile, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            InputError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            InputError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    parse(path, &text)
+}
+
+/// Parses scenario YAML; `path` is used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
+    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        InputError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: first_line(&e.to_string()),
+        }
+    })?;
+    let mut scenarios = Vec::with_capacity(raw.scenarios.len());
+    for s in raw.scenarios {
+        let at = Position::at(path, &s.referenced);
+        let r = s.value;
+        if let Some(h) = &r.http {
+            return Err(InputError::Scenario {
+                location: Position::at(path, &h.referenced).to_string(),
+                scenario: r.name,
+                message: "`http:` describes an L7 scenario: L7 scenarios are not supported yet"
+                    .into(),
+            });
+        }
+        let protocol = match &r.protocol {
+            None => Protocol::TCP,
+            Some(p) => Protocol::from_name(&p.value)
+                .filter(|p| p.has_ports())
+                .ok_or_else(|| InputError::Scenario {
+                    location: Position::at(path, &p.referenced).to_string(),
+                    scenario: r.name.clone(),
+                    message: format!("unknown protocol {:?}: expected TCP, UDP or SCTP", p.value),
+                })?,
+        };
+        scenarios.push(Scenario {
+            name: r.name,
+            from_at: Position::at(path, &r.from.referenced),
+            to_at: Position::at(path, &r.to.referenced),
+            port_at: Position::at(path, &r.port.referenced),
+            from: r.from.value,
+            to: r.to.value,
+            port: r.port.value,
+            protocol,
+            expect: r.expect,
+            at,
+        });
+    }
+    Ok(ScenarioFile {
+        path: path.to_path_buf(),
+        scenarios,
+    })
+}
+
+/// serde-saphyr renders `error: line L column C: message` and may append a source
+/// snippet; the position is given apart, so keep the message alone.
+pub(crate) fn first_line(msg: &str) -> String {
+    let mut line = msg.lines().next().unwrap_or(msg).trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some(i) = rest.find(": ") {
+            let pos = &rest[..i];
+            if pos
+                .split(" column ")
+                .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                line = &rest[i + 2..];
+            }
+        }
+    }
+    line.to_string()
+}
+
+/// Resolves a flow end.
+pub fn resolve_peer(a: &Analysis, p: &PeerSpec) -> Result<FlowPeer, EndpointError> {
+    match p {
+        PeerSpec::Ip { ip } => Ok(FlowPeer::Ip(*ip)),
+        PeerSpec::Name(n) => a.resolve(n),
+    }
+}
+
+/// Resolves a port for a destination: numbers as they are, names against the destination
+/// endpoint's container ports of that protocol.
+pub fn resolve_port(
+    a: &Analysis,
+    dst: &FlowPeer,
+    port: &PortRef,
+    protocol: Protocol,
+) -> Result<u16, EndpointError> {
+    match port {
+        PortRef::Number(n) => Ok(*n),
+        PortRef::Name(name) => match dst {
+            FlowPeer::Ip(ip) => Err(EndpointError::NamedPortToIp {
+                port: name.clone(),
+                destination: ip.to_string(),
+            }),
+            FlowPeer::Endpoint(k) => {
+                let ep = a.cluster().endpoints.get(k);
+                match ep.and_then(|e| e.named_port(name, protocol)) {
+                    Some(p) => Ok(p),
+                    None => Err(EndpointError::UnknownPortName {
+                        port: name.clone(),
+                        protocol: protocol.to_string(),
+                        destination: a.peer_display(dst),
+                        known: ep
+                            .map(|e| {
+                                e.ports
+                                    .iter()
+                                    .map(|p| format!("{} ({} {})", p.name, p.protocol, p.port))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }),
+                }
+            }
+        },
+    }
+}
+
+/// A scenario resolved against the manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedScenario {
+    pub scenario: Scenario,
+    pub flow: Flow,
+}
+
+/// Resolves every scenario; the first problem is an error (nothing is evaluated then).
+pub fn resolve_all(a: &Analysis, file: &ScenarioFile) -> Result<Vec<ResolvedScenario>, InputError> {
+    file.scenarios
+        .iter()
+        .map(|s| {
+            let err = |at: &Position, e: EndpointError| InputError::Scenario {
+                location: at.to_string(),
+                scenario: s.name.clone(),
+                message: e.to_string(),
+            };
+            let src = resolve_peer(a, &s.from).map_err(|e| err(&s.from_at, e))?;
+            let dst = resolve_peer(a, &s.to).map_err(|e| err(&s.to_at, e))?;
+            let port =
+                resolve_port(a, &dst, &s.port, s.protocol).map_err(|e| err(&s.port_at, e))?;
+            Ok(ResolvedScenario {
+                scenario: s.clone(),
+                flow: Flow {
+                    src,
+                    dst,
+                    protocol: s.protocol,
+                    port,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The result of one scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub flow: Flow,
+    pub verdict: Verdict,
+    pub actual: Expect,
+    pub pass: bool,
+    /// The deciding rule(s) or the reason for a deny.
+    pub deciding: String,
+    pub elapsed: Duration,
+}
+
+/// Evaluates resolved scenarios with the map-level evaluator.
+pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) -> Vec<Outcome> {
+    progress.set_length(scenarios.len() as u64);
+    let out = scenarios
+        .iter()
+        .map(|r| {
+            let t = std::time::Instant::now();
+            let verdict = maps::evaluate(&a.engine, &r.flow);
+            let actual = Expect::of(verdict.allowed());
+            let deciding = describe(a, &verdict);
+            progress.inc(1);
+            Outcome {
+                pass: actual == r.scenario.expect,
+                scenario: r.scenario.clone(),
+                flow: r.flow.clone(),
+                verdict,
+                actual,
+                deciding,
+                elapsed: t.elapsed(),
+            }
+        })
+        .collect();
+    progress.finish();
+    out
+}
+
+/// What decided a verdict: the allowing rules (`prod/allow-web ingress[0]`), `allowed: not
+/// isolated`, or the denying side (`default deny: isolated by prod/deny-all (ingress)`).
+pub fn describe(a: &Analysis, v: &Verdict) -> String {
+    let sides = [
+        (Direction::Egress, v.egress.as_ref()),
+        (Direction::Ingress, v.ingress.as_ref()),
+    ];
+    if v.allowed() {
+        let rules: Vec<String> = sides
+            .iter()
+            .filter_map(|(_, d)| match d {
+                Some(Decision::Allowed { rule }) => Some(rule_name(a, *rule)),
+                _ => None,
+            })
+            .collect();
+        if rules.is_empty() {
+            "allowed: not isolated".to_string()
+        } else {
+            rules.join(", ")
+        }
+    } else {
+        let reasons: Vec<String> = sides
+            .iter()
+            .filter_map(|(dir, d)| match d {
+                Some(Decision::DefaultDeny { isolated_by }) => Some(format!(
+                    "default deny: isolated by {} ({dir})",
+                    isolated_by
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Some(Decision::NotReady) => {
+                    Some(format!("{dir}: endpoint has no policy map (not ready)"))
+                }
+                Some(Decision::InvalidIdentity) => {
+                    Some(format!("{dir}: peer address has no identity"))
+                }
+                _ => None,
+            })
+            .collect();
+        reasons.join("; ")
+    }
+}
+
+/// `ns/name direction[index]` for a rule id.
+pub fn rule_name(a: &Analysis, rule: u32) -> String {
+    a.engine
+        .rules()
+        .resolve(rule)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| format!("rule #{rule}"))
+}
+
+/// Counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub total: usize,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+pub fn summary(outcomes: &[Outcome]) -> Summary {
+    let passed = outcomes.iter().filter(|o| o.pass).count();
+    Summary {
+        total: outcomes.len(),
+        passed,
+        failed: outcomes.len() - passed,
+    }
+}
+
+fn flow_text(o: &Outcome) -> String {
+    format!(
+        "{} -> {} {}/{}",
+        o.scenario.from, o.scenario.to, o.flow.port, o.flow.protocol
+    )
+}
+
+/// Plain text: one line per scenario, then `N passed, N failed`.
+pub fn to_plain(files: &[(PathBuf, Vec<Outcome>)]) -> String {
+    let mut s = String::new();
+    let mut all = Vec::new();
+    for (path, outcomes) in files {
+        if files.len() > 1 {
+            s.push_str(&format!("{}:\n", path.display()));
+        }
+        for o in outcomes {
+            s.push_str(&format!(
+                "{}  {}: {}: {} (expected {}); {}\n",
+                if o.pass { "PASS" } else { "FAIL" },
+                o.scenario.name,
+                flow_text(o),
+                o.actual,
+                o.scenario.expect,
+                o.deciding
+            ));
+        }
+        all.extend(outcomes.iter().cloned());
+    }
+    let sm = summary(&all);
+    s.push_str(&format!("{} passed, {} failed\n", sm.passed, sm.failed));
+    s
+}
+
+/// A table for terminals.
+pub fn to_table(files: &[(PathBuf, Vec<Outcome>)]) -> String {
+    let mut t = crate::output::table(&[
+        "Scenario",
+        "Flow",
+        "Verdict",
+        "Expected",
+        "Deciding policy/rule",
+        "Result",
+    ]);
+    let mut all = Vec::new();
+    for (_, outcomes) in files {
+        for o in outcomes {
+            t.add_row(vec![
+                o.scenario.name.clone(),
+                flow_text(o),
+                o.actual.to_string(),
+                o.scenario.expect.to_string(),
+                o.deciding.clone(),
+                if o.pass {
+                    "PASS".to_string()
+                } else {
+                    "FAIL".to_string()
+                },
+            ]);
+        }
+        all.extend(outcomes.iter().cloned());
+    }
+    let sm = summary(&all);
+    format!("{t}\n{} passed, {} failed\n", sm.passed, sm.failed)
+}
+
+fn decision_json(a: &Analysis, d: Option<&Decision>) -> serde_json::Value {
+    match d {
+        None => serde_json::Value::Null,
+        Some(Decision::Allowed { rule }) => {
+            serde_json::json!({"decision": "allowed", "rule": rule_name(a, *rule)})
+        }
+        Some(Decision::DefaultDeny { isolated_by }) => serde_json::json!({
+            "decision": "default_deny",
+            "isolated_by": isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Some(Decision::NotIsolated) => serde_json::json!({"decision": "not_isolated"}),
+        Some(Decision::NotReady) => serde_json::json!({"decision": "not_ready"}),
+        Some(Decision::InvalidIdentity) => serde_json::json!({"decision": "invalid_identity"}),
+    }
+}
+
+/// `{"files": [{"file", "scenarios": [...]}], "summary": {...}}`.
+pub fn to_json(a: &Analysis, files: &[(PathBuf, Vec<Outcome>)]) -> serde_json::Value {
+    let mut all = Vec::new();
+    let files_json: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(path, outcomes)| {
+            all.extend(outcomes.iter().cloned());
+            let sc: Vec<serde_json::Value> = outcomes
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "name": o.scenario.name,
+                        "from": o.scenario.from.to_string(),
+                        "to": o.scenario.to.to_string(),
+                        "port": o.flow.port,
+                        "protocol": o.flow.protocol.to_string(),
+                        "expected": o.scenario.expect,
+                        "verdict": o.actual,
+                        "pass": o.pass,
+                        "deciding": o.deciding,
+                        "egress": decision_json(a, o.verdict.egress.as_ref()),
+                        "ingress": decision_json(a, o.verdict.ingress.as_ref()),
+                    })
+                })
+                .collect();
+            serde_json::json!({"file": path.display().to_string(), "scenarios": sc})
+        })
+        .collect();
+    serde_json::json!({"files": files_json, "summary": summary(&all)})
+}
+
+/// JUnit XML: one suite per scenario file, one test case per scenario.
+pub fn to_junit(files: &[(PathBuf, Vec<Outcome>)]) -> Result<String, quick_junit::SerializeError> {
+    let mut report = Report::new("policy-test");
+    for (path, outcomes) in files {
+        let mut suite = TestSuite::new(path.display().to_string());
+        for o in outcomes {
+            let status = if o.pass {
+                TestCaseStatus::success()
+            } else {
+                let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                st.set_message(format!(
+                    "expected {}, got {}: {}",
+                    o.scenario.expect, o.actual, o.deciding
+                ));
+                st.set_type("verdict mismatch");
+                st.set_description(format!("{} ({})", flow_text(o), o.scenario.at));
+                st
+            };
+            let mut tc = TestCase::new(o.scenario.name.clone(), status);
+            tc.set_classname(path.display().to_string());
+            tc.set_time(o.elapsed);
+            tc.add_property(quick_junit::Property::new("deciding", o.deciding.clone()));
+            suite.add_test_case(tc);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn p(text: &str) -> Result<ScenarioFile, InputError> {
+        parse(Path::new("s.yaml"), text)
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let f = p("scenarios:\n  - name: a\n    from: prod/web\n    to: {ip: 203.0.113.7}\n    port: 443\n    expect: allow\n  - name: b\n    from: prod/Deployment/api\n    to: prod/db\n    port: postgres\n    protocol: udp\n    expect: deny\n").unwrap();
+        assert_eq!(f.scenarios.len(), 2);
+        let (a, b) = (&f.scenarios[0], &f.scenarios[1]);
+        assert_eq!(a.from, PeerSpec::Name("prod/web".into()));
+        assert_eq!(
+            a.to,
+            PeerSpec::Ip {
+                ip: "203.0.113.7".parse().unwrap()
+            }
+        );
+        assert_eq!(a.port, PortRef::Number(443));
+        assert_eq!(a.protocol, Protocol::TCP);
+        assert_eq!(a.expect, Expect::Allow);
+        assert_eq!(a.at.line, 2);
+        assert_eq!(b.port, PortRef::Name("postgres".into()));
+        assert_eq!(b.protocol, Protocol::UDP);
+        assert_eq!(b.expect, Expect::Deny);
+        assert_eq!(b.port_at.line, 10);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_position() {
+        let e = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 1\n    expect: allow\n    exepct: deny\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.starts_with("s.yaml:7:"), "{m}");
+        assert!(m.contains("exepct"), "{m}");
+    }
+
+    #[test]
+    fn http_is_reserved() {
+        let e = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 80\n    expect: allow\n    http: {method: GET, path: /}\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("L7 scenarios are not supported yet"), "{m}");
+        assert!(m.starts_with("s.yaml:7:"), "{m}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = p("scenarios:\n  - name: a\n    from: [x\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.starts_with("s.yaml:"), "{m}");
+        let InputError::Syntax { line, .. } = e else {
+            panic!("{m}")
+        };
+        assert!(line >= 3, "{m}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (yaml, needle) in [
+            ("port: 70000\n    expect: allow", "out of range"),
+            ("port: 80\n    expect: maybe", "maybe"),
+            (
+                "port: 80\n    protocol: ICMP\n    expect: allow",
+                "unknown protocol",
+            ),
+        ] {
+            let text = format!("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    {yaml}\n");
+            let m = p(&text).unwrap_err().to_string();
+            assert!(m.contains(needle), "{m}");
+        }
+    }
+}

@@ -59,7 +59,8 @@ mod tests {
         ];
         assert_eq!(
             closest("prod/webb", c, 3),
-            vec!["prod/web", "dev/web", "prod/api"]
+            vec!["prod/web", "prod/db", "prod/api"]
         );
+        assert_eq!(closest("dev/wbe", c, 1), vec!["dev/web"]);
     }
 }
