@@ -632,8 +632,14 @@ impl Engine {
         let mut new_keys: Vec<(String, Option<Arc<IdentityKey>>)> = Vec::new();
         let mut ns_label_cache: FxHashMap<String, (Arc<str>, Arc<Labels>)> = FxHashMap::default();
         new_keys.reserve(affected.len());
+        // Endpoints come in key order, so the pods of one workload are neighbours and
+        // usually share the previous endpoint's identity key: reuse it when the facts match.
+        let mut prev: Option<Arc<IdentityKey>> = None;
         for k in affected {
             let key = self.cluster.endpoints.get(&k).map(|e| {
+                if let Some(p) = prev.as_ref().filter(|p| self.same_identity_facts(p, e)) {
+                    return p.clone();
+                }
                 let (ns, nsl) = match ns_label_cache.get(e.namespace.as_str()) {
                     Some(v) => v.clone(),
                     None => {
@@ -645,7 +651,9 @@ impl Engine {
                         v
                     }
                 };
-                Arc::new(self.identity_key(e, ns, nsl))
+                let key = Arc::new(self.identity_key(e, ns, nsl));
+                prev = Some(key.clone());
+                key
             });
             new_keys.push((k, key));
         }
@@ -888,6 +896,56 @@ impl Engine {
         }
         out.sort();
         out
+    }
+
+    /// Whether `e` would get exactly `key` (without building a key for it).
+    fn same_identity_facts(&self, key: &IdentityKey, e: &Endpoint) -> bool {
+        if *key.namespace != *e.namespace || key.ports != e.ports {
+            return false;
+        }
+        let filter = &self.config.label_filter;
+        let mut mine = e.labels.iter().filter(|(k, _)| !filter.excludes(k));
+        let mut theirs = key.labels.iter();
+        loop {
+            match (mine.next(), theirs.next()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        let ips: &[IpAddr] = if self.config.ipblocks_select_pods {
+            &e.ips
+        } else {
+            &[]
+        };
+        match (ips, key.cidr_sets.as_slice()) {
+            (ips, []) => ips.iter().all(|ip| self.containing_cidrs_match(ip, &[])),
+            ([ip], [set]) => self.containing_cidrs_match(ip, set),
+            _ => false,
+        }
+    }
+
+    /// `containing_cidrs(ip) == set`, without allocating: containing prefixes of one
+    /// address sort by length.
+    fn containing_cidrs_match(&self, ip: &IpAddr, set: &[Cidr]) -> bool {
+        let mut expected = set.iter();
+        let max = crate::cidr::max_len(ip) as usize;
+        for l in 0..=max {
+            let present = if ip.is_ipv4() {
+                self.cidr_lens_v4 & (1 << l) != 0
+            } else {
+                self.cidr_lens_v6[l / 64] & (1 << (l % 64)) != 0
+            };
+            if !present {
+                continue;
+            }
+            if let Some(c) = Cidr::new(*ip, l as u8) {
+                if self.cidr_refs.contains_key(&c) && expected.next() != Some(&c) {
+                    return false;
+                }
+            }
+        }
+        expected.next().is_none()
     }
 
     fn identity_key(&self, e: &Endpoint, ns: Arc<str>, ns_labels: Arc<Labels>) -> IdentityKey {

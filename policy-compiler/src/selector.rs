@@ -2,11 +2,13 @@
 //! identities it selects (a roaring bitmap), kept current as identities come and go.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
 use crate::cidr::Cidr;
 use crate::identity::{IdentityInfo, IdentityKey, Reserved};
+use crate::k8s::Labels;
 use crate::labels::Selector;
 use crate::model::NamespaceScope;
 
@@ -78,6 +80,11 @@ pub struct SelectorCache {
     cross_namespace: Vec<SelectorId>,
     /// ipBlock selectors.
     ip_blocks: Vec<SelectorId>,
+    /// Namespace labels -> the cross-namespace selectors whose namespace part matches
+    /// them. Identities of one namespace share its labels, so a new identity tests only
+    /// the pod part of most selectors. Cleared whenever a cross-namespace selector
+    /// appears or goes.
+    cross_by_ns_labels: crate::hash::FxHashMap<Arc<Labels>, Vec<SelectorId>>,
 }
 
 impl SelectorCache {
@@ -107,7 +114,10 @@ impl SelectorCache {
                 namespaces: NamespaceScope::Own(ns),
                 ..
             } => self.by_namespace.entry(ns.clone()).or_default().push(id),
-            SelectorKey::Endpoints { .. } => self.cross_namespace.push(id),
+            SelectorKey::Endpoints { .. } => {
+                self.cross_namespace.push(id);
+                self.cross_by_ns_labels.clear();
+            }
             SelectorKey::IpBlock { .. } => self.ip_blocks.push(id),
         }
         self.by_key.insert(key.clone(), id);
@@ -133,13 +143,39 @@ impl SelectorCache {
                 namespaces: NamespaceScope::Own(ns),
                 ..
             } => self.by_namespace.get_mut(ns),
-            SelectorKey::Endpoints { .. } => Some(&mut self.cross_namespace),
+            SelectorKey::Endpoints { .. } => {
+                self.cross_by_ns_labels.clear();
+                Some(&mut self.cross_namespace)
+            }
             SelectorKey::IpBlock { .. } => Some(&mut self.ip_blocks),
         };
         if let Some(list) = list {
             list.retain(|x| *x != id);
         }
         true
+    }
+
+    /// Cross-namespace selectors whose namespace part matches `ns_labels`.
+    fn cross_for(&mut self, ns_labels: &Arc<Labels>) -> &[SelectorId] {
+        if !self.cross_by_ns_labels.contains_key(ns_labels) {
+            let hits = self
+                .cross_namespace
+                .iter()
+                .copied()
+                .filter(|s| match self.entries.get(s).map(|e| &e.key) {
+                    Some(SelectorKey::Endpoints {
+                        namespaces: NamespaceScope::Selected(n),
+                        ..
+                    }) => n.matches(ns_labels),
+                    _ => false,
+                })
+                .collect();
+            self.cross_by_ns_labels.insert(ns_labels.clone(), hits);
+        }
+        self.cross_by_ns_labels
+            .get(ns_labels)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     fn candidates(&self, info: &IdentityInfo) -> Vec<SelectorId> {
@@ -163,7 +199,22 @@ impl SelectorCache {
     /// Adds a new identity to every selector that selects it; returns those selectors.
     pub fn add_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
         let mut changed = Vec::new();
-        for s in self.candidates(info) {
+        let candidates = match info {
+            IdentityInfo::Cluster(k) => {
+                let mut v: Vec<SelectorId> = self
+                    .by_namespace
+                    .get(&*k.namespace)
+                    .cloned()
+                    .unwrap_or_default();
+                v.extend_from_slice(self.cross_for(&k.namespace_labels));
+                if !k.cidr_sets.is_empty() {
+                    v.extend_from_slice(&self.ip_blocks);
+                }
+                v
+            }
+            _ => self.candidates(info),
+        };
+        for s in candidates {
             if let Some(e) = self.entries.get_mut(&s)
                 && e.key.matches(info)
                 && e.ids.insert(id)
