@@ -939,10 +939,11 @@ impl Engine {
             if !present {
                 continue;
             }
-            if let Some(c) = Cidr::new(*ip, l as u8) {
-                if self.cidr_refs.contains_key(&c) && expected.next() != Some(&c) {
-                    return false;
-                }
+            if let Some(c) = Cidr::new(*ip, l as u8)
+                && self.cidr_refs.contains_key(&c)
+                && expected.next() != Some(&c)
+            {
+                return false;
             }
         }
         expected.next().is_none()
