@@ -72,13 +72,10 @@ impl PortSet {
     /// adjacent one.
     fn push(&mut self, proto: usize, lo: u16, hi: u16) {
         let v = &mut self.ranges[proto];
-        if let Some(last) = v.last_mut() {
-            if last.1 as u32 + 1 >= lo as u32 {
-                last.1 = last.1.max(hi);
-                return;
-            }
+        match v.last_mut() {
+            Some(last) if last.1 as u32 + 1 >= lo as u32 => last.1 = last.1.max(hi),
+            _ => v.push((lo, hi)),
         }
-        v.push((lo, hi));
     }
 
     /// Adds a range anywhere (used when building sets by hand, e.g. in tests).

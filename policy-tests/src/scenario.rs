@@ -286,7 +286,8 @@ pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
         let r = s.value;
         if let Some(h) = &r.http {
             return Err(InputError::Scenario {
-                location: Position::at(path, &h.referenced).to_string(),
+                location: key_position(path, text, "http", &s.referenced, &h.referenced)
+                    .to_string(),
                 scenario: r.name,
                 message: "`http:` describes an L7 scenario: L7 scenarios are not supported yet"
                     .into(),
@@ -321,20 +322,49 @@ pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
     })
 }
 
+/// The position of the key `key` whose value starts at `value`: a block mapping value
+/// starts on the line after its key, so look back (not past the scenario's start).
+fn key_position(
+    path: &Path,
+    text: &str,
+    key: &str,
+    scenario: &Location,
+    value: &Location,
+) -> Position {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = scenario.line().max(1);
+    let mut l = value.line();
+    while l >= first {
+        if let Some(line) = lines.get((l - 1) as usize) {
+            let body = line.trim_start().trim_start_matches("- ");
+            if body
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+            {
+                let column = (line.len() - body.len() + 1) as u64;
+                return Position {
+                    file: path.to_path_buf(),
+                    line: l,
+                    column,
+                };
+            }
+        }
+        l -= 1;
+    }
+    Position::at(path, value)
+}
+
 /// serde-saphyr renders `error: line L column C: message` and may append a source
 /// snippet; the position is given apart, so keep the message alone.
 pub(crate) fn first_line(msg: &str) -> String {
     let mut line = msg.lines().next().unwrap_or(msg).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
-    if let Some(rest) = line.strip_prefix("line ") {
-        if let Some(i) = rest.find(": ") {
-            let pos = &rest[..i];
-            if pos
-                .split(" column ")
-                .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                line = &rest[i + 2..];
-            }
+    if let Some((pos, msg)) = line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        if pos
+            .split(" column ")
+            .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            line = msg;
         }
     }
     line.to_string()

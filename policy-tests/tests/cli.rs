@@ -1,0 +1,494 @@
+//! The `policy-test` binary end to end: exit codes, output shapes and error messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn fx(p: &str) -> String {
+    fixtures().join(p).display().to_string()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_policy-test"))
+        .args(args)
+        .env_remove("CI")
+        .output()
+        .expect("run policy-test")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bad-input run: exit 2, nothing on stdout, one `error: ` message on stderr.
+fn bad_input(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    assert!(
+        stdout(o).is_empty(),
+        "no partial output on bad input: {}",
+        stdout(o)
+    );
+    let e = stderr(o);
+    assert!(e.starts_with("error: "), "{e}");
+    e
+}
+
+#[test]
+fn check_exit_0_when_all_pass() {
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("scenarios.yaml"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    // Not a terminal: plain text, one line per scenario, then the counts.
+    assert!(out.contains("PASS  frontend may call the API"), "{out}");
+    assert!(out.contains("production/allow-api ingress[0]"), "{out}");
+    assert!(
+        out.contains("allowed by") || out.contains("production/allow-web ingress[0]"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "default deny: isolated by production/allow-db, production/deny-all (ingress)"
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("5 passed, 0 failed\n"), "{out}");
+}
+
+#[test]
+fn check_exit_1_when_any_fails() {
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("failing.yaml"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("FAIL  frontend may reach the database"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn check_exit_2_on_bad_scenarios() {
+    for f in [
+        "bad/unknown-endpoint.yaml",
+        "bad/syntax-error.yaml",
+        "bad/http.yaml",
+        "bad/unknown-field.yaml",
+    ] {
+        bad_input(&run(&["check", "-f", &fx("shop"), "--scenarios", &fx(f)]));
+    }
+}
+
+#[test]
+fn check_json_shape() {
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("failing.yaml"),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"total": 2, "passed": 1, "failed": 1})
+    );
+    let s = &v["files"][0]["scenarios"];
+    assert_eq!(s.as_array().unwrap().len(), 2);
+    assert_eq!(s[0]["name"], "frontend may call the API");
+    assert_eq!(s[0]["verdict"], "allow");
+    assert_eq!(s[0]["expected"], "allow");
+    assert_eq!(s[0]["pass"], true);
+    assert_eq!(s[0]["port"], 8080);
+    assert_eq!(s[0]["protocol"], "TCP");
+    assert_eq!(s[0]["ingress"]["decision"], "allowed");
+    assert_eq!(s[0]["ingress"]["rule"], "production/allow-api ingress[0]");
+    assert_eq!(s[1]["verdict"], "deny");
+    assert_eq!(s[1]["pass"], false);
+    assert_eq!(s[1]["ingress"]["decision"], "default_deny");
+    assert_eq!(
+        s[1]["ingress"]["isolated_by"],
+        serde_json::json!(["production/allow-db", "production/deny-all"])
+    );
+}
+
+#[test]
+fn check_junit_shape() {
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("failing.yaml"),
+        "--output",
+        "junit",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let xml = stdout(&o);
+    let report = quick_junit_report(&xml);
+    assert!(
+        report.contains("<testsuites name=\"policy-test\" tests=\"2\""),
+        "{xml}"
+    );
+    assert!(report.contains("failures=\"1\""), "{xml}");
+    assert!(
+        xml.contains("<testcase name=\"frontend may call the API\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<failure message=\"expected allow, got deny: default deny"),
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
+}
+
+fn quick_junit_report(xml: &str) -> String {
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    xml.to_string()
+}
+
+#[test]
+fn unknown_endpoint_names_three_closest() {
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("bad/unknown-endpoint.yaml"),
+    ]));
+    assert!(e.contains("unknown-endpoint.yaml:4:9"), "{e}");
+    assert!(e.contains("unknown endpoint \"production/backnd\""), "{e}");
+    assert!(
+        e.contains("closest existing: production/Deployment/backend, production/Deployment/frontend, production/db-0"),
+        "{e}"
+    );
+    let e = bad_input(&run(&[
+        "explain",
+        "-f",
+        &fx("shop"),
+        "--from",
+        "production/fronted",
+        "--to",
+        "production/db-0",
+        "--port",
+        "5432",
+    ]));
+    assert!(
+        e.contains("closest existing: production/Deployment/frontend"),
+        "{e}"
+    );
+}
+
+#[test]
+fn yaml_errors_have_file_line_column() {
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("bad/syntax-error.yaml"),
+    ]));
+    let want = format!("error: {}:5:5: ", fx("bad/syntax-error.yaml"));
+    assert!(e.starts_with(&want), "{e}");
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("bad/unknown-field.yaml"),
+    ]));
+    let want = format!(
+        "error: {}:6:5: unknown field `expcet`",
+        fx("bad/unknown-field.yaml")
+    );
+    assert!(e.starts_with(&want), "{e}");
+}
+
+#[test]
+fn missing_files_are_named() {
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("nope.yaml"),
+    ]));
+    assert!(e.contains("nope.yaml: no such file"), "{e}");
+    let e = bad_input(&run(&["connections", "-f", &fx("no-such-dir")]));
+    assert!(e.contains("no-such-dir: no such file or directory"), "{e}");
+    let e = bad_input(&run(&["connections"]));
+    assert!(e.contains("-f/--file"), "{e}");
+}
+
+#[test]
+fn http_scenarios_are_rejected() {
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        &fx("bad/http.yaml"),
+    ]));
+    assert!(e.contains("L7 scenarios are not supported yet"), "{e}");
+    assert!(e.contains("http.yaml:7:"), "{e}");
+    assert!(e.contains("GET /api"), "{e}");
+}
+
+#[test]
+fn invalid_policy_reports_the_api_server_message() {
+    let e = bad_input(&run(&[
+        "connections",
+        "-f",
+        &fx("shop"),
+        "-f",
+        &fx("invalid-policy"),
+    ]));
+    assert!(
+        e.contains("NetworkPolicy production/bad-port is invalid: spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_kinds_are_reported() {
+    let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains(
+        "warning: ignored 1 object(s) of kinds Palisade does not model: AdminNetworkPolicy (1)"
+    ));
+}
+
+#[test]
+fn diff_lists_changes() {
+    let o = run(&["diff", "-f", &fx("shop"), "--against", &fx("shop-v2")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Connectivity diff:\n\
+         diff-type: changed, source: production/frontend[Deployment], destination: production/backend[Deployment], ref1: TCP 8080, ref2: TCP 8080,8443\n\
+         diff-type: removed, source: 192.168.0.0-192.168.0.255[External], destination: production/db-0[Pod], ref1: TCP 5432, ref2: No Connections\n\
+         diff-type: removed, source: 192.168.2.0-192.168.255.255[External], destination: production/db-0[Pod], ref1: TCP 5432, ref2: No Connections\n"
+    );
+    let o = run(&[
+        "diff",
+        "-f",
+        &fx("shop"),
+        "--against",
+        &fx("shop"),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(stdout(&o).trim(), "[]");
+    let o = run(&["diff", "-f", &fx("shop"), "--against", &fx("shop")]);
+    assert_eq!(stdout(&o), "No connections diff\n");
+}
+
+#[test]
+fn explain_names_the_isolating_policy() {
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("shop"),
+        "--from",
+        "production/frontend",
+        "--to",
+        "production/db-0",
+        "--port",
+        "postgres",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Flow: production/frontend[Deployment] -> production/db-0[Pod] on 5432/TCP"),
+        "{out}"
+    );
+    assert!(
+        out.contains("selected for ingress by: production/allow-db, production/deny-all"),
+        "{out}"
+    );
+    assert!(
+        out.contains("production/allow-db ingress[0]: no match: peer mismatch"),
+        "{out}"
+    );
+    assert!(out.contains("Verdict: DENIED (default deny: isolated by production/allow-db, production/deny-all (ingress))"), "{out}");
+    // Port and named-port mismatches.
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("shop"),
+        "--from",
+        "production/frontend",
+        "--to",
+        "production/backend",
+        "--port",
+        "9090",
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("production/allow-api ingress[0]: no match: port mismatch: TCP/9090 is not among TCP 8080"), "{out}");
+    assert!(out.contains("Verdict: DENIED"), "{out}");
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("shop"),
+        "--from",
+        "monitoring/prometheus",
+        "--to",
+        "production/backend",
+        "--port",
+        "9090",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["deciding"], "production/allow-api ingress[1]");
+    assert_eq!(v["ingress"]["rules"][1]["matched"], true);
+}
+
+#[test]
+fn connections_text_and_json() {
+    let o = run(&["connections", "-f", &fx("shop")]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "production/frontend[Deployment] => production/backend[Deployment] : TCP 8080\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("192.168.2.0-192.168.255.255[External] => production/db-0[Pod] : TCP 5432\n"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("192.168.1.0-192.168.1.255[External] => production/db-0[Pod]"),
+        "{out}"
+    );
+    let o = run(&["connections", "-f", &fx("shop"), "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = &v[0];
+    assert!(
+        first["src"].is_string() && first["dst"].is_string() && first["conn"].is_string(),
+        "{first}"
+    );
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["conn"] == "TCP 8080"
+                && c["ports"]["TCP"] == serde_json::json!([[8080, 8080]]))
+    );
+}
+
+#[test]
+fn matrix_text_and_json() {
+    let o = run(&["matrix", "-f", &fx("shop"), "--port", "8080/TCP"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Reachability on 8080/TCP (rows: from, columns: to; . allowed, X denied):"
+    );
+    assert_eq!(
+        lines[1],
+        "-\tmonitoring/prometheus[StatefulSet]\tproduction/backend[Deployment]\tproduction/db-0[Pod]\tproduction/frontend[Deployment]"
+    );
+    assert_eq!(lines[5], "production/frontend[Deployment]\t.\t.\tX\t.");
+    let o = run(&[
+        "matrix",
+        "-f",
+        &fx("shop"),
+        "--port",
+        "8080",
+        "--port",
+        "53/udp",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["workloads"].as_array().unwrap().len(), 4);
+    assert_eq!(v["tables"][1]["port"], 53);
+    assert_eq!(v["tables"][1]["protocol"], "UDP");
+    assert_eq!(
+        v["tables"][0]["allowed"][3],
+        serde_json::json!([true, true, false, true])
+    );
+    let e = run(&["matrix", "-f", &fx("shop"), "--port", "80/ICMP"]);
+    assert_eq!(e.status.code(), Some(2));
+}
+
+#[test]
+fn help_has_examples_for_every_command() {
+    let top = stdout(&run(&["--help"]));
+    assert!(top.contains("Examples:"), "{top}");
+    for cmd in ["check", "matrix", "connections", "explain", "diff"] {
+        let h = stdout(&run(&[cmd, "--help"]));
+        assert!(
+            h.contains("Examples:") && h.contains(&format!("policy-test {cmd} ")),
+            "{cmd}: {h}"
+        );
+    }
+}
+
+#[test]
+fn ipblocks_flag_changes_pod_selection() {
+    // db-0 has 10.0.1.5; a policy allowing 10.0.0.0/16 admits it only when ipBlocks select pods.
+    let dir = std::env::temp_dir().join(format!("policy-test-ipb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-pods, namespace: monitoring}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16}\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let args = |flag: &'static str| {
+        run(&[
+            "explain",
+            "-f",
+            &fx("shop"),
+            "-f",
+            &d,
+            "--from",
+            "production/db-0",
+            "--to",
+            "monitoring/prometheus",
+            "--port",
+            "80",
+            flag,
+        ])
+    };
+    assert!(stdout(&args("--ipblocks-select-pods=true")).contains("Verdict: ALLOWED"));
+    let off = stdout(&args("--ipblocks-select-pods=false"));
+    assert!(off.contains("Verdict: DENIED"), "{off}");
+    assert!(off.contains("ipBlocks do not select pods"), "{off}");
+    std::fs::remove_dir_all(&dir).ok();
+}
