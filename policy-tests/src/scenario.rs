@@ -359,13 +359,12 @@ fn key_position(
 pub(crate) fn first_line(msg: &str) -> String {
     let mut line = msg.lines().next().unwrap_or(msg).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
-    if let Some((pos, msg)) = line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-        if pos
+    if let Some((pos, msg)) = line.strip_prefix("line ").and_then(|r| r.split_once(": "))
+        && pos
             .split(" column ")
             .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            line = msg;
-        }
+    {
+        line = msg;
     }
     line.to_string()
 }
