@@ -168,3 +168,18 @@ fn a_pod_added_to_an_existing_identity_touches_only_the_ipcache_and_endpoint() {
     assert_eq!(diff.endpoint_upserts.len(), 1);
     assert!(common::tcp(&e, "ns1/b", "ns1/a", 80));
 }
+
+#[test]
+fn compiling_the_same_input_twice_gives_the_same_numbers_and_maps() {
+    use policy_compiler::manifest::{LoadOptions, load_paths};
+    let dir = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/manifests"
+    ));
+    let loaded = load_paths(&[dir], &LoadOptions::default()).unwrap();
+    let (a, da) = Engine::compile(&loaded.cluster, EngineConfig::default()).unwrap();
+    let (b, db) = Engine::compile(&loaded.cluster, EngineConfig::default()).unwrap();
+    assert_eq!(da, db);
+    assert_eq!(engine_maps(&a), engine_maps(&b));
+    assert!(!da.policy_upserts.is_empty());
+}

@@ -264,3 +264,23 @@ fn garbage_never_panics() {
         let _ = load(input);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+    /// Arbitrary text, and mutations of a valid policy, never panic the loader.
+    #[test]
+    fn arbitrary_input_never_panics(s in ".{0,200}") {
+        let _ = load(&s);
+    }
+
+    #[test]
+    fn mutated_policies_never_panic(cut in 0usize..400, insert in "[-:{}\\[\\]a-z0-9/ ,.\"\n]{0,12}") {
+        let base = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {matchExpressions: [{key: app, operator: In, values: [web]}]}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {namespaceSelector: {}}]\n    ports: [{port: 80, endPort: 90}, {port: http, protocol: UDP}]\n  egress: [{to: [{podSelector: {}}]}]\n";
+        let cut = cut.min(base.len());
+        let mut s = base.as_bytes()[..cut].to_vec();
+        s.extend_from_slice(insert.as_bytes());
+        s.extend_from_slice(&base.as_bytes()[cut..]);
+        let _ = load(&String::from_utf8_lossy(&s));
+    }
+}
