@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod connections;
+pub mod corpus;
 pub mod diff;
 pub mod error;
 pub mod explain;
