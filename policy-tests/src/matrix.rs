@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use policy_compiler::{Direction, Protocol};
 use serde::Serialize;
@@ -75,30 +76,30 @@ pub struct Matrix {
 }
 
 /// Computes one table per probe (all workloads, including each workload to itself).
+///
+/// The allowed port sets of every (subject, peer) are computed once from the compiled maps
+/// (see [`crate::portset`]); each probe is then a membership test per cell.
 pub fn compute(a: &Analysis, probes: &[Probe], progress: &Progress) -> Matrix {
     let nodes = workload_nodes(a);
     progress.set_length((nodes.len() * probes.len()) as u64);
-    let mut tables = Vec::new();
-    for probe in probes {
-        let allowed = match *probe {
-            Probe::Port { port, protocol } => {
-                let t = answer_table(a, &nodes, |p, d| {
-                    portset::direction_port_answers(p, d, protocol, port)
-                });
-                fill(&nodes, &t, progress, |e, i| *e && *i)
+    let t = answer_table(a, &nodes, portset::direction_port_sets);
+    let tables = probes
+        .iter()
+        .map(|probe| {
+            let allowed = match *probe {
+                Probe::Port { port, protocol } => {
+                    fill(&nodes, &t, progress, |e: &Arc<PortSet>, i| {
+                        e.contains(protocol, port) && i.contains(protocol, port)
+                    })
+                }
+                Probe::Any => fill(&nodes, &t, progress, |e: &Arc<PortSet>, i| e.intersects(i)),
+            };
+            TruthTable {
+                probe: *probe,
+                allowed,
             }
-            Probe::Any => {
-                let t = answer_table(a, &nodes, portset::direction_port_sets);
-                fill(&nodes, &t, progress, |e: &std::sync::Arc<PortSet>, i| {
-                    e.intersects(i)
-                })
-            }
-        };
-        tables.push(TruthTable {
-            probe: *probe,
-            allowed,
-        });
-    }
+        })
+        .collect();
     progress.finish();
     Matrix {
         workloads: nodes.into_iter().map(|n| n.name).collect(),

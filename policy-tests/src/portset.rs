@@ -223,32 +223,98 @@ fn slots(policy: &CompiledPolicy, dir: Direction) -> Slots<'_> {
     Slots { any, peers }
 }
 
-/// The allowed port set for `peer` (whose own slot holds `own`) by elementary intervals.
-fn port_set(
-    policy: &CompiledPolicy,
-    peer: u32,
-    dir: Direction,
-    any: Entries<'_>,
-    own: Entries<'_>,
-) -> PortSet {
+/// The port range an entry covers for `proto`, if any.
+fn entry_range(k: &EntryKey, proto: Protocol) -> Option<(u32, u32)> {
+    if k.prefixlen as u32 == abi::POLICY_PREFIX_ANY_PROTO {
+        return Some((1, u16::MAX as u32));
+    }
+    if k.protocol != proto.0 || (k.prefixlen as u32) < abi::POLICY_PREFIX_ANY_PORT {
+        return None;
+    }
+    let (lo, hi) = k.port_range();
+    Some(((lo as u32).max(1), hi as u32))
+}
+
+/// The allowed port set of the "any peer" answer: one decision per elementary interval of
+/// the identity-0 slot.
+fn any_peer_set(policy: &CompiledPolicy, dir: Direction, any: Entries<'_>) -> PortSet {
     let mut set = PortSet::empty();
     let mut cuts: Vec<u32> = Vec::new();
     for (pi, proto) in PROTOCOLS.iter().enumerate() {
         cuts.clear();
-        cuts.push(1);
-        cuts.push(1 << 16);
-        for (k, _) in any.iter().chain(own) {
-            if k.protocol == proto.0 && k.prefixlen as u32 >= abi::POLICY_PREFIX_ANY_PORT {
-                let (lo, hi) = k.port_range();
-                cuts.push((lo as u32).max(1));
-                cuts.push(hi as u32 + 1);
-            }
+        cuts.extend([1, 1 << 16]);
+        for (lo, hi) in any.iter().filter_map(|(k, _)| entry_range(k, *proto)) {
+            cuts.extend([lo, hi + 1]);
         }
         cuts.sort_unstable();
         cuts.dedup();
         for w in cuts.windows(2) {
             let (start, end) = (w[0], w[1] - 1);
-            if maps::policy_decision(policy, peer, dir, *proto, start as u16).allowed() {
+            if maps::policy_decision(policy, abi::IDENTITY_UNKNOWN, dir, *proto, start as u16)
+                .allowed()
+            {
+                set.push(pi, start as u16, end as u16);
+            }
+        }
+    }
+    set
+}
+
+/// The allowed port set for a peer with entries of its own (`own`). Where none of them
+/// covers a port, the peer's lookup misses and the datapath answers from the identity-0
+/// slot, which `base` already holds; inside their coverage, one decision per elementary
+/// interval of both slots.
+fn peer_set(
+    policy: &CompiledPolicy,
+    peer: u32,
+    dir: Direction,
+    any: Entries<'_>,
+    own: Entries<'_>,
+    base: &PortSet,
+) -> PortSet {
+    let mut set = PortSet::empty();
+    let mut covered: Vec<(u32, u32)> = Vec::new();
+    let mut cuts: Vec<u32> = Vec::new();
+    for (pi, proto) in PROTOCOLS.iter().enumerate() {
+        covered.clear();
+        covered.extend(own.iter().filter_map(|(k, _)| entry_range(k, *proto)));
+        if covered.is_empty() {
+            set.ranges[pi] = base.ranges[pi].clone();
+            continue;
+        }
+        covered.sort_unstable();
+        cuts.clear();
+        cuts.extend([1, 1 << 16]);
+        for (lo, hi) in covered
+            .iter()
+            .copied()
+            .chain(any.iter().filter_map(|(k, _)| entry_range(k, *proto)))
+        {
+            cuts.extend([lo, hi + 1]);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        // Merge the coverage to walk it alongside the intervals.
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(covered.len());
+        for &(lo, hi) in &covered {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let mut m = 0;
+        for w in cuts.windows(2) {
+            let (start, end) = (w[0], w[1] - 1);
+            while m < merged.len() && merged[m].1 < start {
+                m += 1;
+            }
+            let inside = merged.get(m).is_some_and(|(lo, _)| *lo <= start);
+            let allowed = if inside {
+                maps::policy_decision(policy, peer, dir, *proto, start as u16).allowed()
+            } else {
+                base.contains(*proto, start as u16)
+            };
+            if allowed {
                 set.push(pi, start as u16, end as u16);
             }
         }
@@ -276,40 +342,18 @@ pub fn direction_port_sets(
     dir: Direction,
 ) -> DirectionAnswers<Arc<PortSet>> {
     let s = slots(policy, dir);
-    let any_peer = Arc::new(port_set(policy, abi::IDENTITY_UNKNOWN, dir, s.any, &[]));
+    let any_peer = Arc::new(any_peer_set(policy, dir, s.any));
     let by_peer = s
         .peers
         .iter()
         .map(|(id, own)| {
-            let ps = port_set(policy, *id, dir, s.any, own);
+            let ps = peer_set(policy, *id, dir, s.any, own, &any_peer);
             let ps = if ps == *any_peer {
                 any_peer.clone()
             } else {
                 Arc::new(ps)
             };
             (*id, ps)
-        })
-        .collect();
-    DirectionAnswers { any_peer, by_peer }
-}
-
-/// Whether one (protocol, port) is allowed, for every peer of one direction of a policy map.
-pub fn direction_port_answers(
-    policy: &CompiledPolicy,
-    dir: Direction,
-    proto: Protocol,
-    port: u16,
-) -> DirectionAnswers<bool> {
-    let s = slots(policy, dir);
-    let any_peer = maps::policy_decision(policy, abi::IDENTITY_UNKNOWN, dir, proto, port).allowed();
-    let by_peer = s
-        .peers
-        .iter()
-        .map(|(id, _)| {
-            (
-                *id,
-                maps::policy_decision(policy, *id, dir, proto, port).allowed(),
-            )
         })
         .collect();
     DirectionAnswers { any_peer, by_peer }
