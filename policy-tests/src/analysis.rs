@@ -243,10 +243,17 @@ impl Analysis {
         out.extend(self.report.warnings.iter().cloned());
         if self.options.ipblocks_select_pods {
             for (ip, owners) in &self.shared_ips {
+                let host = owners.iter().all(|k| {
+                    self.cluster()
+                        .endpoints
+                        .get(k)
+                        .is_some_and(|e| e.host_network)
+                });
                 out.push(format!(
-                    "endpoints {} share the address {ip}: the datapath identifies traffic from it as {} \
+                    "endpoints {} share the address {ip}{}: the datapath identifies traffic from it as {} \
                      (its first owner); --ipblocks-select-pods=false identifies pods by identity instead",
                     owners.join(", "),
+                    if host { " (host-network pods)" } else { "" },
                     owners.first().map(String::as_str).unwrap_or("?"),
                 ));
             }

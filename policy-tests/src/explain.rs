@@ -115,15 +115,7 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
         for (i, rule) in rs.iter().enumerate() {
             let mut reasons = Vec::new();
             check_peers(a, rule, dir, peer, peer_ep, &mut reasons);
-            check_ports(
-                rule,
-                dir,
-                flow.protocol,
-                flow.port,
-                dst_ep,
-                peer,
-                &mut reasons,
-            );
+            check_ports(rule, flow.protocol, flow.port, dst_ep, peer, &mut reasons);
             rules.push(RuleCheck {
                 rule: format!("{ns}/{name} {dir}[{i}]"),
                 matched: reasons.is_empty(),
@@ -170,6 +162,15 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
         decision: text,
         allowed,
         note,
+    }
+}
+
+/// `ns/pod` for pods, `ns/name[Kind]` for workload representatives.
+fn ep_name(e: &Endpoint) -> String {
+    if e.key.matches('/').count() == 1 {
+        e.key.clone()
+    } else {
+        e.workload_display()
     }
 }
 
@@ -235,11 +236,11 @@ fn check_peers(
                 } else if !pods.matches(&labels) {
                     let hidden: Vec<&str> = pods.keys().filter(|k| filter.excludes(k)).collect();
                     if hidden.is_empty() {
-                        Some(format!("the pod labels of {} do not match", e.key))
+                        Some(format!("the pod labels of {} do not match", ep_name(e)))
                     } else {
                         Some(format!(
                             "the pod labels of {} do not match (label {} is left out of identities)",
-                            e.key,
+                            ep_name(e),
                             hidden.join(", ")
                         ))
                     }
@@ -254,10 +255,12 @@ fn check_peers(
                 match (peer_ep, peer) {
                     (Some(e), _) if !a.options.ipblocks_select_pods => Some(format!(
                         "ipBlocks do not select pods (--ipblocks-select-pods=false), and {} is a pod",
-                        e.key
+                        ep_name(e)
                     )),
                     (Some(e), _) if e.ips.iter().any(inside) => None,
-                    (Some(e), _) if e.ips.is_empty() => Some(format!("{} has no address", e.key)),
+                    (Some(e), _) if e.ips.is_empty() => {
+                        Some(format!("{} has no address", ep_name(e)))
+                    }
                     (Some(e), _) => Some(format!("no address of {} is inside it", e.key)),
                     (None, FlowPeer::Ip(ip)) if inside(ip) => None,
                     (None, _) => Some(format!("{peer} is outside it")),
@@ -274,7 +277,6 @@ fn check_peers(
 
 fn check_ports(
     rule: &Rule,
-    dir: Direction,
     proto: Protocol,
     port: u16,
     dst: Option<&Endpoint>,
@@ -306,9 +308,9 @@ fn check_ports(
                     ps.protocol == proto && p == port
                 }
                 None => {
-                    let on = match (dst, dir) {
-                        (Some(d), _) => d.key.clone(),
-                        (None, _) => peer.to_string(),
+                    let on = match dst {
+                        Some(d) => ep_name(d),
+                        None => format!("{peer} (an address has no container ports)"),
                     };
                     unresolved.push(format!("{} {n:?} does not resolve on {on}", ps.protocol));
                     false
