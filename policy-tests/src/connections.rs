@@ -300,10 +300,13 @@ pub(crate) fn side<'t, T>(
 /// All allowed connections with the external ranges the cluster's own policies cut.
 pub fn compute(a: &Analysis, progress: &Progress) -> Vec<Connection> {
     let (src, dst) = external_ranges(a.cluster());
-    compute_with_ranges(a, &src, &dst, progress)
+    let out = compute_with_ranges(a, &src, &dst, progress);
+    progress.finish();
+    out
 }
 
-/// All allowed connections, with given external source and destination ranges.
+/// All allowed connections, with given external source and destination ranges. Adds its
+/// work to `progress` and leaves finishing it to the caller.
 pub fn compute_with_ranges(
     a: &Analysis,
     src_ranges: &[IpRange],
@@ -316,7 +319,7 @@ pub fn compute_with_ranges(
     srcs.extend(workloads.iter().cloned());
     let mut dsts = range_nodes(a, dst_ranges);
     dsts.extend(workloads.iter().cloned());
-    progress.set_length(srcs.len() as u64);
+    progress.add_length(srcs.len() as u64);
     let all = Arc::new(PortSet::all());
     let none = Arc::new(PortSet::empty());
     let pick = |s: Option<Option<&Arc<PortSet>>>| -> Arc<PortSet> {
@@ -353,7 +356,6 @@ pub fn compute_with_ranges(
     lines.sort_by(|x, y| {
         (x.src.as_bytes(), x.dst.as_bytes()).cmp(&(y.src.as_bytes(), y.dst.as_bytes()))
     });
-    progress.finish();
     lines
 }
 

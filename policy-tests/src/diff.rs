@@ -77,6 +77,7 @@ pub fn compute(old: &Analysis, new: &Analysis, progress: &Progress) -> Vec<ConnD
     let (src, dst) = (ranges(Direction::Ingress), ranges(Direction::Egress));
     let before = connections::compute_with_ranges(old, &src, &dst, progress);
     let after = connections::compute_with_ranges(new, &src, &dst, progress);
+    progress.finish();
     let old_w: BTreeSet<&str> = old.workloads.iter().map(|w| w.display.as_str()).collect();
     let new_w: BTreeSet<&str> = new.workloads.iter().map(|w| w.display.as_str()).collect();
     let mut pairs: BTreeMap<(String, String), (PortSet, PortSet)> = BTreeMap::new();

@@ -288,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
                 .iter()
                 .map(|(p, r)| (p.clone(), scenario::run(&a, r, &progress)))
                 .collect();
+            progress.finish();
             let failed = results.iter().flat_map(|(_, o)| o).any(|o| !o.pass);
             let text = match args.output {
                 CheckOutput::Auto if stdout_is_tty() => scenario::to_table(&results),

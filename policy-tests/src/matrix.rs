@@ -81,7 +81,7 @@ pub struct Matrix {
 /// (see [`crate::portset`]); each probe is then a membership test per cell.
 pub fn compute(a: &Analysis, probes: &[Probe], progress: &Progress) -> Matrix {
     let nodes = workload_nodes(a);
-    progress.set_length((nodes.len() * probes.len()) as u64);
+    progress.add_length((nodes.len() * probes.len()) as u64);
     let t = answer_table(a, &nodes, portset::direction_port_sets);
     let tables = probes
         .iter()

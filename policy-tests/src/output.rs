@@ -1,15 +1,19 @@
-//! Output plumbing: formats, terminal detection, progress bars, tables.
+//! Output plumbing: terminal detection, progress bars, tables.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use comfy_table::{ContentArrangement, Table, presets};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Runs shorter than this never show a bar.
+const SHOW_AFTER: Duration = Duration::from_millis(400);
 
 /// A progress bar that exists only when a person watches: stderr is a terminal and the
-/// `CI` environment variable is unset. Cheap to pass around and to share across threads.
+/// `CI` environment variable is unset. It appears once a run has lasted a moment, is
+/// cleared when done, and can be shared across threads.
 #[derive(Debug, Clone, Default)]
-pub struct Progress(Option<ProgressBar>);
+pub struct Progress(Option<(ProgressBar, Instant)>);
 
 impl Progress {
     /// Never shows anything (library callers, tests, pipes).
@@ -22,31 +26,34 @@ impl Progress {
         if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
             return Progress(None);
         }
-        let bar = ProgressBar::new(0);
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
         let style = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({eta})")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(what.to_string());
-        // Short runs finish before the first draw and never show.
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Progress(Some(bar))
+        Progress(Some((bar, Instant::now())))
     }
 
-    pub fn set_length(&self, n: u64) {
-        if let Some(b) = &self.0 {
-            b.set_length(n);
+    /// Adds `n` steps to the work ahead (several computations may share one bar).
+    pub fn add_length(&self, n: u64) {
+        if let Some((b, _)) = &self.0 {
+            b.inc_length(n);
         }
     }
 
     pub fn inc(&self, n: u64) {
-        if let Some(b) = &self.0 {
+        if let Some((b, start)) = &self.0 {
             b.inc(n);
+            if b.is_hidden() && start.elapsed() >= SHOW_AFTER && !b.is_finished() {
+                b.set_draw_target(ProgressDrawTarget::stderr());
+                b.enable_steady_tick(Duration::from_millis(200));
+            }
         }
     }
 
     pub fn finish(&self) {
-        if let Some(b) = &self.0 {
+        if let Some((b, _)) = &self.0 {
             b.finish_and_clear();
         }
     }
@@ -57,11 +64,16 @@ pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// A bordered table with the given header, wrapping to the terminal width.
+/// A bordered table with the given header, fitted to the terminal width when that is known.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.to_vec());
+    let known_width = t.width().is_some_and(|w| w >= 60);
+    t.set_content_arrangement(if known_width {
+        ContentArrangement::Dynamic
+    } else {
+        ContentArrangement::Disabled
+    });
     t
 }

@@ -462,9 +462,10 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Evaluates resolved scenarios with the map-level evaluator.
+/// Evaluates resolved scenarios with the map-level evaluator. Adds its work to `progress`
+/// and leaves finishing it to the caller.
 pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) -> Vec<Outcome> {
-    progress.set_length(scenarios.len() as u64);
+    progress.add_length(scenarios.len() as u64);
     let out = scenarios
         .iter()
         .map(|r| {
@@ -484,7 +485,6 @@ pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) ->
             }
         })
         .collect();
-    progress.finish();
     out
 }
 
