@@ -466,7 +466,7 @@ pub struct Outcome {
 /// and leaves finishing it to the caller.
 pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) -> Vec<Outcome> {
     progress.add_length(scenarios.len() as u64);
-    let out = scenarios
+    scenarios
         .iter()
         .map(|r| {
             let t = std::time::Instant::now();
@@ -484,8 +484,7 @@ pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) ->
                 elapsed: t.elapsed(),
             }
         })
-        .collect();
-    out
+        .collect()
 }
 
 /// What decided a verdict: the allowing rules (`prod/allow-web ingress[0]`), `allowed: not
