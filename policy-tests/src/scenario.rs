@@ -268,6 +268,14 @@ pub fn load(path: &Path) -> Result<ScenarioFile, InputError> {
 
 /// Parses scenario YAML; `path` is used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
+    if text.trim().is_empty() {
+        return Err(InputError::Syntax {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "empty file: expected a mapping with `scenarios:`".into(),
+        });
+    }
     let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()
@@ -365,6 +373,13 @@ pub(crate) fn first_line(msg: &str) -> String {
             .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
     {
         line = msg;
+    }
+    if let Some(i) = line.rfind(" at line ")
+        && line[i + 9..]
+            .split(", column ")
+            .all(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        line = &line[..i];
     }
     line.to_string()
 }
