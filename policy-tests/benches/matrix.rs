@@ -73,7 +73,7 @@ fn synthetic() -> Cluster {
         let app = format!("svc-{i}");
         let l = labels(&[
             ("app", app.clone()),
-            ("tier", TIERS[i % 4].to_string()),
+            ("tier", TIERS[(i / NAMESPACES) % 4].to_string()),
             ("group", format!("g{}", i % 25)),
         ]);
         let mut ports = vec![
