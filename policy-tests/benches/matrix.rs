@@ -275,6 +275,12 @@ fn main() {
         "  allowed cells: {allowed} of {}",
         m.workloads.len() * m.workloads.len()
     );
+    let (render, text) = best_of(3, || matrix::to_text(&m));
+    report(
+        &format!("  rendered as text ({} MB)", text.len() / 1_000_000),
+        render,
+        None,
+    );
     let (many, _) = best_of(3, || {
         let probes: Vec<Probe> = [80, 443, 5432, 8080, 9090]
             .iter()
