@@ -708,7 +708,8 @@ impl Engine {
                 }
                 ip_touched.insert(ip);
             }
-            if let Some(e) = self.cluster.endpoints.get(&ep) {
+            // A host-network pod's address is its node's: it claims no ipcache entry.
+            if let Some(e) = self.cluster.endpoints.get(&ep).filter(|e| !e.host_network) {
                 for ip in &e.ips {
                     self.ip_owners.entry(*ip).or_default().insert(ep.clone());
                     ip_touched.insert(*ip);
@@ -875,27 +876,24 @@ impl Engine {
         }
     }
 
-    /// The policy CIDRs that contain `ip`, sorted.
-    fn containing_cidrs(&self, ip: &IpAddr) -> Vec<Cidr> {
-        let mut out = Vec::new();
+    /// The policy CIDRs that contain `ip`, shortest first. Prefixes of one address sort by
+    /// length, so this is also `Cidr` order. Only lengths some policy CIDR has are tried.
+    fn containing_cidrs_iter<'a>(&'a self, ip: &'a IpAddr) -> impl Iterator<Item = Cidr> + 'a {
         let max = crate::cidr::max_len(ip) as usize;
-        for l in 0..=max {
-            let present = if ip.is_ipv4() {
-                self.cidr_lens_v4 & (1 << l) != 0
-            } else {
-                self.cidr_lens_v6[l / 64] & (1 << (l % 64)) != 0
-            };
-            if !present {
-                continue;
-            }
-            if let Some(c) = Cidr::new(*ip, l as u8)
-                && self.cidr_refs.contains_key(&c)
-            {
-                out.push(c);
-            }
-        }
-        out.sort();
-        out
+        (0..=max)
+            .filter(move |&l| {
+                if ip.is_ipv4() {
+                    self.cidr_lens_v4 & (1 << l) != 0
+                } else {
+                    self.cidr_lens_v6[l / 64] & (1 << (l % 64)) != 0
+                }
+            })
+            .filter_map(move |l| Cidr::new(*ip, l as u8))
+            .filter(move |c| self.cidr_refs.contains_key(c))
+    }
+
+    fn containing_cidrs(&self, ip: &IpAddr) -> Vec<Cidr> {
+        self.containing_cidrs_iter(ip).collect()
     }
 
     /// Whether `e` would get exactly `key` (without building a key for it).
@@ -925,28 +923,9 @@ impl Engine {
         }
     }
 
-    /// `containing_cidrs(ip) == set`, without allocating: containing prefixes of one
-    /// address sort by length.
+    /// `containing_cidrs(ip) == set`, without allocating.
     fn containing_cidrs_match(&self, ip: &IpAddr, set: &[Cidr]) -> bool {
-        let mut expected = set.iter();
-        let max = crate::cidr::max_len(ip) as usize;
-        for l in 0..=max {
-            let present = if ip.is_ipv4() {
-                self.cidr_lens_v4 & (1 << l) != 0
-            } else {
-                self.cidr_lens_v6[l / 64] & (1 << (l % 64)) != 0
-            };
-            if !present {
-                continue;
-            }
-            if let Some(c) = Cidr::new(*ip, l as u8)
-                && self.cidr_refs.contains_key(&c)
-                && expected.next() != Some(&c)
-            {
-                return false;
-            }
-        }
-        expected.next().is_none()
+        self.containing_cidrs_iter(ip).eq(set.iter().copied())
     }
 
     fn identity_key(&self, e: &Endpoint, ns: Arc<str>, ns_labels: Arc<Labels>) -> IdentityKey {

@@ -253,8 +253,18 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// The first line of a YAML error, without the position prefix the caller prints itself
+/// (`error: line 4 column 9: ...`).
 fn first_line(msg: &str) -> String {
-    msg.lines().next().unwrap_or(msg).trim().to_string()
+    let line = msg.lines().next().unwrap_or(msg).trim();
+    let rest = line
+        .strip_prefix("error:")
+        .map(str::trim_start)
+        .unwrap_or(line);
+    match rest.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, tail)) if pos.contains("column") => tail.to_string(),
+        _ => rest.to_string(),
+    }
 }
 
 /// Flattens `List` wrappers into their items.
@@ -718,19 +728,8 @@ fn named_ports(spec: Option<&PodSpec>, base: &str, errors: &mut Vec<FieldError>)
                 let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
                     continue;
                 };
-                let proto = p.protocol.as_deref().unwrap_or("TCP");
-                let protocol = match proto {
-                    "TCP" => Protocol::TCP,
-                    "UDP" => Protocol::UDP,
-                    "SCTP" => Protocol::SCTP,
-                    other => {
-                        errors.push(field_unsupported(
-                            &format!("{path}.protocol"),
-                            format!("{other:?}"),
-                            &["TCP", "UDP", "SCTP"],
-                        ));
-                        continue;
-                    }
+                let Some(protocol) = port_protocol(p.protocol.as_deref(), &path, errors) else {
+                    continue;
                 };
                 match p.container_port {
                     Some(n) if (1..=65535).contains(&n) => out.push(NamedPort {
@@ -776,18 +775,8 @@ fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldError>> {
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let path = format!("spec.ports[{i}]");
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::TCP,
-            "UDP" => Protocol::UDP,
-            "SCTP" => Protocol::SCTP,
-            other => {
-                errors.push(field_unsupported(
-                    &format!("{path}.protocol"),
-                    format!("{other:?}"),
-                    &["TCP", "UDP", "SCTP"],
-                ));
-                continue;
-            }
+        let Some(protocol) = port_protocol(p.protocol.as_deref(), &path, &mut errors) else {
+            continue;
         };
         let Some(port) = p.port.filter(|n| (1..=65535).contains(n)) else {
             errors.push(field_invalid(
@@ -982,6 +971,27 @@ fn convert_peer(
         None => NamespaceScope::Own(namespace.to_string()),
     };
     Some(Peer::Endpoints { namespaces, pods })
+}
+
+/// A port's protocol (default TCP, case-sensitive as in the API), or an error at `path`.
+fn port_protocol(
+    proto: Option<&str>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Protocol> {
+    match proto.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::TCP),
+        "UDP" => Some(Protocol::UDP),
+        "SCTP" => Some(Protocol::SCTP),
+        other => {
+            errors.push(field_unsupported(
+                &format!("{path}.protocol"),
+                format!("{other:?}"),
+                &["TCP", "UDP", "SCTP"],
+            ));
+            None
+        }
+    }
 }
 
 fn field_invalid(field: &str, bad_value: String, detail: String) -> FieldError {

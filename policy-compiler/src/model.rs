@@ -315,7 +315,11 @@ impl Cluster {
         }
     }
 
+    /// The endpoint an address belongs to. Host-network pods share their node's address
+    /// and own none.
     pub fn endpoint_by_ip(&self, ip: &IpAddr) -> Option<&Endpoint> {
-        self.endpoints.values().find(|e| e.ips.contains(ip))
+        self.endpoints
+            .values()
+            .find(|e| !e.host_network && e.ips.contains(ip))
     }
 }

@@ -178,28 +178,10 @@ impl SelectorCache {
             .unwrap_or(&[])
     }
 
-    fn candidates(&self, info: &IdentityInfo) -> Vec<SelectorId> {
+    /// Selectors that could select `info`: its namespace's pod selectors, the
+    /// cross-namespace selectors whose namespace part matches, and ipBlocks.
+    fn candidates(&mut self, info: &IdentityInfo) -> Vec<SelectorId> {
         match info {
-            IdentityInfo::Cluster(k) => {
-                let mut v: Vec<SelectorId> = self
-                    .by_namespace
-                    .get(&*k.namespace)
-                    .cloned()
-                    .unwrap_or_default();
-                v.extend_from_slice(&self.cross_namespace);
-                if !k.cidr_sets.is_empty() {
-                    v.extend_from_slice(&self.ip_blocks);
-                }
-                v
-            }
-            IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) => self.ip_blocks.clone(),
-        }
-    }
-
-    /// Adds a new identity to every selector that selects it; returns those selectors.
-    pub fn add_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
-        let mut changed = Vec::new();
-        let candidates = match info {
             IdentityInfo::Cluster(k) => {
                 let mut v: Vec<SelectorId> = self
                     .by_namespace
@@ -212,8 +194,14 @@ impl SelectorCache {
                 }
                 v
             }
-            _ => self.candidates(info),
-        };
+            IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) => self.ip_blocks.clone(),
+        }
+    }
+
+    /// Adds a new identity to every selector that selects it; returns those selectors.
+    pub fn add_identity(&mut self, id: u32, info: &IdentityInfo) -> Vec<SelectorId> {
+        let mut changed = Vec::new();
+        let candidates = self.candidates(info);
         for s in candidates {
             if let Some(e) = self.entries.get_mut(&s)
                 && e.key.matches(info)

@@ -142,6 +142,19 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
             "denied: the endpoint has no policy map (not ready)".to_string()
         }
         Some(Decision::InvalidIdentity) => "denied: the peer resolves to no identity".to_string(),
+        Some(Decision::Redirected { rule, proxy_port }) => format!(
+            "allowed by {} through the L7 proxy on port {proxy_port}",
+            scenario::rule_name(a, *rule)
+        ),
+        Some(Decision::Denied { rule, audit }) => format!(
+            "{} by {}",
+            if *audit {
+                "audited (would be denied)"
+            } else {
+                "denied"
+            },
+            scenario::rule_name(a, *rule)
+        ),
     };
     let any_matched = rules.iter().any(|r| r.matched);
     let note = match decision {

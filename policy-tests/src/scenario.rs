@@ -512,10 +512,7 @@ pub fn describe(a: &Analysis, v: &Verdict) -> String {
     if v.allowed() {
         let rules: Vec<String> = sides
             .iter()
-            .filter_map(|(_, d)| match d {
-                Some(Decision::Allowed { rule }) => Some(rule_name(a, *rule)),
-                _ => None,
-            })
+            .filter_map(|(_, d)| d.and_then(Decision::rule).map(|rule| rule_name(a, rule)))
             .collect();
         if rules.is_empty() {
             "allowed: not isolated".to_string()
@@ -539,6 +536,9 @@ pub fn describe(a: &Analysis, v: &Verdict) -> String {
                 }
                 Some(Decision::InvalidIdentity) => {
                     Some(format!("{dir}: peer address has no identity"))
+                }
+                Some(Decision::Denied { rule, .. }) => {
+                    Some(format!("denied by {} ({dir})", rule_name(a, *rule)))
                 }
                 _ => None,
             })
@@ -651,6 +651,12 @@ fn decision_json(a: &Analysis, d: Option<&Decision>) -> serde_json::Value {
         Some(Decision::NotIsolated) => serde_json::json!({"decision": "not_isolated"}),
         Some(Decision::NotReady) => serde_json::json!({"decision": "not_ready"}),
         Some(Decision::InvalidIdentity) => serde_json::json!({"decision": "invalid_identity"}),
+        Some(Decision::Redirected { rule, proxy_port }) => serde_json::json!({
+            "decision": "redirected", "rule": rule_name(a, *rule), "proxy_port": proxy_port,
+        }),
+        Some(Decision::Denied { rule, audit }) => serde_json::json!({
+            "decision": if *audit { "audit" } else { "denied" }, "rule": rule_name(a, *rule),
+        }),
     }
 }
 

@@ -45,8 +45,9 @@ pub fn peer_identity(engine: &Engine, peer: &FlowPeer) -> Option<u32> {
         FlowPeer::Endpoint(k) => {
             let e = engine.cluster().endpoints.get(k)?;
             match e.ips.first() {
-                Some(ip) => ipcache_lookup(engine, ip),
-                None => engine.endpoint_identity(k),
+                // A host-network pod's address is its node's; it claims no ipcache entry.
+                Some(ip) if !e.host_network => ipcache_lookup(engine, ip),
+                _ => engine.endpoint_identity(k),
             }
         }
     }
@@ -80,7 +81,22 @@ pub fn policy_decision(
             isolated_by: policy.isolated_by(dir).to_vec(),
         },
         Some(v) if v.rule_id == abi::RULE_ID_NOT_ISOLATED => Decision::NotIsolated,
-        Some(v) => Decision::Allowed { rule: v.rule_id },
+        Some(v) => match v.verdict {
+            abi::POLICY_VERDICT_ALLOW => Decision::Allowed { rule: v.rule_id },
+            abi::POLICY_VERDICT_REDIRECT => Decision::Redirected {
+                rule: v.rule_id,
+                proxy_port: u16::from_be(v.proxy_port_be),
+            },
+            abi::POLICY_VERDICT_DENY => Decision::Denied {
+                rule: v.rule_id,
+                audit: v.flags & abi::POLICY_F_AUDIT != 0,
+            },
+            // An unknown verdict in a map is corruption: fail closed, naming the rule.
+            _ => Decision::Denied {
+                rule: v.rule_id,
+                audit: false,
+            },
+        },
     }
 }
 

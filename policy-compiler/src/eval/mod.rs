@@ -72,6 +72,12 @@ pub enum Decision {
     NotIsolated,
     /// Allowed by this rule id.
     Allowed { rule: u32 },
+    /// Allowed by this rule id through the L7 proxy listening on `proxy_port`, which
+    /// decides per request.
+    Redirected { rule: u32, proxy_port: u16 },
+    /// Denied by an explicit deny rule (AdminNetworkPolicy and Palisade policies; plain
+    /// NetworkPolicy has none). `audit` rules are logged and forwarded.
+    Denied { rule: u32, audit: bool },
     /// Isolated by these policies and no rule allows the flow.
     DefaultDeny { isolated_by: Vec<PolicyRef> },
     /// The endpoint has no policy written yet (fail closed).
@@ -82,7 +88,23 @@ pub enum Decision {
 
 impl Decision {
     pub fn allowed(&self) -> bool {
-        matches!(self, Decision::NotIsolated | Decision::Allowed { .. })
+        matches!(
+            self,
+            Decision::NotIsolated
+                | Decision::Allowed { .. }
+                | Decision::Redirected { .. }
+                | Decision::Denied { audit: true, .. }
+        )
+    }
+
+    /// The rule that decided, if a rule did.
+    pub fn rule(&self) -> Option<u32> {
+        match self {
+            Decision::Allowed { rule }
+            | Decision::Redirected { rule, .. }
+            | Decision::Denied { rule, .. } => Some(*rule),
+            _ => None,
+        }
     }
 }
 

@@ -244,8 +244,9 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
         labels(),
         prop::option::of(prop::sample::select(IPS.to_vec())),
         prop::collection::btree_set(0..PORT_NAMES.len(), 0..3),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(move |(ns, labels, ip, ports)| {
+        .prop_map(move |(ns, labels, ip, ports, host_network)| {
             let name = format!("pod-{i}");
             let mut named: Vec<NamedPort> = Vec::new();
             for p in ports {
@@ -274,7 +275,7 @@ pub fn endpoint(i: usize) -> impl Strategy<Value = Endpoint> {
                     .into_iter()
                     .collect(),
                 ports: named,
-                host_network: false,
+                host_network,
             }
         })
 }
