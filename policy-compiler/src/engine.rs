@@ -561,7 +561,7 @@ impl Engine {
         //    what the old versions held.
         let mut dirty: BTreeSet<u32> = BTreeSet::new();
         let mut changed_policies: BTreeSet<PolicyRef> = BTreeSet::new();
-        for (r, (old, new)) in &policy_changes {
+        for (r, (_, new)) in &policy_changes {
             changed_policies.insert(r.clone());
             let old_state = self.policies.remove(r);
             if let Some(p) = new {
@@ -583,7 +583,6 @@ impl Engine {
             {
                 set.remove(r);
             }
-            let _ = old;
         }
 
         // 4. CIDR identities.

@@ -37,6 +37,13 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "ReplicationController",
 ];
 
+/// Whether the loader models objects of this kind (list wrappers are flattened).
+pub fn is_modelled_kind(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Pod" | "Service" | "NetworkPolicy")
+        || WORKLOAD_KINDS.contains(&kind)
+        || kind.ends_with("List")
+}
+
 /// Where an object came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -384,11 +391,8 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
             .and_then(Value::as_str)
             .unwrap_or("");
         let label = object_label(doc, &kind);
-        let supported = match kind.as_str() {
-            "NetworkPolicy" => api == "networking.k8s.io/v1",
-            "Namespace" | "Pod" | "Service" => true,
-            k => WORKLOAD_KINDS.contains(&k),
-        };
+        let supported =
+            is_modelled_kind(&kind) && (kind != "NetworkPolicy" || api == "networking.k8s.io/v1");
         if !supported {
             let key = if kind == "NetworkPolicy" {
                 format!("{kind} ({api})")

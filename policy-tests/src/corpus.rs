@@ -16,25 +16,6 @@ use crate::connections;
 use crate::error::InputError;
 use crate::output::Progress;
 
-/// Kinds the policy core models (List wrappers are flattened by the loader).
-pub const SUPPORTED_KINDS: &[&str] = &[
-    "Namespace",
-    "Pod",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "Job",
-    "CronJob",
-    "ReplicationController",
-    "Service",
-    "NetworkPolicy",
-    "List",
-    "PodList",
-    "NamespaceList",
-    "NetworkPolicyList",
-];
-
 /// Kinds that may be present because they cannot change connectivity.
 pub const IGNORABLE_KINDS: &[&str] = &[
     "ConfigMap",
@@ -138,7 +119,9 @@ pub fn select(corpus: &Path) -> Result<Vec<Selection>, String> {
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .find(|k| !SUPPORTED_KINDS.contains(k) && !IGNORABLE_KINDS.contains(k))
+                .find(|k| {
+                    !policy_compiler::manifest::is_modelled_kind(k) && !IGNORABLE_KINDS.contains(k)
+                })
                 .map(str::to_string)
         });
         match unsupported {

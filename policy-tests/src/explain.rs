@@ -132,11 +132,7 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
         Some(Decision::Allowed { rule }) => format!("allowed by {}", scenario::rule_name(a, *rule)),
         Some(Decision::DefaultDeny { isolated_by }) => format!(
             "default deny: isolated by {} and no rule matches",
-            isolated_by
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            scenario::join_policies(isolated_by)
         ),
         Some(Decision::NotReady) => {
             "denied: the endpoint has no policy map (not ready)".to_string()

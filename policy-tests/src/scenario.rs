@@ -525,11 +525,7 @@ pub fn describe(a: &Analysis, v: &Verdict) -> String {
             .filter_map(|(dir, d)| match d {
                 Some(Decision::DefaultDeny { isolated_by }) => Some(format!(
                     "default deny: isolated by {} ({dir})",
-                    isolated_by
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    join_policies(isolated_by)
                 )),
                 Some(Decision::NotReady) => {
                     Some(format!("{dir}: endpoint has no policy map (not ready)"))
@@ -718,6 +714,15 @@ pub fn to_junit(files: &[(PathBuf, Vec<Outcome>)]) -> Result<String, quick_junit
         report.add_test_suite(suite);
     }
     report.to_string()
+}
+
+/// `ns/a, ns/b`: the policies that isolate an endpoint, as messages name them.
+pub fn join_policies(policies: &[policy_compiler::rules::PolicyRef]) -> String {
+    policies
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
