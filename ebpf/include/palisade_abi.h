@@ -11,8 +11,8 @@
  *   1. endpoint_info for the hook's endpoint; missing or not READY -> DROP_EP_NOT_READY.
  *   2. peer identity = ipcache LPM on the peer address (longest prefix wins);
  *      a miss or identity 0 -> DROP_INVALID_IDENTITY.
- *   3. two LPM lookups in the endpoint's policy map, same direction/protocol/port:
- *        exact = {identity = peer}, any = {identity = 0}.
+ *   3. two LPM lookups in the policy map under the endpoint's policy_slot, same
+ *      direction/protocol/port: exact = {identity = peer}, any = {identity = 0}.
  *      Inside one lookup the longest (protocol, port-prefix) match wins; the compiler has
  *      already folded every broader entry of that slot into each narrower one.
  *   4. winner = the smaller of the hits under (precedence asc, verdict rank desc
@@ -66,26 +66,34 @@
 #define DIRECTION_EGRESS        1 /* traffic from the endpoint */
 
 /* ---- drop reasons (Hubble DropReason numbering) ------------------------------- */
+#define DROP_INVALID_SOURCE_IP    132 /* a pod sent from an address that is not its own */
 #define DROP_POLICY_DENIED        133 /* default deny: no rule allows */
+#define DROP_INVALID_PACKET       134 /* truncated or malformed L3/L4 header */
 #define DROP_UNKNOWN_L4           142
 #define DROP_CT_INSERT_FAILED     155
+#define DROP_FRAG_NOT_SUPPORTED   157 /* a non-first IP fragment: no ports to check */
 #define DROP_INVALID_IDENTITY     171
+#define DROP_PROXY_UNAVAILABLE    180 /* an L7 rule applies and no proxy is attached */
 #define DROP_POLICY_DENY          181 /* an explicit deny rule */
 #define DROP_EP_NOT_READY         204 /* no policy written for the endpoint yet */
 
-/* ---- policy map: one LPM trie per endpoint policy --------------------------------
- * prefixlen counts bits after the prefixlen field:
- *   40 = identity + direction (any protocol, any port)
- *   48 = + protocol (any port)
- *   48 + n = + the top n bits of dport (n = 16: exact port)
+/* ---- policy map: one LPM trie, partitioned by policy slot ----------------------
+ * Every endpoint policy lives under its slot (the enforcer uses the subject identity:
+ * endpoints that share an identity share a policy). prefixlen counts bits after the
+ * prefixlen field:
+ *   72 = slot + identity + direction (any protocol, any port)
+ *   80 = + protocol (any port)
+ *   80 + n = + the top n bits of dport (n = 16: exact port)
  * Port ranges are stored as their aligned prefix decomposition.
  */
-#define POLICY_PREFIX_ANY_PROTO 40
-#define POLICY_PREFIX_ANY_PORT  48
-#define POLICY_PREFIX_FULL      64
+#define POLICY_PREFIX_SLOT      32
+#define POLICY_PREFIX_ANY_PROTO 72
+#define POLICY_PREFIX_ANY_PORT  80
+#define POLICY_PREFIX_FULL      96
 
 struct policy_key {
 	__u32 prefixlen;
+	__u32 slot;      /* endpoint_info.policy_slot */
 	__u32 identity;  /* peer identity; 0 = any peer */
 	__u8 direction;  /* DIRECTION_* */
 	__u8 protocol;   /* IPPROTO_*; unused when prefixlen == 40 */
@@ -123,12 +131,117 @@ struct ipcache_value {
 
 struct endpoint_info {
 	__u32 identity;
-	__u32 policy_slot; /* index in the outer policy map */
+	__u32 policy_slot; /* partition of the policy map holding this endpoint's policy */
 	__u32 flags;       /* ENDPOINT_F_* */
 	__u32 revision;    /* policy revision realized in the maps */
 };
 
-_Static_assert(sizeof(struct policy_key) == 12, "policy_key size");
+/* ---- conntrack: LRU hash, one entry per (flow, endpoint hook direction) ----------
+ * Keyed by the tuple as first seen at the hook, the host-side ifindex of the endpoint
+ * and the policy direction, so an entry made at one pod never admits another pod's
+ * packets. A packet is a reply when the reversed tuple exists at the same ifindex with
+ * the opposite direction. ICMP echo uses the echo id as port (request: sport = id,
+ * reply: dport = id); other ICMP types are never tracked.
+ */
+#define CT_F_REPLY_SEEN   0x01 /* a reply has passed */
+#define CT_F_SEEN_FIN     0x02 /* FIN seen from either side */
+#define CT_F_SEEN_RST     0x04
+#define CT_F_PROXY        0x08 /* redirected to the L7 proxy */
+
+#define CT_LIFETIME_TCP_SYN_S     60
+#define CT_LIFETIME_TCP_S         21600
+#define CT_LIFETIME_TCP_CLOSE_S   10
+#define CT_LIFETIME_NONTCP_S      60
+
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;     /* 4 or 6 */
+	__u8 direction;  /* DIRECTION_* of the endpoint hook that created it */
+	__u8 pad;
+	__u32 ifindex;   /* host-side interface of the endpoint */
+};
+
+struct ct_entry {
+	__u64 expires_ns;  /* bpf_ktime_get_ns() deadline */
+	__u32 rule_id;     /* the rule that admitted the flow */
+	__u32 revision;    /* endpoint policy revision it was admitted under */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__be16 proxy_port;
+	__u8 flags;        /* CT_F_* */
+	__u8 pad[5];
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* ---- verdict events: ring buffer "events" -------------------------------------
+ * One event per new flow (allowed, redirected, audited or dropped), per TCP close and per
+ * dropped repeat after EVENT_DROP_REPEAT_NS; never one per packet. A failed reserve is
+ * counted in COUNTER_EVENTS_LOST.
+ */
+#define EVENT_VERDICT_FORWARDED  1 /* Hubble Verdict numbering */
+#define EVENT_VERDICT_DROPPED    2
+#define EVENT_VERDICT_AUDIT      4
+#define EVENT_VERDICT_REDIRECTED 5
+
+#define EVENT_KIND_NEW_FLOW      1
+#define EVENT_KIND_CT_CLOSE      2 /* FIN or RST seen on a tracked flow */
+#define EVENT_KIND_REVOKED       3 /* tracked flow dropped after a policy change */
+
+#define EVENT_DROP_REPEAT_NS     1000000000ULL
+
+struct verdict_event {
+	__u64 time_ns;       /* bpf_ktime_get_ns(); user space maps it to wall time */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;
+	__u8 direction;      /* DIRECTION_* of the enforcing hook */
+	__u8 verdict;        /* EVENT_VERDICT_* */
+	__u8 kind;           /* EVENT_KIND_* */
+	__u8 tcp_flags;      /* byte 13 of the TCP header, 0 otherwise */
+	__u16 drop_reason;   /* DROP_*, 0 when forwarded */
+	__u32 ifindex;
+	__u32 src_identity;  /* 0 when not resolved */
+	__u32 dst_identity;
+	__u32 rule_id;       /* the deciding rule; RULE_ID_NONE for default deny */
+	__u32 revision;      /* endpoint policy revision that decided */
+	__be16 proxy_port;
+	__u16 pad;
+	__u32 packet_len;
+};
+
+/* ---- counters: per-CPU array, index = direction * COUNTER_DIR_STRIDE + code --------
+ * code is a DROP_* reason for drops, or one of the COUNTER_* slots below (< 128).
+ */
+#define COUNTER_DIR_STRIDE       256
+#define COUNTER_MAX              512
+#define COUNTER_FORWARDED        1  /* new flows forwarded by policy */
+#define COUNTER_REDIRECTED       2
+#define COUNTER_AUDIT            3
+#define COUNTER_CT_ESTABLISHED   4  /* packets passed on a conntrack hit */
+#define COUNTER_CT_REPLY         5
+#define COUNTER_EVENTS_LOST      6  /* ring buffer full */
+#define COUNTER_PASS_NON_IP      7  /* ARP and other non-IP frames */
+#define COUNTER_PASS_NEIGHBOR    8  /* IPv6 neighbour discovery */
+#define COUNTER_REVOKED          9  /* tracked flows cut by a policy change */
+
+struct counter_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+_Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
+_Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
+_Static_assert(sizeof(struct ct_entry) == 48, "ct_entry size");
+_Static_assert(sizeof(struct verdict_event) == 80, "verdict_event size");
+_Static_assert(sizeof(struct counter_value) == 16, "counter_value size");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key size");
 _Static_assert(sizeof(struct ipcache_value) == 8, "ipcache_value size");

@@ -42,16 +42,68 @@ pub const PRECEDENCE_BASELINE: u16 = 2000;
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;
 
+pub const DROP_INVALID_SOURCE_IP: u32 = 132;
 pub const DROP_POLICY_DENIED: u32 = 133;
+pub const DROP_INVALID_PACKET: u32 = 134;
 pub const DROP_UNKNOWN_L4: u32 = 142;
 pub const DROP_CT_INSERT_FAILED: u32 = 155;
+pub const DROP_FRAG_NOT_SUPPORTED: u32 = 157;
 pub const DROP_INVALID_IDENTITY: u32 = 171;
+pub const DROP_PROXY_UNAVAILABLE: u32 = 180;
 pub const DROP_POLICY_DENY: u32 = 181;
 pub const DROP_EP_NOT_READY: u32 = 204;
 
-pub const POLICY_PREFIX_ANY_PROTO: u32 = 40;
-pub const POLICY_PREFIX_ANY_PORT: u32 = 48;
-pub const POLICY_PREFIX_FULL: u32 = 64;
+/// The Hubble `DropReason` name of a drop code (the verdict log's `drop_reason_desc`).
+pub fn drop_reason_name(code: u32) -> &'static str {
+    match code {
+        DROP_INVALID_SOURCE_IP => "INVALID_SOURCE_IP",
+        DROP_POLICY_DENIED => "POLICY_DENIED",
+        DROP_INVALID_PACKET => "INVALID_PACKET_DROPPED",
+        DROP_UNKNOWN_L4 => "UNKNOWN_L4_PROTOCOL",
+        DROP_CT_INSERT_FAILED => "CT_MAP_INSERTION_FAILED",
+        DROP_FRAG_NOT_SUPPORTED => "FRAG_NOT_SUPPORTED",
+        DROP_INVALID_IDENTITY => "INVALID_IDENTITY",
+        DROP_PROXY_UNAVAILABLE => "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL",
+        DROP_POLICY_DENY => "POLICY_DENY",
+        DROP_EP_NOT_READY => "DROP_EP_NOT_READY",
+        _ => "DROP_REASON_UNKNOWN",
+    }
+}
+
+pub const POLICY_PREFIX_SLOT: u32 = 32;
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+pub const CT_F_REPLY_SEEN: u8 = 0x01;
+pub const CT_F_SEEN_FIN: u8 = 0x02;
+pub const CT_F_SEEN_RST: u8 = 0x04;
+pub const CT_F_PROXY: u8 = 0x08;
+pub const CT_LIFETIME_TCP_SYN_S: u64 = 60;
+pub const CT_LIFETIME_TCP_S: u64 = 21600;
+pub const CT_LIFETIME_TCP_CLOSE_S: u64 = 10;
+pub const CT_LIFETIME_NONTCP_S: u64 = 60;
+
+pub const EVENT_VERDICT_FORWARDED: u8 = 1;
+pub const EVENT_VERDICT_DROPPED: u8 = 2;
+pub const EVENT_VERDICT_AUDIT: u8 = 4;
+pub const EVENT_VERDICT_REDIRECTED: u8 = 5;
+pub const EVENT_KIND_NEW_FLOW: u8 = 1;
+pub const EVENT_KIND_CT_CLOSE: u8 = 2;
+pub const EVENT_KIND_REVOKED: u8 = 3;
+pub const EVENT_DROP_REPEAT_NS: u64 = 1_000_000_000;
+
+pub const COUNTER_DIR_STRIDE: u32 = 256;
+pub const COUNTER_MAX: u32 = 512;
+pub const COUNTER_FORWARDED: u32 = 1;
+pub const COUNTER_REDIRECTED: u32 = 2;
+pub const COUNTER_AUDIT: u32 = 3;
+pub const COUNTER_CT_ESTABLISHED: u32 = 4;
+pub const COUNTER_CT_REPLY: u32 = 5;
+pub const COUNTER_EVENTS_LOST: u32 = 6;
+pub const COUNTER_PASS_NON_IP: u32 = 7;
+pub const COUNTER_PASS_NEIGHBOR: u32 = 8;
+pub const COUNTER_REVOKED: u32 = 9;
 
 pub const IPCACHE_PREFIX_FIXED: u32 = 32;
 
@@ -62,6 +114,7 @@ pub const ENDPOINT_F_READY: u32 = 0x01;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct PolicyKey {
     pub prefixlen: u32,
+    pub slot: u32,
     pub identity: u32,
     pub direction: u8,
     pub protocol: u8,
@@ -110,12 +163,91 @@ pub struct EndpointInfo {
     pub revision: u32,
 }
 
+/// `struct ct_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub pad: u8,
+    pub ifindex: u32,
+}
+
+/// `struct ct_entry`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CtEntry {
+    pub expires_ns: u64,
+    pub rule_id: u32,
+    pub revision: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub proxy_port_be: u16,
+    pub flags: u8,
+    pub pad: [u8; 5],
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `struct verdict_event`: one record of the `events` ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct VerdictEvent {
+    pub time_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub verdict: u8,
+    pub kind: u8,
+    pub tcp_flags: u8,
+    pub drop_reason: u16,
+    pub ifindex: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub rule_id: u32,
+    pub revision: u32,
+    pub proxy_port_be: u16,
+    pub pad: u16,
+    pub packet_len: u32,
+}
+
+/// `struct counter_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 const _: () = {
-    assert!(size_of::<PolicyKey>() == 12);
-    assert!(offset_of!(PolicyKey, identity) == 4);
-    assert!(offset_of!(PolicyKey, direction) == 8);
-    assert!(offset_of!(PolicyKey, protocol) == 9);
-    assert!(offset_of!(PolicyKey, dport_be) == 10);
+    assert!(size_of::<PolicyKey>() == 16);
+    assert!(offset_of!(PolicyKey, slot) == 4);
+    assert!(offset_of!(PolicyKey, identity) == 8);
+    assert!(offset_of!(PolicyKey, direction) == 12);
+    assert!(offset_of!(PolicyKey, protocol) == 13);
+    assert!(offset_of!(PolicyKey, dport_be) == 14);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(offset_of!(CtKey, sport_be) == 32);
+    assert!(offset_of!(CtKey, ifindex) == 40);
+    assert!(size_of::<CtEntry>() == 48);
+    assert!(offset_of!(CtEntry, proxy_port_be) == 24);
+    assert!(offset_of!(CtEntry, packets) == 32);
+    assert!(size_of::<VerdictEvent>() == 80);
+    assert!(offset_of!(VerdictEvent, sport_be) == 40);
+    assert!(offset_of!(VerdictEvent, drop_reason) == 50);
+    assert!(offset_of!(VerdictEvent, ifindex) == 52);
+    assert!(offset_of!(VerdictEvent, proxy_port_be) == 72);
+    assert!(offset_of!(VerdictEvent, packet_len) == 76);
+    assert!(size_of::<CounterValue>() == 16);
     assert!(size_of::<PolicyValue>() == 12);
     assert!(offset_of!(PolicyValue, proxy_port_be) == 4);
     assert!(offset_of!(PolicyValue, precedence) == 6);
@@ -131,13 +263,14 @@ const _: () = {
 
 impl PolicyKey {
     /// The bytes the kernel sees, padding zeroed.
-    pub fn to_bytes(&self) -> [u8; 12] {
-        let mut b = [0u8; 12];
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
         b[0..4].copy_from_slice(&self.prefixlen.to_ne_bytes());
-        b[4..8].copy_from_slice(&self.identity.to_ne_bytes());
-        b[8] = self.direction;
-        b[9] = self.protocol;
-        b[10..12].copy_from_slice(&self.dport_be.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.slot.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.identity.to_ne_bytes());
+        b[12] = self.direction;
+        b[13] = self.protocol;
+        b[14..16].copy_from_slice(&self.dport_be.to_ne_bytes());
         b
     }
 }

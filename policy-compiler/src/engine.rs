@@ -53,18 +53,21 @@ pub struct EntryKey {
     /// Peer identity; 0 = any peer.
     pub identity: u32,
     pub direction: u8,
-    /// 0 when `prefixlen == 40` (any protocol).
+    /// 0 when `prefixlen == POLICY_PREFIX_ANY_PROTO` (any protocol).
     pub protocol: u8,
     /// Host order; bits beyond the prefix are zero.
     pub port: u16,
-    /// The ABI prefix length: 40, or 48..=64.
+    /// The ABI prefix length: `POLICY_PREFIX_ANY_PROTO`, or `POLICY_PREFIX_ANY_PORT`
+    /// plus 0..=16 port bits.
     pub prefixlen: u8,
 }
 
 impl EntryKey {
-    pub fn to_abi(&self) -> PolicyKey {
+    /// The kernel key of this entry in the policy map partition `slot`.
+    pub fn to_abi(&self, slot: u32) -> PolicyKey {
         PolicyKey {
             prefixlen: self.prefixlen as u32,
+            slot,
             identity: self.identity,
             direction: self.direction,
             protocol: self.protocol,

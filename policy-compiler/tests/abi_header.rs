@@ -20,7 +20,7 @@ fn header() -> String {
 }
 
 fn parse_int(s: &str) -> Option<i64> {
-    let s = s.trim();
+    let s = s.trim().trim_end_matches(['U', 'L']);
     if let Some(h) = s.strip_prefix("0x") {
         i64::from_str_radix(h, 16).ok()
     } else {
@@ -81,6 +81,38 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("POLICY_PREFIX_FULL", abi::POLICY_PREFIX_FULL as i64),
         ("IPCACHE_PREFIX_FIXED", abi::IPCACHE_PREFIX_FIXED as i64),
         ("ENDPOINT_F_READY", abi::ENDPOINT_F_READY as i64),
+        ("DROP_INVALID_SOURCE_IP", abi::DROP_INVALID_SOURCE_IP as i64),
+        ("DROP_INVALID_PACKET", abi::DROP_INVALID_PACKET as i64),
+        ("DROP_FRAG_NOT_SUPPORTED", abi::DROP_FRAG_NOT_SUPPORTED as i64),
+        ("DROP_PROXY_UNAVAILABLE", abi::DROP_PROXY_UNAVAILABLE as i64),
+        ("POLICY_PREFIX_SLOT", abi::POLICY_PREFIX_SLOT as i64),
+        ("CT_F_REPLY_SEEN", abi::CT_F_REPLY_SEEN as i64),
+        ("CT_F_SEEN_FIN", abi::CT_F_SEEN_FIN as i64),
+        ("CT_F_SEEN_RST", abi::CT_F_SEEN_RST as i64),
+        ("CT_F_PROXY", abi::CT_F_PROXY as i64),
+        ("CT_LIFETIME_TCP_SYN_S", abi::CT_LIFETIME_TCP_SYN_S as i64),
+        ("CT_LIFETIME_TCP_S", abi::CT_LIFETIME_TCP_S as i64),
+        ("CT_LIFETIME_TCP_CLOSE_S", abi::CT_LIFETIME_TCP_CLOSE_S as i64),
+        ("CT_LIFETIME_NONTCP_S", abi::CT_LIFETIME_NONTCP_S as i64),
+        ("EVENT_VERDICT_FORWARDED", abi::EVENT_VERDICT_FORWARDED as i64),
+        ("EVENT_VERDICT_DROPPED", abi::EVENT_VERDICT_DROPPED as i64),
+        ("EVENT_VERDICT_AUDIT", abi::EVENT_VERDICT_AUDIT as i64),
+        ("EVENT_VERDICT_REDIRECTED", abi::EVENT_VERDICT_REDIRECTED as i64),
+        ("EVENT_KIND_NEW_FLOW", abi::EVENT_KIND_NEW_FLOW as i64),
+        ("EVENT_KIND_CT_CLOSE", abi::EVENT_KIND_CT_CLOSE as i64),
+        ("EVENT_KIND_REVOKED", abi::EVENT_KIND_REVOKED as i64),
+        ("EVENT_DROP_REPEAT_NS", abi::EVENT_DROP_REPEAT_NS as i64),
+        ("COUNTER_DIR_STRIDE", abi::COUNTER_DIR_STRIDE as i64),
+        ("COUNTER_MAX", abi::COUNTER_MAX as i64),
+        ("COUNTER_FORWARDED", abi::COUNTER_FORWARDED as i64),
+        ("COUNTER_REDIRECTED", abi::COUNTER_REDIRECTED as i64),
+        ("COUNTER_AUDIT", abi::COUNTER_AUDIT as i64),
+        ("COUNTER_CT_ESTABLISHED", abi::COUNTER_CT_ESTABLISHED as i64),
+        ("COUNTER_CT_REPLY", abi::COUNTER_CT_REPLY as i64),
+        ("COUNTER_EVENTS_LOST", abi::COUNTER_EVENTS_LOST as i64),
+        ("COUNTER_PASS_NON_IP", abi::COUNTER_PASS_NON_IP as i64),
+        ("COUNTER_PASS_NEIGHBOR", abi::COUNTER_PASS_NEIGHBOR as i64),
+        ("COUNTER_REVOKED", abi::COUNTER_REVOKED as i64),
     ])
 }
 
@@ -122,6 +154,10 @@ fn struct_sizes_match_the_static_asserts() {
         ("ipcache_key", size_of::<abi::IpcacheKey>()),
         ("ipcache_value", size_of::<abi::IpcacheValue>()),
         ("endpoint_info", size_of::<abi::EndpointInfo>()),
+        ("ct_key", size_of::<abi::CtKey>()),
+        ("ct_entry", size_of::<abi::CtEntry>()),
+        ("verdict_event", size_of::<abi::VerdictEvent>()),
+        ("counter_value", size_of::<abi::CounterValue>()),
     ]);
     let mut checked = 0;
     for line in header().lines() {
@@ -150,13 +186,14 @@ fn key_bytes_put_the_port_in_network_order() {
         direction: 1,
         protocol: 6,
         port: 0x1f90,
-        prefixlen: 64,
+        prefixlen: 96,
     }
-    .to_abi();
+    .to_abi(4242);
     let b = k.to_bytes();
-    assert_eq!(&b[0..4], &64u32.to_ne_bytes());
-    assert_eq!(&b[4..8], &300u32.to_ne_bytes());
-    assert_eq!(b[8], 1);
-    assert_eq!(b[9], 6);
-    assert_eq!(&b[10..12], &[0x1f, 0x90], "8080 big-endian");
+    assert_eq!(&b[0..4], &96u32.to_ne_bytes());
+    assert_eq!(&b[4..8], &4242u32.to_ne_bytes());
+    assert_eq!(&b[8..12], &300u32.to_ne_bytes());
+    assert_eq!(b[12], 1);
+    assert_eq!(b[13], 6);
+    assert_eq!(&b[14..16], &[0x1f, 0x90], "8080 big-endian");
 }
