@@ -309,3 +309,144 @@ pub fn value_beats(a: &PolicyValue, b: &PolicyValue) -> bool {
         b.rule_id,
     )
 }
+
+/// Little helpers to read native-endian fields out of a kernel record.
+fn ne_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+fn ne_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn ne_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(a)
+}
+fn addr16(b: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    a
+}
+
+impl VerdictEvent {
+    /// Decodes a ring-buffer record; `None` when it is shorter than the struct.
+    pub fn from_bytes(b: &[u8]) -> Option<VerdictEvent> {
+        if b.len() < size_of::<VerdictEvent>() {
+            return None;
+        }
+        Some(VerdictEvent {
+            time_ns: ne_u64(b, 0),
+            saddr: addr16(b, 8),
+            daddr: addr16(b, 24),
+            sport_be: ne_u16(b, 40),
+            dport_be: ne_u16(b, 42),
+            protocol: b[44],
+            family: b[45],
+            direction: b[46],
+            verdict: b[47],
+            kind: b[48],
+            tcp_flags: b[49],
+            drop_reason: ne_u16(b, 50),
+            ifindex: ne_u32(b, 52),
+            src_identity: ne_u32(b, 56),
+            dst_identity: ne_u32(b, 60),
+            rule_id: ne_u32(b, 64),
+            revision: ne_u32(b, 68),
+            proxy_port_be: ne_u16(b, 72),
+            pad: 0,
+            packet_len: ne_u32(b, 76),
+        })
+    }
+}
+
+impl CtKey {
+    pub fn to_bytes(&self) -> [u8; 44] {
+        let mut b = [0u8; 44];
+        b[0..16].copy_from_slice(&self.saddr);
+        b[16..32].copy_from_slice(&self.daddr);
+        b[32..34].copy_from_slice(&self.sport_be.to_ne_bytes());
+        b[34..36].copy_from_slice(&self.dport_be.to_ne_bytes());
+        b[36] = self.protocol;
+        b[37] = self.family;
+        b[38] = self.direction;
+        b[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 44]) -> CtKey {
+        CtKey {
+            saddr: addr16(b, 0),
+            daddr: addr16(b, 16),
+            sport_be: ne_u16(b, 32),
+            dport_be: ne_u16(b, 34),
+            protocol: b[36],
+            family: b[37],
+            direction: b[38],
+            pad: 0,
+            ifindex: ne_u32(b, 40),
+        }
+    }
+}
+
+impl CtEntry {
+    pub fn from_bytes(b: &[u8; 48]) -> CtEntry {
+        let mut pad = [0u8; 5];
+        pad.copy_from_slice(&b[27..32]);
+        CtEntry {
+            expires_ns: ne_u64(b, 0),
+            rule_id: ne_u32(b, 8),
+            revision: ne_u32(b, 12),
+            src_identity: ne_u32(b, 16),
+            dst_identity: ne_u32(b, 20),
+            proxy_port_be: ne_u16(b, 24),
+            flags: b[26],
+            pad,
+            packets: ne_u64(b, 32),
+            bytes: ne_u64(b, 40),
+        }
+    }
+}
+
+impl EndpointInfo {
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.identity.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.policy_slot.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.revision.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 16]) -> EndpointInfo {
+        EndpointInfo {
+            identity: ne_u32(b, 0),
+            policy_slot: ne_u32(b, 4),
+            flags: ne_u32(b, 8),
+            revision: ne_u32(b, 12),
+        }
+    }
+}
+
+impl PolicyValue {
+    pub fn from_bytes(b: &[u8; 12]) -> PolicyValue {
+        PolicyValue {
+            rule_id: ne_u32(b, 0),
+            proxy_port_be: ne_u16(b, 4),
+            precedence: ne_u16(b, 6),
+            verdict: b[8],
+            flags: b[9],
+            pad: 0,
+        }
+    }
+}
+
+impl crate::cidr::Cidr {
+    /// The ipcache LPM key of this prefix: the prefix length as the kernel counts it and
+    /// the 20 data bytes (family, padding, address).
+    pub fn ipcache_key(&self) -> (u32, [u8; 20]) {
+        let mut data = [0u8; 20];
+        data[0] = if self.is_ipv4() { 4 } else { 6 };
+        data[4..20].copy_from_slice(&self.key_bytes());
+        (IPCACHE_PREFIX_FIXED + self.len() as u32, data)
+    }
+}

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Kernel/toolchain glue the Debian 6.1 UAPI headers lack, and small helpers. */
+#ifndef PALISADE_COMMON_H
+#define PALISADE_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "palisade_abi.h"
+
+/* TCX return codes (kernel enum tcx_action_base); the 6.1 UAPI headers have none.
+ * Palisade is the last word on its hooks: every verdict ends the chain (see
+ * docs/datapath.md, "Attachment"). */
+#define TCX_PASS 0
+#define TCX_DROP 2
+
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+#define IPPROTO_ICMPV6_ 58
+
+#define ICMP_ECHO_REPLY 0
+#define ICMP_ECHO_REQUEST 8
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_ 129
+#define ICMPV6_ND_FIRST 133 /* router solicitation .. redirect: 133..137 */
+#define ICMPV6_ND_LAST 137
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+#define NSEC_PER_SEC 1000000000ULL
+
+#endif

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Header parsing into a flat tuple. Reads go through bpf_skb_load_bytes so non-linear
+ * skbs (GSO, veth XDP-less paths) parse the same as linear ones. */
+#ifndef PALISADE_PARSE_H
+#define PALISADE_PARSE_H
+
+#include "common.h"
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IP,    /* ARP and friends: not policed */
+	PARSE_NEIGHBOR,  /* IPv6 neighbour discovery: not policed */
+	PARSE_BAD,       /* truncated or malformed: DROP_INVALID_PACKET */
+	PARSE_FRAGMENT,  /* non-first fragment: DROP_FRAG_NOT_SUPPORTED */
+};
+
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;     /* ICMP echo: id as sport (request) or dport (reply) */
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;      /* 4 or 6 */
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 trackable;   /* ports are meaningful for conntrack */
+	__u8 pad[3];
+	__u32 len;
+};
+
+static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	switch (p->protocol) {
+	case IPPROTO_TCP: {
+		__u8 h[14];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			return PARSE_BAD;
+		__builtin_memcpy(&p->sport, &h[0], 2);
+		__builtin_memcpy(&p->dport, &h[2], 2);
+		p->tcp_flags = h[13];
+		p->trackable = 1;
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__u8 h[4];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			return PARSE_BAD;
+		__builtin_memcpy(&p->sport, &h[0], 2);
+		__builtin_memcpy(&p->dport, &h[2], 2);
+		p->trackable = 1;
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_: {
+		__u8 h[8];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			return PARSE_BAD;
+		p->icmp_type = h[0];
+		__be16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		__u8 req = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REQUEST : ICMPV6_ECHO_REQUEST_;
+		__u8 rep = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REPLY : ICMPV6_ECHO_REPLY_;
+		if (p->protocol == IPPROTO_ICMPV6_ && h[0] >= ICMPV6_ND_FIRST &&
+		    h[0] <= ICMPV6_ND_LAST)
+			return PARSE_NEIGHBOR;
+		/* Only echo is tracked, keyed on its id; a request and a reply never share a
+		 * tuple, so an echo request from a peer can never pass as a reply. */
+		if (h[0] == req) {
+			p->sport = id;
+			p->trackable = 1;
+		} else if (h[0] == rep) {
+			p->dport = id;
+			p->trackable = 1;
+		}
+		return PARSE_OK;
+	}
+	default:
+		/* Other protocols: no ports; policy may still allow them (rules without
+		 * ports allow every protocol). Tracked on addresses alone. */
+		p->trackable = 1;
+		return PARSE_OK;
+	}
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	p->len = skb->len;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return PARSE_BAD;
+		if (ip.version != 4 || ip.ihl < 5)
+			return PARSE_BAD;
+		p->family = 4;
+		p->protocol = ip.protocol;
+		__builtin_memcpy(p->saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->daddr, &ip.daddr, 4);
+		if (bpf_ntohs(ip.frag_off) & 0x1fff)
+			return PARSE_FRAGMENT;
+		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, p);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return PARSE_BAD;
+		if (ip6.version != 6)
+			return PARSE_BAD;
+		p->family = 6;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		__u8 nh = ip6.nexthdr;
+		__u32 off = ETH_HLEN + sizeof(ip6);
+		/* Skip up to four extension headers; more is treated as malformed. */
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			__u8 eh[2];
+			if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
+				if (bpf_skb_load_bytes(skb, off, eh, 2))
+					return PARSE_BAD;
+				nh = eh[0];
+				off += ((__u32)eh[1] + 1) * 8;
+			} else if (nh == IPPROTO_FRAGMENT) {
+				__u8 fh[4];
+				if (bpf_skb_load_bytes(skb, off, fh, 4))
+					return PARSE_BAD;
+				if (((fh[2] << 8) | fh[3]) & 0xfff8)
+					return PARSE_FRAGMENT;
+				nh = fh[0];
+				off += 8;
+			} else if (nh == IPPROTO_AH) {
+				if (bpf_skb_load_bytes(skb, off, eh, 2))
+					return PARSE_BAD;
+				nh = eh[0];
+				off += ((__u32)eh[1] + 2) * 4;
+			} else {
+				break;
+			}
+		}
+		if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+		    nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH)
+			return PARSE_BAD;
+		p->protocol = nh;
+		return parse_l4(skb, off, p);
+	}
+	return PARSE_NOT_IP;
+}
+
+#endif

@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Identity and policy lookups, in the order written in palisade_abi.h and
+ * docs/datapath.md. The Rust map evaluator (policy_compiler::eval::maps) performs the same
+ * steps; a differential test keeps the two in agreement. */
+#ifndef PALISADE_POLICY_H
+#define PALISADE_POLICY_H
+
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+/* Step 2: identity of an address; 0 when the ipcache has no covering prefix. */
+static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
+{
+	struct ipcache_key k = {};
+
+	k.prefixlen = IPCACHE_PREFIX_FIXED + (family == 4 ? 32 : 128);
+	k.family = family;
+	if (family == 4)
+		__builtin_memcpy(k.addr, addr, 4);
+	else
+		__builtin_memcpy(k.addr, addr, 16);
+	struct ipcache_value *v = bpf_map_lookup_elem(&pal_ipcache, &k);
+	return v ? v->identity : IDENTITY_UNKNOWN;
+}
+
+static __always_inline __u8 verdict_rank(__u8 verdict)
+{
+	switch (verdict) {
+	case POLICY_VERDICT_DENY:
+		return 3;
+	case POLICY_VERDICT_REDIRECT:
+		return 2;
+	case POLICY_VERDICT_ALLOW:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Step 4: does a beat b? (precedence asc, verdict rank desc, rule id asc) */
+static __always_inline int value_beats(const struct policy_value *a, const struct policy_value *b)
+{
+	if (a->precedence != b->precedence)
+		return a->precedence < b->precedence;
+	__u8 ra = verdict_rank(a->verdict), rb = verdict_rank(b->verdict);
+	if (ra != rb)
+		return ra > rb;
+	return a->rule_id < b->rule_id;
+}
+
+struct decision {
+	__u32 rule_id;
+	__u16 drop_reason;  /* 0 = not dropped */
+	__u8 verdict;       /* EVENT_VERDICT_* */
+	__u8 pad;
+	__be16 proxy_port;
+};
+
+/* Steps 3 and 5 for one flow of the endpoint in `slot`. */
+static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u8 dir,
+						     __u8 protocol, __be16 dport)
+{
+	struct decision d = {};
+	struct policy_key k = {};
+
+	k.prefixlen = POLICY_PREFIX_FULL;
+	k.slot = slot;
+	k.identity = peer;
+	k.direction = dir;
+	k.protocol = protocol;
+	k.dport = dport;
+	struct policy_value *exact = bpf_map_lookup_elem(&pal_policy, &k);
+	k.identity = IDENTITY_UNKNOWN;
+	struct policy_value *any = bpf_map_lookup_elem(&pal_policy, &k);
+
+	struct policy_value *w = exact;
+	if (!w || (any && value_beats(any, exact)))
+		w = any;
+	if (!w) {
+		d.rule_id = RULE_ID_NONE;
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = DROP_POLICY_DENIED;
+		return d;
+	}
+	d.rule_id = w->rule_id;
+	switch (w->verdict) {
+	case POLICY_VERDICT_ALLOW:
+		d.verdict = EVENT_VERDICT_FORWARDED;
+		break;
+	case POLICY_VERDICT_REDIRECT:
+		/* The L7 proxy is not attached to this datapath yet: fail closed. */
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = DROP_PROXY_UNAVAILABLE;
+		d.proxy_port = w->proxy_port;
+		break;
+	case POLICY_VERDICT_DENY:
+		if (w->flags & POLICY_F_AUDIT) {
+			d.verdict = EVENT_VERDICT_AUDIT;
+		} else {
+			d.verdict = EVENT_VERDICT_DROPPED;
+			d.drop_reason = DROP_POLICY_DENY;
+		}
+		break;
+	default:
+		/* An unknown verdict is corruption: deny, naming the rule. */
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = DROP_POLICY_DENY;
+		break;
+	}
+	return d;
+}
+
+#endif

@@ -1,0 +1,716 @@
+//! The kernel datapath: loading the C object, adopting what a previous enforcer pinned,
+//! attaching to pod interfaces, and every map read and write.
+//!
+//! Everything lives under one bpffs directory versioned by the ABI
+//! (`<pin root>/v<ABI_VERSION>`): maps by name, links under `links/`. A restarted enforcer
+//! opens the same maps (policy, conntrack, unread events) and swaps its freshly loaded
+//! programs into the pinned TCX links with `bpf_link_update`, so enforcement never pauses.
+
+pub mod packet;
+mod spec;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+use policy_compiler::abi::{self, CtEntry, CtKey, EndpointInfo, PolicyValue};
+use policy_compiler::cidr::Cidr;
+use policy_compiler::engine::EntryKey;
+
+pub use spec::{MAP_SPECS, MapSpec};
+
+/// The compiled C datapath (ebpf/tc_endpoint.c), built by build.rs.
+pub static DATAPATH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_endpoint.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The two programs and the hook each takes on the host-side veth.
+pub const PROGRAMS: [(&str, Hook); 2] = [("from_pod", Hook::FromPod), ("to_pod", Hook::ToPod)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of the host veth: packets the pod sends (its egress policy).
+    FromPod,
+    /// tc egress of the host veth: packets to the pod (its ingress policy).
+    ToPod,
+}
+
+impl Hook {
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::FromPod => TcAttachType::Ingress,
+            Hook::ToPod => TcAttachType::Egress,
+        }
+    }
+    fn program(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from_pod",
+            Hook::ToPod => "to_pod",
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from-pod",
+            Hook::ToPod => "to-pod",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path} is not a bpffs and mounting one there failed: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "pinned map {name} at {path} does not match this datapath ({detail}); \
+         refusing to reuse it. Remove the pin directory after draining the node, or run \
+         the enforcer that created it"
+    )]
+    StaleMap {
+        name: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("cannot read pinned map {path}: {source}")]
+    PinnedMap {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("loading the datapath object failed: {source}{log}")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+        /// The tail of the verifier log, when a retry with logging produced one.
+        log: String,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name} missing from the datapath object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("link pin {path}: {detail}")]
+    Link { path: PathBuf, detail: String },
+    #[error("interface {ifname}: {source}")]
+    Interface {
+        ifname: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The bpffs directory under which `v<ABI>` is created.
+    pub pin_root: PathBuf,
+    /// Mount a bpffs on `pin_root` when it is not one already (off in tests that give a
+    /// directory inside an existing bpffs).
+    pub mount_if_missing: bool,
+}
+
+/// A loaded datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    bpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Links adopted from a previous run: (ifindex, hook) -> kept pinned.
+    adopted: Vec<(u32, Hook)>,
+}
+
+/// Sums of the per-CPU counters, keyed by (direction, code).
+pub type Counters = BTreeMap<(u8, u32), abi::CounterValue>;
+
+impl Datapath {
+    /// Loads the datapath, reusing pinned maps and adopting pinned links.
+    pub fn load(opts: &LoadOptions) -> Result<Datapath> {
+        ensure_bpffs(&opts.pin_root, opts.mount_if_missing)?;
+        let pin_dir = opts.pin_root.join(format!("v{}", abi::ABI_VERSION));
+        for dir in [pin_dir.clone(), pin_dir.join("links")] {
+            std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        spec::verify_pins(&pin_dir)?;
+        let bpf = load_object(&pin_dir)?;
+        let mut dp = Datapath {
+            bpf,
+            pin_dir,
+            adopted: Vec::new(),
+        };
+        for (name, _) in PROGRAMS {
+            dp.classifier(name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        dp.adopt_links()?;
+        Ok(dp)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Interfaces (by ifindex) whose pinned links this run took over.
+    pub fn adopted(&self) -> &[(u32, Hook)] {
+        &self.adopted
+    }
+
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        let p = self
+            .bpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?;
+        p.try_into()
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Takes over every pinned link: the new program replaces the old one inside the link
+    /// (atomic `bpf_link_update`), so packets never meet an empty hook. Pins whose
+    /// interface is gone are removed.
+    fn adopt_links(&mut self) -> Result<()> {
+        let dir = self.pin_dir.join("links");
+        let entries = std::fs::read_dir(&dir).map_err(|source| DatapathError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some((ifindex, hook)) = parse_link_pin(&path) else {
+                continue;
+            };
+            if !interface_exists(ifindex) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            self.swap_into_pinned(&path, hook)?;
+            self.adopted.push((ifindex, hook));
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, ifindex: u32, hook: Hook) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("if{ifindex}-{}", hook.suffix()))
+    }
+
+    fn swap_into_pinned(&mut self, path: &Path, hook: Hook) -> Result<()> {
+        let link_err = |detail: String| DatapathError::Link {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err(e.to_string()))?;
+        let link: SchedClassifierLink = FdLink::from(pinned)
+            .try_into()
+            .map_err(|e: LinkError| link_err(e.to_string()))?;
+        let name = hook.program();
+        let prog = self.classifier(name)?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        // Re-pin: the old pin file still names the same link; replace it with ours.
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| link_err(e.to_string()))?;
+        let _ = std::fs::remove_file(path);
+        fd.pin(path).map_err(|e| link_err(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Attaches both programs to a host-side interface (TCX, first in the chain so no
+    /// foreign program can pass a packet before policy sees it) and pins the links.
+    /// Attaching an interface that already has Palisade's links replaces the program in
+    /// place.
+    pub fn attach(&mut self, ifname: &str) -> Result<u32> {
+        let ifindex = ifindex_of(ifname)?;
+        for (_, hook) in PROGRAMS {
+            let path = self.link_pin(ifindex, hook);
+            if path.exists() {
+                self.swap_into_pinned(&path, hook)?;
+                continue;
+            }
+            let name = hook.program();
+            let prog = self.classifier(name)?;
+            let id = prog
+                .attach_with_options(
+                    ifname,
+                    hook.attach_type(),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::Link {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            fd.pin(&path).map_err(|e| DatapathError::Link {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(ifindex)
+    }
+
+    /// Detaches from an interface: removing the pins releases the links.
+    pub fn detach(&mut self, ifindex: u32) {
+        for (_, hook) in PROGRAMS {
+            let _ = std::fs::remove_file(self.link_pin(ifindex, hook));
+        }
+    }
+
+    /// Whether Palisade's links are pinned for this interface.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        PROGRAMS
+            .iter()
+            .all(|(_, h)| self.link_pin(ifindex, *h).exists())
+    }
+
+    /// TCX programs on an interface, per hook, in chain order (for the debug command).
+    pub fn query(ifname: &str) -> Result<Vec<(Hook, Vec<String>)>> {
+        let mut out = Vec::new();
+        for (_, hook) in PROGRAMS {
+            let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type()).map_err(
+                |source| DatapathError::Program {
+                    name: hook.program(),
+                    source,
+                },
+            )?;
+            out.push((
+                hook,
+                progs
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} (id {})",
+                            p.name_as_str().unwrap_or("?"),
+                            p.id()
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { name })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.bpf.map(name).ok_or(DatapathError::MissingMap { name })
+    }
+
+    // ---- endpoints -----------------------------------------------------------------
+
+    pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
+        let name = "pal_endpoints";
+        let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        m.insert(ifindex, info.to_bytes(), 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
+        let name = "pal_endpoints";
+        let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        match m.get(&ifindex, 0) {
+            Ok(b) => Ok(Some(EndpointInfo::from_bytes(&b))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>> {
+        let name = "pal_endpoints";
+        let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        m.iter()
+            .map(|r| {
+                r.map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
+                    .map_err(|source| DatapathError::Map { name, source })
+            })
+            .collect()
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        let name = "pal_endpoints";
+        let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        match m.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
+    }
+
+    // ---- policy ----------------------------------------------------------------------
+
+    fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 12], [u8; 12]>> {
+        let name = "pal_policy";
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<[u8; 12]> {
+        let b = key.to_abi(slot).to_bytes();
+        let mut data = [0u8; 12];
+        data.copy_from_slice(&b[4..16]);
+        LpmKey::new(key.prefixlen as u32, data)
+    }
+
+    pub fn upsert_policy(&mut self, slot: u32, key: &EntryKey, value: &PolicyValue) -> Result<()> {
+        let k = Self::policy_lpm_key(slot, key);
+        self.policy_map()?
+            .insert(&k, value.to_bytes(), 0)
+            .map_err(|source| DatapathError::Map {
+                name: "pal_policy",
+                source,
+            })
+    }
+
+    pub fn delete_policy(&mut self, slot: u32, key: &EntryKey) -> Result<()> {
+        let k = Self::policy_lpm_key(slot, key);
+        match self.policy_map()?.remove(&k) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: "pal_policy",
+                source,
+            }),
+        }
+    }
+
+    /// Every policy entry in the map, as (slot, key bytes after prefixlen, prefixlen, value).
+    pub fn policy_entries(&mut self) -> Result<Vec<(u32, EntryKey, PolicyValue)>> {
+        let name = "pal_policy";
+        let m = self.policy_map()?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(|source| DatapathError::Map { name, source })?;
+            let d = k.data();
+            let slot = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+            let identity = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
+            out.push((
+                slot,
+                EntryKey {
+                    identity,
+                    direction: d[8],
+                    protocol: d[9],
+                    port: u16::from_be_bytes([d[10], d[11]]),
+                    prefixlen: k.prefix_len() as u8,
+                },
+                PolicyValue::from_bytes(&v),
+            ));
+        }
+        Ok(out)
+    }
+
+    // ---- ipcache -----------------------------------------------------------------------
+
+    fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], [u8; 8]>> {
+        let name = "pal_ipcache";
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    pub fn upsert_ipcache(&mut self, cidr: &Cidr, identity: u32) -> Result<()> {
+        let (len, data) = cidr.ipcache_key();
+        let mut v = [0u8; 8];
+        v[0..4].copy_from_slice(&identity.to_ne_bytes());
+        self.ipcache_map()?
+            .insert(&LpmKey::new(len, data), v, 0)
+            .map_err(|source| DatapathError::Map {
+                name: "pal_ipcache",
+                source,
+            })
+    }
+
+    pub fn delete_ipcache(&mut self, cidr: &Cidr) -> Result<()> {
+        let (len, data) = cidr.ipcache_key();
+        match self.ipcache_map()?.remove(&LpmKey::new(len, data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: "pal_ipcache",
+                source,
+            }),
+        }
+    }
+
+    /// Every ipcache entry, as (cidr, identity).
+    pub fn ipcache_entries(&mut self) -> Result<Vec<(Cidr, u32)>> {
+        let m = self.ipcache_map()?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(|source| DatapathError::Map {
+                name: "pal_ipcache",
+                source,
+            })?;
+            let d = k.data();
+            let len = k.prefix_len().saturating_sub(abi::IPCACHE_PREFIX_FIXED) as u8;
+            let addr: std::net::IpAddr = if d[0] == 4 {
+                std::net::Ipv4Addr::new(d[4], d[5], d[6], d[7]).into()
+            } else {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&d[4..20]);
+                std::net::Ipv6Addr::from(a).into()
+            };
+            if let Some(c) = Cidr::new(addr, len) {
+                out.push((c, u32::from_ne_bytes([v[0], v[1], v[2], v[3]])));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- conntrack -------------------------------------------------------------------
+
+    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 48]>> {
+        let name = "pal_ct";
+        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Every conntrack entry.
+    pub fn ct_entries(&mut self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let m = self.ct_map()?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(|source| DatapathError::Map {
+                name: "pal_ct",
+                source,
+            })?;
+            out.push((CtKey::from_bytes(&k), CtEntry::from_bytes(&v)));
+        }
+        Ok(out)
+    }
+
+    /// Deletes expired conntrack entries (the LRU would otherwise evict live flows
+    /// first under churn). Returns how many were removed.
+    pub fn ct_gc(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let mut m = self.ct_map()?;
+        let expired: Vec<[u8; 44]> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| CtEntry::from_bytes(v).expires_ns <= now)
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = 0;
+        for k in &expired {
+            if m.remove(k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Empties conntrack (tests, and `--flush-ct`).
+    pub fn ct_flush(&mut self) -> Result<()> {
+        let mut m = self.ct_map()?;
+        let keys: Vec<[u8; 44]> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            let _ = m.remove(k);
+        }
+        Ok(())
+    }
+
+    // ---- counters and events -----------------------------------------------------------
+
+    /// Per-CPU counters summed, non-zero slots only.
+    pub fn counters(&self) -> Result<Counters> {
+        let name = "pal_counters";
+        let m: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let mut out = Counters::new();
+        for idx in 0..abi::COUNTER_MAX {
+            let vals = m
+                .get(&idx, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            let (p, b) = vals
+                .iter()
+                .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
+            if p != 0 || b != 0 {
+                let dir = (idx / abi::COUNTER_DIR_STRIDE) as u8;
+                let code = idx % abi::COUNTER_DIR_STRIDE;
+                out.insert(
+                    (dir, code),
+                    abi::CounterValue {
+                        packets: p,
+                        bytes: b,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The event ring buffer, moved out of the loader (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let name = "pal_events";
+        let m = self
+            .bpf
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        RingBuf::try_from(m).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Runs one program on a packet with BPF_PROG_TEST_RUN (tests and `palisade-enforcer
+    /// probe`). The run has the side effects of a real packet: conntrack, counters, events.
+    pub fn test_run(&mut self, hook: Hook, packet: &[u8]) -> Result<u32> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let name = hook.program();
+        let prog = self.classifier(name)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ..Default::default()
+            })
+            .map_err(|source| DatapathError::Program { name, source })?;
+        Ok(r.return_value)
+    }
+
+    /// Instructions the verifier processed per program (tracked by tests).
+    pub fn program_stats(&mut self) -> Vec<(&'static str, u32, u32)> {
+        let mut out = Vec::new();
+        for (name, _) in PROGRAMS {
+            if let Ok(p) = self.classifier(name)
+                && let Ok(info) = p.info()
+            {
+                out.push((
+                    name,
+                    info.verified_instruction_count().unwrap_or(0),
+                    info.size_translated().unwrap_or(0),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+    let load = |level| {
+        EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .verifier_log_level(level)
+            .load(DATAPATH_OBJECT)
+    };
+    match load(VerifierLogLevel::STATS) {
+        Ok(bpf) => Ok(bpf),
+        Err(source) => {
+            // Reload once with a full log: its tail names the reason.
+            let log = match load(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS) {
+                Err(e) => {
+                    let s = format!("{e:?}");
+                    let tail: Vec<&str> = s.lines().rev().take(20).collect();
+                    format!(
+                        "\nverifier log (tail):\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                }
+                Ok(_) => String::new(),
+            };
+            Err(DatapathError::Load { source, log })
+        }
+    }
+}
+
+fn parse_link_pin(path: &Path) -> Option<(u32, Hook)> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("if")?;
+    let (idx, hook) = rest.split_once('-')?;
+    let hook = match hook {
+        "from-pod" => Hook::FromPod,
+        "to-pod" => Hook::ToPod,
+        _ => return None,
+    };
+    Some((idx.parse().ok()?, hook))
+}
+
+/// The interface index of a name in the current network namespace.
+pub fn ifindex_of(ifname: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(ifname).map_err(|e| DatapathError::Interface {
+        ifname: ifname.to_string(),
+        source: io::Error::from(e),
+    })
+}
+
+fn interface_exists(ifindex: u32) -> bool {
+    nix::net::if_::if_nameindex()
+        .map(|l| l.iter().any(|i| i.index() == ifindex))
+        .unwrap_or(false)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn ensure_bpffs(root: &Path, mount_if_missing: bool) -> Result<()> {
+    std::fs::create_dir_all(root).map_err(|source| DatapathError::Dir {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    if !mount_if_missing {
+        return Err(DatapathError::Bpffs {
+            path: root.to_path_buf(),
+            source: io::Error::other("not a bpffs"),
+        });
+    }
+    nix::mount::mount(
+        Some("bpffs"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::Bpffs {
+        path: root.to_path_buf(),
+        source: io::Error::from(e),
+    })?;
+    eprintln!("palisade-enforcer: mounted a bpffs on {}", root.display());
+    Ok(())
+}
+
+/// Whether a path is on a bpffs (or under one).
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
