@@ -1,1 +1,5 @@
 //! Palisade node agent.
+pub mod api;
+pub mod config;
+pub mod flowlog;
+pub mod source;
