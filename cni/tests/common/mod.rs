@@ -124,25 +124,13 @@ impl Drop for Netns {
     }
 }
 
-/// Makes a bare namespace look like a node: forwarding on, and a default route through an
-/// uplink veth (whose peer goes nowhere). Proxy ARP answers the pod's ARP for 169.254.1.1
-/// only when the node has a route to it through another interface; on a real node the
-/// default route is that route.
+/// Makes a bare namespace look like a node, as `enforcer/src/node.rs` does: forwarding on
+/// and the pods' gateway 169.254.1.1/32 on `lo`. The node then answers the pods' ARP for the
+/// gateway (on a node without that address, proxy ARP answers because the default route
+/// covers it).
 pub fn node_uplink(node: &Netns) {
     node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    node.ip(&[
-        "link",
-        "add",
-        "uplink",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "uplinkpeer",
-    ]);
-    node.ip(&["link", "set", "uplink", "up"]);
-    node.ip(&["link", "set", "uplinkpeer", "up"]);
-    node.ip(&["route", "add", "default", "dev", "uplink"]);
+    node.ip(&["addr", "add", "169.254.1.1/32", "dev", "lo"]);
 }
 
 /// A temporary directory removed on drop.
