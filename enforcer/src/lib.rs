@@ -3,3 +3,6 @@ pub mod api;
 pub mod config;
 pub mod flowlog;
 pub mod source;
+pub mod node;
+pub mod datapath;
+pub mod sync;

@@ -1,0 +1,206 @@
+//! Differential test: for random clusters, policies and flows, the kernel program
+//! (BPF_PROG_TEST_RUN on maps written by the enforcer's sync code, in a private bpffs) and
+//! the policy core's map-level evaluator (`eval::maps`) agree on the verdict and the rule
+//! id, for both the egress hook of the source and the ingress hook of the destination.
+//! At least 10,000 flows are compared per run; PALISADE_DIFF_CASES raises the count.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
+
+mod common;
+#[path = "../../policy-compiler/tests/common/generate.rs"]
+mod generate;
+
+use std::net::IpAddr;
+
+use generate::*;
+use palisade_enforcer::datapath::packet::{self, L4, TCP_SYN};
+use palisade_enforcer::datapath::{Datapath, Hook};
+use palisade_enforcer::sync::{self, LocalEndpoints};
+use policy_compiler::abi::{self, EndpointInfo, VerdictEvent};
+use policy_compiler::eval::{Decision, FlowPeer, maps};
+use policy_compiler::{Engine, EngineConfig, Protocol};
+use proptest::test_runner::{Config, TestRunner};
+
+const FLOWS_PER_CASE: usize = 1500;
+
+fn cases() -> u32 {
+    std::env::var("PALISADE_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+}
+
+/// The decision the kernel's return code and event express, in the evaluator's terms.
+fn kernel_decision(ret: u32, ev: &VerdictEvent) -> Decision {
+    match (ret, ev.verdict, ev.drop_reason as u32) {
+        (0, abi::EVENT_VERDICT_FORWARDED, _) if ev.rule_id == abi::RULE_ID_NOT_ISOLATED => {
+            Decision::NotIsolated
+        }
+        (0, abi::EVENT_VERDICT_FORWARDED, _) => Decision::Allowed { rule: ev.rule_id },
+        (0, abi::EVENT_VERDICT_AUDIT, _) => Decision::Denied {
+            rule: ev.rule_id,
+            audit: true,
+        },
+        (2, _, abi::DROP_POLICY_DENIED) => Decision::DefaultDeny {
+            isolated_by: Vec::new(),
+        },
+        (2, _, abi::DROP_POLICY_DENY) => Decision::Denied {
+            rule: ev.rule_id,
+            audit: false,
+        },
+        (2, _, abi::DROP_PROXY_UNAVAILABLE) => Decision::Redirected {
+            rule: ev.rule_id,
+            proxy_port: u16::from_be(ev.proxy_port_be),
+        },
+        (2, _, abi::DROP_INVALID_IDENTITY) => Decision::InvalidIdentity,
+        (2, _, abi::DROP_EP_NOT_READY) => Decision::NotReady,
+        other => panic!("unexpected kernel outcome {other:?}: {ev:?}"),
+    }
+}
+
+/// Default-deny attribution lives in user space; compare the kernel-visible part.
+fn comparable(d: &Decision) -> Decision {
+    match d {
+        Decision::DefaultDeny { .. } => Decision::DefaultDeny {
+            isolated_by: Vec::new(),
+        },
+        d => d.clone(),
+    }
+}
+
+/// The address a peer has on the wire, if it has one.
+fn wire_ip(engine: &Engine, p: &FlowPeer) -> Option<IpAddr> {
+    match p {
+        FlowPeer::Ip(ip) => Some(*ip),
+        FlowPeer::Endpoint(k) => engine.cluster().endpoints.get(k)?.ips.first().copied(),
+    }
+}
+
+/// A local endpoint that can be the subject of a hook: it has an address of its own.
+fn subject(engine: &Engine, p: &FlowPeer) -> Option<(String, u32)> {
+    let FlowPeer::Endpoint(k) = p else {
+        return None;
+    };
+    let e = engine.cluster().endpoints.get(k)?;
+    if e.host_network || e.ips.is_empty() {
+        return None;
+    }
+    Some((k.clone(), engine.endpoint_identity(k)?))
+}
+
+fn l4(proto: Protocol, v4: bool, sport: u16, port: u16) -> L4 {
+    match proto {
+        Protocol::TCP => L4::Tcp {
+            sport,
+            dport: port,
+            flags: TCP_SYN,
+        },
+        Protocol::UDP => L4::Udp { sport, dport: port },
+        Protocol::SCTP => L4::Sctp { sport, dport: port },
+        // An echo request, keyed on its id, so every flow is a distinct tuple.
+        _ => L4::Icmp {
+            kind: if v4 { 8 } else { 128 },
+            code: 0,
+            id: sport,
+        },
+    }
+}
+
+struct Kernel {
+    dp: Datapath,
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+impl Kernel {
+    fn run(&mut self, hook: Hook, subject_id: u32, pkt: &[u8]) -> Decision {
+        self.dp
+            .set_endpoint(
+                1,
+                &EndpointInfo {
+                    identity: subject_id,
+                    policy_slot: subject_id,
+                    flags: abi::ENDPOINT_F_READY,
+                    revision: 1,
+                },
+            )
+            .unwrap();
+        let ret = self.dp.test_run(hook, pkt).unwrap();
+        self.dp.ct_flush().unwrap();
+        let mut evs = Vec::new();
+        while let Some(item) = self.events.next() {
+            evs.push(VerdictEvent::from_bytes(&item).unwrap());
+        }
+        assert_eq!(evs.len(), 1, "one event per new flow, got {evs:?}");
+        kernel_decision(ret, &evs[0])
+    }
+}
+
+#[test]
+fn kernel_and_map_evaluator_agree_on_random_flows() {
+    if !common::privileged("differential") {
+        return;
+    }
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let compared = std::cell::Cell::new(0usize);
+    let allowed = std::cell::Cell::new(0usize);
+    let result = runner.run(
+        &(cluster(), flow_seeds(FLOWS_PER_CASE)),
+        |(c, seeds)| {
+            let (engine, _) = Engine::compile(&c, EngineConfig::default()).unwrap();
+            // The enforcer writes the maps exactly as it does on a node.
+            let fs = common::PrivateBpffs::new("diff");
+            let mut dp = fs.load();
+            sync::write_full(&mut dp, &engine, &LocalEndpoints::default(), 1).unwrap();
+            let events = dp.take_events().unwrap();
+            let mut k = Kernel { dp, events };
+            for (i, s) in seeds.iter().enumerate() {
+                let flow = seed_to_flow(&c, s);
+                let (Some(src_ip), Some(dst_ip)) =
+                    (wire_ip(&engine, &flow.src), wire_ip(&engine, &flow.dst))
+                else {
+                    continue;
+                };
+                if src_ip.is_ipv4() != dst_ip.is_ipv4() || src_ip == dst_ip {
+                    continue;
+                }
+                let sport = 10_000 + (i as u16);
+                let pkt = packet::build(src_ip, dst_ip, l4(flow.protocol, src_ip.is_ipv4(), sport, flow.port));
+                let want = maps::evaluate(&engine, &flow);
+                if let Some((_, id)) = subject(&engine, &flow.src) {
+                    let got = k.run(Hook::FromPod, id, &pkt);
+                    let exp = comparable(want.egress.as_ref().unwrap());
+                    proptest::prop_assert_eq!(&got, &exp, "egress of {:?}", flow);
+                    compared.set(compared.get() + 1);
+                    if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                        allowed.set(allowed.get() + 1);
+                    }
+                }
+                if let Some((_, id)) = subject(&engine, &flow.dst) {
+                    let got = k.run(Hook::ToPod, id, &pkt);
+                    let exp = comparable(want.ingress.as_ref().unwrap());
+                    proptest::prop_assert_eq!(&got, &exp, "ingress of {:?}", flow);
+                    compared.set(compared.get() + 1);
+                    if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                        allowed.set(allowed.get() + 1);
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (n, a) = (compared.get(), allowed.get());
+    println!("differential: {n} hook decisions compared, {a} allowed, {} denied", n - a);
+    assert!(n >= 10_000 || cases() < 80, "compared only {n} decisions");
+    assert!(a > n / 20 && a < n - n / 20, "degenerate mix: {a}/{n} allowed");
+}
