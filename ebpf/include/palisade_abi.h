@@ -229,7 +229,7 @@ struct verdict_event {
 #define COUNTER_CT_REPLY         5
 #define COUNTER_EVENTS_LOST      6  /* ring buffer full */
 #define COUNTER_PASS_NON_IP      7  /* ARP and other non-IP frames */
-#define COUNTER_PASS_NEIGHBOR    8  /* IPv6 neighbour discovery */
+#define COUNTER_PASS_NEIGHBOR    8  /* IPv6 neighbour discovery and MLD */
 #define COUNTER_REVOKED          9  /* tracked flows cut by a policy change */
 
 struct counter_value {

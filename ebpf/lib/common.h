@@ -30,8 +30,11 @@
 #define ICMP_ECHO_REQUEST 8
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
-#define ICMPV6_ND_FIRST 133 /* router solicitation .. redirect: 133..137 */
-#define ICMPV6_ND_LAST 137
+/* Link control the pod needs whatever its policy: MLD (130..132, 143) and neighbour
+ * discovery (133..137). */
+#define ICMPV6_CTRL_FIRST 130
+#define ICMPV6_CTRL_LAST 137
+#define ICMPV6_MLD2_REPORT 143
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02

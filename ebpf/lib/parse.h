@@ -61,8 +61,9 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		__builtin_memcpy(&id, &h[4], 2);
 		__u8 req = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REQUEST : ICMPV6_ECHO_REQUEST_;
 		__u8 rep = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REPLY : ICMPV6_ECHO_REPLY_;
-		if (p->protocol == IPPROTO_ICMPV6_ && h[0] >= ICMPV6_ND_FIRST &&
-		    h[0] <= ICMPV6_ND_LAST)
+		if (p->protocol == IPPROTO_ICMPV6_ &&
+		    ((h[0] >= ICMPV6_CTRL_FIRST && h[0] <= ICMPV6_CTRL_LAST) ||
+		     h[0] == ICMPV6_MLD2_REPORT))
 			return PARSE_NEIGHBOR;
 		/* Only echo is tracked, keyed on its id; a request and a reply never share a
 		 * tuple, so an echo request from a peer can never pass as a reply. */

@@ -6,3 +6,6 @@ pub mod source;
 pub mod node;
 pub mod datapath;
 pub mod sync;
+pub mod daemon;
+pub mod demo;
+pub mod harness;

@@ -1,1 +1,234 @@
-fn main() {}
+//! `palisade-enforcer`: the node agent and its small client commands.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use palisade_cni::api::{Registration, Request, Response};
+use palisade_enforcer::config::{Config, SystemEnv};
+use palisade_enforcer::daemon::{Daemon, StartOptions, client_request};
+use palisade_enforcer::source::{DirSource, PolicySource as _};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade-enforcer",
+    version,
+    about = "Palisade node agent: enforces Kubernetes NetworkPolicy with tc eBPF on pod veths",
+    long_about = "Palisade node agent.\n\n\
+        `run` loads the eBPF datapath, compiles the manifests of a directory into \
+        identities and policy maps, serves the endpoint API the CNI plugin registers pods \
+        with, and writes every verdict to a Hubble-compatible JSON-lines log.\n\n\
+        `demo` builds a throwaway node of network namespaces, starts the agent on \
+        examples/manifests, sends allowed and denied traffic and prints the verdicts.",
+    after_help = "Examples:\n  \
+        palisade-enforcer demo\n  \
+        palisade-enforcer run --manifests examples/manifests --netns /run/netns/node\n  \
+        palisade-enforcer register --namespace shop --pod web-1 --ifname lxc1 --ip 10.244.0.5 --label app=web\n  \
+        palisade-enforcer status"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent in the foreground (SIGINT/SIGTERM stop it; enforcement stays).
+    Run(RunArgs),
+    /// Register an existing host-side veth as a pod's interface.
+    Register(RegisterArgs),
+    /// Remove a registration.
+    Deregister {
+        #[arg(long)]
+        container_id: String,
+        #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ask a running agent whether it is ready.
+    Status {
+        #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The local-node demo: pods in network namespaces, default deny and allow rules from
+    /// examples/manifests, real traffic, the verdict log that explains it.
+    Demo(palisade_enforcer::demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// YAML/JSON configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory of Kubernetes manifests (watched for changes).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// bpffs directory for pins (mounted if it is not a bpffs yet).
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Endpoint API socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Verdict log file.
+    #[arg(long)]
+    verdict_log: Option<PathBuf>,
+    /// Where registrations are kept across restarts.
+    #[arg(long, default_value = "/run/palisade")]
+    state_dir: PathBuf,
+    /// Network namespace whose pod interfaces to enforce (a /run/netns path); default:
+    /// the agent's own.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Fail instead of mounting a bpffs on the pin root.
+    #[arg(long)]
+    no_mount: bool,
+    /// No narration on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RegisterArgs {
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    pod: String,
+    /// Host-side interface name (in the agent's network namespace).
+    #[arg(long)]
+    ifname: String,
+    /// Pod address (repeatable).
+    #[arg(long = "ip", required = true)]
+    ips: Vec<IpAddr>,
+    /// Pod label key=value (repeatable); without any, the agent takes the labels of the
+    /// Pod of that name in its manifests.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Registration key; default: namespace/pod.
+    #[arg(long)]
+    container_id: Option<String>,
+    #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("label {s:?}: expected key=value"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Register(a) => register(a),
+        Cmd::Deregister {
+            container_id,
+            socket,
+        } => client(&socket, &Request::Deregister { container_id }),
+        Cmd::Status { socket } => client(&socket, &Request::Status),
+        Cmd::Demo(a) => palisade_enforcer::demo::run(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade-enforcer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let env = SystemEnv;
+    let mut config = Config::load(a.config.as_deref(), &env)?;
+    if let Some(v) = a.manifests {
+        config.manifest_dir = v;
+    }
+    if let Some(v) = a.pin_root {
+        config.pin_root = v;
+    }
+    if let Some(v) = a.socket {
+        config.socket = v;
+    }
+    if let Some(v) = a.verdict_log {
+        config.verdict_log = v;
+    }
+    if let Some(v) = a.node_name {
+        config.node_name = v;
+    }
+    let config = config.resolve(&env);
+    if let Err(e) = config.validate() {
+        eprintln!("palisade-enforcer: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    // Enter the node's network namespace before any thread exists, so every thread of the
+    // runtime (netlink, attach, the API) lives there. The mount namespace stays: pins must
+    // be visible from the host.
+    if let Some(ns) = &a.netns {
+        let f = std::fs::File::open(ns).with_context(|| format!("--netns {}", ns.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering network namespace {}", ns.display()))?;
+    }
+    let mut source = DirSource::open(&config.manifest_dir, config.source_debounce())
+        .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
+    let rx = source.subscribe()?;
+    let daemon = Daemon::start(
+        &StartOptions {
+            config: config.clone(),
+            state_dir: a.state_dir,
+            mount_bpffs: !a.no_mount,
+            quiet: a.quiet,
+        },
+        Box::new(source),
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        Arc::new(daemon).run(rx, &config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
+    let labels = (!a.labels.is_empty()).then(|| a.labels.into_iter().collect::<BTreeMap<_, _>>());
+    let req = Request::Register(Registration {
+        container_id: a
+            .container_id
+            .unwrap_or_else(|| format!("{}/{}", a.namespace, a.pod)),
+        namespace: a.namespace,
+        pod: a.pod,
+        host_ifname: a.ifname,
+        ips: a.ips,
+        labels,
+        named_ports: Vec::new(),
+    });
+    client(&a.socket, &req)
+}
+
+fn client(socket: &std::path::Path, req: &Request) -> anyhow::Result<ExitCode> {
+    let resp = client_request(socket, req)
+        .with_context(|| format!("enforcer at {}", socket.display()))?;
+    println!("{}", serde_json::to_string(&resp)?);
+    Ok(match resp {
+        Response::Error { .. } => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}

@@ -1,0 +1,702 @@
+//! The node agent: one policy engine, one datapath, the endpoint API, the verdict log.
+//!
+//! All state sits behind one mutex and every change takes the same path:
+//! model change -> `Engine::apply` -> `MapDiff` -> [`sync::apply_diff`] -> revision bump.
+//! Pods registered through the API are merged into the model with the source's view of
+//! the same pod (labels from the registration win, addresses always come from it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use palisade_cni::api::{Registration, Request, Response};
+use policy_compiler::abi;
+use policy_compiler::k8s::Labels;
+use policy_compiler::model::{Endpoint, NamedPort, Namespace, WorkloadRef};
+use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{EndpointRegistry, Server, ServerLimits};
+use crate::config::Config;
+use crate::datapath::{self, Datapath, LoadOptions};
+use crate::flowlog::{BootClock, EngineResolver, FlowLogger, RotatingWriter};
+use crate::source::{PolicySource, SourceEvent};
+use crate::sync::{self, LocalEndpoints};
+
+/// The registrations file in the state directory: what a restarted enforcer needs to
+/// know which interfaces belong to which pods.
+const REGISTRATIONS_FILE: &str = "endpoints.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Datapath(#[from] datapath::DatapathError),
+    #[error("policy engine: {0}")]
+    Engine(#[from] policy_compiler::engine::EngineError),
+    #[error("state file {path}: {detail}")]
+    State { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    FlowLog(#[from] crate::flowlog::FlowLogError),
+}
+
+/// A registration as the enforcer keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    registration: Registration,
+    ifindex: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    dp: Datapath,
+    local: LocalEndpoints,
+    regs: BTreeMap<String, Stored>,
+    revision: u32,
+    ifnames: HashMap<u32, String>,
+}
+
+/// The running agent, shared by the API server and the loops.
+pub struct Daemon {
+    state: Mutex<State>,
+    source: Box<dyn PolicySource>,
+    state_dir: PathBuf,
+    /// One line per notable action on stderr (also the demo's narration).
+    quiet: bool,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("source", &self.source.describe())
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Daemon::start`] needs besides the configuration.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub config: Config,
+    /// Registrations survive restarts here (default `/run/palisade`).
+    pub state_dir: PathBuf,
+    pub mount_bpffs: bool,
+    pub quiet: bool,
+}
+
+impl Daemon {
+    /// Loads the datapath (adopting pins), compiles the source's snapshot with the
+    /// registrations a previous run left, and reconciles the maps. Enforcement that was in
+    /// place stays in place throughout: links are swapped, never detached.
+    pub fn start(
+        opts: &StartOptions,
+        source: Box<dyn PolicySource>,
+    ) -> Result<Daemon, DaemonError> {
+        let t0 = Instant::now();
+        let mut dp = Datapath::load(&LoadOptions {
+            pin_root: opts.config.pin_root.clone(),
+            mount_if_missing: opts.mount_bpffs,
+        })?;
+        let adopted = dp.adopted().len();
+        std::fs::create_dir_all(&opts.state_dir).map_err(|e| DaemonError::State {
+            path: opts.state_dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut regs = load_registrations(&opts.state_dir)?;
+        // Interfaces that disappeared while the enforcer was down are forgotten.
+        regs.retain(|_, s| {
+            datapath::ifindex_of(&s.registration.host_ifname).ok() == Some(s.ifindex)
+        });
+        let mut cluster: Cluster = (*source.initial()).clone();
+        let mut local = LocalEndpoints::default();
+        let mut ifnames = HashMap::new();
+        for s in regs.values() {
+            let ep = merged_endpoint(&s.registration, source.as_ref());
+            ensure_namespace(&mut cluster, &ep.namespace);
+            local.insert(ep.key.clone(), s.ifindex);
+            ifnames.insert(s.ifindex, s.registration.host_ifname.clone());
+            cluster.endpoints.insert(ep.key.clone(), ep);
+        }
+        let (engine, _) = Engine::compile_owned(cluster, EngineConfig::default())?;
+        let revision = dp
+            .endpoints()?
+            .iter()
+            .map(|(_, e)| e.revision)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let stats = sync::reconcile(&mut dp, &engine, &local, revision)?;
+        for s in regs.values() {
+            dp.attach(&s.registration.host_ifname)?;
+        }
+        let daemon = Daemon {
+            state: Mutex::new(State {
+                engine,
+                dp,
+                local,
+                regs,
+                revision,
+                ifnames,
+            }),
+            source,
+            state_dir: opts.state_dir.clone(),
+            quiet: opts.quiet,
+        };
+        daemon.say(&format!(
+            "datapath ready in {} ms: {} policy writes, {} ipcache writes, {} links adopted, {} endpoints",
+            t0.elapsed().as_millis(),
+            stats.policy_writes,
+            stats.ipcache_writes,
+            adopted,
+            daemon.lock().regs.len()
+        ));
+        Ok(daemon)
+    }
+
+    fn say(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("palisade-enforcer: {msg}");
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would leave maps half-written; the lock's
+        // poison flag adds nothing to that, so keep serving with the inner state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy source's changes, merged with local registrations and applied.
+    pub fn apply_source(&self, changes: Vec<Change>) -> Result<(), DaemonError> {
+        let t0 = Instant::now();
+        let mut st = self.lock();
+        let mut merged = Vec::with_capacity(changes.len());
+        let registered: HashMap<String, Registration> = st
+            .regs
+            .values()
+            .map(|s| {
+                (
+                    Endpoint::pod_key(&s.registration.namespace, &s.registration.pod),
+                    s.registration.clone(),
+                )
+            })
+            .collect();
+        for c in changes {
+            match c {
+                Change::UpsertEndpoint(e) if registered.contains_key(&e.key) => {
+                    let reg = &registered[&e.key];
+                    merged.push(Change::UpsertEndpoint(merge(reg, Some(&e))));
+                }
+                Change::DeleteEndpoint(k) if registered.contains_key(&k) => {
+                    merged.push(Change::UpsertEndpoint(merge(&registered[&k], None)));
+                }
+                c => merged.push(c),
+            }
+        }
+        let n = merged.len();
+        let diff = st.engine.apply(merged)?;
+        let revision = st.revision + 1;
+        let State {
+            engine, dp, local, ..
+        } = &mut *st;
+        let stats = sync::apply_diff(dp, engine, &diff, local, revision)?;
+        st.revision = revision;
+        drop(st);
+        self.say(&format!(
+            "policy revision {revision}: {n} changes -> {} policy writes, {} deletes, {} ipcache writes, {} endpoints updated in {} us",
+            stats.policy_writes,
+            stats.policy_deletes,
+            stats.ipcache_writes,
+            stats.endpoints_written,
+            t0.elapsed().as_micros()
+        ));
+        Ok(())
+    }
+
+    fn register_locked(&self, reg: Registration) -> Response {
+        if let Some(msg) = validate_registration(&reg) {
+            return api_error("bad_request", msg);
+        }
+        let ifindex = match datapath::ifindex_of(&reg.host_ifname) {
+            Ok(i) => i,
+            Err(e) => return api_error("no_such_interface", e.to_string()),
+        };
+        let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+        // Re-registration of the same container replaces the earlier one.
+        if let Some(old) = self.lock().regs.get(&reg.container_id).cloned()
+            && (old.registration.host_ifname != reg.host_ifname
+                || Endpoint::pod_key(&old.registration.namespace, &old.registration.pod) != key)
+        {
+            self.deregister_locked(&reg.container_id);
+        }
+        let mut st = self.lock();
+        if let Some((other, _)) = st.regs.iter().find(|(id, s)| {
+            *id != &reg.container_id
+                && Endpoint::pod_key(&s.registration.namespace, &s.registration.pod) == key
+        }) {
+            return api_error(
+                "conflict",
+                format!("pod {key} is already registered by container {other}"),
+            );
+        }
+        let ep = merged_endpoint(&reg, self.source.as_ref());
+        let mut changes = Vec::new();
+        if !st.engine.cluster().namespaces.contains_key(&ep.namespace) {
+            changes.push(Change::UpsertNamespace(Namespace::new(
+                &ep.namespace,
+                Labels::new(),
+                false,
+            )));
+        }
+        changes.push(Change::UpsertEndpoint(ep));
+        st.local.insert(key.clone(), ifindex);
+        st.ifnames.insert(ifindex, reg.host_ifname.clone());
+        let revision = st.revision + 1;
+        let result = (|| -> Result<u32, DaemonError> {
+            let diff = st.engine.apply(changes)?;
+            let State {
+                engine, dp, local, ..
+            } = &mut *st;
+            sync::apply_diff(dp, engine, &diff, local, revision)?;
+            let identity = engine
+                .endpoint_identity(&key)
+                .unwrap_or(abi::IDENTITY_UNKNOWN);
+            // Written explicitly: a pod joining an existing identity has no diff of its own.
+            dp.set_endpoint(
+                ifindex,
+                &abi::EndpointInfo {
+                    identity,
+                    policy_slot: identity,
+                    flags: abi::ENDPOINT_F_READY,
+                    revision,
+                },
+            )?;
+            // Maps first, then the hooks: the first packet already meets the policy.
+            dp.attach(&reg.host_ifname)?;
+            Ok(identity)
+        })();
+        match result {
+            Ok(identity) => {
+                st.revision = revision;
+                st.regs.insert(
+                    reg.container_id.clone(),
+                    Stored {
+                        registration: reg.clone(),
+                        ifindex,
+                    },
+                );
+                if let Err(e) = save_registrations(&self.state_dir, &st.regs) {
+                    return api_error("state", e.to_string());
+                }
+                drop(st);
+                self.say(&format!(
+                    "registered {key} on {} (ifindex {ifindex}) as identity {identity}",
+                    reg.host_ifname
+                ));
+                Response::Registered {
+                    endpoint: key,
+                    identity,
+                    ifindex,
+                }
+            }
+            Err(e) => {
+                // Leave nothing half-done: the interface has no endpoint entry and no
+                // hooks, the model does not know the pod.
+                st.dp.detach(ifindex);
+                let _ = st.dp.remove_endpoint(ifindex);
+                st.local.remove(&key);
+                let restore = self
+                    .source
+                    .initial()
+                    .endpoints
+                    .get(&key)
+                    .cloned()
+                    .map(Change::UpsertEndpoint)
+                    .unwrap_or(Change::DeleteEndpoint(key.clone()));
+                if let Ok(diff) = st.engine.apply(vec![restore]) {
+                    let State {
+                        engine, dp, local, ..
+                    } = &mut *st;
+                    let _ = sync::apply_diff(dp, engine, &diff, local, revision);
+                }
+                api_error("datapath", e.to_string())
+            }
+        }
+    }
+
+    fn deregister_locked(&self, container_id: &str) -> Response {
+        let mut st = self.lock();
+        let Some(stored) = st.regs.remove(container_id) else {
+            return Response::Deregistered { existed: false };
+        };
+        let reg = &stored.registration;
+        let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+        st.dp.detach(stored.ifindex);
+        let _ = st.dp.remove_endpoint(stored.ifindex);
+        st.local.remove(&key);
+        st.ifnames.remove(&stored.ifindex);
+        // The pod goes back to what the source says of it (usually nothing).
+        let change = self
+            .source
+            .initial()
+            .endpoints
+            .get(&key)
+            .cloned()
+            .map(Change::UpsertEndpoint)
+            .unwrap_or(Change::DeleteEndpoint(key.clone()));
+        let revision = st.revision + 1;
+        let res = st.engine.apply(vec![change]).map_err(DaemonError::from).and_then(|diff| {
+            let State {
+                engine, dp, local, ..
+            } = &mut *st;
+            sync::apply_diff(dp, engine, &diff, local, revision).map_err(DaemonError::from)
+        });
+        st.revision = revision;
+        let saved = save_registrations(&self.state_dir, &st.regs);
+        drop(st);
+        match (res, saved) {
+            (Ok(_), Ok(())) => {
+                self.say(&format!("deregistered {key}"));
+                Response::Deregistered { existed: true }
+            }
+            (Err(e), _) | (_, Err(e)) => api_error("datapath", e.to_string()),
+        }
+    }
+
+    /// Writes pending events to the verdict log.
+    fn drain_events(
+        &self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        logger: &mut FlowLogger,
+    ) -> usize {
+        let st = self.lock();
+        let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            let Some(ev) = abi::VerdictEvent::from_bytes(&item) else {
+                continue;
+            };
+            if let Err(e) = logger.log(&ev, &resolver) {
+                eprintln!("palisade-enforcer: verdict log: {e}");
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Sums of one counter over both directions.
+    fn counter_total(&self, code: u32) -> u64 {
+        self.lock()
+            .dp
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .filter(|((_, k), _)| *k == code)
+                    .map(|(_, v)| v.packets)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Runs until SIGINT/SIGTERM or `shutdown` fires: the API server, the source watch,
+    /// the event reader, conntrack GC. On exit nothing is detached: pinned links and maps
+    /// keep enforcing until the next enforcer adopts them.
+    pub async fn run(
+        self: Arc<Self>,
+        mut source_rx: tokio::sync::mpsc::Receiver<SourceEvent>,
+        config: &Config,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let server = Server::bind(&config.socket, ServerLimits::from_config(config))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut ring = self.lock().dp.take_events()?;
+        let writer = RotatingWriter::from_config(config)?;
+        let mut logger = FlowLogger::new(writer, &config.node_name, BootClock::from_system()?);
+
+        let api_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let api = tokio::spawn(server.serve(self.clone(), api_stop));
+
+        let src_daemon = self.clone();
+        let mut src_stop = stop_rx.clone();
+        let source_task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = src_stop.wait_for(|s| *s) => break,
+                    ev = source_rx.recv() => match ev {
+                        Some(SourceEvent::Changes(c)) => {
+                            if let Err(e) = src_daemon.apply_source(c) {
+                                eprintln!("palisade-enforcer: applying the source's changes failed, previous maps stay: {e}");
+                            }
+                        }
+                        Some(SourceEvent::Error(e)) => {
+                            eprintln!("palisade-enforcer: policy source: {e}; enforcement continues on the last good policy");
+                        }
+                        None => break,
+                    }
+                }
+            }
+        });
+
+        let readable = ring_fd(&ring);
+        let gc_every = config.ct_gc_interval();
+        let mut gc = tokio::time::interval(gc_every);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut lost_seen = 0u64;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = readable.readable() => {
+                    self.drain_events(&mut ring, &mut logger);
+                }
+                _ = tick.tick() => {
+                    // Covers wakeups the fd may not deliver and flushes the log.
+                    self.drain_events(&mut ring, &mut logger);
+                    let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
+                    if lost != lost_seen {
+                        let _ = logger.observe_ring_lost(lost);
+                        lost_seen = lost;
+                    }
+                    let _ = logger.flush();
+                }
+                _ = gc.tick() => {
+                    let n = self.lock().dp.ct_gc().unwrap_or(0);
+                    if n > 0 {
+                        self.say(&format!("conntrack gc: {n} expired entries removed"));
+                    }
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        self.drain_events(&mut ring, &mut logger);
+        let _ = logger.flush();
+        let _ = source_task.await;
+        match api.await {
+            Ok(r) => r?,
+            Err(e) => eprintln!("palisade-enforcer: api task: {e}"),
+        }
+        self.say("stopped; pinned programs and maps keep enforcing");
+        Ok(())
+    }
+
+    /// A snapshot for `inspect`.
+    pub fn describe(&self) -> String {
+        let st = self.lock();
+        let mut out = String::new();
+        for (id, s) in &st.regs {
+            out.push_str(&format!(
+                "{id}: {}/{} on {} (ifindex {})\n",
+                s.registration.namespace, s.registration.pod, s.registration.host_ifname, s.ifindex
+            ));
+        }
+        out
+    }
+}
+
+impl EndpointRegistry for Daemon {
+    async fn register(&self, registration: Registration) -> Response {
+        self.register_locked(registration)
+    }
+    async fn deregister(&self, container_id: String) -> Response {
+        self.deregister_locked(&container_id)
+    }
+    async fn status(&self) -> Response {
+        let st = self.lock();
+        Response::Status {
+            api_version: palisade_cni::api::API_VERSION,
+            endpoints: st.regs.len() as u32,
+            ready: true,
+        }
+    }
+}
+
+/// An fd to await ring-buffer readiness on. Polling through the 200 ms tick remains the
+/// fallback, so a missed wakeup delays a line, never loses it.
+struct RingReadable {
+    inner: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl RingReadable {
+    async fn readable(&self) {
+        match &self.inner {
+            Some(fd) => {
+                if let Ok(mut g) = fd.readable().await {
+                    g.clear_ready();
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn ring_fd(ring: &aya::maps::RingBuf<aya::maps::MapData>) -> RingReadable {
+    use std::os::fd::AsFd as _;
+    let inner = ring.as_fd().try_clone_to_owned().ok().and_then(|fd| {
+        #[expect(
+            unsafe_code,
+            reason = "AsyncFd::register_with_interest requires the fd to stay open while \
+                      registered; the AsyncFd owns this duplicate, so it does"
+        )]
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, closed only when it drops.
+        let r = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        r.ok()
+    });
+    RingReadable { inner }
+}
+
+fn validate_registration(reg: &Registration) -> Option<String> {
+    if reg.container_id.is_empty() {
+        return Some("container_id: must not be empty".into());
+    }
+    if reg.namespace.is_empty() || reg.pod.is_empty() {
+        return Some("namespace and pod: must not be empty".into());
+    }
+    if reg.host_ifname.is_empty() || reg.host_ifname.len() > 15 {
+        return Some(format!(
+            "host_ifname {:?}: must be 1 to 15 bytes",
+            reg.host_ifname
+        ));
+    }
+    if reg.ips.is_empty() {
+        return Some("ips: a pod needs at least one address".into());
+    }
+    for p in &reg.named_ports {
+        if Protocol::from_name(&p.protocol).is_none() {
+            return Some(format!(
+                "named_ports[{}].protocol {:?}: must be TCP, UDP or SCTP",
+                p.name, p.protocol
+            ));
+        }
+    }
+    None
+}
+
+/// The model endpoint of a registration, with the source's knowledge of the pod.
+fn merged_endpoint(reg: &Registration, source: &dyn PolicySource) -> Endpoint {
+    let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+    let known = source.initial().endpoints.get(&key).cloned();
+    match known {
+        Some(e) => merge(reg, Some(&e)),
+        None => {
+            let info = source.pod_info(&reg.namespace, &reg.pod);
+            let mut e = merge(reg, None);
+            if let Some(info) = info {
+                if reg.labels.is_none() {
+                    e.labels = info.labels;
+                }
+                if reg.named_ports.is_empty() {
+                    e.ports = info.named_ports;
+                }
+                e.workload = info.workload;
+            }
+            e
+        }
+    }
+}
+
+fn merge(reg: &Registration, source: Option<&Endpoint>) -> Endpoint {
+    let labels: Labels = match (&reg.labels, source) {
+        (Some(l), _) => l.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        (None, Some(e)) => e.labels.clone(),
+        (None, None) => Labels::new(),
+    };
+    let mut ports: Vec<NamedPort> = reg
+        .named_ports
+        .iter()
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: Protocol::from_name(&p.protocol)?,
+            })
+        })
+        .collect();
+    if ports.is_empty()
+        && let Some(e) = source
+    {
+        ports = e.ports.clone();
+    }
+    ports.sort();
+    Endpoint {
+        key: Endpoint::pod_key(&reg.namespace, &reg.pod),
+        namespace: reg.namespace.clone(),
+        name: reg.pod.clone(),
+        workload: source.map(|e| e.workload.clone()).unwrap_or(WorkloadRef {
+            kind: "Pod".into(),
+            name: reg.pod.clone(),
+        }),
+        labels,
+        ips: reg.ips.iter().copied().collect::<Vec<IpAddr>>(),
+        ports,
+        host_network: false,
+    }
+}
+
+fn ensure_namespace(cluster: &mut Cluster, ns: &str) {
+    if !cluster.namespaces.contains_key(ns) {
+        cluster
+            .namespaces
+            .insert(ns.to_string(), Namespace::new(ns, Labels::new(), false));
+    }
+}
+
+fn api_error(code: &str, message: impl Into<String>) -> Response {
+    Response::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn load_registrations(dir: &Path) -> Result<BTreeMap<String, Stored>, DaemonError> {
+    let path = dir.join(REGISTRATIONS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| DaemonError::State {
+            path,
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(DaemonError::State {
+            path,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Atomic replace: a crash leaves the old file or the new one, never half of either.
+fn save_registrations(dir: &Path, regs: &BTreeMap<String, Stored>) -> Result<(), DaemonError> {
+    let path = dir.join(REGISTRATIONS_FILE);
+    let tmp = dir.join(format!(".{REGISTRATIONS_FILE}.tmp"));
+    let err = |e: std::io::Error| DaemonError::State {
+        path: path.clone(),
+        detail: e.to_string(),
+    };
+    let body = serde_json::to_vec_pretty(regs).map_err(|e| DaemonError::State {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(())
+}
+
+/// Sends one request to a running enforcer (CLI `register`/`deregister`/`status`).
+pub fn client_request(socket: &Path, req: &Request) -> Result<Response, crate::api::ClientError> {
+    crate::api::Client::connect(socket)?.request(req)
+}
