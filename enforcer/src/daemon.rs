@@ -6,7 +6,6 @@
 //! the same pod (labels from the registration win, addresses always come from it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -638,7 +637,7 @@ fn merge(reg: &Registration, source: Option<&Endpoint>) -> Endpoint {
             name: reg.pod.clone(),
         }),
         labels,
-        ips: reg.ips.iter().copied().collect::<Vec<IpAddr>>(),
+        ips: reg.ips.to_vec(),
         ports,
         host_network: false,
     }

@@ -58,7 +58,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = node::sweep_stale("demo");
     let exe = std::env::current_exe().context("locating palisade-enforcer")?;
-    let cluster = load_paths(&[args.manifests.clone()], &LoadOptions::default())
+    let cluster = load_paths(std::slice::from_ref(&args.manifests), &LoadOptions::default())
         .with_context(|| format!("loading {}", args.manifests.display()))?
         .cluster;
 

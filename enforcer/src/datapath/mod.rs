@@ -91,12 +91,12 @@ pub enum DatapathError {
     PinnedMap {
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("loading the datapath object failed: {source}{log}")]
     Load {
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
         /// The tail of the verifier log, when a retry with logging produced one.
         log: String,
     },
@@ -104,7 +104,7 @@ pub enum DatapathError {
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map {name} missing from the datapath object")]
     MissingMap { name: &'static str },
@@ -112,7 +112,7 @@ pub enum DatapathError {
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("link pin {path}: {detail}")]
     Link { path: PathBuf, detail: String },
@@ -169,7 +169,7 @@ impl Datapath {
         for (name, _) in PROGRAMS {
             dp.classifier(name)?
                 .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
         }
         dp.adopt_links()?;
         Ok(dp)
@@ -190,10 +190,10 @@ impl Datapath {
             .program_mut(name)
             .ok_or(DatapathError::Program {
                 name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })?;
         p.try_into()
-            .map_err(|source| DatapathError::Program { name, source })
+            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })
     }
 
     /// Takes over every pinned link: the new program replaces the old one inside the link
@@ -239,11 +239,11 @@ impl Datapath {
         let prog = self.classifier(name)?;
         let id = prog
             .attach_to_link(link)
-            .map_err(|source| DatapathError::Program { name, source })?;
+            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
         // Re-pin: the old pin file still names the same link; replace it with ours.
         let link = prog
             .take_link(id)
-            .map_err(|source| DatapathError::Program { name, source })?;
+            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
         let fd: FdLink = link.try_into().map_err(|e: LinkError| link_err(e.to_string()))?;
         let _ = std::fs::remove_file(path);
         fd.pin(path).map_err(|e| link_err(e.to_string()))?;
@@ -270,10 +270,10 @@ impl Datapath {
                     hook.attach_type(),
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(|source| DatapathError::Program { name, source })?;
+                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
             let link = prog
                 .take_link(id)
-                .map_err(|source| DatapathError::Program { name, source })?;
+                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
             let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::Link {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -307,7 +307,7 @@ impl Datapath {
             let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type()).map_err(
                 |source| DatapathError::Program {
                     name: hook.program(),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
             out.push((
@@ -342,30 +342,30 @@ impl Datapath {
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
         let name = "pal_endpoints";
         let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
         m.insert(ifindex, info.to_bytes(), 0)
-            .map_err(|source| DatapathError::Map { name, source })
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
         let name = "pal_endpoints";
         let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
         match m.get(&ifindex, 0) {
             Ok(b) => Ok(Some(EndpointInfo::from_bytes(&b))),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map { name, source }),
+            Err(source) => Err(DatapathError::Map { name, source: Box::new(source) }),
         }
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>> {
         let name = "pal_endpoints";
         let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
         m.iter()
             .map(|r| {
                 r.map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
-                    .map_err(|source| DatapathError::Map { name, source })
+                    .map_err(|source| DatapathError::Map { name, source: Box::new(source) })
             })
             .collect()
     }
@@ -373,10 +373,10 @@ impl Datapath {
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         let name = "pal_endpoints";
         let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
         match m.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map { name, source }),
+            Err(source) => Err(DatapathError::Map { name, source: Box::new(source) }),
         }
     }
 
@@ -384,7 +384,7 @@ impl Datapath {
 
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 12], [u8; 12]>> {
         let name = "pal_policy";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
     }
 
     fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<[u8; 12]> {
@@ -400,7 +400,7 @@ impl Datapath {
             .insert(&k, value.to_bytes(), 0)
             .map_err(|source| DatapathError::Map {
                 name: "pal_policy",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -410,7 +410,7 @@ impl Datapath {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Map {
                 name: "pal_policy",
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -421,7 +421,7 @@ impl Datapath {
         let m = self.policy_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map { name, source })?;
+            let (k, v) = r.map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
             let d = k.data();
             let slot = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
             let identity = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
@@ -444,7 +444,7 @@ impl Datapath {
 
     fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], [u8; 8]>> {
         let name = "pal_ipcache";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
     }
 
     pub fn upsert_ipcache(&mut self, cidr: &Cidr, identity: u32) -> Result<()> {
@@ -455,7 +455,7 @@ impl Datapath {
             .insert(&LpmKey::new(len, data), v, 0)
             .map_err(|source| DatapathError::Map {
                 name: "pal_ipcache",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -465,7 +465,7 @@ impl Datapath {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Map {
                 name: "pal_ipcache",
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -477,7 +477,7 @@ impl Datapath {
         for r in m.iter() {
             let (k, v) = r.map_err(|source| DatapathError::Map {
                 name: "pal_ipcache",
-                source,
+                source: Box::new(source),
             })?;
             let d = k.data();
             let len = k.prefix_len().saturating_sub(abi::IPCACHE_PREFIX_FIXED) as u8;
@@ -499,7 +499,7 @@ impl Datapath {
 
     fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 48]>> {
         let name = "pal_ct";
-        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
     }
 
     /// Every conntrack entry.
@@ -509,7 +509,7 @@ impl Datapath {
         for r in m.iter() {
             let (k, v) = r.map_err(|source| DatapathError::Map {
                 name: "pal_ct",
-                source,
+                source: Box::new(source),
             })?;
             out.push((CtKey::from_bytes(&k), CtEntry::from_bytes(&v)));
         }
@@ -552,12 +552,12 @@ impl Datapath {
     pub fn counters(&self) -> Result<Counters> {
         let name = "pal_counters";
         let m: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
+            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
         let mut out = Counters::new();
         for idx in 0..abi::COUNTER_MAX {
             let vals = m
                 .get(&idx, 0)
-                .map_err(|source| DatapathError::Map { name, source })?;
+                .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
             let (p, b) = vals
                 .iter()
                 .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
@@ -583,7 +583,7 @@ impl Datapath {
             .bpf
             .take_map(name)
             .ok_or(DatapathError::MissingMap { name })?;
-        RingBuf::try_from(m).map_err(|source| DatapathError::Map { name, source })
+        RingBuf::try_from(m).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
     }
 
     /// Runs one program on a packet with BPF_PROG_TEST_RUN (tests and `palisade-enforcer
@@ -597,7 +597,7 @@ impl Datapath {
                 data_in: Some(packet),
                 ..Default::default()
             })
-            .map_err(|source| DatapathError::Program { name, source })?;
+            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
         Ok(r.return_value)
     }
 
@@ -641,7 +641,10 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf> {
                 }
                 Ok(_) => String::new(),
             };
-            Err(DatapathError::Load { source, log })
+            Err(DatapathError::Load {
+                source: Box::new(source),
+                log,
+            })
         }
     }
 }
@@ -711,6 +714,6 @@ fn ensure_bpffs(root: &Path, mount_if_missing: bool) -> Result<()> {
 /// Whether a path is on a bpffs (or under one).
 pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }

@@ -89,7 +89,7 @@ pub fn verify_pins(dir: &Path) -> Result<(), DatapathError> {
         }
         let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMap {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let mut diffs = Vec::new();
         match info.map_type() {
