@@ -269,15 +269,30 @@ fn fail_closed_cases_have_their_own_reasons() {
     let mut short = packet::build(ip("10.0.0.2"), ip("10.0.0.1"), syn(1, 80));
     short.truncate(14 + 20 + 6);
     assert_eq!(f.dp.test_run(Hook::ToPod, &short).unwrap(), DROP);
-    // Non-IP passes.
+    // Non-IP passes, and so do IPv6 neighbour discovery and MLD (link control).
     assert_eq!(f.dp.test_run(Hook::ToPod, &packet::arp()).unwrap(), PASS);
+    for kind in [135, 136, 143] {
+        let icmp6 = L4::Icmp { kind, code: 0, id: 0 };
+        assert_eq!(f.run(Hook::FromPod, "fe80::1", "ff02::16", icmp6), PASS, "ICMPv6 type {kind}");
+    }
+    // Other ICMPv6 from a link-local source is policed like any packet: not the pod's address.
+    assert_eq!(
+        f.run(Hook::FromPod, "fe80::1", "ff02::1", L4::Icmp { kind: 128, code: 0, id: 1 }),
+        DROP
+    );
     let ev = f.events();
     let reasons: Vec<u32> = ev.iter().map(|e| e.drop_reason as u32).collect();
     assert_eq!(
         reasons,
-        vec![abi::DROP_INVALID_SOURCE_IP, abi::DROP_FRAG_NOT_SUPPORTED, abi::DROP_INVALID_PACKET]
+        vec![
+            abi::DROP_INVALID_SOURCE_IP,
+            abi::DROP_FRAG_NOT_SUPPORTED,
+            abi::DROP_INVALID_PACKET,
+            abi::DROP_INVALID_SOURCE_IP
+        ]
     );
     assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_PASS_NON_IP), 1);
+    assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_PASS_NEIGHBOR), 3);
 
     // A peer address no ipcache prefix covers.
     f.dp.delete_ipcache(&"0.0.0.0/0".parse().unwrap()).unwrap();
