@@ -53,6 +53,15 @@ enum Cmd {
         #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Show what the pinned datapath holds: endpoints, hooks, map sizes, counters. Reads
+    /// pins only; safe next to a running agent.
+    Inspect {
+        #[arg(long, default_value = palisade_enforcer::config::DEFAULT_PIN_ROOT)]
+        pin_root: PathBuf,
+        /// Network namespace of the pod interfaces (to name them and list TCX programs).
+        #[arg(long)]
+        netns: Option<PathBuf>,
+    },
     /// The local-node demo: pods in network namespaces, default deny and allow rules from
     /// examples/manifests, real traffic, the verdict log that explains it.
     Demo(palisade_enforcer::demo::DemoArgs),
@@ -133,6 +142,7 @@ fn main() -> ExitCode {
         } => client(&socket, &Request::Deregister { container_id }),
         Cmd::Status { socket } => client(&socket, &Request::Status),
         Cmd::Demo(a) => palisade_enforcer::demo::run(&a),
+        Cmd::Inspect { pin_root, netns } => inspect(&pin_root, netns.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -204,6 +214,62 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         };
         Arc::new(daemon).run(rx, &config, shutdown).await
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(pin_root: &std::path::Path, netns: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use palisade_enforcer::datapath::{self, Hook};
+    use policy_compiler::abi;
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).with_context(|| format!("--netns {}", ns.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering network namespace {}", ns.display()))?;
+    }
+    let dir = pin_root.join(format!("v{}", abi::ABI_VERSION));
+    let snap = datapath::inspect(&dir).with_context(|| format!("pins in {}", dir.display()))?;
+    println!("pins: {}", dir.display());
+    println!(
+        "maps: {} policy entries, {} ipcache entries, {} conntrack entries",
+        snap.policy_entries, snap.ipcache_entries, snap.ct_entries
+    );
+    println!("endpoints:");
+    for (ifindex, e) in &snap.endpoints {
+        let name = nix::net::if_::if_nameindex()
+            .ok()
+            .and_then(|l| {
+                l.iter()
+                    .find(|i| i.index() == *ifindex)
+                    .map(|i| i.name().to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "?".into());
+        let hooks = match datapath::Datapath::query(&name) {
+            Ok(h) => h
+                .iter()
+                .map(|(hook, progs)| {
+                    let which = if *hook == Hook::FromPod { "ingress" } else { "egress" };
+                    format!("{which}: [{}]", progs.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("  "),
+            Err(e) => format!("tcx query failed: {e}"),
+        };
+        println!(
+            "  ifindex {ifindex:<4} {name:<16} identity {:<8} {} rev {:<4} {hooks}",
+            e.identity,
+            if e.flags & abi::ENDPOINT_F_READY != 0 { "READY    " } else { "NOT READY" },
+            e.revision
+        );
+    }
+    println!("counters (packets, bytes):");
+    for ((dir, code), v) in &snap.counters {
+        let d = if *dir == abi::DIRECTION_INGRESS { "ingress" } else { "egress " };
+        println!(
+            "  {d} {:<40} {:>10} {:>12}",
+            datapath::counter_name(*code),
+            v.packets,
+            v.bytes
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -717,3 +717,112 @@ pub fn is_bpffs(path: &Path) -> bool {
         .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
+
+/// What the pinned datapath holds, read without loading or attaching anything (the
+/// `inspect` command; safe next to a running enforcer).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub endpoints: Vec<(u32, EndpointInfo)>,
+    pub counters: Counters,
+    pub policy_entries: usize,
+    pub ipcache_entries: usize,
+    pub ct_entries: usize,
+    pub links: Vec<(u32, Hook)>,
+}
+
+fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|source| DatapathError::PinnedMap {
+        path: pin_dir.join(name),
+        source: Box::new(source),
+    })?;
+    aya::maps::Map::from_map_data(data).map_err(|source| DatapathError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Reads the pinned maps and link pins under `pin_dir` (`<pin root>/v<ABI>`).
+pub fn inspect(pin_dir: &Path) -> Result<Snapshot> {
+    let mut snap = Snapshot::default();
+    let m = pinned(pin_dir, "pal_endpoints")?;
+    let eps: BpfHashMap<_, u32, [u8; 16]> =
+        BpfHashMap::try_from(&m).map_err(|source| DatapathError::Map {
+            name: "pal_endpoints",
+            source: Box::new(source),
+        })?;
+    snap.endpoints = eps
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
+        .collect();
+    let m = pinned(pin_dir, "pal_policy")?;
+    let pol: LpmTrie<_, [u8; 12], [u8; 12]> =
+        LpmTrie::try_from(&m).map_err(|source| DatapathError::Map {
+            name: "pal_policy",
+            source: Box::new(source),
+        })?;
+    snap.policy_entries = pol.keys().count();
+    let m = pinned(pin_dir, "pal_ipcache")?;
+    let ipc: LpmTrie<_, [u8; 20], [u8; 8]> =
+        LpmTrie::try_from(&m).map_err(|source| DatapathError::Map {
+            name: "pal_ipcache",
+            source: Box::new(source),
+        })?;
+    snap.ipcache_entries = ipc.keys().count();
+    let m = pinned(pin_dir, "pal_ct")?;
+    let ct: BpfHashMap<_, [u8; 44], [u8; 48]> =
+        BpfHashMap::try_from(&m).map_err(|source| DatapathError::Map {
+            name: "pal_ct",
+            source: Box::new(source),
+        })?;
+    snap.ct_entries = ct.keys().count();
+    let m = pinned(pin_dir, "pal_counters")?;
+    let c: PerCpuArray<_, [u64; 2]> =
+        PerCpuArray::try_from(&m).map_err(|source| DatapathError::Map {
+            name: "pal_counters",
+            source: Box::new(source),
+        })?;
+    for idx in 0..abi::COUNTER_MAX {
+        if let Ok(vals) = c.get(&idx, 0) {
+            let (p, b) = vals
+                .iter()
+                .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
+            if p != 0 {
+                snap.counters.insert(
+                    (
+                        (idx / abi::COUNTER_DIR_STRIDE) as u8,
+                        idx % abi::COUNTER_DIR_STRIDE,
+                    ),
+                    abi::CounterValue {
+                        packets: p,
+                        bytes: b,
+                    },
+                );
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) {
+        snap.links = entries
+            .flatten()
+            .filter_map(|e| parse_link_pin(&e.path()))
+            .collect();
+        snap.links.sort_by_key(|(i, h)| (*i, *h == Hook::ToPod));
+    }
+    Ok(snap)
+}
+
+/// A counter slot's name: a drop reason's Hubble name, or the pass/forward slot.
+pub fn counter_name(code: u32) -> &'static str {
+    match code {
+        abi::COUNTER_FORWARDED => "FORWARDED (new flow)",
+        abi::COUNTER_REDIRECTED => "REDIRECTED",
+        abi::COUNTER_AUDIT => "AUDIT",
+        abi::COUNTER_CT_ESTABLISHED => "conntrack established",
+        abi::COUNTER_CT_REPLY => "conntrack reply",
+        abi::COUNTER_EVENTS_LOST => "events lost (ring buffer full)",
+        abi::COUNTER_PASS_NON_IP => "passed: not IP",
+        abi::COUNTER_PASS_NEIGHBOR => "passed: IPv6 ND/MLD",
+        abi::COUNTER_REVOKED => "conntrack revoked by policy change",
+        c => abi::drop_reason_name(c),
+    }
+}
