@@ -59,6 +59,41 @@ static __always_inline __be16 policy_port(const struct pkt *p, __be16 port)
 	return is_l4_ports(p->protocol) ? port : 0;
 }
 
+/* A tracked flow admitted under an older policy revision is decided once more against
+ * the current maps. Returns 1 when the flow is revoked: its entry is removed and `d`
+ * holds the drop. */
+static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *key,
+				      const struct endpoint_info *ep, const __u8 *peer_addr,
+				      __u8 dir, const struct pkt *p, __be16 port,
+				      struct decision *d)
+{
+	if (ct->revision == ep->revision)
+		return 0;
+	__u32 peer = ipcache_identity(peer_addr, p->family);
+	*d = policy_decide(ep->policy_slot, peer, dir, p->protocol, policy_port(p, port));
+	if (peer == IDENTITY_UNKNOWN || d->drop_reason) {
+		if (!d->drop_reason)
+			d->drop_reason = DROP_INVALID_IDENTITY;
+		d->verdict = EVENT_VERDICT_DROPPED;
+		bpf_map_delete_elem(&pal_ct, key);
+		return 1;
+	}
+	ct->revision = ep->revision;
+	ct->rule_id = d->rule_id;
+	return 0;
+}
+
+/* The decision reported when a tracked flow closes. */
+static __always_inline struct decision closed(const struct ct_entry *ct)
+{
+	struct decision d = {};
+
+	d.verdict = EVENT_VERDICT_FORWARDED;
+	d.rule_id = ct->rule_id;
+	d.proxy_port = ct->proxy_port;
+	return d;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow_ctx f = {};
@@ -119,31 +154,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		/* Same flow, same hook: established. */
 		struct ct_entry *ct = bpf_map_lookup_elem(&pal_ct, &fwd);
 		if (ct && ct->expires_ns > now) {
-			__u32 peer = ipcache_identity(peer_addr, f.p.family);
-			if (dir == DIRECTION_EGRESS)
-				f.dst_identity = peer;
-			else
-				f.src_identity = peer;
-			if (ct->revision != ep.revision) {
-				/* Policy changed since the flow was admitted: decide again, once. */
-				d = policy_decide(ep.policy_slot, peer, dir, f.p.protocol,
-						  policy_port(&f.p, f.p.dport));
-				if (peer == IDENTITY_UNKNOWN || d.drop_reason) {
-					if (!d.drop_reason)
-						d.drop_reason = DROP_INVALID_IDENTITY;
-					d.verdict = EVENT_VERDICT_DROPPED;
-					bpf_map_delete_elem(&pal_ct, &fwd);
-					count(dir, COUNTER_REVOKED, 0);
-					kind = EVENT_KIND_REVOKED;
-					goto drop;
-				}
-				ct->revision = ep.revision;
-				ct->rule_id = d.rule_id;
+			f.src_identity = ct->src_identity;
+			f.dst_identity = ct->dst_identity;
+			if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
+				count(dir, COUNTER_REVOKED, 0);
+				kind = EVENT_KIND_REVOKED;
+				goto drop;
 			}
 			if (ct_refresh(ct, &f.p, now)) {
-				d.verdict = EVENT_VERDICT_FORWARDED;
-				d.rule_id = ct->rule_id;
-				d.drop_reason = 0;
+				d = closed(ct);
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
 			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
@@ -160,33 +179,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		rev.ifindex = f.ifindex;
 		ct = bpf_map_lookup_elem(&pal_ct, &rev);
 		if (ct && ct->expires_ns > now) {
-			if (ct->revision != ep.revision) {
-				/* Re-decide the flow as it was opened: the other direction, the
-				 * same peer, the port it was opened to. */
-				__u32 peer = ipcache_identity(peer_addr, f.p.family);
-				d = policy_decide(ep.policy_slot, peer, rev.direction, f.p.protocol,
-						  policy_port(&f.p, f.p.sport));
-				if (peer == IDENTITY_UNKNOWN || d.drop_reason) {
-					if (!d.drop_reason)
-						d.drop_reason = DROP_INVALID_IDENTITY;
-					d.verdict = EVENT_VERDICT_DROPPED;
-					bpf_map_delete_elem(&pal_ct, &rev);
-					count(dir, COUNTER_REVOKED, 0);
-					kind = EVENT_KIND_REVOKED;
-					goto drop;
-				}
-				ct->revision = ep.revision;
-				ct->rule_id = d.rule_id;
+			f.src_identity = ct->dst_identity;
+			f.dst_identity = ct->src_identity;
+			/* Re-decided as it was opened: the other direction, the same peer, the
+			 * port it was opened to. */
+			if (ct_recheck(ct, &rev, &ep, peer_addr, rev.direction, &f.p, f.p.sport, &d)) {
+				count(dir, COUNTER_REVOKED, 0);
+				kind = EVENT_KIND_REVOKED;
+				goto drop;
 			}
 			ct->flags |= CT_F_REPLY_SEEN;
 			if (ct_refresh(ct, &f.p, now)) {
-				if (dir == DIRECTION_EGRESS)
-					f.dst_identity = ipcache_identity(peer_addr, f.p.family);
-				else
-					f.src_identity = ipcache_identity(peer_addr, f.p.family);
-				d.verdict = EVENT_VERDICT_FORWARDED;
-				d.rule_id = ct->rule_id;
-				d.drop_reason = 0;
+				d = closed(ct);
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
 			count(dir, COUNTER_CT_REPLY, f.p.len);

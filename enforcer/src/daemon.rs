@@ -309,15 +309,7 @@ impl Daemon {
                 st.dp.detach(ifindex);
                 let _ = st.dp.remove_endpoint(ifindex);
                 st.local.remove(&key);
-                let restore = self
-                    .source
-                    .initial()
-                    .endpoints
-                    .get(&key)
-                    .cloned()
-                    .map(Change::UpsertEndpoint)
-                    .unwrap_or(Change::DeleteEndpoint(key.clone()));
-                if let Ok(diff) = st.engine.apply(vec![restore]) {
+                if let Ok(diff) = st.engine.apply(vec![self.source_view(&key)]) {
                     let State {
                         engine, dp, local, ..
                     } = &mut *st;
@@ -326,6 +318,17 @@ impl Daemon {
                 api_error("datapath", e.to_string())
             }
         }
+    }
+
+    /// The change that puts a pod back to what the source says of it (usually nothing).
+    fn source_view(&self, key: &str) -> Change {
+        self.source
+            .initial()
+            .endpoints
+            .get(key)
+            .cloned()
+            .map(Change::UpsertEndpoint)
+            .unwrap_or_else(|| Change::DeleteEndpoint(key.to_string()))
     }
 
     fn deregister_locked(&self, container_id: &str) -> Response {
@@ -339,15 +342,7 @@ impl Daemon {
         let _ = st.dp.remove_endpoint(stored.ifindex);
         st.local.remove(&key);
         st.ifnames.remove(&stored.ifindex);
-        // The pod goes back to what the source says of it (usually nothing).
-        let change = self
-            .source
-            .initial()
-            .endpoints
-            .get(&key)
-            .cloned()
-            .map(Change::UpsertEndpoint)
-            .unwrap_or(Change::DeleteEndpoint(key.clone()));
+        let change = self.source_view(&key);
         let revision = st.revision + 1;
         let res = st.engine.apply(vec![change]).map_err(DaemonError::from).and_then(|diff| {
             let State {
