@@ -16,6 +16,8 @@ use std::time::Duration;
 use palisade_cni::api::{Request, Response};
 use serde_json::{Value, json};
 
+pub mod real;
+
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_palisade-cni");
 
 /// Whether this privileged test can run. Under `CI=true` a test that cannot run fails;
