@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use palisade_cni::api::{Registration, Request, Response};
 use policy_compiler::abi;
+use policy_compiler::identity::IdentityAllocator;
 use policy_compiler::k8s::Labels;
 use policy_compiler::model::{Endpoint, NamedPort, Namespace, WorkloadRef};
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
@@ -122,7 +123,15 @@ impl Daemon {
             ifnames.insert(s.ifindex, s.registration.host_ifname.clone());
             cluster.endpoints.insert(ep.key.clone(), ep);
         }
-        let (engine, _) = Engine::compile_owned(cluster, EngineConfig::default())?;
+        // The adopted maps (and conntrack) speak in the previous run's identity numbers.
+        // A fresh compile may number differently (it sees all pods at once, not in
+        // registration order); reconciling to other numbers would, between the ipcache and
+        // the endpoint writes, check pods against each other's policy slots. So compile
+        // once to learn the keys, then again keeping the numbers the maps use.
+        let (scratch, _) = Engine::compile_owned(cluster.clone(), EngineConfig::default())?;
+        let numbering = numbering_in_maps(&mut dp, &scratch, &local)?;
+        let (engine, _) =
+            Engine::compile_owned_with_identities(cluster, EngineConfig::default(), numbering)?;
         let revision = dp
             .endpoints()?
             .iter()
@@ -636,6 +645,40 @@ fn merge(reg: &Registration, source: Option<&Endpoint>) -> Endpoint {
         ports,
         host_network: false,
     }
+}
+
+/// An allocator preferring, for every identity `scratch` gives a local endpoint or an
+/// ipcache prefix, the number the pinned maps hold for that endpoint or prefix.
+fn numbering_in_maps(
+    dp: &mut Datapath,
+    scratch: &Engine,
+    local: &LocalEndpoints,
+) -> Result<IdentityAllocator, DaemonError> {
+    let ids = scratch.identities();
+    let mut numbering = IdentityAllocator::new();
+    let old_endpoints: HashMap<u32, u32> = dp
+        .endpoints()?
+        .into_iter()
+        .map(|(ifindex, e)| (ifindex, e.identity))
+        .collect();
+    for (key, ifindex) in local.iter() {
+        if let (Some(old), Some(new)) = (old_endpoints.get(ifindex), scratch.endpoint_identity(key))
+            && let Some(k) = ids.key(new)
+        {
+            numbering.prefer(k.clone(), *old);
+        }
+    }
+    for (cidr, old) in dp.ipcache_entries()? {
+        let Some(&new) = scratch.ipcache().get(&cidr) else {
+            continue;
+        };
+        if let Some(k) = ids.key(new) {
+            numbering.prefer(k.clone(), old);
+        } else if ids.cidr_identity(&cidr) == Some(new) {
+            numbering.prefer_cidr(cidr, old);
+        }
+    }
+    Ok(numbering)
 }
 
 fn ensure_namespace(cluster: &mut Cluster, ns: &str) {

@@ -403,6 +403,20 @@ impl Engine {
         Ok((e, diff))
     }
 
+    /// [`Engine::compile_owned`] numbering identities with `identities` (an allocator with
+    /// preferred numbers, [`IdentityAllocator::prefer`]): a restarted enforcer keeps the
+    /// numbers its pinned maps and conntrack entries use.
+    pub fn compile_owned_with_identities(
+        cluster: Cluster,
+        config: EngineConfig,
+        identities: IdentityAllocator,
+    ) -> Result<(Engine, MapDiff), EngineError> {
+        let mut e = Engine::new(config);
+        e.identities = identities;
+        let diff = e.apply(into_changes(cluster))?;
+        Ok((e, diff))
+    }
+
     /// Compiles this engine's cluster again from scratch, keeping identity numbers and
     /// rule ids. The result must equal `self` in every map (the incremental-update test).
     pub fn recompiled(&self) -> Result<Engine, EngineError> {

@@ -172,6 +172,25 @@ impl IdentityAllocator {
         a
     }
 
+    /// Asks for `id` when `key` is first acquired (if the number is free then). Lets a
+    /// restarted enforcer keep the numbers its pinned maps already use; fresh numbers are
+    /// allocated above every preferred one, so no new key takes an old key's number.
+    /// Numbers outside the cluster range are ignored.
+    pub fn prefer(&mut self, key: Arc<IdentityKey>, id: u32) {
+        if (abi::IDENTITY_CLUSTER_MIN..=abi::IDENTITY_CLUSTER_MAX).contains(&id) {
+            self.preferred.insert(key, id);
+            self.next_cluster = self.next_cluster.max(id + 1);
+        }
+    }
+
+    /// [`IdentityAllocator::prefer`] for a CIDR identity.
+    pub fn prefer_cidr(&mut self, cidr: Cidr, id: u32) {
+        if (abi::IDENTITY_CIDR_MIN..=abi::IDENTITY_CIDR_MAX).contains(&id) {
+            self.preferred_cidr.insert(cidr, id);
+            self.next_cidr = self.next_cidr.max(id + 1);
+        }
+    }
+
     pub fn lookup(&self, key: &IdentityKey) -> Option<u32> {
         self.by_key.get(key).copied()
     }
@@ -271,5 +290,42 @@ impl IdentityAllocator {
 
     pub fn cluster_count(&self) -> usize {
         self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(app: &str) -> Arc<IdentityKey> {
+        Arc::new(IdentityKey {
+            namespace: Arc::from("ns"),
+            namespace_labels: Arc::new(Labels::new()),
+            labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+            ports: Vec::new(),
+            cidr_sets: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn preferred_numbers_are_kept_and_fresh_ones_come_after_them() {
+        let mut a = IdentityAllocator::new();
+        a.prefer(key("srv"), 257);
+        a.prefer(key("cl"), 256);
+        a.prefer(key("ignored"), 5); // reserved range: not a cluster number
+        // Acquired in another order than the numbers were first given out.
+        assert_eq!(a.acquire(key("cl")), Ok((256, true)));
+        assert_eq!(a.acquire(key("srv")), Ok((257, true)));
+        assert_eq!(a.acquire(key("new")), Ok((258, true)));
+        assert_eq!(a.acquire(key("ignored")), Ok((259, true)));
+
+        let cidr = Cidr::new(std::net::IpAddr::from([10, 0, 0, 0]), 8).unwrap();
+        let mut a = IdentityAllocator::new();
+        a.prefer_cidr(cidr, abi::IDENTITY_CIDR_MIN + 7);
+        assert_eq!(a.acquire_cidr(cidr), Ok(abi::IDENTITY_CIDR_MIN + 7));
+        assert_eq!(
+            a.acquire_cidr(Cidr::new(std::net::IpAddr::from([11, 0, 0, 0]), 8).unwrap()),
+            Ok(abi::IDENTITY_CIDR_MIN + 8)
+        );
     }
 }
