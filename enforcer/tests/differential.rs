@@ -72,11 +72,19 @@ fn comparable(d: &Decision) -> Decision {
     }
 }
 
-/// The address a peer has on the wire, if it has one.
+/// The address a peer has on the wire, if it has one of its own. A host-network pod
+/// sends from its node's address, which the ipcache gives no pod identity; the offline
+/// evaluator names it by its own identity, so such flows are not comparable on the wire.
 fn wire_ip(engine: &Engine, p: &FlowPeer) -> Option<IpAddr> {
     match p {
         FlowPeer::Ip(ip) => Some(*ip),
-        FlowPeer::Endpoint(k) => engine.cluster().endpoints.get(k)?.ips.first().copied(),
+        FlowPeer::Endpoint(k) => {
+            let e = engine.cluster().endpoints.get(k)?;
+            if e.host_network {
+                return None;
+            }
+            e.ips.first().copied()
+        }
     }
 }
 
