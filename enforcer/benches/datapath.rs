@@ -1,0 +1,982 @@
+//! Datapath benchmark (not a test): pod → node → pod over the local node topology, three
+//! configurations measured side by side in the same run, interleaved in rounds:
+//!
+//! * `base`     – no program attached, no iptables rules: the path itself;
+//! * `palisade` – the tc datapath on both pods' host veths, maps filled through [`Datapath`]
+//!   from a compiled synthetic cluster: 100,000 ipcache /32s (the two pods plus 99,998 other
+//!   pods in 10,000 identities), 10,003 policy entries in the server's slot (ingress) and
+//!   10,003 in the client's slot (egress), both endpoints READY;
+//! * `iptables` – the same policy the way an iptables CNI writes it, in the node namespace's
+//!   FORWARD chain: conntrack ESTABLISHED,RELATED accept first, one `hash:ip` ipset per peer
+//!   selector (100,000 addresses in all), per-pod chains ending in DROP ([`iptables_rules`]).
+//!
+//! Metrics: iperf3 single-stream throughput, 1-byte TCP request/response latency over one
+//! connection (mean and p99), and new connections per second (connect, 1-byte request and
+//! response, server closes). Each configuration has its own node namespace for the whole run
+//! (so nothing of one, e.g. netfilter hooks or conntrack, touches another); every metric is
+//! taken for the three back to back, in an order rotated each round. Client, server and
+//! iperf3 are pinned to CPU 0, as in /work/shared/reference/baselines.md. Ratios are to
+//! `base` of the same round, median over rounds, higher is better (latency: base / config).
+//!
+//! Then the policy-change cost: 1,000 one-rule changes of the server's policy through the
+//! policy core (`Engine::apply`) and into the loaded maps (`sync::apply_diff`).
+//!
+//!     cargo bench -p palisade-enforcer --bench datapath            # needs root
+//!     PALISADE_DP_BENCH_ROUNDS=5 cargo bench -p palisade-enforcer --bench datapath
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark: a failed step aborts the run, and RAII guards clean up"
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::PrivateBpffs;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+use palisade_enforcer::datapath::Datapath;
+use palisade_enforcer::node::{self, Node, Pod};
+use palisade_enforcer::sync::{self, LocalEndpoints};
+use policy_compiler::abi::{ENDPOINT_F_READY, EndpointInfo};
+use policy_compiler::k8s::Labels;
+use policy_compiler::labels::{Operator, Requirement, Selector};
+use policy_compiler::model::{
+    Endpoint, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec, Rule,
+    WorkloadRef,
+};
+use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
+
+const NS: &str = "bench";
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);
+/// Other pods: 10.200.0.0 upwards (10.200.0.0–10.201.134.157).
+const FILLER_BASE: u32 = 0x0ac8_0000;
+const FILLER_PODS: u32 = 99_998;
+const IDENTITIES: u32 = 10_000;
+/// Peer selectors: `group=gK`, K < GROUPS; group K is allowed on TCP `GROUP_PORT_BASE + K`.
+const GROUPS: u32 = 10;
+const GROUP_PORT_BASE: u16 = 9000;
+
+const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 7000;
+const CRR_PORT: u16 = 7001;
+/// Not allowed by either policy: the sanity probe that enforcement is on.
+const DENIED_PORT: u16 = 7999;
+/// Added to and removed from the client rule in the policy-change measurement.
+const TOGGLE_PORT: u16 = 7100;
+
+const IPERF_SECS: u32 = 5;
+const RR_N: usize = 20_000;
+const RR_WARMUP: usize = 2_000;
+const CRR_SECS: u64 = 3;
+const CHANGES: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Base,
+    Palisade,
+    Iptables,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::Base, Config::Palisade, Config::Iptables];
+    fn name(self) -> &'static str {
+        match self {
+            Config::Base => "base",
+            Config::Palisade => "palisade",
+            Config::Iptables => "iptables",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Metrics {
+    gbps: f64,
+    rr_mean_us: f64,
+    rr_p50_us: f64,
+    rr_p99_us: f64,
+    crr_per_s: f64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sel(key: &str, value: &str) -> Selector {
+    Selector {
+        requirements: vec![Requirement {
+            key: key.into(),
+            op: Operator::In,
+            values: BTreeSet::from([value.to_string()]),
+        }],
+    }
+}
+
+fn tcp(port: u16) -> PortSpec {
+    PortSpec {
+        protocol: Protocol::TCP,
+        port: PortMatch::Range(port, port),
+    }
+}
+
+fn own(selector: Selector) -> Peers {
+    Peers::List(vec![Peer::Endpoints {
+        namespaces: NamespaceScope::Own(NS.into()),
+        pods: selector,
+    }])
+}
+
+fn endpoint(name: &str, lbl: Labels, ip: Ipv4Addr) -> Endpoint {
+    Endpoint {
+        key: Endpoint::pod_key(NS, name),
+        namespace: NS.into(),
+        name: name.into(),
+        workload: WorkloadRef {
+            kind: "ReplicaSet".into(),
+            name: name.into(),
+        },
+        labels: lbl,
+        ips: vec![IpAddr::V4(ip)],
+        ports: Vec::new(),
+        host_network: false,
+    }
+}
+
+fn filler_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(FILLER_BASE + i)
+}
+
+/// Identity (0..IDENTITIES) and group of filler pod `i`.
+fn filler_identity(i: u32) -> (u32, u32) {
+    let id = i % IDENTITIES;
+    (id, id % GROUPS)
+}
+
+/// The benchmark ports of the client rule.
+fn bench_ports(extra: bool) -> Vec<PortSpec> {
+    let mut v = vec![tcp(IPERF_PORT), tcp(RR_PORT), tcp(CRR_PORT)];
+    if extra {
+        v.push(tcp(TOGGLE_PORT));
+    }
+    v
+}
+
+/// Server ingress: each group on its port (10,000 identities), then the client on the
+/// benchmark ports. `extra` adds TOGGLE_PORT to the client rule.
+fn server_policy(extra: bool) -> Policy {
+    let mut rules: Vec<Rule> = (0..GROUPS)
+        .map(|g| Rule {
+            peers: own(sel("group", &format!("g{g}"))),
+            ports: vec![tcp(GROUP_PORT_BASE + g as u16)],
+        })
+        .collect();
+    rules.push(Rule {
+        peers: own(sel("app", "client")),
+        ports: bench_ports(extra),
+    });
+    Policy {
+        namespace: NS.into(),
+        name: "server-ingress".into(),
+        pod_selector: sel("app", "server"),
+        ingress: Some(rules),
+        egress: None,
+        origin: "bench".into(),
+    }
+}
+
+/// Client egress: each group on its port, then the server on the benchmark ports.
+fn client_policy() -> Policy {
+    let mut rules: Vec<Rule> = (0..GROUPS)
+        .map(|g| Rule {
+            peers: own(sel("group", &format!("g{g}"))),
+            ports: vec![tcp(GROUP_PORT_BASE + g as u16)],
+        })
+        .collect();
+    rules.push(Rule {
+        peers: own(sel("app", "server")),
+        ports: bench_ports(false),
+    });
+    Policy {
+        namespace: NS.into(),
+        name: "client-egress".into(),
+        pod_selector: sel("app", "client"),
+        ingress: None,
+        egress: Some(rules),
+        origin: "bench".into(),
+    }
+}
+
+fn cluster() -> Cluster {
+    let mut c = Cluster::default();
+    c.namespaces
+        .insert(NS.into(), Namespace::new(NS, Labels::new(), true));
+    for (name, ip) in [("client", CLIENT_IP), ("server", SERVER_IP)] {
+        let e = endpoint(name, labels(&[("app", name)]), ip);
+        c.endpoints.insert(e.key.clone(), e);
+    }
+    for i in 0..FILLER_PODS {
+        let (id, g) = filler_identity(i);
+        let e = endpoint(
+            &format!("fill-{i}"),
+            labels(&[("app", &format!("fill-{id}")), ("group", &format!("g{g}"))]),
+            filler_ip(i),
+        );
+        c.endpoints.insert(e.key.clone(), e);
+    }
+    for p in [server_policy(false), client_policy()] {
+        c.policies
+            .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+    }
+    c
+}
+
+// ---- configurations -------------------------------------------------------------------
+
+/// The iptables configuration: (ipset restore file, iptables-restore file).
+fn iptables_rules(client: &Pod, server: &Pod) -> (String, String) {
+    let mut sets = String::new();
+    for g in 0..GROUPS {
+        writeln!(
+            sets,
+            "create pal-g{g} hash:ip family inet hashsize 16384 maxelem 65536"
+        )
+        .unwrap();
+    }
+    for i in 0..FILLER_PODS {
+        let (_, g) = filler_identity(i);
+        writeln!(sets, "add pal-g{g} {}", filler_ip(i)).unwrap();
+    }
+    for (name, ip) in [("client", CLIENT_IP), ("server", SERVER_IP)] {
+        writeln!(sets, "create pal-{name} hash:ip family inet").unwrap();
+        writeln!(sets, "add pal-{name} {ip}").unwrap();
+    }
+
+    let ports = format!("{IPERF_PORT},{RR_PORT},{CRR_PORT}");
+    let mut r = String::from(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+         :PAL-CLIENT-EGRESS - [0:0]\n:PAL-SERVER-INGRESS - [0:0]\n",
+    );
+    writeln!(
+        r,
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "-A FORWARD -i {} -j PAL-CLIENT-EGRESS",
+        client.host_ifname
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "-A FORWARD -o {} -j PAL-SERVER-INGRESS",
+        server.host_ifname
+    )
+    .unwrap();
+    // Directions no policy isolates (client ingress, server egress) stay open.
+    writeln!(r, "-A FORWARD -j ACCEPT").unwrap();
+    for g in 0..GROUPS {
+        let port = GROUP_PORT_BASE + g as u16;
+        writeln!(
+            r,
+            "-A PAL-CLIENT-EGRESS -p tcp -m set --match-set pal-g{g} dst -m tcp --dport {port} -j RETURN"
+        )
+        .unwrap();
+    }
+    writeln!(
+        r,
+        "-A PAL-CLIENT-EGRESS -p tcp -m set --match-set pal-server dst -m multiport --dports {ports} -j RETURN"
+    )
+    .unwrap();
+    writeln!(r, "-A PAL-CLIENT-EGRESS -j DROP").unwrap();
+    for g in 0..GROUPS {
+        let port = GROUP_PORT_BASE + g as u16;
+        writeln!(
+            r,
+            "-A PAL-SERVER-INGRESS -p tcp -m set --match-set pal-g{g} src -m tcp --dport {port} -j ACCEPT"
+        )
+        .unwrap();
+    }
+    writeln!(
+        r,
+        "-A PAL-SERVER-INGRESS -p tcp -m set --match-set pal-client src -m multiport --dports {ports} -j ACCEPT"
+    )
+    .unwrap();
+    writeln!(r, "-A PAL-SERVER-INGRESS -j DROP").unwrap();
+    r.push_str("COMMIT\n");
+    (sets, r)
+}
+
+fn run_ok(netns: &str, argv: &[&str]) {
+    let out = node::run_command_in_netns(netns, argv, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} in {netns}: {} {}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+fn install_iptables(node: &Node, client: &Pod, server: &Pod) {
+    let (sets, rules) = iptables_rules(client, server);
+    let dir = std::env::temp_dir();
+    let sets_path = dir.join(format!("palisade-dpbench-{}.ipset", std::process::id()));
+    let rules_path = dir.join(format!("palisade-dpbench-{}.rules", std::process::id()));
+    std::fs::write(&sets_path, sets).unwrap();
+    std::fs::write(&rules_path, rules).unwrap();
+    let ns = node.netns_name();
+    run_ok(
+        ns,
+        &["ipset", "restore", "-file", sets_path.to_str().unwrap()],
+    );
+    run_ok(ns, &["iptables-restore", rules_path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&sets_path);
+    let _ = std::fs::remove_file(&rules_path);
+}
+
+/// Shared state of the Palisade configuration.
+struct Palisade {
+    dp: Datapath,
+    engine: Engine,
+    client_id: u32,
+    server_id: u32,
+}
+
+impl Palisade {
+    fn endpoint_info(identity: u32, revision: u32) -> EndpointInfo {
+        EndpointInfo {
+            identity,
+            policy_slot: identity,
+            flags: ENDPOINT_F_READY,
+            revision,
+        }
+    }
+
+    /// Endpoints READY, then both programs on both host veths (attach runs in the node
+    /// namespace: it resolves the interface in the calling thread's namespace).
+    fn enable(&mut self, node: &Node, client: &Pod, server: &Pod) {
+        self.dp.ct_flush().unwrap();
+        let rev = u32::try_from(self.engine.revision()).unwrap_or(u32::MAX);
+        self.dp
+            .set_endpoint(
+                client.host_ifindex,
+                &Self::endpoint_info(self.client_id, rev),
+            )
+            .unwrap();
+        self.dp
+            .set_endpoint(
+                server.host_ifindex,
+                &Self::endpoint_info(self.server_id, rev),
+            )
+            .unwrap();
+        let dp = &mut self.dp;
+        node.run_in(|| {
+            for pod in [client, server] {
+                let ifindex = dp.attach(&pod.host_ifname).unwrap();
+                assert_eq!(ifindex, pod.host_ifindex);
+            }
+        })
+        .unwrap();
+    }
+
+    fn disable(&mut self, client: &Pod, server: &Pod) {
+        for pod in [client, server] {
+            self.dp.detach(pod.host_ifindex);
+            self.dp.remove_endpoint(pod.host_ifindex).unwrap();
+        }
+    }
+
+    fn local(client: &Pod, server: &Pod) -> LocalEndpoints {
+        let mut local = LocalEndpoints::default();
+        local.insert(Endpoint::pod_key(NS, "client"), client.host_ifindex);
+        local.insert(Endpoint::pod_key(NS, "server"), server.host_ifindex);
+        local
+    }
+}
+
+// ---- traffic --------------------------------------------------------------------------
+
+fn pin_cpu0() {
+    let mut set = CpuSet::new();
+    if set.set(0).is_ok() {
+        // Best effort: an unpinned run is still a valid (noisier) run.
+        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    }
+}
+
+/// A 1-byte echo server in a pod, on its own thread pinned to CPU 0: for each connection,
+/// answers every byte with one byte; in `close_after_one` mode it closes after the first
+/// answer (the server side of a connect/request/response/close transaction).
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pod: Pod,
+    port: u16,
+}
+
+impl EchoServer {
+    fn start(pod: &Pod, port: u16, close_after_one: bool) -> EchoServer {
+        let listener = pod
+            .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+            .unwrap()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            pin_cpu0();
+            let mut b = [0u8; 1];
+            while let Ok((mut s, _)) = listener.accept() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = s.set_nodelay(true);
+                while let Ok(1) = s.read(&mut b) {
+                    if s.write_all(&b).is_err() || close_after_one {
+                        break;
+                    }
+                }
+            }
+        });
+        EchoServer {
+            stop,
+            thread: Some(thread),
+            pod: pod.clone(),
+            port,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept() from inside the pod (loopback: never crosses the node).
+        let port = self.port;
+        let _ = self.pod.run_in(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                Duration::from_secs(1),
+            )
+        });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// One configuration's node, kept for the whole run: its pods and their servers (iperf3,
+/// the request/response echo server, the connect-rate server). Fields drop in order:
+/// servers before the node.
+struct Setup {
+    config: Config,
+    _iperf: node::ProcessGuard,
+    _rr: EchoServer,
+    _crr: EchoServer,
+    client: Pod,
+    server: Pod,
+    /// Owns the namespaces; dropped last.
+    node: Node,
+}
+
+impl Setup {
+    fn new(config: Config, pal: &mut Palisade) -> Setup {
+        let node = Node::create(&node::unique_tag("pdbench")).unwrap();
+        let client = node.add_pod(NS, "client", CLIENT_IP, None).unwrap();
+        let server = node.add_pod(NS, "server", SERVER_IP, None).unwrap();
+        match config {
+            Config::Base => {}
+            Config::Palisade => pal.enable(&node, &client, &server),
+            Config::Iptables => install_iptables(&node, &client, &server),
+        }
+        let port = IPERF_PORT.to_string();
+        let iperf = server
+            .spawn(&["iperf3", "-s", "-p", &port, "-A", "0"])
+            .unwrap();
+        let rr = EchoServer::start(&server, RR_PORT, false);
+        let crr = EchoServer::start(&server, CRR_PORT, true);
+        let setup = Setup {
+            config,
+            _iperf: iperf,
+            _rr: rr,
+            _crr: crr,
+            client,
+            server,
+            node,
+        };
+        setup.sanity();
+        setup
+    }
+
+    /// The benchmark ports connect, and a port no policy allows connects only without
+    /// enforcement.
+    fn sanity(&self) {
+        let _probe = self.server.serve_tcp(DENIED_PORT).unwrap();
+        let t = Duration::from_millis(500);
+        let allowed = self
+            .client
+            .tcp_connect(self.server.addr_v4(RR_PORT), t)
+            .unwrap();
+        assert!(
+            allowed.is_connected(),
+            "{}: {allowed:?}",
+            self.config.name()
+        );
+        let denied = self
+            .client
+            .tcp_connect(self.server.addr_v4(DENIED_PORT), t)
+            .unwrap();
+        assert_eq!(
+            denied.is_connected(),
+            self.config == Config::Base,
+            "{}: port {DENIED_PORT}: {denied:?}",
+            self.config.name()
+        );
+    }
+
+    /// Ids of the TCX programs on both host veths (palisade only).
+    fn program_ids(&self) -> Vec<u32> {
+        self.node
+            .run_in(|| {
+                let mut ids: Vec<u32> = Vec::new();
+                for pod in [&self.client, &self.server] {
+                    for (_, progs) in Datapath::query(&pod.host_ifname).unwrap() {
+                        // "name (id N)"
+                        ids.extend(progs.iter().filter_map(|p| {
+                            p.rsplit_once("(id ")
+                                .and_then(|(_, id)| id.trim_end_matches(')').parse::<u32>().ok())
+                        }));
+                    }
+                }
+                ids
+            })
+            .unwrap()
+    }
+
+    fn iperf(&self) -> f64 {
+        let port = IPERF_PORT.to_string();
+        let secs = IPERF_SECS.to_string();
+        let ip = self.server.ipv4.to_string();
+        let argv = [
+            "iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-A", "0", "-J",
+        ];
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = self
+                .client
+                .run(&argv, Duration::from_secs(u64::from(IPERF_SECS) + 30))
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            if let Some(bps) = json
+                .pointer("/end/sum_received/bits_per_second")
+                .and_then(serde_json::Value::as_f64)
+            {
+                return bps / 1e9;
+            }
+            // The server may not listen yet.
+            last = format!("{} {}", out.stdout, out.stderr);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("iperf3 never succeeded: {last}");
+    }
+
+    /// One connection, RR_N 1-byte round trips (after RR_WARMUP): latencies in µs.
+    fn request_response(&self) -> Vec<f64> {
+        let addr = self.server.addr_v4(RR_PORT);
+        self.client
+            .run_in(|| {
+                pin_cpu0();
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut b = [1u8; 1];
+                let mut lat = Vec::with_capacity(RR_N);
+                for i in 0..RR_WARMUP + RR_N {
+                    let t = Instant::now();
+                    s.write_all(&b).unwrap();
+                    s.read_exact(&mut b).unwrap();
+                    if i >= RR_WARMUP {
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Both);
+                lat
+            })
+            .unwrap()
+    }
+
+    /// New connections per second for CRR_SECS: connect, 1-byte request, 1-byte response,
+    /// the server closes first (so TIME_WAIT sits on the server, not on the client's ports).
+    fn connect_rate(&self) -> f64 {
+        let addr = self.server.addr_v4(CRR_PORT);
+        self.client
+            .run_in(|| {
+                pin_cpu0();
+                let mut b = [1u8; 1];
+                let mut n = 0u64;
+                let mut errors = 0u32;
+                let t0 = Instant::now();
+                let end = t0 + Duration::from_secs(CRR_SECS);
+                while Instant::now() < end {
+                    let ok = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                        s.set_nodelay(true)?;
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        s.write_all(&b)?;
+                        s.read_exact(&mut b)?;
+                        // Wait for the server's FIN.
+                        let _ = s.read(&mut b)?;
+                        Ok(())
+                    })();
+                    match ok {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            errors += 1;
+                            assert!(errors < 100, "connect/request/response failing: {e}");
+                        }
+                    }
+                }
+                n as f64 / t0.elapsed().as_secs_f64()
+            })
+            .unwrap()
+    }
+}
+
+// ---- policy change -----------------------------------------------------------------------
+
+struct ChangeResult {
+    engine_us: Vec<f64>,
+    write_us: Vec<f64>,
+    total_us: Vec<f64>,
+    ops: String,
+}
+
+/// CHANGES one-rule changes (TOGGLE_PORT added to / removed from the client rule of the
+/// server's 10,004-entry policy), with programs attached and the maps full.
+fn policy_changes(pal: &mut Palisade, setup: &Setup) -> ChangeResult {
+    let local = Palisade::local(&setup.client, &setup.server);
+    let mut res = ChangeResult {
+        engine_us: Vec::with_capacity(CHANGES),
+        write_us: Vec::with_capacity(CHANGES),
+        total_us: Vec::with_capacity(CHANGES),
+        ops: String::new(),
+    };
+    let policies = [
+        Arc::new(server_policy(true)),
+        Arc::new(server_policy(false)),
+    ];
+    for i in 0..CHANGES {
+        let change = Change::UpsertPolicy(policies[i % 2].clone());
+        let t0 = Instant::now();
+        let diff = pal.engine.apply(vec![change]).unwrap();
+        let t1 = Instant::now();
+        let rev = u32::try_from(pal.engine.revision()).unwrap_or(u32::MAX);
+        let stats = sync::apply_diff(&mut pal.dp, &pal.engine, &diff, &local, rev).unwrap();
+        let t2 = Instant::now();
+        res.engine_us.push((t1 - t0).as_secs_f64() * 1e6);
+        res.write_us.push((t2 - t1).as_secs_f64() * 1e6);
+        res.total_us.push((t2 - t0).as_secs_f64() * 1e6);
+        if i < 2 {
+            write!(
+                res.ops,
+                "{}change {}: {} policy write(s), {} policy delete(s), {} endpoint write(s)",
+                if i == 0 { "" } else { "; " },
+                i + 1,
+                stats.policy_writes,
+                stats.policy_deletes,
+                stats.endpoints_written
+            )
+            .unwrap();
+        }
+    }
+    // An even number of toggles: the starting policy again, without the toggled entry.
+    let entries = pal.dp.policy_entries().unwrap();
+    assert!(
+        !entries
+            .iter()
+            .any(|(slot, k, _)| *slot == pal.server_id && k.port == TOGGLE_PORT),
+        "toggle port still in the server's slot"
+    );
+    res
+}
+
+// ---- main --------------------------------------------------------------------------------
+
+type Field = fn(&Metrics) -> f64;
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "datapath bench: needs root (network namespaces, bpffs, CAP_BPF, iptables); \
+             run `sudo -E cargo bench -p palisade-enforcer --bench datapath`"
+        );
+        std::process::exit(2);
+    }
+    for tool in ["iperf3", "ipset", "iptables-restore", "ip"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            eprintln!("datapath bench: `{tool}` not found (./palisade installs the prerequisites)");
+            std::process::exit(2);
+        }
+    }
+    let rounds: usize = std::env::var("PALISADE_DP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    if let Err(e) = node::sweep_stale("pdbench") {
+        eprintln!("datapath bench: sweep: {e}");
+    }
+
+    // Policy core: the synthetic cluster.
+    let t = Instant::now();
+    let (engine, _) = Engine::compile_owned(cluster(), EngineConfig::default()).unwrap();
+    let compile_s = t.elapsed().as_secs_f64();
+    let client_id = engine
+        .endpoint_identity(&Endpoint::pod_key(NS, "client"))
+        .unwrap();
+    let server_id = engine
+        .endpoint_identity(&Endpoint::pod_key(NS, "server"))
+        .unwrap();
+    let entries = |id: u32| {
+        engine
+            .policy_for_identity(id)
+            .map_or(0, |p| p.entries.len())
+    };
+    let (server_entries, client_entries) = (entries(server_id), entries(client_id));
+    let identities = engine.identities().cluster_count();
+
+    // Datapath in a private bpffs; maps filled through Datapath (sync::write_full).
+    let bpffs = PrivateBpffs::new("dpbench");
+    let mut pal = Palisade {
+        dp: bpffs.load(),
+        engine,
+        client_id,
+        server_id,
+    };
+    let t = Instant::now();
+    let stats = sync::write_full(&mut pal.dp, &pal.engine, &LocalEndpoints::default(), 1).unwrap();
+    let fill_s = t.elapsed().as_secs_f64();
+    let loaded_policy = pal.dp.policy_entries().unwrap().len();
+    let loaded_ipcache = pal.dp.ipcache_entries().unwrap().len();
+    println!(
+        "cluster: {} pods, {identities} identities; compile {compile_s:.2} s",
+        FILLER_PODS + 2
+    );
+    println!(
+        "maps: ipcache {loaded_ipcache} entries, policy {loaded_policy} entries \
+         (server slot {server_entries}, client slot {client_entries}); \
+         write_full {fill_s:.2} s ({} policy + {} ipcache writes)",
+        stats.policy_writes, stats.ipcache_writes
+    );
+
+    // One node per configuration, alive for the whole run; every metric is taken for the
+    // three configurations back to back, order rotated each round.
+    let setups: Vec<Setup> = Config::ALL
+        .iter()
+        .map(|c| Setup::new(*c, &mut pal))
+        .collect();
+    println!("sanity: port {DENIED_PORT} open on base, dropped by palisade and iptables");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average before rounds: {}", load.trim());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let n = setups.len();
+    let mut results: Vec<[Metrics; 3]> = Vec::new();
+    for r in 0..rounds {
+        let mut m = [Metrics::default(); 3];
+        let order: Vec<usize> = (0..n).map(|k| (k + r) % n).collect();
+        for &i in &order {
+            m[i].gbps = setups[i].iperf();
+        }
+        for &i in &order {
+            let mut lat = setups[i].request_response();
+            m[i].rr_mean_us = lat.iter().sum::<f64>() / lat.len() as f64;
+            lat.sort_by(f64::total_cmp);
+            m[i].rr_p50_us = percentile(&lat, 0.50);
+            m[i].rr_p99_us = percentile(&lat, 0.99);
+        }
+        for &i in &order {
+            m[i].crr_per_s = setups[i].connect_rate();
+        }
+        for (i, s) in setups.iter().enumerate() {
+            println!(
+                "round {} {:<9} {:>6.2} Gbit/s  RR mean {:>6.1} µs p50 {:>6.1} p99 {:>6.1}  CRR {:>7.0} conn/s",
+                r + 1,
+                s.config.name(),
+                m[i].gbps,
+                m[i].rr_mean_us,
+                m[i].rr_p50_us,
+                m[i].rr_p99_us,
+                m[i].crr_per_s
+            );
+        }
+        results.push(m);
+    }
+
+    let fields: [(&str, Field, bool); 5] = [
+        ("throughput Gbit/s", |m| m.gbps, true),
+        ("RR latency mean µs", |m| m.rr_mean_us, false),
+        ("RR latency p50 µs", |m| m.rr_p50_us, false),
+        ("RR latency p99 µs", |m| m.rr_p99_us, false),
+        ("new connections/s", |m| m.crr_per_s, true),
+    ];
+    let (base, palisade, iptables) = (0, 1, 2);
+    println!();
+    println!(
+        "Medians over {rounds} rounds [min–max]; ratio = config / base of the same round \
+         (latency: base / config), so higher is better and 1.00 = no cost. Target ≥ 0.97."
+    );
+    println!("| metric | base | palisade | iptables | palisade / base | iptables / base |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut verdicts = Vec::new();
+    for (name, f, higher_better) in fields {
+        let abs = |c: usize| -> Vec<f64> { results.iter().map(|m| f(&m[c])).collect() };
+        let ratio = |c: usize| -> Vec<f64> {
+            results
+                .iter()
+                .map(|m| {
+                    let (b, x) = (f(&m[base]), f(&m[c]));
+                    if higher_better { x / b } else { b / x }
+                })
+                .collect()
+        };
+        let fmt = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let prec = if median(v) >= 100.0 { 0 } else { 2 };
+            format!("{:.prec$} [{lo:.prec$}–{hi:.prec$}]", median(v))
+        };
+        let (rp, ri) = (ratio(palisade), ratio(iptables));
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt(&abs(base)),
+            fmt(&abs(palisade)),
+            fmt(&abs(iptables)),
+            fmt(&rp),
+            fmt(&ri)
+        );
+        verdicts.push((name, median(&rp)));
+    }
+
+    // Diagnostic, outside the comparison: what the programs themselves cost per invocation
+    // during one more request/response run (BPF_ENABLE_STATS adds two clock reads per run).
+    let prog_cost = {
+        let ids = setups[palisade].program_ids();
+        let snapshot = || -> (Duration, u64) {
+            aya::programs::loaded_programs()
+                .flatten()
+                .filter(|p| ids.contains(&p.id()))
+                .fold((Duration::ZERO, 0), |(t, n), p| {
+                    (t + p.run_time(), n + p.run_count())
+                })
+        };
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => {
+                let before = snapshot();
+                let lat = setups[palisade].request_response();
+                let after = snapshot();
+                drop(fd);
+                let runs = after.1 - before.1;
+                let ns = (after.0 - before.0).as_nanos() as f64 / runs.max(1) as f64;
+                let per_rt = runs as f64 / (RR_WARMUP + lat.len()) as f64;
+                Some((ns, per_rt, ids.len()))
+            }
+            Err(e) => {
+                eprintln!("datapath bench: BPF_ENABLE_STATS: {e}");
+                None
+            }
+        }
+    };
+    if let Some((ns, per_rt, progs)) = prog_cost {
+        println!();
+        println!(
+            "Program cost during one request/response run ({progs} programs on the two host \
+             veths): {ns:.0} ns per invocation, {per_rt:.2} invocations per round trip \
+             = {:.2} µs per round trip",
+            ns * per_rt / 1000.0
+        );
+    }
+
+    // Policy change cost, on the palisade node (programs attached, maps full).
+    let mut ch = policy_changes(&mut pal, &setups[palisade]);
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (percentile(v, 0.50), percentile(v, 0.99), v[v.len() - 1])
+    };
+    let (e50, e99, emax) = stat(&mut ch.engine_us);
+    let (w50, w99, wmax) = stat(&mut ch.write_us);
+    let (t50, t99, tmax) = stat(&mut ch.total_us);
+    println!();
+    println!(
+        "Policy change: {CHANGES} one-rule changes of the server's {server_entries}-entry policy, \
+         maps full, programs attached ({})",
+        ch.ops
+    );
+    println!("| step | p50 µs | p99 µs | max µs |");
+    println!("| --- | --- | --- | --- |");
+    println!("| Engine::apply (policy core) | {e50:.1} | {e99:.1} | {emax:.1} |");
+    println!("| sync::apply_diff (diff → maps written) | {w50:.1} | {w99:.1} | {wmax:.1} |");
+    println!("| change → maps written (both) | {t50:.1} | {t99:.1} | {tmax:.1} |");
+
+    println!();
+    for (name, r) in verdicts {
+        println!(
+            "target palisade / base ≥ 0.97, {name}: {r:.2} {}",
+            if r >= 0.97 { "met" } else { "NOT met" }
+        );
+    }
+    for (what, p50, p99) in [
+        ("diff → maps written", w50, w99),
+        ("change → maps written", t50, t99),
+    ] {
+        println!(
+            "target policy change ≤ 1 ms, {what}: p50 {p50:.0} µs {}, p99 {p99:.0} µs {}",
+            if p50 <= 1000.0 { "met" } else { "NOT met" },
+            if p99 <= 1000.0 { "met" } else { "NOT met" }
+        );
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at end: {}", load.trim());
+
+    for s in &setups {
+        if s.config == Config::Palisade {
+            pal.disable(&s.client, &s.server);
+        }
+    }
+    drop(setups);
+    drop(pal);
+    drop(bpffs);
+}
