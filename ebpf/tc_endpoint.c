@@ -5,14 +5,14 @@
  *   to_pod    (tc egress of the host veth):  the pod's INGRESS policy, peer = source
  *
  * Per packet:
- *   non-IP, IPv6 neighbour discovery        -> pass (counted)
+ *   non-IP, IPv6 neighbour discovery/MLD   -> pass (counted)
  *   endpoint missing or not READY           -> DROP_EP_NOT_READY
  *   malformed / non-first fragment          -> DROP_INVALID_PACKET / DROP_FRAG_NOT_SUPPORTED
- *   from_pod with a source that is not the pod's own identity -> DROP_INVALID_SOURCE_IP
  *   conntrack hit (same tuple, same hook)   -> pass; re-checked once after a policy change
  *   conntrack reply (reversed tuple, other hook of the same endpoint) -> pass; same re-check
- *   otherwise: a new flow, decided by the lookup order in palisade_abi.h; allowed flows are
- *   tracked, every decision is counted and reported once.
+ *   otherwise a new flow: from_pod with a source that is not the pod's own identity ->
+ *   DROP_INVALID_SOURCE_IP; else decided by the lookup order in palisade_abi.h; allowed
+ *   flows are tracked, every decision is counted and reported once.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -47,9 +47,15 @@ static __always_inline int ct_refresh(struct ct_entry *ct, const struct pkt *p, 
 		if (p->tcp_flags & TCP_FLAG_FIN)
 			ct->flags |= CT_F_SEEN_FIN;
 	}
-	ct->expires_ns = now + lifetime_ns(p, ct->flags);
-	__sync_fetch_and_add(&ct->packets, 1);
-	__sync_fetch_and_add(&ct->bytes, p->len);
+	/* The deadline is written at most once a second (or when it shrinks on close): a
+	 * store to the shared entry per packet costs more than the precision is worth. The
+	 * per-entry packet and byte counts are approximate under concurrency; the per-CPU
+	 * counters are exact. */
+	__u64 deadline = now + lifetime_ns(p, ct->flags);
+	if (deadline < ct->expires_ns || deadline - ct->expires_ns > NSEC_PER_SEC)
+		ct->expires_ns = deadline;
+	ct->packets += 1;
+	ct->bytes += p->len;
 	return !(before & (CT_F_SEEN_FIN | CT_F_SEEN_RST)) &&
 	       (ct->flags & (CT_F_SEEN_FIN | CT_F_SEEN_RST));
 }
@@ -144,10 +150,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		goto drop;
 	}
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
-	if (dir == DIRECTION_EGRESS && ipcache_identity(f.p.saddr, f.p.family) != ep.identity) {
-		d.drop_reason = DROP_INVALID_SOURCE_IP;
-		goto drop;
-	}
 
 	__u64 now = bpf_ktime_get_ns();
 	if (f.p.trackable) {
@@ -198,7 +200,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	/* A new flow. */
+	/* A new flow. A pod may only open flows from its own addresses. Tracked packets skip
+	 * this check safely: conntrack is keyed by the pod's interface, and every entry there
+	 * was made by a packet that passed it (or by traffic addressed to the pod). */
+	if (dir == DIRECTION_EGRESS && ipcache_identity(f.p.saddr, f.p.family) != ep.identity) {
+		d.drop_reason = DROP_INVALID_SOURCE_IP;
+		goto drop;
+	}
 	__u32 peer = ipcache_identity(peer_addr, f.p.family);
 	if (dir == DIRECTION_EGRESS)
 		f.dst_identity = peer;

@@ -1,6 +1,7 @@
 //! `palisade-enforcer demo`: the README's main job. A throwaway node of network
 //! namespaces with one pod per workload of examples/manifests (plus a client pod outside
-//! any policy), each serving its declared ports; the real enforcer on those manifests;
+//! any policy), each created by the bundled CNI plugin (veth, IPAM, registration) and
+//! serving its declared ports; the real enforcer on those manifests;
 //! every pod tries every port of every other pod; the kernel's answers are printed next to
 //! what the offline policy core predicts, with the verdict-log lines that explain them;
 //! then a policy file is added and the same attempt flips. Everything is removed at the end.
@@ -30,6 +31,9 @@ pub struct DemoArgs {
     /// Show the agent's own log lines.
     #[arg(long)]
     pub verbose: bool,
+    /// The CNI plugin binary (default: `palisade-cni` next to this program).
+    #[arg(long)]
+    pub cni_plugin: Option<PathBuf>,
 }
 
 struct DemoPod {
@@ -62,42 +66,97 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading {}", args.manifests.display()))?
         .cluster;
 
-    println!("== A local node: pods in network namespaces, wired to a node namespace by veth pairs");
-    let node = Node::create(&node::unique_tag("demo"))?;
-    let mut pods: Vec<DemoPod> = Vec::new();
-    let mut n = 10u8;
+    let plugin = match &args.cni_plugin {
+        Some(p) => p.clone(),
+        None => exe.with_file_name("palisade-cni"),
+    };
+    anyhow::ensure!(
+        plugin.exists(),
+        "CNI plugin {} not found (cargo build --release -p palisade-cni, or --cni-plugin)",
+        plugin.display()
+    );
+
+    // One pod per workload, named like its first replica, with the workload's template
+    // labels and ports: written as Pod objects, so the enforcer knows their labels when the
+    // CNI plugin registers them by namespace/name (as a kubelet-driven runtime would).
+    let mut specs: Vec<PodSpec> = Vec::new();
     for ep in cluster.endpoints.values() {
-        let name = format!("{}-0", ep.workload.name);
-        let pod = node.add_pod(&ep.namespace, &name, Ipv4Addr::new(10, 244, 0, n), None)?;
-        n += 10;
         let mut labels: Vec<(String, String)> =
             ep.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         labels.sort();
-        let ports: Vec<u16> = ep.ports.iter().map(|p| p.port).collect();
-        pods.push(DemoPod {
-            pod,
+        specs.push(PodSpec {
+            namespace: ep.namespace.clone(),
+            name: format!("{}-0", ep.workload.name),
             labels,
-            ports,
             named: ep.ports.clone(),
         });
     }
-    let client = node.add_pod("default", "client", Ipv4Addr::new(10, 244, 0, 200), None)?;
-    pods.push(DemoPod {
-        pod: client,
+    specs.push(PodSpec {
+        namespace: "default".into(),
+        name: "client".into(),
         labels: vec![("app".into(), "client".into())],
-        ports: Vec::new(),
         named: Vec::new(),
     });
+    let work = PathBuf::from(format!(
+        "/run/palisade-local/demo-manifests-{}",
+        std::process::id()
+    ));
+    let _work_guard = RemoveDir(work.clone());
+    std::fs::create_dir_all(&work)?;
+    for e in std::fs::read_dir(&args.manifests)? {
+        let p = e?.path();
+        if p.is_file()
+            && let Some(name) = p.file_name()
+        {
+            std::fs::copy(&p, work.join(name))?;
+        }
+    }
+    std::fs::write(work.join("90-demo-pods.yaml"), pod_manifests(&specs))?;
+
+    println!("== A local node: a node network namespace; pods get theirs from the bundled CNI plugin");
+    let node = Node::create(&node::unique_tag("demo"))?;
+    println!(
+        "== Starting the enforcer on {} (default deny + explicit allows)",
+        args.manifests.display()
+    );
+    let enforcer = Enforcer::start(&exe, &node, &work, !args.verbose)?;
+    let cni = Cni {
+        plugin,
+        node_netns: node.netns_path().to_path_buf(),
+        node_netns_name: node.netns_name().to_string(),
+        socket: enforcer.socket(),
+        ipam_dir: enforcer.dir.join("ipam"),
+    };
+    let mut pods: Vec<DemoPod> = Vec::new();
+    let mut netns_guards = Vec::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let guard = node::create_netns(&format!("{}{}-p{i}", node::NETNS_PREFIX, node.tag()))?;
+        let pod = cni.add(&guard, &spec.namespace, &spec.name)?;
+        println!(
+            "   CNI ADD {:<20} -> {:<12} on {} (registered with the enforcer before ADD returned)",
+            format!("{}/{}", spec.namespace, spec.name),
+            pod.ipv4,
+            pod.host_ifname
+        );
+        netns_guards.push(guard);
+        let ports: Vec<u16> = spec.named.iter().map(|p| p.port).collect();
+        pods.push(DemoPod {
+            pod,
+            labels: spec.labels,
+            ports,
+            named: spec.named,
+        });
+    }
     let mut servers = Vec::new();
+    println!();
     for p in &pods {
         for port in &p.ports {
             servers.push(p.pod.serve_tcp(*port)?);
         }
         println!(
-            "   {:<22} {:<15} on {:<16} labels {:<16} serving {}",
+            "   {:<20} {:<12} labels {:<14} serving {}",
             format!("{}/{}", p.pod.namespace, p.pod.name),
             p.pod.ipv4,
-            p.pod.host_ifname,
             p.labels
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -112,34 +171,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(" ")
             }
-        );
-    }
-
-    println!();
-    println!(
-        "== Starting the enforcer on {} (default deny + explicit allows)",
-        args.manifests.display()
-    );
-    let enforcer = Enforcer::start(&exe, &node, &args.manifests, !args.verbose)?;
-    for p in &pods {
-        let labels: Vec<(&str, &str)> = p
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let named = p
-            .named
-            .iter()
-            .map(|n| palisade_cni::api::NamedPort {
-                name: n.name.clone(),
-                port: n.port,
-                protocol: n.protocol.to_string(),
-            })
-            .collect();
-        let id = enforcer.register_with_ports(&p.pod, &labels, named)?;
-        println!(
-            "   registered {}/{} -> identity {id}, tc programs attached to {}",
-            p.pod.namespace, p.pod.name, p.pod.host_ifname
         );
     }
 
@@ -239,6 +270,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     drop(servers);
+    for (p, g) in pods.iter().zip(&netns_guards) {
+        if let Err(e) = cni.del(g, &p.pod) {
+            eprintln!("palisade-enforcer demo: CNI DEL {}: {e:#}", p.pod.identity());
+        }
+    }
+    println!();
+    println!("== CNI DEL for every pod: addresses released, interfaces and registrations gone");
+    drop(netns_guards);
     drop(enforcer);
     drop(node);
     println!();
@@ -316,4 +355,152 @@ fn summary(v: &serde_json::Value) -> String {
     let dir = f["traffic_direction"].as_str().unwrap_or("?");
     let text = f["Summary"].as_str().unwrap_or("");
     format!("{verdict:<9} {dir:<7} {text}")
+}
+
+struct PodSpec {
+    namespace: String,
+    name: String,
+    labels: Vec<(String, String)>,
+    named: Vec<policy_compiler::model::NamedPort>,
+}
+
+/// Removes a directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pod objects for the demo's pods: labels and named container ports.
+fn pod_manifests(specs: &[PodSpec]) -> String {
+    let mut out = String::new();
+    for s in specs {
+        let labels = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ports = s
+            .named
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{name: {}, containerPort: {}, protocol: {}}}",
+                    p.name, p.port, p.protocol
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{{labels}}}}}\nspec:\n  containers:\n  - name: app\n    image: demo\n    ports: [{ports}]\n",
+            s.name, s.namespace
+        ));
+    }
+    out
+}
+
+/// Invokes the bundled CNI plugin the way a container runtime does, inside the node's
+/// network namespace.
+struct Cni {
+    plugin: PathBuf,
+    node_netns: PathBuf,
+    node_netns_name: String,
+    socket: PathBuf,
+    ipam_dir: PathBuf,
+}
+
+impl Cni {
+    fn config(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "palisade-demo",
+            "type": "palisade-cni",
+            "ipam": {
+                "type": "palisade",
+                "subnet": "10.244.0.0/24",
+                "dataDir": self.ipam_dir,
+            },
+            "enforcerSocket": self.socket,
+        })
+        .to_string()
+    }
+
+    fn invoke(
+        &self,
+        command: &str,
+        netns: &node::NetnsGuard,
+        ns: &str,
+        name: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.node_netns.display()))
+            .arg(&self.plugin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("demo-{ns}-{name}"))
+            .env("CNI_NETNS", netns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_PATH",
+                self.plugin.parent().unwrap_or(std::path::Path::new("/")),
+            )
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running the CNI plugin under nsenter")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(self.config().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(
+            out.status.success(),
+            "CNI {command} {ns}/{name} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("CNI result: {text}"))?
+        })
+    }
+
+    fn add(&self, netns: &node::NetnsGuard, ns: &str, name: &str) -> anyhow::Result<Pod> {
+        let r = self.invoke("ADD", netns, ns, name)?;
+        let addr = r["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            .with_context(|| format!("no IPv4 address in the CNI result {r}"))?;
+        let host = r["interfaces"]
+            .as_array()
+            .and_then(|l| l.iter().find(|i| i.get("sandbox").is_none()))
+            .and_then(|i| i["name"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no host interface in the CNI result {r}"))?;
+        let host_ifindex = node::link_ifindex(&self.node_netns_name, &host)?;
+        Ok(Pod {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            netns: netns.name().to_string(),
+            netns_path: netns.path().to_path_buf(),
+            host_ifname: host,
+            host_ifindex,
+            ipv4: addr,
+            ipv6: None,
+            node_netns: self.node_netns_name.clone(),
+        })
+    }
+
+    fn del(&self, netns: &node::NetnsGuard, pod: &Pod) -> anyhow::Result<()> {
+        self.invoke("DEL", netns, &pod.namespace, &pod.name).map(|_| ())
+    }
 }
