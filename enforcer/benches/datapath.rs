@@ -77,11 +77,36 @@ const DENIED_PORT: u16 = 7999;
 /// Added to and removed from the client rule in the policy-change measurement.
 const TOGGLE_PORT: u16 = 7100;
 
-const IPERF_SECS: u32 = 5;
-const RR_N: usize = 20_000;
+const IPERF_SECS_FULL: u32 = 5;
+const RR_N_FULL: usize = 20_000;
 const RR_WARMUP: usize = 2_000;
-const CRR_SECS: u64 = 3;
-const CHANGES: usize = 1_000;
+const CRR_SECS_FULL: u64 = 3;
+const CHANGES_FULL: usize = 1_000;
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+/// Then it is a smoke run (one round, short phases) that checks the benchmark still works
+/// end to end; its numbers are not results.
+static QUICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quick() -> bool {
+    QUICK.load(std::sync::atomic::Ordering::Relaxed)
+}
+#[allow(non_snake_case)]
+fn IPERF_SECS() -> u32 {
+    if quick() { 1 } else { IPERF_SECS_FULL }
+}
+#[allow(non_snake_case)]
+fn RR_N() -> usize {
+    if quick() { 2_000 } else { RR_N_FULL }
+}
+#[allow(non_snake_case)]
+fn CRR_SECS() -> u64 {
+    if quick() { 1 } else { CRR_SECS_FULL }
+}
+#[allow(non_snake_case)]
+fn CHANGES() -> usize {
+    if quick() { 50 } else { CHANGES_FULL }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -585,7 +610,7 @@ impl Setup {
 
     fn iperf(&self) -> f64 {
         let port = IPERF_PORT.to_string();
-        let secs = IPERF_SECS.to_string();
+        let secs = IPERF_SECS().to_string();
         let ip = self.server.ipv4.to_string();
         let argv = [
             "iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-A", "0", "-J",
@@ -594,7 +619,7 @@ impl Setup {
         for _ in 0..50 {
             let out = self
                 .client
-                .run(&argv, Duration::from_secs(u64::from(IPERF_SECS) + 30))
+                .run(&argv, Duration::from_secs(u64::from(IPERF_SECS()) + 30))
                 .unwrap();
             let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
             if let Some(bps) = json
@@ -620,8 +645,8 @@ impl Setup {
                 s.set_nodelay(true).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut b = [1u8; 1];
-                let mut lat = Vec::with_capacity(RR_N);
-                for i in 0..RR_WARMUP + RR_N {
+                let mut lat = Vec::with_capacity(RR_N());
+                for i in 0..RR_WARMUP + RR_N() {
                     let t = Instant::now();
                     s.write_all(&b).unwrap();
                     s.read_exact(&mut b).unwrap();
@@ -646,7 +671,7 @@ impl Setup {
                 let mut n = 0u64;
                 let mut errors = 0u32;
                 let t0 = Instant::now();
-                let end = t0 + Duration::from_secs(CRR_SECS);
+                let end = t0 + Duration::from_secs(CRR_SECS());
                 while Instant::now() < end {
                     let ok = (|| -> std::io::Result<()> {
                         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -686,16 +711,16 @@ struct ChangeResult {
 fn policy_changes(pal: &mut Palisade, setup: &Setup) -> ChangeResult {
     let local = Palisade::local(&setup.client, &setup.server);
     let mut res = ChangeResult {
-        engine_us: Vec::with_capacity(CHANGES),
-        write_us: Vec::with_capacity(CHANGES),
-        total_us: Vec::with_capacity(CHANGES),
+        engine_us: Vec::with_capacity(CHANGES()),
+        write_us: Vec::with_capacity(CHANGES()),
+        total_us: Vec::with_capacity(CHANGES()),
         ops: String::new(),
     };
     let policies = [
         Arc::new(server_policy(true)),
         Arc::new(server_policy(false)),
     ];
-    for i in 0..CHANGES {
+    for i in 0..CHANGES() {
         let change = Change::UpsertPolicy(policies[i % 2].clone());
         let t0 = Instant::now();
         let diff = pal.engine.apply(vec![change]).unwrap();
@@ -751,10 +776,17 @@ fn main() {
             std::process::exit(2);
         }
     }
+    QUICK.store(
+        !std::env::args().any(|a| a == "--bench"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if quick() {
+        println!("datapath bench: smoke run (cargo bench passes --bench for the real one)");
+    }
     let rounds: usize = std::env::var("PALISADE_DP_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(if quick() { 1 } else { 5 })
         .max(1);
     if let Err(e) = node::sweep_stale("pdbench") {
         eprintln!("datapath bench: sweep: {e}");
@@ -941,8 +973,9 @@ fn main() {
     let (t50, t99, tmax) = stat(&mut ch.total_us);
     println!();
     println!(
-        "Policy change: {CHANGES} one-rule changes of the server's {server_entries}-entry policy, \
+        "Policy change: {} one-rule changes of the server's {server_entries}-entry policy, \
          maps full, programs attached ({})",
+        CHANGES(),
         ch.ops
     );
     println!("| step | p50 µs | p99 µs | max µs |");
