@@ -353,12 +353,16 @@ impl Daemon {
         st.ifnames.remove(&stored.ifindex);
         let change = self.source_view(&key);
         let revision = st.revision + 1;
-        let res = st.engine.apply(vec![change]).map_err(DaemonError::from).and_then(|diff| {
-            let State {
-                engine, dp, local, ..
-            } = &mut *st;
-            sync::apply_diff(dp, engine, &diff, local, revision).map_err(DaemonError::from)
-        });
+        let res = st
+            .engine
+            .apply(vec![change])
+            .map_err(DaemonError::from)
+            .and_then(|diff| {
+                let State {
+                    engine, dp, local, ..
+                } = &mut *st;
+                sync::apply_diff(dp, engine, &diff, local, revision).map_err(DaemonError::from)
+            });
         st.revision = revision;
         let saved = save_registrations(&self.state_dir, &st.regs);
         drop(st);

@@ -62,9 +62,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = node::sweep_stale("demo");
     let exe = std::env::current_exe().context("locating palisade-enforcer")?;
-    let cluster = load_paths(std::slice::from_ref(&args.manifests), &LoadOptions::default())
-        .with_context(|| format!("loading {}", args.manifests.display()))?
-        .cluster;
+    let cluster = load_paths(
+        std::slice::from_ref(&args.manifests),
+        &LoadOptions::default(),
+    )
+    .with_context(|| format!("loading {}", args.manifests.display()))?
+    .cluster;
 
     let plugin = match &args.cni_plugin {
         Some(p) => p.clone(),
@@ -81,8 +84,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     // CNI plugin registers them by namespace/name (as a kubelet-driven runtime would).
     let mut specs: Vec<PodSpec> = Vec::new();
     for ep in cluster.endpoints.values() {
-        let mut labels: Vec<(String, String)> =
-            ep.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut labels: Vec<(String, String)> = ep
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         labels.sort();
         specs.push(PodSpec {
             namespace: ep.namespace.clone(),
@@ -113,7 +119,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(work.join("90-demo-pods.yaml"), pod_manifests(&specs))?;
 
-    println!("== A local node: a node network namespace; pods get theirs from the bundled CNI plugin");
+    println!(
+        "== A local node: a node network namespace; pods get theirs from the bundled CNI plugin"
+    );
     let node = Node::create(&node::unique_tag("demo"))?;
     println!(
         "== Starting the enforcer on {} (default deny + explicit allows)",
@@ -198,7 +206,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let (engine, _) = Engine::compile_owned(model, EngineConfig::default())?;
 
     println!();
-    println!("== Every pod tries every served port of every other pod (real TCP through the kernel)");
+    println!(
+        "== Every pod tries every served port of every other pod (real TCP through the kernel)"
+    );
     let timeout = Duration::from_millis(args.timeout_ms);
     let attempts = attempts(&pods);
     let results = try_all(&pods, &attempts, timeout);
@@ -218,7 +228,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             format!("{}:{port}", pods[*to].pod.identity()),
             if *ok { "ALLOWED" } else { "DENIED" },
             if predicted { "allow" } else { "deny" },
-            if predicted == *ok { "" } else { "   <- MISMATCH" }
+            if predicted == *ok {
+                ""
+            } else {
+                "   <- MISMATCH"
+            }
         );
     }
 
@@ -232,17 +246,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     for v in lines.iter().filter(|v| v.get("flow").is_some()) {
         println!("   {}", summary(v));
     }
-    if let Some(first_drop) = lines
-        .iter()
-        .find(|v| v["flow"]["verdict"] == "DROPPED")
-    {
+    if let Some(first_drop) = lines.iter().find(|v| v["flow"]["verdict"] == "DROPPED") {
         println!();
         println!("   One line in full:");
         println!("   {}", serde_json::to_string(first_drop)?);
     }
 
     println!();
-    println!("== Policy change while running: shop/client-to-backend lets default/client reach the backend");
+    println!(
+        "== Policy change while running: shop/client-to-backend lets default/client reach the backend"
+    );
     let (client, backend) = (
         pods.iter().position(|p| p.pod.name == "client"),
         pods.iter().position(|p| p.pod.name == "backend-0"),
@@ -272,7 +285,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     drop(servers);
     for (p, g) in pods.iter().zip(&netns_guards) {
         if let Err(e) = cni.del(g, &p.pod) {
-            eprintln!("palisade-enforcer demo: CNI DEL {}: {e:#}", p.pod.identity());
+            eprintln!(
+                "palisade-enforcer demo: CNI DEL {}: {e:#}",
+                p.pod.identity()
+            );
         }
     }
     println!();
@@ -282,10 +298,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     drop(node);
     println!();
     if mismatches == 0 {
-        println!("== Done: the kernel agreed with the offline prediction on every attempt; node removed.");
+        println!(
+            "== Done: the kernel agreed with the offline prediction on every attempt; node removed."
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("== Done with {mismatches} disagreement(s) between kernel and prediction; node removed.");
+        println!(
+            "== Done with {mismatches} disagreement(s) between kernel and prediction; node removed."
+        );
         Ok(ExitCode::from(1))
     }
 }
@@ -501,6 +521,7 @@ impl Cni {
     }
 
     fn del(&self, netns: &node::NetnsGuard, pod: &Pod) -> anyhow::Result<()> {
-        self.invoke("DEL", netns, &pod.namespace, &pod.name).map(|_| ())
+        self.invoke("DEL", netns, &pod.namespace, &pod.name)
+            .map(|_| ())
     }
 }

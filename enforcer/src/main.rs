@@ -217,7 +217,10 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(pin_root: &std::path::Path, netns: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+fn inspect(
+    pin_root: &std::path::Path,
+    netns: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     use palisade_enforcer::datapath::{self, Hook};
     use policy_compiler::abi;
     if let Some(ns) = netns {
@@ -246,7 +249,11 @@ fn inspect(pin_root: &std::path::Path, netns: Option<&std::path::Path>) -> anyho
             Ok(h) => h
                 .iter()
                 .map(|(hook, progs)| {
-                    let which = if *hook == Hook::FromPod { "ingress" } else { "egress" };
+                    let which = if *hook == Hook::FromPod {
+                        "ingress"
+                    } else {
+                        "egress"
+                    };
                     format!("{which}: [{}]", progs.join(", "))
                 })
                 .collect::<Vec<_>>()
@@ -256,13 +263,21 @@ fn inspect(pin_root: &std::path::Path, netns: Option<&std::path::Path>) -> anyho
         println!(
             "  ifindex {ifindex:<4} {name:<16} identity {:<8} {} rev {:<4} {hooks}",
             e.identity,
-            if e.flags & abi::ENDPOINT_F_READY != 0 { "READY    " } else { "NOT READY" },
+            if e.flags & abi::ENDPOINT_F_READY != 0 {
+                "READY    "
+            } else {
+                "NOT READY"
+            },
             e.revision
         );
     }
     println!("counters (packets, bytes):");
     for ((dir, code), v) in &snap.counters {
-        let d = if *dir == abi::DIRECTION_INGRESS { "ingress" } else { "egress " };
+        let d = if *dir == abi::DIRECTION_INGRESS {
+            "ingress"
+        } else {
+            "egress "
+        };
         println!(
             "  {d} {:<40} {:>10} {:>12}",
             datapath::counter_name(*code),
@@ -290,8 +305,8 @@ fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn client(socket: &std::path::Path, req: &Request) -> anyhow::Result<ExitCode> {
-    let resp = client_request(socket, req)
-        .with_context(|| format!("enforcer at {}", socket.display()))?;
+    let resp =
+        client_request(socket, req).with_context(|| format!("enforcer at {}", socket.display()))?;
     println!("{}", serde_json::to_string(&resp)?);
     Ok(match resp {
         Response::Error { .. } => ExitCode::from(1),

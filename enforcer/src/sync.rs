@@ -131,7 +131,9 @@ pub fn apply_diff(
         let Some(identity) = engine.endpoint_identity(key) else {
             continue;
         };
-        if ipcache_changed || touched_policies.contains(&identity) || moved.contains_key(key.as_str())
+        if ipcache_changed
+            || touched_policies.contains(&identity)
+            || moved.contains_key(key.as_str())
         {
             write_endpoint(dp, *ifindex, identity, revision)?;
             stats.endpoints_written += 1;

@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use aya::maps::{MapData, RingBuf};
 use palisade_enforcer::datapath::packet::{self, L4, TCP_ACK, TCP_FIN, TCP_SYN};
 use palisade_enforcer::datapath::{Datapath, Hook};
+use policy_compiler::EntryKey;
 use policy_compiler::abi::{self, EndpointInfo, PolicyValue, VerdictEvent};
 use policy_compiler::cidr::Cidr;
-use policy_compiler::EntryKey;
 
 const PASS: u32 = 0;
 const DROP: u32 = 2;
@@ -163,8 +163,13 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
 
 #[test]
 fn allowed_syn_is_tracked_reported_and_counted() {
-    let Some(mut f) = fixture("allow") else { return };
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40000, 80)), PASS);
+    let Some(mut f) = fixture("allow") else {
+        return;
+    };
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40000, 80)),
+        PASS
+    );
     let ct = f.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 1, "one conntrack entry: {ct:?}");
     let (k, e) = ct[0];
@@ -184,10 +189,24 @@ fn allowed_syn_is_tracked_reported_and_counted() {
     assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_FORWARDED), 1);
 
     // The rest of the connection: no more events, counted as conntrack hits.
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(40000, 80, TCP_ACK)), PASS);
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", tcp(80, 40000, TCP_ACK)), PASS);
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(40000, 80, TCP_ACK)),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(80, 40000, TCP_ACK)
+        ),
+        PASS
+    );
     assert!(f.events().is_empty());
-    assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED), 1);
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED),
+        1
+    );
     assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY), 1);
 }
 
@@ -195,74 +214,222 @@ fn allowed_syn_is_tracked_reported_and_counted() {
 fn default_deny_drops_with_reason_and_one_event_per_repeat_window() {
     let Some(mut f) = fixture("deny") else { return };
     for _ in 0..3 {
-        assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40001, 81)), DROP);
+        assert_eq!(
+            f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40001, 81)),
+            DROP
+        );
     }
     let ev = f.events();
-    assert_eq!(ev.len(), 1, "retransmits are counted, not re-reported: {ev:?}");
+    assert_eq!(
+        ev.len(),
+        1,
+        "retransmits are counted, not re-reported: {ev:?}"
+    );
     assert_eq!(ev[0].verdict, abi::EVENT_VERDICT_DROPPED);
     assert_eq!(ev[0].drop_reason as u32, abi::DROP_POLICY_DENIED);
     assert_eq!(ev[0].rule_id, abi::RULE_ID_NONE);
-    assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::DROP_POLICY_DENIED), 3);
-    assert!(f.dp.ct_entries().unwrap().is_empty(), "no state for a denied flow");
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::DROP_POLICY_DENIED),
+        3
+    );
+    assert!(
+        f.dp.ct_entries().unwrap().is_empty(),
+        "no state for a denied flow"
+    );
 }
 
 #[test]
 fn replies_pass_only_through_conntrack_of_the_same_endpoint() {
-    let Some(mut f) = fixture("reply") else { return };
+    let Some(mut f) = fixture("reply") else {
+        return;
+    };
     // OTHER may reach POD:80, but POD has no egress rule for OTHER.
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", tcp(80, 41000, TCP_SYN | TCP_ACK)), DROP,
-        "a reply-looking packet without state is a new flow");
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", syn(41000, 80)), PASS);
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", tcp(80, 41000, TCP_SYN | TCP_ACK)), PASS);
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.3",
+            tcp(80, 41000, TCP_SYN | TCP_ACK)
+        ),
+        DROP,
+        "a reply-looking packet without state is a new flow"
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", syn(41000, 80)),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.3",
+            tcp(80, 41000, TCP_SYN | TCP_ACK)
+        ),
+        PASS
+    );
     // Another source port: no state.
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", tcp(80, 41001, TCP_ACK)), DROP);
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.3",
+            tcp(80, 41001, TCP_ACK)
+        ),
+        DROP
+    );
     // An unsolicited ACK from a denied peer towards the pod is checked as new.
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.9", "10.0.0.1", tcp(80, 5555, TCP_ACK)), DROP);
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.9", "10.0.0.1", tcp(80, 5555, TCP_ACK)),
+        DROP
+    );
 }
 
 #[test]
 fn icmp_echo_reply_is_a_reply_but_echo_request_is_not() {
     let Some(mut f) = fixture("icmp") else { return };
-    let req = L4::Icmp { kind: 8, code: 0, id: 7 };
-    let rep = L4::Icmp { kind: 0, code: 0, id: 7 };
+    let req = L4::Icmp {
+        kind: 8,
+        code: 0,
+        id: 7,
+    };
+    let rep = L4::Icmp {
+        kind: 0,
+        code: 0,
+        id: 7,
+    };
     // POD pings PEER (egress allowed).
     assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", req), PASS);
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", rep), PASS);
     // PEER's own echo request with the same id is a new flow: ingress has no ICMP rule.
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", req), DROP);
     // A reply with another id has no state.
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", L4::Icmp { kind: 0, code: 0, id: 8 }), DROP);
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "10.0.0.2",
+            "10.0.0.1",
+            L4::Icmp {
+                kind: 0,
+                code: 0,
+                id: 8
+            }
+        ),
+        DROP
+    );
     // ICMPv6 the same way.
-    assert_eq!(f.run(Hook::FromPod, "fd00::1", "fd00::2", L4::Icmp { kind: 128, code: 0, id: 9 }), PASS);
-    assert_eq!(f.run(Hook::ToPod, "fd00::2", "fd00::1", L4::Icmp { kind: 129, code: 0, id: 9 }), PASS);
-    assert_eq!(f.run(Hook::ToPod, "fd00::2", "fd00::1", L4::Icmp { kind: 128, code: 0, id: 9 }), DROP);
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "fd00::1",
+            "fd00::2",
+            L4::Icmp {
+                kind: 128,
+                code: 0,
+                id: 9
+            }
+        ),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "fd00::2",
+            "fd00::1",
+            L4::Icmp {
+                kind: 129,
+                code: 0,
+                id: 9
+            }
+        ),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "fd00::2",
+            "fd00::1",
+            L4::Icmp {
+                kind: 128,
+                code: 0,
+                id: 9
+            }
+        ),
+        DROP
+    );
 }
 
 #[test]
 fn udp_sctp_and_ipv6_follow_their_rules() {
     let Some(mut f) = fixture("l4") else { return };
     let udp = |s, d| L4::Udp { sport: s, dport: d };
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5000, 53)), PASS, "any peer UDP 53");
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", udp(53, 5000)), PASS, "UDP reply");
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5000, 54)), DROP);
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5000, 53)),
+        PASS,
+        "any peer UDP 53"
+    );
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", udp(53, 5000)),
+        PASS,
+        "UDP reply"
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5000, 54)),
+        DROP
+    );
     let sctp = |s, d| L4::Sctp { sport: s, dport: d };
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", sctp(6000, 7000)), PASS);
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", sctp(6000, 7001)), DROP);
-    assert_eq!(f.run(Hook::ToPod, "fd00::2", "fd00::1", syn(1234, 443)), PASS);
-    assert_eq!(f.run(Hook::ToPod, "fd00::2", "fd00::1", syn(1234, 444)), DROP);
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", sctp(6000, 7000)),
+        PASS
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", sctp(6000, 7001)),
+        DROP
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "fd00::2", "fd00::1", syn(1234, 443)),
+        PASS
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "fd00::2", "fd00::1", syn(1234, 444)),
+        DROP
+    );
     let ev = f.events();
-    let v6 = ev.iter().find(|e| e.family == 6 && u16::from_be(e.dport_be) == 443).unwrap();
+    let v6 = ev
+        .iter()
+        .find(|e| e.family == 6 && u16::from_be(e.dport_be) == 443)
+        .unwrap();
     assert_eq!((v6.rule_id, v6.src_identity), (22, PEER));
     // An unknown protocol number is allowed only by a rule without ports (egress to PEER).
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", L4::Other { protocol: 47 }), PASS);
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", L4::Other { protocol: 47 }), DROP);
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            L4::Other { protocol: 47 }
+        ),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "10.0.0.3",
+            "10.0.0.1",
+            L4::Other { protocol: 47 }
+        ),
+        DROP
+    );
 }
 
 #[test]
 fn fail_closed_cases_have_their_own_reasons() {
-    let Some(mut f) = fixture("closed") else { return };
+    let Some(mut f) = fixture("closed") else {
+        return;
+    };
     // Spoofed source from the pod.
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.9", "10.0.0.2", syn(1, 80)), DROP);
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.9", "10.0.0.2", syn(1, 80)),
+        DROP
+    );
     // Fragment and truncated header.
     let frag = packet::ipv4_later_fragment(ip("10.0.0.2"), ip("10.0.0.1"));
     assert_eq!(f.dp.test_run(Hook::ToPod, &frag).unwrap(), DROP);
@@ -272,12 +439,29 @@ fn fail_closed_cases_have_their_own_reasons() {
     // Non-IP passes, and so do IPv6 neighbour discovery and MLD (link control).
     assert_eq!(f.dp.test_run(Hook::ToPod, &packet::arp()).unwrap(), PASS);
     for kind in [135, 136, 143] {
-        let icmp6 = L4::Icmp { kind, code: 0, id: 0 };
-        assert_eq!(f.run(Hook::FromPod, "fe80::1", "ff02::16", icmp6), PASS, "ICMPv6 type {kind}");
+        let icmp6 = L4::Icmp {
+            kind,
+            code: 0,
+            id: 0,
+        };
+        assert_eq!(
+            f.run(Hook::FromPod, "fe80::1", "ff02::16", icmp6),
+            PASS,
+            "ICMPv6 type {kind}"
+        );
     }
     // Other ICMPv6 from a link-local source is policed like any packet: not the pod's address.
     assert_eq!(
-        f.run(Hook::FromPod, "fe80::1", "ff02::1", L4::Icmp { kind: 128, code: 0, id: 1 }),
+        f.run(
+            Hook::FromPod,
+            "fe80::1",
+            "ff02::1",
+            L4::Icmp {
+                kind: 128,
+                code: 0,
+                id: 1
+            }
+        ),
         DROP
     );
     let ev = f.events();
@@ -291,16 +475,34 @@ fn fail_closed_cases_have_their_own_reasons() {
             abi::DROP_INVALID_SOURCE_IP
         ]
     );
-    assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_PASS_NON_IP), 1);
-    assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_PASS_NEIGHBOR), 3);
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_PASS_NON_IP),
+        1
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_PASS_NEIGHBOR),
+        3
+    );
 
     // A peer address no ipcache prefix covers.
     f.dp.delete_ipcache(&"0.0.0.0/0".parse().unwrap()).unwrap();
-    assert_eq!(f.run(Hook::ToPod, "192.0.2.1", "10.0.0.1", syn(1, 80)), DROP);
+    assert_eq!(
+        f.run(Hook::ToPod, "192.0.2.1", "10.0.0.1", syn(1, 80)),
+        DROP
+    );
     assert_eq!(f.events()[0].drop_reason as u32, abi::DROP_INVALID_IDENTITY);
 
     // Not ready, then no endpoint at all: everything dropped, even allowed flows.
-    f.dp.set_endpoint(1, &EndpointInfo { identity: POD, policy_slot: POD, flags: 0, revision: 1 }).unwrap();
+    f.dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: POD,
+            policy_slot: POD,
+            flags: 0,
+            revision: 1,
+        },
+    )
+    .unwrap();
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(2, 80)), DROP);
     f.dp.remove_endpoint(1).unwrap();
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(3, 80)), DROP);
@@ -309,7 +511,9 @@ fn fail_closed_cases_have_their_own_reasons() {
 
 #[test]
 fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
-    let Some(mut f) = fixture("tiers") else { return };
+    let Some(mut f) = fixture("tiers") else {
+        return;
+    };
     let ing = abi::DIRECTION_INGRESS;
     // An admin-tier deny for PEER on TCP 80 beats the NetworkPolicy allow.
     let deny = PolicyValue {
@@ -318,16 +522,27 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         precedence: abi::PRECEDENCE_ADMIN_MIN,
         ..Default::default()
     };
-    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &deny).unwrap();
+    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &deny)
+        .unwrap();
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(1, 80)), DROP);
     let ev = f.events();
-    assert_eq!((ev[0].drop_reason as u32, ev[0].rule_id), (abi::DROP_POLICY_DENY, 30));
+    assert_eq!(
+        (ev[0].drop_reason as u32, ev[0].rule_id),
+        (abi::DROP_POLICY_DENY, 30)
+    );
     // The same deny in audit mode: forwarded, reported as AUDIT.
-    let audit = PolicyValue { flags: abi::POLICY_F_AUDIT, ..deny };
-    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &audit).unwrap();
+    let audit = PolicyValue {
+        flags: abi::POLICY_F_AUDIT,
+        ..deny
+    };
+    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &audit)
+        .unwrap();
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(2, 80)), PASS);
     let ev = f.events();
-    assert_eq!((ev[0].verdict, ev[0].rule_id), (abi::EVENT_VERDICT_AUDIT, 30));
+    assert_eq!(
+        (ev[0].verdict, ev[0].rule_id),
+        (abi::EVENT_VERDICT_AUDIT, 30)
+    );
     // An L7 redirect with no proxy attached: dropped, naming the rule.
     let redirect = PolicyValue {
         rule_id: 31,
@@ -336,30 +551,57 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         precedence: abi::PRECEDENCE_NETWORK_POLICY,
         ..Default::default()
     };
-    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8080), &redirect).unwrap();
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(3, 8080)), DROP);
+    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8080), &redirect)
+        .unwrap();
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(3, 8080)),
+        DROP
+    );
     let ev = f.events();
-    assert_eq!((ev[0].drop_reason as u32, ev[0].rule_id), (abi::DROP_PROXY_UNAVAILABLE, 31));
+    assert_eq!(
+        (ev[0].drop_reason as u32, ev[0].rule_id),
+        (abi::DROP_PROXY_UNAVAILABLE, 31)
+    );
     assert_eq!(u16::from_be(ev[0].proxy_port_be), 15001);
 }
 
 #[test]
 fn policy_change_revokes_tracked_flows_it_no_longer_allows() {
-    let Some(mut f) = fixture("revoke") else { return };
+    let Some(mut f) = fixture("revoke") else {
+        return;
+    };
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(1, 80)), PASS);
     assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", syn(2, 80)), PASS);
     f.events();
     // New revision: PEER's rule is gone, OTHER's stays.
-    f.dp.delete_policy(POD, &port_key(PEER, abi::DIRECTION_INGRESS, 6, 80)).unwrap();
+    f.dp.delete_policy(POD, &port_key(PEER, abi::DIRECTION_INGRESS, 6, 80))
+        .unwrap();
     set_ready(&mut f.dp, 2);
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", tcp(80, 1, TCP_ACK)), DROP,
-        "the reply of a revoked flow");
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(1, 80, TCP_ACK)), DROP);
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", tcp(2, 80, TCP_ACK)), PASS,
-        "a flow both revisions allow is untouched");
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", tcp(80, 2, TCP_ACK)), PASS);
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", tcp(80, 1, TCP_ACK)),
+        DROP,
+        "the reply of a revoked flow"
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(1, 80, TCP_ACK)),
+        DROP
+    );
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", tcp(2, 80, TCP_ACK)),
+        PASS,
+        "a flow both revisions allow is untouched"
+    );
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.3", tcp(80, 2, TCP_ACK)),
+        PASS
+    );
     let ev = f.events();
-    assert_eq!(ev.iter().filter(|e| e.kind == abi::EVENT_KIND_REVOKED).count(), 1);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.kind == abi::EVENT_KIND_REVOKED)
+            .count(),
+        1
+    );
     assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_REVOKED), 1);
     let ct = f.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 1, "the revoked entry is gone: {ct:?}");
@@ -368,16 +610,39 @@ fn policy_change_revokes_tracked_flows_it_no_longer_allows() {
 
 #[test]
 fn tcp_close_is_reported_once_and_shortens_the_entry() {
-    let Some(mut f) = fixture("close") else { return };
+    let Some(mut f) = fixture("close") else {
+        return;
+    };
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(1, 80)), PASS);
-    assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(1, 80, TCP_FIN | TCP_ACK)), PASS);
-    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", tcp(80, 1, TCP_FIN | TCP_ACK)), PASS);
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "10.0.0.2",
+            "10.0.0.1",
+            tcp(1, 80, TCP_FIN | TCP_ACK)
+        ),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(80, 1, TCP_FIN | TCP_ACK)
+        ),
+        PASS
+    );
     let ev = f.events();
     assert_eq!(ev.len(), 2, "open + close: {ev:?}");
     assert_eq!(ev[1].kind, abi::EVENT_KIND_CT_CLOSE);
     let (_, e) = f.dp.ct_entries().unwrap()[0];
-    let left = e.expires_ns.saturating_sub(palisade_enforcer::datapath::monotonic_ns());
-    assert!(left <= abi::CT_LIFETIME_TCP_CLOSE_S * 1_000_000_000, "closing lifetime: {left}");
+    let left = e
+        .expires_ns
+        .saturating_sub(palisade_enforcer::datapath::monotonic_ns());
+    assert!(
+        left <= abi::CT_LIFETIME_TCP_CLOSE_S * 1_000_000_000,
+        "closing lifetime: {left}"
+    );
     assert!(e.flags & abi::CT_F_SEEN_FIN != 0 && e.flags & abi::CT_F_REPLY_SEEN != 0);
 }
 
@@ -397,25 +662,45 @@ fn pinned_maps_are_checked_before_reuse() {
     let status = std::process::Command::new("bpftool")
         .args(["map", "create"])
         .arg(dir.join("pal_drop_seen"))
-        .args(["type", "hash", "key", "4", "value", "8", "entries", "4", "name", "pal_drop_seen"])
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "4",
+            "name",
+            "pal_drop_seen",
+        ])
         .status();
     if !matches!(status, Ok(s) if s.success()) {
         // Without bpftool the stale-layout half cannot be staged; the adoption half ran.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "bpftool is needed under CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "bpftool is needed under CI"
+        );
         return;
     }
-    let err = palisade_enforcer::datapath::Datapath::load(&palisade_enforcer::datapath::LoadOptions {
-        pin_root: f._fs.path().to_path_buf(),
-        mount_if_missing: false,
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("pal_drop_seen") && err.contains("refusing"), "{err}");
+    let err =
+        palisade_enforcer::datapath::Datapath::load(&palisade_enforcer::datapath::LoadOptions {
+            pin_root: f._fs.path().to_path_buf(),
+            mount_if_missing: false,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pal_drop_seen") && err.contains("refusing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn verifier_instruction_counts_are_reported() {
-    let Some(mut f) = fixture("stats") else { return };
+    let Some(mut f) = fixture("stats") else {
+        return;
+    };
     let stats = f.dp.program_stats();
     assert_eq!(stats.len(), 2);
     for (name, insns, xlated) in stats {

@@ -159,56 +159,63 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
     });
     let compared = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
-    let result = runner.run(
-        &(cluster(), flow_seeds(FLOWS_PER_CASE)),
-        |(c, seeds)| {
-            let (engine, _) = Engine::compile(&c, EngineConfig::default()).unwrap();
-            // The enforcer writes the maps exactly as it does on a node.
-            let fs = common::PrivateBpffs::new("diff");
-            let mut dp = fs.load();
-            sync::write_full(&mut dp, &engine, &LocalEndpoints::default(), 1).unwrap();
-            let events = dp.take_events().unwrap();
-            let mut k = Kernel { dp, events };
-            for (i, s) in seeds.iter().enumerate() {
-                let flow = seed_to_flow(&c, s);
-                let (Some(src_ip), Some(dst_ip)) =
-                    (wire_ip(&engine, &flow.src), wire_ip(&engine, &flow.dst))
-                else {
-                    continue;
-                };
-                if src_ip.is_ipv4() != dst_ip.is_ipv4() || src_ip == dst_ip {
-                    continue;
-                }
-                let sport = 10_000 + (i as u16);
-                let pkt = packet::build(src_ip, dst_ip, l4(flow.protocol, src_ip.is_ipv4(), sport, flow.port));
-                let want = maps::evaluate(&engine, &flow);
-                if let Some((_, id)) = subject(&engine, &flow.src) {
-                    let got = k.run(Hook::FromPod, id, &pkt);
-                    let exp = comparable(want.egress.as_ref().unwrap());
-                    proptest::prop_assert_eq!(&got, &exp, "egress of {:?}", flow);
-                    compared.set(compared.get() + 1);
-                    if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
-                        allowed.set(allowed.get() + 1);
-                    }
-                }
-                if let Some((_, id)) = subject(&engine, &flow.dst) {
-                    let got = k.run(Hook::ToPod, id, &pkt);
-                    let exp = comparable(want.ingress.as_ref().unwrap());
-                    proptest::prop_assert_eq!(&got, &exp, "ingress of {:?}", flow);
-                    compared.set(compared.get() + 1);
-                    if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
-                        allowed.set(allowed.get() + 1);
-                    }
+    let result = runner.run(&(cluster(), flow_seeds(FLOWS_PER_CASE)), |(c, seeds)| {
+        let (engine, _) = Engine::compile(&c, EngineConfig::default()).unwrap();
+        // The enforcer writes the maps exactly as it does on a node.
+        let fs = common::PrivateBpffs::new("diff");
+        let mut dp = fs.load();
+        sync::write_full(&mut dp, &engine, &LocalEndpoints::default(), 1).unwrap();
+        let events = dp.take_events().unwrap();
+        let mut k = Kernel { dp, events };
+        for (i, s) in seeds.iter().enumerate() {
+            let flow = seed_to_flow(&c, s);
+            let (Some(src_ip), Some(dst_ip)) =
+                (wire_ip(&engine, &flow.src), wire_ip(&engine, &flow.dst))
+            else {
+                continue;
+            };
+            if src_ip.is_ipv4() != dst_ip.is_ipv4() || src_ip == dst_ip {
+                continue;
+            }
+            let sport = 10_000 + (i as u16);
+            let pkt = packet::build(
+                src_ip,
+                dst_ip,
+                l4(flow.protocol, src_ip.is_ipv4(), sport, flow.port),
+            );
+            let want = maps::evaluate(&engine, &flow);
+            if let Some((_, id)) = subject(&engine, &flow.src) {
+                let got = k.run(Hook::FromPod, id, &pkt);
+                let exp = comparable(want.egress.as_ref().unwrap());
+                proptest::prop_assert_eq!(&got, &exp, "egress of {:?}", flow);
+                compared.set(compared.get() + 1);
+                if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                    allowed.set(allowed.get() + 1);
                 }
             }
-            Ok(())
-        },
-    );
+            if let Some((_, id)) = subject(&engine, &flow.dst) {
+                let got = k.run(Hook::ToPod, id, &pkt);
+                let exp = comparable(want.ingress.as_ref().unwrap());
+                proptest::prop_assert_eq!(&got, &exp, "ingress of {:?}", flow);
+                compared.set(compared.get() + 1);
+                if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                    allowed.set(allowed.get() + 1);
+                }
+            }
+        }
+        Ok(())
+    });
     if let Err(e) = result {
         panic!("{e}");
     }
     let (n, a) = (compared.get(), allowed.get());
-    println!("differential: {n} hook decisions compared, {a} allowed, {} denied", n - a);
+    println!(
+        "differential: {n} hook decisions compared, {a} allowed, {} denied",
+        n - a
+    );
     assert!(n >= 10_000 || cases() < 80, "compared only {n} decisions");
-    assert!(a > n / 20 && a < n - n / 20, "degenerate mix: {a}/{n} allowed");
+    assert!(
+        a > n / 20 && a < n - n / 20,
+        "degenerate mix: {a}/{n} allowed"
+    );
 }

@@ -169,7 +169,10 @@ impl Datapath {
         for (name, _) in PROGRAMS {
             dp.classifier(name)?
                 .load()
-                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
         }
         dp.adopt_links()?;
         Ok(dp)
@@ -185,15 +188,14 @@ impl Datapath {
     }
 
     fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        let p = self
-            .bpf
-            .program_mut(name)
-            .ok_or(DatapathError::Program {
-                name,
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
-        p.try_into()
-            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })
+        let p = self.bpf.program_mut(name).ok_or(DatapathError::Program {
+            name,
+            source: Box::new(ProgramError::NotLoaded),
+        })?;
+        p.try_into().map_err(|source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        })
     }
 
     /// Takes over every pinned link: the new program replaces the old one inside the link
@@ -239,12 +241,20 @@ impl Datapath {
         let prog = self.classifier(name)?;
         let id = prog
             .attach_to_link(link)
-            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
+            .map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         // Re-pin: the old pin file still names the same link; replace it with ours.
         let link = prog
             .take_link(id)
-            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
-        let fd: FdLink = link.try_into().map_err(|e: LinkError| link_err(e.to_string()))?;
+            .map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| link_err(e.to_string()))?;
         let _ = std::fs::remove_file(path);
         fd.pin(path).map_err(|e| link_err(e.to_string()))?;
         Ok(())
@@ -270,14 +280,22 @@ impl Datapath {
                     hook.attach_type(),
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
             let link = prog
                 .take_link(id)
-                .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::Link {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: LinkError| DatapathError::Link {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
             fd.pin(&path).map_err(|e| DatapathError::Link {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -304,23 +322,18 @@ impl Datapath {
     pub fn query(ifname: &str) -> Result<Vec<(Hook, Vec<String>)>> {
         let mut out = Vec::new();
         for (_, hook) in PROGRAMS {
-            let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type()).map_err(
-                |source| DatapathError::Program {
-                    name: hook.program(),
-                    source: Box::new(source),
-                },
-            )?;
+            let (_, progs) =
+                SchedClassifier::query_tcx(ifname, hook.attach_type()).map_err(|source| {
+                    DatapathError::Program {
+                        name: hook.program(),
+                        source: Box::new(source),
+                    }
+                })?;
             out.push((
                 hook,
                 progs
                     .iter()
-                    .map(|p| {
-                        format!(
-                            "{} (id {})",
-                            p.name_as_str().unwrap_or("?"),
-                            p.id()
-                        )
-                    })
+                    .map(|p| format!("{} (id {})", p.name_as_str().unwrap_or("?"), p.id()))
                     .collect(),
             ));
         }
@@ -342,30 +355,48 @@ impl Datapath {
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
         let name = "pal_endpoints";
         let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+            .map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         m.insert(ifindex, info.to_bytes(), 0)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+            .map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
         let name = "pal_endpoints";
-        let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+        let m: BpfHashMap<_, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         match m.get(&ifindex, 0) {
             Ok(b) => Ok(Some(EndpointInfo::from_bytes(&b))),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map { name, source: Box::new(source) }),
+            Err(source) => Err(DatapathError::Map {
+                name,
+                source: Box::new(source),
+            }),
         }
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>> {
         let name = "pal_endpoints";
-        let m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+        let m: BpfHashMap<_, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         m.iter()
             .map(|r| {
                 r.map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
-                    .map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+                    .map_err(|source| DatapathError::Map {
+                        name,
+                        source: Box::new(source),
+                    })
             })
             .collect()
     }
@@ -373,10 +404,16 @@ impl Datapath {
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         let name = "pal_endpoints";
         let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+            .map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         match m.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map { name, source: Box::new(source) }),
+            Err(source) => Err(DatapathError::Map {
+                name,
+                source: Box::new(source),
+            }),
         }
     }
 
@@ -384,7 +421,10 @@ impl Datapath {
 
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 12], [u8; 12]>> {
         let name = "pal_policy";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
+            name,
+            source: Box::new(source),
+        })
     }
 
     fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<[u8; 12]> {
@@ -421,7 +461,10 @@ impl Datapath {
         let m = self.policy_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+            let (k, v) = r.map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
             let d = k.data();
             let slot = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
             let identity = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
@@ -444,7 +487,10 @@ impl Datapath {
 
     fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], [u8; 8]>> {
         let name = "pal_ipcache";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
+            name,
+            source: Box::new(source),
+        })
     }
 
     pub fn upsert_ipcache(&mut self, cidr: &Cidr, identity: u32) -> Result<()> {
@@ -499,7 +545,10 @@ impl Datapath {
 
     fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 48]>> {
         let name = "pal_ct";
-        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
+            name,
+            source: Box::new(source),
+        })
     }
 
     /// Every conntrack entry.
@@ -551,13 +600,17 @@ impl Datapath {
     /// Per-CPU counters summed, non-zero slots only.
     pub fn counters(&self) -> Result<Counters> {
         let name = "pal_counters";
-        let m: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+        let m: PerCpuArray<_, [u64; 2]> =
+            PerCpuArray::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
         let mut out = Counters::new();
         for idx in 0..abi::COUNTER_MAX {
-            let vals = m
-                .get(&idx, 0)
-                .map_err(|source| DatapathError::Map { name, source: Box::new(source) })?;
+            let vals = m.get(&idx, 0).map_err(|source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            })?;
             let (p, b) = vals
                 .iter()
                 .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
@@ -583,7 +636,10 @@ impl Datapath {
             .bpf
             .take_map(name)
             .ok_or(DatapathError::MissingMap { name })?;
-        RingBuf::try_from(m).map_err(|source| DatapathError::Map { name, source: Box::new(source) })
+        RingBuf::try_from(m).map_err(|source| DatapathError::Map {
+            name,
+            source: Box::new(source),
+        })
     }
 
     /// Runs one program on a packet with BPF_PROG_TEST_RUN (tests and `palisade-enforcer
@@ -597,7 +653,10 @@ impl Datapath {
                 data_in: Some(packet),
                 ..Default::default()
             })
-            .map_err(|source| DatapathError::Program { name, source: Box::new(source) })?;
+            .map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         Ok(r.return_value)
     }
 
@@ -731,10 +790,11 @@ pub struct Snapshot {
 }
 
 fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|source| DatapathError::PinnedMap {
-        path: pin_dir.join(name),
-        source: Box::new(source),
-    })?;
+    let data =
+        MapData::from_pin(pin_dir.join(name)).map_err(|source| DatapathError::PinnedMap {
+            path: pin_dir.join(name),
+            source: Box::new(source),
+        })?;
     aya::maps::Map::from_map_data(data).map_err(|source| DatapathError::Map {
         name,
         source: Box::new(source),

@@ -18,13 +18,29 @@ pub const TCP_ACK: u8 = 0x10;
 /// The L4 part of a crafted packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Sctp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP or ICMPv6 (by address family): type, code, echo id.
-    Icmp { kind: u8, code: u8, id: u16 },
+    Icmp {
+        kind: u8,
+        code: u8,
+        id: u16,
+    },
     /// Any other protocol number, with a few payload bytes.
-    Other { protocol: u8 },
+    Other {
+        protocol: u8,
+    },
 }
 
 /// An IPv4 or IPv6 packet in an Ethernet frame.
