@@ -275,15 +275,7 @@ impl Daemon {
                 .endpoint_identity(&key)
                 .unwrap_or(abi::IDENTITY_UNKNOWN);
             // Written explicitly: a pod joining an existing identity has no diff of its own.
-            dp.set_endpoint(
-                ifindex,
-                &abi::EndpointInfo {
-                    identity,
-                    policy_slot: identity,
-                    flags: abi::ENDPOINT_F_READY,
-                    revision,
-                },
-            )?;
+            sync::write_endpoint(dp, ifindex, identity, revision)?;
             // Maps first, then the hooks: the first packet already meets the policy.
             dp.attach(&reg.host_ifname)?;
             Ok(identity)
@@ -381,33 +373,38 @@ impl Daemon {
         ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
         logger: &mut FlowLogger,
     ) -> usize {
+        // The resolver indexes every endpoint: build it only when there is an event.
+        let next = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| loop {
+            let item = ring.next()?;
+            if let Some(ev) = abi::VerdictEvent::from_bytes(&item) {
+                return Some(ev);
+            }
+        };
+        let Some(first) = next(ring) else {
+            return 0;
+        };
         let st = self.lock();
         let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
         let mut n = 0;
-        while let Some(item) = ring.next() {
-            let Some(ev) = abi::VerdictEvent::from_bytes(&item) else {
-                continue;
-            };
-            if let Err(e) = logger.log(&ev, &resolver) {
-                eprintln!("palisade-enforcer: verdict log: {e}");
+        let mut ev = Some(first);
+        while let Some(e) = ev {
+            if let Err(err) = logger.log(&e, &resolver) {
+                eprintln!("palisade-enforcer: verdict log: {err}");
             }
             n += 1;
+            ev = next(ring);
         }
         n
     }
 
-    /// Sums of one counter over both directions.
+    /// Packets of one counter over both directions.
     fn counter_total(&self, code: u32) -> u64 {
-        self.lock()
-            .dp
-            .counters()
-            .map(|c| {
-                c.iter()
-                    .filter(|((_, k), _)| *k == code)
-                    .map(|(_, v)| v.packets)
-                    .sum()
-            })
-            .unwrap_or(0)
+        let st = self.lock();
+        [abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS]
+            .iter()
+            .filter_map(|d| st.dp.counter(*d, code).ok())
+            .map(|c| c.packets)
+            .sum()
     }
 
     /// Runs until SIGINT/SIGTERM or `shutdown` fires: the API server, the source watch,

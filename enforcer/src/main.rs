@@ -180,9 +180,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     // runtime (netlink, attach, the API) lives there. The mount namespace stays: pins must
     // be visible from the host.
     if let Some(ns) = &a.netns {
-        let f = std::fs::File::open(ns).with_context(|| format!("--netns {}", ns.display()))?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering network namespace {}", ns.display()))?;
+        enter_netns(ns)?;
     }
     let mut source = DirSource::open(&config.manifest_dir, config.source_debounce())
         .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
@@ -224,9 +222,7 @@ fn inspect(
     use palisade_enforcer::datapath::{self, Hook};
     use policy_compiler::abi;
     if let Some(ns) = netns {
-        let f = std::fs::File::open(ns).with_context(|| format!("--netns {}", ns.display()))?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering network namespace {}", ns.display()))?;
+        enter_netns(ns)?;
     }
     let dir = pin_root.join(format!("v{}", abi::ABI_VERSION));
     let snap = datapath::inspect(&dir).with_context(|| format!("pins in {}", dir.display()))?;
@@ -286,6 +282,14 @@ fn inspect(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the calling thread (before any other exists: the whole process) into a network
+/// namespace, keeping the mount namespace so pins stay the host's.
+fn enter_netns(ns: &std::path::Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", ns.display()))
 }
 
 fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {

@@ -221,7 +221,8 @@ pub fn reconcile(
     apply_diff(dp, engine, &diff, local, revision)
 }
 
-fn write_endpoint(
+/// Points an interface at its identity's policy slot, READY, at `revision`.
+pub fn write_endpoint(
     dp: &mut Datapath,
     ifindex: u32,
     identity: u32,

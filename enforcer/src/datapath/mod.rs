@@ -167,12 +167,7 @@ impl Datapath {
             adopted: Vec::new(),
         };
         for (name, _) in PROGRAMS {
-            dp.classifier(name)?
-                .load()
-                .map_err(|source| DatapathError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+            dp.classifier(name)?.load().map_err(prog_err(name))?;
         }
         dp.adopt_links()?;
         Ok(dp)
@@ -192,10 +187,7 @@ impl Datapath {
             name,
             source: Box::new(ProgramError::NotLoaded),
         })?;
-        p.try_into().map_err(|source| DatapathError::Program {
-            name,
-            source: Box::new(source),
-        })
+        p.try_into().map_err(prog_err(name))
     }
 
     /// Takes over every pinned link: the new program replaces the old one inside the link
@@ -239,19 +231,9 @@ impl Datapath {
             .map_err(|e: LinkError| link_err(e.to_string()))?;
         let name = hook.program();
         let prog = self.classifier(name)?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+        let id = prog.attach_to_link(link).map_err(prog_err(name))?;
         // Re-pin: the old pin file still names the same link; replace it with ours.
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+        let link = prog.take_link(id).map_err(prog_err(name))?;
         let fd: FdLink = link
             .try_into()
             .map_err(|e: LinkError| link_err(e.to_string()))?;
@@ -280,16 +262,8 @@ impl Datapath {
                     hook.attach_type(),
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(|source| DatapathError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DatapathError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+                .map_err(prog_err(name))?;
+            let link = prog.take_link(id).map_err(prog_err(name))?;
             let fd: FdLink = link
                 .try_into()
                 .map_err(|e: LinkError| DatapathError::Link {
@@ -322,13 +296,8 @@ impl Datapath {
     pub fn query(ifname: &str) -> Result<Vec<(Hook, Vec<String>)>> {
         let mut out = Vec::new();
         for (_, hook) in PROGRAMS {
-            let (_, progs) =
-                SchedClassifier::query_tcx(ifname, hook.attach_type()).map_err(|source| {
-                    DatapathError::Program {
-                        name: hook.program(),
-                        source: Box::new(source),
-                    }
-                })?;
+            let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type())
+                .map_err(prog_err(hook.program()))?;
             out.push((
                 hook,
                 progs
@@ -354,66 +323,41 @@ impl Datapath {
 
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
         let name = "pal_endpoints";
-        let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-        m.insert(ifindex, info.to_bytes(), 0)
-            .map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })
+        let mut m: BpfHashMap<_, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        m.insert(ifindex, info.to_bytes(), 0).map_err(map_err(name))
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
         let name = "pal_endpoints";
         let m: BpfHashMap<_, u32, [u8; 16]> =
-            BpfHashMap::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
+            BpfHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         match m.get(&ifindex, 0) {
             Ok(b) => Ok(Some(EndpointInfo::from_bytes(&b))),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                name,
-                source: Box::new(source),
-            }),
+            Err(source) => Err(map_err(name)(source)),
         }
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>> {
         let name = "pal_endpoints";
         let m: BpfHashMap<_, u32, [u8; 16]> =
-            BpfHashMap::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
+            BpfHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         m.iter()
             .map(|r| {
                 r.map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
-                    .map_err(|source| DatapathError::Map {
-                        name,
-                        source: Box::new(source),
-                    })
+                    .map_err(map_err(name))
             })
             .collect()
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         let name = "pal_endpoints";
-        let mut m: BpfHashMap<_, u32, [u8; 16]> = BpfHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
+        let mut m: BpfHashMap<_, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         match m.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map {
-                name,
-                source: Box::new(source),
-            }),
+            Err(source) => Err(map_err(name)(source)),
         }
     }
 
@@ -421,10 +365,7 @@ impl Datapath {
 
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 12], [u8; 12]>> {
         let name = "pal_policy";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
-            name,
-            source: Box::new(source),
-        })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
     fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<[u8; 12]> {
@@ -438,20 +379,14 @@ impl Datapath {
         let k = Self::policy_lpm_key(slot, key);
         self.policy_map()?
             .insert(&k, value.to_bytes(), 0)
-            .map_err(|source| DatapathError::Map {
-                name: "pal_policy",
-                source: Box::new(source),
-            })
+            .map_err(map_err("pal_policy"))
     }
 
     pub fn delete_policy(&mut self, slot: u32, key: &EntryKey) -> Result<()> {
         let k = Self::policy_lpm_key(slot, key);
         match self.policy_map()?.remove(&k) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map {
-                name: "pal_policy",
-                source: Box::new(source),
-            }),
+            Err(source) => Err(map_err("pal_policy")(source)),
         }
     }
 
@@ -461,10 +396,7 @@ impl Datapath {
         let m = self.policy_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
+            let (k, v) = r.map_err(map_err(name))?;
             let d = k.data();
             let slot = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
             let identity = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
@@ -487,10 +419,7 @@ impl Datapath {
 
     fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], [u8; 8]>> {
         let name = "pal_ipcache";
-        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
-            name,
-            source: Box::new(source),
-        })
+        LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
     pub fn upsert_ipcache(&mut self, cidr: &Cidr, identity: u32) -> Result<()> {
@@ -499,20 +428,14 @@ impl Datapath {
         v[0..4].copy_from_slice(&identity.to_ne_bytes());
         self.ipcache_map()?
             .insert(&LpmKey::new(len, data), v, 0)
-            .map_err(|source| DatapathError::Map {
-                name: "pal_ipcache",
-                source: Box::new(source),
-            })
+            .map_err(map_err("pal_ipcache"))
     }
 
     pub fn delete_ipcache(&mut self, cidr: &Cidr) -> Result<()> {
         let (len, data) = cidr.ipcache_key();
         match self.ipcache_map()?.remove(&LpmKey::new(len, data)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map {
-                name: "pal_ipcache",
-                source: Box::new(source),
-            }),
+            Err(source) => Err(map_err("pal_ipcache")(source)),
         }
     }
 
@@ -521,10 +444,7 @@ impl Datapath {
         let m = self.ipcache_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map {
-                name: "pal_ipcache",
-                source: Box::new(source),
-            })?;
+            let (k, v) = r.map_err(map_err("pal_ipcache"))?;
             let d = k.data();
             let len = k.prefix_len().saturating_sub(abi::IPCACHE_PREFIX_FIXED) as u8;
             let addr: std::net::IpAddr = if d[0] == 4 {
@@ -545,10 +465,7 @@ impl Datapath {
 
     fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 48]>> {
         let name = "pal_ct";
-        BpfHashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map {
-            name,
-            source: Box::new(source),
-        })
+        BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
     /// Every conntrack entry.
@@ -556,10 +473,7 @@ impl Datapath {
         let m = self.ct_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(|source| DatapathError::Map {
-                name: "pal_ct",
-                source: Box::new(source),
-            })?;
+            let (k, v) = r.map_err(map_err("pal_ct"))?;
             out.push((CtKey::from_bytes(&k), CtEntry::from_bytes(&v)));
         }
         Ok(out)
@@ -601,32 +515,22 @@ impl Datapath {
     pub fn counters(&self) -> Result<Counters> {
         let name = "pal_counters";
         let m: PerCpuArray<_, [u64; 2]> =
-            PerCpuArray::try_from(self.map(name)?).map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-        let mut out = Counters::new();
-        for idx in 0..abi::COUNTER_MAX {
-            let vals = m.get(&idx, 0).map_err(|source| DatapathError::Map {
-                name,
-                source: Box::new(source),
-            })?;
-            let (p, b) = vals
-                .iter()
-                .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
-            if p != 0 || b != 0 {
-                let dir = (idx / abi::COUNTER_DIR_STRIDE) as u8;
-                let code = idx % abi::COUNTER_DIR_STRIDE;
-                out.insert(
-                    (dir, code),
-                    abi::CounterValue {
-                        packets: p,
-                        bytes: b,
-                    },
-                );
-            }
-        }
-        Ok(out)
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        sum_counters(&m)
+    }
+
+    /// One counter slot summed over CPUs (cheaper than [`Datapath::counters`] when the
+    /// caller polls a single slot).
+    pub fn counter(&self, direction: u8, code: u32) -> Result<abi::CounterValue> {
+        let name = "pal_counters";
+        let m: PerCpuArray<_, [u64; 2]> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let idx = u32::from(direction) * abi::COUNTER_DIR_STRIDE + code;
+        let vals = m.get(&idx, 0).map_err(map_err(name))?;
+        let (packets, bytes) = vals
+            .iter()
+            .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
+        Ok(abi::CounterValue { packets, bytes })
     }
 
     /// The event ring buffer, moved out of the loader (once).
@@ -636,10 +540,7 @@ impl Datapath {
             .bpf
             .take_map(name)
             .ok_or(DatapathError::MissingMap { name })?;
-        RingBuf::try_from(m).map_err(|source| DatapathError::Map {
-            name,
-            source: Box::new(source),
-        })
+        RingBuf::try_from(m).map_err(map_err(name))
     }
 
     /// Runs one program on a packet with BPF_PROG_TEST_RUN (tests and `palisade-enforcer
@@ -653,10 +554,7 @@ impl Datapath {
                 data_in: Some(packet),
                 ..Default::default()
             })
-            .map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+            .map_err(prog_err(name))?;
         Ok(r.return_value)
     }
 
@@ -676,6 +574,43 @@ impl Datapath {
         }
         out
     }
+}
+
+/// The error of a failed operation on program `name`.
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// The error of a failed operation on map `name`.
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Per-CPU counters summed over CPUs; only slots that counted something.
+fn sum_counters<T: std::borrow::Borrow<MapData>>(m: &PerCpuArray<T, [u64; 2]>) -> Result<Counters> {
+    let mut out = Counters::new();
+    for idx in 0..abi::COUNTER_MAX {
+        let vals = m.get(&idx, 0).map_err(map_err("pal_counters"))?;
+        let (packets, bytes) = vals
+            .iter()
+            .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
+        if packets != 0 || bytes != 0 {
+            out.insert(
+                (
+                    (idx / abi::COUNTER_DIR_STRIDE) as u8,
+                    idx % abi::COUNTER_DIR_STRIDE,
+                ),
+                abi::CounterValue { packets, bytes },
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn load_object(pin_dir: &Path) -> Result<Ebpf> {
@@ -795,10 +730,7 @@ fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
             path: pin_dir.join(name),
             source: Box::new(source),
         })?;
-    aya::maps::Map::from_map_data(data).map_err(|source| DatapathError::Map {
-        name,
-        source: Box::new(source),
-    })
+    aya::maps::Map::from_map_data(data).map_err(map_err(name))
 }
 
 /// Reads the pinned maps and link pins under `pin_dir` (`<pin root>/v<ABI>`).
@@ -806,10 +738,7 @@ pub fn inspect(pin_dir: &Path) -> Result<Snapshot> {
     let mut snap = Snapshot::default();
     let m = pinned(pin_dir, "pal_endpoints")?;
     let eps: BpfHashMap<_, u32, [u8; 16]> =
-        BpfHashMap::try_from(&m).map_err(|source| DatapathError::Map {
-            name: "pal_endpoints",
-            source: Box::new(source),
-        })?;
+        BpfHashMap::try_from(&m).map_err(map_err("pal_endpoints"))?;
     snap.endpoints = eps
         .iter()
         .filter_map(|r| r.ok())
@@ -817,50 +746,19 @@ pub fn inspect(pin_dir: &Path) -> Result<Snapshot> {
         .collect();
     let m = pinned(pin_dir, "pal_policy")?;
     let pol: LpmTrie<_, [u8; 12], [u8; 12]> =
-        LpmTrie::try_from(&m).map_err(|source| DatapathError::Map {
-            name: "pal_policy",
-            source: Box::new(source),
-        })?;
+        LpmTrie::try_from(&m).map_err(map_err("pal_policy"))?;
     snap.policy_entries = pol.keys().count();
     let m = pinned(pin_dir, "pal_ipcache")?;
     let ipc: LpmTrie<_, [u8; 20], [u8; 8]> =
-        LpmTrie::try_from(&m).map_err(|source| DatapathError::Map {
-            name: "pal_ipcache",
-            source: Box::new(source),
-        })?;
+        LpmTrie::try_from(&m).map_err(map_err("pal_ipcache"))?;
     snap.ipcache_entries = ipc.keys().count();
     let m = pinned(pin_dir, "pal_ct")?;
     let ct: BpfHashMap<_, [u8; 44], [u8; 48]> =
-        BpfHashMap::try_from(&m).map_err(|source| DatapathError::Map {
-            name: "pal_ct",
-            source: Box::new(source),
-        })?;
+        BpfHashMap::try_from(&m).map_err(map_err("pal_ct"))?;
     snap.ct_entries = ct.keys().count();
     let m = pinned(pin_dir, "pal_counters")?;
-    let c: PerCpuArray<_, [u64; 2]> =
-        PerCpuArray::try_from(&m).map_err(|source| DatapathError::Map {
-            name: "pal_counters",
-            source: Box::new(source),
-        })?;
-    for idx in 0..abi::COUNTER_MAX {
-        if let Ok(vals) = c.get(&idx, 0) {
-            let (p, b) = vals
-                .iter()
-                .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
-            if p != 0 {
-                snap.counters.insert(
-                    (
-                        (idx / abi::COUNTER_DIR_STRIDE) as u8,
-                        idx % abi::COUNTER_DIR_STRIDE,
-                    ),
-                    abi::CounterValue {
-                        packets: p,
-                        bytes: b,
-                    },
-                );
-            }
-        }
-    }
+    let c: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(&m).map_err(map_err("pal_counters"))?;
+    snap.counters = sum_counters(&c)?;
     if let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) {
         snap.links = entries
             .flatten()
