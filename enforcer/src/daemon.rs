@@ -324,7 +324,7 @@ impl Daemon {
     /// The change that puts a pod back to what the source says of it (usually nothing).
     fn source_view(&self, key: &str) -> Change {
         self.source
-            .initial()
+            .current()
             .endpoints
             .get(key)
             .cloned()
@@ -590,7 +590,7 @@ fn validate_registration(reg: &Registration) -> Option<String> {
 /// The model endpoint of a registration, with the source's knowledge of the pod.
 fn merged_endpoint(reg: &Registration, source: &dyn PolicySource) -> Endpoint {
     let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
-    let known = source.initial().endpoints.get(&key).cloned();
+    let known = source.current().endpoints.get(&key).cloned();
     match known {
         Some(e) => merge(reg, Some(&e)),
         None => {

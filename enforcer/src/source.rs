@@ -69,6 +69,9 @@ pub trait PolicySource: Send + Sync {
     /// first batch.
     fn subscribe(&mut self) -> Result<mpsc::Receiver<SourceEvent>, SourceError>;
 
+    /// The latest good snapshot (what the last delivered event brought the model to).
+    fn current(&self) -> Arc<Cluster>;
+
     /// The labels and named ports of pod `namespace/pod` in the current snapshot.
     fn pod_info(&self, namespace: &str, pod: &str) -> Option<PodInfo>;
 }
@@ -181,6 +184,10 @@ impl PolicySource for DirSource {
 
     fn initial(&self) -> Arc<Cluster> {
         self.initial.clone()
+    }
+
+    fn current(&self) -> Arc<Cluster> {
+        self.snapshot()
     }
 
     fn subscribe(&mut self) -> Result<mpsc::Receiver<SourceEvent>, SourceError> {
