@@ -43,4 +43,11 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* Not in the 6.1 libbpf headers. Every map is pinned by name under the enforcer's
+ * versioned bpffs directory, so a restarted enforcer adopts them (and their contents)
+ * instead of starting empty. */
+#ifndef LIBBPF_PIN_BY_NAME
+#define LIBBPF_PIN_BY_NAME 1
+#endif
+
 #endif

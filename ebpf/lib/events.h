@@ -1,12 +1,48 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Verdict events: one per new flow, per close and per reported drop; never per packet. */
+/* Verdict events (one per new flow, per close and per reported drop; never per packet),
+ * drop repeat suppression and per-CPU counters. Owns pal_events, pal_drop_seen and
+ * pal_counters. */
 #ifndef PALISADE_EVENTS_H
 #define PALISADE_EVENTS_H
 
 #include "common.h"
-#include "maps.h"
 #include "parse.h"
 #include "policy.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_events SEC(".maps");
+
+/* Last time a drop of this tuple was reported: repeats (SYN retransmits) within
+ * EVENT_DROP_REPEAT_NS are counted but not reported again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_drop_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter_value);
+	__uint(max_entries, COUNTER_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_counters SEC(".maps");
+
+static __always_inline void count(__u8 dir, __u32 code, __u32 bytes)
+{
+	__u32 idx = (__u32)dir * COUNTER_DIR_STRIDE + code;
+	struct counter_value *c = bpf_map_lookup_elem(&pal_counters, &idx);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
 
 struct flow_ctx {
 	struct pkt p;
@@ -17,14 +53,12 @@ struct flow_ctx {
 	__u8 dir;
 };
 
-static __always_inline void emit(const struct flow_ctx *f, const struct decision *d, __u8 kind)
+/* Fills one event. Not inlined on purpose: a real function keeps `struct verdict_event` in
+ * the object's BTF (through its prototype), where enforcer/tests/abi_btf.rs compares it
+ * with the Rust mirror; it runs once per reported decision, never per forwarded packet. */
+static __noinline void event_fill(struct verdict_event *e, const struct flow_ctx *f,
+				  const struct decision *d, __u8 kind)
 {
-	struct verdict_event *e = bpf_ringbuf_reserve(&pal_events, sizeof(*e), 0);
-
-	if (!e) {
-		count(f->dir, COUNTER_EVENTS_LOST, 0);
-		return;
-	}
 	e->time_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(e->saddr, f->p.saddr, 16);
 	__builtin_memcpy(e->daddr, f->p.daddr, 16);
@@ -45,6 +79,17 @@ static __always_inline void emit(const struct flow_ctx *f, const struct decision
 	e->proxy_port = d->proxy_port;
 	e->pad = 0;
 	e->packet_len = f->p.len;
+}
+
+static __always_inline void emit(const struct flow_ctx *f, const struct decision *d, __u8 kind)
+{
+	struct verdict_event *e = bpf_ringbuf_reserve(&pal_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(f->dir, COUNTER_EVENTS_LOST, 0);
+		return;
+	}
+	event_fill(e, f, d, kind);
 	bpf_ringbuf_submit(e, 0);
 }
 

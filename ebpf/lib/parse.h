@@ -28,6 +28,17 @@ struct pkt {
 	__u32 len;
 };
 
+static __always_inline int is_l4_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* The port a policy lookup uses: the destination port, 0 for protocols without ports. */
+static __always_inline __be16 policy_port(const struct pkt *p, __be16 port)
+{
+	return is_l4_ports(p->protocol) ? port : 0;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	switch (p->protocol) {

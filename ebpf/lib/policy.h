@@ -1,28 +1,23 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Identity and policy lookups, in the order written in palisade_abi.h and
- * docs/datapath.md. The Rust map evaluator (policy_compiler::eval::maps) performs the same
+/* Policy lookups, in the order written in palisade_abi.h and docs/datapath.md. Owns
+ * pal_policy. The Rust map evaluator (policy_compiler::eval::maps) performs the same
  * steps; a differential test keeps the two in agreement. */
 #ifndef PALISADE_POLICY_H
 #define PALISADE_POLICY_H
 
 #include "common.h"
-#include "maps.h"
+#include "identity.h"
 #include "parse.h"
 
-/* Step 2: identity of an address; 0 when the ipcache has no covering prefix. */
-static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
-{
-	struct ipcache_key k = {};
-
-	k.prefixlen = IPCACHE_PREFIX_FIXED + (family == 4 ? 32 : 128);
-	k.family = family;
-	if (family == 4)
-		__builtin_memcpy(k.addr, addr, 4);
-	else
-		__builtin_memcpy(k.addr, addr, 16);
-	struct ipcache_value *v = bpf_map_lookup_elem(&pal_ipcache, &k);
-	return v ? v->identity : IDENTITY_UNKNOWN;
-}
+/* (slot, peer identity, direction, protocol, port prefix) -> verdict */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_policy SEC(".maps");
 
 static __always_inline __u8 verdict_rank(__u8 verdict)
 {

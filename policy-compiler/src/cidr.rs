@@ -87,6 +87,18 @@ impl Cidr {
         }
         out
     }
+
+    /// The ipcache LPM key of this prefix: the prefix length as the kernel counts it and
+    /// the 20 data bytes (family, padding, address).
+    pub fn ipcache_key(&self) -> (u32, [u8; 20]) {
+        let mut data = [0u8; 20];
+        data[0] = if self.is_ipv4() { 4 } else { 6 };
+        data[4..20].copy_from_slice(&self.key_bytes());
+        (
+            crate::abi::IPCACHE_PREFIX_FIXED + u32::from(self.len()),
+            data,
+        )
+    }
 }
 
 impl FromStr for Cidr {

@@ -98,6 +98,7 @@ impl EntryKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CompiledPolicy {
     /// Sorted by key.
+    #[serde(serialize_with = "crate::abi_serde::entries")]
     pub entries: Vec<(EntryKey, PolicyValue)>,
     pub ingress_isolated_by: Vec<PolicyRef>,
     pub egress_isolated_by: Vec<PolicyRef>,
@@ -136,6 +137,7 @@ pub enum Change {
 pub struct MapDiff {
     /// Identities whose policy map is new (create before any endpoint points at it).
     pub policies_created: Vec<u32>,
+    #[serde(serialize_with = "crate::abi_serde::keyed_entries")]
     pub policy_upserts: Vec<(u32, EntryKey, PolicyValue)>,
     pub ipcache_upserts: Vec<(Cidr, u32)>,
     /// Endpoint key -> identity (and so its policy map).

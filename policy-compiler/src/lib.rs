@@ -8,7 +8,9 @@
 //! rule?": [`eval::spec`] interprets the policies directly, [`eval::maps`] performs the
 //! datapath's lookups on the compiled maps. They must always agree.
 
-pub mod abi;
+/// The datapath ABI mirror, re-exported so `policy_compiler::abi` keeps working.
+pub use palisade_abi as abi;
+mod abi_serde;
 pub mod cidr;
 pub mod engine;
 pub mod eval;

@@ -23,16 +23,13 @@ use policy_compiler::abi::{self, CtEntry, CtKey, EndpointInfo, PolicyValue};
 use policy_compiler::cidr::Cidr;
 use policy_compiler::engine::EntryKey;
 
-pub use spec::{MAP_SPECS, MapSpec};
+pub use spec::{MapSpec, ProgramSpec, map_specs, map_specs_of, program_specs, program_specs_of};
 
 /// The compiled C datapath (ebpf/tc_endpoint.c), built by build.rs.
 pub static DATAPATH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_endpoint.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// The two programs and the hook each takes on the host-side veth.
-pub const PROGRAMS: [(&str, Hook); 2] = [("from_pod", Hook::FromPod), ("to_pod", Hook::ToPod)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -43,16 +40,13 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Both hooks, in the order links are made and listed.
+    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
             Hook::ToPod => TcAttachType::Egress,
-        }
-    }
-    fn program(self) -> &'static str {
-        match self {
-            Hook::FromPod => "from_pod",
-            Hook::ToPod => "to_pod",
         }
     }
     fn suffix(self) -> &'static str {
@@ -83,7 +77,7 @@ pub enum DatapathError {
          the enforcer that created it"
     )]
     StaleMap {
-        name: &'static str,
+        name: String,
         path: PathBuf,
         detail: String,
     },
@@ -100,9 +94,11 @@ pub enum DatapathError {
         /// The tail of the verifier log, when a retry with logging produced one.
         log: String,
     },
+    #[error("the datapath object: {detail}")]
+    Object { detail: String },
     #[error("program {name}: {source}")]
     Program {
-        name: &'static str,
+        name: String,
         #[source]
         source: Box<ProgramError>,
     },
@@ -141,6 +137,8 @@ pub struct LoadOptions {
 pub struct Datapath {
     bpf: Ebpf,
     pin_dir: PathBuf,
+    /// The object's programs, one per hook.
+    programs: Vec<ProgramSpec>,
     /// Links adopted from a previous run: (ifindex, hook) -> kept pinned.
     adopted: Vec<(u32, Hook)>,
 }
@@ -159,15 +157,18 @@ impl Datapath {
                 source,
             })?;
         }
-        spec::verify_pins(&pin_dir)?;
+        spec::verify_pins(&pin_dir, &map_specs()?)?;
+        let programs = program_specs()?;
         let bpf = load_object(&pin_dir)?;
         let mut dp = Datapath {
             bpf,
             pin_dir,
+            programs,
             adopted: Vec::new(),
         };
-        for (name, _) in PROGRAMS {
-            dp.classifier(name)?.load().map_err(prog_err(name))?;
+        for hook in Hook::ALL {
+            let name = dp.program_name(hook)?;
+            dp.classifier(&name)?.load().map_err(prog_err(&name))?;
         }
         dp.adopt_links()?;
         Ok(dp)
@@ -182,11 +183,25 @@ impl Datapath {
         &self.adopted
     }
 
-    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        let p = self.bpf.program_mut(name).ok_or(DatapathError::Program {
-            name,
-            source: Box::new(ProgramError::NotLoaded),
-        })?;
+    /// The object's program for a hook.
+    fn program_name(&self, hook: Hook) -> Result<String> {
+        self.programs
+            .iter()
+            .find(|p| p.hook == hook)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| DatapathError::Object {
+                detail: format!("no program for hook {hook:?}"),
+            })
+    }
+
+    fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let p = self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Program {
+                name: name.to_string(),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
         p.try_into().map_err(prog_err(name))
     }
 
@@ -229,11 +244,11 @@ impl Datapath {
         let link: SchedClassifierLink = FdLink::from(pinned)
             .try_into()
             .map_err(|e: LinkError| link_err(e.to_string()))?;
-        let name = hook.program();
-        let prog = self.classifier(name)?;
-        let id = prog.attach_to_link(link).map_err(prog_err(name))?;
+        let name = self.program_name(hook)?;
+        let prog = self.classifier(&name)?;
+        let id = prog.attach_to_link(link).map_err(prog_err(&name))?;
         // Re-pin: the old pin file still names the same link; replace it with ours.
-        let link = prog.take_link(id).map_err(prog_err(name))?;
+        let link = prog.take_link(id).map_err(prog_err(&name))?;
         let fd: FdLink = link
             .try_into()
             .map_err(|e: LinkError| link_err(e.to_string()))?;
@@ -248,22 +263,22 @@ impl Datapath {
     /// place.
     pub fn attach(&mut self, ifname: &str) -> Result<u32> {
         let ifindex = ifindex_of(ifname)?;
-        for (_, hook) in PROGRAMS {
+        for hook in Hook::ALL {
             let path = self.link_pin(ifindex, hook);
             if path.exists() {
                 self.swap_into_pinned(&path, hook)?;
                 continue;
             }
-            let name = hook.program();
-            let prog = self.classifier(name)?;
+            let name = self.program_name(hook)?;
+            let prog = self.classifier(&name)?;
             let id = prog
                 .attach_with_options(
                     ifname,
                     hook.attach_type(),
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
-                .map_err(prog_err(name))?;
-            let link = prog.take_link(id).map_err(prog_err(name))?;
+                .map_err(prog_err(&name))?;
+            let link = prog.take_link(id).map_err(prog_err(&name))?;
             let fd: FdLink = link
                 .try_into()
                 .map_err(|e: LinkError| DatapathError::Link {
@@ -280,24 +295,24 @@ impl Datapath {
 
     /// Detaches from an interface: removing the pins releases the links.
     pub fn detach(&mut self, ifindex: u32) {
-        for (_, hook) in PROGRAMS {
+        for hook in Hook::ALL {
             let _ = std::fs::remove_file(self.link_pin(ifindex, hook));
         }
     }
 
     /// Whether Palisade's links are pinned for this interface.
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        PROGRAMS
+        Hook::ALL
             .iter()
-            .all(|(_, h)| self.link_pin(ifindex, *h).exists())
+            .all(|h| self.link_pin(ifindex, *h).exists())
     }
 
     /// TCX programs on an interface, per hook, in chain order (for the debug command).
     pub fn query(ifname: &str) -> Result<Vec<(Hook, Vec<String>)>> {
         let mut out = Vec::new();
-        for (_, hook) in PROGRAMS {
+        for hook in Hook::ALL {
             let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type())
-                .map_err(prog_err(hook.program()))?;
+                .map_err(prog_err(&format!("{hook:?}")))?;
             out.push((
                 hook,
                 progs
@@ -547,22 +562,23 @@ impl Datapath {
     /// probe`). The run has the side effects of a real packet: conntrack, counters, events.
     pub fn test_run(&mut self, hook: Hook, packet: &[u8]) -> Result<u32> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let name = hook.program();
-        let prog = self.classifier(name)?;
+        let name = self.program_name(hook)?;
+        let prog = self.classifier(&name)?;
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 ..Default::default()
             })
-            .map_err(prog_err(name))?;
+            .map_err(prog_err(&name))?;
         Ok(r.return_value)
     }
 
     /// Instructions the verifier processed per program (tracked by tests).
-    pub fn program_stats(&mut self) -> Vec<(&'static str, u32, u32)> {
+    pub fn program_stats(&mut self) -> Vec<(String, u32, u32)> {
         let mut out = Vec::new();
-        for (name, _) in PROGRAMS {
-            if let Ok(p) = self.classifier(name)
+        let names: Vec<String> = self.programs.iter().map(|p| p.name.clone()).collect();
+        for name in names {
+            if let Ok(p) = self.classifier(&name)
                 && let Ok(info) = p.info()
             {
                 out.push((
@@ -577,7 +593,8 @@ impl Datapath {
 }
 
 /// The error of a failed operation on program `name`.
-fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> DatapathError + use<> {
+    let name = name.to_string();
     move |source| DatapathError::Program {
         name,
         source: Box::new(source),

@@ -1,89 +1,115 @@
-//! What each pinned map must look like. aya 0.14 reuses whatever object sits at a pin path
-//! without comparing it with the declaration, so a stale layout (an older ABI, a resized
-//! map) would load and silently never match. Every pin is checked before loading.
+//! What the loader takes from the built object instead of hand-copied tables: the map
+//! definitions (from the object's BTF) and the programs with their hooks (from the symbol
+//! table and section names). `enforcer/tests/abi_btf.rs` checks both against the Rust
+//! mirror (`palisade_abi::MAPS`, `palisade_abi::layouts`).
+//!
+//! aya 0.14 reuses whatever object sits at a pin path without comparing it with the
+//! declaration, so a stale layout (an older ABI, a resized map) would load and silently
+//! never match. Every pin is checked against the object's definitions before loading.
 
 use std::path::Path;
 
-use aya::maps::{MapInfo, MapType};
+use aya::maps::MapInfo;
+use palisade_abi::btf::Btf;
+use palisade_abi::elf;
 
-use super::DatapathError;
+use super::{DATAPATH_OBJECT, DatapathError, Hook};
 
-#[derive(Debug, Clone, Copy)]
+/// One map as the object defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapSpec {
-    pub name: &'static str,
-    pub map_type: MapType,
+    pub name: String,
+    /// `BPF_MAP_TYPE_*`.
+    pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
     pub flags: u32,
+    /// `LIBBPF_PIN_BY_NAME` (1) when the map is pinned under the pin directory.
+    pub pinning: u32,
 }
 
-const NO_PREALLOC: u32 = 1; // BPF_F_NO_PREALLOC
+/// One program of the object and the hook its section names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramSpec {
+    pub name: String,
+    pub hook: Hook,
+}
 
-/// The maps of ebpf/lib/maps.h.
-pub const MAP_SPECS: [MapSpec; 7] = [
-    MapSpec {
-        name: "pal_endpoints",
-        map_type: MapType::Hash,
-        key_size: 4,
-        value_size: 16,
-        max_entries: 65536,
-        flags: 0,
-    },
-    MapSpec {
-        name: "pal_ipcache",
-        map_type: MapType::LpmTrie,
-        key_size: 24,
-        value_size: 8,
-        max_entries: 524_288,
-        flags: NO_PREALLOC,
-    },
-    MapSpec {
-        name: "pal_policy",
-        map_type: MapType::LpmTrie,
-        key_size: 16,
-        value_size: 12,
-        max_entries: 1_048_576,
-        flags: NO_PREALLOC,
-    },
-    MapSpec {
-        name: "pal_ct",
-        map_type: MapType::LruHash,
-        key_size: 44,
-        value_size: 48,
-        max_entries: 262_144,
-        flags: 0,
-    },
-    MapSpec {
-        name: "pal_drop_seen",
-        map_type: MapType::LruHash,
-        key_size: 44,
-        value_size: 8,
-        max_entries: 65536,
-        flags: 0,
-    },
-    MapSpec {
-        name: "pal_events",
-        map_type: MapType::RingBuf,
-        key_size: 0,
-        value_size: 0,
-        max_entries: 4 * 1024 * 1024,
-        flags: 0,
-    },
-    MapSpec {
-        name: "pal_counters",
-        map_type: MapType::PerCpuArray,
-        key_size: 4,
-        value_size: 16,
-        max_entries: 512,
-        flags: 0,
-    },
+/// The section of a program attached at each hook: `SEC("classifier/ingress")` is the tc
+/// ingress of the host veth (packets from the pod), `classifier/egress` its tc egress.
+const SECTIONS: [(&str, Hook); 2] = [
+    ("classifier/ingress", Hook::FromPod),
+    ("classifier/egress", Hook::ToPod),
 ];
 
-/// Checks every existing pin under `dir` against [`MAP_SPECS`].
-pub fn verify_pins(dir: &Path) -> Result<(), DatapathError> {
-    for spec in &MAP_SPECS {
-        let path = dir.join(spec.name);
+fn object_err(detail: String) -> DatapathError {
+    DatapathError::Object { detail }
+}
+
+/// The maps the embedded datapath object defines, in declaration order.
+pub fn map_specs() -> Result<Vec<MapSpec>, DatapathError> {
+    map_specs_of(DATAPATH_OBJECT)
+}
+
+/// The maps an object defines.
+pub fn map_specs_of(obj: &[u8]) -> Result<Vec<MapSpec>, DatapathError> {
+    let btf = Btf::from_object(obj).map_err(|e| object_err(e.to_string()))?;
+    let maps = btf.maps().map_err(|e| object_err(e.to_string()))?;
+    Ok(maps
+        .into_iter()
+        .map(|m| MapSpec {
+            name: m.name,
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            flags: m.flags,
+            pinning: m.pinning,
+        })
+        .collect())
+}
+
+/// The programs of the embedded object: exactly one per hook, or an error naming what is
+/// missing or unknown (a program the loader would not attach is a build mistake).
+pub fn program_specs() -> Result<Vec<ProgramSpec>, DatapathError> {
+    program_specs_of(DATAPATH_OBJECT)
+}
+
+/// The programs of an object, one per hook.
+pub fn program_specs_of(obj: &[u8]) -> Result<Vec<ProgramSpec>, DatapathError> {
+    let funcs = elf::global_functions(obj).map_err(|e| object_err(e.to_string()))?;
+    let mut out = Vec::new();
+    for f in funcs {
+        let Some((_, hook)) = SECTIONS.iter().find(|(s, _)| *s == f.section) else {
+            return Err(object_err(format!(
+                "program {} is in section {}, which names no hook",
+                f.name, f.section
+            )));
+        };
+        if out.iter().any(|p: &ProgramSpec| p.hook == *hook) {
+            return Err(object_err(format!(
+                "two programs for hook {hook:?} ({})",
+                f.name
+            )));
+        }
+        out.push(ProgramSpec {
+            name: f.name,
+            hook: *hook,
+        });
+    }
+    for (section, hook) in SECTIONS {
+        if !out.iter().any(|p| p.hook == hook) {
+            return Err(object_err(format!("no program in section {section}")));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every existing pin under `dir` against the object's map definitions.
+pub fn verify_pins(dir: &Path, specs: &[MapSpec]) -> Result<(), DatapathError> {
+    for spec in specs {
+        let path = dir.join(&spec.name);
         if !path.exists() {
             continue;
         }
@@ -93,8 +119,8 @@ pub fn verify_pins(dir: &Path) -> Result<(), DatapathError> {
         })?;
         let mut diffs = Vec::new();
         match info.map_type() {
-            Ok(t) if t == spec.map_type => {}
-            Ok(t) => diffs.push(format!("type {t:?}, want {:?}", spec.map_type)),
+            Ok(t) if t as u32 == spec.map_type => {}
+            Ok(t) => diffs.push(format!("type {t:?}, want {}", spec.map_type)),
             Err(e) => diffs.push(format!("type unreadable: {e}")),
         }
         for (what, have, want) in [
@@ -109,7 +135,7 @@ pub fn verify_pins(dir: &Path) -> Result<(), DatapathError> {
         }
         if !diffs.is_empty() {
             return Err(DatapathError::StaleMap {
-                name: spec.name,
+                name: spec.name.clone(),
                 path,
                 detail: diffs.join(", "),
             });

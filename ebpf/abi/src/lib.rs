@@ -2,10 +2,16 @@
 //!
 //! The C header is the source of truth. Every struct here is `#[repr(C)]` with explicit
 //! padding, and the `const` blocks below fail the build if a size or offset drifts from the
-//! header. A test (`tests/abi_header.rs`) parses the header's `#define`s and compares them
-//! with the constants here.
+//! header. This crate has no dependencies, so every crate that touches the datapath (the
+//! policy core, the enforcer, test tools) shares one mirror.
 
 use std::mem::{offset_of, size_of};
+
+pub mod btf;
+pub mod elf;
+pub mod layout;
+
+pub use layout::{FieldLayout, StructLayout};
 
 pub const ABI_VERSION: u32 = 1;
 
@@ -124,7 +130,7 @@ pub struct PolicyKey {
 
 /// `struct policy_value`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct PolicyValue {
     pub rule_id: u32,
     /// Network byte order.
@@ -440,13 +446,92 @@ impl PolicyValue {
     }
 }
 
-impl crate::cidr::Cidr {
-    /// The ipcache LPM key of this prefix: the prefix length as the kernel counts it and
-    /// the 20 data bytes (family, padding, address).
-    pub fn ipcache_key(&self) -> (u32, [u8; 20]) {
-        let mut data = [0u8; 20];
-        data[0] = if self.is_ipv4() { 4 } else { 6 };
-        data[4..20].copy_from_slice(&self.key_bytes());
-        (IPCACHE_PREFIX_FIXED + self.len() as u32, data)
-    }
+/// `BPF_MAP_TYPE_*` values (kernel UAPI) of the map types the datapath declares.
+pub mod map_type {
+    pub const HASH: u32 = 1;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const LRU_HASH: u32 = 9;
+    pub const LPM_TRIE: u32 = 11;
+    pub const RINGBUF: u32 = 27;
+}
+
+/// What the control plane's map code assumes about one map: its type, and the C type and
+/// Rust size of key and value (`None` for a ring buffer). Entry counts and flags are not
+/// assumed: the loader takes them from the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapAbi {
+    pub name: &'static str,
+    pub map_type: u32,
+    pub key: Option<(&'static str, usize)>,
+    pub value: Option<(&'static str, usize)>,
+}
+
+/// Every map of the datapath and the layout the Rust side reads and writes it with.
+pub const MAPS: &[MapAbi] = &[
+    MapAbi {
+        name: "pal_endpoints",
+        map_type: map_type::HASH,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("endpoint_info", size_of::<EndpointInfo>())),
+    },
+    MapAbi {
+        name: "pal_ipcache",
+        map_type: map_type::LPM_TRIE,
+        key: Some(("ipcache_key", size_of::<IpcacheKey>())),
+        value: Some(("ipcache_value", size_of::<IpcacheValue>())),
+    },
+    MapAbi {
+        name: "pal_policy",
+        map_type: map_type::LPM_TRIE,
+        key: Some(("policy_key", size_of::<PolicyKey>())),
+        value: Some(("policy_value", size_of::<PolicyValue>())),
+    },
+    MapAbi {
+        name: "pal_ct",
+        map_type: map_type::LRU_HASH,
+        key: Some(("ct_key", size_of::<CtKey>())),
+        value: Some(("ct_entry", size_of::<CtEntry>())),
+    },
+    MapAbi {
+        name: "pal_drop_seen",
+        map_type: map_type::LRU_HASH,
+        key: Some(("ct_key", size_of::<CtKey>())),
+        value: Some(("__u64", size_of::<u64>())),
+    },
+    MapAbi {
+        name: "pal_events",
+        map_type: map_type::RINGBUF,
+        key: None,
+        value: None,
+    },
+    MapAbi {
+        name: "pal_counters",
+        map_type: map_type::PERCPU_ARRAY,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("counter_value", size_of::<CounterValue>())),
+    },
+];
+
+/// The layout of every ABI struct as the Rust mirror has it (compared with the object's
+/// BTF by `enforcer/tests/abi_btf.rs`).
+pub fn layouts() -> Vec<StructLayout> {
+    vec![
+        layout!(PolicyKey, "policy_key", [prefixlen, slot, identity, direction, protocol, dport_be as "dport"]),
+        layout!(PolicyValue, "policy_value", [rule_id, proxy_port_be as "proxy_port", precedence, verdict, flags, pad]),
+        layout!(IpcacheKey, "ipcache_key", [prefixlen, family, pad, addr]),
+        layout!(IpcacheValue, "ipcache_value", [identity, flags]),
+        layout!(
+            EndpointInfo,
+            "endpoint_info",
+            [identity, policy_slot, flags, revision]
+        ),
+        layout!(CtKey, "ct_key", [saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family, direction, pad, ifindex]),
+        layout!(CtEntry, "ct_entry", [expires_ns, rule_id, revision, src_identity, dst_identity, proxy_port_be as "proxy_port", flags, pad, packets, bytes]),
+        layout!(VerdictEvent, "verdict_event", [
+            time_ns, saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family,
+            direction, verdict, kind, tcp_flags, drop_reason, ifindex, src_identity,
+            dst_identity, rule_id, revision, proxy_port_be as "proxy_port", pad, packet_len
+        ]),
+        layout!(CounterValue, "counter_value", [packets, bytes]),
+    ]
 }

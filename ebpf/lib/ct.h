@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Conntrack: one entry per (flow, endpoint hook direction), keyed by the tuple as first
+ * seen at the hook plus the endpoint's host-side ifindex (palisade_abi.h, docs/datapath.md
+ * §4). Owns pal_ct: lookups, lifetimes, the revision re-check after a policy change, and
+ * the entry a new admitted flow creates. */
+#ifndef PALISADE_CT_H
+#define PALISADE_CT_H
+
+#include "common.h"
+#include "identity.h"
+#include "parse.h"
+#include "policy.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_ct SEC(".maps");
+
+/* The key of a packet at a hook: its tuple as seen, the hook direction, the interface. */
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u8 dir,
+				      __u32 ifindex)
+{
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->protocol = p->protocol;
+	k->family = p->family;
+	k->direction = dir;
+	k->ifindex = ifindex;
+}
+
+/* The key the other hook of the same endpoint made for the flow this packet replies to:
+ * the tuple reversed, the opposite direction. */
+static __always_inline void ct_key_reply(struct ct_key *rev, const struct pkt *p, __u8 dir,
+					 __u32 ifindex)
+{
+	__builtin_memcpy(rev->saddr, p->daddr, 16);
+	__builtin_memcpy(rev->daddr, p->saddr, 16);
+	rev->sport = p->dport;
+	rev->dport = p->sport;
+	rev->protocol = p->protocol;
+	rev->family = p->family;
+	rev->direction = dir == DIRECTION_EGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS;
+	rev->ifindex = ifindex;
+}
+
+/* A live entry under `k`, or NULL (an expired entry is treated as absent). */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u64 now)
+{
+	struct ct_entry *ct = bpf_map_lookup_elem(&pal_ct, k);
+
+	if (ct && ct->expires_ns > now)
+		return ct;
+	return NULL;
+}
+
+static __always_inline __u64 ct_lifetime_ns(const struct pkt *p, __u8 ct_flags)
+{
+	if (p->protocol != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP_S * NSEC_PER_SEC;
+	if (ct_flags & (CT_F_SEEN_FIN | CT_F_SEEN_RST))
+		return CT_LIFETIME_TCP_CLOSE_S * NSEC_PER_SEC;
+	if ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return CT_LIFETIME_TCP_SYN_S * NSEC_PER_SEC;
+	return CT_LIFETIME_TCP_S * NSEC_PER_SEC;
+}
+
+/* Refresh a tracked flow on a packet; returns 1 when this packet closed it. */
+static __always_inline int ct_refresh(struct ct_entry *ct, const struct pkt *p, __u64 now)
+{
+	__u8 before = ct->flags;
+
+	if (p->protocol == IPPROTO_TCP) {
+		if (p->tcp_flags & TCP_FLAG_RST)
+			ct->flags |= CT_F_SEEN_RST;
+		if (p->tcp_flags & TCP_FLAG_FIN)
+			ct->flags |= CT_F_SEEN_FIN;
+	}
+	/* The deadline is written at most once a second (or when it shrinks on close): a
+	 * store to the shared entry per packet costs more than the precision is worth. The
+	 * per-entry packet and byte counts are approximate under concurrency; the per-CPU
+	 * counters are exact. */
+	__u64 deadline = now + ct_lifetime_ns(p, ct->flags);
+	if (deadline < ct->expires_ns || deadline - ct->expires_ns > NSEC_PER_SEC)
+		ct->expires_ns = deadline;
+	ct->packets += 1;
+	ct->bytes += p->len;
+	return !(before & (CT_F_SEEN_FIN | CT_F_SEEN_RST)) &&
+	       (ct->flags & (CT_F_SEEN_FIN | CT_F_SEEN_RST));
+}
+
+/* A tracked flow admitted under an older policy revision is decided once more against
+ * the current maps. Returns 1 when the flow is revoked: its entry is removed and `d`
+ * holds the drop. */
+static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *key,
+				      const struct endpoint_info *ep, const __u8 *peer_addr,
+				      __u8 dir, const struct pkt *p, __be16 port,
+				      struct decision *d)
+{
+	if (ct->revision == ep->revision)
+		return 0;
+	__u32 peer = ipcache_identity(peer_addr, p->family);
+	*d = policy_decide(ep->policy_slot, peer, dir, p->protocol, policy_port(p, port));
+	if (peer == IDENTITY_UNKNOWN || d->drop_reason) {
+		if (!d->drop_reason)
+			d->drop_reason = DROP_INVALID_IDENTITY;
+		d->verdict = EVENT_VERDICT_DROPPED;
+		bpf_map_delete_elem(&pal_ct, key);
+		return 1;
+	}
+	ct->revision = ep->revision;
+	ct->rule_id = d->rule_id;
+	return 0;
+}
+
+/* The decision reported when a tracked flow closes. */
+static __always_inline struct decision ct_closed(const struct ct_entry *ct)
+{
+	struct decision d = {};
+
+	d.verdict = EVENT_VERDICT_FORWARDED;
+	d.rule_id = ct->rule_id;
+	d.proxy_port = ct->proxy_port;
+	return d;
+}
+
+/* Whether an admitted new flow creates an entry: openers and mid-stream packets the
+ * policy admits; a bare RST is forwarded without creating state. */
+static __always_inline int ct_should_track(const struct pkt *p)
+{
+	return p->trackable && !(p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_RST));
+}
+
+/* Tracks an admitted new flow under `k`. Returns non-zero when the insert failed: the
+ * caller drops (DROP_CT_INSERT_FAILED), since a flow that cannot be tracked would lose its
+ * replies. */
+static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p,
+				     const struct decision *d, __u32 revision,
+				     __u32 src_identity, __u32 dst_identity, __u64 now)
+{
+	struct ct_entry e = {};
+
+	e.rule_id = d->rule_id;
+	e.revision = revision;
+	e.src_identity = src_identity;
+	e.dst_identity = dst_identity;
+	e.proxy_port = d->proxy_port;
+	e.packets = 1;
+	e.bytes = p->len;
+	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_FIN))
+		e.flags |= CT_F_SEEN_FIN;
+	e.expires_ns = now + ct_lifetime_ns(p, e.flags);
+	return bpf_map_update_elem(&pal_ct, k, &e, BPF_ANY);
+}
+
+#endif

@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Endpoints: the pods this node enforces, keyed by the host-side interface index (what
+ * skb->ifindex is on both hooks). Owns pal_endpoints. */
+#ifndef PALISADE_ENDPOINT_H
+#define PALISADE_ENDPOINT_H
+
+#include "common.h"
+
+/* host-side ifindex -> endpoint */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_endpoints SEC(".maps");
+
+/* The endpoint of a hook's interface, or NULL when it is missing or not READY: an
+ * interface with Palisade's programs and no ready policy drops everything. */
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
+{
+	struct endpoint_info *ep = bpf_map_lookup_elem(&pal_endpoints, &ifindex);
+
+	if (!ep || !(ep->flags & ENDPOINT_F_READY))
+		return NULL;
+	return ep;
+}
+
+#endif
