@@ -11,13 +11,13 @@
  *   1. endpoint_info for the hook's endpoint; missing or not READY -> DROP_EP_NOT_READY.
  *   2. peer identity = ipcache LPM on the peer address (longest prefix wins);
  *      a miss or identity 0 -> DROP_INVALID_IDENTITY.
- *   3. two LPM lookups in the policy map under the endpoint's policy_slot, same
- *      direction/protocol/port: exact = {identity = peer}, any = {identity = 0}.
- *      Inside one lookup the longest (protocol, port-prefix) match wins; the compiler has
- *      already folded every broader entry of that slot into each narrower one.
- *   4. winner = the smaller of the hits under (precedence asc, verdict rank desc
- *      [DENY > REDIRECT > ALLOW], rule_id asc).
- *   5. no hit -> DROP_POLICY_DENIED (default deny: the direction is isolated);
+ *   3. LPM lookup in the policy map under the endpoint's policy_slot, same
+ *      direction/protocol/port, identity = peer; only on a miss, the same lookup with
+ *      identity = 0 (any peer). The first hit is final: the compiler resolved every tier
+ *      into each entry and ends every partition in a catch-all (prefix 72).
+ *   4. (no combine step: precedence only records which tier decided)
+ *   5. no hit, or the default-deny terminal (DENY with rule_id RULE_ID_NONE)
+ *      -> DROP_POLICY_DENIED (the direction is isolated and nothing opens it);
  *      DENY -> DROP_POLICY_DENY unless POLICY_F_AUDIT (then forward, verdict AUDIT);
  *      REDIRECT -> to the L7 proxy on proxy_port; ALLOW -> forward.
  */
@@ -46,7 +46,7 @@
 #define IDENTITY_CIDR_MAX       0x01ffffff
 
 /* ---- rule ids ------------------------------------------------------------------ */
-#define RULE_ID_NONE            0 /* no rule: default deny */
+#define RULE_ID_NONE            0 /* no rule: default deny (also the DENY terminal entry) */
 #define RULE_ID_NOT_ISOLATED    1 /* allow-all of a direction no policy isolates */
 #define RULE_ID_FIRST_POLICY    16
 
@@ -57,7 +57,7 @@
 
 #define POLICY_F_AUDIT          0x01 /* deny is logged as AUDIT and forwarded */
 
-/* precedence tiers: lower wins before verdict rank is compared */
+/* precedence: the tier that decided (informational; the datapath does not compare it) */
 #define PRECEDENCE_ADMIN_MIN    0    /* AdminNetworkPolicy priorities 0..999 */
 #define PRECEDENCE_NETWORK_POLICY 1000
 #define PRECEDENCE_BASELINE     2000

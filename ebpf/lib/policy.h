@@ -19,31 +19,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_policy SEC(".maps");
 
-static __always_inline __u8 verdict_rank(__u8 verdict)
-{
-	switch (verdict) {
-	case POLICY_VERDICT_DENY:
-		return 3;
-	case POLICY_VERDICT_REDIRECT:
-		return 2;
-	case POLICY_VERDICT_ALLOW:
-		return 1;
-	default:
-		return 0;
-	}
-}
-
-/* Step 4: does a beat b? (precedence asc, verdict rank desc, rule id asc) */
-static __always_inline int value_beats(const struct policy_value *a, const struct policy_value *b)
-{
-	if (a->precedence != b->precedence)
-		return a->precedence < b->precedence;
-	__u8 ra = verdict_rank(a->verdict), rb = verdict_rank(b->verdict);
-	if (ra != rb)
-		return ra > rb;
-	return a->rule_id < b->rule_id;
-}
-
 struct decision {
 	__u32 rule_id;
 	__u16 drop_reason;  /* 0 = not dropped */
@@ -65,14 +40,17 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 	k.direction = dir;
 	k.protocol = protocol;
 	k.dport = dport;
-	struct policy_value *exact = bpf_map_lookup_elem(&pal_policy, &k);
-	k.identity = IDENTITY_UNKNOWN;
-	struct policy_value *any = bpf_map_lookup_elem(&pal_policy, &k);
-
-	struct policy_value *w = exact;
-	if (!w || (any && value_beats(any, exact)))
-		w = any;
+	/* The compiler resolved every tier into each entry, and every partition ends in a
+	 * catch-all: the exact-peer hit is final; only a miss falls back to the any-peer
+	 * partition, whose hit is final too. */
+	struct policy_value *w = bpf_map_lookup_elem(&pal_policy, &k);
 	if (!w) {
+		k.identity = IDENTITY_UNKNOWN;
+		w = bpf_map_lookup_elem(&pal_policy, &k);
+	}
+	/* No entry (a slot being torn down, a corrupted map) or the default-deny terminal
+	 * (DENY with no rule): the direction is isolated and nothing opens it. */
+	if (!w || (w->verdict == POLICY_VERDICT_DENY && w->rule_id == RULE_ID_NONE)) {
 		d.rule_id = RULE_ID_NONE;
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_POLICY_DENIED;

@@ -153,6 +153,10 @@ fn syn(sport: u16, dport: u16) -> L4 {
     }
 }
 
+fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
     L4::Tcp {
         sport,
@@ -515,15 +519,19 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         return;
     };
     let ing = abi::DIRECTION_INGRESS;
-    // An admin-tier deny for PEER on TCP 80 beats the NetworkPolicy allow.
+    // An admin-tier deny of any peer on TCP 80, as the compiler writes it: folded into
+    // every exact-peer partition (where it beats PEER's NetworkPolicy allow) and the
+    // any-peer partition. The first hit is final.
     let deny = PolicyValue {
         rule_id: 30,
         verdict: abi::POLICY_VERDICT_DENY,
         precedence: abi::PRECEDENCE_ADMIN_MIN,
         ..Default::default()
     };
-    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &deny)
-        .unwrap();
+    for peer in [0, PEER] {
+        f.dp.upsert_policy(POD, &port_key(peer, ing, 6, 80), &deny)
+            .unwrap();
+    }
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(1, 80)), DROP);
     let ev = f.events();
     assert_eq!(
@@ -535,8 +543,10 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         flags: abi::POLICY_F_AUDIT,
         ..deny
     };
-    f.dp.upsert_policy(POD, &port_key(0, ing, 6, 80), &audit)
-        .unwrap();
+    for peer in [0, PEER] {
+        f.dp.upsert_policy(POD, &port_key(peer, ing, 6, 80), &audit)
+            .unwrap();
+    }
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(2, 80)), PASS);
     let ev = f.events();
     assert_eq!(
@@ -563,6 +573,66 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         (abi::DROP_PROXY_UNAVAILABLE, 31)
     );
     assert_eq!(u16::from_be(ev[0].proxy_port_be), 15001);
+}
+
+#[test]
+fn the_first_hit_is_final_and_terminal_entries_decide() {
+    let Some(mut f) = fixture("terminal") else {
+        return;
+    };
+    let ing = abi::DIRECTION_INGRESS;
+    let default_deny = PolicyValue {
+        rule_id: abi::RULE_ID_NONE,
+        verdict: abi::POLICY_VERDICT_DENY,
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    };
+    // PEER's partition ends in the default-deny terminal: its UDP 53 no longer falls
+    // back to the any-peer allow (rule 17) and is reported as default deny, rule 0.
+    f.dp.upsert_policy(POD, &any_key(PEER, ing), &default_deny)
+        .unwrap();
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", udp(5000, 53)),
+        DROP
+    );
+    let ev = f.events();
+    assert_eq!(
+        (ev[0].drop_reason as u32, ev[0].rule_id),
+        (abi::DROP_POLICY_DENIED, abi::RULE_ID_NONE)
+    );
+    // A longer prefix in the same partition still wins inside the lookup.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(5001, 80)),
+        PASS
+    );
+    assert_eq!(f.events()[0].rule_id, 16);
+    // OTHER's partition has no terminal: a miss there falls back to the any-peer one.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5002, 53)),
+        PASS
+    );
+    assert_eq!(f.events()[0].rule_id, 17);
+    // The any-peer terminal "not isolated" allows everything else, as rule 1.
+    f.dp.upsert_policy(
+        POD,
+        &any_key(0, ing),
+        &PolicyValue {
+            rule_id: abi::RULE_ID_NOT_ISOLATED,
+            ..allow(abi::RULE_ID_NOT_ISOLATED)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", syn(5003, 9999)),
+        PASS
+    );
+    assert_eq!(f.events()[0].rule_id, abi::RULE_ID_NOT_ISOLATED);
+    // ... and the exact terminal of PEER still overrides it.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(5004, 9999)),
+        DROP
+    );
+    assert_eq!(f.events()[0].drop_reason as u32, abi::DROP_POLICY_DENIED);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::abi::{self, PolicyValue};
 use crate::cidr::Cidr;
-use crate::engine::{CompiledPolicy, Engine, EntryKey, port_mask};
+use crate::engine::{CompiledPolicy, Engine, EntryKey, port_mask, tiers};
 use crate::eval::{Decision, Flow, FlowPeer, Verdict};
 use crate::model::{Direction, Protocol};
 
@@ -61,7 +61,7 @@ pub fn ipcache_lookup(engine: &Engine, ip: &IpAddr) -> Option<u32> {
         .find_map(|l| Cidr::new(*ip, l).and_then(|c| engine.ipcache().get(&c).copied()))
 }
 
-/// Steps 3-5 of the lookup order on one endpoint policy map.
+/// The policy lookup of the datapath (`policy_decide`) on one endpoint policy map.
 pub fn policy_decision(
     policy: &CompiledPolicy,
     peer: u32,
@@ -70,14 +70,15 @@ pub fn policy_decision(
     port: u16,
 ) -> Decision {
     let d = dir.abi();
-    let exact = lpm(policy, peer, d, proto.0, port);
-    let any = lpm(policy, abi::IDENTITY_UNKNOWN, d, proto.0, port);
-    let winner = match (exact, any) {
-        (Some(a), Some(b)) => Some(if abi::value_beats(&b, &a) { b } else { a }),
-        (a, b) => a.or(b),
-    };
-    match winner {
+    // The exact-peer partition's hit is final; only a miss falls back to the any-peer
+    // partition, whose hit is final too. A miss in both is default deny (fail closed).
+    let hit = lpm(policy, peer, d, proto.0, port)
+        .or_else(|| lpm(policy, abi::IDENTITY_UNKNOWN, d, proto.0, port));
+    match hit {
         None => Decision::DefaultDeny {
+            isolated_by: policy.isolated_by(dir).to_vec(),
+        },
+        Some(v) if tiers::is_default_deny(&v) => Decision::DefaultDeny {
             isolated_by: policy.isolated_by(dir).to_vec(),
         },
         Some(v) if v.rule_id == abi::RULE_ID_NOT_ISOLATED => Decision::NotIsolated,

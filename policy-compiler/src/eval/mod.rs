@@ -1,8 +1,8 @@
 //! One question, two evaluators: "is this flow allowed, and by which rule?"
 //!
 //! [`spec`] interprets the NetworkPolicies directly, the way the Kubernetes documentation
-//! reads. [`maps`] performs exactly the datapath's lookups (ipcache LPM, two policy-map LPM
-//! lookups, the combine step) on the compiled maps. A property test requires them to agree
+//! reads. [`maps`] performs exactly the datapath's lookups (ipcache LPM, the exact-peer policy LPM
+//! lookup and, on a miss only, the any-peer one) on the compiled maps. A property test requires them to agree
 //! on verdict and on attribution; `policy-test` answers with [`maps`].
 //!
 //! Attribution: when several rules allow a flow, the one named is the rule with the lowest

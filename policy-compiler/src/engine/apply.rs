@@ -1,0 +1,533 @@
+//! One batch of changes: model, identities, selector cache, recompiles, ipcache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::abi::{self};
+use crate::cidr::Cidr;
+use crate::hash::{FxHashMap, FxHashSet};
+use crate::identity::{IdentityInfo, IdentityKey, Reserved};
+use crate::k8s::Labels;
+use crate::model::{Endpoint, Policy};
+use crate::rules::PolicyRef;
+use crate::selector::SelectorId;
+
+use super::diff::diff_entries;
+use super::*;
+
+impl Engine {
+    /// Applies one batch of changes and returns the map operations it implies.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<MapDiff, EngineError> {
+        self.revision += 1;
+        let mut touched_eps: BTreeSet<String> = BTreeSet::new();
+        let mut touched_ns: BTreeSet<String> = BTreeSet::new();
+        // Policy -> (before, after) over the whole batch.
+        type Versions = (Option<Arc<Policy>>, Option<Arc<Policy>>);
+        let mut policy_changes: BTreeMap<PolicyRef, Versions> = BTreeMap::new();
+        let mut old_ips: FxHashMap<String, Vec<IpAddr>> = FxHashMap::default();
+
+        // 1. The model.
+        for c in changes {
+            match c {
+                Change::UpsertNamespace(ns) => {
+                    touched_ns.insert(ns.name.clone());
+                    self.cluster.namespaces.insert(ns.name.clone(), ns);
+                }
+                Change::DeleteNamespace(name) => {
+                    touched_ns.insert(name.clone());
+                    self.cluster.namespaces.remove(&name);
+                }
+                Change::UpsertEndpoint(ep) => {
+                    let key = ep.key.clone();
+                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep)
+                        && !prev.ips.is_empty()
+                    {
+                        old_ips.entry(key.clone()).or_insert(prev.ips);
+                    }
+                    touched_eps.insert(key);
+                }
+                Change::DeleteEndpoint(key) => {
+                    if let Some(prev) = self.cluster.endpoints.remove(&key)
+                        && !prev.ips.is_empty()
+                    {
+                        old_ips.entry(key.clone()).or_insert(prev.ips);
+                    }
+                    touched_eps.insert(key);
+                }
+                Change::UpsertPolicy(p) => {
+                    let r = PolicyRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    };
+                    let prev = self
+                        .cluster
+                        .policies
+                        .insert((r.namespace.clone(), r.name.clone()), p.clone());
+                    let e = policy_changes.entry(r).or_insert((prev, None));
+                    e.1 = Some(p);
+                }
+                Change::DeletePolicy(r) => {
+                    let prev = self
+                        .cluster
+                        .policies
+                        .remove(&(r.namespace.clone(), r.name.clone()));
+                    let e = policy_changes.entry(r).or_insert((prev, None));
+                    e.1 = None;
+                }
+            }
+        }
+        policy_changes.retain(|_, (old, new)| old != new);
+
+        // 2. Policy CIDRs: the ipcache holds them and pod identities record membership.
+        let mut cidr_delta: BTreeMap<Cidr, i64> = BTreeMap::new();
+        for (old, new) in policy_changes.values() {
+            for c in old.iter().flat_map(|p| p.cidrs()) {
+                *cidr_delta.entry(c).or_default() -= 1;
+            }
+            for c in new.iter().flat_map(|p| p.cidrs()) {
+                *cidr_delta.entry(c).or_default() += 1;
+            }
+        }
+        let mut cidrs_added = Vec::new();
+        let mut cidrs_removed = Vec::new();
+        for (c, d) in cidr_delta {
+            if d == 0 {
+                continue;
+            }
+            let before = self.cidr_refs.get(&c).copied().unwrap_or(0);
+            let after = (before as i64 + d).max(0) as usize;
+            if after == 0 {
+                self.cidr_refs.remove(&c);
+            } else {
+                self.cidr_refs.insert(c, after);
+            }
+            if before == 0 && after > 0 {
+                cidrs_added.push(c);
+            } else if before > 0 && after == 0 {
+                cidrs_removed.push(c);
+            }
+        }
+        if !cidrs_added.is_empty() || !cidrs_removed.is_empty() {
+            self.recompute_cidr_lens();
+        }
+
+        // 3. Register new and changed policies (selectors are evaluated over the current
+        //    identities; identity changes below reach them through the cache), then release
+        //    what the old versions held.
+        let mut dirty: BTreeSet<u32> = BTreeSet::new();
+        let mut changed_policies: BTreeSet<PolicyRef> = BTreeSet::new();
+        for (r, (_, new)) in &policy_changes {
+            changed_policies.insert(r.clone());
+            let old_state = self.policies.remove(r);
+            if let Some(p) = new {
+                let state = self.register_policy(r, p.clone());
+                self.policies.insert(r.clone(), state);
+                self.policies_by_ns
+                    .entry(r.namespace.clone())
+                    .or_default()
+                    .insert(r.clone());
+            }
+            if let Some(s) = old_state {
+                if let Some(bm) = self.selectors.selected(s.subject) {
+                    dirty.extend(bm.iter());
+                }
+                self.unregister_policy(r, &s, new.as_deref());
+            }
+            if new.is_none()
+                && let Some(set) = self.policies_by_ns.get_mut(&r.namespace)
+            {
+                set.remove(r);
+            }
+        }
+
+        // 4. CIDR identities.
+        let mut changed_selectors: BTreeSet<SelectorId> = BTreeSet::new();
+        let mut added_ids: Vec<u32> = Vec::new();
+        let mut removed_ids: Vec<u32> = Vec::new();
+        for c in &cidrs_added {
+            if c.len() == 0 {
+                continue; // /0 is the world identity of its family
+            }
+            let id = self.identities.acquire_cidr(*c)?;
+            changed_selectors.extend(self.selectors.add_identity(id, &IdentityInfo::Cidr(*c)));
+            added_ids.push(id);
+        }
+        for c in &cidrs_removed {
+            if let Some(id) = self.identities.cidr_identity(c) {
+                changed_selectors
+                    .extend(self.selectors.remove_identity(id, &IdentityInfo::Cidr(*c)));
+                self.identities.release_cidr(c);
+                removed_ids.push(id);
+            }
+        }
+
+        // 5. Endpoint identities.
+        let mut affected: BTreeSet<String> = touched_eps;
+        for ns in &touched_ns {
+            let prefix = format!("{ns}/");
+            for k in self.cluster.endpoints.range(prefix.clone()..) {
+                if !k.0.starts_with(&prefix) {
+                    break;
+                }
+                affected.insert(k.0.clone());
+            }
+        }
+        if !cidrs_added.is_empty() || !cidrs_removed.is_empty() {
+            let changed: Vec<Cidr> = cidrs_added.iter().chain(&cidrs_removed).copied().collect();
+            for e in self.cluster.endpoints.values() {
+                if e.ips
+                    .iter()
+                    .any(|ip| changed.iter().any(|c| c.contains_ip(ip)))
+                {
+                    affected.insert(e.key.clone());
+                }
+            }
+        }
+        let mut new_keys: Vec<(String, Option<Arc<IdentityKey>>)> = Vec::new();
+        let mut ns_label_cache: FxHashMap<String, (Arc<str>, Arc<Labels>)> = FxHashMap::default();
+        new_keys.reserve(affected.len());
+        // Endpoints come in key order, so the pods of one workload are neighbours and
+        // usually share the previous endpoint's identity key: reuse it when the facts match.
+        let mut prev: Option<Arc<IdentityKey>> = None;
+        for k in affected {
+            let key = self.cluster.endpoints.get(&k).map(|e| {
+                if let Some(p) = prev.as_ref().filter(|p| self.same_identity_facts(p, e)) {
+                    return p.clone();
+                }
+                let (ns, nsl) = match ns_label_cache.get(e.namespace.as_str()) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = (
+                            Arc::<str>::from(e.namespace.as_str()),
+                            Arc::new(self.cluster.namespace_labels(&e.namespace)),
+                        );
+                        ns_label_cache.insert(e.namespace.clone(), v.clone());
+                        v
+                    }
+                };
+                let key = Arc::new(self.identity_key(e, ns, nsl));
+                prev = Some(key.clone());
+                key
+            });
+            new_keys.push((k, key));
+        }
+        // Deterministic numbering: unseen keys are allocated in sorted order.
+        let mut unseen: Vec<Arc<IdentityKey>> = new_keys
+            .iter()
+            .filter_map(|(_, k)| k.clone())
+            .filter(|k| self.identities.lookup(k).is_none())
+            .collect();
+        unseen.sort();
+        unseen.dedup();
+        for k in unseen {
+            let (id, _) = self.identities.acquire(k.clone())?;
+            // The allocation reference is dropped below once endpoints hold theirs.
+            added_ids.push(id);
+            let info = IdentityInfo::Cluster(k.clone());
+            changed_selectors.extend(self.selectors.add_identity(id, &info));
+            for p in &k.ports {
+                self.port_names
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(id);
+                if let Some(users) = self.any_peer_named.get(&p.name) {
+                    for u in users {
+                        self.mark_subjects(u, &mut dirty);
+                    }
+                }
+            }
+        }
+        let fresh: FxHashSet<u32> = added_ids.iter().copied().collect();
+        let mut endpoint_upserts = Vec::new();
+        let mut endpoint_deletes = Vec::new();
+        let mut ip_touched: BTreeSet<IpAddr> = BTreeSet::new();
+        // Acquire every new reference before releasing any old one, so an identity that
+        // moves from one endpoint to another in the same batch keeps its number.
+        let mut acquired: Vec<(String, Option<u32>)> = Vec::with_capacity(new_keys.len());
+        for (ep, key) in new_keys {
+            let id = match key {
+                Some(k) => Some(self.identities.acquire(k)?.0),
+                None => None,
+            };
+            acquired.push((ep, id));
+        }
+        for (ep, new_id) in acquired {
+            let old_id = self.endpoint_ids.get(&ep).copied();
+            for ip in old_ips.remove(&ep).unwrap_or_default() {
+                if let Some(set) = self.ip_owners.get_mut(&ip) {
+                    set.remove(&ep);
+                    if set.is_empty() {
+                        self.ip_owners.remove(&ip);
+                    }
+                }
+                ip_touched.insert(ip);
+            }
+            // A host-network pod's address is its node's: it claims no ipcache entry.
+            if let Some(e) = self.cluster.endpoints.get(&ep).filter(|e| !e.host_network) {
+                for ip in &e.ips {
+                    self.ip_owners.entry(*ip).or_default().insert(ep.clone());
+                    ip_touched.insert(*ip);
+                }
+            }
+            if let Some(old) = old_id {
+                self.release_identity(old, &mut changed_selectors, &mut removed_ids, &mut dirty);
+            }
+            match new_id {
+                Some(id) => {
+                    if old_id != Some(id) {
+                        endpoint_upserts.push((ep.clone(), id));
+                    }
+                    self.endpoint_ids.insert(ep, id);
+                }
+                None => {
+                    self.endpoint_ids.remove(&ep);
+                    if old_id.is_some() {
+                        endpoint_deletes.push(ep);
+                    }
+                }
+            }
+        }
+        // Drop the allocation references taken for fresh identities.
+        for id in &fresh {
+            if Reserved::from_id(*id).is_none() && *id < abi::IDENTITY_CIDR_MIN {
+                self.release_identity(*id, &mut changed_selectors, &mut removed_ids, &mut dirty);
+            }
+        }
+        let removed_set: FxHashSet<u32> = removed_ids.iter().copied().collect();
+        let added_ids: Vec<u32> = added_ids
+            .into_iter()
+            .filter(|i| !removed_set.contains(i))
+            .collect();
+
+        // 6. Dirty identities.
+        for s in &changed_selectors {
+            if let Some(users) = self.peer_users.get(s) {
+                for u in users {
+                    self.mark_subjects(u, &mut dirty);
+                }
+            }
+        }
+        for r in &changed_policies {
+            self.mark_subjects(r, &mut dirty);
+        }
+        for id in &added_ids {
+            if *id < abi::IDENTITY_CIDR_MIN {
+                dirty.insert(*id);
+            }
+        }
+
+        // 7. Recompile and diff. Compiling is read-only on the engine, so large batches
+        //    split across the available cores.
+        let dirty: Vec<u32> = dirty
+            .into_iter()
+            .filter(|id| !removed_set.contains(id) && self.identities.key(*id).is_some())
+            .collect();
+        let compiled = self.compile_many(&dirty);
+        let mut diff = MapDiff::default();
+        for (id, new) in dirty.into_iter().zip(compiled) {
+            let old = self.compiled.get(&id).cloned();
+            match &old {
+                None => {
+                    diff.policies_created.push(id);
+                    for (k, v) in &new.entries {
+                        diff.policy_upserts.push((id, *k, *v));
+                    }
+                }
+                Some(old) => diff_entries(id, &old.entries, &new.entries, &mut diff),
+            }
+            if old.as_deref() != Some(&new) {
+                self.compiled.insert(id, Arc::new(new));
+            }
+        }
+        for id in &removed_ids {
+            if self.compiled.remove(id).is_some() {
+                diff.policies_removed.push(*id);
+            }
+        }
+
+        // 8. ipcache.
+        let mut keys: BTreeSet<Cidr> = ip_touched.iter().map(|ip| Cidr::host(*ip)).collect();
+        keys.extend(
+            cidrs_added
+                .iter()
+                .chain(&cidrs_removed)
+                .filter(|c| c.len() > 0),
+        );
+        for c in keys {
+            let want = self.desired_ipcache(&c);
+            let have = self.ipcache.get(&c).copied();
+            match (have, want) {
+                (h, Some(w)) if h != Some(w) => {
+                    self.ipcache.insert(c, w);
+                    diff.ipcache_upserts.push((c, w));
+                }
+                (Some(_), None) => {
+                    self.ipcache.remove(&c);
+                    diff.ipcache_deletes.push(c);
+                }
+                _ => {}
+            }
+        }
+
+        diff.endpoint_upserts = endpoint_upserts;
+        diff.endpoint_deletes = endpoint_deletes;
+        diff.identities_added = added_ids;
+        diff.identities_removed = removed_ids;
+        Ok(diff)
+    }
+
+    /// Marks every identity a policy selects as needing a recompile.
+    pub(super) fn mark_subjects(&self, r: &PolicyRef, dirty: &mut BTreeSet<u32>) {
+        if let Some(bm) = self
+            .policies
+            .get(r)
+            .and_then(|st| self.selectors.selected(st.subject))
+        {
+            dirty.extend(bm.iter());
+        }
+    }
+
+    pub(super) fn release_identity(
+        &mut self,
+        id: u32,
+        changed: &mut BTreeSet<SelectorId>,
+        removed: &mut Vec<u32>,
+        dirty: &mut BTreeSet<u32>,
+    ) {
+        let Some(key) = self.identities.release(id) else {
+            return;
+        };
+        changed.extend(
+            self.selectors
+                .remove_identity(id, &IdentityInfo::Cluster(key.clone())),
+        );
+        for p in &key.ports {
+            if let Some(bm) = self.port_names.get_mut(&p.name) {
+                bm.remove(id);
+                if bm.is_empty() {
+                    self.port_names.remove(&p.name);
+                }
+            }
+            if let Some(users) = self.any_peer_named.get(&p.name) {
+                for u in users {
+                    self.mark_subjects(u, dirty);
+                }
+            }
+        }
+        removed.push(id);
+    }
+
+    pub(super) fn recompute_cidr_lens(&mut self) {
+        self.cidr_lens_v4 = 0;
+        self.cidr_lens_v6 = [0; 3];
+        for c in self.cidr_refs.keys() {
+            let l = c.len() as usize;
+            if c.is_ipv4() {
+                self.cidr_lens_v4 |= 1 << l;
+            } else {
+                self.cidr_lens_v6[l / 64] |= 1 << (l % 64);
+            }
+        }
+    }
+
+    /// The policy CIDRs that contain `ip`, shortest first. Prefixes of one address sort by
+    /// length, so this is also `Cidr` order. Only lengths some policy CIDR has are tried.
+    pub(super) fn containing_cidrs_iter<'a>(
+        &'a self,
+        ip: &'a IpAddr,
+    ) -> impl Iterator<Item = Cidr> + 'a {
+        let max = crate::cidr::max_len(ip) as usize;
+        (0..=max)
+            .filter(move |&l| {
+                if ip.is_ipv4() {
+                    self.cidr_lens_v4 & (1 << l) != 0
+                } else {
+                    self.cidr_lens_v6[l / 64] & (1 << (l % 64)) != 0
+                }
+            })
+            .filter_map(move |l| Cidr::new(*ip, l as u8))
+            .filter(move |c| self.cidr_refs.contains_key(c))
+    }
+
+    pub(super) fn containing_cidrs(&self, ip: &IpAddr) -> Vec<Cidr> {
+        self.containing_cidrs_iter(ip).collect()
+    }
+
+    /// Whether `e` would get exactly `key` (without building a key for it).
+    pub(super) fn same_identity_facts(&self, key: &IdentityKey, e: &Endpoint) -> bool {
+        if *key.namespace != *e.namespace || key.ports != e.ports {
+            return false;
+        }
+        let filter = &self.config.label_filter;
+        let mut mine = e.labels.iter().filter(|(k, _)| !filter.excludes(k));
+        let mut theirs = key.labels.iter();
+        loop {
+            match (mine.next(), theirs.next()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        let ips: &[IpAddr] = if self.config.ipblocks_select_pods {
+            &e.ips
+        } else {
+            &[]
+        };
+        match (ips, key.cidr_sets.as_slice()) {
+            (ips, []) => ips.iter().all(|ip| self.containing_cidrs_match(ip, &[])),
+            ([ip], [set]) => self.containing_cidrs_match(ip, set),
+            _ => false,
+        }
+    }
+
+    /// `containing_cidrs(ip) == set`, without allocating.
+    pub(super) fn containing_cidrs_match(&self, ip: &IpAddr, set: &[Cidr]) -> bool {
+        self.containing_cidrs_iter(ip).eq(set.iter().copied())
+    }
+
+    pub(super) fn identity_key(
+        &self,
+        e: &Endpoint,
+        ns: Arc<str>,
+        ns_labels: Arc<Labels>,
+    ) -> IdentityKey {
+        let ips: &[IpAddr] = if self.config.ipblocks_select_pods {
+            &e.ips
+        } else {
+            &[]
+        };
+        let mut cidr_sets: Vec<Vec<Cidr>> = ips
+            .iter()
+            .map(|ip| self.containing_cidrs(ip))
+            .filter(|s| !s.is_empty())
+            .collect();
+        cidr_sets.sort();
+        cidr_sets.dedup();
+        IdentityKey {
+            namespace: ns,
+            namespace_labels: ns_labels,
+            labels: self.config.label_filter.apply(&e.labels),
+            ports: e.ports.clone(),
+            cidr_sets,
+        }
+    }
+
+    /// The ipcache entry a prefix should have: an endpoint's identity for its host prefix,
+    /// else the CIDR identity of a policy CIDR.
+    pub(super) fn desired_ipcache(&self, c: &Cidr) -> Option<u32> {
+        if c.len() == crate::cidr::max_len(&c.addr())
+            && let Some(owner) = self.ip_owners.get(&c.addr()).and_then(|s| s.iter().next())
+        {
+            return self.endpoint_ids.get(owner).copied();
+        }
+        if c.len() == 0 {
+            return Some(if c.is_ipv4() {
+                Reserved::WorldIpv4.id()
+            } else {
+                Reserved::WorldIpv6.id()
+            });
+        }
+        self.identities.cidr_identity(c)
+    }
+}

@@ -1,0 +1,252 @@
+//! Compiling the policy map of one identity.
+
+use std::collections::BTreeSet;
+
+use roaring::RoaringBitmap;
+
+use crate::abi::{self, PolicyValue};
+use crate::model::{Direction, PortMatch, Protocol, resolve_named_port};
+use crate::rules::PolicyRef;
+
+use super::tiers::{self, TierRule};
+use super::*;
+
+impl Engine {
+    /// Compiles many identities; large batches split across the available cores.
+    pub(super) fn compile_many(&self, ids: &[u32]) -> Vec<CompiledPolicy> {
+        const PARALLEL_MIN: usize = 512;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        if ids.len() < PARALLEL_MIN || threads < 2 {
+            return ids.iter().map(|id| self.compile_identity(*id)).collect();
+        }
+        let chunk = ids.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(chunk)
+                .map(|c| {
+                    s.spawn(move || {
+                        c.iter()
+                            .map(|id| self.compile_identity(*id))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for h in handles {
+                match h.join() {
+                    Ok(v) => out.extend(v),
+                    // A panic in a worker is a bug; compile that chunk here so it surfaces.
+                    Err(_) => out.clear(),
+                }
+            }
+            if out.len() != ids.len() {
+                return ids.iter().map(|id| self.compile_identity(*id)).collect();
+            }
+            out
+        })
+    }
+
+    /// Compiles the policy map of one cluster identity.
+    pub(super) fn compile_identity(&self, id: u32) -> CompiledPolicy {
+        let Some(key) = self.identities.key(id) else {
+            return CompiledPolicy::default();
+        };
+        let mut contribs: Vec<Contribution> = Vec::new();
+        let mut isolated: [Vec<PolicyRef>; 2] = [Vec::new(), Vec::new()];
+        let empty = BTreeSet::new();
+        let candidates = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
+        for pref in candidates {
+            let Some(st) = self.policies.get(pref) else {
+                continue;
+            };
+            if !self
+                .selectors
+                .selected(st.subject)
+                .is_some_and(|b| b.contains(id))
+            {
+                continue;
+            }
+            for dir in Direction::BOTH {
+                let Some(rules) = st.policy.rules(dir) else {
+                    continue;
+                };
+                isolated[dir as usize].push(pref.clone());
+                let d = dir.abi();
+                for (rule, (peers, rule_id)) in rules.iter().zip(&st.rules[dir as usize]) {
+                    let tr = TierRule::network_policy_allow(*rule_id);
+                    let union: Option<RoaringBitmap> = match peers {
+                        RulePeers::Any => None,
+                        RulePeers::Selectors(sels) => {
+                            let mut u = RoaringBitmap::new();
+                            for s in sels {
+                                if let Some(b) = self.selectors.selected(*s) {
+                                    u |= b;
+                                }
+                            }
+                            Some(u)
+                        }
+                    };
+                    let mut fixed: Vec<PortPrefix> = Vec::new();
+                    let mut named: Vec<(&str, Protocol)> = Vec::new();
+                    if rule.ports.is_empty() {
+                        fixed.push(PortPrefix::ANY);
+                    }
+                    for ps in &rule.ports {
+                        let proto = ps.protocol.0;
+                        match &ps.port {
+                            PortMatch::All => fixed.push(PortPrefix {
+                                proto,
+                                port: 0,
+                                bits: 0,
+                            }),
+                            PortMatch::Range(lo, hi) => {
+                                for (port, bits) in port_range_prefixes(*lo, *hi) {
+                                    fixed.push(PortPrefix { proto, port, bits });
+                                }
+                            }
+                            PortMatch::Named(n) => match dir {
+                                // Ingress: the destination is this endpoint.
+                                Direction::Ingress => {
+                                    if let Some(port) =
+                                        resolve_named_port(&key.ports, n, ps.protocol)
+                                    {
+                                        fixed.push(PortPrefix {
+                                            proto,
+                                            port,
+                                            bits: 16,
+                                        });
+                                    }
+                                }
+                                Direction::Egress => named.push((n.as_str(), ps.protocol)),
+                            },
+                        }
+                    }
+                    match &union {
+                        None => {
+                            for f in &fixed {
+                                contribs.push((d, abi::IDENTITY_UNKNOWN, *f, tr));
+                            }
+                        }
+                        Some(u) => {
+                            if !fixed.is_empty() {
+                                for peer in u.iter() {
+                                    for f in &fixed {
+                                        contribs.push((d, peer, *f, tr));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Egress named ports resolve against each destination identity.
+                    for (n, proto) in named {
+                        let by_name = self.port_names.get(n);
+                        let peers: Box<dyn Iterator<Item = u32>> = match (&union, by_name) {
+                            (_, None) => Box::new(std::iter::empty()),
+                            (None, Some(b)) => Box::new(b.iter()),
+                            (Some(u), Some(b)) => Box::new((u & b).into_iter()),
+                        };
+                        for peer in peers {
+                            if let Some(k) = self.identities.key(peer)
+                                && let Some(port) = resolve_named_port(&k.ports, n, proto)
+                            {
+                                contribs.push((
+                                    d,
+                                    peer,
+                                    PortPrefix {
+                                        proto: proto.0,
+                                        port,
+                                        bits: 16,
+                                    },
+                                    tr,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let np_isolated = [!isolated[0].is_empty(), !isolated[1].is_empty()];
+        let [ingress_isolated_by, egress_isolated_by] = isolated;
+        CompiledPolicy {
+            entries: materialize(contribs, np_isolated),
+            ingress_isolated_by,
+            egress_isolated_by,
+        }
+    }
+}
+
+/// (direction, peer identity or 0 for any peer, port target, rule)
+type Contribution = (u8, u32, PortPrefix, TierRule);
+
+/// Turns contributions into the entries of one policy map, tier-resolved so that the
+/// datapath's first hit is final:
+///
+/// - the any-peer partition of each direction holds every any-peer prefix plus a catch-all
+///   (prefix 72), each resolved over the any-peer rules that contain it;
+/// - every exact-peer partition that exists holds its own prefixes **and** the any-peer
+///   ones plus a catch-all, each resolved over both its rules and the any-peer rules.
+///
+/// Inside a partition, a port's longest match is a prefix that every rule containing the
+/// port also contains (prefixes of one port are nested), so the value at that prefix is
+/// the resolution of exactly the rules that match the port.
+fn materialize(
+    mut contribs: Vec<Contribution>,
+    np_isolated: [bool; 2],
+) -> Vec<(EntryKey, PolicyValue)> {
+    contribs.sort_unstable();
+    contribs.dedup();
+    let mut out: Vec<(EntryKey, PolicyValue)> = Vec::with_capacity(contribs.len() + 2);
+    for dir in Direction::BOTH {
+        let d = dir.abi();
+        let isolated = np_isolated[dir as usize];
+        let lo = contribs.partition_point(|c| c.0 < d);
+        let hi = contribs.partition_point(|c| c.0 <= d);
+        let of_dir = &contribs[lo..hi];
+        let any_end = of_dir.partition_point(|c| c.1 == abi::IDENTITY_UNKNOWN);
+        let (any, exact) = of_dir.split_at(any_end);
+        let any_rules: Vec<(PortPrefix, TierRule)> = any.iter().map(|c| (c.2, c.3)).collect();
+        emit_partition(abi::IDENTITY_UNKNOWN, d, &any_rules, isolated, &mut out);
+        let mut i = 0;
+        while i < exact.len() {
+            let peer = exact[i].1;
+            let mut j = i;
+            while j < exact.len() && exact[j].1 == peer {
+                j += 1;
+            }
+            let mut rules: Vec<(PortPrefix, TierRule)> =
+                exact[i..j].iter().map(|c| (c.2, c.3)).collect();
+            rules.extend_from_slice(&any_rules);
+            emit_partition(peer, d, &rules, isolated, &mut out);
+            i = j;
+        }
+    }
+    out.sort_unstable_by_key(|a| a.0);
+    out
+}
+
+/// One partition: every distinct prefix of `rules` plus the catch-all, each resolved.
+fn emit_partition(
+    peer: u32,
+    dir: u8,
+    rules: &[(PortPrefix, TierRule)],
+    np_isolated: bool,
+    out: &mut Vec<(EntryKey, PolicyValue)>,
+) {
+    let mut prefixes: Vec<PortPrefix> = rules.iter().map(|r| r.0).collect();
+    prefixes.push(PortPrefix::ANY);
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut matching: Vec<&TierRule> = Vec::with_capacity(rules.len());
+    for p in prefixes {
+        matching.clear();
+        matching.extend(rules.iter().filter(|(q, _)| q.contains(&p)).map(|(_, r)| r));
+        matching.sort_unstable();
+        out.push((
+            p.entry_key(peer, dir),
+            tiers::resolve(matching.iter().copied(), np_isolated),
+        ));
+    }
+}

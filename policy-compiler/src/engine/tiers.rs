@@ -1,0 +1,189 @@
+//! The tier model: how the rules that match one (peer, direction, protocol, port) resolve
+//! into the one value the datapath finds.
+//!
+//! Tiers are evaluated in order, and the first that decides is the answer:
+//!
+//! 1. **admin** (AdminNetworkPolicy; none exist yet): rules by ascending `order` (priority,
+//!    then rule position). The first match decides with its action; `Pass` skips the rest
+//!    of the admin tier.
+//! 2. **NetworkPolicy**: the first matching rule by `order` (= rule id, so the lowest rule id
+//!    is named) allows; if none matches and a NetworkPolicy isolates the endpoint in this
+//!    direction, **default deny** (`DENY`, rule [`abi::RULE_ID_NONE`]).
+//! 3. **baseline** (BaselineAdminNetworkPolicy; none exist yet): first match in rule order.
+//! 4. **default**: allow, rule [`abi::RULE_ID_NOT_ISOLATED`].
+//!
+//! Because every partition of the policy map carries this resolution for each of its
+//! prefixes, plus a catch-all at the shortest prefix, the datapath's first hit is final:
+//! no combine step runs in the kernel. `precedence` in the value only says which tier
+//! decided (for reporting); the kernel does not compare it.
+
+use crate::abi::{self, PolicyValue};
+
+/// Tiers in evaluation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Admin,
+    NetworkPolicy,
+    Baseline,
+}
+
+impl Tier {
+    /// The precedence recorded in values this tier decides.
+    pub fn precedence(self) -> u16 {
+        match self {
+            Tier::Admin => abi::PRECEDENCE_ADMIN_MIN,
+            Tier::NetworkPolicy => abi::PRECEDENCE_NETWORK_POLICY,
+            Tier::Baseline => abi::PRECEDENCE_BASELINE,
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Skip the rest of this tier; the next tier decides.
+    Pass,
+    /// Allow through the L7 proxy listening on this port (host order).
+    Redirect(u16),
+}
+
+/// One rule as the tier resolution sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierRule {
+    pub tier: Tier,
+    /// Position inside the tier: lower is evaluated first.
+    pub order: u64,
+    pub action: Action,
+    /// A deny that is only logged (forwarded, reported as AUDIT).
+    pub audit: bool,
+    pub rule_id: u32,
+    /// Precedence recorded when this rule decides (admin: its priority).
+    pub precedence: u16,
+}
+
+impl TierRule {
+    /// A NetworkPolicy allow rule.
+    pub fn network_policy_allow(rule_id: u32) -> TierRule {
+        TierRule {
+            tier: Tier::NetworkPolicy,
+            order: rule_id as u64,
+            action: Action::Allow,
+            audit: false,
+            rule_id,
+            precedence: Tier::NetworkPolicy.precedence(),
+        }
+    }
+
+    fn value(&self) -> PolicyValue {
+        let (verdict, proxy_port) = match self.action {
+            Action::Allow | Action::Pass => (abi::POLICY_VERDICT_ALLOW, 0),
+            Action::Deny => (abi::POLICY_VERDICT_DENY, 0),
+            Action::Redirect(p) => (abi::POLICY_VERDICT_REDIRECT, p),
+        };
+        PolicyValue {
+            rule_id: self.rule_id,
+            proxy_port_be: proxy_port.to_be(),
+            precedence: self.precedence,
+            verdict,
+            flags: if self.audit { abi::POLICY_F_AUDIT } else { 0 },
+            pad: 0,
+        }
+    }
+}
+
+/// The terminal value of a direction a NetworkPolicy isolates and no rule opens.
+pub fn default_deny() -> PolicyValue {
+    PolicyValue {
+        rule_id: abi::RULE_ID_NONE,
+        proxy_port_be: 0,
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        verdict: abi::POLICY_VERDICT_DENY,
+        flags: 0,
+        pad: 0,
+    }
+}
+
+/// The terminal value when no tier decides.
+pub fn not_isolated() -> PolicyValue {
+    PolicyValue {
+        rule_id: abi::RULE_ID_NOT_ISOLATED,
+        proxy_port_be: 0,
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        verdict: abi::POLICY_VERDICT_ALLOW,
+        flags: 0,
+        pad: 0,
+    }
+}
+
+/// Whether a value is the default-deny terminal (reported as `DROP_POLICY_DENIED`).
+pub fn is_default_deny(v: &PolicyValue) -> bool {
+    v.verdict == abi::POLICY_VERDICT_DENY && v.rule_id == abi::RULE_ID_NONE
+}
+
+/// Resolves the rules that match one flow, **sorted** by (tier, order), into the value the
+/// datapath must find. `np_isolated`: a NetworkPolicy isolates this direction.
+pub fn resolve<'a>(
+    matching: impl IntoIterator<Item = &'a TierRule>,
+    np_isolated: bool,
+) -> PolicyValue {
+    let mut passed: Option<Tier> = None;
+    for r in matching {
+        if passed == Some(r.tier) {
+            continue;
+        }
+        // Reaching a later tier: an isolating NetworkPolicy that matched nothing decides.
+        if r.tier > Tier::NetworkPolicy && np_isolated {
+            return default_deny();
+        }
+        match r.action {
+            Action::Pass => passed = Some(r.tier),
+            _ => return r.value(),
+        }
+    }
+    if np_isolated {
+        default_deny()
+    } else {
+        not_isolated()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn rule(tier: Tier, order: u64, action: Action, id: u32) -> TierRule {
+        TierRule {
+            tier,
+            order,
+            action,
+            audit: false,
+            rule_id: id,
+            precedence: tier.precedence(),
+        }
+    }
+
+    #[test]
+    fn tiers_decide_in_order() {
+        let admin_deny = rule(Tier::Admin, 1, Action::Deny, 40);
+        let admin_pass = rule(Tier::Admin, 0, Action::Pass, 41);
+        let np_allow = TierRule::network_policy_allow(16);
+        let base_deny = rule(Tier::Baseline, 0, Action::Deny, 50);
+        // Admin deny beats a NetworkPolicy allow.
+        let v = resolve([&admin_deny, &np_allow], true);
+        assert_eq!((v.verdict, v.rule_id), (abi::POLICY_VERDICT_DENY, 40));
+        // Pass skips the rest of the admin tier: the NetworkPolicy decides.
+        let v = resolve([&admin_pass, &admin_deny, &np_allow], true);
+        assert_eq!((v.verdict, v.rule_id), (abi::POLICY_VERDICT_ALLOW, 16));
+        // Isolated, no NetworkPolicy rule: default deny even with a baseline allow.
+        let base_allow = rule(Tier::Baseline, 0, Action::Allow, 51);
+        assert!(is_default_deny(&resolve([&base_allow], true)));
+        // Not isolated: baseline decides; nothing at all: not isolated.
+        let v = resolve([&base_deny], false);
+        assert_eq!((v.verdict, v.rule_id), (abi::POLICY_VERDICT_DENY, 50));
+        assert_eq!(resolve([], false), not_isolated());
+        assert!(is_default_deny(&resolve([], true)));
+    }
+}
