@@ -184,10 +184,13 @@ type Contribution = (u8, u32, PortPrefix, TierRule);
 /// Turns contributions into the entries of one policy map, tier-resolved so that the
 /// datapath's first hit is final:
 ///
-/// - the any-peer partition of each direction holds every any-peer prefix plus a catch-all
-///   (prefix 72), each resolved over the any-peer rules that contain it;
-/// - every exact-peer partition that exists holds its own prefixes **and** the any-peer
-///   ones plus a catch-all, each resolved over both its rules and the any-peer rules.
+/// - the any-peer partition of each direction holds every any-peer prefix plus a terminal
+///   catch-all (prefix 72), each resolved over the any-peer rules that contain it;
+/// - an exact-peer partition holds its own prefixes plus the any-peer prefixes nested
+///   inside them, each resolved over its own rules **and** the any-peer rules. It has no
+///   catch-all of its own unless a rule of its own covers every port: a port no exact
+///   rule matches misses the partition, and the any-peer partition's answer is then the
+///   whole answer (no exact rule contributes to it).
 ///
 /// Inside a partition, a port's longest match is a prefix that every rule containing the
 /// port also contains (prefixes of one port are nested), so the value at that prefix is
@@ -208,7 +211,16 @@ fn materialize(
         let any_end = of_dir.partition_point(|c| c.1 == abi::IDENTITY_UNKNOWN);
         let (any, exact) = of_dir.split_at(any_end);
         let any_rules: Vec<(PortPrefix, TierRule)> = any.iter().map(|c| (c.2, c.3)).collect();
-        emit_partition(abi::IDENTITY_UNKNOWN, d, &any_rules, isolated, &mut out);
+        let mut any_prefixes: Vec<PortPrefix> = any_rules.iter().map(|r| r.0).collect();
+        any_prefixes.push(PortPrefix::ANY);
+        emit_partition(
+            abi::IDENTITY_UNKNOWN,
+            d,
+            any_prefixes.clone(),
+            &any_rules,
+            isolated,
+            &mut out,
+        );
         let mut i = 0;
         while i < exact.len() {
             let peer = exact[i].1;
@@ -218,8 +230,14 @@ fn materialize(
             }
             let mut rules: Vec<(PortPrefix, TierRule)> =
                 exact[i..j].iter().map(|c| (c.2, c.3)).collect();
+            let mut prefixes: Vec<PortPrefix> = rules.iter().map(|r| r.0).collect();
+            prefixes.extend(
+                any_prefixes
+                    .iter()
+                    .filter(|a| rules.iter().any(|(e, _)| e.contains(a))),
+            );
             rules.extend_from_slice(&any_rules);
-            emit_partition(peer, d, &rules, isolated, &mut out);
+            emit_partition(peer, d, prefixes, &rules, isolated, &mut out);
             i = j;
         }
     }
@@ -227,16 +245,15 @@ fn materialize(
     out
 }
 
-/// One partition: every distinct prefix of `rules` plus the catch-all, each resolved.
+/// One partition: each of `prefixes`, resolved over the `rules` that contain it.
 fn emit_partition(
     peer: u32,
     dir: u8,
+    mut prefixes: Vec<PortPrefix>,
     rules: &[(PortPrefix, TierRule)],
     np_isolated: bool,
     out: &mut Vec<(EntryKey, PolicyValue)>,
 ) {
-    let mut prefixes: Vec<PortPrefix> = rules.iter().map(|r| r.0).collect();
-    prefixes.push(PortPrefix::ANY);
     prefixes.sort_unstable();
     prefixes.dedup();
     let mut matching: Vec<&TierRule> = Vec::with_capacity(rules.len());
