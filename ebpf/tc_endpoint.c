@@ -109,9 +109,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* A new flow. A pod may only open flows from its own addresses. Tracked packets skip
 	 * this check safely: conntrack is keyed by the pod's interface, and every entry there
 	 * was made by a packet that passed it (or by traffic addressed to the pod). */
-	if (dir == DIRECTION_EGRESS && ipcache_identity(f.p.saddr, f.p.family) != ep.identity) {
-		d.drop_reason = DROP_INVALID_SOURCE_IP;
-		goto drop;
+	if (dir == DIRECTION_EGRESS) {
+		__u32 src = ipcache_identity(f.p.saddr, f.p.family);
+		/* While the pod's own addresses move to a new identity, the ipcache maps them
+		 * to the endpoint's transit identity (docs/datapath.md section 7). */
+		if (src != ep.identity &&
+		    (f.ifindex & ~IDENTITY_ENDPOINT_TRANSIT_MASK ||
+		     src != (IDENTITY_ENDPOINT_TRANSIT_BASE | f.ifindex))) {
+			d.drop_reason = DROP_INVALID_SOURCE_IP;
+			goto drop;
+		}
 	}
 	__u32 peer = ipcache_identity(peer_addr, f.p.family);
 	if (dir == DIRECTION_EGRESS)

@@ -44,6 +44,14 @@
 #define IDENTITY_CLUSTER_MAX    0x00ffffff
 #define IDENTITY_CIDR_MIN       0x01000000 /* CIDR identities, local to the node */
 #define IDENTITY_CIDR_MAX       0x01ffffff
+/* Transit identities: an address the enforcer is moving between two identities maps to a
+ * transit identity while endpoints switch policy slots (docs/datapath.md section 7).
+ * Group transits are allocated per update; an endpoint's own addresses use the one derived
+ * from its host-side ifindex, which its source check also accepts. */
+#define IDENTITY_TRANSIT_MIN    0x02000000
+#define IDENTITY_TRANSIT_MAX    0x02ffffff
+#define IDENTITY_ENDPOINT_TRANSIT_BASE 0x03000000 /* | (ifindex & 0x00ffffff) */
+#define IDENTITY_ENDPOINT_TRANSIT_MASK 0x00ffffff
 
 /* ---- rule ids ------------------------------------------------------------------ */
 #define RULE_ID_NONE            0 /* no rule: default deny (also the DENY terminal entry) */

@@ -425,6 +425,39 @@ fn udp_sctp_and_ipv6_follow_their_rules() {
 }
 
 #[test]
+fn source_check_accepts_the_endpoint_transit_identity_and_no_other() {
+    let Some(mut f) = fixture("transit") else {
+        return;
+    };
+    // The pod's address moving to a new identity: mapped to its own transit identity
+    // (derived from the ifindex, 1 here) while its endpoint entry switches.
+    let own = abi::endpoint_transit_identity(1).unwrap();
+    f.dp.upsert_ipcache(&"10.0.0.1/32".parse::<Cidr>().unwrap(), own)
+        .unwrap();
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(1, 80)),
+        PASS
+    );
+    // Another endpoint's transit, or a group transit, is not the pod's address.
+    for (sport, other) in [
+        (2, abi::endpoint_transit_identity(2).unwrap()),
+        (3, abi::IDENTITY_TRANSIT_MIN),
+    ] {
+        f.dp.upsert_ipcache(&"10.0.0.1/32".parse::<Cidr>().unwrap(), other)
+            .unwrap();
+        assert_eq!(
+            f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(sport, 80)),
+            DROP
+        );
+        let ev = f.events();
+        assert_eq!(
+            ev.last().unwrap().drop_reason as u32,
+            abi::DROP_INVALID_SOURCE_IP
+        );
+    }
+}
+
+#[test]
 fn fail_closed_cases_have_their_own_reasons() {
     let Some(mut f) = fixture("closed") else {
         return;

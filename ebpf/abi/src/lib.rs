@@ -30,6 +30,17 @@ pub const IDENTITY_CLUSTER_MIN: u32 = 256;
 pub const IDENTITY_CLUSTER_MAX: u32 = 0x00ff_ffff;
 pub const IDENTITY_CIDR_MIN: u32 = 0x0100_0000;
 pub const IDENTITY_CIDR_MAX: u32 = 0x01ff_ffff;
+pub const IDENTITY_TRANSIT_MIN: u32 = 0x0200_0000;
+pub const IDENTITY_TRANSIT_MAX: u32 = 0x02ff_ffff;
+pub const IDENTITY_ENDPOINT_TRANSIT_BASE: u32 = 0x0300_0000;
+pub const IDENTITY_ENDPOINT_TRANSIT_MASK: u32 = 0x00ff_ffff;
+
+/// The transit identity of an endpoint's own addresses (its source check accepts it), or
+/// `None` when the ifindex does not fit the range.
+pub fn endpoint_transit_identity(ifindex: u32) -> Option<u32> {
+    (ifindex & !IDENTITY_ENDPOINT_TRANSIT_MASK == 0)
+        .then_some(IDENTITY_ENDPOINT_TRANSIT_BASE | ifindex)
+}
 
 pub const RULE_ID_NONE: u32 = 0;
 pub const RULE_ID_NOT_ISOLATED: u32 = 1;

@@ -47,6 +47,16 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("IDENTITY_CLUSTER_MAX", abi::IDENTITY_CLUSTER_MAX as i64),
         ("IDENTITY_CIDR_MIN", abi::IDENTITY_CIDR_MIN as i64),
         ("IDENTITY_CIDR_MAX", abi::IDENTITY_CIDR_MAX as i64),
+        ("IDENTITY_TRANSIT_MIN", abi::IDENTITY_TRANSIT_MIN as i64),
+        ("IDENTITY_TRANSIT_MAX", abi::IDENTITY_TRANSIT_MAX as i64),
+        (
+            "IDENTITY_ENDPOINT_TRANSIT_BASE",
+            abi::IDENTITY_ENDPOINT_TRANSIT_BASE as i64,
+        ),
+        (
+            "IDENTITY_ENDPOINT_TRANSIT_MASK",
+            abi::IDENTITY_ENDPOINT_TRANSIT_MASK as i64,
+        ),
         ("RULE_ID_NONE", abi::RULE_ID_NONE as i64),
         ("RULE_ID_NOT_ISOLATED", abi::RULE_ID_NOT_ISOLATED as i64),
         ("RULE_ID_FIRST_POLICY", abi::RULE_ID_FIRST_POLICY as i64),
