@@ -1,24 +1,35 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Palisade endpoint datapath: two tc programs on the host side of every pod veth.
- *   from_pod  (tc ingress of the host veth): the pod's EGRESS policy, peer = destination
- *   to_pod    (tc egress of the host veth):  the pod's INGRESS policy, peer = source
+ *   from_pod  (TCX ingress of the host veth): the pod's EGRESS policy, peer = destination
+ *   to_pod    (TCX egress of the host veth):  the pod's INGRESS policy, peer = source
  *
- * Per packet:
- *   non-IP, IPv6 neighbour discovery/MLD   -> pass (counted)
- *   endpoint missing or not READY           -> DROP_EP_NOT_READY
- *   malformed / non-first fragment          -> DROP_INVALID_PACKET / DROP_FRAG_NOT_SUPPORTED
- *   conntrack hit (same tuple, same hook)   -> pass; re-checked once after a policy change
- *   conntrack reply (reversed tuple, other hook of the same endpoint) -> pass; same re-check
- *   otherwise a new flow: from_pod with a source that is not the pod's own identity ->
- *   DROP_INVALID_SOURCE_IP; else decided by the lookup order in palisade_abi.h; allowed
- *   flows are tracked, every decision is counted and reported once.
+ * Per packet, in this order (docs/datapath.md §3 numbers the same steps):
+ *   1. parse (lib/parse.h): non-IP -> pass; IPv6 ND/MLD within its protocol limits -> pass
+ *      (both counted, before the endpoint lookup: the pod needs them whatever its policy).
+ *   2. endpoint (lib/endpoint.h): missing or not READY -> DROP_EP_NOT_READY.
+ *   3. malformed -> DROP_INVALID_PACKET; ND/MLD outside its limits -> DROP_FORBIDDEN_ICMP6;
+ *      a later fragment takes its first fragment's ports (lib/frag.h), unknown ->
+ *      DROP_FRAG_NOT_FOUND; a first fragment's ports are remembered, failing that ->
+ *      DROP_FRAG_NOT_SUPPORTED.
+ *   4. conntrack hit (lib/ct.h; same tuple, same hook, same interface) -> pass, re-decided
+ *      once after a policy change (revision re-check).
+ *   5. conntrack reply (reversed tuple made by the other hook of this endpoint) -> pass,
+ *      same re-check.
+ *   6. new flow: from_pod with a source that is not the pod's identity ->
+ *      DROP_INVALID_SOURCE_IP; peer identity (lib/identity.h), none -> DROP_INVALID_IDENTITY;
+ *      policy lookup (lib/policy.h) decides.
+ *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
+ *      outcome is counted and reported once (lib/events.h).
+ * A pass returns TCX_NEXT, so programs after Palisade on the hook still run; a drop returns
+ * TCX_DROP, which ends the chain.
  */
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/endpoint.h"
 #include "lib/identity.h"
 #include "lib/policy.h"
+#include "lib/frag.h"
 #include "lib/ct.h"
 #include "lib/events.h"
 
@@ -29,19 +40,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_key fwd = {}, rev = {};
 	__u8 kind = EVENT_KIND_NEW_FLOW;
 
+	/* 1. */
 	f.dir = dir;
 	f.ifindex = skb->ifindex;
 	int pr = parse(skb, &f.p);
 	if (pr == PARSE_NOT_IP) {
 		count(dir, COUNTER_PASS_NON_IP, skb->len);
-		return TCX_PASS;
+		return TCX_NEXT;
 	}
 	if (pr == PARSE_NEIGHBOR) {
 		count(dir, COUNTER_PASS_NEIGHBOR, skb->len);
-		return TCX_PASS;
+		return TCX_NEXT;
 	}
 	ct_key_of(&fwd, &f.p, dir, f.ifindex);
 
+	/* 2. */
 	d.verdict = EVENT_VERDICT_DROPPED;
 	struct endpoint_info *epp = endpoint_lookup(f.ifindex);
 	if (!epp) {
@@ -54,19 +67,31 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		f.src_identity = ep.identity;
 	else
 		f.dst_identity = ep.identity;
+
+	/* 3. */
 	if (pr == PARSE_BAD) {
 		d.drop_reason = DROP_INVALID_PACKET;
 		goto drop;
 	}
+	if (pr == PARSE_FORBIDDEN) {
+		d.drop_reason = DROP_FORBIDDEN_ICMP6;
+		goto drop;
+	}
+	__u64 now = bpf_ktime_get_ns();
 	if (pr == PARSE_FRAGMENT) {
+		if (frag_recover(&f.p, dir, f.ifindex, now)) {
+			d.drop_reason = DROP_FRAG_NOT_FOUND;
+			goto drop;
+		}
+		ct_key_of(&fwd, &f.p, dir, f.ifindex);
+	} else if (f.p.frag == FRAG_FIRST && frag_remember(&f.p, dir, f.ifindex, now)) {
 		d.drop_reason = DROP_FRAG_NOT_SUPPORTED;
 		goto drop;
 	}
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
 
-	__u64 now = bpf_ktime_get_ns();
 	if (f.p.trackable) {
-		/* Same flow, same hook: established. */
+		/* 4. Same flow, same hook: established. */
 		struct ct_entry *ct = ct_lookup(&fwd, now);
 		if (ct) {
 			f.src_identity = ct->src_identity;
@@ -81,9 +106,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
 			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
-			return TCX_PASS;
+			return TCX_NEXT;
 		}
-		/* Reversed tuple made by the other hook of this endpoint: a reply. */
+		/* 5. Reversed tuple made by the other hook of this endpoint: a reply. */
 		ct_key_reply(&rev, &f.p, dir, f.ifindex);
 		ct = ct_lookup(&rev, now);
 		if (ct) {
@@ -102,13 +127,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
 			count(dir, COUNTER_CT_REPLY, f.p.len);
-			return TCX_PASS;
+			return TCX_NEXT;
 		}
 	}
 
-	/* A new flow. A pod may only open flows from its own addresses. Tracked packets skip
-	 * this check safely: conntrack is keyed by the pod's interface, and every entry there
-	 * was made by a packet that passed it (or by traffic addressed to the pod). */
+	/* 6. A new flow. A pod may only open flows from its own addresses. Tracked packets
+	 * skip this check safely: conntrack is keyed by the pod's interface, and every entry
+	 * there was made by a packet that passed it (or by traffic addressed to the pod). */
 	if (dir == DIRECTION_EGRESS) {
 		__u32 src = ipcache_identity(f.p.saddr, f.p.family);
 		/* While the pod's own addresses move to a new identity, the ipcache maps them
@@ -133,6 +158,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (d.drop_reason)
 		goto drop;
 
+	/* 7. */
 	if (ct_should_track(&f.p) &&
 	    ct_create(&fwd, &f.p, &d, ep.revision, f.src_identity, f.dst_identity, now)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
@@ -141,7 +167,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	count(dir, d.verdict == EVENT_VERDICT_AUDIT ? COUNTER_AUDIT : COUNTER_FORWARDED, f.p.len);
 	emit(&f, &d, EVENT_KIND_NEW_FLOW);
-	return TCX_PASS;
+	return TCX_NEXT;
 
 drop:
 	count(dir, d.drop_reason, f.p.len);

@@ -2,10 +2,18 @@
 /*
  * Palisade datapath ABI: the layout of every map shared between the C datapath and the
  * Rust control plane. This header is the source of truth. The Rust mirror lives in
- * policy-compiler/src/abi.rs and asserts the same sizes and offsets at compile time.
+ * ebpf/abi (crate palisade-abi) and asserts the same sizes and offsets at compile time;
+ * enforcer/tests/abi_btf.rs compares it with the BTF of the built object.
  *
  * Codes (verdicts, drop reasons, reserved identities, rule ids) are append-only:
- * never renumber a value that has shipped.
+ * never renumber a value that has shipped. The one exception is ABI v2's alignment with
+ * Hubble (DROP_EP_NOT_READY 204 -> 203, see docs/upgrade.md); 204 stays unused.
+ *
+ * ABI versions (the pin directory is <pin_root>/v<PALISADE_ABI_VERSION>; docs/upgrade.md):
+ *   1  first release.
+ *   2  ct_entry grows room for service reverse NAT and proxy redirect state (56 bytes);
+ *      pal_frag (first-fragment ports); DROP_EP_NOT_READY is Hubble's 203; drop codes
+ *      DROP_FRAG_NOT_FOUND and DROP_FORBIDDEN_ICMP6; pass verdicts return TCX_NEXT.
  *
  * Policy lookup order (also in docs/datapath.md):
  *   1. endpoint_info for the hook's endpoint; missing or not READY -> DROP_EP_NOT_READY.
@@ -26,7 +34,7 @@
 
 #include <linux/types.h>
 
-#define PALISADE_ABI_VERSION 1
+#define PALISADE_ABI_VERSION 2
 
 /* ---- identities ---------------------------------------------------------------- */
 #define IDENTITY_UNKNOWN        0 /* never assigned; the wildcard in policy keys */
@@ -73,17 +81,21 @@
 #define DIRECTION_INGRESS       0 /* traffic to the endpoint */
 #define DIRECTION_EGRESS        1 /* traffic from the endpoint */
 
-/* ---- drop reasons (Hubble DropReason numbering) ------------------------------- */
-#define DROP_INVALID_SOURCE_IP    132 /* a pod sent from an address that is not its own */
-#define DROP_POLICY_DENIED        133 /* default deny: no rule allows */
-#define DROP_INVALID_PACKET       134 /* truncated or malformed L3/L4 header */
-#define DROP_UNKNOWN_L4           142
-#define DROP_CT_INSERT_FAILED     155
-#define DROP_FRAG_NOT_SUPPORTED   157 /* a non-first IP fragment: no ports to check */
-#define DROP_INVALID_IDENTITY     171
-#define DROP_PROXY_UNAVAILABLE    180 /* an L7 rule applies and no proxy is attached */
-#define DROP_POLICY_DENY          181 /* an explicit deny rule */
-#define DROP_EP_NOT_READY         204 /* no policy written for the endpoint yet */
+/* ---- drop reasons (Hubble DropReason numbering, api/v1/flow/flow.proto) ---------
+ * Each value is Hubble's for the same meaning; the Hubble name is in a comment and in
+ * palisade_abi::drop_reason_name. */
+#define DROP_INVALID_SOURCE_IP    132 /* INVALID_SOURCE_IP: a pod sent from an address that is not its own */
+#define DROP_POLICY_DENIED        133 /* POLICY_DENIED: default deny, no rule allows */
+#define DROP_INVALID_PACKET       134 /* INVALID_PACKET_DROPPED: truncated or malformed L3/L4 header */
+#define DROP_UNKNOWN_L4           142 /* UNKNOWN_L4_PROTOCOL (reserved, not emitted) */
+#define DROP_CT_INSERT_FAILED     155 /* CT_MAP_INSERTION_FAILED */
+#define DROP_FRAG_NOT_SUPPORTED   157 /* IP_FRAGMENTATION_NOT_SUPPORTED: a fragment that cannot be decided */
+#define DROP_INVALID_IDENTITY     171 /* INVALID_IDENTITY */
+#define DROP_FRAG_NOT_FOUND       175 /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND (v2) */
+#define DROP_FORBIDDEN_ICMP6      176 /* FORBIDDEN_ICMPV6_MESSAGE (v2) */
+#define DROP_PROXY_UNAVAILABLE    180 /* PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL: an L7 rule applies and no proxy is attached */
+#define DROP_POLICY_DENY          181 /* POLICY_DENY: an explicit deny rule */
+#define DROP_EP_NOT_READY         203 /* DROP_EP_NOT_READY: no policy written for the endpoint yet (v1 used 204) */
 
 /* ---- policy map: one LPM trie, partitioned by policy slot ----------------------
  * Every endpoint policy lives under its slot (the enforcer uses the subject identity:
@@ -156,6 +168,10 @@ struct endpoint_info {
 #define CT_F_SEEN_RST     0x04
 #define CT_F_PROXY        0x08 /* redirected to the L7 proxy */
 
+/* A flow is only established once a reply passed: until then its entry lives
+ * CT_LIFETIME_TCP_SYN_S (TCP) or CT_LIFETIME_NONTCP_S, so a flood of openers that never get
+ * an answer cannot hold conntrack for hours. */
+
 #define CT_LIFETIME_TCP_SYN_S     60
 #define CT_LIFETIME_TCP_S         21600
 #define CT_LIFETIME_TCP_CLOSE_S   10
@@ -179,11 +195,42 @@ struct ct_entry {
 	__u32 revision;    /* endpoint policy revision it was admitted under */
 	__u32 src_identity;
 	__u32 dst_identity;
-	__be16 proxy_port;
+	__be16 proxy_port; /* L7 proxy the flow is redirected to (CT_F_PROXY) */
 	__u8 flags;        /* CT_F_* */
-	__u8 pad[5];
+	__u8 proxy_state;  /* v2, reserved for the L7 proxy redirect; 0 until it lands */
+	__u16 rev_nat_index; /* v2, service reverse-NAT index; 0 = not translated */
+	__u16 pad;
+	__u32 service_id;  /* v2, the service the flow was load-balanced for; 0 = none */
+	__u32 pad2;
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* ---- fragments: LRU hash "pal_frag" (v2) ------------------------------------------
+ * The ports of a first fragment, keyed by the datagram (addresses, IP id, protocol), so
+ * that later fragments, which carry no L4 header, are decided with the first one's ports.
+ * IPv4 ids are 16 bits (stored in the low bits, network order); IPv6 ids 32 bits.
+ */
+#define FRAG_LIFETIME_S           30 /* a datagram's fragments arrive within this */
+
+struct frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 id;
+	__u8 protocol;
+	__u8 family;
+	__u8 direction;  /* DIRECTION_* of the hook */
+	__u8 pad;
+	__u32 ifindex;   /* host-side interface of the endpoint */
+};
+
+struct frag_ports {
+	__u64 expires_ns;
+	__be16 sport;
+	__be16 dport;
+	__u8 trackable;  /* the first fragment's tuple is tracked by conntrack */
+	__u8 icmp_type;
+	__u16 pad;
 };
 
 /* ---- verdict events: ring buffer "events" -------------------------------------
@@ -247,12 +294,33 @@ struct counter_value {
 
 _Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
-_Static_assert(sizeof(struct ct_entry) == 48, "ct_entry size");
+_Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
+_Static_assert(sizeof(struct frag_key) == 44, "frag_key size");
+_Static_assert(sizeof(struct frag_ports) == 16, "frag_ports size");
 _Static_assert(sizeof(struct verdict_event) == 80, "verdict_event size");
 _Static_assert(sizeof(struct counter_value) == 16, "counter_value size");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key size");
 _Static_assert(sizeof(struct ipcache_value) == 8, "ipcache_value size");
 _Static_assert(sizeof(struct endpoint_info) == 16, "endpoint_info size");
+
+/* Counter index = direction * COUNTER_DIR_STRIDE + code: a code at or above the stride
+ * would count in the other direction's slots, and a COUNTER_* slot must stay below every
+ * drop code. */
+#define PAL_CODE_FITS(code) ((code) > COUNTER_REVOKED && (code) < COUNTER_DIR_STRIDE)
+_Static_assert(COUNTER_MAX == 2 * COUNTER_DIR_STRIDE, "one stride per direction");
+_Static_assert(COUNTER_REVOKED < 128, "COUNTER_* slots stay below 128");
+_Static_assert(PAL_CODE_FITS(DROP_INVALID_SOURCE_IP), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_POLICY_DENIED), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_INVALID_PACKET), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_UNKNOWN_L4), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_CT_INSERT_FAILED), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_FRAG_NOT_SUPPORTED), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_INVALID_IDENTITY), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_FRAG_NOT_FOUND), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_FORBIDDEN_ICMP6), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_PROXY_UNAVAILABLE), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_POLICY_DENY), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_EP_NOT_READY), "drop code aliases a counter slot");
 
 #endif /* PALISADE_ABI_H */

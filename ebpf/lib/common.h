@@ -16,9 +16,10 @@
 #include "palisade_abi.h"
 
 /* TCX return codes (kernel enum tcx_action_base); the 6.1 UAPI headers have none.
- * Palisade is the last word on its hooks: every verdict ends the chain (see
- * docs/datapath.md, "Attachment"). */
-#define TCX_PASS 0
+ * A packet Palisade admits returns TCX_NEXT: later programs on the hook still see it (and
+ * may drop it; with none, the kernel passes it). A drop returns TCX_DROP, which ends the
+ * chain. See docs/datapath.md §5.1. */
+#define TCX_NEXT -1
 #define TCX_DROP 2
 
 #ifndef IPPROTO_SCTP
@@ -31,10 +32,16 @@
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
 /* Link control the pod needs whatever its policy: MLD (130..132, 143) and neighbour
- * discovery (133..137). */
+ * discovery (133..137); the limits are in lib/parse.h. */
 #define ICMPV6_CTRL_FIRST 130
+#define ICMPV6_ND_FIRST 133
 #define ICMPV6_CTRL_LAST 137
 #define ICMPV6_MLD2_REPORT 143
+
+#define IPV4_FRAG_MORE 0x2000
+#define IPV4_FRAG_OFFSET 0x1fff
+#define IPV6_FRAG_OFFSET 0xfff8
+#define IPV6_FRAG_MORE 0x0001
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02

@@ -9,9 +9,16 @@
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_IP,    /* ARP and friends: not policed */
-	PARSE_NEIGHBOR,  /* IPv6 neighbour discovery: not policed */
+	PARSE_NEIGHBOR,  /* IPv6 neighbour discovery / MLD within the protocol's limits */
 	PARSE_BAD,       /* truncated or malformed: DROP_INVALID_PACKET */
-	PARSE_FRAGMENT,  /* non-first fragment: DROP_FRAG_NOT_SUPPORTED */
+	PARSE_FRAGMENT,  /* non-first fragment: ports come from pal_frag (lib/frag.h) */
+	PARSE_FORBIDDEN, /* ND/MLD outside its limits: DROP_FORBIDDEN_ICMP6 */
+};
+
+enum pkt_frag {
+	FRAG_NONE = 0,
+	FRAG_FIRST,      /* offset 0, more fragments follow: ports parsed, remembered */
+	FRAG_LATER,      /* offset > 0: no L4 header */
 };
 
 struct pkt {
@@ -24,7 +31,12 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 trackable;   /* ports are meaningful for conntrack */
-	__u8 pad[3];
+	__u8 frag;        /* enum pkt_frag */
+	__u8 hop_limit;   /* IPv4 TTL / IPv6 hop limit */
+	__u8 pad;
+	__u16 l3_off;     /* offset of the IP header in the frame */
+	__u16 l4_off;     /* offset of the L4 header (0 for a later fragment) */
+	__be32 frag_id;   /* IPv4 id (low 16 bits) or IPv6 fragment id; 0 when not fragmented */
 	__u32 len;
 };
 
@@ -39,8 +51,39 @@ static __always_inline __be16 policy_port(const struct pkt *p, __be16 port)
 	return is_l4_ports(p->protocol) ? port : 0;
 }
 
+/* IPv6 link control a pod needs whatever its policy, kept as narrow as the protocols allow:
+ * neighbour discovery (RFC 4861) only with hop limit 255, which proves it was sent on the
+ * link; MLD (RFC 2710, 3810) only with hop limit 1, from a link-local (or, for reports, the
+ * unspecified) source, to a multicast destination; neither fragmented (RFC 6980). Other
+ * ND/MLD is forbidden. Returns PARSE_NEIGHBOR, PARSE_FORBIDDEN or PARSE_OK (not ND/MLD). */
+static __always_inline int icmp6_link_control(const struct pkt *p, __u8 type)
+{
+	int nd = type >= ICMPV6_ND_FIRST && type <= ICMPV6_CTRL_LAST;
+	int mld = (type >= ICMPV6_CTRL_FIRST && type < ICMPV6_ND_FIRST) ||
+		  type == ICMPV6_MLD2_REPORT;
+
+	if (!nd && !mld)
+		return PARSE_OK;
+	if (p->frag != FRAG_NONE)
+		return PARSE_FORBIDDEN;
+	if (nd)
+		return p->hop_limit == 255 ? PARSE_NEIGHBOR : PARSE_FORBIDDEN;
+	int link_local = p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80;
+	int unspecified = 1;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (p->saddr[i])
+			unspecified = 0;
+	if (p->hop_limit != 1 || p->daddr[0] != 0xff)
+		return PARSE_FORBIDDEN;
+	if (link_local || (unspecified && type == ICMPV6_MLD2_REPORT))
+		return PARSE_NEIGHBOR;
+	return PARSE_FORBIDDEN;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
+	p->l4_off = off;
 	switch (p->protocol) {
 	case IPPROTO_TCP: {
 		__u8 h[14];
@@ -72,10 +115,11 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		__builtin_memcpy(&id, &h[4], 2);
 		__u8 req = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REQUEST : ICMPV6_ECHO_REQUEST_;
 		__u8 rep = p->protocol == IPPROTO_ICMP ? ICMP_ECHO_REPLY : ICMPV6_ECHO_REPLY_;
-		if (p->protocol == IPPROTO_ICMPV6_ &&
-		    ((h[0] >= ICMPV6_CTRL_FIRST && h[0] <= ICMPV6_CTRL_LAST) ||
-		     h[0] == ICMPV6_MLD2_REPORT))
-			return PARSE_NEIGHBOR;
+		if (p->protocol == IPPROTO_ICMPV6_) {
+			int lc = icmp6_link_control(p, h[0]);
+			if (lc != PARSE_OK)
+				return lc;
+		}
 		/* Only echo is tracked, keyed on its id; a request and a reply never share a
 		 * tuple, so an echo request from a peer can never pass as a reply. */
 		if (h[0] == req) {
@@ -95,9 +139,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	}
 }
 
+/* Parses the frame into `p`, keeping the L3 and L4 header offsets (for checksum updates
+ * and rewrites later in the pipeline). */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	p->len = skb->len;
+	p->l3_off = ETH_HLEN;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
@@ -106,10 +153,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return PARSE_BAD;
 		p->family = 4;
 		p->protocol = ip.protocol;
+		p->hop_limit = ip.ttl;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
-		if (bpf_ntohs(ip.frag_off) & 0x1fff)
-			return PARSE_FRAGMENT;
+		__u16 frag_off = bpf_ntohs(ip.frag_off);
+		if (frag_off & (IPV4_FRAG_OFFSET | IPV4_FRAG_MORE)) {
+			p->frag_id = (__be32)ip.id;
+			if (frag_off & IPV4_FRAG_OFFSET) {
+				p->frag = FRAG_LATER;
+				return PARSE_FRAGMENT;
+			}
+			p->frag = FRAG_FIRST;
+		}
 		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, p);
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
@@ -119,6 +174,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (ip6.version != 6)
 			return PARSE_BAD;
 		p->family = 6;
+		p->hop_limit = ip6.hop_limit;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 		__u8 nh = ip6.nexthdr;
@@ -133,13 +189,22 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				nh = eh[0];
 				off += ((__u32)eh[1] + 1) * 8;
 			} else if (nh == IPPROTO_FRAGMENT) {
-				__u8 fh[4];
-				if (bpf_skb_load_bytes(skb, off, fh, 4))
+				__u8 fh[8];
+				if (bpf_skb_load_bytes(skb, off, fh, 8))
 					return PARSE_BAD;
-				if (((fh[2] << 8) | fh[3]) & 0xfff8)
-					return PARSE_FRAGMENT;
+				__u16 fo = (fh[2] << 8) | fh[3];
 				nh = fh[0];
 				off += 8;
+				/* An atomic fragment (offset 0, no more) is a whole datagram. */
+				if (fo & (IPV6_FRAG_OFFSET | IPV6_FRAG_MORE)) {
+					__builtin_memcpy(&p->frag_id, &fh[4], 4);
+					if (fo & IPV6_FRAG_OFFSET) {
+						p->protocol = nh;
+						p->frag = FRAG_LATER;
+						return PARSE_FRAGMENT;
+					}
+					p->frag = FRAG_FIRST;
+				}
 			} else if (nh == IPPROTO_AH) {
 				if (bpf_skb_load_bytes(skb, off, eh, 2))
 					return PARSE_BAD;

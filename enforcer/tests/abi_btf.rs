@@ -37,7 +37,11 @@ struct CtEntrySwapped {
     dst_identity: u32,
     proxy_port_be: u16,
     flags: u8,
-    pad: [u8; 5],
+    proxy_state: u8,
+    rev_nat_index: u16,
+    pad: u16,
+    service_id: u32,
+    pad2: u32,
     packets: u64,
     bytes: u64,
 }
@@ -50,7 +54,8 @@ fn a_swapped_field_is_reported() {
         .unwrap();
     let swapped = layout!(CtEntrySwapped, "ct_entry", [
         expires_ns, revision, rule_id, src_identity, dst_identity,
-        proxy_port_be as "proxy_port", flags, pad, packets, bytes
+        proxy_port_be as "proxy_port", flags, proxy_state, rev_nat_index, pad, service_id,
+        pad2, packets, bytes
     ]);
     assert_eq!(
         swapped.size,

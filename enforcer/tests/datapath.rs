@@ -21,8 +21,8 @@ use policy_compiler::EntryKey;
 use policy_compiler::abi::{self, EndpointInfo, PolicyValue, VerdictEvent};
 use policy_compiler::cidr::Cidr;
 
-const PASS: u32 = 0;
-const DROP: u32 = 2;
+const PASS: u32 = abi::tcx::NEXT;
+const DROP: u32 = abi::tcx::DROP;
 
 const POD: u32 = 300; // the endpoint under test (ifindex 1: test_run binds skb to lo)
 const PEER: u32 = 400; // 10.0.0.2, fd00::2
@@ -143,6 +143,41 @@ impl Fixture {
             .map(|c| c.packets)
             .unwrap_or(0)
     }
+}
+
+/// Sets the IPv6 hop limit (IPv4 TTL) of a frame built by `packet::build`.
+fn with_hop_limit(mut pkt: Vec<u8>, hops: u8) -> Vec<u8> {
+    if pkt[12..14] == [0x86, 0xdd] {
+        pkt[14 + 7] = hops;
+    } else {
+        pkt[14 + 8] = hops;
+    }
+    pkt
+}
+
+/// An IPv4 frame as fragment `offset8` (in 8-byte units) of datagram `id`; `more` sets MF.
+/// A later fragment keeps the bytes after the IP header but they are payload, not L4.
+fn ipv4_fragment(mut pkt: Vec<u8>, id: u16, offset8: u16, more: bool) -> Vec<u8> {
+    pkt[18..20].copy_from_slice(&id.to_be_bytes());
+    let fo = offset8 | if more { 0x2000 } else { 0 };
+    pkt[20..22].copy_from_slice(&fo.to_be_bytes());
+    pkt
+}
+
+/// An IPv6 frame with a fragment header (offset in 8-byte units, M flag, id) inserted
+/// before its L4 header.
+fn ipv6_fragment(pkt: Vec<u8>, id: u32, offset8: u16, more: bool) -> Vec<u8> {
+    let next = pkt[20];
+    let mut out = pkt[..54].to_vec();
+    out[20] = 44; // IPPROTO_FRAGMENT
+    let plen = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&plen.to_be_bytes());
+    let fo = (offset8 << 3) | u16::from(more);
+    out.extend_from_slice(&[next, 0]);
+    out.extend_from_slice(&fo.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&pkt[54..]);
+    out
 }
 
 fn syn(sport: u16, dport: u16) -> L4 {
@@ -475,14 +510,16 @@ fn fail_closed_cases_have_their_own_reasons() {
     assert_eq!(f.dp.test_run(Hook::ToPod, &short).unwrap(), DROP);
     // Non-IP passes, and so do IPv6 neighbour discovery and MLD (link control).
     assert_eq!(f.dp.test_run(Hook::ToPod, &packet::arp()).unwrap(), PASS);
-    for kind in [135, 136, 143] {
+    // (ND with hop limit 255, MLD with hop limit 1: see nd_and_mld_pass_only_within_limits.)
+    for (kind, hops) in [(135, 255), (136, 255), (143, 1)] {
         let icmp6 = L4::Icmp {
             kind,
             code: 0,
             id: 0,
         };
+        let pkt = with_hop_limit(packet::build(ip("fe80::1"), ip("ff02::16"), icmp6), hops);
         assert_eq!(
-            f.run(Hook::FromPod, "fe80::1", "ff02::16", icmp6),
+            f.dp.test_run(Hook::FromPod, &pkt).unwrap(),
             PASS,
             "ICMPv6 type {kind}"
         );
@@ -507,7 +544,8 @@ fn fail_closed_cases_have_their_own_reasons() {
         reasons,
         vec![
             abi::DROP_INVALID_SOURCE_IP,
-            abi::DROP_FRAG_NOT_SUPPORTED,
+            // A later fragment whose first fragment never passed this hook.
+            abi::DROP_FRAG_NOT_FOUND,
             abi::DROP_INVALID_PACKET,
             abi::DROP_INVALID_SOURCE_IP
         ]
@@ -810,4 +848,141 @@ fn verifier_instruction_counts_are_reported() {
         eprintln!("{name}: {insns} verified instructions, {xlated} bytes translated");
         assert!(insns > 100 && xlated > 0, "{name}");
     }
+}
+
+/// Issue 10 item 13: a later fragment carries no ports; it takes the first fragment's
+/// (remembered per datagram, hook and interface) and is decided like it. Before ABI v2
+/// every later fragment was dropped.
+#[test]
+fn later_fragments_are_decided_with_the_first_fragments_ports() {
+    let Some(mut f) = fixture("frag") else {
+        return;
+    };
+    let udp = |dport| {
+        packet::build(
+            ip("10.0.0.3"),
+            ip("10.0.0.1"),
+            L4::Udp { sport: 5000, dport },
+        )
+    };
+    // UDP 53 is allowed from any peer: first fragment, then a later one of the same datagram.
+    let first = ipv4_fragment(udp(53), 0x1234, 0, true);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &first).unwrap(), PASS);
+    let later = ipv4_fragment(udp(53), 0x1234, 185, false);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &later).unwrap(), PASS);
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED),
+        1,
+        "the later fragment is the first one's flow"
+    );
+    // Another datagram id, or the same datagram at the other hook: never seen.
+    let stranger = ipv4_fragment(udp(53), 0x1235, 185, false);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &stranger).unwrap(), DROP);
+    assert_eq!(f.dp.test_run(Hook::FromPod, &later).unwrap(), DROP);
+    // UDP 54 is denied: the first fragment is dropped, and the later one is decided the
+    // same way with the remembered ports (default deny), not passed.
+    let first = ipv4_fragment(udp(54), 0x2000, 0, true);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &first).unwrap(), DROP);
+    let later = ipv4_fragment(udp(54), 0x2000, 185, false);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &later).unwrap(), DROP);
+    // IPv6: TCP 443 from PEER is allowed; its later fragment passes, another id does not.
+    let syn6 = packet::build(ip("fd00::2"), ip("fd00::1"), syn(1234, 443));
+    let first = ipv6_fragment(syn6.clone(), 77, 0, true);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &first).unwrap(), PASS);
+    let later = ipv6_fragment(syn6.clone(), 77, 100, false);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &later).unwrap(), PASS);
+    let stranger = ipv6_fragment(syn6, 78, 100, false);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &stranger).unwrap(), DROP);
+    let reasons: Vec<u32> = f
+        .events()
+        .iter()
+        .map(|e| u32::from(e.drop_reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            0,
+            abi::DROP_FRAG_NOT_FOUND,
+            abi::DROP_FRAG_NOT_FOUND,
+            abi::DROP_POLICY_DENIED,
+            0,
+            abi::DROP_FRAG_NOT_FOUND,
+        ],
+        "first fragments and drops are reported; a later fragment of a denied datagram is \
+         the same tuple, so its repeat report is suppressed"
+    );
+}
+
+/// Issue 10 item 17: neighbour discovery passes only with hop limit 255 (it was sent on the
+/// link); MLD only with hop limit 1 from a link-local source to a multicast group. Anything
+/// else of those types is FORBIDDEN_ICMPV6_MESSAGE. Before ABI v2 they all passed.
+#[test]
+fn nd_and_mld_pass_only_within_limits() {
+    let Some(mut f) = fixture("nd") else {
+        return;
+    };
+    let icmp6 = |kind| L4::Icmp {
+        kind,
+        code: 0,
+        id: 0,
+    };
+    let run = |f: &mut Fixture, src: &str, dst: &str, kind: u8, hops: u8| {
+        let pkt = with_hop_limit(packet::build(ip(src), ip(dst), icmp6(kind)), hops);
+        f.dp.test_run(Hook::ToPod, &pkt).unwrap()
+    };
+    // Neighbour solicitation / advertisement, router solicitation / advertisement, redirect.
+    for kind in 133..=137 {
+        assert_eq!(
+            run(&mut f, "fe80::2", "ff02::1:ff00:1", kind, 255),
+            PASS,
+            "ND {kind}"
+        );
+        assert_eq!(
+            run(&mut f, "fd00::2", "fd00::1", kind, 255),
+            PASS,
+            "ND {kind} unicast"
+        );
+        assert_eq!(
+            run(&mut f, "fe80::2", "ff02::1:ff00:1", kind, 254),
+            DROP,
+            "ND {kind} routed"
+        );
+        assert_eq!(
+            run(&mut f, "fd00::2", "fd00::1", kind, 64),
+            DROP,
+            "ND {kind} routed"
+        );
+    }
+    for kind in [130, 131, 132, 143] {
+        assert_eq!(
+            run(&mut f, "fe80::2", "ff02::16", kind, 1),
+            PASS,
+            "MLD {kind}"
+        );
+        assert_eq!(
+            run(&mut f, "fe80::2", "ff02::16", kind, 2),
+            DROP,
+            "MLD {kind} hops"
+        );
+        assert_eq!(
+            run(&mut f, "fd00::2", "ff02::16", kind, 1),
+            DROP,
+            "MLD {kind} source"
+        );
+        assert_eq!(
+            run(&mut f, "fe80::2", "fd00::1", kind, 1),
+            DROP,
+            "MLD {kind} unicast"
+        );
+    }
+    // A report from the unspecified address (no link-local address yet) is allowed.
+    assert_eq!(run(&mut f, "::", "ff02::16", 143, 1), PASS);
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::DROP_FORBIDDEN_ICMP6),
+        5 * 2 + 4 * 3
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_PASS_NEIGHBOR),
+        5 * 2 + 4 + 1
+    );
 }

@@ -37,27 +37,29 @@ fn cases() -> u32 {
 /// The decision the kernel's return code and event express, in the evaluator's terms.
 fn kernel_decision(ret: u32, ev: &VerdictEvent) -> Decision {
     match (ret, ev.verdict, ev.drop_reason as u32) {
-        (0, abi::EVENT_VERDICT_FORWARDED, _) if ev.rule_id == abi::RULE_ID_NOT_ISOLATED => {
+        (abi::tcx::NEXT, abi::EVENT_VERDICT_FORWARDED, _)
+            if ev.rule_id == abi::RULE_ID_NOT_ISOLATED =>
+        {
             Decision::NotIsolated
         }
-        (0, abi::EVENT_VERDICT_FORWARDED, _) => Decision::Allowed { rule: ev.rule_id },
-        (0, abi::EVENT_VERDICT_AUDIT, _) => Decision::Denied {
+        (abi::tcx::NEXT, abi::EVENT_VERDICT_FORWARDED, _) => Decision::Allowed { rule: ev.rule_id },
+        (abi::tcx::NEXT, abi::EVENT_VERDICT_AUDIT, _) => Decision::Denied {
             rule: ev.rule_id,
             audit: true,
         },
-        (2, _, abi::DROP_POLICY_DENIED) => Decision::DefaultDeny {
+        (abi::tcx::DROP, _, abi::DROP_POLICY_DENIED) => Decision::DefaultDeny {
             isolated_by: Vec::new(),
         },
-        (2, _, abi::DROP_POLICY_DENY) => Decision::Denied {
+        (abi::tcx::DROP, _, abi::DROP_POLICY_DENY) => Decision::Denied {
             rule: ev.rule_id,
             audit: false,
         },
-        (2, _, abi::DROP_PROXY_UNAVAILABLE) => Decision::Redirected {
+        (abi::tcx::DROP, _, abi::DROP_PROXY_UNAVAILABLE) => Decision::Redirected {
             rule: ev.rule_id,
             proxy_port: u16::from_be(ev.proxy_port_be),
         },
-        (2, _, abi::DROP_INVALID_IDENTITY) => Decision::InvalidIdentity,
-        (2, _, abi::DROP_EP_NOT_READY) => Decision::NotReady,
+        (abi::tcx::DROP, _, abi::DROP_INVALID_IDENTITY) => Decision::InvalidIdentity,
+        (abi::tcx::DROP, _, abi::DROP_EP_NOT_READY) => Decision::NotReady,
         other => panic!("unexpected kernel outcome {other:?}: {ev:?}"),
     }
 }

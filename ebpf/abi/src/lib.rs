@@ -13,7 +13,7 @@ pub mod layout;
 
 pub use layout::{FieldLayout, StructLayout};
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const IDENTITY_UNKNOWN: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
@@ -66,25 +66,42 @@ pub const DROP_UNKNOWN_L4: u32 = 142;
 pub const DROP_CT_INSERT_FAILED: u32 = 155;
 pub const DROP_FRAG_NOT_SUPPORTED: u32 = 157;
 pub const DROP_INVALID_IDENTITY: u32 = 171;
+pub const DROP_FRAG_NOT_FOUND: u32 = 175;
+pub const DROP_FORBIDDEN_ICMP6: u32 = 176;
 pub const DROP_PROXY_UNAVAILABLE: u32 = 180;
 pub const DROP_POLICY_DENY: u32 = 181;
-pub const DROP_EP_NOT_READY: u32 = 204;
+/// Hubble's `DROP_EP_NOT_READY`. ABI v1 used 204, which Hubble names `DROP_NO_EGRESS_IP`.
+pub const DROP_EP_NOT_READY: u32 = 203;
+
+/// Every drop code the datapath can emit, with its Hubble `DropReason` name.
+pub const DROP_REASONS: &[(u32, &str)] = &[
+    (DROP_INVALID_SOURCE_IP, "INVALID_SOURCE_IP"),
+    (DROP_POLICY_DENIED, "POLICY_DENIED"),
+    (DROP_INVALID_PACKET, "INVALID_PACKET_DROPPED"),
+    (DROP_UNKNOWN_L4, "UNKNOWN_L4_PROTOCOL"),
+    (DROP_CT_INSERT_FAILED, "CT_MAP_INSERTION_FAILED"),
+    (DROP_FRAG_NOT_SUPPORTED, "IP_FRAGMENTATION_NOT_SUPPORTED"),
+    (DROP_INVALID_IDENTITY, "INVALID_IDENTITY"),
+    (
+        DROP_FRAG_NOT_FOUND,
+        "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
+    ),
+    (DROP_FORBIDDEN_ICMP6, "FORBIDDEN_ICMPV6_MESSAGE"),
+    (
+        DROP_PROXY_UNAVAILABLE,
+        "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL",
+    ),
+    (DROP_POLICY_DENY, "POLICY_DENY"),
+    (DROP_EP_NOT_READY, "DROP_EP_NOT_READY"),
+];
 
 /// The Hubble `DropReason` name of a drop code (the verdict log's `drop_reason_desc`).
 pub fn drop_reason_name(code: u32) -> &'static str {
-    match code {
-        DROP_INVALID_SOURCE_IP => "INVALID_SOURCE_IP",
-        DROP_POLICY_DENIED => "POLICY_DENIED",
-        DROP_INVALID_PACKET => "INVALID_PACKET_DROPPED",
-        DROP_UNKNOWN_L4 => "UNKNOWN_L4_PROTOCOL",
-        DROP_CT_INSERT_FAILED => "CT_MAP_INSERTION_FAILED",
-        DROP_FRAG_NOT_SUPPORTED => "FRAG_NOT_SUPPORTED",
-        DROP_INVALID_IDENTITY => "INVALID_IDENTITY",
-        DROP_PROXY_UNAVAILABLE => "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL",
-        DROP_POLICY_DENY => "POLICY_DENY",
-        DROP_EP_NOT_READY => "DROP_EP_NOT_READY",
-        _ => "DROP_REASON_UNKNOWN",
-    }
+    DROP_REASONS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| *n)
+        .unwrap_or("DROP_REASON_UNKNOWN")
 }
 
 pub const POLICY_PREFIX_SLOT: u32 = 32;
@@ -121,6 +138,8 @@ pub const COUNTER_EVENTS_LOST: u32 = 6;
 pub const COUNTER_PASS_NON_IP: u32 = 7;
 pub const COUNTER_PASS_NEIGHBOR: u32 = 8;
 pub const COUNTER_REVOKED: u32 = 9;
+
+pub const FRAG_LIFETIME_S: u64 = 30;
 
 pub const IPCACHE_PREFIX_FIXED: u32 = 32;
 
@@ -206,9 +225,43 @@ pub struct CtEntry {
     pub dst_identity: u32,
     pub proxy_port_be: u16,
     pub flags: u8,
-    pub pad: [u8; 5],
+    /// Reserved for the L7 proxy redirect (ABI v2); 0 until it lands.
+    pub proxy_state: u8,
+    /// Service reverse-NAT index (ABI v2); 0 = not translated.
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    /// The service the flow was load-balanced for (ABI v2); 0 = none.
+    pub service_id: u32,
+    pub pad2: u32,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// `struct frag_key`: a fragmented datagram at one endpoint interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network byte order; an IPv4 id in the low 16 bits.
+    pub id_be: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub pad: u8,
+    pub ifindex: u32,
+}
+
+/// `struct frag_ports`: the first fragment's ports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FragPorts {
+    pub expires_ns: u64,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub trackable: u8,
+    pub icmp_type: u8,
+    pub pad: u16,
 }
 
 /// `struct verdict_event`: one record of the `events` ring buffer.
@@ -255,9 +308,22 @@ const _: () = {
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, sport_be) == 32);
     assert!(offset_of!(CtKey, ifindex) == 40);
-    assert!(size_of::<CtEntry>() == 48);
+    assert!(size_of::<CtEntry>() == 56);
     assert!(offset_of!(CtEntry, proxy_port_be) == 24);
-    assert!(offset_of!(CtEntry, packets) == 32);
+    assert!(offset_of!(CtEntry, rev_nat_index) == 28);
+    assert!(offset_of!(CtEntry, service_id) == 32);
+    assert!(offset_of!(CtEntry, packets) == 40);
+    assert!(size_of::<FragKey>() == 44);
+    assert!(size_of::<FragPorts>() == 16);
+    // Counter index = direction * COUNTER_DIR_STRIDE + code: no drop code may reach the
+    // other direction's slots or collide with a COUNTER_* slot.
+    assert!(COUNTER_MAX == 2 * COUNTER_DIR_STRIDE);
+    let mut i = 0;
+    while i < DROP_REASONS.len() {
+        let code = DROP_REASONS[i].0;
+        assert!(code > COUNTER_REVOKED && code < COUNTER_DIR_STRIDE);
+        i += 1;
+    }
     assert!(size_of::<VerdictEvent>() == 80);
     assert!(offset_of!(VerdictEvent, sport_be) == 40);
     assert!(offset_of!(VerdictEvent, drop_reason) == 50);
@@ -406,9 +472,7 @@ impl CtKey {
 }
 
 impl CtEntry {
-    pub fn from_bytes(b: &[u8; 48]) -> CtEntry {
-        let mut pad = [0u8; 5];
-        pad.copy_from_slice(&b[27..32]);
+    pub fn from_bytes(b: &[u8; 56]) -> CtEntry {
         CtEntry {
             expires_ns: ne_u64(b, 0),
             rule_id: ne_u32(b, 8),
@@ -417,9 +481,13 @@ impl CtEntry {
             dst_identity: ne_u32(b, 20),
             proxy_port_be: ne_u16(b, 24),
             flags: b[26],
-            pad,
-            packets: ne_u64(b, 32),
-            bytes: ne_u64(b, 40),
+            proxy_state: b[27],
+            rev_nat_index: ne_u16(b, 28),
+            pad: 0,
+            service_id: ne_u32(b, 32),
+            pad2: 0,
+            packets: ne_u64(b, 40),
+            bytes: ne_u64(b, 48),
         }
     }
 }
@@ -455,6 +523,15 @@ impl PolicyValue {
             pad: 0,
         }
     }
+}
+
+/// What the programs return (kernel `enum tcx_action_base`), as BPF_PROG_TEST_RUN reports
+/// it (an unsigned 32-bit value). Defined in `ebpf/lib/common.h`.
+pub mod tcx {
+    /// Admitted: later programs on the hook still run (`TCX_NEXT`, -1).
+    pub const NEXT: u32 = u32::MAX;
+    /// Dropped; ends the chain (`TCX_DROP`).
+    pub const DROP: u32 = 2;
 }
 
 /// `BPF_MAP_TYPE_*` values (kernel UAPI) of the map types the datapath declares.
@@ -504,6 +581,12 @@ pub const MAPS: &[MapAbi] = &[
         value: Some(("ct_entry", size_of::<CtEntry>())),
     },
     MapAbi {
+        name: "pal_frag",
+        map_type: map_type::LRU_HASH,
+        key: Some(("frag_key", size_of::<FragKey>())),
+        value: Some(("frag_ports", size_of::<FragPorts>())),
+    },
+    MapAbi {
         name: "pal_drop_seen",
         map_type: map_type::LRU_HASH,
         key: Some(("ct_key", size_of::<CtKey>())),
@@ -537,7 +620,13 @@ pub fn layouts() -> Vec<StructLayout> {
             [identity, policy_slot, flags, revision]
         ),
         layout!(CtKey, "ct_key", [saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family, direction, pad, ifindex]),
-        layout!(CtEntry, "ct_entry", [expires_ns, rule_id, revision, src_identity, dst_identity, proxy_port_be as "proxy_port", flags, pad, packets, bytes]),
+        layout!(CtEntry, "ct_entry", [
+            expires_ns, rule_id, revision, src_identity, dst_identity,
+            proxy_port_be as "proxy_port", flags, proxy_state, rev_nat_index, pad, service_id,
+            pad2, packets, bytes
+        ]),
+        layout!(FragKey, "frag_key", [saddr, daddr, id_be as "id", protocol, family, direction, pad, ifindex]),
+        layout!(FragPorts, "frag_ports", [expires_ns, sport_be as "sport", dport_be as "dport", trackable, icmp_type, pad]),
         layout!(VerdictEvent, "verdict_event", [
             time_ns, saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family,
             direction, verdict, kind, tcp_flags, drop_reason, ifindex, src_identity,

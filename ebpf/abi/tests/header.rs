@@ -81,6 +81,9 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("DROP_INVALID_IDENTITY", abi::DROP_INVALID_IDENTITY as i64),
         ("DROP_POLICY_DENY", abi::DROP_POLICY_DENY as i64),
         ("DROP_EP_NOT_READY", abi::DROP_EP_NOT_READY as i64),
+        ("DROP_FRAG_NOT_FOUND", abi::DROP_FRAG_NOT_FOUND as i64),
+        ("DROP_FORBIDDEN_ICMP6", abi::DROP_FORBIDDEN_ICMP6 as i64),
+        ("FRAG_LIFETIME_S", abi::FRAG_LIFETIME_S as i64),
         (
             "POLICY_PREFIX_ANY_PROTO",
             abi::POLICY_PREFIX_ANY_PROTO as i64,
@@ -146,7 +149,8 @@ fn every_define_has_an_equal_rust_constant() {
             continue;
         }
         let Some(name) = parts.next() else { continue };
-        if name == "PALISADE_ABI_H" {
+        // Include guard and function-like helper macros carry no ABI value.
+        if name == "PALISADE_ABI_H" || name.contains('(') {
             continue;
         }
         let value = parts
@@ -164,4 +168,37 @@ fn every_define_has_an_equal_rust_constant() {
         rust.len(),
         "abi.rs mirrors constants the header does not define"
     );
+}
+
+/// The Hubble `DropReason` values and names (cilium `api/v1/flow/flow.proto`) of every code
+/// Palisade emits. ABI v1 had 157 as `FRAG_NOT_SUPPORTED` and "endpoint not ready" as 204,
+/// which Hubble calls `DROP_NO_EGRESS_IP`.
+#[test]
+fn drop_codes_and_names_are_hubbles() {
+    let hubble = [
+        (132, "INVALID_SOURCE_IP"),
+        (133, "POLICY_DENIED"),
+        (134, "INVALID_PACKET_DROPPED"),
+        (142, "UNKNOWN_L4_PROTOCOL"),
+        (155, "CT_MAP_INSERTION_FAILED"),
+        (157, "IP_FRAGMENTATION_NOT_SUPPORTED"),
+        (171, "INVALID_IDENTITY"),
+        (175, "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"),
+        (176, "FORBIDDEN_ICMPV6_MESSAGE"),
+        (180, "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL"),
+        (181, "POLICY_DENY"),
+        (203, "DROP_EP_NOT_READY"),
+    ];
+    let ours: Vec<(u32, &str)> = abi::DROP_REASONS.to_vec();
+    assert_eq!(ours, hubble.to_vec());
+    for (code, name) in hubble {
+        assert_eq!(abi::drop_reason_name(code), name);
+    }
+    assert_eq!(abi::drop_reason_name(204), "DROP_REASON_UNKNOWN");
+    // Every DROP_* of the header is in the table.
+    let defined = header()
+        .lines()
+        .filter(|l| l.starts_with("#define DROP_"))
+        .count();
+    assert_eq!(defined, hubble.len());
 }

@@ -478,7 +478,7 @@ impl Datapath {
 
     // ---- conntrack -------------------------------------------------------------------
 
-    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 48]>> {
+    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 56]>> {
         let name = "pal_ct";
         BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
@@ -770,7 +770,7 @@ pub fn inspect(pin_dir: &Path) -> Result<Snapshot> {
         LpmTrie::try_from(&m).map_err(map_err("pal_ipcache"))?;
     snap.ipcache_entries = ipc.keys().count();
     let m = pinned(pin_dir, "pal_ct")?;
-    let ct: BpfHashMap<_, [u8; 44], [u8; 48]> =
+    let ct: BpfHashMap<_, [u8; 44], [u8; 56]> =
         BpfHashMap::try_from(&m).map_err(map_err("pal_ct"))?;
     snap.ct_entries = ct.keys().count();
     let m = pinned(pin_dir, "pal_counters")?;
