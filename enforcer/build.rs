@@ -8,19 +8,41 @@ fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let ebpf = manifest.join("../ebpf");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    for dir in [ebpf.clone(), ebpf.join("lib"), ebpf.join("include")] {
+    for dir in [
+        ebpf.clone(),
+        ebpf.join("lib"),
+        ebpf.join("include"),
+        ebpf.join("tests"),
+    ] {
         rerun_for(&dir)?;
     }
     let clang = std::env::var("PALISADE_CLANG").unwrap_or_else(|_| "clang-19".into());
-    let obj = out.join("tc_endpoint.o");
-    let status = Command::new(&clang)
+    compile(
+        &clang,
+        &ebpf,
+        &ebpf.join("tc_endpoint.c"),
+        &out.join("tc_endpoint.o"),
+    )?;
+    // Test-only programs (checksum helpers, a stand-in for an older agent); never embedded
+    // in the agent.
+    compile(
+        &clang,
+        &ebpf,
+        &ebpf.join("tests/test_progs.c"),
+        &out.join("test_progs.o"),
+    )?;
+    Ok(())
+}
+
+fn compile(clang: &str, ebpf: &Path, src: &Path, obj: &Path) -> anyhow::Result<()> {
+    let status = Command::new(clang)
         .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"])
         .arg("-I/usr/include/x86_64-linux-gnu")
         .arg(format!("-I{}", ebpf.join("include").display()))
         .args(["-Wall", "-Werror", "-c"])
-        .arg(ebpf.join("tc_endpoint.c"))
+        .arg(src)
         .arg("-o")
-        .arg(&obj)
+        .arg(obj)
         .status()
         .map_err(|e| {
             anyhow::anyhow!(
@@ -30,7 +52,8 @@ fn main() -> anyhow::Result<()> {
         })?;
     anyhow::ensure!(
         status.success(),
-        "{clang} failed to compile ebpf/tc_endpoint.c ({status})"
+        "{clang} failed to compile {} ({status})",
+        src.display()
     );
     Ok(())
 }

@@ -58,13 +58,17 @@ static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u64 
 	return NULL;
 }
 
+/* How long an entry lives after this packet. A TCP flow is established only once a reply
+ * passed (CT_F_REPLY_SEEN): until then it keeps the short opening lifetime, so openers
+ * that are never answered (a scan of allowed ports, a flood of mid-stream ACKs) cannot
+ * hold conntrack entries for hours and evict other pods' live flows. */
 static __always_inline __u64 ct_lifetime_ns(const struct pkt *p, __u8 ct_flags)
 {
 	if (p->protocol != IPPROTO_TCP)
 		return CT_LIFETIME_NONTCP_S * NSEC_PER_SEC;
 	if (ct_flags & (CT_F_SEEN_FIN | CT_F_SEEN_RST))
 		return CT_LIFETIME_TCP_CLOSE_S * NSEC_PER_SEC;
-	if ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (!(ct_flags & CT_F_REPLY_SEEN))
 		return CT_LIFETIME_TCP_SYN_S * NSEC_PER_SEC;
 	return CT_LIFETIME_TCP_S * NSEC_PER_SEC;
 }

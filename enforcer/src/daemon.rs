@@ -143,6 +143,14 @@ impl Daemon {
         for s in regs.values() {
             dp.attach(&s.registration.host_ifname)?;
         }
+        // Only now, with every registered interface attached and the maps written, is what
+        // an older ABI left behind released (docs/upgrade.md). A failure keeps the old
+        // links, which still enforce: it is reported, not fatal.
+        let retired = if dp.older_abis().is_empty() {
+            None
+        } else {
+            Some(dp.retire_older_abis())
+        };
         let daemon = Daemon {
             state: Mutex::new(State {
                 engine,
@@ -156,6 +164,19 @@ impl Daemon {
             state_dir: opts.state_dir.clone(),
             quiet: opts.quiet,
         };
+        match retired {
+            Some(Ok(r)) => daemon.say(&format!(
+                "older ABI pins: {} links released, {} kept (interfaces not attached yet), \
+                 {} directories removed",
+                r.links_removed,
+                r.links_kept,
+                r.dirs_removed.len()
+            )),
+            Some(Err(e)) => daemon.say(&format!(
+                "older ABI pins stay (their programs keep enforcing): {e}"
+            )),
+            None => {}
+        }
         daemon.say(&format!(
             "datapath ready in {} ms: {} policy writes, {} ipcache writes, {} links adopted, {} endpoints",
             t0.elapsed().as_millis(),

@@ -986,3 +986,53 @@ fn nd_and_mld_pass_only_within_limits() {
         5 * 2 + 4 + 1
     );
 }
+
+/// Issue 10 item 15: an admitted TCP packet opens a flow with the short opening lifetime,
+/// whatever its flags; only a reply makes it established (6 h). Before, any admitted
+/// non-SYN packet created a 6-hour entry at once.
+#[test]
+fn tcp_flows_stay_short_lived_until_a_reply_is_seen() {
+    let Some(mut f) = fixture("ct-life") else {
+        return;
+    };
+    let left = |f: &mut Fixture, sport: u16| {
+        let now = palisade_enforcer::datapath::monotonic_ns();
+        let (_, e) =
+            f.dp.ct_entries()
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| u16::from_be(k.sport_be) == sport)
+                .unwrap();
+        e.expires_ns.saturating_sub(now)
+    };
+    let opening = abi::CT_LIFETIME_TCP_SYN_S * 1_000_000_000;
+    // A mid-stream ACK the policy admits, then a SYN: both short-lived.
+    for (sport, flags) in [(41000, TCP_ACK), (41001, TCP_SYN)] {
+        assert_eq!(
+            f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(sport, 80, flags)),
+            PASS
+        );
+        assert!(left(&mut f, sport) <= opening, "{sport}: opening lifetime");
+        // More packets from the same side do not establish it.
+        assert_eq!(
+            f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(sport, 80, TCP_ACK)),
+            PASS
+        );
+        assert!(left(&mut f, sport) <= opening, "{sport}: still opening");
+    }
+    // The pod answers the SYN: established.
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(80, 41001, TCP_SYN | TCP_ACK)
+        ),
+        PASS
+    );
+    assert!(
+        left(&mut f, 41001) > opening,
+        "a reply establishes the flow"
+    );
+    assert!(left(&mut f, 41000) <= opening);
+}

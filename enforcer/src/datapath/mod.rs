@@ -141,6 +141,22 @@ pub struct Datapath {
     programs: Vec<ProgramSpec>,
     /// Links adopted from a previous run: (ifindex, hook) -> kept pinned.
     adopted: Vec<(u32, Hook)>,
+    /// Pin directories of older ABIs (`<pin root>/v<N>`, N < ABI_VERSION) found at load,
+    /// oldest first; retired by [`Datapath::retire_older_abis`].
+    older: Vec<PathBuf>,
+}
+
+/// What [`Datapath::retire_older_abis`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Older links released because this datapath is attached to their interface (or the
+    /// interface is gone).
+    pub links_removed: usize,
+    /// Older links kept: their interface has no link of this datapath yet, and removing
+    /// them would leave it unenforced.
+    pub links_kept: usize,
+    /// Older pin directories removed entirely (maps and links).
+    pub dirs_removed: Vec<PathBuf>,
 }
 
 /// Sums of the per-CPU counters, keyed by (direction, code).
@@ -165,6 +181,7 @@ impl Datapath {
             pin_dir,
             programs,
             adopted: Vec::new(),
+            older: older_abi_dirs(&opts.pin_root),
         };
         for hook in Hook::ALL {
             let name = dp.program_name(hook)?;
@@ -181,6 +198,59 @@ impl Datapath {
     /// Interfaces (by ifindex) whose pinned links this run took over.
     pub fn adopted(&self) -> &[(u32, Hook)] {
         &self.adopted
+    }
+
+    /// Pin directories an older agent (another ABI) left, still in place.
+    pub fn older_abis(&self) -> &[PathBuf] {
+        &self.older
+    }
+
+    /// Retires what an older agent (an older ABI) pinned, without a moment unenforced
+    /// (docs/upgrade.md): an older link is released only once this datapath's links are
+    /// pinned on the same interface (attached first in the chain, so both ran until now
+    /// and the stricter verdict won), or when its interface is gone. An older directory is
+    /// removed, maps included, only when none of its links is left. Call it after every
+    /// registered interface is attached and the maps are written; links kept are retried
+    /// at the next call (the daemon calls it at every start).
+    pub fn retire_older_abis(&mut self) -> Result<Retired> {
+        let mut out = Retired::default();
+        let mut still = Vec::new();
+        for dir in std::mem::take(&mut self.older) {
+            let links = dir.join("links");
+            let mut kept = 0;
+            if let Ok(entries) = std::fs::read_dir(&links) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Some((ifindex, _)) = parse_link_pin(&path) else {
+                        kept += 1;
+                        continue;
+                    };
+                    if interface_exists(ifindex) && !self.is_attached(ifindex) {
+                        kept += 1;
+                        continue;
+                    }
+                    std::fs::remove_file(&path).map_err(|source| DatapathError::Dir {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    out.links_removed += 1;
+                }
+            }
+            out.links_kept += kept;
+            if kept > 0 {
+                still.push(dir);
+                continue;
+            }
+            // No link of that ABI is left: its maps (pins) go too. A map still referenced
+            // by a running program would live on; none is.
+            std::fs::remove_dir_all(&dir).map_err(|source| DatapathError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            out.dirs_removed.push(dir);
+        }
+        self.older = still;
+        Ok(out)
     }
 
     /// The object's program for a hook.
@@ -658,6 +728,24 @@ fn load_object(pin_dir: &Path) -> Result<Ebpf> {
             })
         }
     }
+}
+
+/// `<pin root>/v<N>` directories with N below this ABI, oldest first. Newer ones (a
+/// downgrade) are left alone: this agent cannot know their layout.
+fn older_abi_dirs(pin_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(pin_root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let v: u32 = name.to_str()?.strip_prefix('v')?.parse().ok()?;
+            (v < abi::ABI_VERSION && e.path().is_dir()).then(|| (v, e.path()))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p)| p).collect()
 }
 
 fn parse_link_pin(path: &Path) -> Option<(u32, Hook)> {

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Programs for the enforcer's tests only (built by enforcer/build.rs next to the datapath,
+ * never loaded by the agent):
+ *   csum_rewrite  rewrites addresses and ports with lib/csum.h, so a BPF_PROG_TEST_RUN test
+ *                 (enforcer/tests/csum.rs) can check the checksums of what comes out;
+ *   legacy_pass   stands in for an older agent's program in the upgrade test
+ *                 (enforcer/tests/upgrade.rs); legacy_state stands in for its maps.
+ */
+#include "../lib/common.h"
+#include "../lib/parse.h"
+#include "../lib/csum.h"
+
+/* IPv4: source 10.8.8.8, destination 10.9.9.9; IPv6: source fd08::8, destination fd09::9;
+ * TCP/UDP: source port 4242, destination port 8080. Returns 0, or 1 on the first helper
+ * that failed. */
+SEC("classifier/ingress")
+int csum_rewrite(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) != PARSE_OK)
+		return 1;
+	if (p.family == 4) {
+		if (csum_set_addr4(skb, &p, 0, bpf_htonl(0x0a080808)) ||
+		    csum_set_addr4(skb, &p, 1, bpf_htonl(0x0a090909)))
+			return 1;
+	} else {
+		__u8 s6[16] = {0xfd, 0x08, [15] = 0x08};
+		__u8 d6[16] = {0xfd, 0x09, [15] = 0x09};
+		if (csum_set_addr6(skb, &p, 0, s6) || csum_set_addr6(skb, &p, 1, d6))
+			return 1;
+	}
+	if (p.protocol == IPPROTO_TCP || p.protocol == IPPROTO_UDP) {
+		if (csum_set_port(skb, &p, 0, bpf_htons(4242)) ||
+		    csum_set_port(skb, &p, 1, bpf_htons(8080)))
+			return 1;
+	}
+	return 0;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} legacy_state SEC(".maps");
+
+SEC("classifier/ingress")
+int legacy_pass(struct __sk_buff *skb)
+{
+	__u32 k = 0;
+	__u64 *n = bpf_map_lookup_elem(&legacy_state, &k);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return 0; /* TCX_PASS, as ABI v1 programs return */
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
