@@ -5,7 +5,8 @@
  *   csum_rewrite  rewrites addresses and ports with lib/csum.h, so a BPF_PROG_TEST_RUN test
  *                 (enforcer/tests/csum.rs) can check the checksums of what comes out;
  *   legacy_pass   stands in for an older agent's program in the upgrade test
- *                 (enforcer/tests/upgrade.rs); legacy_state stands in for its maps.
+ *                 (enforcer/tests/upgrade.rs); legacy_state and legacy_ct (the v1
+ *                 conntrack layout) stand in for its maps.
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
@@ -45,6 +46,21 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, 1);
 } legacy_state SEC(".maps");
+
+/* The ABI v1 conntrack layout (44-byte key, 48-byte entry), pinned as v1's pal_ct. */
+struct legacy_ct_key {
+	__u8 bytes[44];
+};
+struct legacy_ct_entry {
+	__u8 bytes[48];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct legacy_ct_key);
+	__type(value, struct legacy_ct_entry);
+	__uint(max_entries, 1024);
+} legacy_ct SEC(".maps");
 
 SEC("classifier/ingress")
 int legacy_pass(struct __sk_buff *skb)

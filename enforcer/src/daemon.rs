@@ -140,6 +140,9 @@ impl Daemon {
             .unwrap_or(0)
             + 1;
         let stats = sync::reconcile(&mut dp, &engine, &local, revision)?;
+        // Connections an ABI v1 agent tracked keep their replies across the upgrade; each
+        // is re-decided against this policy on its next packet (docs/upgrade.md).
+        let imported = dp.import_v1_conntrack();
         for s in regs.values() {
             dp.attach(&s.registration.host_ifname)?;
         }
@@ -164,6 +167,15 @@ impl Daemon {
             state_dir: opts.state_dir.clone(),
             quiet: opts.quiet,
         };
+        match imported {
+            Ok(0) => {}
+            Ok(n) => daemon.say(&format!(
+                "{n} conntrack entries of the ABI v1 pins imported, each re-checked on its next packet"
+            )),
+            Err(e) => daemon.say(&format!(
+                "conntrack of the ABI v1 pins not imported (their connections are decided as new flows): {e}"
+            )),
+        }
         match retired {
             Some(Ok(r)) => daemon.say(&format!(
                 "older ABI pins: {} links released, {} kept (interfaces not attached yet), \

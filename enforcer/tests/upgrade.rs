@@ -197,3 +197,144 @@ fn an_older_link_of_a_vanished_interface_is_removed() {
         assert!(!root.join("v1").exists());
     });
 }
+
+/// An ABI v1 conntrack entry (48-byte layout) for `src:sport -> dst:dport` TCP, made by the
+/// `to_pod` hook (direction ingress) of ifindex 1.
+fn v1_ct(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> ([u8; 44], [u8; 48]) {
+    let mut k = [0u8; 44];
+    k[0..4].copy_from_slice(&src);
+    k[16..20].copy_from_slice(&dst);
+    k[32..34].copy_from_slice(&sport.to_be_bytes());
+    k[34..36].copy_from_slice(&dport.to_be_bytes());
+    k[36] = 6;
+    k[37] = 4;
+    k[38] = palisade_abi::DIRECTION_INGRESS;
+    k[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    let mut v = [0u8; 48];
+    let expires = palisade_enforcer::datapath::monotonic_ns() + 60_000_000_000;
+    v[0..8].copy_from_slice(&expires.to_ne_bytes());
+    v[8..12].copy_from_slice(&16u32.to_ne_bytes()); // rule
+    v[12..16].copy_from_slice(&7u32.to_ne_bytes()); // v1 revision
+    v[26] = palisade_abi::CT_F_REPLY_SEEN;
+    v[32..40].copy_from_slice(&3u64.to_ne_bytes()); // packets
+    (k, v)
+}
+
+/// Connections tracked by the v1 agent keep their replies under v2, and each is re-decided
+/// against v2's policy on its next packet: one still allowed passes, one no longer allowed
+/// is revoked. Without the import the allowed one's reply would be a new flow against the
+/// pod's (empty, default-deny) egress policy and be dropped.
+#[test]
+fn v1_conntrack_is_imported_and_rechecked() {
+    use palisade_abi::{CtEntry, EndpointInfo, PolicyValue};
+    use palisade_enforcer::datapath::packet::{self, L4, TCP_ACK};
+    use policy_compiler::EntryKey;
+
+    if !common::privileged("upgrade-ct") {
+        return;
+    }
+    let fs = common::PrivateBpffs::new("upgrade-ct");
+    let v1 = fs.path().join("v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    {
+        let mut bpf = EbpfLoader::new().load(TEST_PROGS).unwrap();
+        let map = bpf.map_mut("legacy_ct").unwrap();
+        map.pin(v1.join("pal_ct")).unwrap();
+        let mut ct: aya::maps::HashMap<_, [u8; 44], [u8; 48]> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        for (k, v) in [
+            v1_ct([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80),
+            v1_ct([10, 0, 0, 2], [10, 0, 0, 1], 40001, 81),
+        ] {
+            ct.insert(k, v, 0).unwrap();
+        }
+    }
+    let mut dp = fs.load();
+    assert_eq!(dp.import_v1_conntrack().unwrap(), 2);
+    let entries: Vec<CtEntry> = dp
+        .ct_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for e in &entries {
+        assert_eq!(e.revision, 0, "forces a re-check");
+        assert_eq!(
+            (e.rule_id, e.packets, e.flags),
+            (16, 3, palisade_abi::CT_F_REPLY_SEEN)
+        );
+        assert_eq!((e.rev_nat_index, e.service_id, e.proxy_state), (0, 0, 0));
+    }
+    // Importing again copies nothing new (existing entries are kept).
+    assert_eq!(dp.import_v1_conntrack().unwrap(), 0);
+
+    // v2 policy of the pod (identity 300, ifindex 1): ingress TCP 80 from 400 only.
+    for (c, id) in [("10.0.0.1/32", 300), ("10.0.0.2/32", 400)] {
+        dp.upsert_ipcache(&c.parse().unwrap(), id).unwrap();
+    }
+    let key = EntryKey {
+        identity: 400,
+        direction: palisade_abi::DIRECTION_INGRESS,
+        protocol: 6,
+        port: 80,
+        prefixlen: palisade_abi::POLICY_PREFIX_FULL as u8,
+    };
+    let allow = PolicyValue {
+        rule_id: 16,
+        verdict: palisade_abi::POLICY_VERDICT_ALLOW,
+        precedence: palisade_abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    };
+    dp.upsert_policy(300, &key, &allow).unwrap();
+    dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: 300,
+            policy_slot: 300,
+            flags: palisade_abi::ENDPOINT_F_READY,
+            revision: 1,
+        },
+    )
+    .unwrap();
+    let reply = |sport: u16, dport: u16| {
+        packet::build(
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_ACK,
+            },
+        )
+    };
+    let tcx = palisade_abi::tcx::NEXT;
+    assert_eq!(dp.test_run(Hook::FromPod, &reply(80, 40000)).unwrap(), tcx);
+    assert_eq!(
+        dp.test_run(Hook::FromPod, &reply(81, 40001)).unwrap(),
+        palisade_abi::tcx::DROP
+    );
+    let c = dp.counters().unwrap();
+    let eg = palisade_abi::DIRECTION_EGRESS;
+    assert_eq!(
+        c.get(&(eg, palisade_abi::COUNTER_CT_REPLY))
+            .map(|c| c.packets),
+        Some(1)
+    );
+    assert_eq!(
+        c.get(&(eg, palisade_abi::COUNTER_REVOKED))
+            .map(|c| c.packets),
+        Some(1)
+    );
+    let left: Vec<(u16, u32)> = dp
+        .ct_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, e)| (u16::from_be(k.dport_be), e.revision))
+        .collect();
+    assert_eq!(
+        left,
+        vec![(80, 1)],
+        "the allowed one re-checked, the other removed"
+    );
+}

@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
@@ -198,6 +198,48 @@ impl Datapath {
     /// Interfaces (by ifindex) whose pinned links this run took over.
     pub fn adopted(&self) -> &[(u32, Hook)] {
         &self.adopted
+    }
+
+    /// Copies the conntrack entries an ABI v1 agent left (`v1/pal_ct`) into this datapath's
+    /// before anything of this ABI is attached, so connections open across the upgrade
+    /// keep their replies (docs/upgrade.md). Each copy gets revision 0, which no endpoint
+    /// revision equals: its first packet re-decides it against this agent's policy, exactly
+    /// as after a policy change, so nothing the current policy denies survives. Existing
+    /// entries are not overwritten. Returns how many were copied; a v1 map of another
+    /// layout is ignored.
+    pub fn import_v1_conntrack(&mut self) -> Result<usize> {
+        let Some(v1) = self.older.iter().find(|d| d.ends_with("v1")).cloned() else {
+            return Ok(0);
+        };
+        let path = v1.join("pal_ct");
+        if !path.exists() {
+            return Ok(0);
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::PinnedMap {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        if (info.key_size(), info.value_size()) != (44, 48) {
+            return Ok(0);
+        }
+        let old = pinned_at(&path, "pal_ct")?;
+        let old: BpfHashMap<_, [u8; 44], [u8; 48]> =
+            BpfHashMap::try_from(&old).map_err(map_err("pal_ct"))?;
+        let entries: Vec<([u8; 44], [u8; 48])> = old.iter().filter_map(|r| r.ok()).collect();
+        let mut ct = self.ct_map()?;
+        let mut n = 0;
+        for (k, v1) in entries {
+            let mut v2 = [0u8; 56];
+            // expires_ns .. flags are at the same offsets; v2 adds fields after flags and
+            // moves the counters from 32 to 40.
+            v2[..27].copy_from_slice(&v1[..27]);
+            v2[40..56].copy_from_slice(&v1[32..48]);
+            v2[12..16].copy_from_slice(&0u32.to_ne_bytes());
+            if ct.insert(k, v2, BPF_NOEXIST).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Pin directories an older agent (another ABI) left, still in place.
@@ -827,6 +869,16 @@ pub struct Snapshot {
     pub ipcache_entries: usize,
     pub ct_entries: usize,
     pub links: Vec<(u32, Hook)>,
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+fn pinned_at(path: &Path, name: &'static str) -> Result<aya::maps::Map> {
+    let data = MapData::from_pin(path).map_err(|source| DatapathError::PinnedMap {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    aya::maps::Map::from_map_data(data).map_err(map_err(name))
 }
 
 fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
