@@ -374,6 +374,9 @@ impl Daemon {
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
         st.dp.detach(stored.ifindex);
         let _ = st.dp.remove_endpoint(stored.ifindex);
+        // Best effort: an entry left behind expires, and a recycled ifindex gets a new
+        // endpoint revision, which re-checks any survivor against the new pod's policy.
+        let _ = st.dp.ct_flush_ifindex(stored.ifindex);
         st.local.remove(&key);
         st.ifnames.remove(&stored.ifindex);
         let change = self.source_view(&key);

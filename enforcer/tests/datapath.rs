@@ -1036,3 +1036,26 @@ fn tcp_flows_stay_short_lived_until_a_reply_is_seen() {
     );
     assert!(left(&mut f, 41000) <= opening);
 }
+
+/// Issue 10 item 15 (part): an endpoint's conntrack entries go with it.
+#[test]
+fn an_endpoints_conntrack_is_flushed_by_interface() {
+    let Some(mut f) = fixture("ct-flush") else {
+        return;
+    };
+    for sport in [42000, 42001] {
+        assert_eq!(
+            f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(sport, 80)),
+            PASS
+        );
+    }
+    assert_eq!(f.dp.ct_entries().unwrap().len(), 2);
+    assert_eq!(
+        f.dp.ct_flush_ifindex(2).unwrap(),
+        0,
+        "another interface's: none"
+    );
+    assert_eq!(f.dp.ct_entries().unwrap().len(), 2);
+    assert_eq!(f.dp.ct_flush_ifindex(1).unwrap(), 2);
+    assert!(f.dp.ct_entries().unwrap().is_empty());
+}

@@ -626,6 +626,25 @@ impl Datapath {
         Ok(n)
     }
 
+    /// Deletes the conntrack entries of one endpoint interface (on deregistration): a
+    /// later endpoint on a recycled ifindex must not inherit flows admitted for the previous
+    /// one, and the shared LRU should not keep dead flows. Returns how many were removed.
+    pub fn ct_flush_ifindex(&mut self, ifindex: u32) -> Result<usize> {
+        let mut m = self.ct_map()?;
+        let keys: Vec<[u8; 44]> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| CtKey::from_bytes(k).ifindex == ifindex)
+            .collect();
+        let mut n = 0;
+        for k in &keys {
+            if m.remove(k).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Empties conntrack (tests, and `--flush-ct`).
     pub fn ct_flush(&mut self) -> Result<()> {
         let mut m = self.ct_map()?;
