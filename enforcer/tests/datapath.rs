@@ -1059,3 +1059,87 @@ fn an_endpoints_conntrack_is_flushed_by_interface() {
     assert_eq!(f.dp.ct_flush_ifindex(1).unwrap(), 2);
     assert!(f.dp.ct_entries().unwrap().is_empty());
 }
+
+/// Issue 10 item 15 (part): conntrack churned at twice its capacity by one pod's new
+/// flows (UDP 53 from 524,288 distinct world tuples, all admitted) does not cost an active
+/// long-lived connection its entry: it keeps passing as established and its replies as
+/// replies. Every churned entry has the short lifetime.
+#[test]
+fn long_lived_flows_survive_conntrack_churn_at_twice_capacity() {
+    let Some(mut f) = fixture("ct-churn") else {
+        return;
+    };
+    let capacity = palisade_enforcer::datapath::map_specs()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "pal_ct")
+        .unwrap()
+        .max_entries;
+    // The long-lived connection: PEER -> POD:80, answered.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(50000, 80)),
+        PASS
+    );
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(80, 50000, TCP_SYN | TCP_ACK)
+        ),
+        PASS
+    );
+    let established = |f: &Fixture| f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED);
+    let mut touches = 0;
+    let total = 2 * capacity;
+    let mut pkt = packet::build(
+        ip("198.51.100.1"),
+        ip("10.0.0.1"),
+        L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+    );
+    for i in 0..total {
+        // Distinct tuples: the low 16 bits in the source port, the rest in the address.
+        let port = (i & 0xffff) as u16;
+        pkt[14 + 20..14 + 22].copy_from_slice(&port.to_be_bytes());
+        pkt[14 + 14] = (i >> 16) as u8;
+        assert_eq!(f.dp.test_run(Hook::ToPod, &pkt).unwrap(), PASS);
+        if i % 50_000 == 0 {
+            assert_eq!(
+                f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(50000, 80, TCP_ACK)),
+                PASS
+            );
+            touches += 1;
+            assert_eq!(
+                established(&f),
+                touches,
+                "still established after {i} new flows"
+            );
+        }
+    }
+    assert_eq!(
+        f.run(
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(80, 50000, TCP_ACK)
+        ),
+        PASS
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY),
+        2,
+        "the reply still finds the connection"
+    );
+    let now = palisade_enforcer::datapath::monotonic_ns();
+    let entries = f.dp.ct_entries().unwrap();
+    assert!(entries.len() as u32 <= capacity);
+    let long = 60 * 1_000_000_000;
+    let over: Vec<_> = entries
+        .iter()
+        .filter(|(k, e)| k.protocol == 17 && e.expires_ns.saturating_sub(now) > long)
+        .collect();
+    assert!(over.is_empty(), "churned flows are short-lived");
+}
