@@ -6,9 +6,11 @@
  *
  * Per packet, in this order (docs/datapath.md §3 numbers the same steps):
  *   1. parse (lib/parse.h): non-IP -> pass; IPv6 ND/MLD within its protocol limits -> pass
- *      (both counted, before the endpoint lookup: the pod needs them whatever its policy).
+ *      (both counted, before the endpoint lookup: the pod needs them whatever its policy),
+ *      except router-only messages (MLD query, router advertisement, redirect) from a pod.
  *   2. endpoint (lib/endpoint.h): missing or not READY -> DROP_EP_NOT_READY.
- *   3. malformed -> DROP_INVALID_PACKET; ND/MLD outside its limits -> DROP_FORBIDDEN_ICMP6;
+ *   3. malformed -> DROP_INVALID_PACKET; ND/MLD outside its limits, or router-only from a
+ *      pod -> DROP_FORBIDDEN_ICMP6;
  *      a later fragment takes its first fragment's ports (lib/frag.h), unknown ->
  *      DROP_FRAG_NOT_FOUND; a first fragment's ports are remembered, failing that ->
  *      DROP_FRAG_NOT_SUPPORTED.
@@ -49,8 +51,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TCX_NEXT;
 	}
 	if (pr == PARSE_NEIGHBOR) {
-		count(dir, COUNTER_PASS_NEIGHBOR, skb->len);
-		return TCX_NEXT;
+		if (dir == DIRECTION_EGRESS && icmp6_router_only(f.p.icmp_type)) {
+			pr = PARSE_FORBIDDEN;
+		} else {
+			count(dir, COUNTER_PASS_NEIGHBOR, skb->len);
+			return TCX_NEXT;
+		}
 	}
 	ct_key_of(&fwd, &f.p, dir, f.ifindex);
 

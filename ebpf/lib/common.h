@@ -35,6 +35,7 @@
  * discovery (133..137); the limits are in lib/parse.h. */
 #define ICMPV6_CTRL_FIRST 130
 #define ICMPV6_ND_FIRST 133
+#define ICMPV6_ROUTER_ADVERT 134
 #define ICMPV6_CTRL_LAST 137
 #define ICMPV6_MLD2_REPORT 143
 

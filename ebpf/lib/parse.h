@@ -81,6 +81,15 @@ static __always_inline int icmp6_link_control(const struct pkt *p, __u8 type)
 	return PARSE_FORBIDDEN;
 }
 
+/* Link control only routers send: MLD queries, router advertisements, redirects. A pod is
+ * not a router, so from_pod never passes them (a rogue advertisement would reach the node
+ * and its other pods). */
+static __always_inline int icmp6_router_only(__u8 type)
+{
+	return type == ICMPV6_CTRL_FIRST /* MLD query */ || type == ICMPV6_ROUTER_ADVERT ||
+	       type == ICMPV6_CTRL_LAST /* redirect */;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	p->l4_off = off;

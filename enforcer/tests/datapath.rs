@@ -977,6 +977,37 @@ fn nd_and_mld_pass_only_within_limits() {
     }
     // A report from the unspecified address (no link-local address yet) is allowed.
     assert_eq!(run(&mut f, "::", "ff02::16", 143, 1), PASS);
+    // From the pod, what a host sends passes; what only a router sends (MLD query, router
+    // advertisement, redirect) is forbidden, even within the hop limits.
+    let from_pod = |f: &mut Fixture, dst: &str, kind: u8, hops: u8| {
+        let pkt = with_hop_limit(packet::build(ip("fe80::1"), ip(dst), icmp6(kind)), hops);
+        f.dp.test_run(Hook::FromPod, &pkt).unwrap()
+    };
+    for (kind, hops) in [
+        (131, 1),
+        (132, 1),
+        (143, 1),
+        (133, 255),
+        (135, 255),
+        (136, 255),
+    ] {
+        assert_eq!(
+            from_pod(&mut f, "ff02::2", kind, hops),
+            PASS,
+            "pod sends {kind}"
+        );
+    }
+    for (kind, hops) in [(130, 1), (134, 255), (137, 255)] {
+        assert_eq!(
+            from_pod(&mut f, "ff02::1", kind, hops),
+            DROP,
+            "pod sends {kind}"
+        );
+    }
+    assert_eq!(
+        f.counter(abi::DIRECTION_EGRESS, abi::DROP_FORBIDDEN_ICMP6),
+        3
+    );
     assert_eq!(
         f.counter(abi::DIRECTION_INGRESS, abi::DROP_FORBIDDEN_ICMP6),
         5 * 2 + 4 * 3
