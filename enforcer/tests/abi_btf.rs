@@ -192,3 +192,37 @@ fn a_program_in_an_unknown_section_is_refused() {
         .to_string();
     assert!(err.contains("names no hook"), "{err}");
 }
+
+/// The reader is also what the loader uses at every start: damaged input is an error,
+/// never a panic (truncations at every length step, and single-byte corruptions).
+#[test]
+fn damaged_objects_are_errors_not_panics() {
+    let obj = DATAPATH_OBJECT;
+    for n in (0..obj.len()).step_by(61) {
+        let _ = Btf::from_object(&obj[..n]).and_then(|b| b.maps());
+        let _ = palisade_abi::elf::global_functions(&obj[..n]);
+    }
+    let btf = palisade_abi::elf::section(obj, ".BTF").unwrap();
+    let start = btf.as_ptr() as usize - obj.as_ptr() as usize;
+    let mut seed = 0x9e37_79b9_u32;
+    for _ in 0..2000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let mut copy = obj.to_vec();
+        // Half the corruptions inside the BTF, half anywhere (ELF headers included).
+        let at = if seed & 1 == 0 {
+            start + (seed as usize >> 1) % btf.len()
+        } else {
+            (seed as usize >> 1) % copy.len()
+        };
+        copy[at] ^= (seed >> 8) as u8 | 1;
+        if let Ok(b) = Btf::from_object(&copy) {
+            let _ = b.maps();
+            for l in layouts() {
+                let _ = b.struct_layout(&l.name);
+            }
+        }
+        let _ = palisade_abi::elf::global_functions(&copy);
+    }
+}

@@ -312,15 +312,25 @@ impl Btf {
         id
     }
 
-    /// Size in bytes of a type (`None` for void, functions and forward declarations).
+    /// Size in bytes of a type (`None` for void, functions, forward declarations, and
+    /// malformed type graphs: cycles, sizes that overflow).
     pub fn size_of(&self, id: u32) -> Option<u32> {
+        self.size_at_depth(id, 0)
+    }
+
+    fn size_at_depth(&self, id: u32, depth: u32) -> Option<u32> {
+        if depth > 32 {
+            return None;
+        }
         match self.get(self.resolve(id))? {
             Type::Int { size, .. }
             | Type::Struct { size, .. }
             | Type::Enum { size, .. }
             | Type::Float { size, .. } => Some(*size),
             Type::Ptr { .. } => Some(8),
-            Type::Array { elem, nelems } => Some(self.size_of(*elem)? * nelems),
+            Type::Array { elem, nelems } => {
+                self.size_at_depth(*elem, depth + 1)?.checked_mul(*nelems)
+            }
             _ => None,
         }
     }
@@ -328,15 +338,19 @@ impl Btf {
     /// The declared name of a type: a typedef's or struct's own name, or for a pointer or
     /// modifier the name of what it points at.
     pub fn type_name(&self, id: u32) -> Option<String> {
-        match self.get(id)? {
-            Type::Int { name, .. }
-            | Type::Struct { name, .. }
-            | Type::Enum { name, .. }
-            | Type::Typedef { name, .. }
-            | Type::Float { name, .. } => Some(name.clone()),
-            Type::Modifier { target } => self.type_name(*target),
-            _ => None,
+        let mut id = id;
+        for _ in 0..32 {
+            match self.get(id)? {
+                Type::Int { name, .. }
+                | Type::Struct { name, .. }
+                | Type::Enum { name, .. }
+                | Type::Typedef { name, .. }
+                | Type::Float { name, .. } => return Some(name.clone()),
+                Type::Modifier { target } => id = *target,
+                _ => return None,
+            }
         }
+        None
     }
 
     fn find_struct(&self, name: &str) -> Option<(u32, &[Member])> {

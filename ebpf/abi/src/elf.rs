@@ -75,7 +75,10 @@ pub fn sections(obj: &[u8]) -> Result<Vec<Section<'_>>, ElfError> {
     let shnum = rd_u16(obj, 0x3c).ok_or(hdr("e_shnum"))? as usize;
     let shstrndx = rd_u16(obj, 0x3e).ok_or(hdr("e_shstrndx"))? as usize;
     let raw = |i: usize| -> Result<(u32, u32, u32, &[u8]), ElfError> {
-        let at = shoff + i * shentsize;
+        let at = i
+            .checked_mul(shentsize)
+            .and_then(|o| o.checked_add(shoff))
+            .ok_or(hdr("section header offset"))?;
         let name = rd_u32(obj, at).ok_or(hdr("sh_name"))?;
         let kind = rd_u32(obj, at + 4).ok_or(hdr("sh_type"))?;
         let off = rd_u64(obj, at + 24).ok_or(hdr("sh_offset"))? as usize;
@@ -85,7 +88,9 @@ pub fn sections(obj: &[u8]) -> Result<Vec<Section<'_>>, ElfError> {
         let data = if kind == 8 {
             &[][..]
         } else {
-            obj.get(off..off + size).ok_or(hdr("section data"))?
+            off.checked_add(size)
+                .and_then(|end| obj.get(off..end))
+                .ok_or(hdr("section data"))?
         };
         Ok((name, kind, link, data))
     };
