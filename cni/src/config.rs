@@ -186,7 +186,7 @@ impl NetConf {
             ipam,
             enforcer_socket: raw
                 .enforcer_socket
-                .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET)),
+                .unwrap_or_else(|| PathBuf::from(palisade_api::DEFAULT_SOCKET)),
             enforcer_timeout: raw
                 .enforcer_timeout_ms
                 .map_or(DEFAULT_ENFORCER_TIMEOUT, Duration::from_millis),

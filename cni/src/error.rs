@@ -107,14 +107,17 @@ pub enum Error {
     EnforcerUnreachable {
         socket: PathBuf,
         #[source]
-        source: io::Error,
+        source: palisade_api::ClientError,
     },
     #[error("enforcer at {socket} sent an invalid answer: {reason}")]
     EnforcerProtocol { socket: PathBuf, reason: String },
     #[error("enforcer at {socket} is not ready: {reason}")]
     EnforcerNotReady { socket: PathBuf, reason: String },
     #[error("enforcer refused: {code}: {message}")]
-    EnforcerRefused { code: String, message: String },
+    EnforcerRefused {
+        code: palisade_api::ErrorCode,
+        message: String,
+    },
     #[error("check failed: {what}")]
     CheckFailed { what: String },
     #[error("gc left {count} stale resources: {first}")]

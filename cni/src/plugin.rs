@@ -16,9 +16,9 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::net::IpAddr;
 
-use crate::api::{Registration, Request, Response};
+use palisade_api::{ErrorCode, Registration, Request, Response};
+
 use crate::config::{LATEST_VERSION, NetConf, SUPPORTED_VERSIONS, Version, VersionOnly};
-use crate::enforcer::Client;
 use crate::env::{Command, Env};
 use crate::error::Error;
 use crate::ipam::Store;
@@ -167,8 +167,39 @@ fn ids(env: &Env) -> Result<Ids<'_>, Error> {
     })
 }
 
-fn client(conf: &NetConf) -> Client {
-    Client::new(&conf.enforcer_socket, conf.enforcer_timeout)
+/// The enforcer as the plugin sees it: one request per connection through
+/// [`palisade_api::Client`], errors in the plugin's terms.
+#[derive(Debug)]
+struct Enforcer<'a> {
+    socket: &'a std::path::Path,
+    timeout: std::time::Duration,
+}
+
+impl Enforcer<'_> {
+    /// Sends one request and reads one answer. No answer (no socket, timeout, closed
+    /// connection) is "unreachable" (CNI code 11).
+    fn call(&self, request: &Request) -> Result<Response, Error> {
+        palisade_api::Client::call(self.socket, self.timeout, request).map_err(|source| {
+            if source.is_unreachable() {
+                Error::EnforcerUnreachable {
+                    socket: self.socket.to_path_buf(),
+                    source,
+                }
+            } else {
+                Error::EnforcerProtocol {
+                    socket: self.socket.to_path_buf(),
+                    reason: source.to_string(),
+                }
+            }
+        })
+    }
+}
+
+fn client(conf: &NetConf) -> Enforcer<'_> {
+    Enforcer {
+        socket: &conf.enforcer_socket,
+        timeout: conf.enforcer_timeout,
+    }
 }
 
 fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, Error> {
@@ -267,7 +298,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, Error> {
 
 fn refusal(conf: &NetConf, response: Response) -> Error {
     match response {
-        Response::Error { code, message } if code == "not_ready" => Error::EnforcerNotReady {
+        Response::Error {
+            code: ErrorCode::NotReady,
+            message,
+        } => Error::EnforcerNotReady {
             socket: conf.enforcer_socket.clone(),
             reason: message,
         },
@@ -389,9 +423,12 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), Error> {
 
 fn not_ready(r: Response) -> Response {
     match r {
-        Response::Status { .. } => Response::Error {
-            code: "not_ready".into(),
-            message: "status: not ready".into(),
+        Response::Status { reason, .. } => Response::Error {
+            code: ErrorCode::NotReady,
+            message: match reason {
+                Some(reason) => format!("status: not ready: {reason}"),
+                None => "status: not ready".into(),
+            },
         },
         other => other,
     }

@@ -36,8 +36,7 @@ use common::real::{POLICY, busybox_rootfs, can_run, missing_programs, start_enfo
 use common::{Netns, TempDir, node_uplink, privileged, sh};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use palisade_cni::api::{Request, Response};
-use palisade_cni::enforcer::Client;
+use palisade_api::{Client, Request, Response};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "palcri";
@@ -435,7 +434,7 @@ impl Drop for Containerd {
 }
 
 fn enforcer_endpoints(socket: &Path) -> u32 {
-    match Client::new(socket, Duration::from_secs(2)).call(&Request::Status) {
+    match Client::call(socket, Duration::from_secs(2), &Request::Status) {
         Ok(Response::Status { endpoints, .. }) => endpoints,
         other => panic!("enforcer status: {other:?}"),
     }

@@ -24,7 +24,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::real::{POLICY, busybox_rootfs, can_run, missing_programs, start_enforcer};
 use common::{FakeEnforcer, Mode, Netns, TempDir, node_uplink, privileged};
-use palisade_cni::api::Request;
+use palisade_api::Request;
 
 /// A podman with its own storage and a conflist for our plugin, inside a node namespace.
 struct Podman {

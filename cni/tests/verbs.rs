@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{FakeEnforcer, Mode, Netns, TestNet, privileged};
-use palisade_cni::api::Request;
+use palisade_api::Request;
 use palisade_cni::link::host_ifname;
 use palisade_cni::plugin::FaultPoint;
 

@@ -1,4 +1,4 @@
-//! The server side of the local endpoint API (`palisade_cni::api`): newline-delimited JSON
+//! The server side of the local endpoint protocol (`palisade_api`): newline-delimited JSON
 //! over a unix stream socket, one response line per request line.
 //!
 //! The server only frames, parses and dispatches; the decisions belong to an
@@ -7,10 +7,9 @@
 //! the next line is read. Lines are capped in length and connections in number, so a
 //! misbehaving client cannot exhaust memory or starve the CNI plugin.
 //!
-//! [`Client`] is the synchronous counterpart used by the `register` command and tests.
+//! The client is `palisade_api::Client`.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -21,13 +20,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-pub use palisade_cni::api::{API_VERSION, DEFAULT_SOCKET, Registration, Request, Response};
+use palisade_api::{ErrorCode, Registration, Request, Response};
 
 use crate::config::Config;
-
-/// Error codes the server itself produces (the registry adds its own).
-pub const CODE_BAD_REQUEST: &str = "bad_request";
-pub const CODE_BUSY: &str = "busy";
 
 /// What the API serves. Implemented by the sync loop; tests use a fake.
 ///
@@ -92,38 +87,6 @@ pub enum ApiError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("{}: cannot connect to the enforcer: {source}", path.display())]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {op} failed: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: the enforcer closed the connection without answering", path.display())]
-    Closed { path: PathBuf },
-    #[error("{}: cannot encode the request: {source}", path.display())]
-    Encode {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{}: unreadable response {line:?}: {source}", path.display())]
-    Decode {
-        path: PathBuf,
-        line: String,
-        #[source]
-        source: serde_json::Error,
     },
 }
 
@@ -237,8 +200,8 @@ impl Server {
                 Err(_) => {
                     tokio::spawn(async move {
                         let mut stream = stream;
-                        let resp = error(
-                            CODE_BUSY,
+                        let resp = Response::error(
+                            ErrorCode::Busy,
                             format!(
                                 "too many connections (limit {}); retry",
                                 limits.max_connections
@@ -259,13 +222,6 @@ fn is_transient(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
     )
-}
-
-fn error(code: &str, message: String) -> Response {
-    Response::Error {
-        code: code.to_string(),
-        message,
-    }
 }
 
 /// One line read from a connection.
@@ -340,8 +296,8 @@ async fn serve_connection<R: EndpointRegistry>(
         };
         let resp = match line {
             Line::Eof => return,
-            Line::TooLong => error(
-                CODE_BAD_REQUEST,
+            Line::TooLong => Response::error(
+                ErrorCode::BadRequest,
                 format!(
                     "request line longer than {} bytes",
                     limits.max_request_bytes
@@ -351,9 +307,9 @@ async fn serve_connection<R: EndpointRegistry>(
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match serde_json::from_slice::<Request>(&bytes) {
+                match palisade_api::decode_request(&bytes) {
                     Ok(req) => dispatch(registry, req).await,
-                    Err(e) => error(CODE_BAD_REQUEST, format!("invalid request: {e}")),
+                    Err(refusal) => refusal,
                 }
             }
         };
@@ -375,85 +331,17 @@ async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     resp: &Response,
 ) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
-    line.push(b'\n');
+    let line = palisade_api::encode_line(resp).map_err(std::io::Error::other)?;
     w.write_all(&line).await?;
     w.flush().await
-}
-
-/// Default time a [`Client`] waits for a connection, a write or an answer. Registration
-/// waits for the pod's policy to be written, so it is generous.
-pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A blocking client of the endpoint API. Several requests may share one connection.
-#[derive(Debug)]
-pub struct Client {
-    path: PathBuf,
-    reader: BufReader<StdUnixStream>,
-}
-
-impl Client {
-    pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        Client::connect_with_timeout(path, DEFAULT_CLIENT_TIMEOUT)
-    }
-
-    pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let connect_err = |source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        };
-        let stream = StdUnixStream::connect(path).map_err(connect_err)?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(connect_err)?;
-        Ok(Client {
-            path: path.to_path_buf(),
-            reader: BufReader::new(stream),
-        })
-    }
-
-    /// Sends one request and waits for its answer.
-    pub fn request(&mut self, req: &Request) -> Result<Response, ClientError> {
-        let mut line = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
-            path: self.path.clone(),
-            source,
-        })?;
-        line.push(b'\n');
-        self.send_raw(&line)
-    }
-
-    /// Sends raw bytes (one or more lines) and reads one response line. For tests of the
-    /// server's input handling.
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<Response, ClientError> {
-        let io = |op| {
-            let path = self.path.clone();
-            move |source| ClientError::Io { path, op, source }
-        };
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .and_then(|()| self.reader.get_mut().flush())
-            .map_err(io("write"))?;
-        let mut resp = String::new();
-        let n = self.reader.read_line(&mut resp).map_err(io("read"))?;
-        if n == 0 {
-            return Err(ClientError::Closed {
-                path: self.path.clone(),
-            });
-        }
-        serde_json::from_str(resp.trim_end()).map_err(|source| ClientError::Decode {
-            path: self.path.clone(),
-            line: resp.trim_end().to_string(),
-            source,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+
+    use palisade_api::{Client, PROTOCOL_VERSION};
 
     use super::*;
 
@@ -488,9 +376,10 @@ mod tests {
 
         async fn status(&self) -> Response {
             Response::Status {
-                api_version: API_VERSION,
+                api_version: PROTOCOL_VERSION,
                 endpoints: self.registered.lock().unwrap().len() as u32,
                 ready: true,
+                reason: None,
             }
         }
     }
@@ -610,9 +499,10 @@ mod tests {
         assert_eq!(
             c.request(&Request::Status).unwrap(),
             Response::Status {
-                api_version: API_VERSION,
+                api_version: PROTOCOL_VERSION,
                 endpoints: 1,
-                ready: true
+                ready: true,
+                reason: None,
             }
         );
         assert_eq!(
@@ -649,7 +539,7 @@ mod tests {
 
         let bad = |r: Response| match r {
             Response::Error { code, message } => {
-                assert_eq!(code, CODE_BAD_REQUEST);
+                assert_eq!(code, ErrorCode::BadRequest);
                 message
             }
             other => panic!("expected an error, got {other:?}"),
@@ -658,10 +548,24 @@ mod tests {
         assert!(m.contains("invalid request"), "{m}");
         let m = bad(c.send_raw(b"{\"op\":\"launch\"}\n").unwrap());
         assert!(m.contains("launch"), "{m}");
-        let m = bad(c
-            .send_raw(b"{\"op\":\"deregister\",\"container_id\":\"x\",\"extra\":1}\n")
-            .unwrap());
-        assert!(m.contains("extra"), "{m}");
+        // A newer client's extra field is ignored, not refused.
+        assert_eq!(
+            c.send_raw(b"{\"op\":\"deregister\",\"container_id\":\"x\",\"extra\":1}\n")
+                .unwrap(),
+            Response::Deregistered { existed: false }
+        );
+        // A request that needs a newer protocol is refused with its own code.
+        let line = format!(
+            "{{\"op\":\"status\",\"min_version\":{}}}\n",
+            PROTOCOL_VERSION + 1
+        );
+        match c.send_raw(line.as_bytes()).unwrap() {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::UnsupportedVersion);
+                assert!(message.contains("upgrade the enforcer"), "{message}");
+            }
+            other => panic!("expected unsupported_version, got {other:?}"),
+        }
         let m = bad(c
             .send_raw(b"{\"op\":\"register\",\"container_id\":\"x\"}\n")
             .unwrap());
@@ -694,7 +598,7 @@ mod tests {
         ));
         let mut second = Client::connect(&sock).unwrap();
         match second.request(&Request::Status) {
-            Ok(Response::Error { code, .. }) => assert_eq!(code, CODE_BUSY),
+            Ok(Response::Error { code, .. }) => assert_eq!(code, ErrorCode::Busy),
             other => panic!("expected busy, got {other:?}"),
         }
         drop(first);
@@ -747,15 +651,6 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ApiError::NotASocket { .. }), "{err}");
         assert!(file.exists());
-    }
-
-    #[test]
-    fn client_reports_missing_socket() {
-        let err = Client::connect(Path::new("/nonexistent/palisade.sock")).unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/palisade.sock"),
-            "{err}"
-        );
     }
 
     #[test]

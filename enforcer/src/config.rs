@@ -49,7 +49,7 @@ pub struct Config {
     /// bpffs directory under which maps and programs are pinned (default
     /// [`DEFAULT_PIN_ROOT`]); the pins live in `<pin_root>/v<ABI_VERSION>`.
     pub pin_root: PathBuf,
-    /// Unix socket of the local endpoint API (default `palisade_cni::api::DEFAULT_SOCKET`).
+    /// Unix socket of the local endpoint API (default `palisade_api::DEFAULT_SOCKET`).
     pub socket: PathBuf,
     /// Directory of manifests read by the directory source (default
     /// [`DEFAULT_MANIFEST_DIR`]).
@@ -82,7 +82,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
-            socket: PathBuf::from(palisade_cni::api::DEFAULT_SOCKET),
+            socket: PathBuf::from(palisade_api::DEFAULT_SOCKET),
             manifest_dir: PathBuf::from(DEFAULT_MANIFEST_DIR),
             verdict_log: PathBuf::from(DEFAULT_VERDICT_LOG),
             verdict_log_max_bytes: DEFAULT_VERDICT_LOG_MAX_BYTES,
@@ -360,7 +360,7 @@ mod tests {
             c.pin_dir(),
             PathBuf::from(format!("/sys/fs/bpf/palisade/v{ABI_VERSION}"))
         );
-        assert_eq!(c.socket, PathBuf::from(palisade_cni::api::DEFAULT_SOCKET));
+        assert_eq!(c.socket, PathBuf::from(palisade_api::DEFAULT_SOCKET));
         assert_eq!(
             c.verdict_log,
             PathBuf::from("/var/log/palisade/verdicts.jsonl")

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use palisade_cni::api::{Registration, Request, Response};
+use palisade_api::{ErrorCode, Registration, Response};
 use policy_compiler::abi;
 use policy_compiler::identity::IdentityAllocator;
 use policy_compiler::k8s::Labels;
@@ -261,11 +261,11 @@ impl Daemon {
 
     fn register_locked(&self, reg: Registration) -> Response {
         if let Some(msg) = validate_registration(&reg) {
-            return api_error("bad_request", msg);
+            return api_error(ErrorCode::BadRequest, msg);
         }
         let ifindex = match datapath::ifindex_of(&reg.host_ifname) {
             Ok(i) => i,
-            Err(e) => return api_error("no_such_interface", e.to_string()),
+            Err(e) => return api_error(ErrorCode::NoSuchInterface, e.to_string()),
         };
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
         // Re-registration of the same container replaces the earlier one.
@@ -281,7 +281,7 @@ impl Daemon {
                 && Endpoint::pod_key(&s.registration.namespace, &s.registration.pod) == key
         }) {
             return api_error(
-                "conflict",
+                ErrorCode::Conflict,
                 format!("pod {key} is already registered by container {other}"),
             );
         }
@@ -324,7 +324,7 @@ impl Daemon {
                     },
                 );
                 if let Err(e) = save_registrations(&self.state_dir, &st.regs) {
-                    return api_error("state", e.to_string());
+                    return api_error(ErrorCode::State, e.to_string());
                 }
                 drop(st);
                 self.say(&format!(
@@ -349,7 +349,7 @@ impl Daemon {
                     } = &mut *st;
                     let _ = sync::apply_diff(dp, engine, &diff, local, revision);
                 }
-                api_error("datapath", e.to_string())
+                api_error(ErrorCode::Datapath, e.to_string())
             }
         }
     }
@@ -399,7 +399,7 @@ impl Daemon {
                 self.say(&format!("deregistered {key}"));
                 Response::Deregistered { existed: true }
             }
-            (Err(e), _) | (_, Err(e)) => api_error("datapath", e.to_string()),
+            (Err(e), _) | (_, Err(e)) => api_error(ErrorCode::Datapath, e.to_string()),
         }
     }
 
@@ -553,9 +553,10 @@ impl EndpointRegistry for Daemon {
     async fn status(&self) -> Response {
         let st = self.lock();
         Response::Status {
-            api_version: palisade_cni::api::API_VERSION,
+            api_version: palisade_api::PROTOCOL_VERSION,
             endpoints: st.regs.len() as u32,
             ready: true,
+            reason: None,
         }
     }
 }
@@ -726,11 +727,8 @@ fn ensure_namespace(cluster: &mut Cluster, ns: &str) {
     }
 }
 
-fn api_error(code: &str, message: impl Into<String>) -> Response {
-    Response::Error {
-        code: code.into(),
-        message: message.into(),
-    }
+fn api_error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::error(code, message)
 }
 
 fn load_registrations(dir: &Path) -> Result<BTreeMap<String, Stored>, DaemonError> {
@@ -768,9 +766,4 @@ fn save_registrations(dir: &Path, regs: &BTreeMap<String, Stored>) -> Result<(),
     }
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(())
-}
-
-/// Sends one request to a running enforcer (CLI `register`/`deregister`/`status`).
-pub fn client_request(socket: &Path, req: &Request) -> Result<Response, crate::api::ClientError> {
-    crate::api::Client::connect(socket)?.request(req)
 }

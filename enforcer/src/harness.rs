@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_cni::api::{Registration, Request, Response};
+use palisade_api::{Client, ClientError, NamedPort, Registration, Request, Response};
 
 use crate::node::{Node, Pod};
 
@@ -155,9 +155,8 @@ impl Enforcer {
             .unwrap_or_default()
     }
 
-    pub fn request(&self, req: &Request) -> std::result::Result<Response, crate::api::ClientError> {
-        crate::api::Client::connect_with_timeout(&self.socket(), Duration::from_secs(10))?
-            .request(req)
+    pub fn request(&self, req: &Request) -> std::result::Result<Response, ClientError> {
+        Client::connect_with_timeout(&self.socket(), Duration::from_secs(10))?.request(req)
     }
 
     /// Registers a pod's interface with explicit labels.
@@ -170,7 +169,7 @@ impl Enforcer {
         &self,
         pod: &Pod,
         labels: &[(&str, &str)],
-        named_ports: Vec<palisade_cni::api::NamedPort>,
+        named_ports: Vec<NamedPort>,
     ) -> Result<u32> {
         let mut ips = vec![std::net::IpAddr::V4(pod.ipv4)];
         if let Some(v6) = pod.ipv6 {

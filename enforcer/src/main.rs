@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use palisade_cni::api::{Registration, Request, Response};
+use palisade_api::{Registration, Request, Response};
 use palisade_enforcer::config::{Config, SystemEnv};
-use palisade_enforcer::daemon::{Daemon, StartOptions, client_request};
+use palisade_enforcer::daemon::{Daemon, StartOptions};
 use palisade_enforcer::source::{DirSource, PolicySource as _};
 
 #[derive(Debug, Parser)]
@@ -45,12 +45,12 @@ enum Cmd {
     Deregister {
         #[arg(long)]
         container_id: String,
-        #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+        #[arg(long, default_value = palisade_api::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Ask a running agent whether it is ready.
     Status {
-        #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+        #[arg(long, default_value = palisade_api::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Show what the pinned datapath holds: endpoints, hooks, map sizes, counters. Reads
@@ -120,7 +120,7 @@ struct RegisterArgs {
     /// Registration key; default: namespace/pod.
     #[arg(long)]
     container_id: Option<String>,
-    #[arg(long, default_value = palisade_cni::api::DEFAULT_SOCKET)]
+    #[arg(long, default_value = palisade_api::DEFAULT_SOCKET)]
     socket: PathBuf,
 }
 
@@ -309,11 +309,12 @@ fn register(a: RegisterArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn client(socket: &std::path::Path, req: &Request) -> anyhow::Result<ExitCode> {
-    let resp =
-        client_request(socket, req).with_context(|| format!("enforcer at {}", socket.display()))?;
+    let resp = palisade_api::Client::connect(socket)
+        .and_then(|mut c| c.request(req))
+        .with_context(|| format!("enforcer at {}", socket.display()))?;
     println!("{}", serde_json::to_string(&resp)?);
     Ok(match resp {
-        Response::Error { .. } => ExitCode::from(1),
+        Response::Error { .. } | Response::Status { ready: false, .. } => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })
 }

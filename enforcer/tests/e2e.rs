@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use palisade_cni::api::{NamedPort, Request, Response};
+use palisade_api::{NamedPort, Request, Response};
 use palisade_enforcer::harness::Enforcer;
 use palisade_enforcer::node::{EchoOutcome, Node, Pod, ServerHandle, TcpOutcome};
 use serde_json::Value;

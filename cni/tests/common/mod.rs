@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use palisade_cni::api::{Request, Response};
+use palisade_api::{ErrorCode, Request, Response};
 use serde_json::{Value, json};
 
 pub mod real;
@@ -163,7 +163,7 @@ pub enum Mode {
     Hang,
 }
 
-/// TEST DOUBLE of the enforcer's endpoint API: speaks `palisade_cni::api` over a unix
+/// TEST DOUBLE of the enforcer's endpoint API: speaks `palisade_api` over a unix
 /// socket and answers from a fixed mode. It programs nothing; the real-runtime and policy
 /// tests use the real enforcer (`start_enforcer` in tests/runtime.rs).
 #[derive(Debug)]
@@ -226,13 +226,9 @@ fn serve(conn: UnixStream, mode: &Mutex<Mode>, requests: &Mutex<Vec<Request>>) {
     };
     for line in BufReader::new(conn).lines() {
         let Ok(line) = line else { return };
-        let request: Request = match serde_json::from_str(&line) {
+        let request = match palisade_api::decode_request(line.as_bytes()) {
             Ok(r) => r,
-            Err(e) => {
-                let resp = Response::Error {
-                    code: "bad_request".into(),
-                    message: e.to_string(),
-                };
+            Err(resp) => {
                 let _ = writeln!(writer, "{}", serde_json::to_string(&resp).unwrap());
                 continue;
             }
@@ -250,18 +246,19 @@ fn serve(conn: UnixStream, mode: &Mutex<Mode>, requests: &Mutex<Vec<Request>>) {
                 ifindex: 1,
             },
             (Request::Register(_), Mode::Refuse) => Response::Error {
-                code: "datapath".into(),
+                code: ErrorCode::Datapath,
                 message: "test double refuses".into(),
             },
             (Request::Register(_), Mode::NotReady) => Response::Error {
-                code: "not_ready".into(),
+                code: ErrorCode::NotReady,
                 message: "test double not ready".into(),
             },
             (Request::Deregister { .. }, _) => Response::Deregistered { existed: true },
             (Request::Status, m) => Response::Status {
-                api_version: palisade_cni::api::API_VERSION,
+                api_version: palisade_api::PROTOCOL_VERSION,
                 endpoints: 0,
                 ready: m != Mode::NotReady,
+                reason: None,
             },
         };
         if writeln!(writer, "{}", serde_json::to_string(&response).unwrap()).is_err() {

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_cni::api::{Request, Response};
-use palisade_cni::enforcer::Client;
+use palisade_api::{Client, Request, Response};
 
 use super::{Netns, TempDir, sh};
 
@@ -123,7 +122,6 @@ pub fn start_enforcer(
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let client = Client::new(socket, Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -133,7 +131,9 @@ pub fn start_enforcer(
                 bin.display()
             ));
         }
-        if let Ok(Response::Status { ready: true, .. }) = client.call(&Request::Status) {
+        if let Ok(Response::Status { ready: true, .. }) =
+            Client::call(socket, Duration::from_secs(2), &Request::Status)
+        {
             return Ok(EnforcerGuard {
                 child,
                 pin_root,
