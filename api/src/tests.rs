@@ -1,9 +1,3 @@
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test code states expectations by panicking"
-)]
-
 use super::*;
 
 fn registration() -> Registration {

@@ -4,7 +4,7 @@
 //! Pod side (`CNI_IFNAME` in `CNI_NETNS`): `IP/32`, `169.254.1.1 dev eth0 scope link`,
 //! `default via 169.254.1.1`. Host side (`lxc<11 hex>`): up, `proxy_arp=1` (answers the
 //! pod's ARP for 169.254.1.1 with its own MAC), `proxy_delay=0` (answer at once, not after
-//! up to 0.8 s), and a `/32` route to the pod. The same layout as `enforcer/src/node.rs`.
+//! up to 0.8 s), and a `/32` route to the pod. The same layout as `testkit/src/node.rs`.
 //!
 //! Links, addresses and routes are set with iproute2 in batch mode: one `ip -batch -` in the
 //! host namespace and one in the pod's, two short execs per ADD (measured in
@@ -278,7 +278,7 @@ mod tests {
             host_ifname("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         assert_ne!(host_ifname("a"), host_ifname("b"));
-        // Pinned: enforcer/src/node.rs derives the same name.
+        // Pinned: testkit/src/node.rs derives the same name.
         assert_eq!(host_ifname("a"), "lxcaf63dc4c860");
     }
 

@@ -228,11 +228,11 @@ fn podman_policy_with_real_enforcer() {
     let p = Podman::new("10.217.0.0/24", &socket);
     let _enforcer = match start_enforcer(&manifests, &socket, &p.node) {
         Ok(g) => g,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("real enforcer unavailable under CI=true: {why}")
-        }
         Err(why) => {
-            eprintln!("podman_policy_with_real_enforcer: skipped: {why}");
+            palisade_testkit::skip_or_fail(
+                "podman_policy_with_real_enforcer: real enforcer unavailable",
+                &why,
+            );
             return;
         }
     };

@@ -22,10 +22,8 @@ use palisade_enforcer::source::{DirSource, PolicySource as _};
         `run` loads the eBPF datapath, compiles the manifests of a directory into \
         identities and policy maps, serves the endpoint API the CNI plugin registers pods \
         with, and writes every verdict to a Hubble-compatible JSON-lines log.\n\n\
-        `demo` builds a throwaway node of network namespaces, starts the agent on \
-        examples/manifests, sends allowed and denied traffic and prints the verdicts.",
+        The local-node demo is `palisade-demo` (`./palisade demo`).",
     after_help = "Examples:\n  \
-        palisade-enforcer demo\n  \
         palisade-enforcer run --manifests examples/manifests --netns /run/netns/node\n  \
         palisade-enforcer register --namespace shop --pod web-1 --ifname lxc1 --ip 10.244.0.5 --label app=web\n  \
         palisade-enforcer status"
@@ -62,9 +60,6 @@ enum Cmd {
         #[arg(long)]
         netns: Option<PathBuf>,
     },
-    /// The local-node demo: pods in network namespaces, default deny and allow rules from
-    /// examples/manifests, real traffic, the verdict log that explains it.
-    Demo(palisade_enforcer::demo::DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,7 +136,6 @@ fn main() -> ExitCode {
             socket,
         } => client(&socket, &Request::Deregister { container_id }),
         Cmd::Status { socket } => client(&socket, &Request::Status),
-        Cmd::Demo(a) => palisade_enforcer::demo::run(&a),
         Cmd::Inspect { pin_root, netns } => inspect(&pin_root, netns.as_deref()),
     };
     match result {

@@ -15,8 +15,8 @@ mod common;
 use std::net::IpAddr;
 
 use aya::maps::{MapData, RingBuf};
-use palisade_enforcer::datapath::packet::{self, L4, TCP_ACK, TCP_FIN, TCP_SYN};
 use palisade_enforcer::datapath::{Datapath, Hook};
+use palisade_testkit::packet::{self, L4, TCP_ACK, TCP_FIN, TCP_SYN};
 use policy_compiler::EntryKey;
 use policy_compiler::abi::{self, EndpointInfo, PolicyValue, VerdictEvent};
 use policy_compiler::cidr::Cidr;
@@ -818,10 +818,7 @@ fn pinned_maps_are_checked_before_reuse() {
         .status();
     if !matches!(status, Ok(s) if s.success()) {
         // Without bpftool the stale-layout half cannot be staged; the adoption half ran.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "bpftool is needed under CI"
-        );
+        palisade_testkit::skip_or_fail("stale map layout half", &"bpftool is not runnable");
         return;
     }
     let err =

@@ -17,9 +17,9 @@ mod generate;
 use std::net::IpAddr;
 
 use generate::*;
-use palisade_enforcer::datapath::packet::{self, L4, TCP_SYN};
 use palisade_enforcer::datapath::{Datapath, Hook};
 use palisade_enforcer::sync::{self, LocalEndpoints};
+use palisade_testkit::packet::{self, L4, TCP_SYN};
 use policy_compiler::abi::{self, EndpointInfo, VerdictEvent};
 use policy_compiler::eval::{Decision, FlowPeer, maps};
 use policy_compiler::{Engine, EngineConfig, Protocol};

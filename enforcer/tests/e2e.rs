@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_api::{NamedPort, Request, Response};
-use palisade_enforcer::harness::Enforcer;
-use palisade_enforcer::node::{EchoOutcome, Node, Pod, ServerHandle, TcpOutcome};
+use palisade_testkit::harness::Enforcer;
+use palisade_testkit::node::{EchoOutcome, Node, Pod, ServerHandle, TcpOutcome};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
@@ -260,7 +260,7 @@ fn expect_all(c: &Cluster, probes: &[Probe<'_>]) {
     );
 }
 
-fn echo(session: &mut palisade_enforcer::node::TcpSession, payload: &[u8]) -> EchoOutcome {
+fn echo(session: &mut palisade_testkit::node::TcpSession, payload: &[u8]) -> EchoOutcome {
     session.echo(payload, OK).expect("echo")
 }
 

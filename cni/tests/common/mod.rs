@@ -20,26 +20,11 @@ pub mod real;
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_palisade-cni");
 
-/// Whether this privileged test can run. Under `CI=true` a test that cannot run fails;
-/// elsewhere it prints why and the caller returns.
+/// Whether this privileged test can run: the shared gate (`palisade_testkit::privileged`).
+/// Under `CI=true` a test that cannot run fails; elsewhere it prints why and the caller
+/// returns.
 pub fn privileged(test: &str) -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root".to_owned())
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("needs iproute2".to_owned())
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: cannot run under CI=true: {why}")
-        }
-        Some(why) => {
-            eprintln!("{test}: skipped: {why}");
-            false
-        }
-    }
+    palisade_testkit::require_privileged(test)
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -126,7 +111,7 @@ impl Drop for Netns {
     }
 }
 
-/// Makes a bare namespace look like a node, as `enforcer/src/node.rs` does: forwarding on
+/// Makes a bare namespace look like a node, as `testkit/src/node.rs` does: forwarding on
 /// and the pods' gateway 169.254.1.1/32 on `lo`. The node then answers the pods' ARP for the
 /// gateway (on a node without that address, proxy ARP answers because the default route
 /// covers it).

@@ -6,7 +6,6 @@
 //! opens the same maps (policy, conntrack, unread events) and swaps its freshly loaded
 //! programs into the pinned TCX links with `bpf_link_update`, so enforcement never pauses.
 
-pub mod packet;
 mod spec;
 
 use std::collections::BTreeMap;

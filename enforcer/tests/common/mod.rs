@@ -12,24 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use palisade_enforcer::datapath::{Datapath, LoadOptions};
 
-/// Whether this privileged test can run. Under `CI=true` a test that cannot run fails
-/// (panics) with the reason; elsewhere it prints why and the caller returns.
+/// Whether this privileged test can run: the shared gate (`palisade_testkit::privileged`).
+/// Under `CI=true` a test that cannot run fails with the reason; elsewhere it prints why and
+/// the caller returns.
 pub fn privileged(what: &str) -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".to_string())
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{what}: cannot run under CI=true: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipped: {what}: {why}");
-            false
-        }
-    }
+    palisade_testkit::require_privileged(what)
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -4,7 +4,7 @@
     clippy::panic,
     reason = "integration test: a failed step should stop the test with its message"
 )]
-//! The local-node topology (`palisade_enforcer::node`) through real namespaces and veths.
+//! The local-node topology (`palisade_testkit::node`) through real namespaces and veths.
 //!
 //! Privileged tier: needs root. Under `CI=true` a host that cannot run these fails them;
 //! elsewhere they print `skipped: ...` and return.
@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use palisade_enforcer::node::{
+use palisade_testkit::node::{
     self, EchoOutcome, GATEWAY_V4, Node, NodeError, TcpOutcome, create_netns, list_links,
     list_netns, netns_exists, read_sysctl, run_in_netns,
 };

@@ -1,4 +1,4 @@
-//! `palisade-enforcer demo`: the README's main job. A throwaway node of network
+//! `palisade-demo` (`./palisade demo`): the README's main job. A throwaway node of network
 //! namespaces with one pod per workload of examples/manifests (plus a client pod outside
 //! any policy), each created by the bundled CNI plugin (veth, IPAM, registration) and
 //! serving its declared ports; the real enforcer on those manifests;
@@ -17,8 +17,8 @@ use policy_compiler::manifest::{LoadOptions, load_paths};
 use policy_compiler::model::{Endpoint, WorkloadRef};
 use policy_compiler::{Engine, EngineConfig, Protocol};
 
-use crate::harness::Enforcer;
-use crate::node::{self, Node, Pod, TcpOutcome};
+use palisade_testkit::harness::Enforcer;
+use palisade_testkit::node::{self, Node, Pod, TcpOutcome};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -34,6 +34,9 @@ pub struct DemoArgs {
     /// The CNI plugin binary (default: `palisade-cni` next to this program).
     #[arg(long)]
     pub cni_plugin: Option<PathBuf>,
+    /// The agent binary (default: `palisade-enforcer` next to this program).
+    #[arg(long)]
+    pub enforcer: Option<PathBuf>,
 }
 
 struct DemoPod {
@@ -61,7 +64,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the demo builds network namespaces and loads eBPF: {why}");
     }
     let _ = node::sweep_stale("demo");
-    let exe = std::env::current_exe().context("locating palisade-enforcer")?;
+    let own = std::env::current_exe().context("locating palisade-demo")?;
+    let exe = match &args.enforcer {
+        Some(p) => p.clone(),
+        None => own.with_file_name("palisade-enforcer"),
+    };
+    anyhow::ensure!(
+        exe.exists(),
+        "agent {} not found (cargo build --release -p palisade-enforcer, or --enforcer)",
+        exe.display()
+    );
     let cluster = load_paths(
         std::slice::from_ref(&args.manifests),
         &LoadOptions::default(),
@@ -71,7 +83,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let plugin = match &args.cni_plugin {
         Some(p) => p.clone(),
-        None => exe.with_file_name("palisade-cni"),
+        None => own.with_file_name("palisade-cni"),
     };
     anyhow::ensure!(
         plugin.exists(),
@@ -285,10 +297,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     drop(servers);
     for (p, g) in pods.iter().zip(&netns_guards) {
         if let Err(e) = cni.del(g, &p.pod) {
-            eprintln!(
-                "palisade-enforcer demo: CNI DEL {}: {e:#}",
-                p.pod.identity()
-            );
+            eprintln!("palisade-demo: CNI DEL {}: {e:#}", p.pod.identity());
         }
     }
     println!();

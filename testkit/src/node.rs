@@ -28,7 +28,6 @@
 
 mod link;
 mod netns;
-mod privileged;
 mod process;
 mod traffic;
 
@@ -40,6 +39,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+pub use crate::privileged::{
+    ci_requires_privileged, privileged_unavailable_reason, require_privileged, skip_or_fail,
+};
 pub use link::{
     add_address, add_default_route, add_host_route, create_veth, delete_link, link_ifindex,
     list_links, read_sysctl, set_link_up, set_sysctl, validate_ifname,
@@ -47,9 +49,6 @@ pub use link::{
 pub use netns::{
     NetnsGuard, create_netns, delete_netns, kill_netns_processes, list_netns, netns_exists,
     netns_path, netns_pids, run_in_netns,
-};
-pub use privileged::{
-    ci_requires_privileged, privileged_unavailable_reason, require_privileged, skip_or_fail,
 };
 pub use process::{
     CommandOutput, HttpOutcome, NginxGuard, ProcessGuard, curl_in_netns, run_command_in_netns,
@@ -292,8 +291,8 @@ struct PodEntry {
 ///
 /// A plain description (cheap to clone); the [`Node`] owns the resources. Methods keep working
 /// while the pod is on its node and fail with errors after it was removed.
+/// Pods wired by someone else (the CNI plugin in the demo) are built with a struct literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Pod {
     /// Kubernetes namespace.
     pub namespace: String,

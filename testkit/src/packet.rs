@@ -1,5 +1,5 @@
 //! Crafted Ethernet frames for BPF_PROG_TEST_RUN: the packet-level tests, the differential
-//! test against the policy core, and `palisade-enforcer probe`. Checksums are left zero:
+//! test against the policy core and the datapath benchmark. Checksums are left zero:
 //! the datapath never reads them.
 
 use std::net::IpAddr;

@@ -1,5 +1,6 @@
-//! The privileged-test rule (docs/testing.md): a test that needs root and network namespaces
-//! fails under `CI=true` when it cannot run, and may skip, saying why, only outside CI.
+//! The privileged-test gate, the one every crate's tests use (docs/testing.md): a test that
+//! needs root and network namespaces fails under `CI=true` (also `1`/`yes`) when it cannot
+//! run, and may skip, saying why, only outside CI.
 
 use std::fmt::Display;
 use std::process::{Command, Stdio};
