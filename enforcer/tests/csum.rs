@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
-use palisade_enforcer::datapath::packet::{self, L4, TCP_SYN};
+use palisade_testkit::packet::{self, L4, TCP_SYN};
 
 static TEST_PROGS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_progs.o"));
 

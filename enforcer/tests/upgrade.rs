@@ -227,7 +227,7 @@ fn v1_ct(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> ([u8; 44], [u8; 
 #[test]
 fn v1_conntrack_is_imported_and_rechecked() {
     use palisade_abi::{CtEntry, EndpointInfo, PolicyValue};
-    use palisade_enforcer::datapath::packet::{self, L4, TCP_ACK};
+    use palisade_testkit::packet::{self, L4, TCP_ACK};
     use policy_compiler::EntryKey;
 
     if !common::privileged("upgrade-ct") {
