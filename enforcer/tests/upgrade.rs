@@ -165,13 +165,21 @@ fn older_links_are_released_only_after_the_new_ones_are_attached() {
         assert_eq!(r.dirs_removed, [root.join("v1")]);
         assert!(!root.join("v1").exists());
         assert!(dp.older_abis().is_empty());
-        assert_eq!(
-            chain(),
-            vec![
-                (Hook::FromPod, vec!["from_pod".to_string()]),
-                (Hook::ToPod, vec!["to_pod".to_string()]),
-            ]
-        );
+        // The kernel releases a link when its last reference (the pin) goes, which can
+        // lag the unlink by a moment.
+        let want = vec![
+            (Hook::FromPod, vec!["from_pod".to_string()]),
+            (Hook::ToPod, vec!["to_pod".to_string()]),
+        ];
+        let mut seen = chain();
+        for _ in 0..100 {
+            if seen == want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            seen = chain();
+        }
+        assert_eq!(seen, want);
         dp.detach(ifindex_of("up0").unwrap());
     });
 }

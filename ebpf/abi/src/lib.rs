@@ -543,6 +543,18 @@ pub mod map_type {
     pub const RINGBUF: u32 = 27;
 }
 
+/// The name of every map (the object's symbol, and the pin's file name).
+pub mod map_name {
+    pub const ENDPOINTS: &str = "pal_endpoints";
+    pub const IPCACHE: &str = "pal_ipcache";
+    pub const POLICY: &str = "pal_policy";
+    pub const CT: &str = "pal_ct";
+    pub const FRAG: &str = "pal_frag";
+    pub const DROP_SEEN: &str = "pal_drop_seen";
+    pub const EVENTS: &str = "pal_events";
+    pub const COUNTERS: &str = "pal_counters";
+}
+
 /// What the control plane's map code assumes about one map: its type, and the C type and
 /// Rust size of key and value (`None` for a ring buffer). Entry counts and flags are not
 /// assumed: the loader takes them from the object.
@@ -557,49 +569,49 @@ pub struct MapAbi {
 /// Every map of the datapath and the layout the Rust side reads and writes it with.
 pub const MAPS: &[MapAbi] = &[
     MapAbi {
-        name: "pal_endpoints",
+        name: map_name::ENDPOINTS,
         map_type: map_type::HASH,
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("endpoint_info", size_of::<EndpointInfo>())),
     },
     MapAbi {
-        name: "pal_ipcache",
+        name: map_name::IPCACHE,
         map_type: map_type::LPM_TRIE,
         key: Some(("ipcache_key", size_of::<IpcacheKey>())),
         value: Some(("ipcache_value", size_of::<IpcacheValue>())),
     },
     MapAbi {
-        name: "pal_policy",
+        name: map_name::POLICY,
         map_type: map_type::LPM_TRIE,
         key: Some(("policy_key", size_of::<PolicyKey>())),
         value: Some(("policy_value", size_of::<PolicyValue>())),
     },
     MapAbi {
-        name: "pal_ct",
+        name: map_name::CT,
         map_type: map_type::LRU_HASH,
         key: Some(("ct_key", size_of::<CtKey>())),
         value: Some(("ct_entry", size_of::<CtEntry>())),
     },
     MapAbi {
-        name: "pal_frag",
+        name: map_name::FRAG,
         map_type: map_type::LRU_HASH,
         key: Some(("frag_key", size_of::<FragKey>())),
         value: Some(("frag_ports", size_of::<FragPorts>())),
     },
     MapAbi {
-        name: "pal_drop_seen",
+        name: map_name::DROP_SEEN,
         map_type: map_type::LRU_HASH,
         key: Some(("ct_key", size_of::<CtKey>())),
         value: Some(("__u64", size_of::<u64>())),
     },
     MapAbi {
-        name: "pal_events",
+        name: map_name::EVENTS,
         map_type: map_type::RINGBUF,
         key: None,
         value: None,
     },
     MapAbi {
-        name: "pal_counters",
+        name: map_name::COUNTERS,
         map_type: map_type::PERCPU_ARRAY,
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("counter_value", size_of::<CounterValue>())),

@@ -18,11 +18,22 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
-use policy_compiler::abi::{self, CtEntry, CtKey, EndpointInfo, PolicyValue};
+use policy_compiler::abi::{self, CtEntry, CtKey, EndpointInfo, PolicyValue, map_name};
 use policy_compiler::cidr::Cidr;
 use policy_compiler::engine::EntryKey;
 
 pub use spec::{MapSpec, ProgramSpec, map_specs, map_specs_of, program_specs, program_specs_of};
+
+// Map keys and values as the kernel sees them, sized by the Rust mirror (whose layout
+// enforcer/tests/abi_btf.rs checks against the object): no size is written twice.
+type EndpointBytes = [u8; size_of::<EndpointInfo>()];
+/// LPM data after the 4-byte prefix length.
+type PolicyKeyData = [u8; size_of::<abi::PolicyKey>() - 4];
+type PolicyValueBytes = [u8; size_of::<PolicyValue>()];
+type IpcacheKeyData = [u8; size_of::<abi::IpcacheKey>() - 4];
+type IpcacheValueBytes = [u8; size_of::<abi::IpcacheValue>()];
+type CtKeyBytes = [u8; size_of::<CtKey>()];
+type CtEntryBytes = [u8; size_of::<CtEntry>()];
 
 /// The compiled C datapath (ebpf/tc_endpoint.c), built by build.rs.
 pub static DATAPATH_OBJECT: &[u8] =
@@ -210,7 +221,7 @@ impl Datapath {
         let Some(v1) = self.older.iter().find(|d| d.ends_with("v1")).cloned() else {
             return Ok(0);
         };
-        let path = v1.join("pal_ct");
+        let path = v1.join(map_name::CT);
         if !path.exists() {
             return Ok(0);
         }
@@ -221,9 +232,9 @@ impl Datapath {
         if (info.key_size(), info.value_size()) != (44, 48) {
             return Ok(0);
         }
-        let old = pinned_at(&path, "pal_ct")?;
+        let old = pinned_at(&path, map_name::CT)?;
         let old: BpfHashMap<_, [u8; 44], [u8; 48]> =
-            BpfHashMap::try_from(&old).map_err(map_err("pal_ct"))?;
+            BpfHashMap::try_from(&old).map_err(map_err(map_name::CT))?;
         let entries: Vec<([u8; 44], [u8; 48])> = old.iter().filter_map(|r| r.ok()).collect();
         let mut ct = self.ct_map()?;
         let mut n = 0;
@@ -448,15 +459,15 @@ impl Datapath {
     // ---- endpoints -----------------------------------------------------------------
 
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
-        let name = "pal_endpoints";
-        let mut m: BpfHashMap<_, u32, [u8; 16]> =
+        let name = map_name::ENDPOINTS;
+        let mut m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         m.insert(ifindex, info.to_bytes(), 0).map_err(map_err(name))
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
-        let name = "pal_endpoints";
-        let m: BpfHashMap<_, u32, [u8; 16]> =
+        let name = map_name::ENDPOINTS;
+        let m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         match m.get(&ifindex, 0) {
             Ok(b) => Ok(Some(EndpointInfo::from_bytes(&b))),
@@ -466,8 +477,8 @@ impl Datapath {
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>> {
-        let name = "pal_endpoints";
-        let m: BpfHashMap<_, u32, [u8; 16]> =
+        let name = map_name::ENDPOINTS;
+        let m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         m.iter()
             .map(|r| {
@@ -478,8 +489,8 @@ impl Datapath {
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
-        let name = "pal_endpoints";
-        let mut m: BpfHashMap<_, u32, [u8; 16]> =
+        let name = map_name::ENDPOINTS;
+        let mut m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         match m.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
@@ -489,12 +500,12 @@ impl Datapath {
 
     // ---- policy ----------------------------------------------------------------------
 
-    fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 12], [u8; 12]>> {
-        let name = "pal_policy";
+    fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKeyData, PolicyValueBytes>> {
+        let name = map_name::POLICY;
         LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
-    fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<[u8; 12]> {
+    fn policy_lpm_key(slot: u32, key: &EntryKey) -> LpmKey<PolicyKeyData> {
         let b = key.to_abi(slot).to_bytes();
         let mut data = [0u8; 12];
         data.copy_from_slice(&b[4..16]);
@@ -505,20 +516,20 @@ impl Datapath {
         let k = Self::policy_lpm_key(slot, key);
         self.policy_map()?
             .insert(&k, value.to_bytes(), 0)
-            .map_err(map_err("pal_policy"))
+            .map_err(map_err(map_name::POLICY))
     }
 
     pub fn delete_policy(&mut self, slot: u32, key: &EntryKey) -> Result<()> {
         let k = Self::policy_lpm_key(slot, key);
         match self.policy_map()?.remove(&k) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err("pal_policy")(source)),
+            Err(source) => Err(map_err(map_name::POLICY)(source)),
         }
     }
 
     /// Every policy entry in the map, as (slot, key bytes after prefixlen, prefixlen, value).
     pub fn policy_entries(&mut self) -> Result<Vec<(u32, EntryKey, PolicyValue)>> {
-        let name = "pal_policy";
+        let name = map_name::POLICY;
         let m = self.policy_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
@@ -543,8 +554,8 @@ impl Datapath {
 
     // ---- ipcache -----------------------------------------------------------------------
 
-    fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], [u8; 8]>> {
-        let name = "pal_ipcache";
+    fn ipcache_map(&mut self) -> Result<LpmTrie<&mut MapData, IpcacheKeyData, IpcacheValueBytes>> {
+        let name = map_name::IPCACHE;
         LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
@@ -554,14 +565,14 @@ impl Datapath {
         v[0..4].copy_from_slice(&identity.to_ne_bytes());
         self.ipcache_map()?
             .insert(&LpmKey::new(len, data), v, 0)
-            .map_err(map_err("pal_ipcache"))
+            .map_err(map_err(map_name::IPCACHE))
     }
 
     pub fn delete_ipcache(&mut self, cidr: &Cidr) -> Result<()> {
         let (len, data) = cidr.ipcache_key();
         match self.ipcache_map()?.remove(&LpmKey::new(len, data)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err("pal_ipcache")(source)),
+            Err(source) => Err(map_err(map_name::IPCACHE)(source)),
         }
     }
 
@@ -570,7 +581,7 @@ impl Datapath {
         let m = self.ipcache_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(map_err("pal_ipcache"))?;
+            let (k, v) = r.map_err(map_err(map_name::IPCACHE))?;
             let d = k.data();
             let len = k.prefix_len().saturating_sub(abi::IPCACHE_PREFIX_FIXED) as u8;
             let addr: std::net::IpAddr = if d[0] == 4 {
@@ -589,8 +600,8 @@ impl Datapath {
 
     // ---- conntrack -------------------------------------------------------------------
 
-    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 44], [u8; 56]>> {
-        let name = "pal_ct";
+    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKeyBytes, CtEntryBytes>> {
+        let name = map_name::CT;
         BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
@@ -599,7 +610,7 @@ impl Datapath {
         let m = self.ct_map()?;
         let mut out = Vec::new();
         for r in m.iter() {
-            let (k, v) = r.map_err(map_err("pal_ct"))?;
+            let (k, v) = r.map_err(map_err(map_name::CT))?;
             out.push((CtKey::from_bytes(&k), CtEntry::from_bytes(&v)));
         }
         Ok(out)
@@ -610,7 +621,7 @@ impl Datapath {
     pub fn ct_gc(&mut self) -> Result<usize> {
         let now = monotonic_ns();
         let mut m = self.ct_map()?;
-        let expired: Vec<[u8; 44]> = m
+        let expired: Vec<CtKeyBytes> = m
             .iter()
             .filter_map(|r| r.ok())
             .filter(|(_, v)| CtEntry::from_bytes(v).expires_ns <= now)
@@ -630,7 +641,7 @@ impl Datapath {
     /// one, and the shared LRU should not keep dead flows. Returns how many were removed.
     pub fn ct_flush_ifindex(&mut self, ifindex: u32) -> Result<usize> {
         let mut m = self.ct_map()?;
-        let keys: Vec<[u8; 44]> = m
+        let keys: Vec<CtKeyBytes> = m
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| CtKey::from_bytes(k).ifindex == ifindex)
@@ -647,7 +658,7 @@ impl Datapath {
     /// Empties conntrack (tests, and `--flush-ct`).
     pub fn ct_flush(&mut self) -> Result<()> {
         let mut m = self.ct_map()?;
-        let keys: Vec<[u8; 44]> = m.keys().filter_map(|k| k.ok()).collect();
+        let keys: Vec<CtKeyBytes> = m.keys().filter_map(|k| k.ok()).collect();
         for k in &keys {
             let _ = m.remove(k);
         }
@@ -658,7 +669,7 @@ impl Datapath {
 
     /// Per-CPU counters summed, non-zero slots only.
     pub fn counters(&self) -> Result<Counters> {
-        let name = "pal_counters";
+        let name = map_name::COUNTERS;
         let m: PerCpuArray<_, [u64; 2]> =
             PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
         sum_counters(&m)
@@ -667,7 +678,7 @@ impl Datapath {
     /// One counter slot summed over CPUs (cheaper than [`Datapath::counters`] when the
     /// caller polls a single slot).
     pub fn counter(&self, direction: u8, code: u32) -> Result<abi::CounterValue> {
-        let name = "pal_counters";
+        let name = map_name::COUNTERS;
         let m: PerCpuArray<_, [u64; 2]> =
             PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
         let idx = u32::from(direction) * abi::COUNTER_DIR_STRIDE + code;
@@ -680,7 +691,7 @@ impl Datapath {
 
     /// The event ring buffer, moved out of the loader (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let name = "pal_events";
+        let name = map_name::EVENTS;
         let m = self
             .bpf
             .take_map(name)
@@ -743,7 +754,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 fn sum_counters<T: std::borrow::Borrow<MapData>>(m: &PerCpuArray<T, [u64; 2]>) -> Result<Counters> {
     let mut out = Counters::new();
     for idx in 0..abi::COUNTER_MAX {
-        let vals = m.get(&idx, 0).map_err(map_err("pal_counters"))?;
+        let vals = m.get(&idx, 0).map_err(map_err(map_name::COUNTERS))?;
         let (packets, bytes) = vals
             .iter()
             .fold((0u64, 0u64), |(p, b), v| (p + v[0], b + v[1]));
@@ -911,28 +922,29 @@ fn pinned(pin_dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
 /// Reads the pinned maps and link pins under `pin_dir` (`<pin root>/v<ABI>`).
 pub fn inspect(pin_dir: &Path) -> Result<Snapshot> {
     let mut snap = Snapshot::default();
-    let m = pinned(pin_dir, "pal_endpoints")?;
-    let eps: BpfHashMap<_, u32, [u8; 16]> =
-        BpfHashMap::try_from(&m).map_err(map_err("pal_endpoints"))?;
+    let m = pinned(pin_dir, map_name::ENDPOINTS)?;
+    let eps: BpfHashMap<_, u32, EndpointBytes> =
+        BpfHashMap::try_from(&m).map_err(map_err(map_name::ENDPOINTS))?;
     snap.endpoints = eps
         .iter()
         .filter_map(|r| r.ok())
         .map(|(k, v)| (k, EndpointInfo::from_bytes(&v)))
         .collect();
-    let m = pinned(pin_dir, "pal_policy")?;
-    let pol: LpmTrie<_, [u8; 12], [u8; 12]> =
-        LpmTrie::try_from(&m).map_err(map_err("pal_policy"))?;
+    let m = pinned(pin_dir, map_name::POLICY)?;
+    let pol: LpmTrie<_, PolicyKeyData, PolicyValueBytes> =
+        LpmTrie::try_from(&m).map_err(map_err(map_name::POLICY))?;
     snap.policy_entries = pol.keys().count();
-    let m = pinned(pin_dir, "pal_ipcache")?;
-    let ipc: LpmTrie<_, [u8; 20], [u8; 8]> =
-        LpmTrie::try_from(&m).map_err(map_err("pal_ipcache"))?;
+    let m = pinned(pin_dir, map_name::IPCACHE)?;
+    let ipc: LpmTrie<_, IpcacheKeyData, IpcacheValueBytes> =
+        LpmTrie::try_from(&m).map_err(map_err(map_name::IPCACHE))?;
     snap.ipcache_entries = ipc.keys().count();
-    let m = pinned(pin_dir, "pal_ct")?;
-    let ct: BpfHashMap<_, [u8; 44], [u8; 56]> =
-        BpfHashMap::try_from(&m).map_err(map_err("pal_ct"))?;
+    let m = pinned(pin_dir, map_name::CT)?;
+    let ct: BpfHashMap<_, CtKeyBytes, CtEntryBytes> =
+        BpfHashMap::try_from(&m).map_err(map_err(map_name::CT))?;
     snap.ct_entries = ct.keys().count();
-    let m = pinned(pin_dir, "pal_counters")?;
-    let c: PerCpuArray<_, [u64; 2]> = PerCpuArray::try_from(&m).map_err(map_err("pal_counters"))?;
+    let m = pinned(pin_dir, map_name::COUNTERS)?;
+    let c: PerCpuArray<_, [u64; 2]> =
+        PerCpuArray::try_from(&m).map_err(map_err(map_name::COUNTERS))?;
     snap.counters = sum_counters(&c)?;
     if let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) {
         snap.links = entries
