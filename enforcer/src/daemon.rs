@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{EndpointRegistry, Server, ServerLimits};
 use crate::config::Config;
 use crate::datapath::{self, Datapath, LoadOptions};
-use crate::flowlog::{BootClock, EngineResolver, FlowLogger, RotatingWriter};
+use crate::events::{BootClock, EngineResolver, FlowLogger, RotatingWriter};
 use crate::source::{PolicySource, SourceEvent};
 use crate::sync::{self, LocalEndpoints};
 
@@ -42,7 +42,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
-    FlowLog(#[from] crate::flowlog::FlowLogError),
+    FlowLog(#[from] crate::events::FlowLogError),
 }
 
 /// A registration as the enforcer keeps it.

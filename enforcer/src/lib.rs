@@ -3,6 +3,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
-pub mod flowlog;
+pub mod events;
 pub mod source;
 pub mod sync;

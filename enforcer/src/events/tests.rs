@@ -1,9 +1,19 @@
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
 
 use policy_compiler::EngineConfig;
+use policy_compiler::abi::{self, VerdictEvent};
+use policy_compiler::engine::Engine;
 use policy_compiler::manifest::{LoadOptions, load_str};
+use policy_compiler::model::Direction;
+use policy_compiler::rules::{PolicyRef, RuleRef};
+use serde_json::{Value, json};
 
+use super::clock::*;
+use super::render::*;
+use super::resolve::*;
+use super::rotate::*;
 use super::*;
 
 const MANIFESTS: &str = r#"

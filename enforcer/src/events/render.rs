@@ -1,0 +1,424 @@
+//! Rendering a verdict event as a Hubble `GetFlowsResponse` line. Pure: everything it
+//! needs is passed in.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::{Map, Value, json};
+
+use policy_compiler::abi::{self, VerdictEvent};
+use policy_compiler::model::{Direction, Protocol};
+use policy_compiler::rules::{PolicyRef, RuleRef};
+
+use super::clock::WallTime;
+use super::resolve::{FlowEndpoint, FlowResolver};
+
+/// `@type` of `flow.extensions`.
+pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/palisade.v1.FlowDetails";
+/// The policy kind every Palisade rule comes from today.
+pub const POLICY_KIND: &str = "NetworkPolicy";
+
+/// Hubble `event_type.type` of a drop notification.
+pub const EVENT_TYPE_DROP: u8 = 1;
+/// Hubble `event_type.type` of a policy verdict notification.
+pub const EVENT_TYPE_POLICY_VERDICT: u8 = 5;
+
+fn addr(family: u8, a: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+        _ => None,
+    }
+}
+
+fn direction(d: u8) -> Option<Direction> {
+    match d {
+        abi::DIRECTION_INGRESS => Some(Direction::Ingress),
+        abi::DIRECTION_EGRESS => Some(Direction::Egress),
+        _ => None,
+    }
+}
+
+/// Hubble `Verdict` enum name of an `EVENT_VERDICT_*` code (same numbering).
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        abi::EVENT_VERDICT_FORWARDED => "FORWARDED",
+        abi::EVENT_VERDICT_DROPPED => "DROPPED",
+        3 => "ERROR",
+        abi::EVENT_VERDICT_AUDIT => "AUDIT",
+        abi::EVENT_VERDICT_REDIRECTED => "REDIRECTED",
+        6 => "TRACED",
+        7 => "TRANSLATED",
+        _ => "VERDICT_UNKNOWN",
+    }
+}
+
+/// `flow.extensions.kind` of an `EVENT_KIND_*` code.
+pub fn kind_name(k: u8) -> &'static str {
+    match k {
+        abi::EVENT_KIND_NEW_FLOW => "new_flow",
+        abi::EVENT_KIND_CT_CLOSE => "ct_close",
+        abi::EVENT_KIND_REVOKED => "revoked",
+        _ => "unknown",
+    }
+}
+
+/// `ns/policy ingress rule #N`, N being the index in `spec.ingress` (0-based, as
+/// `policy-test explain` prints `ingress[N]`).
+pub fn rule_text(r: &RuleRef) -> String {
+    format!("{} {} rule #{}", r.policy, r.direction, r.index)
+}
+
+const TCP_FLAGS: [(u8, &str); 8] = [
+    (0x01, "FIN"),
+    (0x02, "SYN"),
+    (0x04, "RST"),
+    (0x08, "PSH"),
+    (0x10, "ACK"),
+    (0x20, "URG"),
+    (0x40, "ECE"),
+    (0x80, "CWR"),
+];
+
+// ---- rendering -----------------------------------------------------------------------------
+
+/// The `flow` object of one event. Pure: everything it needs is passed in.
+pub fn render_flow(
+    ev: &VerdictEvent,
+    resolver: &dyn FlowResolver,
+    node_name: &str,
+    time: WallTime,
+    uuid: &str,
+) -> Value {
+    let src_ip = addr(ev.family, &ev.saddr);
+    let dst_ip = addr(ev.family, &ev.daddr);
+    let sport = u16::from_be(ev.sport_be);
+    let dport = u16::from_be(ev.dport_be);
+    let proxy_port = u16::from_be(ev.proxy_port_be);
+    let dir = direction(ev.direction);
+    let proto = Protocol(ev.protocol);
+
+    let mut flow = Map::new();
+    flow.insert("time".into(), json!(time.rfc3339()));
+    flow.insert("uuid".into(), json!(uuid));
+    flow.insert("verdict".into(), json!(verdict_name(ev.verdict)));
+    let dropped = ev.verdict == abi::EVENT_VERDICT_DROPPED;
+    if ev.drop_reason != 0 {
+        flow.insert("drop_reason".into(), json!(ev.drop_reason));
+        flow.insert(
+            "drop_reason_desc".into(),
+            json!(abi::drop_reason_name(ev.drop_reason as u32)),
+        );
+    }
+    if let (Some(s), Some(d)) = (src_ip, dst_ip) {
+        flow.insert(
+            "IP".into(),
+            json!({
+                "source": s.to_string(),
+                "destination": d.to_string(),
+                "ipVersion": if ev.family == 6 { "IPv6" } else { "IPv4" },
+            }),
+        );
+    }
+    if let Some(l4) = render_l4(ev, sport, dport) {
+        flow.insert("l4".into(), l4);
+    }
+    let src = resolver.endpoint(ev.src_identity, src_ip);
+    let dst = resolver.endpoint(ev.dst_identity, dst_ip);
+    flow.insert("source".into(), render_endpoint(&src));
+    flow.insert("destination".into(), render_endpoint(&dst));
+    flow.insert("Type".into(), json!("L3_L4"));
+    flow.insert("node_name".into(), json!(node_name));
+    flow.insert(
+        "event_type".into(),
+        if dropped {
+            json!({"type": EVENT_TYPE_DROP, "sub_type": ev.drop_reason})
+        } else {
+            json!({"type": EVENT_TYPE_POLICY_VERDICT})
+        },
+    );
+    flow.insert(
+        "traffic_direction".into(),
+        json!(match dir {
+            Some(Direction::Ingress) => "INGRESS",
+            Some(Direction::Egress) => "EGRESS",
+            None => "TRAFFIC_DIRECTION_UNKNOWN",
+        }),
+    );
+    flow.insert("is_reply".into(), json!(false));
+    let mut iface = Map::new();
+    iface.insert("index".into(), json!(ev.ifindex));
+    if let Some(name) = resolver.interface_name(ev.ifindex) {
+        iface.insert("name".into(), json!(name));
+    }
+    flow.insert("interface".into(), Value::Object(iface));
+    if ev.verdict == abi::EVENT_VERDICT_REDIRECTED && proxy_port != 0 {
+        flow.insert("proxy_port".into(), json!(proxy_port));
+    }
+
+    // Attribution.
+    let rule = if ev.rule_id >= abi::RULE_ID_FIRST_POLICY {
+        resolver.rule(ev.rule_id)
+    } else {
+        None
+    };
+    let default_deny = dropped
+        && ev.drop_reason as u32 == abi::DROP_POLICY_DENIED
+        && ev.rule_id == abi::RULE_ID_NONE;
+    let isolated: Vec<PolicyRef> = match dir {
+        Some(d) if default_deny => {
+            let subject = match d {
+                Direction::Ingress => ev.dst_identity,
+                Direction::Egress => ev.src_identity,
+            };
+            resolver.isolated_by(subject, d)
+        }
+        _ => Vec::new(),
+    };
+    let policy = |p: &PolicyRef| {
+        json!({
+            "name": p.name,
+            "namespace": p.namespace,
+            "kind": POLICY_KIND,
+            "revision": ev.revision,
+        })
+    };
+    let (allowed, denied): (Vec<Value>, Vec<Value>) = match ev.verdict {
+        abi::EVENT_VERDICT_FORWARDED | abi::EVENT_VERDICT_REDIRECTED => {
+            (rule.iter().map(|r| policy(&r.policy)).collect(), Vec::new())
+        }
+        abi::EVENT_VERDICT_AUDIT => (Vec::new(), rule.iter().map(|r| policy(&r.policy)).collect()),
+        abi::EVENT_VERDICT_DROPPED if default_deny => {
+            (Vec::new(), isolated.iter().map(policy).collect())
+        }
+        abi::EVENT_VERDICT_DROPPED => {
+            (Vec::new(), rule.iter().map(|r| policy(&r.policy)).collect())
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    if let Some(d) = dir {
+        if !allowed.is_empty() {
+            flow.insert(format!("{d}_allowed_by"), Value::Array(allowed));
+        }
+        if !denied.is_empty() {
+            flow.insert(format!("{d}_denied_by"), Value::Array(denied));
+        }
+    }
+
+    flow.insert(
+        "Summary".into(),
+        json!(summary(
+            ev,
+            proto,
+            src_ip,
+            dst_ip,
+            sport,
+            dport,
+            rule.as_ref(),
+            &isolated,
+            dir
+        )),
+    );
+
+    let mut ext = Map::new();
+    ext.insert("@type".into(), json!(EXTENSIONS_TYPE));
+    ext.insert("rule_id".into(), json!(ev.rule_id));
+    if let Some(r) = &rule {
+        ext.insert("rule".into(), json!(rule_text(r)));
+        ext.insert("rule_index".into(), json!(r.index));
+    } else if ev.rule_id == abi::RULE_ID_NOT_ISOLATED {
+        ext.insert("rule".into(), json!("not isolated"));
+    }
+    if default_deny {
+        ext.insert(
+            "isolated_by".into(),
+            json!(isolated.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        );
+    }
+    ext.insert("kind".into(), json!(kind_name(ev.kind)));
+    ext.insert("policy_revision".into(), json!(ev.revision));
+    if ev.packet_len != 0 {
+        ext.insert("packet_len".into(), json!(ev.packet_len));
+    }
+    flow.insert("extensions".into(), Value::Object(ext));
+    Value::Object(flow)
+}
+
+fn render_l4(ev: &VerdictEvent, sport: u16, dport: u16) -> Option<Value> {
+    let ports = || json!({"source_port": sport, "destination_port": dport});
+    Some(match Protocol(ev.protocol) {
+        Protocol::TCP => {
+            let mut tcp = Map::new();
+            tcp.insert("source_port".into(), json!(sport));
+            tcp.insert("destination_port".into(), json!(dport));
+            let flags: Map<String, Value> = TCP_FLAGS
+                .iter()
+                .filter(|(bit, _)| ev.tcp_flags & bit != 0)
+                .map(|(_, name)| ((*name).to_string(), json!(true)))
+                .collect();
+            if !flags.is_empty() {
+                tcp.insert("flags".into(), Value::Object(flags));
+            }
+            json!({ "TCP": tcp })
+        }
+        Protocol::UDP => json!({ "UDP": ports() }),
+        Protocol::SCTP => json!({ "SCTP": ports() }),
+        Protocol::ICMP => json!({ "ICMPv4": {"type": ev.tcp_flags} }),
+        Protocol::ICMPV6 => json!({ "ICMPv6": {"type": ev.tcp_flags} }),
+        _ => return None,
+    })
+}
+
+fn render_endpoint(e: &FlowEndpoint) -> Value {
+    let mut m = Map::new();
+    m.insert("identity".into(), json!(e.identity));
+    if !e.namespace.is_empty() {
+        m.insert("namespace".into(), json!(e.namespace));
+    }
+    if !e.labels.is_empty() {
+        m.insert("labels".into(), json!(e.labels));
+    }
+    if !e.pod_name.is_empty() {
+        m.insert("pod_name".into(), json!(e.pod_name));
+    }
+    if !e.workloads.is_empty() {
+        m.insert(
+            "workloads".into(),
+            Value::Array(
+                e.workloads
+                    .iter()
+                    .map(|(kind, name)| json!({"name": name, "kind": kind}))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(m)
+}
+
+fn hostport(ip: Option<IpAddr>, port: u16, with_port: bool) -> String {
+    match (ip, with_port) {
+        (Some(IpAddr::V6(a)), true) => format!("[{a}]:{port}"),
+        (Some(a), true) => format!("{a}:{port}"),
+        (Some(a), false) => a.to_string(),
+        (None, _) => "?".to_string(),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the parts of one event"
+)]
+fn summary(
+    ev: &VerdictEvent,
+    proto: Protocol,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    sport: u16,
+    dport: u16,
+    rule: Option<&RuleRef>,
+    isolated: &[PolicyRef],
+    dir: Option<Direction>,
+) -> String {
+    let ports = proto.has_ports();
+    let proto_name = match (proto, ev.family) {
+        (Protocol::ICMP, _) => "ICMPv4".to_string(),
+        (p, _) => p.to_string(),
+    };
+    let flow = format!(
+        "{proto_name} {} -> {}",
+        hostport(src, sport, ports),
+        hostport(dst, dport, ports)
+    );
+    let by_rule = |verb: &str| match rule {
+        Some(r) => format!("{verb} by {}", rule_text(r)),
+        None => format!("{verb} by rule {}", ev.rule_id),
+    };
+    let decision = match ev.verdict {
+        abi::EVENT_VERDICT_FORWARDED if ev.rule_id == abi::RULE_ID_NOT_ISOLATED => match dir {
+            Some(d) => format!("allowed, {d} not isolated"),
+            None => "allowed, not isolated".to_string(),
+        },
+        abi::EVENT_VERDICT_FORWARDED if ev.rule_id >= abi::RULE_ID_FIRST_POLICY => {
+            by_rule("allowed")
+        }
+        abi::EVENT_VERDICT_FORWARDED => "allowed".to_string(),
+        abi::EVENT_VERDICT_REDIRECTED => format!(
+            "redirected to proxy port {}, {}",
+            u16::from_be(ev.proxy_port_be),
+            by_rule("allowed")
+        ),
+        abi::EVENT_VERDICT_AUDIT => format!("audit: {}", by_rule("would be denied")),
+        abi::EVENT_VERDICT_DROPPED => match ev.drop_reason as u32 {
+            abi::DROP_POLICY_DENIED if ev.rule_id == abi::RULE_ID_NONE => {
+                if isolated.is_empty() {
+                    "default deny".to_string()
+                } else {
+                    format!(
+                        "default deny, isolated by {}",
+                        isolated
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            }
+            abi::DROP_POLICY_DENY => by_rule("denied"),
+            r => format!("dropped: {}", abi::drop_reason_name(r)),
+        },
+        v => format!("verdict {}", verdict_name(v)),
+    };
+    let suffix = match ev.kind {
+        abi::EVENT_KIND_CT_CLOSE => " (connection closed)",
+        abi::EVENT_KIND_REVOKED => " (tracked flow revoked after a policy change)",
+        _ => "",
+    };
+    format!("{flow} {decision}{suffix}")
+}
+
+/// One verdict log line: `{"flow":…,"node_name":…,"time":…}`.
+pub fn render_line(
+    ev: &VerdictEvent,
+    resolver: &dyn FlowResolver,
+    node_name: &str,
+    time: WallTime,
+    uuid: &str,
+) -> String {
+    let v = json!({
+        "flow": render_flow(ev, resolver, node_name, time, uuid),
+        "node_name": node_name,
+        "time": time.rfc3339(),
+    });
+    v.to_string()
+}
+
+/// Where lost events were lost (Hubble `LostEventSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostSource {
+    /// The datapath could not reserve ring buffer space (`COUNTER_EVENTS_LOST`).
+    RingBuffer,
+    /// User space could not write events it had read.
+    Writer,
+}
+
+impl LostSource {
+    pub fn hubble_name(self) -> &'static str {
+        match self {
+            LostSource::RingBuffer => "PERF_EVENT_RING_BUFFER",
+            LostSource::Writer => "OBSERVER_EVENTS_QUEUE",
+        }
+    }
+}
+
+/// A Hubble `lost_events` line.
+pub fn render_lost_line(source: LostSource, lost: u64, node_name: &str, time: WallTime) -> String {
+    json!({
+        "lost_events": {
+            "source": source.hubble_name(),
+            "num_events_lost": lost,
+            "cpu": null,
+        },
+        "node_name": node_name,
+        "time": time.rfc3339(),
+    })
+    .to_string()
+}

@@ -1,0 +1,113 @@
+//! What the kernel does not know about a verdict: which pod and labels an identity stands
+//! for, which policy rule a rule id is, which policies isolated an endpoint.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use policy_compiler::engine::Engine;
+use policy_compiler::identity::{IdentityInfo, Reserved};
+use policy_compiler::model::{Direction, Endpoint};
+use policy_compiler::rules::{PolicyRef, RuleRef};
+
+/// One side of a flow, as Hubble's `Endpoint` message shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowEndpoint {
+    pub identity: u32,
+    pub namespace: String,
+    pub pod_name: String,
+    /// Already in Hubble form: `k8s:app=web`, `reserved:world`, `cidr:10.0.0.0/8`.
+    pub labels: Vec<String>,
+    /// `(kind, name)` of the owning workload; empty for a bare pod.
+    pub workloads: Vec<(String, String)>,
+}
+
+/// What the verdict log needs from the control plane.
+pub trait FlowResolver {
+    /// The endpoint with `identity` at address `ip` (the pod comes from the address, the
+    /// labels from the identity: pods with equal labels share an identity).
+    fn endpoint(&self, identity: u32, ip: Option<IpAddr>) -> FlowEndpoint;
+    /// The rule a policy value's rule id stands for (ids >= `RULE_ID_FIRST_POLICY`).
+    fn rule(&self, rule_id: u32) -> Option<RuleRef>;
+    /// The policies that isolate `direction` of the endpoints with `identity`: what a
+    /// default-deny drop is attributed to.
+    fn isolated_by(&self, identity: u32, direction: Direction) -> Vec<PolicyRef>;
+    /// The host-side interface name of `ifindex`, when known.
+    fn interface_name(&self, ifindex: u32) -> Option<String>;
+}
+
+/// A [`FlowResolver`] over a compiled engine (which also holds this node's registered
+/// endpoints, merged in by the sync loop). Build one per batch of events: it indexes
+/// endpoint addresses once.
+#[derive(Debug)]
+pub struct EngineResolver<'a> {
+    engine: &'a Engine,
+    by_ip: HashMap<IpAddr, &'a Endpoint>,
+    interfaces: HashMap<u32, String>,
+}
+
+impl<'a> EngineResolver<'a> {
+    pub fn new(engine: &'a Engine) -> EngineResolver<'a> {
+        let mut by_ip = HashMap::new();
+        for ep in engine.cluster().endpoints.values() {
+            if ep.host_network {
+                continue;
+            }
+            for ip in &ep.ips {
+                by_ip.entry(*ip).or_insert(ep);
+            }
+        }
+        EngineResolver {
+            engine,
+            by_ip,
+            interfaces: HashMap::new(),
+        }
+    }
+
+    /// Interface names by ifindex (the sync loop knows them from registrations).
+    pub fn with_interfaces(mut self, interfaces: HashMap<u32, String>) -> Self {
+        self.interfaces = interfaces;
+        self
+    }
+}
+
+impl FlowResolver for EngineResolver<'_> {
+    fn endpoint(&self, identity: u32, ip: Option<IpAddr>) -> FlowEndpoint {
+        let mut out = FlowEndpoint {
+            identity,
+            ..FlowEndpoint::default()
+        };
+        match self.engine.identities().info(identity) {
+            Some(IdentityInfo::Reserved(r)) => out.labels = vec![r.name().to_string()],
+            Some(IdentityInfo::Cidr(c)) => {
+                out.labels = vec![format!("cidr:{c}"), Reserved::World.name().to_string()];
+            }
+            Some(IdentityInfo::Cluster(key)) => {
+                out.namespace = key.namespace.to_string();
+                out.labels = key.log_labels();
+                if let Some(ep) = ip.and_then(|ip| self.by_ip.get(&ip)) {
+                    out.pod_name = ep.name.clone();
+                    if ep.workload.kind != "Pod" {
+                        out.workloads = vec![(ep.workload.kind.clone(), ep.workload.name.clone())];
+                    }
+                }
+            }
+            None => {}
+        }
+        out
+    }
+
+    fn rule(&self, rule_id: u32) -> Option<RuleRef> {
+        self.engine.rules().resolve(rule_id).cloned()
+    }
+
+    fn isolated_by(&self, identity: u32, direction: Direction) -> Vec<PolicyRef> {
+        self.engine
+            .policy_for_identity(identity)
+            .map(|p| p.isolated_by(direction).to_vec())
+            .unwrap_or_default()
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        self.interfaces.get(&ifindex).cloned()
+    }
+}

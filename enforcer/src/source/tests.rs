@@ -1,0 +1,279 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use policy_compiler::manifest::{self, LoadOptions};
+
+use super::*;
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "palisade-source-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const NS: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    team: a\n";
+
+fn pod(name: &str, app: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  labels:\n    app: {app}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - name: http\n      containerPort: 8080\nstatus:\n  podIPs:\n  - ip: {ip}\n"
+    )
+}
+
+fn deny(name: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+fn kinds(changes: &[Change]) -> Vec<String> {
+    let mut v: Vec<String> = changes
+        .iter()
+        .map(|c| match c {
+            Change::UpsertNamespace(n) => format!("+ns {}", n.name),
+            Change::DeleteNamespace(n) => format!("-ns {n}"),
+            Change::UpsertEndpoint(e) => format!("+ep {}", e.key),
+            Change::DeleteEndpoint(k) => format!("-ep {k}"),
+            Change::UpsertPolicy(p) => format!("+np {}/{}", p.namespace, p.name),
+            Change::DeletePolicy(r) => format!("-np {r}"),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn changes(ev: Option<SourceEvent>) -> Vec<String> {
+    match ev {
+        Some(SourceEvent::Changes(c)) => kinds(&c),
+        Some(SourceEvent::Error(e)) => panic!("unexpected error: {e}"),
+        None => Vec::new(),
+    }
+}
+
+#[test]
+fn diff_of_equal_clusters_is_empty() {
+    let a = manifest::load_str(
+        "a.yaml",
+        &format!("{NS}---\n{}", pod("web", "web", "10.0.0.1")),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+    .cluster;
+    assert!(diff_clusters(&a, &a.clone()).is_empty());
+    assert_eq!(diff_clusters(&Cluster::default(), &a).len(), 2);
+    assert_eq!(
+        kinds(&diff_clusters(&a, &Cluster::default())),
+        vec!["-ep shop/web", "-ns shop"]
+    );
+}
+
+#[test]
+fn reload_diffs_policies_pods_and_namespaces() {
+    let d = TempDir::new("diff");
+    write(&d.0, "00-ns.yaml", NS);
+    write(&d.0, "10-pods.yaml", &pod("web", "web", "10.0.0.1"));
+    write(&d.0, "20-np.yaml", &deny("default-deny"));
+    let src = DirSource::open(&d.0, Duration::from_millis(10)).unwrap();
+    assert_eq!(src.initial().policies.len(), 1);
+    assert!(src.reload().is_none(), "no change, no event");
+
+    // Modify a policy, add one.
+    write(
+        &d.0,
+        "20-np.yaml",
+        &format!(
+            "{}---\n{}",
+            deny("default-deny").replace("[Ingress]", "[Ingress, Egress]"),
+            deny("second")
+        ),
+    );
+    assert_eq!(
+        changes(src.reload()),
+        vec!["+np shop/default-deny", "+np shop/second"]
+    );
+    // Remove one; `second` moves from document 2 to 1, which is no change.
+    write(&d.0, "20-np.yaml", &deny("second"));
+    assert_eq!(changes(src.reload()), vec!["-np shop/default-deny"]);
+
+    // Pods: relabel one, add one, then delete the file.
+    write(
+        &d.0,
+        "10-pods.yaml",
+        &format!(
+            "{}---\n{}",
+            pod("web", "web2", "10.0.0.1"),
+            pod("db", "db", "10.0.0.2")
+        ),
+    );
+    assert_eq!(changes(src.reload()), vec!["+ep shop/db", "+ep shop/web"]);
+    assert_eq!(
+        src.pod_labels("shop", "web")
+            .unwrap()
+            .labels
+            .get("app")
+            .map(String::as_str),
+        Some("web2")
+    );
+    let info = src.pod_info("shop", "db").unwrap();
+    assert_eq!(info.named_ports[0].name, "http");
+    assert_eq!(info.named_ports[0].port, 8080);
+    assert!(src.pod_labels("shop", "nope").is_none());
+    std::fs::remove_file(d.0.join("10-pods.yaml")).unwrap();
+    assert_eq!(changes(src.reload()), vec!["-ep shop/db", "-ep shop/web"]);
+
+    // Namespace labels change; then the namespace goes (the policy still implies it,
+    // undeclared).
+    write(&d.0, "00-ns.yaml", &NS.replace("team: a", "team: b"));
+    assert_eq!(changes(src.reload()), vec!["+ns shop"]);
+    std::fs::remove_file(d.0.join("00-ns.yaml")).unwrap();
+    assert_eq!(changes(src.reload()), vec!["+ns shop"]);
+    assert!(!src.snapshot().namespaces["shop"].declared);
+    std::fs::remove_file(d.0.join("20-np.yaml")).unwrap();
+    assert_eq!(changes(src.reload()), vec!["-np shop/second", "-ns shop"]);
+}
+
+#[test]
+fn broken_manifest_keeps_previous_snapshot() {
+    let d = TempDir::new("broken");
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    let src = DirSource::open(&d.0, Duration::from_millis(10)).unwrap();
+    let before = src.snapshot();
+
+    write(
+        &d.0,
+        "np.yaml",
+        "apiVersion: v1\nkind: [unclosed\n  foo: {\n",
+    );
+    match src.reload() {
+        Some(SourceEvent::Error(e)) => {
+            assert!(e.contains("np.yaml"), "{e}");
+            assert!(
+                e.contains(":2:") || e.contains(":3:") || e.contains(":4:"),
+                "line in {e}"
+            );
+            assert!(e.contains("previous policy"), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(*src.snapshot(), *before, "previous snapshot kept");
+
+    // An invalid (well-formed) policy also keeps the snapshot.
+    write(
+        &d.0,
+        "np.yaml",
+        &deny("default-deny").replace("podSelector: {}", "podSelector: {}\n  bogus: 1"),
+    );
+    assert!(matches!(src.reload(), Some(SourceEvent::Error(e)) if e.contains("np.yaml")));
+    assert_eq!(*src.snapshot(), *before);
+
+    // A fixed file is diffed against the last good snapshot.
+    write(
+        &d.0,
+        "np.yaml",
+        &format!("{}---\n{}", deny("default-deny"), deny("other")),
+    );
+    assert_eq!(changes(src.reload()), vec!["+np shop/other"]);
+}
+
+#[test]
+fn open_fails_on_bad_initial_input() {
+    let d = TempDir::new("badinit");
+    write(&d.0, "np.yaml", "kind: [\n");
+    let err = DirSource::open(&d.0, Duration::from_millis(10))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("np.yaml"), "{err}");
+}
+
+#[test]
+fn watcher_delivers_debounced_changes_and_errors() {
+    let d = TempDir::new("watch");
+    std::fs::create_dir_all(d.0.join("sub")).unwrap();
+    write(&d.0, "np.yaml", &deny("a"));
+    let mut src = DirSource::open(&d.0, Duration::from_millis(100)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut rx = src.subscribe().unwrap();
+    assert!(matches!(
+        src.subscribe(),
+        Err(SourceError::AlreadySubscribed { .. })
+    ));
+
+    let next = |rx: &mut mpsc::Receiver<SourceEvent>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("event within 10 s")
+                .expect("channel open")
+        })
+    };
+
+    // A save storm: several writes in quick succession, one batch.
+    let start = Instant::now();
+    for i in 0..5 {
+        write(&d.0.join("sub"), "np2.yaml", &deny(&format!("b{i}")));
+    }
+    let ev = next(&mut rx);
+    let got = match ev {
+        SourceEvent::Changes(c) => kinds(&c),
+        SourceEvent::Error(e) => panic!("{e}"),
+    };
+    // Depending on timing the first writes may land in their own batch; the final
+    // state is what counts.
+    assert!(
+        got.contains(&"+np shop/b4".to_string())
+            || src
+                .snapshot()
+                .policies
+                .contains_key(&("shop".into(), "b4".into())),
+        "{got:?}"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // Drain until the snapshot has settled on b4.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.snapshot().policies.len() != 2 && Instant::now() < deadline {
+        let _ = next(&mut rx);
+    }
+    assert_eq!(src.snapshot().policies.len(), 2);
+    while rx.try_recv().is_ok() {}
+
+    write(&d.0, "np.yaml", "kind: [\n");
+    match next(&mut rx) {
+        SourceEvent::Error(e) => assert!(e.contains("np.yaml"), "{e}"),
+        SourceEvent::Changes(c) => panic!("expected error, got {:?}", kinds(&c)),
+    }
+    assert_eq!(src.snapshot().policies.len(), 2);
+    // The fix is diffed against the last good snapshot.
+    write(&d.0, "np.yaml", &format!("{}---\n{}", deny("a"), deny("c")));
+    match next(&mut rx) {
+        SourceEvent::Changes(c) => assert_eq!(kinds(&c), vec!["+np shop/c"]),
+        SourceEvent::Error(e) => panic!("{e}"),
+    }
+    // Editor scratch files alone do not reload (and would produce no diff anyway).
+    write(&d.0, ".np.yaml.swp", "garbage");
+    let quiet =
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
+    assert!(quiet.is_err(), "no event expected, got {quiet:?}");
+}
