@@ -19,7 +19,7 @@
 //! `base` of the same round, median over rounds, higher is better (latency: base / config).
 //!
 //! Then the policy-change cost: 1,000 one-rule changes of the server's policy through the
-//! policy core (`Engine::apply`) and into the loaded maps (`sync::apply_diff`).
+//! policy core (`Engine::apply`) and into the loaded maps (`sync::Synced::apply`, a slot flip).
 //!
 //!     cargo bench -p palisade-enforcer --bench datapath            # needs root
 //!     PALISADE_DP_BENCH_ROUNDS=5 cargo bench -p palisade-enforcer --bench datapath
@@ -47,15 +47,16 @@ use common::PrivateBpffs;
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use palisade_enforcer::datapath::Datapath;
-use palisade_enforcer::sync::{self, LocalEndpoints};
+use palisade_enforcer::maps::AyaMaps;
+use palisade_enforcer::sync::{self, LocalEndpoints, Synced};
 use palisade_testkit::node::{self, Node, Pod};
-use policy_compiler::abi::{ENDPOINT_F_READY, EndpointInfo};
 use policy_compiler::k8s::Labels;
 use policy_compiler::labels::{Operator, Requirement, Selector};
 use policy_compiler::model::{
     Endpoint, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec, Rule,
     WorkloadRef,
 };
+use policy_compiler::plan::Target;
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
 
 const NS: &str = "bench";
@@ -379,18 +380,19 @@ fn install_iptables(node: &Node, client: &Pod, server: &Pod) {
 struct Palisade {
     dp: Datapath,
     engine: Engine,
-    client_id: u32,
+    synced: Synced,
     server_id: u32,
 }
 
 impl Palisade {
-    fn endpoint_info(identity: u32, revision: u32) -> EndpointInfo {
-        EndpointInfo {
-            identity,
-            policy_slot: identity,
-            flags: ENDPOINT_F_READY,
-            revision,
+    /// Every identity gets a slot (the maps hold the whole cluster's policy); `local`
+    /// endpoints are written by the plan.
+    fn target(&self, local: Option<&LocalEndpoints>, revision: u32) -> Target {
+        let mut t = Target::all_identities(&self.engine, revision);
+        if let Some(l) = local {
+            t.endpoints = sync::target(&self.engine, l, revision).endpoints;
         }
+        t
     }
 
     /// Endpoints READY, then both programs on both host veths (attach runs in the node
@@ -398,18 +400,8 @@ impl Palisade {
     fn enable(&mut self, node: &Node, client: &Pod, server: &Pod) {
         self.dp.ct_flush().unwrap();
         let rev = u32::try_from(self.engine.revision()).unwrap_or(u32::MAX);
-        self.dp
-            .set_endpoint(
-                client.host_ifindex,
-                &Self::endpoint_info(self.client_id, rev),
-            )
-            .unwrap();
-        self.dp
-            .set_endpoint(
-                server.host_ifindex,
-                &Self::endpoint_info(self.server_id, rev),
-            )
-            .unwrap();
+        let t = self.target(Some(&Self::local(client, server)), rev);
+        self.synced.apply(&mut AyaMaps(&mut self.dp), &t).unwrap();
         let dp = &mut self.dp;
         node.run_in(|| {
             for pod in [client, server] {
@@ -423,8 +415,10 @@ impl Palisade {
     fn disable(&mut self, client: &Pod, server: &Pod) {
         for pod in [client, server] {
             self.dp.detach(pod.host_ifindex);
-            self.dp.remove_endpoint(pod.host_ifindex).unwrap();
         }
+        let rev = u32::try_from(self.engine.revision()).unwrap_or(u32::MAX);
+        let t = self.target(None, rev);
+        self.synced.apply(&mut AyaMaps(&mut self.dp), &t).unwrap();
     }
 
     fn local(client: &Pod, server: &Pod) -> LocalEndpoints {
@@ -723,10 +717,14 @@ fn policy_changes(pal: &mut Palisade, setup: &Setup) -> ChangeResult {
     for i in 0..CHANGES() {
         let change = Change::UpsertPolicy(policies[i % 2].clone());
         let t0 = Instant::now();
-        let diff = pal.engine.apply(vec![change]).unwrap();
+        pal.engine.apply(vec![change]).unwrap();
         let t1 = Instant::now();
         let rev = u32::try_from(pal.engine.revision()).unwrap_or(u32::MAX);
-        let stats = sync::apply_diff(&mut pal.dp, &pal.engine, &diff, &local, rev).unwrap();
+        let target = pal.target(Some(&local), rev);
+        let stats = pal
+            .synced
+            .apply(&mut AyaMaps(&mut pal.dp), &target)
+            .unwrap();
         let t2 = Instant::now();
         res.engine_us.push((t1 - t0).as_secs_f64() * 1e6);
         res.write_us.push((t2 - t1).as_secs_f64() * 1e6);
@@ -810,16 +808,20 @@ fn main() {
     let (server_entries, client_entries) = (entries(server_id), entries(client_id));
     let identities = engine.identities().cluster_count();
 
-    // Datapath in a private bpffs; maps filled through Datapath (sync::write_full).
+    // Datapath in a private bpffs; maps filled by the enforcer's update plan (sync).
     let bpffs = PrivateBpffs::new("dpbench");
     let mut pal = Palisade {
         dp: bpffs.load(),
         engine,
-        client_id,
+        synced: Synced::default(),
         server_id,
     };
     let t = Instant::now();
-    let stats = sync::write_full(&mut pal.dp, &pal.engine, &LocalEndpoints::default(), 1).unwrap();
+    let target = pal.target(None, 1);
+    let stats = pal
+        .synced
+        .apply(&mut AyaMaps(&mut pal.dp), &target)
+        .unwrap();
     let fill_s = t.elapsed().as_secs_f64();
     let loaded_policy = pal.dp.policy_entries().unwrap().len();
     let loaded_ipcache = pal.dp.ipcache_entries().unwrap().len();
@@ -830,7 +832,7 @@ fn main() {
     println!(
         "maps: ipcache {loaded_ipcache} entries, policy {loaded_policy} entries \
          (server slot {server_entries}, client slot {client_entries}); \
-         write_full {fill_s:.2} s ({} policy + {} ipcache writes)",
+         initial plan {fill_s:.2} s ({} policy + {} ipcache writes)",
         stats.policy_writes, stats.ipcache_writes
     );
 
@@ -981,7 +983,7 @@ fn main() {
     println!("| step | p50 µs | p99 µs | max µs |");
     println!("| --- | --- | --- | --- |");
     println!("| Engine::apply (policy core) | {e50:.1} | {e99:.1} | {emax:.1} |");
-    println!("| sync::apply_diff (diff → maps written) | {w50:.1} | {w99:.1} | {wmax:.1} |");
+    println!("| sync::Synced::apply (plan → maps written) | {w50:.1} | {w99:.1} | {wmax:.1} |");
     println!("| change → maps written (both) | {t50:.1} | {t99:.1} | {tmax:.1} |");
 
     println!();

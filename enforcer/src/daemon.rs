@@ -1,7 +1,8 @@
 //! The node agent: one policy engine, one datapath, the endpoint API, the verdict log.
 //!
 //! All state sits behind one mutex and every change takes the same path:
-//! model change -> `Engine::apply` -> `MapDiff` -> [`sync::apply_diff`] -> revision bump.
+//! model change -> `Engine::apply` -> target -> update plan executed by [`sync::Synced::apply`]
+//! (slots, transits, revision bump last; see the sync module for what a failure leaves).
 //! Pods registered through the API are merged into the model with the source's view of
 //! the same pod (labels from the registration win, addresses always come from it).
 
@@ -22,8 +23,9 @@ use crate::api::{EndpointRegistry, Server, ServerLimits};
 use crate::config::Config;
 use crate::datapath::{self, Datapath, LoadOptions};
 use crate::events::{BootClock, EngineResolver, FlowLogger, RotatingWriter};
+use crate::maps::AyaMaps;
 use crate::source::{PolicySource, SourceEvent};
-use crate::sync::{self, LocalEndpoints};
+use crate::sync::{self, LocalEndpoints, Synced};
 
 /// The registrations file in the state directory: what a restarted enforcer needs to
 /// know which interfaces belong to which pods.
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
     FlowLog(#[from] crate::events::FlowLogError),
+    #[error(transparent)]
+    Sync(#[from] sync::SyncError),
 }
 
 /// A registration as the enforcer keeps it.
@@ -56,6 +60,7 @@ struct Stored {
 struct State {
     engine: Engine,
     dp: Datapath,
+    synced: Synced,
     local: LocalEndpoints,
     regs: BTreeMap<String, Stored>,
     revision: u32,
@@ -139,7 +144,14 @@ impl Daemon {
             .max()
             .unwrap_or(0)
             + 1;
-        let stats = sync::reconcile(&mut dp, &engine, &local, revision)?;
+        // Adopt the slots the previous run wrote; every endpoint gets the new revision so
+        // conntrack it admitted is decided once more against the reconciled policy.
+        let mut synced = Synced::adopt(&mut AyaMaps(&mut dp))?;
+        let stats = synced.reconcile(
+            &mut AyaMaps(&mut dp),
+            &sync::target(&engine, &local, revision),
+            policy_compiler::plan::PlanOptions { bump_all: true },
+        )?;
         // Connections an ABI v1 agent tracked keep their replies across the upgrade; each
         // is re-decided against this policy on its next packet (docs/upgrade.md).
         let imported = dp.import_v1_conntrack();
@@ -158,6 +170,7 @@ impl Daemon {
             state: Mutex::new(State {
                 engine,
                 dp,
+                synced,
                 local,
                 regs,
                 revision,
@@ -240,12 +253,16 @@ impl Daemon {
             }
         }
         let n = merged.len();
-        let diff = st.engine.apply(merged)?;
+        st.engine.apply(merged)?;
         let revision = st.revision + 1;
         let State {
-            engine, dp, local, ..
+            engine,
+            dp,
+            synced,
+            local,
+            ..
         } = &mut *st;
-        let stats = sync::apply_diff(dp, engine, &diff, local, revision)?;
+        let stats = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))?;
         st.revision = revision;
         drop(st);
         self.say(&format!(
@@ -299,16 +316,19 @@ impl Daemon {
         st.ifnames.insert(ifindex, reg.host_ifname.clone());
         let revision = st.revision + 1;
         let result = (|| -> Result<u32, DaemonError> {
-            let diff = st.engine.apply(changes)?;
+            st.engine.apply(changes)?;
             let State {
-                engine, dp, local, ..
+                engine,
+                dp,
+                synced,
+                local,
+                ..
             } = &mut *st;
-            sync::apply_diff(dp, engine, &diff, local, revision)?;
+            // The plan writes the new endpoint last, on its complete slot.
+            synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))?;
             let identity = engine
                 .endpoint_identity(&key)
                 .unwrap_or(abi::IDENTITY_UNKNOWN);
-            // Written explicitly: a pod joining an existing identity has no diff of its own.
-            sync::write_endpoint(dp, ifindex, identity, revision)?;
             // Maps first, then the hooks: the first packet already meets the policy.
             dp.attach(&reg.host_ifname)?;
             Ok(identity)
@@ -343,11 +363,15 @@ impl Daemon {
                 st.dp.detach(ifindex);
                 let _ = st.dp.remove_endpoint(ifindex);
                 st.local.remove(&key);
-                if let Ok(diff) = st.engine.apply(vec![self.source_view(&key)]) {
+                if st.engine.apply(vec![self.source_view(&key)]).is_ok() {
                     let State {
-                        engine, dp, local, ..
+                        engine,
+                        dp,
+                        synced,
+                        local,
+                        ..
                     } = &mut *st;
-                    let _ = sync::apply_diff(dp, engine, &diff, local, revision);
+                    let _ = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
                 }
                 api_error(ErrorCode::Datapath, e.to_string())
             }
@@ -385,11 +409,17 @@ impl Daemon {
             .engine
             .apply(vec![change])
             .map_err(DaemonError::from)
-            .and_then(|diff| {
+            .and_then(|_| {
                 let State {
-                    engine, dp, local, ..
+                    engine,
+                    dp,
+                    synced,
+                    local,
+                    ..
                 } = &mut *st;
-                sync::apply_diff(dp, engine, &diff, local, revision).map_err(DaemonError::from)
+                synced
+                    .apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))
+                    .map_err(DaemonError::from)
             });
         st.revision = revision;
         let saved = save_registrations(&self.state_dir, &st.regs);

@@ -4,5 +4,6 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod maps;
 pub mod source;
 pub mod sync;

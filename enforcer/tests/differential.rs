@@ -18,10 +18,12 @@ use std::net::IpAddr;
 
 use generate::*;
 use palisade_enforcer::datapath::{Datapath, Hook};
-use palisade_enforcer::sync::{self, LocalEndpoints};
+use palisade_enforcer::maps::AyaMaps;
+use palisade_enforcer::sync::Synced;
 use palisade_testkit::packet::{self, L4, TCP_SYN};
 use policy_compiler::abi::{self, EndpointInfo, VerdictEvent};
 use policy_compiler::eval::{Decision, FlowPeer, maps};
+use policy_compiler::plan::Target;
 use policy_compiler::{Engine, EngineConfig, Protocol};
 use proptest::test_runner::{Config, TestRunner};
 
@@ -123,6 +125,7 @@ fn l4(proto: Protocol, v4: bool, sport: u16, port: u16) -> L4 {
 struct Kernel {
     dp: Datapath,
     events: aya::maps::RingBuf<aya::maps::MapData>,
+    synced: Synced,
 }
 
 impl Kernel {
@@ -132,7 +135,7 @@ impl Kernel {
                 1,
                 &EndpointInfo {
                     identity: subject_id,
-                    policy_slot: subject_id,
+                    policy_slot: self.synced.slot_of(subject_id).unwrap(),
                     flags: abi::ENDPOINT_F_READY,
                     revision: 1,
                 },
@@ -166,9 +169,14 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
         // The enforcer writes the maps exactly as it does on a node.
         let fs = common::PrivateBpffs::new("diff");
         let mut dp = fs.load();
-        sync::write_full(&mut dp, &engine, &LocalEndpoints::default(), 1).unwrap();
+        // The enforcer writes the maps with its update plan; every identity gets a slot
+        // (the one test interface points at the subject's slot).
+        let mut synced = Synced::default();
+        synced
+            .apply(&mut AyaMaps(&mut dp), &Target::all_identities(&engine, 1))
+            .unwrap();
         let events = dp.take_events().unwrap();
-        let mut k = Kernel { dp, events };
+        let mut k = Kernel { dp, events, synced };
         for (i, s) in seeds.iter().enumerate() {
             let flow = seed_to_flow(&c, s);
             let (Some(src_ip), Some(dst_ip)) =

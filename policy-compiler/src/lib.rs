@@ -20,6 +20,7 @@ pub mod k8s;
 pub mod labels;
 pub mod manifest;
 pub mod model;
+pub mod plan;
 pub mod rules;
 pub mod selector;
 pub mod validate;

@@ -1,4 +1,6 @@
-//! What a batch changed in the maps.
+//! What a batch changed in the engine's compiled state. The kernel maps are not written
+//! from this: the update plan (`crate::plan`) computes their ordered operations from the
+//! old map state and the target.
 
 use serde::Serialize;
 
@@ -7,8 +9,8 @@ use crate::cidr::Cidr;
 
 use super::EntryKey;
 
-/// What a batch changed in the maps. Apply in [`MapDiff::ops`] order: every add before
-/// any delete, so a flow allowed before and after is never dropped in between.
+/// What a batch changed, per identity (policy entries), address (ipcache) and endpoint.
+/// A summary for reporting and tests; it carries no safe write order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MapDiff {
     /// Identities whose policy map is new (create before any endpoint points at it).
@@ -26,7 +28,7 @@ pub struct MapDiff {
     pub identities_removed: Vec<u32>,
 }
 
-/// One map operation, in the order [`MapDiff::ops`] yields them.
+/// One change of a [`MapDiff`], as [`MapDiff::ops`] lists them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapOp<'a> {
     CreatePolicy(u32),

@@ -65,3 +65,4 @@ pub fn rule_of(e: &Engine, d: &Decision) -> Option<String> {
 }
 
 pub mod generate;
+pub mod plan_check;

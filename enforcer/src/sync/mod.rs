@@ -1,0 +1,236 @@
+//! Writing the policy core's state into the kernel maps: the sync layer executes the update
+//! plan ([`policy_compiler::plan`]) through the [`Maps`] trait.
+//!
+//! # Contract
+//!
+//! - [`Synced`] is what the enforcer believes the maps hold (a mirror updated after every
+//!   successful operation) and which slot holds which identity's policy.
+//! - [`Synced::apply`] plans from that belief to a [`Target`] and executes the plan in order.
+//!   Every prefix of a plan keeps each hook decision of every flow at its old or its new
+//!   value (docs/datapath.md §7), so **a plan interrupted at any operation leaves the maps
+//!   in a state where every flow is decided as before or as after the update**, never a
+//!   third way. The error ([`SyncError::PlanFailed`]) says which operation failed (index,
+//!   operation, map error) and how many were applied; the mirror then reflects exactly the
+//!   applied prefix and the `Synced` is marked dirty.
+//! - While dirty, [`Synced::apply`] reconciles instead: [`Synced::reconcile`] dumps the maps
+//!   (the truth, whatever the mirror says), plans from the dump to the target (in the same
+//!   safe order) and executes it. A successful reconcile clears the dirty flag; a failed one
+//!   leaves it set. Callers retry with backoff and report "not ready" while dirty.
+//! - A plan never creates a window without enforcement: endpoints leaving fail closed first,
+//!   new endpoints are written last, and revisions are bumped at the very end so conntrack
+//!   entries are re-decided against the final maps.
+
+use std::collections::BTreeMap;
+
+use policy_compiler::Engine;
+use policy_compiler::plan::{self, MapState, Op, Plan, PlanOptions, Target};
+
+use crate::maps::{Maps, MapsError};
+
+/// Local endpoints: the endpoint key (`ns/pod`) of every pod on this node with its
+/// host-side interface.
+#[derive(Debug, Clone, Default)]
+pub struct LocalEndpoints {
+    by_key: BTreeMap<String, u32>,
+}
+
+impl LocalEndpoints {
+    pub fn insert(&mut self, key: String, ifindex: u32) {
+        self.by_key.insert(key, ifindex);
+    }
+    pub fn remove(&mut self, key: &str) -> Option<u32> {
+        self.by_key.remove(key)
+    }
+    pub fn get(&self, key: &str) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &u32)> {
+        self.by_key.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// The target of an engine for these local endpoints.
+pub fn target(engine: &Engine, local: &LocalEndpoints, revision: u32) -> Target {
+    Target::from_engine(
+        engine,
+        local.iter().map(|(k, i)| (k.as_str(), *i)),
+        revision,
+    )
+}
+
+/// What one apply or reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub policy_writes: usize,
+    pub policy_deletes: usize,
+    pub ipcache_writes: usize,
+    pub ipcache_deletes: usize,
+    pub endpoints_written: usize,
+    pub endpoints_deleted: usize,
+    pub fresh_slots: usize,
+    pub transits: usize,
+    pub ops: usize,
+}
+
+impl From<&Plan> for ApplyStats {
+    fn from(p: &Plan) -> ApplyStats {
+        ApplyStats {
+            policy_writes: p.stats.policy_writes,
+            policy_deletes: p.stats.policy_deletes,
+            ipcache_writes: p.stats.ipcache_writes,
+            ipcache_deletes: p.stats.ipcache_deletes,
+            endpoints_written: p.stats.endpoint_writes,
+            endpoints_deleted: p.stats.endpoint_deletes,
+            fresh_slots: p.stats.fresh_slots,
+            transits: p.stats.transits,
+            ops: p.ops.len(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "map operation {index} of {total} failed ({op}): {source}; the {index} before it were \
+         applied, so every flow is decided as before or as after the update until the maps \
+         are reconciled"
+    )]
+    PlanFailed {
+        /// Index of the failed operation in the plan (= operations applied before it).
+        index: usize,
+        total: usize,
+        op: Box<Op>,
+        #[source]
+        source: MapsError,
+    },
+    #[error("dumping the maps failed: {source}")]
+    Dump {
+        #[source]
+        source: MapsError,
+    },
+}
+
+/// What the enforcer believes the maps hold.
+#[derive(Debug, Clone, Default)]
+pub struct Synced {
+    state: MapState,
+    slots: BTreeMap<u32, u32>,
+    dirty: bool,
+}
+
+impl Synced {
+    /// Starts from what the maps hold: a restarted enforcer adopts the slots a previous run
+    /// wrote (identified through the endpoint entries that point at them).
+    pub fn adopt(maps: &mut dyn Maps) -> Result<Synced, SyncError> {
+        let state = maps.dump().map_err(|source| SyncError::Dump { source })?;
+        let slots = state.slot_owners();
+        Ok(Synced {
+            state,
+            slots,
+            dirty: false,
+        })
+    }
+
+    /// Whether a plan failed and the maps have not been reconciled since.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The slot holding an identity's policy.
+    pub fn slot_of(&self, identity: u32) -> Option<u32> {
+        self.slots.get(&identity).copied()
+    }
+
+    pub fn slots(&self) -> &BTreeMap<u32, u32> {
+        &self.slots
+    }
+
+    /// The believed contents of the maps.
+    pub fn state(&self) -> &MapState {
+        &self.state
+    }
+
+    /// Brings the maps to `target`: a plan from the believed state, or a reconcile when a
+    /// previous plan failed.
+    pub fn apply(&mut self, maps: &mut dyn Maps, target: &Target) -> Result<ApplyStats, SyncError> {
+        if self.dirty {
+            return self.reconcile(maps, target, PlanOptions::default());
+        }
+        let p = plan::plan(&self.state, &self.slots, target, PlanOptions::default());
+        self.run(maps, p)
+    }
+
+    /// Dumps the maps and brings them from what they really hold to `target`, touching only
+    /// what differs, in the same safe order as any plan.
+    pub fn reconcile(
+        &mut self,
+        maps: &mut dyn Maps,
+        target: &Target,
+        opts: PlanOptions,
+    ) -> Result<ApplyStats, SyncError> {
+        let (state, slots) = self.reconcile_from(maps)?;
+        self.state = state;
+        self.slots = slots;
+        let p = plan::plan(&self.state, &self.slots, target, opts);
+        self.run(maps, p)
+    }
+
+    /// The plan [`Synced::apply`] would execute now (after a dump when dirty), without
+    /// executing it.
+    pub fn next_plan(&self, maps: &mut dyn Maps, target: &Target) -> Result<Plan, SyncError> {
+        if self.dirty {
+            let (state, slots) = self.reconcile_from(maps)?;
+            return Ok(plan::plan(&state, &slots, target, PlanOptions::default()));
+        }
+        Ok(plan::plan(
+            &self.state,
+            &self.slots,
+            target,
+            PlanOptions::default(),
+        ))
+    }
+
+    /// What the maps hold, and which slot serves which identity: slots this process knows
+    /// still count if they hold what it wrote, otherwise the endpoint entries say.
+    fn reconcile_from(
+        &self,
+        maps: &mut dyn Maps,
+    ) -> Result<(MapState, BTreeMap<u32, u32>), SyncError> {
+        let state = maps.dump().map_err(|source| SyncError::Dump { source })?;
+        let mut slots = state.slot_owners();
+        for (id, slot) in &self.slots {
+            if state.policy.contains_key(slot)
+                && state.policy.get(slot) == self.state.policy.get(slot)
+            {
+                slots.entry(*id).or_insert(*slot);
+            }
+        }
+        Ok((state, slots))
+    }
+
+    fn run(&mut self, maps: &mut dyn Maps, p: Plan) -> Result<ApplyStats, SyncError> {
+        let stats = ApplyStats::from(&p);
+        let total = p.ops.len();
+        for (index, op) in p.ops.into_iter().enumerate() {
+            if let Err(source) = maps.apply(&op) {
+                self.dirty = true;
+                return Err(SyncError::PlanFailed {
+                    index,
+                    total,
+                    op: Box::new(op),
+                    source,
+                });
+            }
+            self.state.apply(&op);
+        }
+        self.slots = p.slots;
+        self.dirty = false;
+        Ok(stats)
+    }
+}

@@ -1,0 +1,262 @@
+//! The sync layer on fake maps: random clusters and random batches of policy, pod and
+//! namespace changes, applied through `sync::Synced` exactly as the daemon does.
+//!
+//! - After **every single map operation**, every hook decision (endpoint lookup, source
+//!   check, ipcache, policy lookup, both hooks; `plan::model::decide`) of every probe flow
+//!   is the old or the new one, and the final maps equal a fresh compile. At least 10,000
+//!   operations are checked per run.
+//! - Write failures injected at random operations: the plan stops with an error naming the
+//!   operation, the maps are still old-or-new for every flow, and `reconcile` (against a
+//!   dump) converges to the fresh compile, again old-or-new after every operation.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
+
+#[path = "../../policy-compiler/tests/common/generate.rs"]
+mod generate;
+#[path = "../../policy-compiler/tests/common/plan_check.rs"]
+mod plan_check;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use generate::*;
+use palisade_enforcer::maps::{FakeMaps, Maps};
+use palisade_enforcer::sync::{SyncError, Synced};
+use plan_check::{Expect, Ifindexes, local_endpoints, without_revisions};
+use policy_compiler::plan::{self, MapState, PlanOptions, Target};
+use policy_compiler::{Engine, EngineConfig};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+const MIN_OPS: usize = 10_000;
+
+fn target_of(engine: &Engine, ifs: &mut Ifindexes, revision: u32) -> Target {
+    let local = local_endpoints(engine.cluster(), ifs);
+    Target::from_engine(
+        engine,
+        local.iter().map(|(k, i)| (k.as_str(), *i)),
+        revision,
+    )
+}
+
+/// The maps after a plan from `from` to `t` (what "new" means for the probes).
+fn planned(from: &MapState, synced: &Synced, t: &Target) -> MapState {
+    let p = plan::plan(from, synced.slots(), t, PlanOptions::default());
+    let mut s = from.clone();
+    for op in &p.ops {
+        s.apply(op);
+    }
+    s
+}
+
+/// Installs the per-operation check of one update on the fake maps.
+fn watch(fake: &mut FakeMaps, expect: Expect, count: Arc<AtomicUsize>, context: String) {
+    fake.observer = Some(Box::new(move |state, op| {
+        count.fetch_add(1, Ordering::Relaxed);
+        expect.check(state, &|| format!("after {op} in {context}"));
+    }));
+}
+
+/// The fresh compile's maps, through the slots the sync layer chose.
+fn assert_converged(fake: &FakeMaps, synced: &Synced, engine: &Engine, t: &Target) {
+    let fresh = engine.recompiled().unwrap();
+    let mut fresh_t = Target {
+        policies: Default::default(),
+        ipcache: fresh.ipcache().clone(),
+        endpoints: t.endpoints.clone(),
+        revision: t.revision,
+    };
+    for e in t.endpoints.values() {
+        fresh_t.policies.insert(
+            e.identity,
+            fresh.policy_for_identity(e.identity).unwrap().clone(),
+        );
+    }
+    assert_eq!(
+        without_revisions(&fake.state),
+        without_revisions(&fresh_t.state(synced.slots())),
+        "maps differ from a fresh compile"
+    );
+    assert!(!synced.is_dirty());
+}
+
+#[test]
+fn every_map_operation_keeps_each_decision_old_or_new() {
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        cluster(),
+        prop::collection::vec(
+            prop::collection::vec((0usize..1000).prop_flat_map(change_seed), 1..3),
+            1..12,
+        ),
+    );
+    let count = Arc::new(AtomicUsize::new(0));
+    let result = runner.run(&strategy, |(initial, batches)| {
+        let (mut engine, _) = Engine::compile(&initial, EngineConfig::default()).unwrap();
+        let mut ifs = Ifindexes::default();
+        let mut fake = FakeMaps::default();
+        let mut synced = Synced::default();
+        let mut old_t = Target::default();
+        for step in 0..=batches.len() {
+            if step > 0 {
+                let changes: Vec<_> = batches[step - 1]
+                    .iter()
+                    .filter_map(|s| resolve_change(engine.cluster(), s))
+                    .collect();
+                engine.apply(changes).unwrap();
+            }
+            let t = target_of(&engine, &mut ifs, step as u32 + 1);
+            let new = planned(&fake.state, &synced, &t);
+            let next = synced.next_plan(&mut fake, &t).unwrap();
+            let expect =
+                Expect::new(&fake.state, &new, &old_t, &t).with_source_window(&next.source_window);
+            let context = format!("step {step} from {:?}: {:#?}", fake.state, next.ops);
+            watch(&mut fake, expect, count.clone(), context);
+            synced.apply(&mut fake, &t).unwrap();
+            assert_converged(&fake, &synced, &engine, &t);
+            old_t = t;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let n = count.load(Ordering::Relaxed);
+    println!("sync: {n} map operations checked");
+    assert!(n >= MIN_OPS, "only {n} map operations checked");
+}
+
+#[test]
+fn a_failed_write_leaves_old_or_new_and_reconcile_converges() {
+    let mut runner = TestRunner::new(Config {
+        cases: 250,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        cluster(),
+        prop::collection::vec(
+            (
+                prop::collection::vec((0usize..1000).prop_flat_map(change_seed), 1..3),
+                any::<prop::sample::Index>(),
+                any::<bool>(),
+            ),
+            1..8,
+        ),
+    );
+    let failures = AtomicUsize::new(0);
+    let count = Arc::new(AtomicUsize::new(0));
+    let result = runner.run(&strategy, |(initial, batches)| {
+        let (mut engine, _) = Engine::compile(&initial, EngineConfig::default()).unwrap();
+        let mut ifs = Ifindexes::default();
+        let mut fake = FakeMaps::default();
+        let mut synced = Synced::default();
+        let t = target_of(&engine, &mut ifs, 1);
+        synced.apply(&mut fake, &t).unwrap();
+        let mut old_t = t;
+        for (step, (batch, at, fail_again)) in batches.iter().enumerate() {
+            let changes: Vec<_> = batch
+                .iter()
+                .filter_map(|s| resolve_change(engine.cluster(), s))
+                .collect();
+            engine.apply(changes).unwrap();
+            let t = target_of(&engine, &mut ifs, step as u32 + 2);
+            let p = plan::plan(&fake.state, synced.slots(), &t, PlanOptions::default());
+            if p.ops.is_empty() {
+                continue;
+            }
+            let new = planned(&fake.state, &synced, &t);
+            let expect =
+                Expect::new(&fake.state, &new, &old_t, &t).with_source_window(&p.source_window);
+            watch(&mut fake, expect, count.clone(), format!("step {step}"));
+            // Fail one operation of this plan.
+            let k = at.index(p.ops.len());
+            fake.fail_at.insert(fake.attempts + k);
+            let before = fake.state.clone();
+            let (before_all, new_all) = (before.clone(), planned(&before, &synced, &t));
+            match synced.apply(&mut fake, &t) {
+                Err(SyncError::PlanFailed {
+                    index, total, op, ..
+                }) => {
+                    assert_eq!((index, total), (k, p.ops.len()));
+                    assert_eq!(*op, p.ops[k]);
+                    // Exactly the prefix before the failed operation is in the maps.
+                    let mut prefix = before;
+                    for o in &p.ops[..k] {
+                        prefix.apply(o);
+                    }
+                    assert_eq!(fake.state, prefix);
+                }
+                other => panic!("expected a failed plan, got {other:?}"),
+            }
+            failures.fetch_add(1, Ordering::Relaxed);
+            assert!(synced.is_dirty());
+            // Optionally the first reconcile fails too (its dump).
+            if *fail_again {
+                fake.fail_dump = true;
+                assert!(matches!(
+                    synced.apply(&mut fake, &t),
+                    Err(SyncError::Dump { .. })
+                ));
+                assert!(synced.is_dirty());
+            }
+            // The next apply reconciles against a dump; the observer still requires every
+            // decision to be the old or the new one (the reconcile's marks added).
+            let mut window = p.source_window.clone();
+            window.extend(synced.next_plan(&mut fake, &t).unwrap().source_window);
+            let expect = Expect::new(&before_all, &new_all, &old_t, &t).with_source_window(&window);
+            watch(
+                &mut fake,
+                expect,
+                count.clone(),
+                format!("reconcile of step {step}"),
+            );
+            synced.apply(&mut fake, &t).unwrap();
+            assert_converged(&fake, &synced, &engine, &t);
+            old_t = t;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let f = failures.load(Ordering::Relaxed);
+    println!("sync: {f} injected write failures reconciled");
+    assert!(f >= 300, "only {f} failures injected");
+}
+
+#[test]
+fn adopting_maps_a_previous_run_wrote_rewrites_nothing() {
+    let mut runner = TestRunner::new(Config {
+        cases: 100,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&cluster(), |c| {
+        let (engine, _) = Engine::compile(&c, EngineConfig::default()).unwrap();
+        let mut ifs = Ifindexes::default();
+        let mut fake = FakeMaps::default();
+        let t = target_of(&engine, &mut ifs, 1);
+        Synced::default().apply(&mut fake, &t).unwrap();
+        // A restart: a new process adopts the pinned maps and reconciles.
+        let mut adopted = Synced::adopt(&mut fake).unwrap();
+        let before = fake.attempts;
+        let stats = adopted
+            .reconcile(&mut fake, &t, PlanOptions::default())
+            .unwrap();
+        prop_assert_eq!(fake.attempts, before, "{:?}", stats);
+        let _ = fake.dump().unwrap();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,125 @@
+//! The datapath's decision for a new flow at one hook, performed on a [`MapState`]: the
+//! endpoint lookup, the source check (`from_pod`), the peer's ipcache identity and the
+//! policy lookup (`policy_decide`). The same steps as `ebpf/tc_endpoint.c` and
+//! `ebpf/lib/policy.h`; the update-plan tests judge every intermediate map state with it.
+
+use std::net::IpAddr;
+
+use crate::abi;
+use crate::cidr::Cidr;
+use crate::engine::{EntryKey, port_mask, tiers};
+
+use super::{MapState, SlotEntries};
+
+/// Which hook decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// Packets the pod sends: its egress policy, peer = destination.
+    FromPod,
+    /// Packets to the pod: its ingress policy, peer = source.
+    ToPod,
+}
+
+/// The outcome of one hook for a new flow, in kernel terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookDecision {
+    NotReady,
+    InvalidSource,
+    InvalidIdentity,
+    /// `DROP_POLICY_DENIED`, rule 0.
+    DefaultDeny,
+    /// A map value: verdict, rule id, audit flag, proxy port.
+    Value {
+        verdict: u8,
+        rule: u32,
+        audit: bool,
+        proxy_port: u16,
+    },
+}
+
+/// Longest-prefix match of an address.
+pub fn ipcache_lookup(state: &MapState, ip: &IpAddr) -> u32 {
+    let max = crate::cidr::max_len(ip);
+    (0..=max)
+        .rev()
+        .find_map(|l| Cidr::new(*ip, l).and_then(|c| state.ipcache.get(&c).copied()))
+        .unwrap_or(abi::IDENTITY_UNKNOWN)
+}
+
+fn lpm(
+    entries: &SlotEntries,
+    identity: u32,
+    dir: u8,
+    proto: u8,
+    port: u16,
+) -> Option<abi::PolicyValue> {
+    for bits in (0..=16u8).rev() {
+        let key = EntryKey {
+            identity,
+            direction: dir,
+            protocol: proto,
+            port: port & port_mask(bits),
+            prefixlen: abi::POLICY_PREFIX_ANY_PORT as u8 + bits,
+        };
+        if let Some(v) = entries.get(&key) {
+            return Some(*v);
+        }
+    }
+    entries
+        .get(&EntryKey {
+            identity,
+            direction: dir,
+            protocol: 0,
+            port: 0,
+            prefixlen: abi::POLICY_PREFIX_ANY_PROTO as u8,
+        })
+        .copied()
+}
+
+/// The decision at `hook` of the endpoint on `ifindex` for a new flow
+/// `src -> dst`, protocol `proto`, destination port `port`.
+pub fn decide(
+    state: &MapState,
+    ifindex: u32,
+    hook: Hook,
+    src: &IpAddr,
+    dst: &IpAddr,
+    proto: u8,
+    port: u16,
+) -> HookDecision {
+    let Some(ep) = state.endpoints.get(&ifindex) else {
+        return HookDecision::NotReady;
+    };
+    if ep.flags & abi::ENDPOINT_F_READY == 0 {
+        return HookDecision::NotReady;
+    }
+    let (dir, peer_addr) = match hook {
+        Hook::FromPod => (abi::DIRECTION_EGRESS, dst),
+        Hook::ToPod => (abi::DIRECTION_INGRESS, src),
+    };
+    if hook == Hook::FromPod {
+        let s = ipcache_lookup(state, src);
+        if s != ep.identity && abi::endpoint_transit_identity(ifindex) != Some(s) {
+            return HookDecision::InvalidSource;
+        }
+    }
+    let peer = ipcache_lookup(state, peer_addr);
+    if peer == abi::IDENTITY_UNKNOWN {
+        return HookDecision::InvalidIdentity;
+    }
+    let Some(entries) = state.policy.get(&ep.policy_slot) else {
+        return HookDecision::DefaultDeny;
+    };
+    let hit = lpm(entries, peer, dir, proto, port)
+        .or_else(|| lpm(entries, abi::IDENTITY_UNKNOWN, dir, proto, port));
+    match hit {
+        None => HookDecision::DefaultDeny,
+        Some(v) if tiers::is_default_deny(&v) => HookDecision::DefaultDeny,
+        Some(v) => HookDecision::Value {
+            verdict: v.verdict,
+            rule: v.rule_id,
+            audit: v.flags & abi::POLICY_F_AUDIT != 0,
+            proxy_port: u16::from_be(v.proxy_port_be),
+        },
+    }
+}
