@@ -18,6 +18,8 @@
  *      once after a policy change (revision re-check).
  *   5. conntrack reply (reversed tuple made by the other hook of this endpoint) -> pass,
  *      same re-check.
+ *   5b. ICMP error quoting a packet of a flow tracked at this endpoint (lib/ct.h
+ *      ct_related) -> pass, counted COUNTER_ICMP_RELATED, no entry created.
  *   6. new flow: from_pod with a source that is not the pod's identity ->
  *      DROP_INVALID_SOURCE_IP; peer identity (lib/identity.h), none -> DROP_INVALID_IDENTITY;
  *      policy lookup (lib/policy.h) decides.
@@ -135,6 +137,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			count(dir, COUNTER_CT_REPLY, f.p.len);
 			return TCX_NEXT;
 		}
+	}
+
+	/* 5b. An ICMP error about a flow tracked at this endpoint (its quoted packet): passes,
+	 * counted, creating no state. */
+	if (ct_related(&rev, &f.p, dir, f.ifindex, ep.revision, now)) {
+		count(dir, COUNTER_ICMP_RELATED, f.p.len);
+		return TCX_NEXT;
 	}
 
 	/* 6. A new flow. A pod may only open flows from its own addresses. Tracked packets

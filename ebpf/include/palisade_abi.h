@@ -286,6 +286,8 @@ struct verdict_event {
 #define COUNTER_PASS_NON_IP      7  /* ARP and other non-IP frames */
 #define COUNTER_PASS_NEIGHBOR    8  /* IPv6 neighbour discovery and MLD */
 #define COUNTER_REVOKED          9  /* tracked flows cut by a policy change */
+#define COUNTER_ICMP_RELATED     10 /* ICMP errors about a tracked flow */
+#define COUNTER_LAST             10 /* = the last slot above; every drop code is above it */
 
 struct counter_value {
 	__u64 packets;
@@ -307,9 +309,10 @@ _Static_assert(sizeof(struct endpoint_info) == 16, "endpoint_info size");
 /* Counter index = direction * COUNTER_DIR_STRIDE + code: a code at or above the stride
  * would count in the other direction's slots, and a COUNTER_* slot must stay below every
  * drop code. */
-#define PAL_CODE_FITS(code) ((code) > COUNTER_REVOKED && (code) < COUNTER_DIR_STRIDE)
+#define PAL_CODE_FITS(code) ((code) > COUNTER_LAST && (code) < COUNTER_DIR_STRIDE)
 _Static_assert(COUNTER_MAX == 2 * COUNTER_DIR_STRIDE, "one stride per direction");
-_Static_assert(COUNTER_REVOKED < 128, "COUNTER_* slots stay below 128");
+_Static_assert(COUNTER_LAST == COUNTER_ICMP_RELATED, "COUNTER_LAST is the last slot");
+_Static_assert(COUNTER_LAST < 128, "COUNTER_* slots stay below 128");
 _Static_assert(PAL_CODE_FITS(DROP_INVALID_SOURCE_IP), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_POLICY_DENIED), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_INVALID_PACKET), "drop code aliases a counter slot");

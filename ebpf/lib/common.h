@@ -29,6 +29,14 @@
 
 #define ICMP_ECHO_REPLY 0
 #define ICMP_ECHO_REQUEST 8
+/* ICMP errors that quote the packet they are about (lib/parse.h, lib/ct.h). */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETER_PROB 12
+#define ICMPV6_DEST_UNREACH_ 1
+#define ICMPV6_PKT_TOOBIG_ 2
+#define ICMPV6_TIME_EXCEED_ 3
+#define ICMPV6_PARAMPROB_ 4
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
 /* Link control the pod needs whatever its policy: MLD (130..132, 143) and neighbour

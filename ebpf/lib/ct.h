@@ -121,6 +121,47 @@ static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *
 	return 0;
 }
 
+/* Whether an ICMP error (p->icmp_error) is about a flow tracked at this endpoint. The
+ * quoted packet was sent by the endpoint when the error arrives at to_pod, and to it when
+ * the endpoint sends the error (from_pod): its endpoint-side address must be the outer
+ * packet's endpoint-side address. It is either a packet of a flow made at the other hook
+ * (the quote as is, the opposite direction) or a reply of a flow made at this hook (the
+ * quote reversed). The entry must be live and decided under the endpoint's current
+ * revision; after a policy change the error is decided by policy until the flow's next
+ * packet re-checks it. `k` is scratch space. Nothing is created or refreshed. */
+static __always_inline int ct_related(struct ct_key *k, const struct pkt *p, __u8 dir,
+				      __u32 ifindex, __u32 revision, __u64 now)
+{
+	const __u8 *ep_outer = dir == DIRECTION_EGRESS ? p->saddr : p->daddr;
+	const __u8 *ep_inner = dir == DIRECTION_EGRESS ? p->inner_daddr : p->inner_saddr;
+	__u32 n = p->family == 4 ? 4 : 16;
+
+	if (!p->icmp_error)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < n && ep_outer[i] != ep_inner[i])
+			return 0;
+	__builtin_memcpy(k->saddr, p->inner_saddr, 16);
+	__builtin_memcpy(k->daddr, p->inner_daddr, 16);
+	k->sport = p->inner_sport;
+	k->dport = p->inner_dport;
+	k->protocol = p->inner_protocol;
+	k->family = p->family;
+	k->direction = dir == DIRECTION_EGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS;
+	k->ifindex = ifindex;
+	struct ct_entry *ct = ct_lookup(k, now);
+	if (ct && ct->revision == revision)
+		return 1;
+	__builtin_memcpy(k->saddr, p->inner_daddr, 16);
+	__builtin_memcpy(k->daddr, p->inner_saddr, 16);
+	k->sport = p->inner_dport;
+	k->dport = p->inner_sport;
+	k->direction = dir;
+	ct = ct_lookup(k, now);
+	return ct && ct->revision == revision;
+}
+
 /* The decision reported when a tracked flow closes. */
 static __always_inline struct decision ct_closed(const struct ct_entry *ct)
 {

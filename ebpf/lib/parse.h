@@ -38,6 +38,14 @@ struct pkt {
 	__u16 l4_off;     /* offset of the L4 header (0 for a later fragment) */
 	__be32 frag_id;   /* IPv4 id (low 16 bits) or IPv6 fragment id; 0 when not fragmented */
 	__u32 len;
+	/* An ICMP error whose quoted packet parsed (icmp_error set): the quoted tuple, as the
+	 * packet that caused the error carried it (ICMP echo: id as sport or dport, as above). */
+	__u8 icmp_error;
+	__u8 inner_protocol;
+	__be16 inner_sport;
+	__be16 inner_dport;
+	__u8 inner_saddr[16];
+	__u8 inner_daddr[16];
 };
 
 static __always_inline int is_l4_ports(__u8 proto)
@@ -90,6 +98,69 @@ static __always_inline int icmp6_router_only(__u8 type)
 	       type == ICMPV6_CTRL_LAST /* redirect */;
 }
 
+static __always_inline int icmp_is_error(__u8 protocol, __u8 type)
+{
+	if (protocol == IPPROTO_ICMP)
+		return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+		       type == ICMP_PARAMETER_PROB;
+	return type >= ICMPV6_DEST_UNREACH_ && type <= ICMPV6_PARAMPROB_;
+}
+
+/* The packet an ICMP error quotes (after the 8-byte ICMP header at `off`): its addresses,
+ * protocol and ports (echo id for ICMP echo), when the quote is of the outer packet's
+ * family, has no IPv6 extension headers and carries at least the first 4 bytes of its L4
+ * header (RFC 792 quotes 8). Anything else leaves icmp_error 0: the error is then not
+ * related to any flow and is decided by policy like any ICMP packet. */
+static __always_inline void parse_icmp_quote(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	__u8 proto;
+
+	if (p->family == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return;
+		if (ip.version != 4 || ip.ihl < 5 || bpf_ntohs(ip.frag_off) & IPV4_FRAG_OFFSET)
+			return;
+		proto = ip.protocol;
+		__builtin_memcpy(p->inner_saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->inner_daddr, &ip.daddr, 4);
+		off += ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return;
+		if (ip6.version != 6)
+			return;
+		proto = ip6.nexthdr;
+		__builtin_memcpy(p->inner_saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->inner_daddr, &ip6.daddr, 16);
+		off += sizeof(ip6);
+	}
+	__u8 h[8];
+	if (is_l4_ports(proto)) {
+		if (bpf_skb_load_bytes(skb, off, h, 4))
+			return;
+		__builtin_memcpy(&p->inner_sport, &h[0], 2);
+		__builtin_memcpy(&p->inner_dport, &h[2], 2);
+	} else if (proto == p->protocol) {
+		/* ICMP echo quoted: tracked on its id, as parse_l4 keys it. */
+		if (bpf_skb_load_bytes(skb, off, h, 8))
+			return;
+		__u8 req = proto == IPPROTO_ICMP ? ICMP_ECHO_REQUEST : ICMPV6_ECHO_REQUEST_;
+		__u8 rep = proto == IPPROTO_ICMP ? ICMP_ECHO_REPLY : ICMPV6_ECHO_REPLY_;
+		if (h[0] == req)
+			__builtin_memcpy(&p->inner_sport, &h[4], 2);
+		else if (h[0] == rep)
+			__builtin_memcpy(&p->inner_dport, &h[4], 2);
+		else
+			return;
+	} else {
+		return;
+	}
+	p->inner_protocol = proto;
+	p->icmp_error = 1;
+}
+
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	p->l4_off = off;
@@ -137,6 +208,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		} else if (h[0] == rep) {
 			p->dport = id;
 			p->trackable = 1;
+		} else if (icmp_is_error(p->protocol, h[0]) && p->frag == FRAG_NONE) {
+			parse_icmp_quote(skb, off + 8, p);
 		}
 		return PARSE_OK;
 	}

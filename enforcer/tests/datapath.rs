@@ -1171,3 +1171,158 @@ fn long_lived_flows_survive_conntrack_churn_at_twice_capacity() {
         .collect();
     assert!(over.is_empty(), "churned flows are short-lived");
 }
+
+/// An ICMP (ICMPv6 for IPv6 addresses) error from `src` to `dst` quoting `inner`, an IP
+/// packet built by `packet::build` (its Ethernet header is dropped).
+fn icmp_error(src: &str, dst: &str, kind: u8, code: u8, inner: &[u8]) -> Vec<u8> {
+    let mut f = packet::build(ip(src), ip(dst), L4::Icmp { kind, code, id: 0 });
+    let l3 = if ip(src).is_ipv4() { 20 } else { 40 };
+    f.truncate(14 + l3 + 8);
+    f[14 + l3 + 4..14 + l3 + 8].fill(0); // unused / MTU
+    f.extend_from_slice(&inner[14..]);
+    let len = f.len() - 14;
+    if l3 == 20 {
+        f[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f[18..20].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    }
+    f
+}
+
+/// Issue 10 item 14: an ICMP error whose quoted packet belongs to a flow tracked at this
+/// endpoint passes (counted, no conntrack entry of its own), in both directions and both
+/// families; an unrelated one is still decided by policy (dropped in an isolated
+/// direction). Before, every error was a new ICMP flow: Fragmentation Needed / Packet Too
+/// Big to a pod with isolated ingress was dropped (a path-MTU black hole).
+#[test]
+fn icmp_errors_pass_only_for_tracked_flows() {
+    let Some(mut f) = fixture("icmp-err") else {
+        return;
+    };
+    let related = |f: &Fixture, dir| f.counter(dir, abi::COUNTER_ICMP_RELATED);
+    let ing = abi::DIRECTION_INGRESS;
+    let eg = abi::DIRECTION_EGRESS;
+    // The pod opens TCP to PEER (egress allows PEER); a router on the way (world) answers
+    // with Fragmentation Needed. Ingress has no ICMP rule: isolated.
+    let quoted = packet::build(ip("10.0.0.1"), ip("10.0.0.2"), syn(40000, 80));
+    let frag_needed = icmp_error("192.0.2.1", "10.0.0.1", 3, 4, &quoted);
+    assert_eq!(
+        f.dp.test_run(Hook::ToPod, &frag_needed).unwrap(),
+        DROP,
+        "no flow yet"
+    );
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(40000, 80)),
+        PASS
+    );
+    let tracked = f.dp.ct_entries().unwrap().len();
+    assert_eq!(f.dp.test_run(Hook::ToPod, &frag_needed).unwrap(), PASS);
+    assert_eq!(related(&f, ing), 1);
+    assert_eq!(
+        f.dp.ct_entries().unwrap().len(),
+        tracked,
+        "an error creates no entry"
+    );
+    // Time exceeded and port unreachable about the same flow pass too.
+    for (kind, code) in [(11, 0), (3, 3), (12, 0)] {
+        let e = icmp_error("192.0.2.1", "10.0.0.1", kind, code, &quoted);
+        assert_eq!(
+            f.dp.test_run(Hook::ToPod, &e).unwrap(),
+            PASS,
+            "{kind}/{code}"
+        );
+    }
+    // Unrelated: another port, another peer, another protocol, an error type that is
+    // not an error (echo request quoting the flow), or a quoted source that is not the
+    // pod the error is sent to.
+    let other_port = packet::build(ip("10.0.0.1"), ip("10.0.0.2"), syn(40001, 80));
+    let other_peer = packet::build(ip("10.0.0.1"), ip("10.0.0.3"), syn(40000, 80));
+    let other_proto = packet::build(ip("10.0.0.1"), ip("10.0.0.2"), udp(40000, 80));
+    for e in [
+        icmp_error("192.0.2.1", "10.0.0.1", 3, 4, &other_port),
+        icmp_error("192.0.2.1", "10.0.0.1", 3, 4, &other_peer),
+        icmp_error("192.0.2.1", "10.0.0.1", 3, 4, &other_proto),
+        icmp_error("192.0.2.1", "10.0.0.1", 8, 0, &quoted),
+        icmp_error("192.0.2.1", "10.0.0.9", 3, 4, &quoted),
+    ] {
+        assert_eq!(f.dp.test_run(Hook::ToPod, &e).unwrap(), DROP);
+    }
+    let ev = f.events();
+    assert!(
+        ev.iter()
+            .filter(|e| e.protocol == 1)
+            .all(|e| e.drop_reason as u32 == abi::DROP_POLICY_DENIED
+                || e.drop_reason as u32 == abi::DROP_INVALID_IDENTITY),
+        "{ev:?}"
+    );
+    assert_eq!(related(&f, ing), 4);
+    // The quoted packet truncated inside its L4 ports: not related, decided by policy.
+    let mut short = frag_needed.clone();
+    short.truncate(short.len() - 18);
+    let len = (short.len() - 14) as u16;
+    short[16..18].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(f.dp.test_run(Hook::ToPod, &short).unwrap(), DROP);
+
+    // The error about a reply: PEER opened TCP 80 to the pod, the pod's SYN-ACK met an
+    // error on the way back.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(41000, 80)),
+        PASS
+    );
+    let reply = packet::build(
+        ip("10.0.0.1"),
+        ip("10.0.0.2"),
+        tcp(80, 41000, TCP_SYN | TCP_ACK),
+    );
+    let e = icmp_error("192.0.2.1", "10.0.0.1", 3, 4, &reply);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &e).unwrap(), PASS);
+
+    // The other hook: the pod reports port unreachable for a UDP datagram OTHER sent it
+    // (ingress allows UDP 53 from any peer; egress allows only PEER).
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.3", "10.0.0.1", udp(5000, 53)),
+        PASS
+    );
+    let got = packet::build(ip("10.0.0.3"), ip("10.0.0.1"), udp(5000, 53));
+    let unreach = icmp_error("10.0.0.1", "10.0.0.3", 3, 3, &got);
+    assert_eq!(f.dp.test_run(Hook::FromPod, &unreach).unwrap(), PASS);
+    assert_eq!(related(&f, eg), 1);
+    let not_got = packet::build(ip("10.0.0.3"), ip("10.0.0.1"), udp(5001, 53));
+    let unreach = icmp_error("10.0.0.1", "10.0.0.3", 3, 3, &not_got);
+    assert_eq!(f.dp.test_run(Hook::FromPod, &unreach).unwrap(), DROP);
+
+    // Time exceeded for the pod's echo request (tracked on its echo id).
+    let ping = L4::Icmp {
+        kind: 8,
+        code: 0,
+        id: 77,
+    };
+    assert_eq!(f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", ping), PASS);
+    let echo = packet::build(ip("10.0.0.1"), ip("10.0.0.2"), ping);
+    let te = icmp_error("192.0.2.1", "10.0.0.1", 11, 0, &echo);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &te).unwrap(), PASS);
+
+    // IPv6: Packet Too Big for the pod's flow to PEER passes; for another flow it drops.
+    assert_eq!(
+        f.run(Hook::FromPod, "fd00::1", "fd00::2", udp(7000, 9000)),
+        PASS
+    );
+    let q6 = packet::build(ip("fd00::1"), ip("fd00::2"), udp(7000, 9000));
+    let ptb = icmp_error("2001:db8::1", "fd00::1", 2, 0, &q6);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &ptb).unwrap(), PASS);
+    for (kind, code) in [(1, 4), (3, 0), (4, 0)] {
+        let e = icmp_error("2001:db8::1", "fd00::1", kind, code, &q6);
+        assert_eq!(
+            f.dp.test_run(Hook::ToPod, &e).unwrap(),
+            PASS,
+            "v6 {kind}/{code}"
+        );
+    }
+    let q6_other = packet::build(ip("fd00::1"), ip("fd00::2"), udp(7001, 9000));
+    let ptb_other = icmp_error("2001:db8::1", "fd00::1", 2, 0, &q6_other);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &ptb_other).unwrap(), DROP);
+    // An error quoting an IPv4 packet inside IPv6 is not related to anything.
+    let ptb_v4 = icmp_error("2001:db8::1", "fd00::1", 2, 0, &quoted);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &ptb_v4).unwrap(), DROP);
+    assert_eq!(related(&f, ing), 10);
+}

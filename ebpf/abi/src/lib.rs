@@ -138,6 +138,9 @@ pub const COUNTER_EVENTS_LOST: u32 = 6;
 pub const COUNTER_PASS_NON_IP: u32 = 7;
 pub const COUNTER_PASS_NEIGHBOR: u32 = 8;
 pub const COUNTER_REVOKED: u32 = 9;
+pub const COUNTER_ICMP_RELATED: u32 = 10;
+/// The last `COUNTER_*` slot: every drop code is above it.
+pub const COUNTER_LAST: u32 = COUNTER_ICMP_RELATED;
 
 pub const FRAG_LIFETIME_S: u64 = 30;
 
@@ -321,7 +324,7 @@ const _: () = {
     let mut i = 0;
     while i < DROP_REASONS.len() {
         let code = DROP_REASONS[i].0;
-        assert!(code > COUNTER_REVOKED && code < COUNTER_DIR_STRIDE);
+        assert!(code > COUNTER_LAST && code < COUNTER_DIR_STRIDE);
         i += 1;
     }
     assert!(size_of::<VerdictEvent>() == 80);

@@ -136,6 +136,8 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("COUNTER_PASS_NON_IP", abi::COUNTER_PASS_NON_IP as i64),
         ("COUNTER_PASS_NEIGHBOR", abi::COUNTER_PASS_NEIGHBOR as i64),
         ("COUNTER_REVOKED", abi::COUNTER_REVOKED as i64),
+        ("COUNTER_ICMP_RELATED", abi::COUNTER_ICMP_RELATED as i64),
+        ("COUNTER_LAST", abi::COUNTER_LAST as i64),
     ])
 }
 

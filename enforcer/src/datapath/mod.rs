@@ -968,6 +968,7 @@ pub fn counter_name(code: u32) -> &'static str {
         abi::COUNTER_PASS_NON_IP => "passed: not IP",
         abi::COUNTER_PASS_NEIGHBOR => "passed: IPv6 ND/MLD",
         abi::COUNTER_REVOKED => "conntrack revoked by policy change",
+        abi::COUNTER_ICMP_RELATED => "passed: ICMP error of a tracked flow",
         c => abi::drop_reason_name(c),
     }
 }
