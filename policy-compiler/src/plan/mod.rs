@@ -282,6 +282,22 @@ pub fn plan(
     target: &Target,
     opts: PlanOptions,
 ) -> Plan {
+    // ipcache keys that change.
+    let mut changed: Vec<Cidr> = old
+        .ipcache
+        .iter()
+        .filter(|(c, v)| target.ipcache.get(c) != Some(v))
+        .map(|(c, _)| *c)
+        .chain(
+            target
+                .ipcache
+                .keys()
+                .filter(|c| !old.ipcache.contains_key(c))
+                .copied(),
+        )
+        .collect();
+    changed.sort();
+    changed.dedup();
     let old_range: BTreeSet<u32> = old.ipcache.values().copied().collect();
     let new_range: BTreeSet<u32> = target.ipcache.values().copied().collect();
     let empty = SlotEntries::new();
@@ -310,6 +326,7 @@ pub fn plan(
         let mode = match cur.map(|s| (s, &old.policy[&s])) {
             Some((_, have)) if *have == w => Mode::Keep,
             Some((_, have)) if in_place_ok(have, &w, &old_range, &new_range) => Mode::InPlace,
+            Some((_, have)) if changed.is_empty() && diff_in_place_ok(have, &w) => Mode::InPlace,
             _ => Mode::Fresh,
         };
         let slot = match (mode, cur) {
@@ -380,22 +397,7 @@ pub fn plan(
         }
     }
 
-    // 2. ipcache keys that change, and their transits.
-    let mut changed: Vec<Cidr> = old
-        .ipcache
-        .iter()
-        .filter(|(c, v)| target.ipcache.get(c) != Some(v))
-        .map(|(c, _)| *c)
-        .chain(
-            target
-                .ipcache
-                .keys()
-                .filter(|c| !old.ipcache.contains_key(c))
-                .copied(),
-        )
-        .collect();
-    changed.sort();
-    changed.dedup();
+    // 2. Transits for the ipcache keys that change.
     // transit id -> (old identity, new identity); key -> transit id
     let mut transits: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
     let mut source_window: BTreeSet<u32> = BTreeSet::new();
@@ -491,15 +493,20 @@ pub fn plan(
             continue;
         }
         let have = old.policy.get(slot).unwrap_or(&empty);
-        for (k, v) in &want[id] {
-            if have.get(k) != Some(v) {
-                p.push(Op::UpsertPolicy {
-                    slot: *slot,
-                    key: *k,
-                    value: *v,
-                });
-                touched_slots.insert(*slot);
-            }
+        // Longest prefix first: a lookup meets a new entry only once every longer new
+        // entry that could match is there.
+        let mut ups: Vec<(&EntryKey, &PolicyValue)> = want[id]
+            .iter()
+            .filter(|(k, v)| have.get(k) != Some(*v))
+            .collect();
+        ups.sort_by_key(|(k, _)| (std::cmp::Reverse(k.prefixlen), **k));
+        for (k, v) in ups {
+            p.push(Op::UpsertPolicy {
+                slot: *slot,
+                key: *k,
+                value: *v,
+            });
+            touched_slots.insert(*slot);
         }
     }
     // Fresh slots, complete.
@@ -608,16 +615,20 @@ pub fn plan(
 
     // P6: what no flow can observe any more: transit partitions, in-place removals,
     // slots nobody points at, leftovers of an interrupted plan.
+    // Shortest prefix first: an in-place removal in a visible partition never leaves a
+    // lookup on a shorter entry that is itself about to go.
+    let mut deletes: Vec<(u32, EntryKey)> = Vec::new();
     for (slot, keys) in &present {
         let fin = final_entries.get(slot);
         for k in keys {
             if fin.is_none_or(|f| !f.contains_key(k)) {
-                p.push(Op::DeletePolicy {
-                    slot: *slot,
-                    key: *k,
-                });
+                deletes.push((*slot, *k));
             }
         }
+    }
+    deletes.sort_by_key(|(slot, k)| (k.prefixlen, *slot, *k));
+    for (slot, key) in deletes {
+        p.push(Op::DeletePolicy { slot, key });
     }
 
     // P7: revisions, last: conntrack admitted under an older one is decided again against
@@ -677,6 +688,35 @@ fn in_place_ok(
     want.iter()
         .all(|(k, v)| have.get(k) == Some(v) || write_ok(k))
         && have.keys().all(|k| want.contains_key(k) || delete_ok(k))
+}
+
+/// Whether a visible change of a slot can be made in place when no address changes
+/// identity: written longest prefix first and removed shortest prefix first, every lookup
+/// inside one partition sees its old or its new longest match. Across partitions (a flow
+/// that moves between an exact-peer hit and the any-peer fallback) that holds only if,
+/// per direction, the any-peer partition or else every exact-peer partition is unchanged.
+fn diff_in_place_ok(have: &SlotEntries, want: &SlotEntries) -> bool {
+    let mut any_changed = [false; 2];
+    let mut exact_changed = [false; 2];
+    let mut note = |k: &EntryKey| {
+        let d = (k.direction as usize).min(1);
+        if k.identity == abi::IDENTITY_UNKNOWN {
+            any_changed[d] = true;
+        } else {
+            exact_changed[d] = true;
+        }
+    };
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            note(k);
+        }
+    }
+    for k in have.keys() {
+        if !want.contains_key(k) {
+            note(k);
+        }
+    }
+    (0..2).all(|d| !(any_changed[d] && exact_changed[d]))
 }
 
 /// The entries of one peer's partition.
