@@ -120,7 +120,9 @@ fn every_map_operation_keeps_each_decision_old_or_new() {
                 Expect::new(&fake.state, &new, &old_t, &t).with_source_window(&next.source_window);
             let context = format!("step {step} from {:?}: {:#?}", fake.state, next.ops);
             watch(&mut fake, expect, count.clone(), context);
+            let revisions = Expect::new(&fake.state, &new, &old_t, &t);
             synced.apply(&mut fake, &t).unwrap();
+            revisions.check_revisions(&fake.state, t.revision);
             assert_converged(&fake, &synced, &engine, &t);
             old_t = t;
         }

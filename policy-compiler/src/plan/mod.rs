@@ -627,6 +627,15 @@ pub fn plan(
         }
     }
     deletes.sort_by_key(|(slot, k)| (k.prefixlen, *slot, *k));
+    // A removal from a slot endpoints keep is a policy change for them (revision below).
+    touched_slots.extend(
+        deletes
+            .iter()
+            .filter(|(slot, k)| {
+                final_entries.contains_key(slot) && k.identity < abi::IDENTITY_TRANSIT_MIN
+            })
+            .map(|(slot, _)| *slot),
+    );
     for (slot, key) in deletes {
         p.push(Op::DeletePolicy { slot, key });
     }
@@ -790,5 +799,76 @@ mod tests {
             s.apply(op);
             assert!([100, 103].contains(&model::ipcache_lookup(&s, &ip)), "{op}");
         }
+    }
+
+    /// Narrowing a policy in place (only removals) is still a change for the endpoints on
+    /// that slot: their revision moves, so tracked flows are decided again.
+    #[test]
+    fn removals_in_place_bump_the_revision() {
+        let key = |port: u16| EntryKey {
+            identity: 300,
+            direction: abi::DIRECTION_INGRESS,
+            protocol: 6,
+            port,
+            prefixlen: abi::POLICY_PREFIX_FULL as u8,
+        };
+        let allow = PolicyValue {
+            rule_id: 16,
+            verdict: abi::POLICY_VERDICT_ALLOW,
+            ..PolicyValue::default()
+        };
+        let terminal = (
+            EntryKey {
+                identity: 0,
+                direction: abi::DIRECTION_INGRESS,
+                protocol: 0,
+                port: 0,
+                prefixlen: abi::POLICY_PREFIX_ANY_PROTO as u8,
+            },
+            crate::engine::tiers::default_deny(),
+        );
+        let policy = |ports: &[u16]| CompiledPolicy {
+            entries: {
+                let mut e: Vec<_> = ports.iter().map(|p| (key(*p), allow)).collect();
+                e.push(terminal);
+                e.sort_by_key(|x| x.0);
+                e
+            },
+            ..CompiledPolicy::default()
+        };
+        let ipcache: BTreeMap<Cidr, u32> = [(cidr("10.0.0.2/32"), 300)].into();
+        let old = MapState {
+            policy: [(7, policy(&[80, 9090]).entries.into_iter().collect())].into(),
+            ipcache: ipcache.clone(),
+            endpoints: [(1, ready(200, 7, 1))].into(),
+        };
+        let target = Target {
+            policies: [(200, Arc::new(policy(&[80])))].into(),
+            ipcache,
+            endpoints: [(
+                1,
+                TargetEndpoint {
+                    identity: 200,
+                    ips: vec![],
+                },
+            )]
+            .into(),
+            revision: 2,
+        };
+        let p = plan(&old, &[(200, 7)].into(), &target, PlanOptions::default());
+        assert_eq!(p.slots, [(200, 7)].into(), "changed in place");
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::DeletePolicy {
+                    slot: 7,
+                    key: key(9090)
+                },
+                Op::SetEndpoint {
+                    ifindex: 1,
+                    info: ready(200, 7, 2)
+                },
+            ]
+        );
     }
 }
