@@ -5,10 +5,18 @@
 //! (slots, transits, revision bump last; see the sync module for what a failure leaves).
 //! Pods registered through the API are merged into the model with the source's view of
 //! the same pod (labels from the registration win, addresses always come from it).
+//!
+//! Threads: the state mutex is only ever taken on blocking threads, never on the async
+//! runtime's workers. API registrations and source batches run on `spawn_blocking`; the
+//! verdict-log reader and conntrack GC run on their own thread (`palisade-events`). The
+//! async side only awaits them, and `status` reads [`Health`] (a small lock never held
+//! across a syscall) instead of the state. The agent's own log is `tracing` (text or JSON,
+//! fields with stable dotted names); the verdict log is its own file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use palisade_api::{ErrorCode, Registration, Response};
@@ -18,6 +26,7 @@ use policy_compiler::k8s::Labels;
 use policy_compiler::model::{Endpoint, NamedPort, Namespace, WorkloadRef};
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
 use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
 
 use crate::api::{EndpointRegistry, Server, ServerLimits};
 use crate::config::Config;
@@ -47,6 +56,12 @@ pub enum DaemonError {
     FlowLog(#[from] crate::events::FlowLogError),
     #[error(transparent)]
     Sync(#[from] sync::SyncError),
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A registration as the enforcer keeps it.
@@ -67,13 +82,20 @@ struct State {
     ifnames: HashMap<u32, String>,
 }
 
+/// What `status` reports, kept apart from [`State`] so answering never waits for a
+/// registration or a map write in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Registered endpoints.
+    pub endpoints: u32,
+}
+
 /// The running agent, shared by the API server and the loops.
 pub struct Daemon {
     state: Mutex<State>,
+    health: Mutex<Health>,
     source: Box<dyn PolicySource>,
     state_dir: PathBuf,
-    /// One line per notable action on stderr (also the demo's narration).
-    quiet: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -92,7 +114,6 @@ pub struct StartOptions {
     /// Registrations survive restarts here (default `/run/palisade`).
     pub state_dir: PathBuf,
     pub mount_bpffs: bool,
-    pub quiet: bool,
 }
 
 impl Daemon {
@@ -166,7 +187,9 @@ impl Daemon {
         } else {
             Some(dp.retire_older_abis())
         };
+        let endpoints = regs.len() as u32;
         let daemon = Daemon {
+            health: Mutex::new(Health { endpoints }),
             state: Mutex::new(State {
                 engine,
                 dp,
@@ -178,45 +201,55 @@ impl Daemon {
             }),
             source,
             state_dir: opts.state_dir.clone(),
-            quiet: opts.quiet,
         };
         match imported {
             Ok(0) => {}
-            Ok(n) => daemon.say(&format!(
-                "{n} conntrack entries of the ABI v1 pins imported, each re-checked on its next packet"
-            )),
-            Err(e) => daemon.say(&format!(
-                "conntrack of the ABI v1 pins not imported (their connections are decided as new flows): {e}"
-            )),
+            Ok(n) => info!(
+                conntrack.imported = n,
+                "conntrack entries of the ABI v1 pins imported, each re-checked on its next packet"
+            ),
+            Err(e) => warn!(
+                error = e.to_string(),
+                "conntrack of the ABI v1 pins not imported (their connections are decided as new flows)"
+            ),
         }
         match retired {
-            Some(Ok(r)) => daemon.say(&format!(
-                "older ABI pins: {} links released, {} kept (interfaces not attached yet), \
-                 {} directories removed",
-                r.links_removed,
-                r.links_kept,
-                r.dirs_removed.len()
-            )),
-            Some(Err(e)) => daemon.say(&format!(
-                "older ABI pins stay (their programs keep enforcing): {e}"
-            )),
+            Some(Ok(r)) => info!(
+                links.released = r.links_removed,
+                links.kept = r.links_kept,
+                dirs.removed = r.dirs_removed.len(),
+                "older ABI pins retired (kept links: interfaces not attached yet)"
+            ),
+            Some(Err(e)) => warn!(
+                error = e.to_string(),
+                "older ABI pins stay (their programs keep enforcing)"
+            ),
             None => {}
         }
-        daemon.say(&format!(
-            "datapath ready in {} ms: {} policy writes, {} ipcache writes, {} links adopted, {} endpoints",
-            t0.elapsed().as_millis(),
-            stats.policy_writes,
-            stats.ipcache_writes,
-            adopted,
-            daemon.lock().regs.len()
-        ));
+        info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            maps.policy_writes = stats.policy_writes,
+            maps.ipcache_writes = stats.ipcache_writes,
+            links.adopted = adopted,
+            endpoints = endpoints,
+            "datapath ready"
+        );
         Ok(daemon)
     }
 
-    fn say(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!("palisade-enforcer: {msg}");
-        }
+    /// What `status` answers; never waits for the state lock.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_endpoints(&self, n: usize) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .endpoints = n as u32;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -265,18 +298,23 @@ impl Daemon {
         let stats = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))?;
         st.revision = revision;
         drop(st);
-        self.say(&format!(
-            "policy revision {revision}: {n} changes -> {} policy writes, {} deletes, {} ipcache writes, {} endpoints updated in {} us",
-            stats.policy_writes,
-            stats.policy_deletes,
-            stats.ipcache_writes,
-            stats.endpoints_written,
-            t0.elapsed().as_micros()
-        ));
+        info!(
+            policy.revision = revision,
+            policy.changes = n,
+            maps.policy_writes = stats.policy_writes,
+            maps.policy_deletes = stats.policy_deletes,
+            maps.ipcache_writes = stats.ipcache_writes,
+            maps.endpoints_written = stats.endpoints_written,
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "policy revision applied"
+        );
         Ok(())
     }
 
-    fn register_locked(&self, reg: Registration) -> Response {
+    /// Registers a pod interface. Blocking (map writes, attach, fsync of the registrations
+    /// file): the API runs it on `spawn_blocking`. Takes the state lock once, so a
+    /// replaced registration and its successor are one step for everyone else.
+    fn register_blocking(&self, reg: Registration) -> Response {
         if let Some(msg) = validate_registration(&reg) {
             return api_error(ErrorCode::BadRequest, msg);
         }
@@ -285,14 +323,21 @@ impl Daemon {
             Err(e) => return api_error(ErrorCode::NoSuchInterface, e.to_string()),
         };
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
-        // Re-registration of the same container replaces the earlier one.
-        if let Some(old) = self.lock().regs.get(&reg.container_id).cloned()
+        let mut st = self.lock();
+        // Re-registration of the same container on another interface or as another pod
+        // replaces the earlier one.
+        if let Some(old) = st.regs.get(&reg.container_id)
             && (old.registration.host_ifname != reg.host_ifname
                 || Endpoint::pod_key(&old.registration.namespace, &old.registration.pod) != key)
         {
-            self.deregister_locked(&reg.container_id);
+            let (old_key, result) = self.deregister_in(&mut st, &reg.container_id);
+            if let Err(e) = result {
+                return api_error(
+                    ErrorCode::Datapath,
+                    format!("replacing the registration of {old_key}: {e}"),
+                );
+            }
         }
-        let mut st = self.lock();
         if let Some((other, _)) = st.regs.iter().find(|(id, s)| {
             *id != &reg.container_id
                 && Endpoint::pod_key(&s.registration.namespace, &s.registration.pod) == key
@@ -343,14 +388,28 @@ impl Daemon {
                         ifindex,
                     },
                 );
-                if let Err(e) = save_registrations(&self.state_dir, &st.regs) {
+                let saved = save_registrations(&self.state_dir, &st.regs);
+                let endpoints = st.regs.len();
+                drop(st);
+                self.set_endpoints(endpoints);
+                if let Err(e) = saved {
+                    warn!(
+                        endpoint.namespace = reg.namespace.as_str(),
+                        endpoint.pod = reg.pod.as_str(),
+                        error = e.to_string(),
+                        "registered and enforced, but the registrations file was not saved"
+                    );
                     return api_error(ErrorCode::State, e.to_string());
                 }
-                drop(st);
-                self.say(&format!(
-                    "registered {key} on {} (ifindex {ifindex}) as identity {identity}",
-                    reg.host_ifname
-                ));
+                info!(
+                    endpoint.namespace = reg.namespace.as_str(),
+                    endpoint.pod = reg.pod.as_str(),
+                    endpoint.container_id = reg.container_id.as_str(),
+                    endpoint.ifname = reg.host_ifname.as_str(),
+                    endpoint.ifindex = ifindex,
+                    endpoint.identity = identity,
+                    "registered"
+                );
                 Response::Registered {
                     endpoint: key,
                     identity,
@@ -373,6 +432,14 @@ impl Daemon {
                     } = &mut *st;
                     let _ = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
                 }
+                drop(st);
+                warn!(
+                    endpoint.namespace = reg.namespace.as_str(),
+                    endpoint.pod = reg.pod.as_str(),
+                    endpoint.ifname = reg.host_ifname.as_str(),
+                    error = e.to_string(),
+                    "registration failed; the interface is not attached"
+                );
                 api_error(ErrorCode::Datapath, e.to_string())
             }
         }
@@ -389,10 +456,47 @@ impl Daemon {
             .unwrap_or_else(|| Change::DeleteEndpoint(key.to_string()))
     }
 
-    fn deregister_locked(&self, container_id: &str) -> Response {
+    /// Removes a registration. Blocking, like [`Daemon::register_blocking`].
+    fn deregister_blocking(&self, container_id: &str) -> Response {
         let mut st = self.lock();
-        let Some(stored) = st.regs.remove(container_id) else {
+        if !st.regs.contains_key(container_id) {
             return Response::Deregistered { existed: false };
+        }
+        let (key, res) = self.deregister_in(&mut st, container_id);
+        let saved = save_registrations(&self.state_dir, &st.regs);
+        let endpoints = st.regs.len();
+        drop(st);
+        self.set_endpoints(endpoints);
+        match (res, saved) {
+            (Ok(()), Ok(())) => {
+                info!(
+                    endpoint.key = key.as_str(),
+                    endpoint.container_id = container_id,
+                    "deregistered"
+                );
+                Response::Deregistered { existed: true }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(
+                    endpoint.key = key.as_str(),
+                    endpoint.container_id = container_id,
+                    error = e.to_string(),
+                    "deregistration incomplete"
+                );
+                api_error(ErrorCode::Datapath, e.to_string())
+            }
+        }
+    }
+
+    /// Detaches and forgets `container_id` within a held lock; the caller saves the
+    /// registrations. Returns the pod key and whether the maps were updated.
+    fn deregister_in(
+        &self,
+        st: &mut State,
+        container_id: &str,
+    ) -> (String, Result<(), DaemonError>) {
+        let Some(stored) = st.regs.remove(container_id) else {
+            return (String::new(), Ok(()));
         };
         let reg = &stored.registration;
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
@@ -422,45 +526,38 @@ impl Daemon {
                     .map_err(DaemonError::from)
             });
         st.revision = revision;
-        let saved = save_registrations(&self.state_dir, &st.regs);
-        drop(st);
-        match (res, saved) {
-            (Ok(_), Ok(())) => {
-                self.say(&format!("deregistered {key}"));
-                Response::Deregistered { existed: true }
-            }
-            (Err(e), _) | (_, Err(e)) => api_error(ErrorCode::Datapath, e.to_string()),
-        }
+        (key, res.map(|_| ()))
     }
 
-    /// Writes pending events to the verdict log.
+    /// Writes pending events to the verdict log. Events are read from the ring without
+    /// the state lock, rendered under it (the resolver borrows the engine), and written
+    /// after it is released, so a slow disk never holds up a registration.
     fn drain_events(
         &self,
         ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
         logger: &mut FlowLogger,
     ) -> usize {
-        // The resolver indexes every endpoint: build it only when there is an event.
-        let next = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| loop {
-            let item = ring.next()?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
             if let Some(ev) = abi::VerdictEvent::from_bytes(&item) {
-                return Some(ev);
+                events.push(ev);
             }
-        };
-        let Some(first) = next(ring) else {
-            return 0;
-        };
-        let st = self.lock();
-        let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
-        let mut n = 0;
-        let mut ev = Some(first);
-        while let Some(e) = ev {
-            if let Err(err) = logger.log(&e, &resolver) {
-                eprintln!("palisade-enforcer: verdict log: {err}");
-            }
-            n += 1;
-            ev = next(ring);
         }
-        n
+        if events.is_empty() {
+            return 0;
+        }
+        let lines: Vec<String> = {
+            let st = self.lock();
+            // The resolver indexes every endpoint: built only when there is an event.
+            let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
+            events.iter().map(|e| logger.render(e, &resolver)).collect()
+        };
+        for line in &lines {
+            if let Err(err) = logger.write(line) {
+                warn!(error = err.to_string(), "verdict log write failed");
+            }
+        }
+        lines.len()
     }
 
     /// Packets of one counter over both directions.
@@ -471,6 +568,52 @@ impl Daemon {
             .filter_map(|d| st.dp.counter(*d, code).ok())
             .map(|c| c.packets)
             .sum()
+    }
+
+    /// The `palisade-events` thread: waits for the ring buffer (or a 200 ms tick, which
+    /// also covers a missed wakeup), writes the verdict log, reports lost events, flushes,
+    /// and runs conntrack GC every `gc_every`. Ends after a last drain once `stop` is set.
+    fn events_loop(
+        &self,
+        mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+        mut logger: FlowLogger,
+        gc_every: Duration,
+        stop: &AtomicBool,
+    ) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd as _;
+        const TICK: Duration = Duration::from_millis(200);
+        let mut lost_seen = 0u64;
+        let mut last_tick = Instant::now();
+        let mut last_gc = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if !stopping {
+                let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+                // An error (EINTR) only shortens the wait; the tick logic below still runs.
+                let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
+            }
+            self.drain_events(&mut ring, &mut logger);
+            if stopping || last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
+                if lost != lost_seen {
+                    let _ = logger.observe_ring_lost(lost);
+                    lost_seen = lost;
+                }
+                let _ = logger.flush();
+            }
+            if !stopping && last_gc.elapsed() >= gc_every {
+                last_gc = Instant::now();
+                let n = self.lock().dp.ct_gc().unwrap_or(0);
+                if n > 0 {
+                    info!(conntrack.expired = n, "conntrack gc");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
     }
 
     /// Runs until SIGINT/SIGTERM or `shutdown` fires: the API server, the source watch,
@@ -484,9 +627,23 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let server = Server::bind(&config.socket, ServerLimits::from_config(config))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut ring = self.lock().dp.take_events()?;
+        let ring = self.lock().dp.take_events()?;
         let writer = RotatingWriter::from_config(config)?;
-        let mut logger = FlowLogger::new(writer, &config.node_name, BootClock::from_system()?);
+        let logger = FlowLogger::new(writer, &config.node_name, BootClock::from_system()?);
+
+        let events_stop = Arc::new(AtomicBool::new(false));
+        let events = {
+            let daemon = self.clone();
+            let stop = events_stop.clone();
+            let gc_every = config.ct_gc_interval();
+            std::thread::Builder::new()
+                .name("palisade-events".into())
+                .spawn(move || daemon.events_loop(ring, logger, gc_every, &stop))
+                .map_err(|source| DaemonError::Thread {
+                    name: "palisade-events",
+                    source,
+                })?
+        };
 
         let api_stop = {
             let mut rx = stop_rx.clone();
@@ -494,68 +651,53 @@ impl Daemon {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let api = tokio::spawn(server.serve(self.clone(), api_stop));
+        let api = tokio::spawn(server.serve(Arc::new(Registry(self.clone())), api_stop));
 
         let src_daemon = self.clone();
         let mut src_stop = stop_rx.clone();
         let source_task = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = src_stop.wait_for(|s| *s) => break,
+                    // The watch guard is dropped inside, before any branch awaits.
+                    () = async { let _ = src_stop.wait_for(|s| *s).await; } => break,
                     ev = source_rx.recv() => match ev {
                         Some(SourceEvent::Changes(c)) => {
-                            if let Err(e) = src_daemon.apply_source(c) {
-                                eprintln!("palisade-enforcer: applying the source's changes failed, previous maps stay: {e}");
+                            let d = src_daemon.clone();
+                            let applied = tokio::task::spawn_blocking(move || d.apply_source(c)).await;
+                            match applied {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => error!(
+                                    error = e.to_string(),
+                                    "applying the source's changes failed, previous maps stay"
+                                ),
+                                Err(e) => error!(error = e.to_string(), "source apply task failed"),
                             }
                         }
-                        Some(SourceEvent::Error(e)) => {
-                            eprintln!("palisade-enforcer: policy source: {e}; enforcement continues on the last good policy");
-                        }
+                        Some(SourceEvent::Error(e)) => warn!(
+                            error = e.as_str(),
+                            "policy source unreadable; enforcement continues on the last good policy"
+                        ),
                         None => break,
                     }
                 }
             }
         });
 
-        let readable = ring_fd(&ring);
-        let gc_every = config.ct_gc_interval();
-        let mut gc = tokio::time::interval(gc_every);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut lost_seen = 0u64;
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                _ = readable.readable() => {
-                    self.drain_events(&mut ring, &mut logger);
-                }
-                _ = tick.tick() => {
-                    // Covers wakeups the fd may not deliver and flushes the log.
-                    self.drain_events(&mut ring, &mut logger);
-                    let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
-                    if lost != lost_seen {
-                        let _ = logger.observe_ring_lost(lost);
-                        lost_seen = lost;
-                    }
-                    let _ = logger.flush();
-                }
-                _ = gc.tick() => {
-                    let n = self.lock().dp.ct_gc().unwrap_or(0);
-                    if n > 0 {
-                        self.say(&format!("conntrack gc: {n} expired entries removed"));
-                    }
-                }
-            }
-        }
+        shutdown.await;
         let _ = stop_tx.send(true);
-        self.drain_events(&mut ring, &mut logger);
-        let _ = logger.flush();
+        events_stop.store(true, Ordering::Release);
         let _ = source_task.await;
         match api.await {
             Ok(r) => r?,
-            Err(e) => eprintln!("palisade-enforcer: api task: {e}"),
+            Err(e) => error!(error = e.to_string(), "api task failed"),
         }
-        self.say("stopped; pinned programs and maps keep enforcing");
+        if tokio::task::spawn_blocking(move || events.join())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            error!("the events thread panicked; the verdict log may miss its last lines");
+        }
+        info!("stopped; pinned programs and maps keep enforcing");
         Ok(())
     }
 
@@ -573,58 +715,40 @@ impl Daemon {
     }
 }
 
-impl EndpointRegistry for Daemon {
+/// The endpoint API's view of the agent: registrations run on the blocking pool, so the
+/// state lock (held across map writes, attach and fsync) is never taken on an async worker.
+#[derive(Debug)]
+pub struct Registry(pub Arc<Daemon>);
+
+/// Runs blocking agent work off the async workers.
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        error!(error = e.to_string(), "endpoint API task failed");
+        api_error(
+            ErrorCode::Datapath,
+            "internal error: the request's task failed",
+        )
+    })
+}
+
+impl EndpointRegistry for Registry {
     async fn register(&self, registration: Registration) -> Response {
-        self.register_locked(registration)
+        let d = self.0.clone();
+        blocking(move || d.register_blocking(registration)).await
     }
     async fn deregister(&self, container_id: String) -> Response {
-        self.deregister_locked(&container_id)
+        let d = self.0.clone();
+        blocking(move || d.deregister_blocking(&container_id)).await
     }
     async fn status(&self) -> Response {
-        let st = self.lock();
+        let health = self.0.health();
         Response::Status {
             api_version: palisade_api::PROTOCOL_VERSION,
-            endpoints: st.regs.len() as u32,
+            endpoints: health.endpoints,
             ready: true,
             reason: None,
         }
     }
-}
-
-/// An fd to await ring-buffer readiness on. Polling through the 200 ms tick remains the
-/// fallback, so a missed wakeup delays a line, never loses it.
-struct RingReadable {
-    inner: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
-}
-
-impl RingReadable {
-    async fn readable(&self) {
-        match &self.inner {
-            Some(fd) => {
-                if let Ok(mut g) = fd.readable().await {
-                    g.clear_ready();
-                }
-            }
-            None => std::future::pending::<()>().await,
-        }
-    }
-}
-
-fn ring_fd(ring: &aya::maps::RingBuf<aya::maps::MapData>) -> RingReadable {
-    use std::os::fd::AsFd as _;
-    let inner = ring.as_fd().try_clone_to_owned().ok().and_then(|fd| {
-        #[expect(
-            unsafe_code,
-            reason = "AsyncFd::register_with_interest requires the fd to stay open while \
-                      registered; the AsyncFd owns this duplicate, so it does"
-        )]
-        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, closed only when it drops.
-        let r = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-        };
-        r.ok()
-    });
-    RingReadable { inner }
 }
 
 fn validate_registration(reg: &Registration) -> Option<String> {

@@ -91,9 +91,14 @@ struct RunArgs {
     /// Fail instead of mounting a bpffs on the pin root.
     #[arg(long)]
     no_mount: bool,
-    /// No narration on stderr.
+    /// Only warnings and errors on stderr (no narration).
     #[arg(long)]
     quiet: bool,
+    /// Format of the agent's own log on stderr: `text` (one line per event, untrusted
+    /// values quoted and escaped) or `json` (one object per line). The verdict log is a
+    /// separate file either way.
+    #[arg(long, value_enum, default_value_t = palisade_enforcer::logging::LogFormat::Text)]
+    log_format: palisade_enforcer::logging::LogFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +181,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(ns) = &a.netns {
         enter_netns(ns)?;
     }
+    palisade_enforcer::logging::init(a.log_format, a.quiet);
     let mut source = DirSource::open(&config.manifest_dir, config.source_debounce())
         .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
     let rx = source.subscribe()?;
@@ -184,7 +190,6 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             config: config.clone(),
             state_dir: a.state_dir,
             mount_bpffs: !a.no_mount,
-            quiet: a.quiet,
         },
         Box::new(source),
     )?;

@@ -1231,8 +1231,8 @@ fn sigkill_and_restart_under_traffic_break_nothing_and_let_nothing_through() {
         .lines()
         .filter(|l| l.contains("datapath ready"))
         .map(|l| {
-            let head = l.split(" links adopted").next().unwrap();
-            head.rsplit(' ').next().unwrap().parse().unwrap()
+            let tail = l.split("links.adopted=").nth(1).unwrap();
+            tail.split(' ').next().unwrap().parse().unwrap()
         })
         .collect();
     assert_eq!(adopted, [0, 4], "datapath ready lines:\n{log}");
@@ -1241,7 +1241,7 @@ fn sigkill_and_restart_under_traffic_break_nothing_and_let_nothing_through() {
     // policy entries mean what they meant).
     let restart_line = log.lines().rfind(|l| l.contains("datapath ready")).unwrap();
     assert!(
-        restart_line.contains(" 0 policy writes, 0 ipcache writes,"),
+        restart_line.contains(" maps.policy_writes=0 maps.ipcache_writes=0 "),
         "the restart rewrote adopted maps: {restart_line}\n{log}"
     );
     match c.enforcer.request(&Request::Status).unwrap() {

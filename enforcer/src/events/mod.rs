@@ -121,16 +121,28 @@ impl FlowLogger {
         ev: &VerdictEvent,
         resolver: &dyn FlowResolver,
     ) -> Result<(), FlowLogError> {
-        self.report_writer_losses()?;
+        let line = self.render(ev, resolver);
+        self.write(&line)
+    }
+
+    /// The line of one event, with its flow id and time; [`FlowLogger::write`] writes it.
+    /// Apart so the caller can render under a lock the resolver needs and write after
+    /// releasing it.
+    pub fn render(&mut self, ev: &VerdictEvent, resolver: &dyn FlowResolver) -> String {
         let uuid = self.ids.next_id();
-        let line = render_line(
+        render_line(
             ev,
             resolver,
             &self.node_name,
             self.clock.to_wall(ev.time_ns),
             &uuid,
-        );
-        self.writer.write_line(&line).inspect_err(|_| {
+        )
+    }
+
+    /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.
+    pub fn write(&mut self, line: &str) -> Result<(), FlowLogError> {
+        self.report_writer_losses()?;
+        self.writer.write_line(line).inspect_err(|_| {
             self.writer_lost_pending += 1;
         })
     }
