@@ -925,7 +925,11 @@ fn policy_change_keeps_allowed_sessions_and_cuts_revoked_ones() {
         );
     }
     let cut = revoke.echo(b"after narrowing", DENY).unwrap();
-    assert!(is_cut(&cut), "revoked session still echoes: {cut:?}");
+    assert!(
+        is_cut(&cut),
+        "revoked session still echoes: {cut:?}\n{}",
+        c.log()
+    );
     expect_all(
         &c,
         &[
