@@ -20,8 +20,8 @@
  *      same re-check.
  *   5b. ICMP error quoting a packet of a flow tracked at this endpoint (lib/ct.h
  *      ct_related) -> pass, counted COUNTER_ICMP_RELATED, no entry created.
- *   6. new flow: from_pod with a source that is not the pod's identity ->
- *      DROP_INVALID_SOURCE_IP; peer identity (lib/identity.h), none -> DROP_INVALID_IDENTITY;
+ *   6. new flow: from_pod with a source that is not one of the pod's own addresses
+ *      (endpoint_info) -> DROP_INVALID_SOURCE_IP; peer identity (lib/identity.h), none -> DROP_INVALID_IDENTITY;
  *      policy lookup (lib/policy.h) decides.
  *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
  *      outcome is counted and reported once (lib/events.h).
@@ -149,16 +149,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* 6. A new flow. A pod may only open flows from its own addresses. Tracked packets
 	 * skip this check safely: conntrack is keyed by the pod's interface, and every entry
 	 * there was made by a packet that passed it (or by traffic addressed to the pod). */
-	if (dir == DIRECTION_EGRESS) {
-		__u32 src = ipcache_identity(f.p.saddr, f.p.family);
-		/* While the pod's own addresses move to a new identity, the ipcache maps them
-		 * to the endpoint's transit identity (docs/datapath.md section 7). */
-		if (src != ep.identity &&
-		    (f.ifindex & ~IDENTITY_ENDPOINT_TRANSIT_MASK ||
-		     src != (IDENTITY_ENDPOINT_TRANSIT_BASE | f.ifindex))) {
-			d.drop_reason = DROP_INVALID_SOURCE_IP;
-			goto drop;
-		}
+	if (dir == DIRECTION_EGRESS && !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
+		d.drop_reason = DROP_INVALID_SOURCE_IP;
+		goto drop;
 	}
 	__u32 peer = ipcache_identity(peer_addr, f.p.family);
 	if (dir == DIRECTION_EGRESS)

@@ -148,12 +148,18 @@ struct ipcache_value {
 
 /* ---- endpoints: keyed by the host-side interface index --------------------------- */
 #define ENDPOINT_F_READY 0x01
+#define ENDPOINT_F_IPV4  0x02 /* ipv4 holds the endpoint's own IPv4 address */
+#define ENDPOINT_F_IPV6  0x04 /* ipv6 holds the endpoint's own IPv6 address */
 
+/* A pod has at most one address per family; they are what the source check (from_pod,
+ * new flows) accepts as the source of the pod's packets. */
 struct endpoint_info {
 	__u32 identity;
 	__u32 policy_slot; /* partition of the policy map holding this endpoint's policy */
 	__u32 flags;       /* ENDPOINT_F_* */
 	__u32 revision;    /* policy revision realized in the maps */
+	__u8 ipv4[4];      /* network order (ENDPOINT_F_IPV4) */
+	__u8 ipv6[16];     /* network order (ENDPOINT_F_IPV6) */
 };
 
 /* ---- conntrack: LRU hash, one entry per (flow, endpoint hook direction) ----------
@@ -304,7 +310,7 @@ _Static_assert(sizeof(struct counter_value) == 16, "counter_value size");
 _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key size");
 _Static_assert(sizeof(struct ipcache_value) == 8, "ipcache_value size");
-_Static_assert(sizeof(struct endpoint_info) == 16, "endpoint_info size");
+_Static_assert(sizeof(struct endpoint_info) == 36, "endpoint_info size");
 
 /* Counter index = direction * COUNTER_DIR_STRIDE + code: a code at or above the stride
  * would count in the other direction's slots, and a COUNTER_* slot must stay below every

@@ -26,4 +26,20 @@ static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
 	return ep;
 }
 
+/* The source check of a new flow from the pod: the source must be one of the endpoint's
+ * own addresses (ENDPOINT_F_IPV4 / ENDPOINT_F_IPV6), not merely an address of the same
+ * identity. */
+static __always_inline int endpoint_owns(const struct endpoint_info *ep, const __u8 *addr,
+					 __u8 family)
+{
+	if (family == 4)
+		return (ep->flags & ENDPOINT_F_IPV4) && __builtin_memcmp(ep->ipv4, addr, 4) == 0;
+	if (!(ep->flags & ENDPOINT_F_IPV6))
+		return 0;
+	__u64 a[2], b[2];
+	__builtin_memcpy(a, ep->ipv6, 16);
+	__builtin_memcpy(b, addr, 16);
+	return a[0] == b[0] && a[1] == b[1];
+}
+
 #endif

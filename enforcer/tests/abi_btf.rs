@@ -75,7 +75,7 @@ fn a_resized_or_missing_field_or_struct_is_reported() {
     let mut l = layouts();
     let ep = l.iter_mut().find(|l| l.name == "endpoint_info").unwrap();
     ep.fields[3].size = 8;
-    ep.size = 20;
+    ep.size = 40;
     let mut extra = ep.clone();
     extra.name = "no_such_struct".into();
     l.push(extra);
@@ -83,7 +83,7 @@ fn a_resized_or_missing_field_or_struct_is_reported() {
     ct.fields.retain(|f| f.name != "pad");
     let text = palisade_abi::layout::compare(&l, &btf()).join("\n");
     assert!(
-        text.contains("endpoint_info: size 16 in C, 20 in Rust"),
+        text.contains("endpoint_info: size 36 in C, 40 in Rust"),
         "{text}"
     );
     assert!(

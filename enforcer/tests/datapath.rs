@@ -117,7 +117,9 @@ fn set_ready(dp: &mut Datapath, revision: u32) {
             policy_slot: POD,
             flags: abi::ENDPOINT_F_READY,
             revision,
-        },
+            ..Default::default()
+        }
+        .with_addresses(&[ip("10.0.0.1"), ip("fd00::1")]),
     )
     .unwrap();
 }
@@ -459,37 +461,63 @@ fn udp_sctp_and_ipv6_follow_their_rules() {
     );
 }
 
+/// Issue 10 item 16: the source check compares the source with the endpoint's own
+/// addresses, not identities. Before, a pod could open flows from the address of another
+/// endpoint of its identity (the ipcache gave the same identity), and its own address was
+/// accepted only while the ipcache named its identity or its transit.
 #[test]
-fn source_check_accepts_the_endpoint_transit_identity_and_no_other() {
-    let Some(mut f) = fixture("transit") else {
+fn source_check_is_the_endpoints_own_addresses() {
+    let Some(mut f) = fixture("source") else {
         return;
     };
-    // The pod's address moving to a new identity: mapped to its own transit identity
-    // (derived from the ifindex, 1 here) while its endpoint entry switches.
-    let own = abi::endpoint_transit_identity(1).unwrap();
-    f.dp.upsert_ipcache(&"10.0.0.1/32".parse::<Cidr>().unwrap(), own)
-        .unwrap();
+    let reason = |f: &mut Fixture| f.events().last().unwrap().drop_reason as u32;
+    // Another endpoint of the same identity (10.0.0.4, fd00::4): not the pod's address.
+    for c in ["10.0.0.4/32", "fd00::4/128"] {
+        f.dp.upsert_ipcache(&c.parse::<Cidr>().unwrap(), POD)
+            .unwrap();
+    }
     assert_eq!(
-        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(1, 80)),
+        f.run(Hook::FromPod, "10.0.0.4", "10.0.0.2", syn(1, 80)),
+        DROP
+    );
+    assert_eq!(reason(&mut f), abi::DROP_INVALID_SOURCE_IP);
+    assert_eq!(f.run(Hook::FromPod, "fd00::4", "fd00::2", syn(1, 80)), DROP);
+    assert_eq!(reason(&mut f), abi::DROP_INVALID_SOURCE_IP);
+    // The pod's own addresses pass whatever the ipcache says of them (its identity, its
+    // transit while it moves, a group transit, nothing).
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(2, 80)),
         PASS
     );
-    // Another endpoint's transit, or a group transit, is not the pod's address.
-    for (sport, other) in [
-        (2, abi::endpoint_transit_identity(2).unwrap()),
-        (3, abi::IDENTITY_TRANSIT_MIN),
+    assert_eq!(f.run(Hook::FromPod, "fd00::1", "fd00::2", syn(2, 80)), PASS);
+    for (sport, id) in [
+        (3, abi::endpoint_transit_identity(1).unwrap()),
+        (4, abi::IDENTITY_TRANSIT_MIN),
+        (5, OTHER),
     ] {
-        f.dp.upsert_ipcache(&"10.0.0.1/32".parse::<Cidr>().unwrap(), other)
+        f.dp.upsert_ipcache(&"10.0.0.1/32".parse::<Cidr>().unwrap(), id)
             .unwrap();
         assert_eq!(
             f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(sport, 80)),
-            DROP
-        );
-        let ev = f.events();
-        assert_eq!(
-            ev.last().unwrap().drop_reason as u32,
-            abi::DROP_INVALID_SOURCE_IP
+            PASS,
+            "own address labelled {id}"
         );
     }
+    // An endpoint registered without an IPv6 address sends no IPv6 at all.
+    f.dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: POD,
+            policy_slot: POD,
+            flags: abi::ENDPOINT_F_READY,
+            revision: 1,
+            ..Default::default()
+        }
+        .with_addresses(&[ip("10.0.0.1")]),
+    )
+    .unwrap();
+    assert_eq!(f.run(Hook::FromPod, "fd00::1", "fd00::2", syn(6, 80)), DROP);
+    assert_eq!(reason(&mut f), abi::DROP_INVALID_SOURCE_IP);
 }
 
 #[test]
@@ -575,6 +603,7 @@ fn fail_closed_cases_have_their_own_reasons() {
             policy_slot: POD,
             flags: 0,
             revision: 1,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -129,7 +129,9 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn run(&mut self, hook: Hook, subject_id: u32, pkt: &[u8]) -> Decision {
+    /// Runs `pkt` at `hook` of the test interface set up as the subject: its identity's
+    /// slot and its own address `own` (what its source check accepts).
+    fn run(&mut self, hook: Hook, subject_id: u32, own: IpAddr, pkt: &[u8]) -> Decision {
         self.dp
             .set_endpoint(
                 1,
@@ -138,7 +140,9 @@ impl Kernel {
                     policy_slot: self.synced.slot_of(subject_id).unwrap(),
                     flags: abi::ENDPOINT_F_READY,
                     revision: 1,
-                },
+                    ..Default::default()
+                }
+                .with_addresses(&[own]),
             )
             .unwrap();
         let ret = self.dp.test_run(hook, pkt).unwrap();
@@ -195,7 +199,7 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
             );
             let want = maps::evaluate(&engine, &flow);
             if let Some((_, id)) = subject(&engine, &flow.src) {
-                let got = k.run(Hook::FromPod, id, &pkt);
+                let got = k.run(Hook::FromPod, id, src_ip, &pkt);
                 let exp = comparable(want.egress.as_ref().unwrap());
                 proptest::prop_assert_eq!(&got, &exp, "egress of {:?}", flow);
                 compared.set(compared.get() + 1);
@@ -204,7 +208,7 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
                 }
             }
             if let Some((_, id)) = subject(&engine, &flow.dst) {
-                let got = k.run(Hook::ToPod, id, &pkt);
+                let got = k.run(Hook::ToPod, id, dst_ip, &pkt);
                 let exp = comparable(want.ingress.as_ref().unwrap());
                 proptest::prop_assert_eq!(&got, &exp, "ingress of {:?}", flow);
                 compared.set(compared.get() + 1);

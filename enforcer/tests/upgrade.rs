@@ -302,6 +302,7 @@ fn v1_conntrack_is_imported_and_rechecked() {
             policy_slot: 300,
             flags: palisade_abi::ENDPOINT_F_READY,
             revision: 1,
+            ..Default::default()
         },
     )
     .unwrap();

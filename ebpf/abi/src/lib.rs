@@ -147,6 +147,8 @@ pub const FRAG_LIFETIME_S: u64 = 30;
 pub const IPCACHE_PREFIX_FIXED: u32 = 32;
 
 pub const ENDPOINT_F_READY: u32 = 0x01;
+pub const ENDPOINT_F_IPV4: u32 = 0x02;
+pub const ENDPOINT_F_IPV6: u32 = 0x04;
 
 /// `struct policy_key`: the LPM key of an endpoint policy map.
 #[repr(C)]
@@ -200,6 +202,10 @@ pub struct EndpointInfo {
     pub policy_slot: u32,
     pub flags: u32,
     pub revision: u32,
+    /// The endpoint's own IPv4 address, network order (`ENDPOINT_F_IPV4`).
+    pub ipv4: [u8; 4],
+    /// Its own IPv6 address (`ENDPOINT_F_IPV6`).
+    pub ipv6: [u8; 16],
 }
 
 /// `struct ct_key`.
@@ -343,8 +349,10 @@ const _: () = {
     assert!(offset_of!(IpcacheKey, family) == 4);
     assert!(offset_of!(IpcacheKey, addr) == 8);
     assert!(size_of::<IpcacheValue>() == 8);
-    assert!(size_of::<EndpointInfo>() == 16);
+    assert!(size_of::<EndpointInfo>() == 36);
     assert!(offset_of!(EndpointInfo, revision) == 12);
+    assert!(offset_of!(EndpointInfo, ipv4) == 16);
+    assert!(offset_of!(EndpointInfo, ipv6) == 20);
 };
 
 impl PolicyKey {
@@ -496,21 +504,60 @@ impl CtEntry {
 }
 
 impl EndpointInfo {
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    pub fn to_bytes(&self) -> [u8; 36] {
+        let mut b = [0u8; 36];
         b[0..4].copy_from_slice(&self.identity.to_ne_bytes());
         b[4..8].copy_from_slice(&self.policy_slot.to_ne_bytes());
         b[8..12].copy_from_slice(&self.flags.to_ne_bytes());
         b[12..16].copy_from_slice(&self.revision.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.ipv4);
+        b[20..36].copy_from_slice(&self.ipv6);
         b
     }
 
-    pub fn from_bytes(b: &[u8; 16]) -> EndpointInfo {
+    pub fn from_bytes(b: &[u8; 36]) -> EndpointInfo {
+        let mut ipv4 = [0u8; 4];
+        ipv4.copy_from_slice(&b[16..20]);
+        let mut ipv6 = [0u8; 16];
+        ipv6.copy_from_slice(&b[20..36]);
         EndpointInfo {
             identity: ne_u32(b, 0),
             policy_slot: ne_u32(b, 4),
             flags: ne_u32(b, 8),
             revision: ne_u32(b, 12),
+            ipv4,
+            ipv6,
+        }
+    }
+
+    /// Records the endpoint's own addresses (the source check accepts exactly these): the
+    /// first of each family. A pod has at most one per family; a further address of a
+    /// family is not accepted as a source (fails closed).
+    pub fn with_addresses(mut self, ips: &[std::net::IpAddr]) -> EndpointInfo {
+        self.flags &= !(ENDPOINT_F_IPV4 | ENDPOINT_F_IPV6);
+        self.ipv4 = [0; 4];
+        self.ipv6 = [0; 16];
+        for ip in ips.iter().rev() {
+            match ip {
+                std::net::IpAddr::V4(a) => {
+                    self.ipv4 = a.octets();
+                    self.flags |= ENDPOINT_F_IPV4;
+                }
+                std::net::IpAddr::V6(a) => {
+                    self.ipv6 = a.octets();
+                    self.flags |= ENDPOINT_F_IPV6;
+                }
+            }
+        }
+        self
+    }
+
+    /// Whether `ip` is one of the endpoint's own addresses: the datapath's source check
+    /// (`endpoint_owns` in `ebpf/lib/endpoint.h`).
+    pub fn owns(&self, ip: &std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(a) => self.flags & ENDPOINT_F_IPV4 != 0 && self.ipv4 == a.octets(),
+            std::net::IpAddr::V6(a) => self.flags & ENDPOINT_F_IPV6 != 0 && self.ipv6 == a.octets(),
         }
     }
 }
@@ -632,7 +679,7 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(
             EndpointInfo,
             "endpoint_info",
-            [identity, policy_slot, flags, revision]
+            [identity, policy_slot, flags, revision, ipv4, ipv6]
         ),
         layout!(CtKey, "ct_key", [saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family, direction, pad, ifindex]),
         layout!(CtEntry, "ct_entry", [

@@ -92,6 +92,8 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("POLICY_PREFIX_FULL", abi::POLICY_PREFIX_FULL as i64),
         ("IPCACHE_PREFIX_FIXED", abi::IPCACHE_PREFIX_FIXED as i64),
         ("ENDPOINT_F_READY", abi::ENDPOINT_F_READY as i64),
+        ("ENDPOINT_F_IPV4", abi::ENDPOINT_F_IPV4 as i64),
+        ("ENDPOINT_F_IPV6", abi::ENDPOINT_F_IPV6 as i64),
         ("DROP_INVALID_SOURCE_IP", abi::DROP_INVALID_SOURCE_IP as i64),
         ("DROP_INVALID_PACKET", abi::DROP_INVALID_PACKET as i64),
         (

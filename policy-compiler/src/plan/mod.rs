@@ -136,7 +136,8 @@ impl std::fmt::Display for Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetEndpoint {
     pub identity: u32,
-    /// Its own addresses (their ipcache entries are its source check).
+    /// Its own addresses: written into its endpoint entry, they are what its source check
+    /// accepts (`endpoint_info.ipv4`/`ipv6`).
     pub ips: Vec<IpAddr>,
 }
 
@@ -215,21 +216,29 @@ impl Target {
         }
         for (ifindex, e) in &self.endpoints {
             if let Some(slot) = slots.get(&e.identity) {
-                s.endpoints
-                    .insert(*ifindex, ready(e.identity, *slot, self.revision));
+                s.endpoints.insert(*ifindex, ready(e, *slot, self.revision));
             }
         }
         s
     }
 }
 
-fn ready(identity: u32, slot: u32, revision: u32) -> EndpointInfo {
+/// Whether two entries accept the same source addresses.
+fn same_addresses(a: &EndpointInfo, b: &EndpointInfo) -> bool {
+    let f = abi::ENDPOINT_F_IPV4 | abi::ENDPOINT_F_IPV6;
+    a.flags & f == b.flags & f && a.ipv4 == b.ipv4 && a.ipv6 == b.ipv6
+}
+
+/// The ready entry of an endpoint, with its own addresses (what its source check accepts).
+fn ready(e: &TargetEndpoint, slot: u32, revision: u32) -> EndpointInfo {
     EndpointInfo {
-        identity,
+        identity: e.identity,
         policy_slot: slot,
         flags: abi::ENDPOINT_F_READY,
         revision,
+        ..EndpointInfo::default()
     }
+    .with_addresses(&e.ips)
 }
 
 /// Counts of a plan, by kind.
@@ -382,18 +391,16 @@ pub fn plan(
             continue;
         };
         match old.endpoints.get(ifindex) {
-            Some(o) if o.identity == e.identity && o.policy_slot == slot => {}
+            // The same slot and addresses: nothing to flip (a revision bump comes last).
+            Some(o)
+                if o.identity == e.identity
+                    && o.policy_slot == slot
+                    && same_addresses(o, &ready(e, slot, o.revision)) => {}
             Some(o) => {
-                flips.push((
-                    *ifindex,
-                    EndpointInfo {
-                        revision: o.revision,
-                        ..ready(e.identity, slot, o.revision)
-                    },
-                ));
+                flips.push((*ifindex, ready(e, slot, o.revision)));
                 targets.insert(slot);
             }
-            None => fresh_endpoints.push((*ifindex, ready(e.identity, slot, target.revision))),
+            None => fresh_endpoints.push((*ifindex, ready(e, slot, target.revision))),
         }
     }
 
@@ -648,7 +655,7 @@ pub fn plan(
         let (Some(o), Some(slot)) = (old.endpoints.get(ifindex), slots.get(&e.identity)) else {
             continue;
         };
-        let info = ready(e.identity, *slot, target.revision);
+        let info = ready(e, *slot, target.revision);
         if *o == info {
             continue;
         }
@@ -656,7 +663,7 @@ pub fn plan(
             || ipcache_changed
             || flipped.contains(ifindex)
             || touched_slots.contains(slot)
-            || o.flags != abi::ENDPOINT_F_READY
+            || o.flags != info.flags
         {
             p.push(Op::SetEndpoint {
                 ifindex: *ifindex,

@@ -97,11 +97,10 @@ pub fn decide(
         Hook::FromPod => (abi::DIRECTION_EGRESS, dst),
         Hook::ToPod => (abi::DIRECTION_INGRESS, src),
     };
-    if hook == Hook::FromPod {
-        let s = ipcache_lookup(state, src);
-        if s != ep.identity && abi::endpoint_transit_identity(ifindex) != Some(s) {
-            return HookDecision::InvalidSource;
-        }
+    // The source check: one of the endpoint's own addresses, whatever identity the
+    // ipcache gives it (`endpoint_owns` in ebpf/lib/endpoint.h).
+    if hook == Hook::FromPod && !ep.owns(src) {
+        return HookDecision::InvalidSource;
     }
     let peer = ipcache_lookup(state, peer_addr);
     if peer == abi::IDENTITY_UNKNOWN {
@@ -121,5 +120,61 @@ pub fn decide(
             audit: v.flags & abi::POLICY_F_AUDIT != 0,
             proxy_port: u16::from_be(v.proxy_port_be),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use crate::abi::EndpointInfo;
+
+    /// The source check is by address (issue 10 item 16): another address of the same
+    /// identity is not the endpoint's, and its own address passes whatever the ipcache
+    /// says of it.
+    #[test]
+    fn the_source_check_accepts_only_the_endpoints_own_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut state = MapState::default();
+        state.endpoints.insert(
+            7,
+            EndpointInfo {
+                identity: 300,
+                policy_slot: 1,
+                flags: abi::ENDPOINT_F_READY,
+                revision: 1,
+                ..EndpointInfo::default()
+            }
+            .with_addresses(&[ip("10.0.0.1"), ip("fd00::1")]),
+        );
+        for (c, id) in [
+            ("10.0.0.1/32", 400),
+            ("10.0.0.4/32", 300),
+            ("fd00::4/128", 300),
+            ("0.0.0.0/0", abi::IDENTITY_WORLD_IPV4),
+            ("::/0", abi::IDENTITY_WORLD_IPV6),
+        ] {
+            state.ipcache.insert(c.parse().unwrap(), id);
+        }
+        let from =
+            |src: &str, dst: &str| decide(&state, 7, Hook::FromPod, &ip(src), &ip(dst), 6, 80);
+        assert_eq!(from("10.0.0.4", "10.0.0.9"), HookDecision::InvalidSource);
+        assert_eq!(from("fd00::4", "fd00::9"), HookDecision::InvalidSource);
+        assert_ne!(from("10.0.0.1", "10.0.0.9"), HookDecision::InvalidSource);
+        assert_ne!(from("fd00::1", "fd00::9"), HookDecision::InvalidSource);
+        // to_pod has no source check.
+        assert_ne!(
+            decide(
+                &state,
+                7,
+                Hook::ToPod,
+                &ip("10.0.0.4"),
+                &ip("10.0.0.1"),
+                6,
+                80
+            ),
+            HookDecision::InvalidSource
+        );
     }
 }
