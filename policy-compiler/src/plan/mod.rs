@@ -844,22 +844,19 @@ mod tests {
             ..CompiledPolicy::default()
         };
         let ipcache: BTreeMap<Cidr, u32> = [(cidr("10.0.0.2/32"), 300)].into();
+        let ep = TargetEndpoint {
+            identity: 200,
+            ips: vec![],
+        };
         let old = MapState {
             policy: [(7, policy(&[80, 9090]).entries.into_iter().collect())].into(),
             ipcache: ipcache.clone(),
-            endpoints: [(1, ready(200, 7, 1))].into(),
+            endpoints: [(1, ready(&ep, 7, 1))].into(),
         };
         let target = Target {
             policies: [(200, Arc::new(policy(&[80])))].into(),
             ipcache,
-            endpoints: [(
-                1,
-                TargetEndpoint {
-                    identity: 200,
-                    ips: vec![],
-                },
-            )]
-            .into(),
+            endpoints: [(1, ep.clone())].into(),
             revision: 2,
         };
         let p = plan(&old, &[(200, 7)].into(), &target, PlanOptions::default());
@@ -873,7 +870,7 @@ mod tests {
                 },
                 Op::SetEndpoint {
                     ifindex: 1,
-                    info: ready(200, 7, 2)
+                    info: ready(&ep, 7, 2)
                 },
             ]
         );
