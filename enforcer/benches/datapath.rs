@@ -34,7 +34,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -148,7 +147,7 @@ fn sel(key: &str, value: &str) -> Selector {
         requirements: vec![Requirement {
             key: key.into(),
             op: Operator::In,
-            values: BTreeSet::from([value.to_string()]),
+            values: vec![value.to_string()],
         }],
     }
 }

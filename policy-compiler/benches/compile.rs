@@ -12,7 +12,6 @@
     reason = "test code states expectations by panicking"
 )]
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +41,7 @@ fn sel(pairs: &[(&str, &str)]) -> Selector {
             .map(|(k, v)| Requirement {
                 key: k.to_string(),
                 op: Operator::In,
-                values: BTreeSet::from([v.to_string()]),
+                values: vec![v.to_string()],
             })
             .collect(),
     }

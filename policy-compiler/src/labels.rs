@@ -17,7 +17,10 @@ pub struct Selector {
 pub struct Requirement {
     pub key: String,
     pub op: Operator,
-    pub values: BTreeSet<String>,
+    /// Sorted, without duplicates. A vector, not a set: most requirements hold one value,
+    /// and a one-element tree costs a few hundred bytes per selector (large policy sets
+    /// hold hundreds of thousands of selectors).
+    pub values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -37,7 +40,7 @@ impl Selector {
             requirements.push(Requirement {
                 key: k.clone(),
                 op: Operator::In,
-                values: BTreeSet::from([v.clone()]),
+                values: vec![v.clone()],
             });
         }
         for e in sel.match_expressions.iter().flatten() {
@@ -50,7 +53,12 @@ impl Selector {
             requirements.push(Requirement {
                 key: e.key.clone(),
                 op,
-                values: e.values.iter().flatten().cloned().collect(),
+                values: {
+                    let mut v: Vec<String> = e.values.iter().flatten().cloned().collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                },
             });
         }
         requirements.sort();
@@ -80,8 +88,12 @@ impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
         match self.op {
-            Operator::In => v.is_some_and(|v| self.values.contains(v)),
-            Operator::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            Operator::In => {
+                v.is_some_and(|v| self.values.binary_search_by(|x| x.as_str().cmp(v)).is_ok())
+            }
+            Operator::NotIn => {
+                v.is_none_or(|v| self.values.binary_search_by(|x| x.as_str().cmp(v)).is_err())
+            }
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
         }
@@ -98,7 +110,7 @@ impl std::fmt::Display for Selector {
             .requirements
             .iter()
             .map(|r| {
-                let vals = r.values.iter().cloned().collect::<Vec<_>>().join(",");
+                let vals = r.values.join(",");
                 match r.op {
                     Operator::In if r.values.len() == 1 => format!("{}={}", r.key, vals),
                     Operator::In => format!("{} in ({})", r.key, vals),

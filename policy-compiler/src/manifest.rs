@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::cidr::Cidr;
 use crate::k8s::{
@@ -68,6 +69,17 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// Only regular files are read: a FIFO would block the reader, a device can be endless.
+    #[error("{}: is a {file_type}, not a regular file; only regular files are read", path.display())]
+    NotRegular {
+        path: PathBuf,
+        file_type: &'static str,
+    },
+    #[error(
+        "{}: larger than the {limit}-byte limit on one manifest file (max_file_bytes)",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{}:{line}:{column}: {message}", path.display())]
     Syntax {
         path: PathBuf,
@@ -75,6 +87,9 @@ pub enum LoadError {
         column: u64,
         message: String,
     },
+    /// A document the loader cannot model, in strict mode.
+    #[error("{origin}: {reason}")]
+    Unmodelled { origin: Origin, reason: String },
     #[error("{}", render_invalid(.0))]
     Invalid(Vec<InvalidObject>),
 }
@@ -105,10 +120,48 @@ fn render_invalid(objs: &[InvalidObject]) -> String {
     out.join("\n")
 }
 
+/// Default for [`Limits::max_file_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Default for [`Limits::max_documents`].
+pub const DEFAULT_MAX_DOCUMENTS: usize = 1_000_000;
+/// Default for [`Limits::max_nodes`].
+pub const DEFAULT_MAX_NODES: usize = 50_000_000;
+
+/// Limits on what one manifest file may hold. Each is checked per file, before or while
+/// parsing, so a hostile or broken file is refused with an error instead of exhausting
+/// memory. YAML aliases stay bounded separately (at most 50,000 aliases and 1,000,000
+/// replayed events per file), so an alias bomb is refused whatever these are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes read from one file; a larger file is an error (default 256 MiB).
+    pub max_file_bytes: u64,
+    /// Top-level documents (`---`-separated YAML documents, or concatenated JSON values)
+    /// in one file (default 1,000,000). The items of a `List` count as nodes, not documents.
+    pub max_documents: usize,
+    /// Nodes (mappings, sequences and scalars, aliases expanded) in one file (default
+    /// 50,000,000).
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_documents: DEFAULT_MAX_DOCUMENTS,
+            max_nodes: DEFAULT_MAX_NODES,
+        }
+    }
+}
+
 /// Options for loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LoadOptions {
     pub validation: ValidationOptions,
+    pub limits: Limits,
+    /// A document the loader cannot model (a kind it does not know, a NetworkPolicy of
+    /// another apiVersion, a document without `kind`) is an error instead of a warning.
+    /// The enforcer loads this way: a misspelt kind must not silently remove a policy.
+    pub strict_kinds: bool,
 }
 
 /// What was read, besides the cluster.
@@ -118,6 +171,8 @@ pub struct LoadReport {
     pub objects: BTreeMap<String, usize>,
     /// Kinds Palisade does not model, with counts: reported, never silently dropped.
     pub unsupported_kinds: BTreeMap<String, usize>,
+    /// Where the first document of each unsupported kind was found (`file (document n)`).
+    pub unsupported_at: BTreeMap<String, String>,
     pub warnings: Vec<String>,
 }
 
@@ -136,30 +191,107 @@ pub struct Loaded {
 
 /// Loads every manifest under `paths` (files, or directories walked recursively for
 /// `.yaml`, `.yml` and `.json`, in sorted order).
+///
+/// Files are read one at a time and decoded document by document straight into typed
+/// objects: a file's text is the largest transient copy, never a tree of every document.
 pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut files = Vec::new();
     for p in paths {
         collect_files(p, true, &mut files)?;
     }
-    let mut docs = Vec::new();
+    let mut b = Builder::new(opts);
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|source| LoadError::Io {
-            path: f.clone(),
-            source,
-        })?;
-        docs.extend(parse_documents(f, &text)?);
+        let text = read_capped(f, opts.limits.max_file_bytes)?;
+        parse_documents(f, &text, opts, &mut b)?;
     }
-    let mut loaded = build_cluster(docs, opts)?;
+    let mut loaded = b.finish()?;
     loaded.report.files = files.len();
     Ok(loaded)
 }
 
 /// Loads manifests held in memory (embedded examples, tests).
 pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    let docs = parse_documents(Path::new(name), text)?;
-    let mut loaded = build_cluster(docs, opts)?;
+    if text.len() as u64 > opts.limits.max_file_bytes {
+        return Err(LoadError::TooLarge {
+            path: PathBuf::from(name),
+            limit: opts.limits.max_file_bytes,
+        });
+    }
+    let mut b = Builder::new(opts);
+    parse_documents(Path::new(name), text, opts, &mut b)?;
+    let mut loaded = b.finish()?;
     loaded.report.files = 1;
     Ok(loaded)
+}
+
+fn file_type_name(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a regular file (symlinks followed) through a size cap. The file is opened
+/// non-blocking, so a FIFO swapped in after the type check cannot block the open, and its
+/// type is checked again on the open descriptor.
+fn read_capped(path: &Path, max: u64) -> Result<String, LoadError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotRegular {
+            path: path.to_path_buf(),
+            file_type: file_type_name(&meta.file_type()),
+        });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotRegular {
+            path: path.to_path_buf(),
+            file_type: file_type_name(&meta.file_type()),
+        });
+    }
+    if meta.len() > max {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            limit: max,
+        });
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() as u64 > max {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            limit: max,
+        });
+    }
+    String::from_utf8(buf).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })
 }
 
 fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
@@ -188,6 +320,8 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<
             collect_files(&e, false, out)?;
         }
     } else if explicit || is_manifest_name(path) {
+        // A manifest-named FIFO, device or socket is an error (read_capped names it), not
+        // a silent skip: the operator meant it to be read.
         out.push(path.to_path_buf());
     }
     Ok(())
@@ -200,21 +334,147 @@ fn is_manifest_name(p: &Path) -> bool {
     )
 }
 
-struct Doc {
-    origin: Origin,
-    value: Value,
+/// One document's content: a slice of a JSON file's text (decoded only into the typed
+/// object it describes) or a YAML document's tree.
+enum Body<'a> {
+    Raw(&'a RawValue),
+    Tree(Value),
 }
 
-fn parse_documents(path: &Path, text: &str) -> Result<Vec<Doc>, LoadError> {
-    let is_json = path.extension().and_then(|e| e.to_str()) == Some("json")
-        || text.trim_start().starts_with(['{', '[']);
-    let values: Vec<Value> = if is_json {
-        let mut out = Vec::new();
-        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-        for v in stream {
-            match v {
-                Ok(v) => out.push(v),
-                Err(e) => {
+struct Doc<'a> {
+    origin: Origin,
+    body: Body<'a>,
+    /// `kind` and `apiVersion` an item of a `List` takes when it has none.
+    default_kind: Option<String>,
+    default_api: Option<String>,
+}
+
+/// What the loader needs to know of a document before decoding it.
+#[derive(Default)]
+struct Head {
+    is_object: bool,
+    kind: Option<String>,
+    api: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHead {
+    #[serde(default)]
+    kind: Option<Value>,
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<Value>,
+    #[serde(default)]
+    metadata: Option<RawMeta>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawMeta {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    namespace: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawItems<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
+}
+
+fn str_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_string)
+}
+
+impl Doc<'_> {
+    fn head(&self) -> Head {
+        let mut h = match &self.body {
+            Body::Raw(r) => {
+                if !r.get().trim_start().starts_with('{') {
+                    Head::default()
+                } else {
+                    match serde_json::from_str::<RawHead>(r.get()) {
+                        Ok(rh) => {
+                            let meta = rh.metadata.as_ref();
+                            Head {
+                                is_object: true,
+                                kind: str_of(rh.kind.as_ref()),
+                                api: str_of(rh.api_version.as_ref()),
+                                name: str_of(meta.and_then(|m| m.name.as_ref())),
+                                namespace: str_of(meta.and_then(|m| m.namespace.as_ref())),
+                            }
+                        }
+                        // Not decodable even leniently: decoding reports the real problem.
+                        Err(_) => Head {
+                            is_object: true,
+                            ..Head::default()
+                        },
+                    }
+                }
+            }
+            Body::Tree(v) => {
+                let meta = v.get("metadata");
+                Head {
+                    is_object: v.is_object(),
+                    kind: str_of(v.get("kind")),
+                    api: str_of(v.get("apiVersion")),
+                    name: str_of(meta.and_then(|m| m.get("name"))),
+                    namespace: str_of(meta.and_then(|m| m.get("namespace"))),
+                }
+            }
+        };
+        if h.kind.is_none() {
+            h.kind = self.default_kind.clone();
+        }
+        if h.api.is_none() {
+            h.api = self.default_api.clone();
+        }
+        h
+    }
+
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let (path, msg) = match &self.body {
+            Body::Raw(r) => {
+                let mut de = serde_json::Deserializer::from_str(r.get());
+                match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => (
+                        e.path().to_string(),
+                        strip_position(&e.into_inner().to_string()),
+                    ),
+                }
+            }
+            Body::Tree(v) => match serde_path_to_error::deserialize::<_, T>(v) {
+                Ok(v) => return Ok(v),
+                Err(e) => (e.path().to_string(), e.into_inner().to_string()),
+            },
+        };
+        Err(format!("strict decoding error: {path}: {msg}"))
+    }
+}
+
+/// Parses one file's documents into `b`. JSON (a `.json` file, or text starting with `{`
+/// or `[`) is checked for syntax, duplicate keys and the limits in one pass, then each
+/// document is decoded from its own slice of the text. Text that starts like JSON but is
+/// not (a multi-document YAML file whose first document is flow-style `{...}`) is YAML.
+fn parse_documents(
+    path: &Path,
+    text: &str,
+    opts: &LoadOptions,
+    b: &mut Builder,
+) -> Result<(), LoadError> {
+    let ext = path.extension().and_then(|e| e.to_str());
+    let looks_json = text.trim_start().starts_with(['{', '[']);
+    if ext == Some("json") || looks_json {
+        match check_json(text, &opts.limits) {
+            Ok(()) => return parse_json(path, text, b),
+            Err(e) => {
+                let syntax = matches!(
+                    e.classify(),
+                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+                );
+                if ext == Some("json") || !syntax || !matches!(ext, Some("yaml" | "yml")) {
                     return Err(LoadError::Syntax {
                         path: path.to_path_buf(),
                         line: e.line() as u64,
@@ -224,33 +484,236 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<Doc>, LoadError> {
                 }
             }
         }
-        out
-    } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            LoadError::Syntax {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: first_line(&e.to_string()),
-            }
-        })?
-    };
-    Ok(values
-        .into_iter()
-        .enumerate()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(i, value)| Doc {
+    }
+    parse_yaml(path, text, &opts.limits, b)
+}
+
+fn parse_json(path: &Path, text: &str, b: &mut Builder) -> Result<(), LoadError> {
+    let stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+    for (i, v) in stream.enumerate() {
+        let raw = v.map_err(|e| LoadError::Syntax {
+            path: path.to_path_buf(),
+            line: e.line() as u64,
+            column: e.column() as u64,
+            message: strip_position(&e.to_string()),
+        })?;
+        if raw.get() == "null" {
+            continue;
+        }
+        b.add(Doc {
             origin: Origin {
                 file: path.to_path_buf(),
                 document: i + 1,
             },
-            value,
-        })
-        .collect())
+            body: Body::Raw(raw),
+            default_kind: None,
+            default_api: None,
+        })?;
+    }
+    Ok(())
+}
+
+fn parse_yaml(path: &Path, text: &str, limits: &Limits, b: &mut Builder) -> Result<(), LoadError> {
+    let mut options = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    let file_bytes = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
+    budget.max_reader_input_bytes = Some(file_bytes);
+    budget.max_documents = limits.max_documents;
+    budget.max_nodes = limits.max_nodes;
+    // Every node is at most a start and an end event, every document two more.
+    budget.max_events = limits
+        .max_nodes
+        .saturating_mul(2)
+        .saturating_add(limits.max_documents.saturating_mul(2))
+        .saturating_add(16);
+    budget.max_total_scalar_bytes = file_bytes;
+    options.budget = Some(budget);
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    let syntax = |e: serde_saphyr::Error| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        LoadError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: first_line(&e.to_string()),
+        }
+    };
+    let mut reader = text.as_bytes();
+    // One document at a time: each is decoded into typed objects and dropped before the
+    // next is parsed.
+    // The streaming reader budgets each document on its own; the per-file counts are kept
+    // here.
+    let mut nodes = 0usize;
+    for (i, v) in serde_saphyr::read_with_options::<_, Value>(&mut reader, options).enumerate() {
+        let value = v.map_err(syntax)?;
+        if i >= limits.max_documents {
+            return Err(LoadError::Syntax {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "more than {} documents in one file (max_documents)",
+                    limits.max_documents
+                ),
+            });
+        }
+        nodes = nodes.saturating_add(count_nodes(&value));
+        if nodes > limits.max_nodes {
+            return Err(LoadError::Syntax {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "more than {} nodes in one file (max_nodes), in document {}",
+                    limits.max_nodes,
+                    i + 1
+                ),
+            });
+        }
+        if value.is_null() {
+            continue;
+        }
+        b.add(Doc {
+            origin: Origin {
+                file: path.to_path_buf(),
+                document: i + 1,
+            },
+            body: Body::Tree(value),
+            default_kind: None,
+            default_api: None,
+        })?;
+    }
+    Ok(())
+}
+
+/// Nodes of a decoded YAML document, counted as [`JsonCheck`] counts JSON (keys count).
+fn count_nodes(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(count_nodes).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(|v| 1 + count_nodes(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// One pass over JSON text: syntax, duplicate keys (an error, as the API server's strict
+/// decoding makes them) and the document and node limits.
+fn check_json(text: &str, limits: &Limits) -> Result<(), serde_json::Error> {
+    use serde::de::{DeserializeSeed as _, Error as _};
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut nodes = 0usize;
+    let mut docs = 0usize;
+    loop {
+        // Whitespace only left: done.
+        if de.end().is_ok() {
+            return Ok(());
+        }
+        docs += 1;
+        if docs > limits.max_documents {
+            return Err(serde_json::Error::custom(format!(
+                "more than {} documents in one file (max_documents)",
+                limits.max_documents
+            )));
+        }
+        JsonCheck {
+            nodes: &mut nodes,
+            max_nodes: limits.max_nodes,
+        }
+        .deserialize(&mut de)?;
+    }
+}
+
+struct JsonCheck<'c> {
+    nodes: &'c mut usize,
+    max_nodes: usize,
+}
+
+impl JsonCheck<'_> {
+    fn count<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        *self.nodes += 1;
+        if *self.nodes > self.max_nodes {
+            return Err(E::custom(format!(
+                "more than {} nodes in one file (max_nodes)",
+                self.max_nodes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonCheck<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_str<E: serde::de::Error>(mut self, _: &str) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.count()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.count()?;
+        while seq
+            .next_element_seed(JsonCheck {
+                nodes: &mut *self.nodes,
+                max_nodes: self.max_nodes,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error as _;
+        self.count()?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut set: std::collections::HashSet<String> = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.count()?;
+            // Kubernetes objects have small maps: a linear scan until they are not.
+            let dup = if set.is_empty() && keys.len() < 32 {
+                let d = keys.contains(&k);
+                keys.push(k.clone());
+                d
+            } else {
+                if set.is_empty() {
+                    set.extend(keys.drain(..));
+                }
+                !set.insert(k.clone())
+            };
+            if dup {
+                return Err(A::Error::custom(format!(
+                    "duplicate key {k:?} (duplicate fields are an error, as in the API server's strict decoding)"
+                )));
+            }
+            map.next_value_seed(JsonCheck {
+                nodes: &mut *self.nodes,
+                max_nodes: self.max_nodes,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn strip_position(msg: &str) -> String {
@@ -274,83 +737,9 @@ fn first_line(msg: &str) -> String {
     }
 }
 
-/// Flattens `List` wrappers into their items.
-fn flatten(doc: Doc, out: &mut Vec<Doc>, report: &mut LoadReport) {
-    let kind = doc
-        .value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if kind.ends_with("List")
-        && let Some(Value::Array(items)) = doc.value.get("items")
-    {
-        let item_kind = kind.trim_end_matches("List").to_string();
-        for item in items {
-            let mut value = item.clone();
-            if let Value::Object(m) = &mut value {
-                if !m.contains_key("kind") && !item_kind.is_empty() {
-                    m.insert("kind".into(), Value::String(item_kind.clone()));
-                }
-                if !m.contains_key("apiVersion")
-                    && let Some(v) = doc.value.get("apiVersion")
-                {
-                    let api = if item_kind == "NetworkPolicy" {
-                        Value::String("networking.k8s.io/v1".into())
-                    } else {
-                        v.clone()
-                    };
-                    m.insert("apiVersion".into(), api);
-                }
-            }
-            out.push(Doc {
-                origin: doc.origin.clone(),
-                value,
-            });
-        }
-        return;
-    }
-    if !doc.value.is_object() || doc.value.get("kind").is_none() {
-        report.warnings.push(format!(
-            "{}: not a Kubernetes object (no `kind`); skipped",
-            doc.origin
-        ));
-        return;
-    }
-    out.push(doc);
-}
-
-fn decode<T: DeserializeOwned>(
-    doc: &Doc,
-    object: &str,
-    invalid: &mut Vec<InvalidObject>,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(&doc.value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            invalid.push(InvalidObject {
-                origin: doc.origin.clone(),
-                object: object.to_string(),
-                errors: Vec::new(),
-                messages: vec![format!("strict decoding error: {path}: {msg}")],
-            });
-            None
-        }
-    }
-}
-
-fn object_label(doc: &Doc, kind: &str) -> String {
-    let meta = doc.value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>");
-    match meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-    {
+fn object_label(head: &Head, kind: &str) -> String {
+    let name = head.name.as_deref().unwrap_or("<unnamed>");
+    match head.namespace.as_deref() {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
@@ -366,96 +755,245 @@ struct WorkloadDef {
     spec: Option<PodSpec>,
 }
 
-fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    let mut report = LoadReport::default();
-    let mut flat = Vec::new();
-    for d in docs {
-        flatten(d, &mut flat, &mut report);
-    }
-    let mut cluster = Cluster::default();
-    let mut invalid: Vec<InvalidObject> = Vec::new();
-    let mut workloads: Vec<WorkloadDef> = Vec::new();
-    let mut pods: Vec<(Origin, PodObject)> = Vec::new();
-    let mut seen: BTreeMap<String, Origin> = BTreeMap::new();
+struct Builder<'o> {
+    opts: &'o LoadOptions,
+    report: LoadReport,
+    cluster: Cluster,
+    invalid: Vec<InvalidObject>,
+    workloads: Vec<WorkloadDef>,
+    pods: Vec<(Origin, PodObject)>,
+    seen: BTreeMap<String, Origin>,
+}
 
-    for doc in &flat {
-        let kind = doc
-            .value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let api = doc
-            .value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let label = object_label(doc, &kind);
+/// The kinds the loader models, for "did you mean" hints.
+const KNOWN_KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "Service",
+    "NetworkPolicy",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "List",
+];
+
+impl<'o> Builder<'o> {
+    fn new(opts: &'o LoadOptions) -> Self {
+        Builder {
+            opts,
+            report: LoadReport::default(),
+            cluster: Cluster::default(),
+            invalid: Vec::new(),
+            workloads: Vec::new(),
+            pods: Vec::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&mut self, doc: &Doc<'_>, object: &str) -> Option<T> {
+        match doc.decode::<T>() {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.invalid.push(InvalidObject {
+                    origin: doc.origin.clone(),
+                    object: object.to_string(),
+                    errors: Vec::new(),
+                    messages: vec![msg],
+                });
+                None
+            }
+        }
+    }
+
+    /// A document the loader does not model: counted (and warned about by the caller), or
+    /// an error in strict mode.
+    fn unmodelled(
+        &mut self,
+        origin: &Origin,
+        key: String,
+        reason: String,
+    ) -> Result<(), LoadError> {
+        if self.opts.strict_kinds {
+            return Err(LoadError::Unmodelled {
+                origin: origin.clone(),
+                reason,
+            });
+        }
+        self.report
+            .unsupported_at
+            .entry(key.clone())
+            .or_insert_with(|| origin.to_string());
+        *self.report.unsupported_kinds.entry(key).or_default() += 1;
+        Ok(())
+    }
+
+    /// Takes one document: a `List` is flattened into its items, anything else is decoded
+    /// into its typed object at once (the document's text or tree is dropped after).
+    fn add(&mut self, doc: Doc<'_>) -> Result<(), LoadError> {
+        let head = doc.head();
+        let kind = head.kind.clone().unwrap_or_default();
+        let doc = if kind.ends_with("List") {
+            let item_kind = kind.trim_end_matches("List").to_string();
+            let default_kind = (!item_kind.is_empty()).then(|| item_kind.clone());
+            let default_api = head.api.as_ref().map(|v| {
+                if item_kind == "NetworkPolicy" {
+                    "networking.k8s.io/v1".to_string()
+                } else {
+                    v.clone()
+                }
+            });
+            let Doc { origin, body, .. } = doc;
+            match body {
+                Body::Raw(r) => match serde_json::from_str::<RawItems<'_>>(r.get()) {
+                    Ok(items) => {
+                        for item in items.items {
+                            self.add(Doc {
+                                origin: origin.clone(),
+                                body: Body::Raw(item),
+                                default_kind: default_kind.clone(),
+                                default_api: default_api.clone(),
+                            })?;
+                        }
+                        return Ok(());
+                    }
+                    Err(_) => Doc {
+                        origin,
+                        body: Body::Raw(r),
+                        default_kind: None,
+                        default_api: None,
+                    },
+                },
+                Body::Tree(mut v) => {
+                    let items = v.as_object_mut().and_then(|m| match m.remove("items") {
+                        Some(Value::Array(items)) => Some(items),
+                        Some(other) => {
+                            m.insert("items".into(), other);
+                            None
+                        }
+                        None => None,
+                    });
+                    match items {
+                        Some(items) => {
+                            for item in items {
+                                self.add(Doc {
+                                    origin: origin.clone(),
+                                    body: Body::Tree(item),
+                                    default_kind: default_kind.clone(),
+                                    default_api: default_api.clone(),
+                                })?;
+                            }
+                            return Ok(());
+                        }
+                        None => Doc {
+                            origin,
+                            body: Body::Tree(v),
+                            default_kind: None,
+                            default_api: None,
+                        },
+                    }
+                }
+            }
+        } else {
+            doc
+        };
+        if !head.is_object || head.kind.is_none() {
+            if self.opts.strict_kinds {
+                return Err(LoadError::Unmodelled {
+                    origin: doc.origin.clone(),
+                    reason: "not a Kubernetes object (no `kind`)".into(),
+                });
+            }
+            self.report.warnings.push(format!(
+                "{}: not a Kubernetes object (no `kind`); skipped",
+                doc.origin
+            ));
+            return Ok(());
+        }
+        let api = head.api.clone().unwrap_or_default();
+        let label = object_label(&head, &kind);
         let supported =
             is_modelled_kind(&kind) && (kind != "NetworkPolicy" || api == "networking.k8s.io/v1");
         if !supported {
-            let key = if kind == "NetworkPolicy" {
-                format!("{kind} ({api})")
-            } else {
-                kind
-            };
-            *report.unsupported_kinds.entry(key).or_default() += 1;
-            continue;
+            if kind == "NetworkPolicy" {
+                return self.unmodelled(
+                    &doc.origin,
+                    format!("{kind} ({api})"),
+                    format!(
+                        "{label}: apiVersion {api:?} is not modelled (NetworkPolicy is read as networking.k8s.io/v1 only)"
+                    ),
+                );
+            }
+            let hint = KNOWN_KINDS
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(&kind))
+                .map(|k| format!("; did you mean {k}?"))
+                .unwrap_or_default();
+            return self.unmodelled(
+                &doc.origin,
+                kind.clone(),
+                format!(
+                    "{label}: kind {kind:?} is not modelled (Namespace, Pod, Service, NetworkPolicy, workloads and Lists are){hint}"
+                ),
+            );
         }
-        *report.objects.entry(kind.clone()).or_default() += 1;
+        self.add_object(&doc, &head, &kind, label);
+        Ok(())
+    }
+
+    fn add_object(&mut self, doc: &Doc<'_>, head: &Head, kind: &str, label: String) {
+        let opts = self.opts;
+        let kind = kind.to_string();
+        *self.report.objects.entry(kind.clone()).or_default() += 1;
         let full_key = {
-            let meta = doc.value.get("metadata");
-            let ns = meta
-                .and_then(|m| m.get("namespace"))
-                .and_then(Value::as_str);
-            let name = meta
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let name = head.name.as_deref().unwrap_or("");
             let ns = if kind == "Namespace" {
                 ""
             } else {
-                ns.unwrap_or(DEFAULT_NAMESPACE)
+                head.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
             };
             format!("{kind} {ns}/{name}")
         };
-        if let Some(prev) = seen.get(&full_key) {
-            invalid.push(InvalidObject {
+        if let Some(prev) = self.seen.get(&full_key) {
+            self.invalid.push(InvalidObject {
                 origin: doc.origin.clone(),
                 object: label.clone(),
                 errors: Vec::new(),
                 messages: vec![format!("duplicate object: already defined in {prev}")],
             });
-            continue;
+            return;
         }
-        seen.insert(full_key, doc.origin.clone());
+        self.seen.insert(full_key, doc.origin.clone());
         match kind.as_str() {
             "NetworkPolicy" => {
-                let Some(np) = decode::<NetworkPolicyObject>(doc, &label, &mut invalid) else {
-                    continue;
+                let Some(np) = self.decode::<NetworkPolicyObject>(doc, &label) else {
+                    return;
                 };
                 let v = validate::validate_network_policy(&np, &opts.validation);
                 for w in v.warnings {
-                    report
+                    self.report
                         .warnings
                         .push(format!("{}: {label}: {w}", doc.origin));
                 }
                 if !v.errors.is_empty() {
-                    invalid.push(InvalidObject {
+                    self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
                         object: label,
                         errors: v.errors,
                         messages: Vec::new(),
                     });
-                    continue;
+                    return;
                 }
                 match convert_policy(&np, &doc.origin) {
                     Ok(p) => {
-                        cluster
+                        self.cluster
                             .policies
                             .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
                     }
-                    Err(errors) => invalid.push(InvalidObject {
+                    Err(errors) => self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
                         object: label,
                         errors,
@@ -464,8 +1002,8 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 }
             }
             "Namespace" => {
-                let Some(ns) = decode::<NamespaceObject>(doc, &label, &mut invalid) else {
-                    continue;
+                let Some(ns) = self.decode::<NamespaceObject>(doc, &label) else {
+                    return;
                 };
                 let mut errors = Vec::new();
                 let name = required_name(&ns.metadata, &mut errors);
@@ -475,33 +1013,33 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                     &mut errors,
                 );
                 if !errors.is_empty() {
-                    invalid.push(InvalidObject {
+                    self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
                         object: label,
                         errors,
                         messages: Vec::new(),
                     });
-                    continue;
+                    return;
                 }
                 let n = Namespace::new(&name, ns.metadata.labels.unwrap_or_default(), true);
-                cluster.namespaces.insert(name, n);
+                self.cluster.namespaces.insert(name, n);
             }
             "Pod" => {
-                if let Some(p) = decode::<PodObject>(doc, &label, &mut invalid) {
-                    pods.push((doc.origin.clone(), p));
+                if let Some(p) = self.decode::<PodObject>(doc, &label) {
+                    self.pods.push((doc.origin.clone(), p));
                 }
             }
             "Service" => {
-                let Some(s) = decode::<ServiceObject>(doc, &label, &mut invalid) else {
-                    continue;
+                let Some(s) = self.decode::<ServiceObject>(doc, &label) else {
+                    return;
                 };
                 match convert_service(&s) {
                     Ok(svc) => {
-                        cluster
+                        self.cluster
                             .services
                             .insert((svc.namespace.clone(), svc.name.clone()), svc);
                     }
-                    Err(errors) => invalid.push(InvalidObject {
+                    Err(errors) => self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
                         object: label,
                         errors,
@@ -510,8 +1048,8 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 }
             }
             _ => {
-                let Some(w) = decode::<WorkloadObject>(doc, &label, &mut invalid) else {
-                    continue;
+                let Some(w) = self.decode::<WorkloadObject>(doc, &label) else {
+                    return;
                 };
                 let mut errors = Vec::new();
                 let name = required_name(&w.metadata, &mut errors);
@@ -536,15 +1074,15 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
                 };
                 validate::validate_labels(&labels, tpath, &mut errors);
                 if !errors.is_empty() {
-                    invalid.push(InvalidObject {
+                    self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
                         object: label,
                         errors,
                         messages: Vec::new(),
                     });
-                    continue;
+                    return;
                 }
-                workloads.push(WorkloadDef {
+                self.workloads.push(WorkloadDef {
                     origin: doc.origin.clone(),
                     kind: kind.clone(),
                     namespace: namespace_of(&w.metadata),
@@ -556,99 +1094,110 @@ fn build_cluster(docs: Vec<Doc>, opts: &LoadOptions) -> Result<Loaded, LoadError
         }
     }
 
-    // Workload ownership: a pod belongs to its controller owner (the direct one, as
-    // `kubectl get pods -o wide` shows it: a Deployment's pods belong to their ReplicaSet).
-    let mut covered: BTreeSet<(String, String, String)> = BTreeSet::new();
-    for (origin, pod) in pods {
-        let label = format!(
-            "Pod {}/{}",
-            namespace_of(&pod.metadata),
-            pod.metadata.name.as_deref().unwrap_or("<unnamed>")
-        );
-        let mut errors = Vec::new();
-        let name = required_name(&pod.metadata, &mut errors);
-        let ns = namespace_of(&pod.metadata);
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        validate::validate_labels(&labels, "metadata.labels", &mut errors);
-        let ips = pod_ips(&pod, &mut errors);
-        let ports = named_ports(pod.spec.as_ref(), "spec", &mut errors);
-        if !errors.is_empty() {
-            invalid.push(InvalidObject {
-                origin,
-                object: label,
-                errors,
-                messages: Vec::new(),
-            });
-            continue;
-        }
-        let workload = match controller_owner(&pod.metadata) {
-            Some((kind, owner)) => {
-                covered.insert((ns.clone(), kind.clone(), owner.clone()));
-                WorkloadRef { kind, name: owner }
+    fn finish(self) -> Result<Loaded, LoadError> {
+        let Builder {
+            report,
+            mut cluster,
+            mut invalid,
+            workloads,
+            pods,
+            ..
+        } = self;
+
+        // Workload ownership: a pod belongs to its controller owner (the direct one, as
+        // `kubectl get pods -o wide` shows it: a Deployment's pods belong to their ReplicaSet).
+        let mut covered: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for (origin, pod) in pods {
+            let label = format!(
+                "Pod {}/{}",
+                namespace_of(&pod.metadata),
+                pod.metadata.name.as_deref().unwrap_or("<unnamed>")
+            );
+            let mut errors = Vec::new();
+            let name = required_name(&pod.metadata, &mut errors);
+            let ns = namespace_of(&pod.metadata);
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            validate::validate_labels(&labels, "metadata.labels", &mut errors);
+            let ips = pod_ips(&pod, &mut errors);
+            let ports = named_ports(pod.spec.as_ref(), "spec", &mut errors);
+            if !errors.is_empty() {
+                invalid.push(InvalidObject {
+                    origin,
+                    object: label,
+                    errors,
+                    messages: Vec::new(),
+                });
+                continue;
             }
-            None => WorkloadRef {
-                kind: "Pod".into(),
-                name: name.clone(),
-            },
-        };
-        let key = Endpoint::pod_key(&ns, &name);
-        cluster.endpoints.insert(
-            key.clone(),
-            Endpoint {
+            let workload = match controller_owner(&pod.metadata) {
+                Some((kind, owner)) => {
+                    covered.insert((ns.clone(), kind.clone(), owner.clone()));
+                    WorkloadRef { kind, name: owner }
+                }
+                None => WorkloadRef {
+                    kind: "Pod".into(),
+                    name: name.clone(),
+                },
+            };
+            let key = Endpoint::pod_key(&ns, &name);
+            cluster.endpoints.insert(
+                key.clone(),
+                Endpoint {
+                    key,
+                    namespace: ns,
+                    name,
+                    workload,
+                    labels,
+                    ips,
+                    ports,
+                    host_network: pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.host_network)
+                        .unwrap_or(false),
+                },
+            );
+        }
+        // Workloads without pods in the input: one representative endpoint each.
+        for w in &workloads {
+            if covered.contains(&(w.namespace.clone(), w.kind.clone(), w.name.clone())) {
+                continue;
+            }
+            let mut errors = Vec::new();
+            let ports = named_ports(w.spec.as_ref(), "spec.template.spec", &mut errors);
+            if !errors.is_empty() {
+                invalid.push(InvalidObject {
+                    origin: w.origin.clone(),
+                    object: format!("{} {}/{}", w.kind, w.namespace, w.name),
+                    errors,
+                    messages: Vec::new(),
+                });
+                continue;
+            }
+            let (kind, name) = (w.kind.clone(), w.name.clone());
+            let key = Endpoint::workload_key(&w.namespace, &kind, &name);
+            cluster.endpoints.entry(key.clone()).or_insert(Endpoint {
                 key,
-                namespace: ns,
-                name,
-                workload,
-                labels,
-                ips,
+                namespace: w.namespace.clone(),
+                name: name.clone(),
+                workload: WorkloadRef { kind, name },
+                labels: w.labels.clone(),
+                ips: Vec::new(),
                 ports,
-                host_network: pod
+                host_network: w
                     .spec
                     .as_ref()
                     .and_then(|s| s.host_network)
                     .unwrap_or(false),
-            },
-        );
-    }
-    // Workloads without pods in the input: one representative endpoint each.
-    for w in &workloads {
-        if covered.contains(&(w.namespace.clone(), w.kind.clone(), w.name.clone())) {
-            continue;
-        }
-        let mut errors = Vec::new();
-        let ports = named_ports(w.spec.as_ref(), "spec.template.spec", &mut errors);
-        if !errors.is_empty() {
-            invalid.push(InvalidObject {
-                origin: w.origin.clone(),
-                object: format!("{} {}/{}", w.kind, w.namespace, w.name),
-                errors,
-                messages: Vec::new(),
             });
-            continue;
         }
-        let (kind, name) = (w.kind.clone(), w.name.clone());
-        let key = Endpoint::workload_key(&w.namespace, &kind, &name);
-        cluster.endpoints.entry(key.clone()).or_insert(Endpoint {
-            key,
-            namespace: w.namespace.clone(),
-            name: name.clone(),
-            workload: WorkloadRef { kind, name },
-            labels: w.labels.clone(),
-            ips: Vec::new(),
-            ports,
-            host_network: w
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false),
-        });
-    }
 
-    if !invalid.is_empty() {
-        return Err(LoadError::Invalid(invalid));
+        if !invalid.is_empty() {
+            return Err(LoadError::Invalid(invalid));
+        }
+        cluster.imply_namespaces();
+        Ok(Loaded { cluster, report })
     }
-    cluster.imply_namespaces();
-    Ok(Loaded { cluster, report })
 }
 
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -321,6 +321,7 @@ fn main() {
                 .collect();
             let opts = Options {
                 ipblocks_select_pods: false,
+                ..Options::default()
             };
             let (d, (ok, lines)) = best_of(3, || {
                 let mut ok = 0;

@@ -21,12 +21,16 @@ pub struct Options {
     /// reading (netpol-analyzer): ipBlocks select only addresses outside the cluster and
     /// pods are known by their identity alone, so every address is an external one.
     pub ipblocks_select_pods: bool,
+    /// How manifests are read: file size and parser limits, and whether a document the
+    /// loader cannot model is an error (`--strict`) instead of a warning.
+    pub load: LoadOptions,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             ipblocks_select_pods: true,
+            load: LoadOptions::default(),
         }
     }
 }
@@ -74,7 +78,7 @@ impl Analysis {
                 "no manifests given: pass files or directories with -f/--file".into(),
             ));
         }
-        let loaded = manifest::load_paths(paths, &LoadOptions::default())?;
+        let loaded = manifest::load_paths(paths, &options.load)?;
         Analysis::from_cluster(&loaded.cluster, loaded.report, options)
     }
 
@@ -234,10 +238,17 @@ impl Analysis {
                 .iter()
                 .map(|(k, n)| format!("{k} ({n})"))
                 .collect();
+            let first: Vec<String> = self
+                .report
+                .unsupported_at
+                .iter()
+                .map(|(k, at)| format!("{k} at {at}"))
+                .collect();
             out.push(format!(
-                "ignored {} object(s) of kinds Palisade does not model: {}",
+                "ignored {} object(s) of kinds Palisade does not model: {} (first of each: {}; --strict makes these errors)",
                 self.report.unsupported_total(),
-                kinds.join(", ")
+                kinds.join(", "),
+                first.join(", ")
             ));
         }
         out.extend(self.report.warnings.iter().cloned());

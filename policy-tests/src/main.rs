@@ -60,6 +60,25 @@ struct Cli {
     )]
     ipblocks_select_pods: bool,
 
+    /// Make a document Palisade cannot model an error (exit 2) instead of a warning: an
+    /// unknown or misspelt kind (`Networkpolicy`), a NetworkPolicy of another apiVersion
+    /// (`extensions/v1beta1`), a document without `kind`. The error names the file and
+    /// document. This is how the enforcer reads its manifest directory.
+    #[arg(long, global = true)]
+    strict: bool,
+
+    /// Largest manifest file read, in bytes; a larger one is an error.
+    #[arg(long, value_name = "BYTES", default_value_t = policy_compiler::manifest::DEFAULT_MAX_FILE_BYTES, global = true)]
+    max_file_bytes: u64,
+
+    /// Most top-level documents in one file (YAML `---` documents or concatenated JSON).
+    #[arg(long, value_name = "N", default_value_t = policy_compiler::manifest::DEFAULT_MAX_DOCUMENTS, global = true)]
+    max_documents: usize,
+
+    /// Most nodes (mappings, sequences, scalars; YAML aliases expanded) in one file.
+    #[arg(long, value_name = "N", default_value_t = policy_compiler::manifest::DEFAULT_MAX_NODES, global = true)]
+    max_nodes: usize,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -270,6 +289,15 @@ fn json(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> Result<ExitCode, InputError> {
     let opts = Options {
         ipblocks_select_pods: cli.ipblocks_select_pods,
+        load: policy_compiler::manifest::LoadOptions {
+            strict_kinds: cli.strict,
+            limits: policy_compiler::manifest::Limits {
+                max_file_bytes: cli.max_file_bytes,
+                max_documents: cli.max_documents,
+                max_nodes: cli.max_nodes,
+            },
+            ..Default::default()
+        },
     };
     match cli.command {
         Command::Check(args) => {

@@ -191,6 +191,7 @@ fn connections_and_matrix_agree_with_the_map_evaluator() {
                 loaded.report.clone(),
                 &Options {
                     ipblocks_select_pods: select_pods,
+                    ..Options::default()
                 },
             )
             .unwrap();

@@ -492,3 +492,75 @@ fn ipblocks_flag_changes_pod_selection() {
     assert!(off.contains("ipBlocks do not select pods"), "{off}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs policy-test, failing the test (and killing the process) after 20 s: a hang on bad
+/// input must fail the suite, not stall it.
+fn run_within(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policy-test"))
+        .args(args)
+        .env_remove("CI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run policy-test");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("policy-test {args:?} did not finish within 20 s: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn strict_makes_unmodelled_documents_errors_naming_file_and_document() {
+    let o = run(&[
+        "connections",
+        "--strict",
+        "-f",
+        &fx("shop"),
+        "-f",
+        &fx("extra-kinds"),
+    ]);
+    let e = bad_input(&o);
+    assert!(e.contains("anp.yaml (document "), "{e}");
+    assert!(e.contains("AdminNetworkPolicy"), "{e}");
+    // Without --strict the same input warns and names where the kind was found.
+    let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("AdminNetworkPolicy at "), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--strict"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_fifo_or_dev_zero_is_bad_input_not_a_hang() {
+    let dir = std::env::temp_dir().join(format!("policy-test-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("policies.yaml");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let o = run_within(&["connections", "-f", fifo.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = bad_input(&o);
+    assert!(e.contains("policies.yaml") && e.contains("FIFO"), "{e}");
+    let e = bad_input(&run_within(&["connections", "-f", "/dev/zero"]));
+    assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+}
+
+#[test]
+fn the_file_size_cap_is_a_flag() {
+    let e = bad_input(&run(&[
+        "connections",
+        "--max-file-bytes",
+        "100",
+        "-f",
+        &fx("shop"),
+    ]));
+    assert!(e.contains("100-byte limit"), "{e}");
+}

@@ -78,6 +78,7 @@ fn netpol_analyzer_connlist_txt() {
                 for (i, select_pods) in [false, true].into_iter().enumerate() {
                     let opts = Options {
                         ipblocks_select_pods: select_pods,
+                        ..Options::default()
                     };
                     let a = Analysis::from_cluster(&loaded.cluster, loaded.report.clone(), &opts)
                         .unwrap();
