@@ -533,7 +533,11 @@ fn strict_makes_unmodelled_documents_errors_naming_file_and_document() {
     // Without --strict the same input warns and names where the kind was found.
     let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("AdminNetworkPolicy at "), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("AdminNetworkPolicy at "),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("--strict"), "{}", stderr(&o));
 }
 
@@ -550,7 +554,10 @@ fn a_fifo_or_dev_zero_is_bad_input_not_a_hang() {
     let e = bad_input(&o);
     assert!(e.contains("policies.yaml") && e.contains("FIFO"), "{e}");
     let e = bad_input(&run_within(&["connections", "-f", "/dev/zero"]));
-    assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+    assert!(
+        e.contains("/dev/zero") && e.contains("not a regular file"),
+        "{e}"
+    );
 }
 
 #[test]
