@@ -261,6 +261,15 @@ fn main() {
         diff.op_count()
     );
     drop(diff);
+    let largest = engine
+        .compiled()
+        .values()
+        .map(|p| p.entries.len())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "largest policy: {largest} entries (a fresh slot holds one such policy next to the old one until the old one is deleted)"
+    );
 
     // One pod joining an existing workload (same identity): the common case.
     let mut samples = Vec::new();

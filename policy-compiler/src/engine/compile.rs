@@ -231,12 +231,23 @@ fn materialize(
             let mut rules: Vec<(PortPrefix, TierRule)> =
                 exact[i..j].iter().map(|c| (c.2, c.3)).collect();
             let mut prefixes: Vec<PortPrefix> = rules.iter().map(|r| r.0).collect();
+            // Only any-peer rules that overlap one of this peer's prefixes can contain an
+            // entry of this partition (every entry lies inside one of its own prefixes).
+            let overlapping =
+                |q: &PortPrefix| prefixes.iter().any(|e| e.contains(q) || q.contains(e));
+            let relevant: Vec<(PortPrefix, TierRule)> = any_rules
+                .iter()
+                .filter(|(q, _)| overlapping(q))
+                .copied()
+                .collect();
+            let own = prefixes.len();
             prefixes.extend(
-                any_prefixes
+                relevant
                     .iter()
-                    .filter(|a| rules.iter().any(|(e, _)| e.contains(a))),
+                    .map(|(a, _)| *a)
+                    .filter(|a| rules[..own].iter().any(|(e, _)| e.contains(a))),
             );
-            rules.extend_from_slice(&any_rules);
+            rules.extend_from_slice(&relevant);
             emit_partition(peer, d, prefixes, &rules, isolated, &mut out);
             i = j;
         }
