@@ -116,8 +116,7 @@ fn every_map_operation_keeps_each_decision_old_or_new() {
             let t = target_of(&engine, &mut ifs, step as u32 + 1);
             let new = planned(&fake.state, &synced, &t);
             let next = synced.next_plan(&mut fake, &t).unwrap();
-            let expect =
-                Expect::new(&fake.state, &new, &old_t, &t).with_source_window(&next.source_window);
+            let expect = Expect::new(&fake.state, &new, &old_t, &t);
             let context = format!("step {step} from {:?}: {:#?}", fake.state, next.ops);
             watch(&mut fake, expect, count.clone(), context);
             let revisions = Expect::new(&fake.state, &new, &old_t, &t);
@@ -176,8 +175,7 @@ fn a_failed_write_leaves_old_or_new_and_reconcile_converges() {
                 continue;
             }
             let new = planned(&fake.state, &synced, &t);
-            let expect =
-                Expect::new(&fake.state, &new, &old_t, &t).with_source_window(&p.source_window);
+            let expect = Expect::new(&fake.state, &new, &old_t, &t);
             watch(&mut fake, expect, count.clone(), format!("step {step}"));
             // Fail one operation of this plan.
             let k = at.index(p.ops.len());
@@ -211,10 +209,8 @@ fn a_failed_write_leaves_old_or_new_and_reconcile_converges() {
                 assert!(synced.is_dirty());
             }
             // The next apply reconciles against a dump; the observer still requires every
-            // decision to be the old or the new one (the reconcile's marks added).
-            let mut window = p.source_window.clone();
-            window.extend(synced.next_plan(&mut fake, &t).unwrap().source_window);
-            let expect = Expect::new(&before_all, &new_all, &old_t, &t).with_source_window(&window);
+            // decision to be the old or the new one.
+            let expect = Expect::new(&before_all, &new_all, &old_t, &t);
             watch(
                 &mut fake,
                 expect,

@@ -260,11 +260,6 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// Identity -> slot once the plan is complete.
     pub slots: BTreeMap<u32, u32>,
-    /// Endpoints whose own address could not get their own transit identity (an address
-    /// two endpoints claim, a transit number still used by an interrupted plan, an ifindex
-    /// beyond the transit range): while the plan runs, their source check may reject
-    /// their own address (fail closed, `DROP_INVALID_SOURCE_IP`). Empty in the common case.
-    pub source_window: BTreeSet<u32>,
     pub stats: PlanStats,
 }
 
@@ -404,32 +399,11 @@ pub fn plan(
         }
     }
 
-    // 2. Transits for the ipcache keys that change.
+    // 2. Transits for the ipcache keys that change: one per (old identity, new identity).
     // transit id -> (old identity, new identity); key -> transit id
     let mut transits: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
-    let mut source_window: BTreeSet<u32> = BTreeSet::new();
     let mut key_transit: BTreeMap<Cidr, u32> = BTreeMap::new();
     if !flips.is_empty() {
-        // An endpoint's own addresses use its own transit (its source check accepts it).
-        // Staying endpoints by their own host keys; an address two of them claim (a reused
-        // IP) has no own transit.
-        let mut claims: BTreeMap<Cidr, Vec<u32>> = BTreeMap::new();
-        for (ifindex, e) in &target.endpoints {
-            if !old.endpoints.contains_key(ifindex) {
-                continue;
-            }
-            for ip in &e.ips {
-                claims.entry(Cidr::host(*ip)).or_default().push(*ifindex);
-            }
-        }
-        let mut own: BTreeMap<Cidr, u32> = BTreeMap::new();
-        for (c, ifs) in &claims {
-            if let [i] = ifs.as_slice()
-                && let Some(t) = abi::endpoint_transit_identity(*i)
-            {
-                own.insert(*c, t);
-            }
-        }
         // Transit numbers still in use (left by an interrupted plan) are not reused: their
         // partitions may be visible.
         let taken: BTreeSet<u32> = old_range
@@ -442,7 +416,6 @@ pub fn plan(
                     .filter(|i| *i >= abi::IDENTITY_TRANSIT_MIN),
             )
             .collect();
-        own.retain(|_, t| !taken.contains(t));
         let mut groups: BTreeMap<(u32, u32), u32> = BTreeMap::new();
         let mut next_group = abi::IDENTITY_TRANSIT_MIN;
         for c in &changed {
@@ -450,30 +423,21 @@ pub fn plan(
                 lpm_upto(&old.ipcache, c).unwrap_or(abi::IDENTITY_UNKNOWN),
                 lpm_upto(&target.ipcache, c).unwrap_or(abi::IDENTITY_UNKNOWN),
             );
-            let t = match own.get(c) {
-                Some(t) if transits.get(t).is_none_or(|x| *x == pq) => *t,
-                _ => *groups.entry(pq).or_insert_with(|| {
-                    while taken.contains(&next_group) {
-                        next_group += 1;
-                    }
-                    let t = next_group;
+            let t = *groups.entry(pq).or_insert_with(|| {
+                while taken.contains(&next_group) {
                     next_group += 1;
-                    t
-                }),
-            };
+                }
+                let t = next_group;
+                next_group += 1;
+                t
+            });
             transits.insert(t, pq);
             key_transit.insert(*c, t);
-            if t < abi::IDENTITY_ENDPOINT_TRANSIT_BASE
-                && let Some(ifs) = claims.get(c)
-            {
-                source_window.extend(ifs.iter().copied());
-            }
         }
     }
 
     let mut p = Plan {
         slots: slots.clone(),
-        source_window,
         ..Plan::default()
     };
     let mut touched_slots: BTreeSet<u32> = BTreeSet::new();

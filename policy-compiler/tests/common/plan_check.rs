@@ -54,17 +54,9 @@ pub struct Expect {
     pub probes: Vec<Probe>,
     pub old: Vec<HookDecision>,
     pub new: Vec<HookDecision>,
-    /// Endpoints the plan marks (`Plan::source_window`): their source check may reject
-    /// their own address while it runs.
-    pub source_window: std::collections::BTreeSet<u32>,
 }
 
 impl Expect {
-    pub fn with_source_window(mut self, w: &std::collections::BTreeSet<u32>) -> Expect {
-        self.source_window = w.clone();
-        self
-    }
-
     pub fn new(old: &MapState, new: &MapState, old_t: &Target, new_t: &Target) -> Expect {
         let mut probes = probes(old_t);
         probes.extend(probes_of(new_t));
@@ -74,7 +66,6 @@ impl Expect {
             old: probes.iter().map(|p| decide(old, p)).collect(),
             new: probes.iter().map(|p| decide(new, p)).collect(),
             probes,
-            source_window: Default::default(),
         }
     }
 
@@ -82,10 +73,7 @@ impl Expect {
     pub fn check(&self, state: &MapState, context: &dyn Fn() -> String) {
         for (i, p) in self.probes.iter().enumerate() {
             let d = decide(state, p);
-            let marked = d == HookDecision::InvalidSource
-                && p.1 == Hook::FromPod
-                && self.source_window.contains(&p.0);
-            if d != self.old[i] && d != self.new[i] && !marked {
+            if d != self.old[i] && d != self.new[i] {
                 panic!(
                     "third verdict for {p:?}: {d:?} (old {:?}, new {:?}) {}",
                     self.old[i],
