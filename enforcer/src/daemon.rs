@@ -88,12 +88,67 @@ struct State {
 pub struct Health {
     /// Registered endpoints.
     pub endpoints: u32,
+    /// A map update failed partway and the maps have not been reconciled since: every
+    /// flow is decided by the old or the new policy, but which one is not known per flow.
+    pub dirty: bool,
+    /// Map updates (plans or reconciles) that failed since the start.
+    pub failed_updates: u64,
+    /// Successful reconciles after a failure since the start.
+    pub reconciles: u64,
+    /// The last failure, while dirty.
+    pub last_error: Option<String>,
 }
+
+impl Health {
+    /// Ready unless the maps are dirty.
+    pub fn ready(&self) -> bool {
+        !self.dirty
+    }
+
+    /// Why the agent is not ready, for `status`.
+    pub fn reason(&self) -> Option<String> {
+        self.dirty.then(|| {
+            format!(
+                "a map update failed and the maps are not reconciled yet ({} failed updates \
+                 so far; reconcile retrying with backoff): {}",
+                self.failed_updates,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            )
+        })
+    }
+}
+
+/// Delays between reconcile attempts after a failed map update: doubling from `first`
+/// up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// First and longest wait between reconcile attempts.
+const RECONCILE_FIRST: Duration = Duration::from_millis(100);
+const RECONCILE_MAX: Duration = Duration::from_secs(30);
 
 /// The running agent, shared by the API server and the loops.
 pub struct Daemon {
     state: Mutex<State>,
     health: Mutex<Health>,
+    /// Wakes the reconcile task after a failed map update.
+    reconcile_wake: tokio::sync::Notify,
     source: Box<dyn PolicySource>,
     state_dir: PathBuf,
 }
@@ -189,7 +244,11 @@ impl Daemon {
         };
         let endpoints = regs.len() as u32;
         let daemon = Daemon {
-            health: Mutex::new(Health { endpoints }),
+            health: Mutex::new(Health {
+                endpoints,
+                ..Health::default()
+            }),
+            reconcile_wake: tokio::sync::Notify::new(),
             state: Mutex::new(State {
                 engine,
                 dp,
@@ -245,6 +304,71 @@ impl Daemon {
             .clone()
     }
 
+    /// Brings the maps to what the engine and the local endpoints say, at `revision`, and
+    /// records the outcome: a failure marks the agent dirty (not ready, counted, logged
+    /// with what it leaves) and wakes the reconcile task; a success clears it.
+    fn sync(&self, st: &mut State, revision: u32) -> Result<sync::ApplyStats, sync::SyncError> {
+        let State {
+            engine,
+            dp,
+            synced,
+            local,
+            ..
+        } = st;
+        let was_dirty = synced.is_dirty();
+        let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+        // The health lock is released before logging: `status` never waits for a write.
+        let failed_updates = {
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            match &result {
+                Ok(_) => {
+                    h.reconciles += u64::from(was_dirty);
+                    h.dirty = false;
+                    h.last_error = None;
+                }
+                Err(e) => {
+                    h.dirty = true;
+                    h.failed_updates += 1;
+                    h.last_error = Some(e.to_string());
+                }
+            }
+            h.failed_updates
+        };
+        match &result {
+            Ok(_) if was_dirty => info!(
+                policy.revision = revision,
+                sync.failed_updates = failed_updates,
+                "maps reconciled; ready again"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                // The error says how far the plan got; the plan's order keeps every flow
+                // at its old or its new verdict until the reconcile finishes.
+                error!(
+                    policy.revision = revision,
+                    sync.failed_updates = failed_updates,
+                    error = e.to_string(),
+                    "map update failed partway; not ready until the maps are reconciled"
+                );
+                self.reconcile_wake.notify_one();
+            }
+        }
+        result
+    }
+
+    /// One reconcile attempt (blocking): dumps the maps and brings them to the current
+    /// model. Nothing to do when an apply in between already reconciled.
+    fn reconcile_blocking(&self) -> Result<(), sync::SyncError> {
+        let mut st = self.lock();
+        if !st.synced.is_dirty() {
+            return Ok(());
+        }
+        let revision = st.revision + 1;
+        self.sync(&mut st, revision)?;
+        st.revision = revision;
+        Ok(())
+    }
+
     fn set_endpoints(&self, n: usize) {
         self.health
             .lock()
@@ -288,14 +412,7 @@ impl Daemon {
         let n = merged.len();
         st.engine.apply(merged)?;
         let revision = st.revision + 1;
-        let State {
-            engine,
-            dp,
-            synced,
-            local,
-            ..
-        } = &mut *st;
-        let stats = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))?;
+        let stats = self.sync(&mut st, revision)?;
         st.revision = revision;
         drop(st);
         info!(
@@ -362,20 +479,14 @@ impl Daemon {
         let revision = st.revision + 1;
         let result = (|| -> Result<u32, DaemonError> {
             st.engine.apply(changes)?;
-            let State {
-                engine,
-                dp,
-                synced,
-                local,
-                ..
-            } = &mut *st;
             // The plan writes the new endpoint last, on its complete slot.
-            synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))?;
-            let identity = engine
+            self.sync(&mut st, revision)?;
+            let identity = st
+                .engine
                 .endpoint_identity(&key)
                 .unwrap_or(abi::IDENTITY_UNKNOWN);
             // Maps first, then the hooks: the first packet already meets the policy.
-            dp.attach(&reg.host_ifname)?;
+            st.dp.attach(&reg.host_ifname)?;
             Ok(identity)
         })();
         match result {
@@ -423,14 +534,9 @@ impl Daemon {
                 let _ = st.dp.remove_endpoint(ifindex);
                 st.local.remove(&key);
                 if st.engine.apply(vec![self.source_view(&key)]).is_ok() {
-                    let State {
-                        engine,
-                        dp,
-                        synced,
-                        local,
-                        ..
-                    } = &mut *st;
-                    let _ = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+                    // A failure is recorded (dirty, not ready) and reconciled in the
+                    // background; the pod's entry is already gone, so it fails closed.
+                    let _ = self.sync(&mut st, revision);
                 }
                 drop(st);
                 warn!(
@@ -513,18 +619,7 @@ impl Daemon {
             .engine
             .apply(vec![change])
             .map_err(DaemonError::from)
-            .and_then(|_| {
-                let State {
-                    engine,
-                    dp,
-                    synced,
-                    local,
-                    ..
-                } = &mut *st;
-                synced
-                    .apply(&mut AyaMaps(dp), &sync::target(engine, local, revision))
-                    .map_err(DaemonError::from)
-            });
+            .and_then(|_| self.sync(st, revision).map_err(DaemonError::from));
         st.revision = revision;
         (key, res.map(|_| ()))
     }
@@ -666,9 +761,13 @@ impl Daemon {
                             let applied = tokio::task::spawn_blocking(move || d.apply_source(c)).await;
                             match applied {
                                 Ok(Ok(())) => {}
+                                // A failed map update is logged by `sync` with what it leaves;
+                                // this is the model or the engine refusing the batch, in which
+                                // case nothing was written and the previous maps stay.
+                                Ok(Err(DaemonError::Sync(_))) => {}
                                 Ok(Err(e)) => error!(
                                     error = e.to_string(),
-                                    "applying the source's changes failed, previous maps stay"
+                                    "the source's changes were not applied; the previous maps stay"
                                 ),
                                 Err(e) => error!(error = e.to_string(), "source apply task failed"),
                             }
@@ -683,8 +782,30 @@ impl Daemon {
             }
         });
 
+        let rec_daemon = self.clone();
+        let mut rec_stop = stop_rx.clone();
+        let reconcile_task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = async { let _ = rec_stop.wait_for(|s| *s).await; } => break,
+                    () = rec_daemon.reconcile_wake.notified() => {}
+                }
+                let mut backoff = Backoff::new(RECONCILE_FIRST, RECONCILE_MAX);
+                while rec_daemon.health().dirty {
+                    tokio::select! {
+                        () = async { let _ = rec_stop.wait_for(|s| *s).await; } => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    let d = rec_daemon.clone();
+                    // Failures are recorded (and logged) by `sync`.
+                    let _ = tokio::task::spawn_blocking(move || d.reconcile_blocking()).await;
+                }
+            }
+        });
+
         shutdown.await;
         let _ = stop_tx.send(true);
+        let _ = reconcile_task.await;
         events_stop.store(true, Ordering::Release);
         let _ = source_task.await;
         match api.await {
@@ -745,8 +866,8 @@ impl EndpointRegistry for Registry {
         Response::Status {
             api_version: palisade_api::PROTOCOL_VERSION,
             endpoints: health.endpoints,
-            ready: true,
-            reason: None,
+            ready: health.ready(),
+            reason: health.reason(),
         }
     }
 }
@@ -920,4 +1041,37 @@ fn save_registrations(dir: &Path, regs: &BTreeMap<String, Stored>) -> Result<(),
     }
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let delays: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn health_is_not_ready_with_the_reason_while_dirty() {
+        let mut h = Health {
+            endpoints: 3,
+            ..Health::default()
+        };
+        assert!(h.ready());
+        assert_eq!(h.reason(), None);
+        h.dirty = true;
+        h.failed_updates = 2;
+        h.last_error = Some("map operation 4 of 9 failed (write pal_policy): ENOSPC".into());
+        assert!(!h.ready());
+        let reason = h.reason().unwrap();
+        assert!(
+            reason.contains("2 failed updates")
+                && reason.contains("map operation 4 of 9 failed")
+                && reason.contains("reconcile retrying"),
+            "{reason}"
+        );
+    }
 }
