@@ -1462,3 +1462,125 @@ fn verdict_log_names_the_deciding_policies() {
     );
     assert_eq!(f["destination"]["namespace"], "vl", "{f}");
 }
+
+/// Finds a pinned map by name under the agent's pin root (pins live in `v<ABI>/`).
+fn pinned_map(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if p.is_dir() {
+                dirs.push(p);
+            }
+        }
+    }
+    None
+}
+
+fn status(c: &Cluster) -> (bool, Option<String>) {
+    match c.enforcer.request(&Request::Status).unwrap() {
+        Response::Status { ready, reason, .. } => (ready, reason),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// The number in "N failed updates" of a not-ready reason.
+fn failed_updates(reason: &str) -> u64 {
+    let head = reason.split(" failed updates").next().unwrap();
+    head.rsplit(['(', ' ']).next().unwrap().parse().unwrap()
+}
+
+/// A map write that fails (pal_policy frozen against writes from user space, so every
+/// write of a new policy entry fails with EPERM) is not silent: the agent reports not ready
+/// with the failed operation, counts every attempt while it retries the reconcile with
+/// backoff, refuses to attach a new pod against maps it cannot write, and its log says what
+/// the failure leaves. Traffic both policies allow keeps flowing (old or new, never a third).
+#[test]
+fn a_failed_map_write_makes_the_agent_not_ready_and_retries() {
+    let Some(c) = start(
+        "e2e failed map write",
+        &[
+            ("10-deny.yaml", CHG_NS_AND_DENY),
+            ("20-allow.yaml", &chg_allow("[{port: 8080}]")),
+        ],
+    ) else {
+        return;
+    };
+    let srv = c.pod("chg", "srv", 9, 10);
+    let cl = c.pod("chg", "cl", 9, 20);
+    let late = c.pod("chg", "late", 9, 30);
+    c.register(&srv, &[("app", "srv")]);
+    c.register(&cl, &[("app", "cl")]);
+    let _s8080 = serve_tcp(&srv, 8080);
+    expect_all(
+        &c,
+        &[tcp(&cl, &srv, 8080, true, "allowed before the failure")],
+    );
+    assert_eq!(status(&c), (true, None));
+
+    let pin = pinned_map(&c.enforcer.pin_root(), "pal_policy").unwrap_or_else(|| {
+        panic!(
+            "no pal_policy pin under {}",
+            c.enforcer.pin_root().display()
+        )
+    });
+    let frozen = std::process::Command::new("bpftool")
+        .args(["map", "freeze", "pinned"])
+        .arg(&pin)
+        .status();
+    if !matches!(frozen, Ok(s) if s.success()) {
+        palisade_testkit::skip_or_fail(
+            "failed map write",
+            &format!("bpftool map freeze {}: {frozen:?}", pin.display()),
+        );
+        return;
+    }
+
+    // A policy change needs new policy entries: the write fails.
+    c.enforcer
+        .write_manifest("20-allow.yaml", &chg_allow("[{port: 8080}, {port: 9090}]"))
+        .unwrap();
+    let deadline = Instant::now() + CHANGE;
+    let reason = loop {
+        match status(&c) {
+            (false, Some(reason)) => break reason,
+            (false, None) => panic!("not ready without a reason"),
+            (true, _) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready {CHANGE:?} after a policy change that cannot be written\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        reason.contains("map operation") && reason.contains("failed"),
+        "{reason}"
+    );
+    // The reconcile keeps retrying (100 ms, 200 ms, 400 ms, ...) and counts each failure.
+    let first = failed_updates(&reason);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ready, reason) = status(&c);
+    assert!(!ready);
+    let later = failed_updates(reason.as_deref().unwrap());
+    assert!(later >= first + 2, "{first} then {later} failed updates");
+
+    // Both policies allow 8080: it still flows.
+    expect_all(&c, &[tcp(&cl, &srv, 8080, true, "allowed by old and new")]);
+    // No pod is attached against maps the agent cannot write.
+    assert!(
+        c.enforcer.register(&late, &[("app", "cl")]).is_err(),
+        "registered while the maps are dirty"
+    );
+
+    let log = c.log();
+    assert!(
+        log.contains("map update failed partway; not ready until the maps are reconciled"),
+        "{log}"
+    );
+    assert!(!log.contains("previous maps stay"), "{log}");
+}
