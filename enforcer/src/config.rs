@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use policy_compiler::abi::ABI_VERSION;
+use policy_compiler::manifest::{self, Limits, LoadOptions};
 
 /// Root of the enforcer's bpffs pins. The directory actually used is versioned
 /// ([`Config::pin_dir`]) so a datapath with another ABI never reads maps it does not
@@ -76,6 +77,13 @@ pub struct Config {
     pub api_max_connections: usize,
     /// Idle endpoint API connections are closed after this many seconds (default 60).
     pub api_idle_timeout_secs: u64,
+    /// Largest manifest file read, in bytes (default 256 MiB); a larger file fails the
+    /// load and the last good policy stays.
+    pub manifest_max_file_bytes: u64,
+    /// Most top-level documents in one manifest file (default 1,000,000).
+    pub manifest_max_documents: usize,
+    /// Most YAML/JSON nodes in one manifest file, aliases expanded (default 50,000,000).
+    pub manifest_max_nodes: usize,
 }
 
 impl Default for Config {
@@ -94,6 +102,9 @@ impl Default for Config {
             api_max_request_bytes: DEFAULT_API_MAX_REQUEST_BYTES,
             api_max_connections: DEFAULT_API_MAX_CONNECTIONS,
             api_idle_timeout_secs: DEFAULT_API_IDLE_TIMEOUT_SECS,
+            manifest_max_file_bytes: manifest::DEFAULT_MAX_FILE_BYTES,
+            manifest_max_documents: manifest::DEFAULT_MAX_DOCUMENTS,
+            manifest_max_nodes: manifest::DEFAULT_MAX_NODES,
         }
     }
 }
@@ -237,6 +248,15 @@ impl Config {
                 ),
             ));
         }
+        for (field, v) in [
+            ("manifest_max_file_bytes", self.manifest_max_file_bytes),
+            ("manifest_max_documents", self.manifest_max_documents as u64),
+            ("manifest_max_nodes", self.manifest_max_nodes as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1".into()));
+            }
+        }
         if self.source_debounce_ms > 60_000 {
             return Err(invalid(
                 "source_debounce_ms",
@@ -277,6 +297,22 @@ impl Config {
 
     pub fn ct_gc_interval(&self) -> Duration {
         Duration::from_secs(self.ct_gc_interval_secs)
+    }
+
+    /// How the directory source loads manifests: with these limits, and strictly: a
+    /// document the loader cannot model (a misspelt kind, a NetworkPolicy of another
+    /// apiVersion, no `kind`) fails the load, so the last good policy stays instead of the
+    /// policy silently disappearing.
+    pub fn manifest_load_options(&self) -> LoadOptions {
+        LoadOptions {
+            limits: Limits {
+                max_file_bytes: self.manifest_max_file_bytes,
+                max_documents: self.manifest_max_documents,
+                max_nodes: self.manifest_max_nodes,
+            },
+            strict_kinds: true,
+            ..LoadOptions::default()
+        }
     }
 
     pub fn source_debounce(&self) -> Duration {

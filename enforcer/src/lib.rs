@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod lock;
 pub mod logging;
 pub mod maps;
 pub mod source;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use palisade_api::{Registration, Request, Response};
 use palisade_enforcer::config::{Config, SystemEnv};
 use palisade_enforcer::daemon::{Daemon, StartOptions};
+use palisade_enforcer::lock::{EXIT_LOCKED, InstanceLock, LockError};
 use palisade_enforcer::source::{DirSource, PolicySource as _};
 
 #[derive(Debug, Parser)]
@@ -175,6 +176,35 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("palisade-enforcer: {e}");
         return Ok(ExitCode::from(2));
     }
+    // A file (or nothing) where the manifest directory should be would load as an empty
+    // policy set: allow-all. Refuse to start instead.
+    match std::fs::metadata(&config.manifest_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            eprintln!(
+                "palisade-enforcer: manifest_dir: {} is not a directory (--manifests must name a directory of manifests)",
+                config.manifest_dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!(
+                "palisade-enforcer: manifest_dir: {}: {e} (--manifests must name a directory of manifests)",
+                config.manifest_dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    // Before anything is touched (mount, maps, socket): one agent per pin root and state
+    // dir. Held until the process ends.
+    let _lock = match InstanceLock::acquire(&config.pin_root, &a.state_dir) {
+        Ok(l) => l,
+        Err(e @ LockError::Held { .. }) => {
+            eprintln!("palisade-enforcer: {e}");
+            return Ok(ExitCode::from(EXIT_LOCKED));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Enter the node's network namespace before any thread exists, so every thread of the
     // runtime (netlink, attach, the API) lives there. The mount namespace stays: pins must
     // be visible from the host.
@@ -182,8 +212,12 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         enter_netns(ns)?;
     }
     palisade_enforcer::logging::init(a.log_format, a.quiet);
-    let mut source = DirSource::open(&config.manifest_dir, config.source_debounce())
-        .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
+    let mut source = DirSource::with_options(
+        &config.manifest_dir,
+        config.manifest_load_options(),
+        config.source_debounce(),
+    )
+    .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
     let rx = source.subscribe()?;
     let daemon = Daemon::start(
         &StartOptions {

@@ -36,13 +36,20 @@ struct Inner {
     /// The last good snapshot. The lock is held across a reload so reloads never
     /// interleave.
     current: Mutex<Arc<Cluster>>,
+    /// The last reload's error, until a reload succeeds.
+    failed: Mutex<Option<String>>,
 }
 
 impl DirSource {
-    /// Loads `dir` once. Fails when the directory cannot be read or holds an invalid
-    /// manifest: there is no earlier state to fall back to.
+    /// Loads `dir` once, strictly (a document the loader cannot model is an error) and
+    /// with the default limits. Fails when `dir` is not a directory, cannot be read or
+    /// holds an invalid manifest: there is no earlier state to fall back to.
     pub fn open(dir: &Path, debounce: Duration) -> Result<DirSource, SourceError> {
-        DirSource::with_options(dir, LoadOptions::default(), debounce)
+        let opts = LoadOptions {
+            strict_kinds: true,
+            ..LoadOptions::default()
+        };
+        DirSource::with_options(dir, opts, debounce)
     }
 
     pub fn with_options(
@@ -50,15 +57,26 @@ impl DirSource {
         opts: LoadOptions,
         debounce: Duration,
     ) -> Result<DirSource, SourceError> {
+        // A file here would load as an empty policy set (allow-all).
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                return Err(SourceError::NotADirectory {
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
         let cluster = Arc::new(load(dir, &opts).map_err(|source| SourceError::Load {
             dir: dir.to_path_buf(),
             source,
         })?);
+        warn_if_no_policies(dir, &cluster);
         Ok(DirSource {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 opts,
                 current: Mutex::new(cluster.clone()),
+                failed: Mutex::new(None),
             }),
             initial: cluster,
             debounce,
@@ -153,6 +171,10 @@ impl PolicySource for DirSource {
     fn pod_info(&self, namespace: &str, pod: &str) -> Option<PodInfo> {
         self.pod_labels(namespace, pod)
     }
+
+    fn notes(&self) -> Vec<String> {
+        notes(&self.inner)
+    }
 }
 
 impl Inner {
@@ -165,8 +187,12 @@ impl Inner {
 
     fn reload(&self) -> Option<SourceEvent> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        match load(&self.dir, &self.opts) {
+        let result = load(&self.dir, &self.opts);
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+            result.as_ref().err().map(ToString::to_string);
+        match result {
             Ok(new) => {
+                warn_if_no_policies(&self.dir, &new);
                 let changes = diff_clusters(&current, &new);
                 if changes.is_empty() {
                     // Services or report-only differences: keep the newer snapshot anyway.
@@ -181,6 +207,39 @@ impl Inner {
             ))),
         }
     }
+}
+
+/// An empty policy set is a valid result (every pod unisolated: allow-all), but rarely
+/// the intent: say so loudly each time the source arrives at it.
+fn warn_if_no_policies(dir: &Path, cluster: &Cluster) {
+    if cluster.policies.is_empty() {
+        tracing::warn!(
+            source.dir = %dir.display(),
+            "no policies: the manifest directory holds no NetworkPolicy, so no pod is isolated and all traffic is allowed"
+        );
+    }
+}
+
+/// The source's standing problems for `status`: no policies, or the last reload failed.
+fn notes(inner: &Inner) -> Vec<String> {
+    let mut out = Vec::new();
+    if inner.snapshot().policies.is_empty() {
+        out.push(format!(
+            "no policies: {} holds no NetworkPolicy (all traffic is allowed)",
+            inner.dir.display()
+        ));
+    }
+    if let Some(e) = inner
+        .failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        out.push(format!(
+            "manifest reload failed, still enforcing the previous policy: {e}"
+        ));
+    }
+    out
 }
 
 fn load(dir: &Path, opts: &LoadOptions) -> Result<Cluster, LoadError> {

@@ -76,6 +76,12 @@ pub trait PolicySource: Send + Sync {
 
     /// The labels and named ports of pod `namespace/pod` in the current snapshot.
     fn pod_info(&self, namespace: &str, pod: &str) -> Option<PodInfo>;
+
+    /// Standing problems an operator should see in `status` (the source holds no policy,
+    /// its last reload failed). Empty when all is well.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +98,8 @@ pub enum SourceError {
         #[source]
         source: notify::Error,
     },
+    #[error("{}: not a directory (the manifest source reads a directory)", dir.display())]
+    NotADirectory { dir: PathBuf },
     #[error("{}: already subscribed", dir.display())]
     AlreadySubscribed { dir: PathBuf },
     #[error("cannot start the watcher thread: {source}")]

@@ -277,3 +277,81 @@ fn watcher_delivers_debounced_changes_and_errors() {
         rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
     assert!(quiet.is_err(), "no event expected, got {quiet:?}");
 }
+
+#[test]
+fn unmodellable_documents_fail_the_reload_and_keep_the_last_good_policy() {
+    let d = TempDir::new("strict");
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    let src = DirSource::open(&d.0, Duration::from_millis(10)).unwrap();
+    let before = src.snapshot();
+    assert_eq!(before.policies.len(), 1);
+    let cases = [
+        (
+            "Networkpolicy",
+            deny("default-deny").replace("kind: NetworkPolicy", "kind: Networkpolicy"),
+        ),
+        (
+            "no kind",
+            deny("default-deny").replace("kind: NetworkPolicy\n", ""),
+        ),
+        (
+            "extensions/v1beta1",
+            deny("default-deny").replace("networking.k8s.io/v1", "extensions/v1beta1"),
+        ),
+    ];
+    for (what, text) in cases {
+        write(&d.0, "np.yaml", &text);
+        match src.reload() {
+            Some(SourceEvent::Error(e)) => {
+                assert!(e.contains("np.yaml (document 1)"), "{what}: {e}");
+                assert!(e.contains("previous policy"), "{what}: {e}");
+            }
+            other => panic!("{what}: the policy silently disappeared: {other:?}"),
+        }
+        assert_eq!(*src.snapshot(), *before, "{what}: last good policy kept");
+        let notes = src.notes();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("reload failed") && n.contains("np.yaml")),
+            "{what}: {notes:?}"
+        );
+    }
+    // Fixed: the note goes.
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    assert!(src.reload().is_none());
+    assert!(src.notes().is_empty(), "{:?}", src.notes());
+}
+
+#[test]
+fn no_policies_is_applied_but_noted() {
+    let d = TempDir::new("nopolicies");
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    let src = DirSource::open(&d.0, Duration::from_millis(10)).unwrap();
+    assert!(src.notes().is_empty());
+    std::fs::remove_file(d.0.join("np.yaml")).unwrap();
+    assert_eq!(
+        changes(src.reload()),
+        vec!["-np shop/default-deny", "-ns shop"]
+    );
+    let notes = src.notes();
+    assert!(
+        notes.iter().any(|n| n.starts_with("no policies")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_file_or_nothing_is_not_a_manifest_directory() {
+    let d = TempDir::new("notdir");
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    for p in [d.0.join("np.yaml"), d.0.join("missing")] {
+        let err = DirSource::open(&p, Duration::from_millis(10)).unwrap_err();
+        assert!(
+            matches!(err, SourceError::NotADirectory { .. }),
+            "{}: {err}",
+            p.display()
+        );
+        assert!(err.to_string().contains(&p.display().to_string()), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failed step should stop the test with its message"
+)]
+//! Faults at start: a second agent on the same pin root, and `--manifests` that is not a
+//! directory. The second-agent test is privileged (a real node and a real first agent;
+//! `Node::for_test` applies the privileged-test rule); the others need nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_api::{Request, Response};
+use palisade_testkit::harness::Enforcer;
+use palisade_testkit::node::Node;
+
+const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
+
+const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+
+/// Runs the enforcer with `args`, killing it and failing the test after 30 s.
+fn run_within(args: &[&str]) -> Output {
+    let mut child = Command::new(EXE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "palisade-enforcer {args:?} still running after 30 s\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The endpoint lines of `inspect` (ifindex, interface, identity, readiness, revision,
+/// attached programs): what a second agent must not change.
+fn endpoint_lines(pin_root: &Path, netns: &Path) -> Vec<String> {
+    let out = run_within(&[
+        "inspect",
+        "--pin-root",
+        pin_root.to_str().unwrap(),
+        "--netns",
+        netns.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .filter(|l| l.starts_with("  ifindex") || l.starts_with("maps:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_second_agent_on_the_same_pin_root_exits_and_changes_nothing() {
+    let what = "second agent on the same pin root";
+    let Some(node) = Node::for_test("faults", what) else {
+        return;
+    };
+    let src = std::env::temp_dir().join(format!("palisade-faults-{}", node.tag()));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("np.yaml"), DENY).unwrap();
+    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
+    let _ = std::fs::remove_dir_all(&src);
+    let enforcer = enforcer.unwrap_or_else(|e| panic!("starting the first agent: {e}"));
+    let pod = node
+        .add_pod("shop", "web", "10.0.1.2".parse().unwrap(), None)
+        .unwrap();
+    enforcer.register(&pod, &[("app", "web")]).unwrap();
+    let before = endpoint_lines(&enforcer.pin_root(), node.netns_path());
+    assert!(
+        before.iter().any(|l| l.contains(&pod.host_ifname)),
+        "{before:?}"
+    );
+
+    // Same pin root and state dir, another socket and verdict log.
+    let other_socket = enforcer.dir.join("second.sock");
+    let out = run_within(&[
+        "run",
+        "--manifests",
+        enforcer.manifests.to_str().unwrap(),
+        "--pin-root",
+        enforcer.pin_root().to_str().unwrap(),
+        "--socket",
+        other_socket.to_str().unwrap(),
+        "--verdict-log",
+        enforcer.dir.join("second.jsonl").to_str().unwrap(),
+        "--state-dir",
+        enforcer.dir.join("state").to_str().unwrap(),
+        "--netns",
+        node.netns_path().to_str().unwrap(),
+        "--node-name",
+        "local-node",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        stderr.contains("another enforcer") && stderr.contains("pin root"),
+        "{stderr}"
+    );
+    assert!(!other_socket.exists(), "the second agent bound a socket");
+    assert!(!enforcer.dir.join("second.jsonl").exists());
+
+    // The first agent's endpoint entries and links are untouched, and it still serves.
+    assert_eq!(
+        endpoint_lines(&enforcer.pin_root(), node.netns_path()),
+        before
+    );
+    match enforcer.request(&Request::Status).unwrap() {
+        Response::Status {
+            ready, endpoints, ..
+        } => {
+            assert!(ready);
+            assert_eq!(endpoints, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(enforcer);
+    drop(node);
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("palisade-faults-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn manifests_that_are_not_a_directory_stop_the_start_with_exit_2() {
+    let d = tmp("notdir");
+    let file = d.join("np.yaml");
+    std::fs::write(&file, DENY).unwrap();
+    for p in [file.clone(), d.join("missing")] {
+        let out = run_within(&[
+            "run",
+            "--manifests",
+            p.to_str().unwrap(),
+            "--pin-root",
+            d.join("bpf").to_str().unwrap(),
+            "--socket",
+            d.join("s.sock").to_str().unwrap(),
+            "--verdict-log",
+            d.join("v.jsonl").to_str().unwrap(),
+            "--state-dir",
+            d.join("state").to_str().unwrap(),
+            "--node-name",
+            "n1",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", p.display());
+        assert!(
+            stderr.contains(&p.display().to_string()) && stderr.contains("directory"),
+            "{stderr}"
+        );
+        assert!(!d.join("bpf").exists() && !d.join("state").exists());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
