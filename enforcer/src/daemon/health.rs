@@ -1,0 +1,98 @@
+//! What `status` answers ([`Health`]) and the reconcile backoff ([`Backoff`]).
+
+use super::*;
+
+/// What `status` reports, kept apart from [`State`] so answering never waits for a
+/// registration or a map write in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Registered endpoints.
+    pub endpoints: u32,
+    /// A map update failed partway and the maps have not been reconciled since: every
+    /// flow is decided by the old or the new policy, but which one is not known per flow.
+    pub dirty: bool,
+    /// Map updates (plans or reconciles) that failed since the start.
+    pub failed_updates: u64,
+    /// Successful reconciles after a failure since the start.
+    pub reconciles: u64,
+    /// The last failure, while dirty.
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    /// Ready unless the maps are dirty.
+    pub fn ready(&self) -> bool {
+        !self.dirty
+    }
+
+    /// Why the agent is not ready, for `status`.
+    pub fn reason(&self) -> Option<String> {
+        self.dirty.then(|| {
+            format!(
+                "a map update failed and the maps are not reconciled yet ({} failed updates \
+                 so far; reconcile retrying with backoff): {}",
+                self.failed_updates,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            )
+        })
+    }
+}
+
+/// Delays between reconcile attempts after a failed map update: doubling from `first`
+/// up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// First and longest wait between reconcile attempts.
+pub(super) const RECONCILE_FIRST: Duration = Duration::from_millis(100);
+pub(super) const RECONCILE_MAX: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let delays: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn health_is_not_ready_with_the_reason_while_dirty() {
+        let mut h = Health {
+            endpoints: 3,
+            ..Health::default()
+        };
+        assert!(h.ready());
+        assert_eq!(h.reason(), None);
+        h.dirty = true;
+        h.failed_updates = 2;
+        h.last_error = Some("map operation 4 of 9 failed (write pal_policy): ENOSPC".into());
+        assert!(!h.ready());
+        let reason = h.reason().unwrap();
+        assert!(
+            reason.contains("2 failed updates")
+                && reason.contains("map operation 4 of 9 failed")
+                && reason.contains("reconcile retrying"),
+            "{reason}"
+        );
+    }
+}

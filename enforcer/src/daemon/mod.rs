@@ -1,0 +1,448 @@
+//! The node agent: one policy engine, one datapath, the endpoint API, the verdict log.
+//!
+//! All state sits behind one mutex and every change takes the same path:
+//! model change -> `Engine::apply` -> target -> update plan executed by [`sync::Synced::apply`]
+//! (slots, transits, revision bump last; see the sync module for what a failure leaves).
+//! Pods registered through the API are merged into the model with the source's view of
+//! the same pod (labels from the registration win, addresses always come from it).
+//!
+//! Threads: the state mutex is only ever taken on blocking threads, never on the async
+//! runtime's workers. API registrations and source batches run on `spawn_blocking`; the
+//! verdict-log reader and conntrack GC run on their own thread (`palisade-events`). The
+//! async side only awaits them, and `status` reads [`Health`] (a small lock never held
+//! across a syscall) instead of the state. The agent's own log is `tracing` (text or JSON,
+//! fields with stable dotted names); the verdict log is its own file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use palisade_api::{ErrorCode, Registration, Response};
+use policy_compiler::abi;
+use policy_compiler::identity::IdentityAllocator;
+use policy_compiler::k8s::Labels;
+use policy_compiler::model::{Endpoint, NamedPort, Namespace, WorkloadRef};
+use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::api::{EndpointRegistry, Server, ServerLimits};
+use crate::config::Config;
+use crate::datapath::{self, Datapath, LoadOptions};
+use crate::events::{BootClock, EngineResolver, FlowLogger, RotatingWriter};
+use crate::maps::AyaMaps;
+use crate::source::{PolicySource, SourceEvent};
+use crate::sync::{self, LocalEndpoints, Synced};
+
+mod health;
+mod registry;
+mod tasks;
+
+pub use health::{Backoff, Health};
+use health::{RECONCILE_FIRST, RECONCILE_MAX};
+pub use registry::Registry;
+use registry::{load_registrations, merge, merged_endpoint};
+
+/// The registrations file in the state directory: what a restarted enforcer needs to
+/// know which interfaces belong to which pods.
+const REGISTRATIONS_FILE: &str = "endpoints.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Datapath(#[from] datapath::DatapathError),
+    #[error("policy engine: {0}")]
+    Engine(#[from] policy_compiler::engine::EngineError),
+    #[error("state file {path}: {detail}")]
+    State { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    FlowLog(#[from] crate::events::FlowLogError),
+    #[error(transparent)]
+    Sync(#[from] sync::SyncError),
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A registration as the enforcer keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    registration: Registration,
+    ifindex: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    dp: Datapath,
+    synced: Synced,
+    local: LocalEndpoints,
+    regs: BTreeMap<String, Stored>,
+    revision: u32,
+    ifnames: HashMap<u32, String>,
+}
+
+/// The running agent, shared by the API server and the loops.
+pub struct Daemon {
+    state: Mutex<State>,
+    health: Mutex<Health>,
+    /// Wakes the reconcile task after a failed map update.
+    reconcile_wake: tokio::sync::Notify,
+    source: Box<dyn PolicySource>,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("source", &self.source.describe())
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Daemon::start`] needs besides the configuration.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub config: Config,
+    /// Registrations survive restarts here (default `/run/palisade`).
+    pub state_dir: PathBuf,
+    pub mount_bpffs: bool,
+}
+
+impl Daemon {
+    /// Loads the datapath (adopting pins), compiles the source's snapshot with the
+    /// registrations a previous run left, and reconciles the maps. Enforcement that was in
+    /// place stays in place throughout: links are swapped, never detached.
+    pub fn start(
+        opts: &StartOptions,
+        source: Box<dyn PolicySource>,
+    ) -> Result<Daemon, DaemonError> {
+        let t0 = Instant::now();
+        let mut dp = Datapath::load(&LoadOptions {
+            pin_root: opts.config.pin_root.clone(),
+            mount_if_missing: opts.mount_bpffs,
+        })?;
+        let adopted = dp.adopted().len();
+        std::fs::create_dir_all(&opts.state_dir).map_err(|e| DaemonError::State {
+            path: opts.state_dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut regs = load_registrations(&opts.state_dir)?;
+        // Interfaces that disappeared while the enforcer was down are forgotten.
+        regs.retain(|_, s| {
+            datapath::ifindex_of(&s.registration.host_ifname).ok() == Some(s.ifindex)
+        });
+        let mut cluster: Cluster = (*source.initial()).clone();
+        let mut local = LocalEndpoints::default();
+        let mut ifnames = HashMap::new();
+        for s in regs.values() {
+            let ep = merged_endpoint(&s.registration, source.as_ref());
+            ensure_namespace(&mut cluster, &ep.namespace);
+            local.insert(ep.key.clone(), s.ifindex);
+            ifnames.insert(s.ifindex, s.registration.host_ifname.clone());
+            cluster.endpoints.insert(ep.key.clone(), ep);
+        }
+        // The adopted maps (and conntrack) speak in the previous run's identity numbers.
+        // A fresh compile may number differently (it sees all pods at once, not in
+        // registration order); reconciling to other numbers would, between the ipcache and
+        // the endpoint writes, check pods against each other's policy slots. So compile
+        // once to learn the keys, then again keeping the numbers the maps use.
+        let (scratch, _) = Engine::compile_owned(cluster.clone(), EngineConfig::default())?;
+        let numbering = numbering_in_maps(&mut dp, &scratch, &local)?;
+        let (engine, _) =
+            Engine::compile_owned_with_identities(cluster, EngineConfig::default(), numbering)?;
+        let revision = dp
+            .endpoints()?
+            .iter()
+            .map(|(_, e)| e.revision)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        // Adopt the slots the previous run wrote; every endpoint gets the new revision so
+        // conntrack it admitted is decided once more against the reconciled policy.
+        let mut synced = Synced::adopt(&mut AyaMaps(&mut dp))?;
+        let stats = synced.reconcile(
+            &mut AyaMaps(&mut dp),
+            &sync::target(&engine, &local, revision),
+            policy_compiler::plan::PlanOptions { bump_all: true },
+        )?;
+        // Connections an ABI v1 agent tracked keep their replies across the upgrade; each
+        // is re-decided against this policy on its next packet (docs/upgrade.md).
+        let imported = dp.import_v1_conntrack();
+        for s in regs.values() {
+            dp.attach(&s.registration.host_ifname)?;
+        }
+        // Only now, with every registered interface attached and the maps written, is what
+        // an older ABI left behind released (docs/upgrade.md). A failure keeps the old
+        // links, which still enforce: it is reported, not fatal.
+        let retired = if dp.older_abis().is_empty() {
+            None
+        } else {
+            Some(dp.retire_older_abis())
+        };
+        let endpoints = regs.len() as u32;
+        let daemon = Daemon {
+            health: Mutex::new(Health {
+                endpoints,
+                ..Health::default()
+            }),
+            reconcile_wake: tokio::sync::Notify::new(),
+            state: Mutex::new(State {
+                engine,
+                dp,
+                synced,
+                local,
+                regs,
+                revision,
+                ifnames,
+            }),
+            source,
+            state_dir: opts.state_dir.clone(),
+        };
+        match imported {
+            Ok(0) => {}
+            Ok(n) => info!(
+                conntrack.imported = n,
+                "conntrack entries of the ABI v1 pins imported, each re-checked on its next packet"
+            ),
+            Err(e) => warn!(
+                error = e.to_string(),
+                "conntrack of the ABI v1 pins not imported (their connections are decided as new flows)"
+            ),
+        }
+        match retired {
+            Some(Ok(r)) => info!(
+                links.released = r.links_removed,
+                links.kept = r.links_kept,
+                dirs.removed = r.dirs_removed.len(),
+                "older ABI pins retired (kept links: interfaces not attached yet)"
+            ),
+            Some(Err(e)) => warn!(
+                error = e.to_string(),
+                "older ABI pins stay (their programs keep enforcing)"
+            ),
+            None => {}
+        }
+        info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            maps.policy_writes = stats.policy_writes,
+            maps.ipcache_writes = stats.ipcache_writes,
+            links.adopted = adopted,
+            endpoints = endpoints,
+            "datapath ready"
+        );
+        Ok(daemon)
+    }
+
+    /// What `status` answers; never waits for the state lock.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Brings the maps to what the engine and the local endpoints say, at `revision`, and
+    /// records the outcome: a failure marks the agent dirty (not ready, counted, logged
+    /// with what it leaves) and wakes the reconcile task; a success clears it.
+    fn sync(&self, st: &mut State, revision: u32) -> Result<sync::ApplyStats, sync::SyncError> {
+        let State {
+            engine,
+            dp,
+            synced,
+            local,
+            ..
+        } = st;
+        let was_dirty = synced.is_dirty();
+        let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+        // The health lock is released before logging: `status` never waits for a write.
+        let failed_updates = {
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            match &result {
+                Ok(_) => {
+                    h.reconciles += u64::from(was_dirty);
+                    h.dirty = false;
+                    h.last_error = None;
+                }
+                Err(e) => {
+                    h.dirty = true;
+                    h.failed_updates += 1;
+                    h.last_error = Some(e.to_string());
+                }
+            }
+            h.failed_updates
+        };
+        match &result {
+            Ok(_) if was_dirty => info!(
+                policy.revision = revision,
+                sync.failed_updates = failed_updates,
+                "maps reconciled; ready again"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                // The error says how far the plan got; the plan's order keeps every flow
+                // at its old or its new verdict until the reconcile finishes.
+                error!(
+                    policy.revision = revision,
+                    sync.failed_updates = failed_updates,
+                    error = e.to_string(),
+                    "map update failed partway; not ready until the maps are reconciled"
+                );
+                self.reconcile_wake.notify_one();
+            }
+        }
+        result
+    }
+
+    /// One reconcile attempt (blocking): dumps the maps and brings them to the current
+    /// model. Nothing to do when an apply in between already reconciled.
+    fn reconcile_blocking(&self) -> Result<(), sync::SyncError> {
+        let mut st = self.lock();
+        if !st.synced.is_dirty() {
+            return Ok(());
+        }
+        let revision = st.revision + 1;
+        self.sync(&mut st, revision)?;
+        st.revision = revision;
+        Ok(())
+    }
+
+    fn set_endpoints(&self, n: usize) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .endpoints = n as u32;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would leave maps half-written; the lock's
+        // poison flag adds nothing to that, so keep serving with the inner state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy source's changes, merged with local registrations and applied.
+    pub fn apply_source(&self, changes: Vec<Change>) -> Result<(), DaemonError> {
+        let t0 = Instant::now();
+        let mut st = self.lock();
+        let mut merged = Vec::with_capacity(changes.len());
+        let registered: HashMap<String, Registration> = st
+            .regs
+            .values()
+            .map(|s| {
+                (
+                    Endpoint::pod_key(&s.registration.namespace, &s.registration.pod),
+                    s.registration.clone(),
+                )
+            })
+            .collect();
+        for c in changes {
+            match c {
+                Change::UpsertEndpoint(e) if registered.contains_key(&e.key) => {
+                    let reg = &registered[&e.key];
+                    merged.push(Change::UpsertEndpoint(merge(reg, Some(&e))));
+                }
+                Change::DeleteEndpoint(k) if registered.contains_key(&k) => {
+                    merged.push(Change::UpsertEndpoint(merge(&registered[&k], None)));
+                }
+                c => merged.push(c),
+            }
+        }
+        let n = merged.len();
+        st.engine.apply(merged)?;
+        let revision = st.revision + 1;
+        let stats = self.sync(&mut st, revision)?;
+        st.revision = revision;
+        drop(st);
+        info!(
+            policy.revision = revision,
+            policy.changes = n,
+            maps.policy_writes = stats.policy_writes,
+            maps.policy_deletes = stats.policy_deletes,
+            maps.ipcache_writes = stats.ipcache_writes,
+            maps.endpoints_written = stats.endpoints_written,
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "policy revision applied"
+        );
+        Ok(())
+    }
+
+    /// The change that puts a pod back to what the source says of it (usually nothing).
+    fn source_view(&self, key: &str) -> Change {
+        self.source
+            .current()
+            .endpoints
+            .get(key)
+            .cloned()
+            .map(Change::UpsertEndpoint)
+            .unwrap_or_else(|| Change::DeleteEndpoint(key.to_string()))
+    }
+
+    /// A snapshot for `inspect`.
+    pub fn describe(&self) -> String {
+        let st = self.lock();
+        let mut out = String::new();
+        for (id, s) in &st.regs {
+            out.push_str(&format!(
+                "{id}: {}/{} on {} (ifindex {})\n",
+                s.registration.namespace, s.registration.pod, s.registration.host_ifname, s.ifindex
+            ));
+        }
+        out
+    }
+}
+
+/// An allocator preferring, for every identity `scratch` gives a local endpoint or an
+/// ipcache prefix, the number the pinned maps hold for that endpoint or prefix.
+fn numbering_in_maps(
+    dp: &mut Datapath,
+    scratch: &Engine,
+    local: &LocalEndpoints,
+) -> Result<IdentityAllocator, DaemonError> {
+    let ids = scratch.identities();
+    let mut numbering = IdentityAllocator::new();
+    let old_endpoints: HashMap<u32, u32> = dp
+        .endpoints()?
+        .into_iter()
+        .map(|(ifindex, e)| (ifindex, e.identity))
+        .collect();
+    for (key, ifindex) in local.iter() {
+        if let (Some(old), Some(new)) = (old_endpoints.get(ifindex), scratch.endpoint_identity(key))
+            && let Some(k) = ids.key(new)
+        {
+            numbering.prefer(k.clone(), *old);
+        }
+    }
+    for (cidr, old) in dp.ipcache_entries()? {
+        let Some(&new) = scratch.ipcache().get(&cidr) else {
+            continue;
+        };
+        if let Some(k) = ids.key(new) {
+            numbering.prefer(k.clone(), old);
+        } else if ids.cidr_identity(&cidr) == Some(new) {
+            numbering.prefer_cidr(cidr, old);
+        }
+    }
+    Ok(numbering)
+}
+
+fn ensure_namespace(cluster: &mut Cluster, ns: &str) {
+    if !cluster.namespaces.contains_key(ns) {
+        cluster
+            .namespaces
+            .insert(ns.to_string(), Namespace::new(ns, Labels::new(), false));
+    }
+}
+
+fn api_error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::error(code, message)
+}

@@ -1,0 +1,355 @@
+//! The endpoint API's side of the agent: registrations (blocking, one lock each), the
+//! registrations file, and merging a registration with the source's view of the pod.
+
+use super::*;
+
+impl Daemon {
+    /// Registers a pod interface. Blocking (map writes, attach, fsync of the registrations
+    /// file): the API runs it on `spawn_blocking`. Takes the state lock once, so a
+    /// replaced registration and its successor are one step for everyone else.
+    fn register_blocking(&self, reg: Registration) -> Response {
+        if let Some(msg) = validate_registration(&reg) {
+            return api_error(ErrorCode::BadRequest, msg);
+        }
+        let ifindex = match datapath::ifindex_of(&reg.host_ifname) {
+            Ok(i) => i,
+            Err(e) => return api_error(ErrorCode::NoSuchInterface, e.to_string()),
+        };
+        let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+        let mut st = self.lock();
+        // Re-registration of the same container on another interface or as another pod
+        // replaces the earlier one.
+        if let Some(old) = st.regs.get(&reg.container_id)
+            && (old.registration.host_ifname != reg.host_ifname
+                || Endpoint::pod_key(&old.registration.namespace, &old.registration.pod) != key)
+        {
+            let (old_key, result) = self.deregister_in(&mut st, &reg.container_id);
+            if let Err(e) = result {
+                return api_error(
+                    ErrorCode::Datapath,
+                    format!("replacing the registration of {old_key}: {e}"),
+                );
+            }
+        }
+        if let Some((other, _)) = st.regs.iter().find(|(id, s)| {
+            *id != &reg.container_id
+                && Endpoint::pod_key(&s.registration.namespace, &s.registration.pod) == key
+        }) {
+            return api_error(
+                ErrorCode::Conflict,
+                format!("pod {key} is already registered by container {other}"),
+            );
+        }
+        let ep = merged_endpoint(&reg, self.source.as_ref());
+        let mut changes = Vec::new();
+        if !st.engine.cluster().namespaces.contains_key(&ep.namespace) {
+            changes.push(Change::UpsertNamespace(Namespace::new(
+                &ep.namespace,
+                Labels::new(),
+                false,
+            )));
+        }
+        changes.push(Change::UpsertEndpoint(ep));
+        st.local.insert(key.clone(), ifindex);
+        st.ifnames.insert(ifindex, reg.host_ifname.clone());
+        let revision = st.revision + 1;
+        let result = (|| -> Result<u32, DaemonError> {
+            st.engine.apply(changes)?;
+            // The plan writes the new endpoint last, on its complete slot.
+            self.sync(&mut st, revision)?;
+            let identity = st
+                .engine
+                .endpoint_identity(&key)
+                .unwrap_or(abi::IDENTITY_UNKNOWN);
+            // Maps first, then the hooks: the first packet already meets the policy.
+            st.dp.attach(&reg.host_ifname)?;
+            Ok(identity)
+        })();
+        match result {
+            Ok(identity) => {
+                st.revision = revision;
+                st.regs.insert(
+                    reg.container_id.clone(),
+                    Stored {
+                        registration: reg.clone(),
+                        ifindex,
+                    },
+                );
+                let saved = save_registrations(&self.state_dir, &st.regs);
+                let endpoints = st.regs.len();
+                drop(st);
+                self.set_endpoints(endpoints);
+                if let Err(e) = saved {
+                    warn!(
+                        endpoint.namespace = reg.namespace.as_str(),
+                        endpoint.pod = reg.pod.as_str(),
+                        error = e.to_string(),
+                        "registered and enforced, but the registrations file was not saved"
+                    );
+                    return api_error(ErrorCode::State, e.to_string());
+                }
+                info!(
+                    endpoint.namespace = reg.namespace.as_str(),
+                    endpoint.pod = reg.pod.as_str(),
+                    endpoint.container_id = reg.container_id.as_str(),
+                    endpoint.ifname = reg.host_ifname.as_str(),
+                    endpoint.ifindex = ifindex,
+                    endpoint.identity = identity,
+                    "registered"
+                );
+                Response::Registered {
+                    endpoint: key,
+                    identity,
+                    ifindex,
+                }
+            }
+            Err(e) => {
+                // Leave nothing half-done: the interface has no endpoint entry and no
+                // hooks, the model does not know the pod.
+                st.dp.detach(ifindex);
+                let _ = st.dp.remove_endpoint(ifindex);
+                st.local.remove(&key);
+                if st.engine.apply(vec![self.source_view(&key)]).is_ok() {
+                    // A failure is recorded (dirty, not ready) and reconciled in the
+                    // background; the pod's entry is already gone, so it fails closed.
+                    let _ = self.sync(&mut st, revision);
+                }
+                drop(st);
+                warn!(
+                    endpoint.namespace = reg.namespace.as_str(),
+                    endpoint.pod = reg.pod.as_str(),
+                    endpoint.ifname = reg.host_ifname.as_str(),
+                    error = e.to_string(),
+                    "registration failed; the interface is not attached"
+                );
+                api_error(ErrorCode::Datapath, e.to_string())
+            }
+        }
+    }
+
+    /// Removes a registration. Blocking, like [`Daemon::register_blocking`].
+    fn deregister_blocking(&self, container_id: &str) -> Response {
+        let mut st = self.lock();
+        if !st.regs.contains_key(container_id) {
+            return Response::Deregistered { existed: false };
+        }
+        let (key, res) = self.deregister_in(&mut st, container_id);
+        let saved = save_registrations(&self.state_dir, &st.regs);
+        let endpoints = st.regs.len();
+        drop(st);
+        self.set_endpoints(endpoints);
+        match (res, saved) {
+            (Ok(()), Ok(())) => {
+                info!(
+                    endpoint.key = key.as_str(),
+                    endpoint.container_id = container_id,
+                    "deregistered"
+                );
+                Response::Deregistered { existed: true }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(
+                    endpoint.key = key.as_str(),
+                    endpoint.container_id = container_id,
+                    error = e.to_string(),
+                    "deregistration incomplete"
+                );
+                api_error(ErrorCode::Datapath, e.to_string())
+            }
+        }
+    }
+
+    /// Detaches and forgets `container_id` within a held lock; the caller saves the
+    /// registrations. Returns the pod key and whether the maps were updated.
+    fn deregister_in(
+        &self,
+        st: &mut State,
+        container_id: &str,
+    ) -> (String, Result<(), DaemonError>) {
+        let Some(stored) = st.regs.remove(container_id) else {
+            return (String::new(), Ok(()));
+        };
+        let reg = &stored.registration;
+        let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+        st.dp.detach(stored.ifindex);
+        let _ = st.dp.remove_endpoint(stored.ifindex);
+        // Best effort: an entry left behind expires, and a recycled ifindex gets a new
+        // endpoint revision, which re-checks any survivor against the new pod's policy.
+        let _ = st.dp.ct_flush_ifindex(stored.ifindex);
+        st.local.remove(&key);
+        st.ifnames.remove(&stored.ifindex);
+        let change = self.source_view(&key);
+        let revision = st.revision + 1;
+        let res = st
+            .engine
+            .apply(vec![change])
+            .map_err(DaemonError::from)
+            .and_then(|_| self.sync(st, revision).map_err(DaemonError::from));
+        st.revision = revision;
+        (key, res.map(|_| ()))
+    }
+}
+
+/// The endpoint API's view of the agent: registrations run on the blocking pool, so the
+/// state lock (held across map writes, attach and fsync) is never taken on an async worker.
+#[derive(Debug)]
+pub struct Registry(pub Arc<Daemon>);
+
+/// Runs blocking agent work off the async workers.
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        error!(error = e.to_string(), "endpoint API task failed");
+        api_error(
+            ErrorCode::Datapath,
+            "internal error: the request's task failed",
+        )
+    })
+}
+
+impl EndpointRegistry for Registry {
+    async fn register(&self, registration: Registration) -> Response {
+        let d = self.0.clone();
+        blocking(move || d.register_blocking(registration)).await
+    }
+    async fn deregister(&self, container_id: String) -> Response {
+        let d = self.0.clone();
+        blocking(move || d.deregister_blocking(&container_id)).await
+    }
+    async fn status(&self) -> Response {
+        let health = self.0.health();
+        Response::Status {
+            api_version: palisade_api::PROTOCOL_VERSION,
+            endpoints: health.endpoints,
+            ready: health.ready(),
+            reason: health.reason(),
+        }
+    }
+}
+
+fn validate_registration(reg: &Registration) -> Option<String> {
+    if reg.container_id.is_empty() {
+        return Some("container_id: must not be empty".into());
+    }
+    if reg.namespace.is_empty() || reg.pod.is_empty() {
+        return Some("namespace and pod: must not be empty".into());
+    }
+    if reg.host_ifname.is_empty() || reg.host_ifname.len() > 15 {
+        return Some(format!(
+            "host_ifname {:?}: must be 1 to 15 bytes",
+            reg.host_ifname
+        ));
+    }
+    if reg.ips.is_empty() {
+        return Some("ips: a pod needs at least one address".into());
+    }
+    for p in &reg.named_ports {
+        if Protocol::from_name(&p.protocol).is_none() {
+            return Some(format!(
+                "named_ports[{}].protocol {:?}: must be TCP, UDP or SCTP",
+                p.name, p.protocol
+            ));
+        }
+    }
+    None
+}
+
+/// The model endpoint of a registration, with the source's knowledge of the pod.
+pub(super) fn merged_endpoint(reg: &Registration, source: &dyn PolicySource) -> Endpoint {
+    let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
+    let known = source.current().endpoints.get(&key).cloned();
+    match known {
+        Some(e) => merge(reg, Some(&e)),
+        None => {
+            let info = source.pod_info(&reg.namespace, &reg.pod);
+            let mut e = merge(reg, None);
+            if let Some(info) = info {
+                if reg.labels.is_none() {
+                    e.labels = info.labels;
+                }
+                if reg.named_ports.is_empty() {
+                    e.ports = info.named_ports;
+                }
+                e.workload = info.workload;
+            }
+            e
+        }
+    }
+}
+
+pub(super) fn merge(reg: &Registration, source: Option<&Endpoint>) -> Endpoint {
+    let labels: Labels = match (&reg.labels, source) {
+        (Some(l), _) => l.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        (None, Some(e)) => e.labels.clone(),
+        (None, None) => Labels::new(),
+    };
+    let mut ports: Vec<NamedPort> = reg
+        .named_ports
+        .iter()
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: Protocol::from_name(&p.protocol)?,
+            })
+        })
+        .collect();
+    if ports.is_empty()
+        && let Some(e) = source
+    {
+        ports = e.ports.clone();
+    }
+    ports.sort();
+    Endpoint {
+        key: Endpoint::pod_key(&reg.namespace, &reg.pod),
+        namespace: reg.namespace.clone(),
+        name: reg.pod.clone(),
+        workload: source.map(|e| e.workload.clone()).unwrap_or(WorkloadRef {
+            kind: "Pod".into(),
+            name: reg.pod.clone(),
+        }),
+        labels,
+        ips: reg.ips.to_vec(),
+        ports,
+        host_network: false,
+    }
+}
+
+pub(super) fn load_registrations(dir: &Path) -> Result<BTreeMap<String, Stored>, DaemonError> {
+    let path = dir.join(REGISTRATIONS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| DaemonError::State {
+            path,
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(DaemonError::State {
+            path,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Atomic replace: a crash leaves the old file or the new one, never half of either.
+pub(super) fn save_registrations(
+    dir: &Path,
+    regs: &BTreeMap<String, Stored>,
+) -> Result<(), DaemonError> {
+    let path = dir.join(REGISTRATIONS_FILE);
+    let tmp = dir.join(format!(".{REGISTRATIONS_FILE}.tmp"));
+    let err = |e: std::io::Error| DaemonError::State {
+        path: path.clone(),
+        detail: e.to_string(),
+    };
+    let body = serde_json::to_vec_pretty(regs).map_err(|e| DaemonError::State {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The agent's loops: the API server, the source watch, the reconcile task (async, waiting
+//! only) and the `palisade-events` thread (verdict log, lost events, conntrack GC).
+
+use super::*;
+
+impl Daemon {
+    /// Writes pending events to the verdict log. Events are read from the ring without
+    /// the state lock, rendered under it (the resolver borrows the engine), and written
+    /// after it is released, so a slow disk never holds up a registration.
+    fn drain_events(
+        &self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        logger: &mut FlowLogger,
+    ) -> usize {
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(ev) = abi::VerdictEvent::from_bytes(&item) {
+                events.push(ev);
+            }
+        }
+        if events.is_empty() {
+            return 0;
+        }
+        let lines: Vec<String> = {
+            let st = self.lock();
+            // The resolver indexes every endpoint: built only when there is an event.
+            let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
+            events.iter().map(|e| logger.render(e, &resolver)).collect()
+        };
+        for line in &lines {
+            if let Err(err) = logger.write(line) {
+                warn!(error = err.to_string(), "verdict log write failed");
+            }
+        }
+        lines.len()
+    }
+
+    /// Packets of one counter over both directions.
+    fn counter_total(&self, code: u32) -> u64 {
+        let st = self.lock();
+        [abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS]
+            .iter()
+            .filter_map(|d| st.dp.counter(*d, code).ok())
+            .map(|c| c.packets)
+            .sum()
+    }
+
+    /// The `palisade-events` thread: waits for the ring buffer (or a 200 ms tick, which
+    /// also covers a missed wakeup), writes the verdict log, reports lost events, flushes,
+    /// and runs conntrack GC every `gc_every`. Ends after a last drain once `stop` is set.
+    fn events_loop(
+        &self,
+        mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+        mut logger: FlowLogger,
+        gc_every: Duration,
+        stop: &AtomicBool,
+    ) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd as _;
+        const TICK: Duration = Duration::from_millis(200);
+        let mut lost_seen = 0u64;
+        let mut last_tick = Instant::now();
+        let mut last_gc = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if !stopping {
+                let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+                // An error (EINTR) only shortens the wait; the tick logic below still runs.
+                let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
+            }
+            self.drain_events(&mut ring, &mut logger);
+            if stopping || last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
+                if lost != lost_seen {
+                    let _ = logger.observe_ring_lost(lost);
+                    lost_seen = lost;
+                }
+                let _ = logger.flush();
+            }
+            if !stopping && last_gc.elapsed() >= gc_every {
+                last_gc = Instant::now();
+                let n = self.lock().dp.ct_gc().unwrap_or(0);
+                if n > 0 {
+                    info!(conntrack.expired = n, "conntrack gc");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM or `shutdown` fires: the API server, the source watch,
+    /// the event reader, conntrack GC. On exit nothing is detached: pinned links and maps
+    /// keep enforcing until the next enforcer adopts them.
+    pub async fn run(
+        self: Arc<Self>,
+        mut source_rx: tokio::sync::mpsc::Receiver<SourceEvent>,
+        config: &Config,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let server = Server::bind(&config.socket, ServerLimits::from_config(config))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let ring = self.lock().dp.take_events()?;
+        let writer = RotatingWriter::from_config(config)?;
+        let logger = FlowLogger::new(writer, &config.node_name, BootClock::from_system()?);
+
+        let events_stop = Arc::new(AtomicBool::new(false));
+        let events = {
+            let daemon = self.clone();
+            let stop = events_stop.clone();
+            let gc_every = config.ct_gc_interval();
+            std::thread::Builder::new()
+                .name("palisade-events".into())
+                .spawn(move || daemon.events_loop(ring, logger, gc_every, &stop))
+                .map_err(|source| DaemonError::Thread {
+                    name: "palisade-events",
+                    source,
+                })?
+        };
+
+        let api_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let api = tokio::spawn(server.serve(Arc::new(Registry(self.clone())), api_stop));
+
+        let src_daemon = self.clone();
+        let mut src_stop = stop_rx.clone();
+        let source_task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // The watch guard is dropped inside, before any branch awaits.
+                    () = async { let _ = src_stop.wait_for(|s| *s).await; } => break,
+                    ev = source_rx.recv() => match ev {
+                        Some(SourceEvent::Changes(c)) => {
+                            let d = src_daemon.clone();
+                            let applied = tokio::task::spawn_blocking(move || d.apply_source(c)).await;
+                            match applied {
+                                Ok(Ok(())) => {}
+                                // A failed map update is logged by `sync` with what it leaves;
+                                // this is the model or the engine refusing the batch, in which
+                                // case nothing was written and the previous maps stay.
+                                Ok(Err(DaemonError::Sync(_))) => {}
+                                Ok(Err(e)) => error!(
+                                    error = e.to_string(),
+                                    "the source's changes were not applied; the previous maps stay"
+                                ),
+                                Err(e) => error!(error = e.to_string(), "source apply task failed"),
+                            }
+                        }
+                        Some(SourceEvent::Error(e)) => warn!(
+                            error = e.as_str(),
+                            "policy source unreadable; enforcement continues on the last good policy"
+                        ),
+                        None => break,
+                    }
+                }
+            }
+        });
+
+        let rec_daemon = self.clone();
+        let mut rec_stop = stop_rx.clone();
+        let reconcile_task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = async { let _ = rec_stop.wait_for(|s| *s).await; } => break,
+                    () = rec_daemon.reconcile_wake.notified() => {}
+                }
+                let mut backoff = Backoff::new(RECONCILE_FIRST, RECONCILE_MAX);
+                while rec_daemon.health().dirty {
+                    tokio::select! {
+                        () = async { let _ = rec_stop.wait_for(|s| *s).await; } => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    let d = rec_daemon.clone();
+                    // Failures are recorded (and logged) by `sync`.
+                    let _ = tokio::task::spawn_blocking(move || d.reconcile_blocking()).await;
+                }
+            }
+        });
+
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = reconcile_task.await;
+        events_stop.store(true, Ordering::Release);
+        let _ = source_task.await;
+        match api.await {
+            Ok(r) => r?,
+            Err(e) => error!(error = e.to_string(), "api task failed"),
+        }
+        if tokio::task::spawn_blocking(move || events.join())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            error!("the events thread panicked; the verdict log may miss its last lines");
+        }
+        info!("stopped; pinned programs and maps keep enforcing");
+        Ok(())
+    }
+}
