@@ -16,26 +16,61 @@ use crate::selector::SelectorId;
 use super::diff::diff_entries;
 use super::*;
 
+/// Policy -> (before, after) over the whole batch.
+type Versions = (Option<Arc<Policy>>, Option<Arc<Policy>>);
+
+/// What one batch touched, passed from step to step of [`Engine::apply`].
+#[derive(Debug, Default)]
+struct Batch {
+    touched_eps: BTreeSet<String>,
+    touched_ns: BTreeSet<String>,
+    policy_changes: BTreeMap<PolicyRef, Versions>,
+    old_ips: FxHashMap<String, Vec<IpAddr>>,
+    cidrs_added: Vec<Cidr>,
+    cidrs_removed: Vec<Cidr>,
+    dirty: BTreeSet<u32>,
+    changed_policies: BTreeSet<PolicyRef>,
+    changed_selectors: BTreeSet<SelectorId>,
+    added_ids: Vec<u32>,
+    removed_ids: Vec<u32>,
+    endpoint_upserts: Vec<(String, u32)>,
+    endpoint_deletes: Vec<String>,
+    ip_touched: BTreeSet<IpAddr>,
+    removed_set: FxHashSet<u32>,
+}
+
 impl Engine {
     /// Applies one batch of changes and returns the map operations it implies.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<MapDiff, EngineError> {
         self.revision += 1;
-        let mut touched_eps: BTreeSet<String> = BTreeSet::new();
-        let mut touched_ns: BTreeSet<String> = BTreeSet::new();
-        // Policy -> (before, after) over the whole batch.
-        type Versions = (Option<Arc<Policy>>, Option<Arc<Policy>>);
-        let mut policy_changes: BTreeMap<PolicyRef, Versions> = BTreeMap::new();
-        let mut old_ips: FxHashMap<String, Vec<IpAddr>> = FxHashMap::default();
+        let mut b = Batch::default();
+        self.apply_model(&mut b, changes);
+        self.update_policy_cidrs(&mut b);
+        self.register_changed_policies(&mut b);
+        self.update_cidr_identities(&mut b)?;
+        self.update_endpoint_identities(&mut b)?;
+        self.mark_dirty(&mut b);
+        let mut diff = MapDiff::default();
+        self.recompile_dirty(&mut b, &mut diff);
+        self.update_ipcache(&mut b, &mut diff);
+        diff.endpoint_upserts = b.endpoint_upserts;
+        diff.endpoint_deletes = b.endpoint_deletes;
+        diff.identities_added = b.added_ids;
+        diff.identities_removed = b.removed_ids;
+        Ok(diff)
+    }
 
+    /// Applies the changes to the model, recording what they touch.
+    fn apply_model(&mut self, b: &mut Batch, changes: Vec<Change>) {
         // 1. The model.
         for c in changes {
             match c {
                 Change::UpsertNamespace(ns) => {
-                    touched_ns.insert(ns.name.clone());
+                    b.touched_ns.insert(ns.name.clone());
                     self.cluster.namespaces.insert(ns.name.clone(), ns);
                 }
                 Change::DeleteNamespace(name) => {
-                    touched_ns.insert(name.clone());
+                    b.touched_ns.insert(name.clone());
                     self.cluster.namespaces.remove(&name);
                 }
                 Change::UpsertEndpoint(ep) => {
@@ -43,17 +78,17 @@ impl Engine {
                     if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep)
                         && !prev.ips.is_empty()
                     {
-                        old_ips.entry(key.clone()).or_insert(prev.ips);
+                        b.old_ips.entry(key.clone()).or_insert(prev.ips);
                     }
-                    touched_eps.insert(key);
+                    b.touched_eps.insert(key);
                 }
                 Change::DeleteEndpoint(key) => {
                     if let Some(prev) = self.cluster.endpoints.remove(&key)
                         && !prev.ips.is_empty()
                     {
-                        old_ips.entry(key.clone()).or_insert(prev.ips);
+                        b.old_ips.entry(key.clone()).or_insert(prev.ips);
                     }
-                    touched_eps.insert(key);
+                    b.touched_eps.insert(key);
                 }
                 Change::UpsertPolicy(p) => {
                     let r = PolicyRef {
@@ -64,7 +99,7 @@ impl Engine {
                         .cluster
                         .policies
                         .insert((r.namespace.clone(), r.name.clone()), p.clone());
-                    let e = policy_changes.entry(r).or_insert((prev, None));
+                    let e = b.policy_changes.entry(r).or_insert((prev, None));
                     e.1 = Some(p);
                 }
                 Change::DeletePolicy(r) => {
@@ -72,16 +107,19 @@ impl Engine {
                         .cluster
                         .policies
                         .remove(&(r.namespace.clone(), r.name.clone()));
-                    let e = policy_changes.entry(r).or_insert((prev, None));
+                    let e = b.policy_changes.entry(r).or_insert((prev, None));
                     e.1 = None;
                 }
             }
         }
-        policy_changes.retain(|_, (old, new)| old != new);
+        b.policy_changes.retain(|_, (old, new)| old != new);
+    }
 
+    /// Reference counts of policy CIDRs: which appear and which go.
+    fn update_policy_cidrs(&mut self, b: &mut Batch) {
         // 2. Policy CIDRs: the ipcache holds them and pod identities record membership.
         let mut cidr_delta: BTreeMap<Cidr, i64> = BTreeMap::new();
-        for (old, new) in policy_changes.values() {
+        for (old, new) in b.policy_changes.values() {
             for c in old.iter().flat_map(|p| p.cidrs()) {
                 *cidr_delta.entry(c).or_default() -= 1;
             }
@@ -89,8 +127,6 @@ impl Engine {
                 *cidr_delta.entry(c).or_default() += 1;
             }
         }
-        let mut cidrs_added = Vec::new();
-        let mut cidrs_removed = Vec::new();
         for (c, d) in cidr_delta {
             if d == 0 {
                 continue;
@@ -103,22 +139,23 @@ impl Engine {
                 self.cidr_refs.insert(c, after);
             }
             if before == 0 && after > 0 {
-                cidrs_added.push(c);
+                b.cidrs_added.push(c);
             } else if before > 0 && after == 0 {
-                cidrs_removed.push(c);
+                b.cidrs_removed.push(c);
             }
         }
-        if !cidrs_added.is_empty() || !cidrs_removed.is_empty() {
+        if !b.cidrs_added.is_empty() || !b.cidrs_removed.is_empty() {
             self.recompute_cidr_lens();
         }
+    }
 
+    /// Registers new and changed policies (selectors are evaluated over the current identities; identity changes below reach them through the cache), then releases what the old versions held.
+    fn register_changed_policies(&mut self, b: &mut Batch) {
         // 3. Register new and changed policies (selectors are evaluated over the current
         //    identities; identity changes below reach them through the cache), then release
         //    what the old versions held.
-        let mut dirty: BTreeSet<u32> = BTreeSet::new();
-        let mut changed_policies: BTreeSet<PolicyRef> = BTreeSet::new();
-        for (r, (_, new)) in &policy_changes {
-            changed_policies.insert(r.clone());
+        for (r, (_, new)) in &b.policy_changes {
+            b.changed_policies.insert(r.clone());
             let old_state = self.policies.remove(r);
             if let Some(p) = new {
                 let state = self.register_policy(r, p.clone());
@@ -130,7 +167,7 @@ impl Engine {
             }
             if let Some(s) = old_state {
                 if let Some(bm) = self.selectors.selected(s.subject) {
-                    dirty.extend(bm.iter());
+                    b.dirty.extend(bm.iter());
                 }
                 self.unregister_policy(r, &s, new.as_deref());
             }
@@ -140,31 +177,36 @@ impl Engine {
                 set.remove(r);
             }
         }
+    }
 
+    /// CIDR identities of the CIDRs that appeared or went.
+    fn update_cidr_identities(&mut self, b: &mut Batch) -> Result<(), EngineError> {
         // 4. CIDR identities.
-        let mut changed_selectors: BTreeSet<SelectorId> = BTreeSet::new();
-        let mut added_ids: Vec<u32> = Vec::new();
-        let mut removed_ids: Vec<u32> = Vec::new();
-        for c in &cidrs_added {
+        for c in &b.cidrs_added {
             if c.len() == 0 {
                 continue; // /0 is the world identity of its family
             }
             let id = self.identities.acquire_cidr(*c)?;
-            changed_selectors.extend(self.selectors.add_identity(id, &IdentityInfo::Cidr(*c)));
-            added_ids.push(id);
+            b.changed_selectors
+                .extend(self.selectors.add_identity(id, &IdentityInfo::Cidr(*c)));
+            b.added_ids.push(id);
         }
-        for c in &cidrs_removed {
+        for c in &b.cidrs_removed {
             if let Some(id) = self.identities.cidr_identity(c) {
-                changed_selectors
+                b.changed_selectors
                     .extend(self.selectors.remove_identity(id, &IdentityInfo::Cidr(*c)));
                 self.identities.release_cidr(c);
-                removed_ids.push(id);
+                b.removed_ids.push(id);
             }
         }
+        Ok(())
+    }
 
+    /// Identity keys of the affected endpoints: allocation, endpoint entries, address owners.
+    fn update_endpoint_identities(&mut self, b: &mut Batch) -> Result<(), EngineError> {
         // 5. Endpoint identities.
-        let mut affected: BTreeSet<String> = touched_eps;
-        for ns in &touched_ns {
+        let mut affected: BTreeSet<String> = std::mem::take(&mut b.touched_eps);
+        for ns in &b.touched_ns {
             let prefix = format!("{ns}/");
             for k in self.cluster.endpoints.range(prefix.clone()..) {
                 if !k.0.starts_with(&prefix) {
@@ -173,8 +215,13 @@ impl Engine {
                 affected.insert(k.0.clone());
             }
         }
-        if !cidrs_added.is_empty() || !cidrs_removed.is_empty() {
-            let changed: Vec<Cidr> = cidrs_added.iter().chain(&cidrs_removed).copied().collect();
+        if !b.cidrs_added.is_empty() || !b.cidrs_removed.is_empty() {
+            let changed: Vec<Cidr> = b
+                .cidrs_added
+                .iter()
+                .chain(&b.cidrs_removed)
+                .copied()
+                .collect();
             for e in self.cluster.endpoints.values() {
                 if e.ips
                     .iter()
@@ -223,9 +270,10 @@ impl Engine {
         for k in unseen {
             let (id, _) = self.identities.acquire(k.clone())?;
             // The allocation reference is dropped below once endpoints hold theirs.
-            added_ids.push(id);
+            b.added_ids.push(id);
             let info = IdentityInfo::Cluster(k.clone());
-            changed_selectors.extend(self.selectors.add_identity(id, &info));
+            b.changed_selectors
+                .extend(self.selectors.add_identity(id, &info));
             for p in &k.ports {
                 self.port_names
                     .entry(p.name.clone())
@@ -233,15 +281,12 @@ impl Engine {
                     .insert(id);
                 if let Some(users) = self.any_peer_named.get(&p.name) {
                     for u in users {
-                        self.mark_subjects(u, &mut dirty);
+                        self.mark_subjects(u, &mut b.dirty);
                     }
                 }
             }
         }
-        let fresh: FxHashSet<u32> = added_ids.iter().copied().collect();
-        let mut endpoint_upserts = Vec::new();
-        let mut endpoint_deletes = Vec::new();
-        let mut ip_touched: BTreeSet<IpAddr> = BTreeSet::new();
+        let fresh: FxHashSet<u32> = b.added_ids.iter().copied().collect();
         // Acquire every new reference before releasing any old one, so an identity that
         // moves from one endpoint to another in the same batch keeps its number.
         let mut acquired: Vec<(String, Option<u32>)> = Vec::with_capacity(new_keys.len());
@@ -254,36 +299,41 @@ impl Engine {
         }
         for (ep, new_id) in acquired {
             let old_id = self.endpoint_ids.get(&ep).copied();
-            for ip in old_ips.remove(&ep).unwrap_or_default() {
+            for ip in b.old_ips.remove(&ep).unwrap_or_default() {
                 if let Some(set) = self.ip_owners.get_mut(&ip) {
                     set.remove(&ep);
                     if set.is_empty() {
                         self.ip_owners.remove(&ip);
                     }
                 }
-                ip_touched.insert(ip);
+                b.ip_touched.insert(ip);
             }
             // A host-network pod's address is its node's: it claims no ipcache entry.
             if let Some(e) = self.cluster.endpoints.get(&ep).filter(|e| !e.host_network) {
                 for ip in &e.ips {
                     self.ip_owners.entry(*ip).or_default().insert(ep.clone());
-                    ip_touched.insert(*ip);
+                    b.ip_touched.insert(*ip);
                 }
             }
             if let Some(old) = old_id {
-                self.release_identity(old, &mut changed_selectors, &mut removed_ids, &mut dirty);
+                self.release_identity(
+                    old,
+                    &mut b.changed_selectors,
+                    &mut b.removed_ids,
+                    &mut b.dirty,
+                );
             }
             match new_id {
                 Some(id) => {
                     if old_id != Some(id) {
-                        endpoint_upserts.push((ep.clone(), id));
+                        b.endpoint_upserts.push((ep.clone(), id));
                     }
                     self.endpoint_ids.insert(ep, id);
                 }
                 None => {
                     self.endpoint_ids.remove(&ep);
                     if old_id.is_some() {
-                        endpoint_deletes.push(ep);
+                        b.endpoint_deletes.push(ep);
                     }
                 }
             }
@@ -291,40 +341,51 @@ impl Engine {
         // Drop the allocation references taken for fresh identities.
         for id in &fresh {
             if Reserved::from_id(*id).is_none() && *id < abi::IDENTITY_CIDR_MIN {
-                self.release_identity(*id, &mut changed_selectors, &mut removed_ids, &mut dirty);
+                self.release_identity(
+                    *id,
+                    &mut b.changed_selectors,
+                    &mut b.removed_ids,
+                    &mut b.dirty,
+                );
             }
         }
-        let removed_set: FxHashSet<u32> = removed_ids.iter().copied().collect();
-        let added_ids: Vec<u32> = added_ids
+        b.removed_set = b.removed_ids.iter().copied().collect();
+        b.added_ids = std::mem::take(&mut b.added_ids)
             .into_iter()
-            .filter(|i| !removed_set.contains(i))
+            .filter(|i| !b.removed_set.contains(i))
             .collect();
+        Ok(())
+    }
 
+    /// Identities whose policy must be recompiled.
+    fn mark_dirty(&mut self, b: &mut Batch) {
         // 6. Dirty identities.
-        for s in &changed_selectors {
+        for s in &b.changed_selectors {
             if let Some(users) = self.peer_users.get(s) {
                 for u in users {
-                    self.mark_subjects(u, &mut dirty);
+                    self.mark_subjects(u, &mut b.dirty);
                 }
             }
         }
-        for r in &changed_policies {
-            self.mark_subjects(r, &mut dirty);
+        for r in &b.changed_policies {
+            self.mark_subjects(r, &mut b.dirty);
         }
-        for id in &added_ids {
+        for id in &b.added_ids {
             if *id < abi::IDENTITY_CIDR_MIN {
-                dirty.insert(*id);
+                b.dirty.insert(*id);
             }
         }
+    }
 
+    /// Recompiles the dirty identities and diffs them.
+    fn recompile_dirty(&mut self, b: &mut Batch, diff: &mut MapDiff) {
         // 7. Recompile and diff. Compiling is read-only on the engine, so large batches
         //    split across the available cores.
-        let dirty: Vec<u32> = dirty
+        let dirty: Vec<u32> = std::mem::take(&mut b.dirty)
             .into_iter()
-            .filter(|id| !removed_set.contains(id) && self.identities.key(*id).is_some())
+            .filter(|id| !b.removed_set.contains(id) && self.identities.key(*id).is_some())
             .collect();
         let compiled = self.compile_many(&dirty);
-        let mut diff = MapDiff::default();
         for (id, new) in dirty.into_iter().zip(compiled) {
             let old = self.compiled.get(&id).cloned();
             match &old {
@@ -334,24 +395,27 @@ impl Engine {
                         diff.policy_upserts.push((id, *k, *v));
                     }
                 }
-                Some(old) => diff_entries(id, &old.entries, &new.entries, &mut diff),
+                Some(old) => diff_entries(id, &old.entries, &new.entries, diff),
             }
             if old.as_deref() != Some(&new) {
                 self.compiled.insert(id, Arc::new(new));
             }
         }
-        for id in &removed_ids {
+        for id in &b.removed_ids {
             if self.compiled.remove(id).is_some() {
                 diff.policies_removed.push(*id);
             }
         }
+    }
 
+    /// The ipcache entries of touched addresses and CIDRs.
+    fn update_ipcache(&mut self, b: &mut Batch, diff: &mut MapDiff) {
         // 8. ipcache.
-        let mut keys: BTreeSet<Cidr> = ip_touched.iter().map(|ip| Cidr::host(*ip)).collect();
+        let mut keys: BTreeSet<Cidr> = b.ip_touched.iter().map(|ip| Cidr::host(*ip)).collect();
         keys.extend(
-            cidrs_added
+            b.cidrs_added
                 .iter()
-                .chain(&cidrs_removed)
+                .chain(&b.cidrs_removed)
                 .filter(|c| c.len() > 0),
         );
         for c in keys {
@@ -369,12 +433,6 @@ impl Engine {
                 _ => {}
             }
         }
-
-        diff.endpoint_upserts = endpoint_upserts;
-        diff.endpoint_deletes = endpoint_deletes;
-        diff.identities_added = added_ids;
-        diff.identities_removed = removed_ids;
-        Ok(diff)
     }
 
     /// Marks every identity a policy selects as needing a recompile.
