@@ -117,6 +117,12 @@ pub enum Response {
         /// Why the agent is not ready (absent when ready).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Standing problems that do not make the agent unready but that an operator must
+        /// see: `no policies: ...` (every pod unisolated), `manifest reload failed, still
+        /// enforcing the previous policy: ...`. Absent when there are none; an older
+        /// server never sends it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     Error {
         code: ErrorCode,

@@ -127,7 +127,8 @@ fn an_older_client_reads_a_newer_status() {
             api_version: 9,
             endpoints: 3,
             ready: false,
-            reason: Some("maps dirty".into())
+            reason: Some("maps dirty".into()),
+            warnings: Vec::new(),
         }
     );
     // And a version-1 status (no reason) still reads.

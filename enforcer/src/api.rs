@@ -380,6 +380,7 @@ mod tests {
                 endpoints: self.registered.lock().unwrap().len() as u32,
                 ready: true,
                 reason: None,
+                warnings: Vec::new(),
             }
         }
     }
@@ -503,6 +504,7 @@ mod tests {
                 endpoints: 1,
                 ready: true,
                 reason: None,
+                warnings: Vec::new(),
             }
         );
         assert_eq!(

@@ -174,3 +174,84 @@ fn manifests_that_are_not_a_directory_stop_the_start_with_exit_2() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+fn warnings(e: &Enforcer) -> Vec<String> {
+    match e.request(&Request::Status).unwrap() {
+        Response::Status { warnings, .. } => warnings,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn wait_for_warning(e: &Enforcer, needle: &str) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let w = warnings(e);
+        if w.iter().any(|w| w.contains(needle)) {
+            return w;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            panic!(
+                "no status warning with {needle:?} within 10 s: {w:?}\nlog:\n{}",
+                std::fs::read_to_string(&e.log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_misspelt_kind_keeps_the_policy_and_no_policies_is_loud() {
+    let what = "misspelt kind and no policies";
+    let Some(node) = Node::for_test("faults", what) else {
+        return;
+    };
+    let src = std::env::temp_dir().join(format!("palisade-faults-{}", node.tag()));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("np.yaml"), DENY).unwrap();
+    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
+    let _ = std::fs::remove_dir_all(&src);
+    let enforcer = enforcer.unwrap_or_else(|e| panic!("starting the agent: {e}"));
+    let pod = node
+        .add_pod("shop", "web", "10.0.1.2".parse().unwrap(), None)
+        .unwrap();
+    enforcer.register(&pod, &[("app", "web")]).unwrap();
+    assert!(warnings(&enforcer).is_empty(), "{:?}", warnings(&enforcer));
+    let before = endpoint_lines(&enforcer.pin_root(), node.netns_path());
+
+    // `kind: Networkpolicy`: an error for the directory, reported in status and log; the
+    // deny stays enforced (same endpoint revision, same map sizes).
+    enforcer
+        .write_manifest(
+            "np.yaml",
+            &DENY.replace("kind: NetworkPolicy", "kind: Networkpolicy"),
+        )
+        .unwrap();
+    let w = wait_for_warning(&enforcer, "reload failed");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("np.yaml (document 1)") && w.contains("did you mean NetworkPolicy")),
+        "{w:?}"
+    );
+    assert_eq!(
+        endpoint_lines(&enforcer.pin_root(), node.netns_path()),
+        before
+    );
+    let log = std::fs::read_to_string(&enforcer.log_path).unwrap();
+    assert!(log.contains("Networkpolicy"), "{log}");
+
+    // Every manifest deleted: applied (allow-all), but loudly.
+    let revisions = enforcer.revision_lines();
+    enforcer.remove_manifest("np.yaml").unwrap();
+    assert!(
+        enforcer
+            .wait_for_policy_revision(revisions, Duration::from_secs(10))
+            .is_some(),
+        "deleting the last policy was not applied"
+    );
+    let w = wait_for_warning(&enforcer, "no policies");
+    assert!(!w.iter().any(|w| w.contains("reload failed")), "{w:?}");
+    let log = std::fs::read_to_string(&enforcer.log_path).unwrap();
+    assert!(log.contains("no policies"), "{log}");
+    drop(enforcer);
+    drop(node);
+}

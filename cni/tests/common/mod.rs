@@ -244,6 +244,7 @@ fn serve(conn: UnixStream, mode: &Mutex<Mode>, requests: &Mutex<Vec<Request>>) {
                 endpoints: 0,
                 ready: m != Mode::NotReady,
                 reason: None,
+                warnings: Vec::new(),
             },
         };
         if writeln!(writer, "{}", serde_json::to_string(&response).unwrap()).is_err() {

@@ -244,6 +244,12 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The policy source's standing problems (no policies, a failed reload), for
+    /// `status`; never waits for a reload.
+    pub fn source_notes(&self) -> Vec<String> {
+        self.source.notes()
+    }
+
     /// What `status` answers; never waits for the state lock.
     pub fn health(&self) -> Health {
         self.health

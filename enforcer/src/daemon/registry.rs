@@ -222,6 +222,7 @@ impl EndpointRegistry for Registry {
             endpoints: health.endpoints,
             ready: health.ready(),
             reason: health.reason(),
+            warnings: self.0.source_notes(),
         }
     }
 }

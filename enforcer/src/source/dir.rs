@@ -36,8 +36,8 @@ struct Inner {
     /// The last good snapshot. The lock is held across a reload so reloads never
     /// interleave.
     current: Mutex<Arc<Cluster>>,
-    /// The last reload's error, until a reload succeeds.
-    failed: Mutex<Option<String>>,
+    /// What `notes` answers, set at the end of each load: never waits for a reload.
+    notes: Mutex<Vec<String>>,
 }
 
 impl DirSource {
@@ -76,7 +76,7 @@ impl DirSource {
                 dir: dir.to_path_buf(),
                 opts,
                 current: Mutex::new(cluster.clone()),
-                failed: Mutex::new(None),
+                notes: Mutex::new(notes(dir, &cluster, None)),
             }),
             initial: cluster,
             debounce,
@@ -173,7 +173,11 @@ impl PolicySource for DirSource {
     }
 
     fn notes(&self) -> Vec<String> {
-        notes(&self.inner)
+        self.inner
+            .notes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -188,8 +192,11 @@ impl Inner {
     fn reload(&self) -> Option<SourceEvent> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let result = load(&self.dir, &self.opts);
-        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
-            result.as_ref().err().map(ToString::to_string);
+        let standing = match &result {
+            Ok(new) => notes(&self.dir, new, None),
+            Err(e) => notes(&self.dir, &current, Some(e)),
+        };
+        *self.notes.lock().unwrap_or_else(PoisonError::into_inner) = standing;
         match result {
             Ok(new) => {
                 warn_if_no_policies(&self.dir, &new);
@@ -220,21 +227,17 @@ fn warn_if_no_policies(dir: &Path, cluster: &Cluster) {
     }
 }
 
-/// The source's standing problems for `status`: no policies, or the last reload failed.
-fn notes(inner: &Inner) -> Vec<String> {
+/// The source's standing problems for `status`: no policies in force, or the last reload
+/// failed (`failed`).
+fn notes(dir: &Path, in_force: &Cluster, failed: Option<&LoadError>) -> Vec<String> {
     let mut out = Vec::new();
-    if inner.snapshot().policies.is_empty() {
+    if in_force.policies.is_empty() {
         out.push(format!(
             "no policies: {} holds no NetworkPolicy (all traffic is allowed)",
-            inner.dir.display()
+            dir.display()
         ));
     }
-    if let Some(e) = inner
-        .failed
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-    {
+    if let Some(e) = failed {
         out.push(format!(
             "manifest reload failed, still enforcing the previous policy: {e}"
         ));
