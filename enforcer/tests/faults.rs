@@ -255,3 +255,73 @@ fn a_misspelt_kind_keeps_the_policy_and_no_policies_is_loud() {
     drop(enforcer);
     drop(node);
 }
+
+#[test]
+fn a_second_pod_cannot_take_over_a_registered_interface_or_address() {
+    let what = "interface takeover";
+    let Some(node) = Node::for_test("faults", what) else {
+        return;
+    };
+    let src = std::env::temp_dir().join(format!("palisade-faults-{}", node.tag()));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("np.yaml"), DENY).unwrap();
+    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
+    let _ = std::fs::remove_dir_all(&src);
+    let enforcer = enforcer.unwrap_or_else(|e| panic!("starting the agent: {e}"));
+    let a = node
+        .add_pod("shop", "web", "10.0.1.2".parse().unwrap(), None)
+        .unwrap();
+    let b = node
+        .add_pod("shop", "api", "10.0.1.3".parse().unwrap(), None)
+        .unwrap();
+    enforcer.register(&a, &[("app", "web")]).unwrap();
+    let before = endpoint_lines(&enforcer.pin_root(), node.netns_path());
+
+    let attempt = |ifname: &str, ip: &str| {
+        enforcer
+            .request(&Request::Register(palisade_api::Registration {
+                container_id: "intruder".into(),
+                namespace: "shop".into(),
+                pod: "intruder".into(),
+                host_ifname: ifname.into(),
+                ips: vec![ip.parse().unwrap()],
+                labels: Some([("app".to_string(), "x".to_string())].into()),
+                named_ports: Vec::new(),
+            }))
+            .unwrap()
+    };
+    for (ifname, ip, needle) in [
+        (a.host_ifname.as_str(), "10.0.1.9", "interface"),
+        (b.host_ifname.as_str(), "10.0.1.2", "address 10.0.1.2"),
+    ] {
+        match attempt(ifname, ip) {
+            Response::Error { code, message } => {
+                assert_eq!(code, palisade_api::ErrorCode::Conflict, "{message}");
+                assert!(message.contains(needle), "{message}");
+            }
+            other => panic!("{ifname} {ip}: accepted: {other:?}"),
+        }
+    }
+    // Deregistering the refused registration removes nothing of the first pod's.
+    match enforcer
+        .request(&Request::Deregister {
+            container_id: "intruder".into(),
+        })
+        .unwrap()
+    {
+        Response::Deregistered { existed } => assert!(!existed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        endpoint_lines(&enforcer.pin_root(), node.netns_path()),
+        before
+    );
+    match enforcer.request(&Request::Status).unwrap() {
+        Response::Status {
+            ready, endpoints, ..
+        } => assert!(ready && endpoints == 1),
+        other => panic!("{other:?}"),
+    }
+    drop(enforcer);
+    drop(node);
+}

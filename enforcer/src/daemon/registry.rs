@@ -17,6 +17,12 @@ impl Daemon {
         };
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
         let mut st = self.lock();
+        // Another container's live registration on the same interface or with one of the
+        // same addresses is refused before anything changes: accepting it would let this
+        // registration's failure or deregistration unpin the other pod's hooks.
+        if let Some(msg) = conflicting(&st.regs, &reg, ifindex) {
+            return api_error(ErrorCode::Conflict, msg);
+        }
         // Re-registration of the same container on another interface or as another pod
         // replaces the earlier one.
         if let Some(old) = st.regs.get(&reg.container_id)
@@ -227,12 +233,92 @@ impl EndpointRegistry for Registry {
     }
 }
 
+/// The first live registration of another container that shares `reg`'s interface or an
+/// address, described.
+fn conflicting(
+    regs: &BTreeMap<String, Stored>,
+    reg: &Registration,
+    ifindex: u32,
+) -> Option<String> {
+    for (id, s) in regs {
+        if *id == reg.container_id {
+            continue;
+        }
+        let owner = format!(
+            "container {id:?} (pod {}/{})",
+            s.registration.namespace, s.registration.pod
+        );
+        if s.registration.host_ifname == reg.host_ifname || s.ifindex == ifindex {
+            return Some(format!(
+                "interface {:?} (ifindex {ifindex}) is already registered by {owner}",
+                reg.host_ifname
+            ));
+        }
+        if let Some(ip) = reg.ips.iter().find(|ip| s.registration.ips.contains(ip)) {
+            return Some(format!("address {ip} is already registered by {owner}"));
+        }
+    }
+    None
+}
+
+/// Why an address cannot be a pod's: it would capture the node's own traffic (loopback,
+/// unspecified, broadcast) or is not unicast to one host (multicast, link-local).
+fn bad_pod_ip(ip: &std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified() {
+                Some("the unspecified address")
+            } else if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_broadcast() {
+                Some("the broadcast address")
+            } else if v4.is_multicast() {
+                Some("a multicast address")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                Some("the unspecified address")
+            } else if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else if v6.is_unicast_link_local() {
+                Some("a link-local address")
+            } else if v6.to_ipv4_mapped().is_some() {
+                Some("an IPv4-mapped address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 fn validate_registration(reg: &Registration) -> Option<String> {
+    use policy_compiler::validate;
     if reg.container_id.is_empty() {
         return Some("container_id: must not be empty".into());
     }
+    if reg.container_id.len() > 256 || reg.container_id.chars().any(char::is_control) {
+        return Some(format!(
+            "container_id {:?}: must be at most 256 bytes without control characters",
+            reg.container_id
+        ));
+    }
     if reg.namespace.is_empty() || reg.pod.is_empty() {
         return Some("namespace and pod: must not be empty".into());
+    }
+    // The API server's rules: a namespace is a DNS-1123 label, a pod name a subdomain.
+    if let Some(d) = validate::is_dns1123_label(&reg.namespace).first() {
+        return Some(format!("namespace {:?}: {d}", reg.namespace));
+    }
+    if let Some(d) = validate::is_dns1123_subdomain(&reg.pod).first() {
+        return Some(format!("pod {:?}: {d}", reg.pod));
     }
     if reg.host_ifname.is_empty() || reg.host_ifname.len() > 15 {
         return Some(format!(
@@ -240,9 +326,39 @@ fn validate_registration(reg: &Registration) -> Option<String> {
             reg.host_ifname
         ));
     }
+    if reg.host_ifname == "lo"
+        || reg.host_ifname == "."
+        || reg.host_ifname == ".."
+        || reg
+            .host_ifname
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "host_ifname {:?}: must be a pod's host-side interface (not lo; no '/', ':', spaces or control characters)",
+            reg.host_ifname
+        ));
+    }
     if reg.ips.is_empty() {
         return Some("ips: a pod needs at least one address".into());
     }
+    for (i, ip) in reg.ips.iter().enumerate() {
+        if let Some(why) = bad_pod_ip(ip) {
+            return Some(format!("ips[{i}] {ip}: {why} cannot be a pod's address"));
+        }
+        if reg.ips[..i].contains(ip) {
+            return Some(format!("ips[{i}] {ip}: duplicate address"));
+        }
+    }
+    if let Some(labels) = &reg.labels {
+        let labels: Labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut errors = Vec::new();
+        validate::validate_labels(&labels, "labels", &mut errors);
+        if let Some(e) = errors.first() {
+            return Some(e.to_string());
+        }
+    }
+
     for p in &reg.named_ports {
         if Protocol::from_name(&p.protocol).is_none() {
             return Some(format!(
@@ -353,4 +469,108 @@ pub(super) fn save_registrations(
     }
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn reg(id: &str, ifname: &str, ips: &[&str]) -> Registration {
+        Registration {
+            container_id: id.into(),
+            namespace: "shop".into(),
+            pod: format!("pod-{id}"),
+            host_ifname: ifname.into(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            labels: None,
+            named_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn registrations_are_validated_with_the_api_servers_rules() {
+        assert_eq!(
+            validate_registration(&reg("a", "lxc1", &["10.0.0.2", "fd00::2"])),
+            None
+        );
+        let bad: Vec<(Registration, &str)> = vec![
+            (reg("a", "lo", &["10.0.0.2"]), "not lo"),
+            (reg("a", "lxc/1", &["10.0.0.2"]), "host_ifname"),
+            (reg("a", "lxc1", &["0.0.0.0"]), "unspecified"),
+            (reg("a", "lxc1", &["127.0.0.1"]), "loopback"),
+            (reg("a", "lxc1", &["255.255.255.255"]), "broadcast"),
+            (reg("a", "lxc1", &["169.254.1.1"]), "link-local"),
+            (reg("a", "lxc1", &["fe80::1"]), "link-local"),
+            (reg("a", "lxc1", &["224.0.0.1"]), "multicast"),
+            (reg("a", "lxc1", &["ff02::1"]), "multicast"),
+            (reg("a", "lxc1", &["::"]), "unspecified"),
+            (reg("a", "lxc1", &["::1"]), "loopback"),
+            (reg("a", "lxc1", &["10.0.0.2", "10.0.0.2"]), "duplicate"),
+            (
+                Registration {
+                    namespace: "NS_BAD".into(),
+                    ..reg("a", "lxc1", &["10.0.0.2"])
+                },
+                "namespace \"NS_BAD\"",
+            ),
+            (
+                Registration {
+                    pod: "web\n1".into(),
+                    ..reg("a", "lxc1", &["10.0.0.2"])
+                },
+                "pod",
+            ),
+            (
+                Registration {
+                    labels: Some(BTreeMap::from([("app".into(), "a\nk8s:app=admin".into())])),
+                    ..reg("a", "lxc1", &["10.0.0.2"])
+                },
+                "labels",
+            ),
+            (
+                Registration {
+                    labels: Some(BTreeMap::from([("bad key!".into(), "x".into())])),
+                    ..reg("a", "lxc1", &["10.0.0.2"])
+                },
+                "labels",
+            ),
+        ];
+        for (r, needle) in bad {
+            let msg = validate_registration(&r)
+                .unwrap_or_else(|| panic!("accepted: {r:?} (expected {needle})"));
+            assert!(msg.contains(needle), "{needle}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_registration_on_a_live_interface_or_address_conflicts() {
+        let mut regs = BTreeMap::new();
+        regs.insert(
+            "a".to_string(),
+            Stored {
+                registration: reg("a", "lxc1", &["10.0.0.2", "fd00::2"]),
+                ifindex: 7,
+            },
+        );
+        // Same container again: no conflict (a re-registration).
+        assert_eq!(
+            conflicting(&regs, &reg("a", "lxc1", &["10.0.0.2"]), 7),
+            None
+        );
+        let m = conflicting(&regs, &reg("b", "lxc1", &["10.0.0.3"]), 7).unwrap();
+        assert!(
+            m.contains("interface \"lxc1\"") && m.contains("\"a\""),
+            "{m}"
+        );
+        // Renamed interface, same ifindex.
+        assert!(conflicting(&regs, &reg("b", "eth9", &["10.0.0.3"]), 7).is_some());
+        let m = conflicting(&regs, &reg("b", "lxc2", &["10.0.0.9", "fd00::2"]), 8).unwrap();
+        assert!(m.contains("address fd00::2"), "{m}");
+        assert_eq!(
+            conflicting(&regs, &reg("b", "lxc2", &["10.0.0.3"]), 8),
+            None
+        );
+    }
 }
