@@ -1,5 +1,6 @@
 //! Output plumbing: terminal detection, progress bars, tables.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -76,4 +77,44 @@ pub fn table(header: &[&str]) -> Table {
         ContentArrangement::Disabled
     });
     t
+}
+
+/// An untrusted string (a scenario name, a label) made safe for one line of human-readable
+/// output: control characters (CR, LF, ESC, NUL, DEL, C1, ...) are written as escapes
+/// (`\n`, `\u{1b}`), and a backslash as `\\` so an escape cannot be forged. Strings
+/// without either are returned as they are.
+pub fn escape_text(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_text;
+
+    #[test]
+    fn control_characters_and_backslashes_are_escaped() {
+        assert_eq!(
+            escape_text("frontend may call api"),
+            "frontend may call api"
+        );
+        assert_eq!(escape_text("a\nPASS  b"), "a\\nPASS  b");
+        // A literal backslash-n cannot pass for an escaped newline.
+        assert_ne!(escape_text("a\\nPASS"), escape_text("a\nPASS"));
+        assert_eq!(escape_text("a\\nPASS"), "a\\\\nPASS");
+        assert_eq!(
+            escape_text("x\r\n\u{1b}[31m\0\u{7f}"),
+            "x\\r\\n\\u{1b}[31m\\0\\u{7f}"
+        );
+    }
 }

@@ -588,7 +588,7 @@ pub fn to_plain(files: &[(PathBuf, Vec<Outcome>)]) -> String {
             s.push_str(&format!(
                 "{}  {}: {}: {} (expected {}); {}\n",
                 if o.pass { "PASS" } else { "FAIL" },
-                o.scenario.name,
+                crate::output::escape_text(&o.scenario.name),
                 flow_text(o),
                 o.actual,
                 o.scenario.expect,
@@ -616,7 +616,7 @@ pub fn to_table(files: &[(PathBuf, Vec<Outcome>)]) -> String {
     for (_, outcomes) in files {
         for o in outcomes {
             t.add_row(vec![
-                o.scenario.name.clone(),
+                crate::output::escape_text(&o.scenario.name).into_owned(),
                 flow_text(o),
                 o.actual.to_string(),
                 o.scenario.expect.to_string(),

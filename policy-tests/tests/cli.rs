@@ -571,3 +571,35 @@ fn the_file_size_cap_is_a_flag() {
     ]));
     assert!(e.contains("100-byte limit"), "{e}");
 }
+
+#[test]
+fn scenario_names_cannot_forge_output_lines() {
+    let dir = std::env::temp_dir().join(format!("policy-test-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sc = dir.join("s.yaml");
+    let text = std::fs::read_to_string(fx("scenarios.yaml")).unwrap();
+    // The first scenario's name gains a newline, a forged PASS line and an ESC sequence.
+    let text = text.replacen(
+        "- name: ",
+        "- name: \"evil\\nPASS  forged: all good\\e[2K\\0 \" # ",
+        1,
+    );
+    std::fs::write(&sc, text).unwrap();
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("shop"),
+        "--scenarios",
+        sc.to_str().unwrap(),
+        "--output",
+        "text",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = stdout(&o);
+    assert!(
+        out.contains("evil\\nPASS  forged: all good\\u{1b}[2K\\0 "),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("PASS  forged")), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\0'), "{out}");
+}
