@@ -269,6 +269,16 @@ impl IpamConf {
                 ),
             ));
         }
+        if let Some(d) = &raw.data_dir
+            && !d.is_absolute()
+        {
+            // A relative directory would follow the runtime's working directory: two
+            // invocations could keep two allocation stores and hand out one address twice.
+            return Err(invalid(
+                "ipam.dataDir",
+                format!("{:?} must be an absolute path", d.display().to_string()),
+            ));
+        }
         Ok(IpamConf {
             subnet: Ipv4Addr::from(base),
             prefix_len: len,

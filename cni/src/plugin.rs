@@ -202,6 +202,37 @@ fn client(conf: &NetConf) -> Enforcer<'_> {
     }
 }
 
+/// `K8S_POD_NAMESPACE` must be a DNS-1123 label, as the API server requires; it may be
+/// absent (the namespace is then `default`).
+fn pod_identity_args(env: &Env) -> Result<(), Error> {
+    if let Some(ns) = env.arg("K8S_POD_NAMESPACE")
+        && let Some(reason) = dns1123_problem(ns, 63)
+    {
+        return Err(Error::InvalidEnv {
+            name: "K8S_POD_NAMESPACE",
+            reason: format!("{ns:?}: {reason}"),
+        });
+    }
+    // Pod names are left to the enforcer's looser check: runtimes outside Kubernetes
+    // (podman) pass container names here.
+    Ok(())
+}
+
+/// Why `s` is not a DNS-1123 label of at most `max` bytes.
+fn dns1123_problem(s: &str, max: usize) -> Option<String> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    (!ok).then(|| {
+        format!(
+            "must be a lowercase RFC 1123 label of 1 to {max} characters: lowercase alphanumerics and '-', starting and ending with an alphanumeric"
+        )
+    })
+}
+
 fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, Error> {
     let Ids {
         container_id,
@@ -210,6 +241,8 @@ fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value, Error> {
     let netns = env.netns.as_deref().ok_or_else(|| Error::MissingEnv {
         names: "CNI_NETNS".into(),
     })?;
+    // Checked before anything is reserved: the enforcer would refuse them later anyway.
+    pod_identity_args(env)?;
     let host_ifname = link::host_ifname(container_id);
     let store = Store::new(&conf.ipam, &conf.name);
 

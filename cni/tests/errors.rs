@@ -177,3 +177,26 @@ fn add_with_missing_netns_fails_cleanly() {
     // Nothing reserved.
     assert!(!dir.0.join("ipam/palisade/state.json").exists());
 }
+
+#[test]
+fn c_env_invalid_pod_namespace_and_c_conf_relative_data_dir() {
+    let c = conf("1.1.0").to_string();
+    for ns in ["NS_BAD", "-x", "a/b", "x\ny"] {
+        let env = replace(
+            vars("ADD"),
+            "CNI_ARGS",
+            Some(&format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME=p"
+            )),
+        );
+        let msg = run_plugin(None, &env, &c).err(4);
+        assert!(msg.contains("K8S_POD_NAMESPACE"), "{ns:?}: {msg}");
+    }
+    let mut rel = conf("1.1.0");
+    rel["ipam"]["dataDir"] = json!("var/lib/ipam");
+    let msg = run_plugin(None, &vars("ADD"), &rel.to_string()).err(7);
+    assert!(
+        msg.contains("ipam.dataDir") && msg.contains("absolute"),
+        "{msg}"
+    );
+}

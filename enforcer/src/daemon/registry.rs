@@ -313,12 +313,17 @@ fn validate_registration(reg: &Registration) -> Option<String> {
     if reg.namespace.is_empty() || reg.pod.is_empty() {
         return Some("namespace and pod: must not be empty".into());
     }
-    // The API server's rules: a namespace is a DNS-1123 label, a pod name a subdomain.
+    // The API server's rule for namespaces: a DNS-1123 label. Pod names are checked
+    // loosely (runtimes outside Kubernetes pass container names such as `web_1`): at most
+    // 253 bytes, no '/' and no control characters.
     if let Some(d) = validate::is_dns1123_label(&reg.namespace).first() {
         return Some(format!("namespace {:?}: {d}", reg.namespace));
     }
-    if let Some(d) = validate::is_dns1123_subdomain(&reg.pod).first() {
-        return Some(format!("pod {:?}: {d}", reg.pod));
+    if reg.pod.len() > 253 || reg.pod.chars().any(|c| c == '/' || c.is_control()) {
+        return Some(format!(
+            "pod {:?}: must be at most 253 bytes without '/' or control characters",
+            reg.pod
+        ));
     }
     if reg.host_ifname.is_empty() || reg.host_ifname.len() > 15 {
         return Some(format!(
@@ -517,7 +522,7 @@ mod tests {
             ),
             (
                 Registration {
-                    pod: "web\n1".into(),
+                    pod: "web\r\nforged".into(),
                     ..reg("a", "lxc1", &["10.0.0.2"])
                 },
                 "pod",
