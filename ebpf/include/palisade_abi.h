@@ -64,6 +64,7 @@
 /* ---- rule ids ------------------------------------------------------------------ */
 #define RULE_ID_NONE            0 /* no rule: default deny (also the DENY terminal entry) */
 #define RULE_ID_NOT_ISOLATED    1 /* allow-all of a direction no policy isolates */
+#define RULE_ID_HOST            2  /* ingress from the endpoint's node: always allowed */
 #define RULE_ID_FIRST_POLICY    16
 
 /* ---- verdicts in policy values --------------------------------------------------- */

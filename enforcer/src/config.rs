@@ -84,6 +84,11 @@ pub struct Config {
     pub manifest_max_documents: usize,
     /// Most YAML/JSON nodes in one manifest file, aliases expanded (default 50,000,000).
     pub manifest_max_nodes: usize,
+    /// The node's own addresses, which the ipcache maps to identity host (traffic from the
+    /// pod's node is always allowed into it). Absent (the default): every address of the
+    /// network namespace the agent enforces in, except loopback, unspecified and multicast
+    /// ([`crate::node::own_addresses`]), read at start. An empty list: none.
+    pub node_addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Default for Config {
@@ -105,6 +110,7 @@ impl Default for Config {
             manifest_max_file_bytes: manifest::DEFAULT_MAX_FILE_BYTES,
             manifest_max_documents: manifest::DEFAULT_MAX_DOCUMENTS,
             manifest_max_nodes: manifest::DEFAULT_MAX_NODES,
+            node_addresses: None,
         }
     }
 }

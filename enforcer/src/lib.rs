@@ -7,5 +7,6 @@ pub mod events;
 pub mod lock;
 pub mod logging;
 pub mod maps;
+pub mod node;
 pub mod source;
 pub mod sync;

@@ -89,6 +89,10 @@ struct RunArgs {
     netns: Option<PathBuf>,
     #[arg(long)]
     node_name: Option<String>,
+    /// One of the node's own addresses (repeatable): identity host, always allowed into
+    /// its pods. Default: the addresses of the enforced network namespace.
+    #[arg(long = "node-address")]
+    node_address: Vec<std::net::IpAddr>,
     /// Fail instead of mounting a bpffs on the pin root.
     #[arg(long)]
     no_mount: bool,
@@ -170,6 +174,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.node_name {
         config.node_name = v;
+    }
+    if !a.node_address.is_empty() {
+        config.node_addresses = Some(a.node_address);
     }
     let config = config.resolve(&env);
     if let Err(e) = config.validate() {

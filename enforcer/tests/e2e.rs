@@ -1584,3 +1584,43 @@ fn a_failed_map_write_makes_the_agent_not_ready_and_retries() {
     );
     assert!(!log.contains("previous maps stay"), "{log}");
 }
+
+/// Issue 10 item 12: traffic from the pod's own node is always allowed (kubelet probes).
+/// The agent reads the node namespace's addresses (here 169.254.1.1 on `lo`, the source
+/// the node uses towards its pods) and maps them to identity host; a pod with default-deny
+/// ingress still answers a TCP and a UDP probe from the node, while other pods stay cut
+/// off. Before, the node's address resolved to world and every probe was dropped.
+#[test]
+fn probes_from_the_node_reach_pods_with_default_deny_ingress() {
+    let Some(c) = start("e2e node probes", &[("deny.yaml", DEFAULT_DENY_LOCKED)]) else {
+        return;
+    };
+    let a = c.pod("locked", "a", 1, 10);
+    let x = c.pod("open", "x", 1, 20);
+    c.register(&a, &[("app", "locked")]);
+    c.register(&x, &[("app", "open")]);
+    let (_a_t, _a_u) = (serve_tcp(&a, 8080), serve_udp(&a, 5353));
+    let netns = c.node.netns_path();
+    let from_node = palisade_testkit::node::tcp_connect_in_netns(netns, a.addr_v4(8080), OK)
+        .unwrap_or_else(|e| panic!("connect from the node: {e}"));
+    assert!(
+        from_node.is_connected(),
+        "the node's TCP probe must pass: {from_node:?}\nagent log:\n{}",
+        c.log()
+    );
+    let udp_reply =
+        palisade_testkit::node::udp_roundtrip_in_netns(netns, a.addr_v4(5353), b"probe", OK)
+            .unwrap_or_else(|e| panic!("udp from the node: {e}"));
+    assert!(udp_reply.is_some(), "the node's UDP probe must pass");
+    // A pod is not the node: a's ingress is still isolated against it.
+    expect_all(
+        &c,
+        &[tcp(
+            &x,
+            &a,
+            8080,
+            false,
+            "a's ingress is isolated; x is a pod, not the node",
+        )],
+    );
+}

@@ -122,6 +122,9 @@ pub enum IdentityInfo {
     Reserved(Reserved),
     Cluster(Arc<IdentityKey>),
     Cidr(Cidr),
+    /// Identity host, with the node addresses that map to it (ipBlocks containing one of
+    /// them select it).
+    Host(Arc<[std::net::IpAddr]>),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -46,6 +46,9 @@ impl SelectorKey {
                     && ((*r == Reserved::WorldIpv4 && cidr.is_ipv4())
                         || (*r == Reserved::WorldIpv6 && !cidr.is_ipv4()))
             }
+            (SelectorKey::IpBlock { cidr, except }, IdentityInfo::Host(addrs)) => addrs
+                .iter()
+                .any(|a| cidr.contains_ip(a) && !except.iter().any(|e| e.contains_ip(a))),
             (SelectorKey::IpBlock { cidr, except }, IdentityInfo::Cluster(k)) => {
                 ipblock_matches_cluster(cidr, except, k)
             }
@@ -194,7 +197,9 @@ impl SelectorCache {
                 }
                 v
             }
-            IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) => self.ip_blocks.clone(),
+            IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) | IdentityInfo::Host(_) => {
+                self.ip_blocks.clone()
+            }
         }
     }
 

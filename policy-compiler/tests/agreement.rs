@@ -35,10 +35,18 @@ fn spec_and_map_evaluators_agree() {
     let flows = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
     let result = runner.run(
-        &(cluster(), flow_seeds(FLOWS_PER_CASE), any::<bool>()),
-        |(c, seeds, pods_in_blocks)| {
+        &(
+            cluster(),
+            flow_seeds(FLOWS_PER_CASE),
+            any::<bool>(),
+            prop::collection::btree_set(0..IPS.len(), 0..3),
+        ),
+        |(c, seeds, pods_in_blocks, host)| {
+            // Some of the generator's addresses are the node's (host identity), sometimes
+            // also a pod's (a host-network pod has its node's address).
             let config = EngineConfig {
                 ipblocks_select_pods: pods_in_blocks,
+                host_addresses: host.iter().map(|i| IPS[*i].parse().unwrap()).collect(),
                 ..EngineConfig::default()
             };
             let (engine, _) = Engine::compile(&c, config.clone())

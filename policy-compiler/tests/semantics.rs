@@ -522,3 +522,74 @@ fn a_pod_cannot_claim_another_namespace_through_labels() {
     assert!(tcp(&e, "prod/web", "prod/db", 1));
     assert!(!tcp(&e, "dev/spoof", "prod/db", 1));
 }
+
+/// Issue 10 item 12: traffic from the pod's own node is always allowed (NetworkPolicy
+/// API). The node's addresses map to identity host; an isolated ingress direction allows
+/// host on every port (rule `RULE_ID_HOST`), whatever the policies say; egress to the
+/// node is still policed, and an ipBlock containing a node address selects host. Both
+/// evaluators agree (`check`). Without node addresses, nothing changes.
+#[test]
+fn traffic_from_the_node_is_always_allowed_into_isolated_pods() {
+    let policies = format!(
+        "{BASE}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: prod}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 192.168.50.0/24, except: [192.168.50.7/32]}}}}]\n"
+    );
+    let cfg = EngineConfig {
+        host_addresses: vec![
+            "192.168.50.2".parse().unwrap(),
+            "fd00:50::2".parse().unwrap(),
+        ],
+        ..EngineConfig::default()
+    };
+    let e = engine_with(&policies, cfg);
+    assert_eq!(
+        e.ipcache().get(&"192.168.50.2/32".parse().unwrap()),
+        Some(&policy_compiler::abi::IDENTITY_HOST)
+    );
+    for port in [1, 80, 10250] {
+        let v = check(&e, "ip:192.168.50.2", "prod/db", Protocol::TCP, port);
+        assert_eq!(
+            v.ingress,
+            Some(Decision::Allowed {
+                rule: policy_compiler::abi::RULE_ID_HOST
+            })
+        );
+    }
+    assert!(allowed(
+        &e,
+        "ip:192.168.50.2",
+        "prod/web",
+        Protocol::UDP,
+        53
+    ));
+    assert!(allowed(&e, "ip:fd00:50::2", "prod/db", Protocol::TCP, 8080));
+    // Not the node: another address of its subnet, a pod.
+    assert!(!tcp(&e, "ip:192.168.50.3", "prod/db", 80));
+    assert!(!tcp(&e, "ip:192.168.50.7", "prod/db", 80));
+    assert!(!tcp(&e, "prod/web", "prod/db", 80));
+    // Egress to the node: the ipBlock containing it allows, its except would not.
+    assert!(tcp(&e, "prod/web", "ip:192.168.50.2", 443));
+    assert!(tcp(&e, "prod/web", "ip:192.168.50.3", 443));
+    assert!(!tcp(&e, "prod/web", "ip:192.168.50.7", 443));
+    // One identity for all of the node's addresses: a block containing one selects the
+    // node, its other family included (docs/datapath.md, known limits).
+    assert!(tcp(&e, "prod/web", "ip:fd00:50::2", 443));
+    assert!(!tcp(&e, "prod/web", "ip:fd00:50::3", 443), "not the node");
+
+    // The node address inside an except: host is not selected for egress.
+    let e2 = engine_with(
+        &format!(
+            "{BASE}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: prod}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 192.168.50.0/24, except: [192.168.50.2/32]}}}}]\n"
+        ),
+        EngineConfig {
+            host_addresses: vec!["192.168.50.2".parse().unwrap()],
+            ..EngineConfig::default()
+        },
+    );
+    assert!(!tcp(&e2, "prod/web", "ip:192.168.50.2", 443));
+    assert!(tcp(&e2, "prod/web", "ip:192.168.50.3", 443));
+    assert!(tcp(&e2, "ip:192.168.50.2", "prod/web", 443));
+
+    // No node addresses configured: the node is the world, and isolated ingress denies it.
+    let e3 = engine(&policies);
+    assert!(!tcp(&e3, "ip:192.168.50.2", "prod/db", 80));
+}

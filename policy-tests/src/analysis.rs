@@ -24,6 +24,9 @@ pub struct Options {
     /// How manifests are read: file size and parser limits, and whether a document the
     /// loader cannot model is an error (`--strict`) instead of a warning.
     pub load: LoadOptions,
+    /// The node's own addresses (`--node-address`): identity host, always allowed into
+    /// isolated pods, as the enforcer maps them ([`EngineConfig::host_addresses`]).
+    pub host_addresses: Vec<IpAddr>,
 }
 
 impl Default for Options {
@@ -31,6 +34,7 @@ impl Default for Options {
         Options {
             ipblocks_select_pods: true,
             load: LoadOptions::default(),
+            host_addresses: Vec::new(),
         }
     }
 }
@@ -39,6 +43,7 @@ impl Options {
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             ipblocks_select_pods: self.ipblocks_select_pods,
+            host_addresses: self.host_addresses.clone(),
             ..EngineConfig::default()
         }
     }

@@ -78,6 +78,11 @@ struct Cli {
     /// Most nodes (mappings, sequences, scalars; YAML aliases expanded) in one file.
     #[arg(long, value_name = "N", default_value_t = policy_compiler::manifest::DEFAULT_MAX_NODES, global = true)]
     max_nodes: usize,
+    /// One of the node's own addresses (repeatable), as the enforcer maps them: identity
+    /// host, whose traffic into a pod is always allowed (NetworkPolicy); an ipBlock
+    /// containing one selects the node. Default: none (every address is external).
+    #[arg(long = "node-address", value_name = "IP", global = true)]
+    node_address: Vec<std::net::IpAddr>,
 
     #[command(subcommand)]
     command: Command,
@@ -298,6 +303,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             },
             ..Default::default()
         },
+        host_addresses: cli.node_address,
     };
     match cli.command {
         Command::Check(args) => {

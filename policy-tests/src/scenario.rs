@@ -549,7 +549,10 @@ pub fn rule_name(a: &Analysis, rule: u32) -> String {
         .rules()
         .resolve(rule)
         .map(|r| r.to_string())
-        .unwrap_or_else(|| format!("rule #{rule}"))
+        .unwrap_or_else(|| match rule {
+            policy_compiler::abi::RULE_ID_HOST => "traffic from the node (always allowed)".into(),
+            _ => format!("rule #{rule}"),
+        })
 }
 
 /// Counts.

@@ -603,3 +603,45 @@ fn scenario_names_cannot_forge_output_lines() {
     assert!(!out.lines().any(|l| l.starts_with("PASS  forged")), "{out}");
     assert!(!out.contains('\u{1b}') && !out.contains('\0'), "{out}");
 }
+
+/// Issue 10 item 12: `--node-address` names the node's addresses as the enforcer maps them
+/// (identity host): traffic from the node into an isolated pod is allowed; without it the
+/// same address is external and default deny applies.
+#[test]
+fn node_addresses_are_always_allowed_into_isolated_pods() {
+    let args = [
+        "explain",
+        "-f",
+        &fx("shop"),
+        "--from",
+        "203.0.113.9",
+        "--to",
+        "production/db-0",
+        "--port",
+        "5432",
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Verdict: DENIED (default deny"),
+        "{}",
+        stdout(&o)
+    );
+    let mut with_node = args.to_vec();
+    with_node.extend(["--node-address", "203.0.113.9"]);
+    let o = run(&with_node);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Verdict: ALLOWED (traffic from the node (always allowed))"),
+        "{}",
+        stdout(&o)
+    );
+    // Another address of the node's network is not the node.
+    with_node[4] = "203.0.113.10";
+    let o = run(&with_node);
+    assert!(
+        stdout(&o).contains("Verdict: DENIED (default deny"),
+        "{}",
+        stdout(&o)
+    );
+}

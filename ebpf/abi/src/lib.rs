@@ -44,6 +44,9 @@ pub fn endpoint_transit_identity(ifindex: u32) -> Option<u32> {
 
 pub const RULE_ID_NONE: u32 = 0;
 pub const RULE_ID_NOT_ISOLATED: u32 = 1;
+/// Traffic from the endpoint's node (peer identity host) in an isolated ingress direction:
+/// always allowed, as the NetworkPolicy API requires.
+pub const RULE_ID_HOST: u32 = 2;
 pub const RULE_ID_FIRST_POLICY: u32 = 16;
 
 pub const POLICY_VERDICT_ALLOW: u8 = 1;

@@ -59,6 +59,7 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ),
         ("RULE_ID_NONE", abi::RULE_ID_NONE as i64),
         ("RULE_ID_NOT_ISOLATED", abi::RULE_ID_NOT_ISOLATED as i64),
+        ("RULE_ID_HOST", abi::RULE_ID_HOST as i64),
         ("RULE_ID_FIRST_POLICY", abi::RULE_ID_FIRST_POLICY as i64),
         ("POLICY_VERDICT_ALLOW", abi::POLICY_VERDICT_ALLOW as i64),
         ("POLICY_VERDICT_DENY", abi::POLICY_VERDICT_DENY as i64),

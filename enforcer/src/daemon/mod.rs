@@ -65,6 +65,8 @@ pub enum DaemonError {
     FlowLog(#[from] crate::events::FlowLogError),
     #[error(transparent)]
     Sync(#[from] sync::SyncError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
     #[error("cannot start the {name} thread: {source}")]
     Thread {
         name: &'static str,
@@ -157,10 +159,27 @@ impl Daemon {
         // registration order); reconciling to other numbers would, between the ipcache and
         // the endpoint writes, check pods against each other's policy slots. So compile
         // once to learn the keys, then again keeping the numbers the maps use.
-        let (scratch, _) = Engine::compile_owned(cluster.clone(), EngineConfig::default())?;
+        // The node's own addresses are identity host (traffic from the node is always
+        // allowed into its pods): configured, or read from the namespace we enforce in.
+        let host_addresses = match &opts.config.node_addresses {
+            Some(v) => v.clone(),
+            None => crate::node::own_addresses()?,
+        };
+        info!(
+            node.addresses = host_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            "node addresses are identity host"
+        );
+        let engine_config = EngineConfig {
+            host_addresses,
+            ..EngineConfig::default()
+        };
+        let (scratch, _) = Engine::compile_owned(cluster.clone(), engine_config.clone())?;
         let numbering = numbering_in_maps(&mut dp, &scratch, &local)?;
-        let (engine, _) =
-            Engine::compile_owned_with_identities(cluster, EngineConfig::default(), numbering)?;
+        let (engine, _) = Engine::compile_owned_with_identities(cluster, engine_config, numbering)?;
         let revision = dp
             .endpoints()?
             .iter()

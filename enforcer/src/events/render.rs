@@ -227,6 +227,8 @@ pub fn render_flow(
         ext.insert("rule_index".into(), json!(r.index));
     } else if ev.rule_id == abi::RULE_ID_NOT_ISOLATED {
         ext.insert("rule".into(), json!("not isolated"));
+    } else if ev.rule_id == abi::RULE_ID_HOST {
+        ext.insert("rule".into(), json!("from the node"));
     }
     if default_deny {
         ext.insert(
@@ -337,6 +339,9 @@ fn summary(
             Some(d) => format!("allowed, {d} not isolated"),
             None => "allowed, not isolated".to_string(),
         },
+        abi::EVENT_VERDICT_FORWARDED if ev.rule_id == abi::RULE_ID_HOST => {
+            "allowed, traffic from the node".to_string()
+        }
         abi::EVENT_VERDICT_FORWARDED if ev.rule_id >= abi::RULE_ID_FIRST_POLICY => {
             by_rule("allowed")
         }

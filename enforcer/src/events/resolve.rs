@@ -78,6 +78,7 @@ impl FlowResolver for EngineResolver<'_> {
         };
         match self.engine.identities().info(identity) {
             Some(IdentityInfo::Reserved(r)) => out.labels = vec![r.name().to_string()],
+            Some(IdentityInfo::Host(_)) => out.labels = vec![Reserved::Host.name().to_string()],
             Some(IdentityInfo::Cidr(c)) => {
                 out.labels = vec![format!("cidr:{c}"), Reserved::World.name().to_string()];
             }

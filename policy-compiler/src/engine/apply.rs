@@ -572,12 +572,15 @@ impl Engine {
     }
 
     /// The ipcache entry a prefix should have: an endpoint's identity for its host prefix,
-    /// else the CIDR identity of a policy CIDR.
+    /// else host for a node address, else the CIDR identity of a policy CIDR.
     pub(super) fn desired_ipcache(&self, c: &Cidr) -> Option<u32> {
         if c.len() == crate::cidr::max_len(&c.addr())
             && let Some(owner) = self.ip_owners.get(&c.addr()).and_then(|s| s.iter().next())
         {
             return self.endpoint_ids.get(owner).copied();
+        }
+        if c.len() == crate::cidr::max_len(&c.addr()) && self.config.is_host_address(&c.addr()) {
+            return Some(Reserved::Host.id());
         }
         if c.len() == 0 {
             return Some(if c.is_ipv4() {

@@ -169,6 +169,18 @@ impl Engine {
             }
         }
         let np_isolated = [!isolated[0].is_empty(), !isolated[1].is_empty()];
+        // Traffic from the endpoint's node is always allowed (NetworkPolicy API): an
+        // isolated ingress direction allows peer host on every port, as a NetworkPolicy
+        // rule of its own (the lowest rule id, so it names the decision). Only when some
+        // address is the node's; otherwise no packet could carry identity host.
+        if np_isolated[Direction::Ingress as usize] && !self.config.host_addresses.is_empty() {
+            contribs.push((
+                Direction::Ingress.abi(),
+                abi::IDENTITY_HOST,
+                PortPrefix::ANY,
+                TierRule::network_policy_allow(abi::RULE_ID_HOST),
+            ));
+        }
         let [ingress_isolated_by, egress_isolated_by] = isolated;
         CompiledPolicy {
             entries: materialize(contribs, np_isolated),

@@ -45,6 +45,11 @@ pub struct EngineConfig {
     /// upstream e2e suite expects). Off, ipBlocks select only addresses outside the
     /// cluster, which is how some offline analyzers read the API.
     pub ipblocks_select_pods: bool,
+    /// The addresses of the node the endpoints run on. The ipcache maps each to identity
+    /// host, ipBlocks that contain one select host, and an isolated ingress direction
+    /// always allows host (NetworkPolicy: traffic from the pod's node is allowed). Empty
+    /// (the default): no address is the node's, and nothing of this applies.
+    pub host_addresses: Vec<IpAddr>,
 }
 
 impl Default for EngineConfig {
@@ -52,7 +57,15 @@ impl Default for EngineConfig {
         EngineConfig {
             label_filter: LabelFilter::default(),
             ipblocks_select_pods: true,
+            host_addresses: Vec::new(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// Whether `ip` is one of the node's own addresses.
+    pub fn is_host_address(&self, ip: &IpAddr) -> bool {
+        self.host_addresses.contains(ip)
     }
 }
 
@@ -183,6 +196,9 @@ impl Engine {
         }
         if let Some(c) = Cidr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0) {
             ipcache.insert(c, Reserved::WorldIpv6.id());
+        }
+        for a in &config.host_addresses {
+            ipcache.insert(Cidr::host(*a), Reserved::Host.id());
         }
         Engine {
             config,

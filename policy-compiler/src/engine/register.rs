@@ -38,9 +38,13 @@ impl PolicyState {
 
 impl Engine {
     pub(super) fn all_identities(&self) -> Vec<(u32, IdentityInfo)> {
+        let host: std::sync::Arc<[IpAddr]> = self.config.host_addresses.clone().into();
         let mut v: Vec<(u32, IdentityInfo)> = Reserved::ALL
             .iter()
-            .map(|r| (r.id(), IdentityInfo::Reserved(*r)))
+            .map(|r| match r {
+                Reserved::Host if !host.is_empty() => (r.id(), IdentityInfo::Host(host.clone())),
+                _ => (r.id(), IdentityInfo::Reserved(*r)),
+            })
             .collect();
         v.extend(
             self.identities

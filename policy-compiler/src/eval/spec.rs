@@ -84,6 +84,14 @@ impl Ctx<'_> {
         if isolated_by.is_empty() {
             return Decision::NotIsolated;
         }
+        // Traffic from the endpoint's node is always allowed (its own rule id, below every
+        // policy rule's).
+        if dir == Direction::Ingress
+            && peer_ep.is_none()
+            && matches!(peer, FlowPeer::Ip(ip) if self.config.is_host_address(ip))
+        {
+            best = Some(crate::abi::RULE_ID_HOST);
+        }
         match best {
             Some(rule) => Decision::Allowed { rule },
             None => Decision::DefaultDeny { isolated_by },
@@ -142,6 +150,11 @@ impl Ctx<'_> {
                     |ip: &IpAddr| cidr.contains_ip(ip) && !except.iter().any(|x| x.contains_ip(ip));
                 match (peer_ep, peer) {
                     (Some(e), _) => self.config.ipblocks_select_pods && e.ips.iter().any(inside),
+                    // The node's addresses are one identity (host): a block containing
+                    // any of them selects the node, as the maps do.
+                    (None, FlowPeer::Ip(ip)) if self.config.is_host_address(ip) => {
+                        self.config.host_addresses.iter().any(inside)
+                    }
                     (None, FlowPeer::Ip(ip)) => inside(ip),
                     (None, FlowPeer::Endpoint(_)) => false,
                 }
