@@ -86,8 +86,8 @@ pub struct Config {
     pub manifest_max_nodes: usize,
     /// The node's own addresses, which the ipcache maps to identity host (traffic from the
     /// pod's node is always allowed into it). Absent (the default): every address of the
-    /// network namespace the agent enforces in, except loopback, unspecified and multicast
-    /// ([`crate::node::own_addresses`]), read at start. An empty list: none.
+    /// network namespace the agent enforces in, except loopback, unspecified, multicast and
+    /// IPv6 link-local ([`crate::node::own_addresses`]), read at start. An empty list: none.
     pub node_addresses: Option<Vec<std::net::IpAddr>>,
 }
 

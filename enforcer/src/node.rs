@@ -12,10 +12,12 @@ pub enum NodeError {
     },
 }
 
-/// Every address of the current network namespace except loopback, unspecified and
-/// multicast ones, sorted, without repeats. Link-local addresses count: the local node
-/// harness (like Calico) gives the node 169.254.1.1 and fe80::1 towards its pods, and a
-/// link-local source can only be this node.
+/// Every address of the current network namespace except loopback, unspecified,
+/// multicast and IPv6 link-local ones, sorted, without repeats. IPv6 link-local addresses
+/// are per interface (every pod's host veth gets one, and they come and go with pods), and
+/// a node reaches a pod's IPv6 address from a global one. IPv4 link-local addresses count:
+/// they are configured, not per interface (the local node harness, like Calico, gives the
+/// node 169.254.1.1 towards its pods, which is the source of its probes).
 pub fn own_addresses() -> Result<Vec<IpAddr>, NodeError> {
     let ifaddrs = nix::ifaddrs::getifaddrs().map_err(|source| NodeError::Addresses { source })?;
     let mut out: Vec<IpAddr> = ifaddrs
@@ -35,7 +37,8 @@ pub fn own_addresses() -> Result<Vec<IpAddr>, NodeError> {
 }
 
 fn is_node_address(ip: &IpAddr) -> bool {
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
+    let v6_link_local = matches!(ip, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || v6_link_local)
 }
 
 #[cfg(test)]
@@ -43,7 +46,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_unspecified_and_multicast_are_not_node_addresses() {
+    fn loopback_unspecified_multicast_and_v6_link_local_are_not_node_addresses() {
         for (s, node) in [
             ("127.0.0.1", false),
             ("::1", false),
@@ -51,7 +54,8 @@ mod tests {
             ("ff02::1", false),
             ("224.0.0.1", false),
             ("169.254.1.1", true),
-            ("fe80::1", true),
+            ("fe80::1", false),
+            ("fe80::945c:5aff:fe0a:6b77", false),
             ("192.168.1.10", true),
             ("2001:db8::1", true),
         ] {
