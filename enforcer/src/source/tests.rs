@@ -355,3 +355,32 @@ fn a_file_or_nothing_is_not_a_manifest_directory() {
         assert!(err.to_string().contains(&p.display().to_string()), "{err}");
     }
 }
+
+#[test]
+fn a_fifo_or_dev_zero_in_the_directory_fails_the_reload_without_blocking() {
+    let d = TempDir::new("fifo");
+    write(&d.0, "np.yaml", &deny("default-deny"));
+    let src = std::sync::Arc::new(DirSource::open(&d.0, Duration::from_millis(10)).unwrap());
+    let before = src.snapshot();
+    let st = std::process::Command::new("mkfifo")
+        .arg(d.0.join("pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::symlink("/dev/zero", d.0.join("zero.yaml")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = src.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.reload());
+    });
+    match rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the reload blocked on a FIFO")
+    {
+        Some(SourceEvent::Error(e)) => {
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(*src.snapshot(), *before);
+}
