@@ -123,6 +123,10 @@ pub enum Response {
         /// server never sends it.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<String>,
+        /// Map pressure from the agent's mirror of the maps (no map walk): one line per map,
+        /// `pal_policy 1234/1048576 (0.1%)`. Absent from an older server.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        maps: Vec<String>,
     },
     Error {
         code: ErrorCode,

@@ -129,6 +129,7 @@ fn an_older_client_reads_a_newer_status() {
             ready: false,
             reason: Some("maps dirty".into()),
             warnings: Vec::new(),
+            maps: Vec::new(),
         }
     );
     // And a version-1 status (no reason) still reads.

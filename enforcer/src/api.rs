@@ -381,6 +381,7 @@ mod tests {
                 ready: true,
                 reason: None,
                 warnings: Vec::new(),
+                maps: Vec::new(),
             }
         }
     }
@@ -505,6 +506,7 @@ mod tests {
                 ready: true,
                 reason: None,
                 warnings: Vec::new(),
+                maps: Vec::new(),
             }
         );
         assert_eq!(

@@ -156,6 +156,15 @@ fn loader_specs_are_the_objects() {
     let by = |n: &str| specs.iter().find(|s| s.name == n).unwrap().clone();
     assert_eq!(by("pal_policy").flags, 1, "BPF_F_NO_PREALLOC");
     assert_eq!(by("pal_events").max_entries, 4 * 1024 * 1024);
+    assert_eq!(by("pal_policy").max_entries, palisade_abi::capacity::POLICY);
+    assert_eq!(
+        by("pal_ipcache").max_entries,
+        palisade_abi::capacity::IPCACHE
+    );
+    assert_eq!(
+        by("pal_endpoints").max_entries,
+        palisade_abi::capacity::ENDPOINTS
+    );
     assert_eq!(
         (by("pal_events").key_size, by("pal_events").value_size),
         (0, 0)

@@ -258,3 +258,104 @@ fn adopting_maps_a_previous_run_wrote_rewrites_nothing() {
         panic!("{e}");
     }
 }
+
+/// A reload that would overflow the policy map at its peak (a slot flip or in-place
+/// change holds old and new entries at once) is refused before any write: the fake maps,
+/// the mirror and the dirty flag stay as they were, so an allow the reload revokes is
+/// still there exactly as the last good policy says (the whole reload is refused).
+#[test]
+fn a_reload_over_capacity_is_refused_with_zero_writes() {
+    use palisade_enforcer::sync::SyncError;
+    use policy_compiler::abi;
+    use policy_compiler::engine::{CompiledPolicy, EntryKey};
+    use policy_compiler::plan::TargetEndpoint;
+    use policy_compiler::plan::capacity::Capacity;
+
+    let entry = |port: u16| {
+        (
+            EntryKey {
+                identity: 300,
+                direction: abi::DIRECTION_INGRESS,
+                protocol: 6,
+                port,
+                prefixlen: abi::POLICY_PREFIX_FULL as u8,
+            },
+            abi::PolicyValue {
+                rule_id: u32::from(port),
+                verdict: abi::POLICY_VERDICT_ALLOW,
+                ..abi::PolicyValue::default()
+            },
+        )
+    };
+    let target = |ports: &[u16], revision: u32| Target {
+        policies: [(
+            100,
+            std::sync::Arc::new(CompiledPolicy {
+                entries: ports.iter().map(|p| entry(*p)).collect(),
+                ingress_isolated_by: Vec::new(),
+                egress_isolated_by: Vec::new(),
+            }),
+        )]
+        .into(),
+        ipcache: Default::default(),
+        endpoints: [(
+            7,
+            TargetEndpoint {
+                identity: 100,
+                ips: vec!["10.0.0.7".parse().unwrap()],
+            },
+        )]
+        .into(),
+        revision,
+    };
+    let cap = Capacity {
+        policy: 4,
+        ipcache: 16,
+        endpoints: 4,
+    };
+    let mut fake = FakeMaps::default();
+    let mut synced = Synced::adopt(&mut fake).unwrap().with_capacity(cap);
+    synced.apply(&mut fake, &target(&[80, 443], 1)).unwrap();
+    assert_eq!(synced.usage().policy, 2);
+    let before = fake.state.clone();
+    let attempts = fake.attempts;
+
+    // Revoke 443, allow 81..=83: 4 entries at the end (fits), more at the peak.
+    let err = synced
+        .apply(&mut fake, &target(&[80, 81, 82, 83], 2))
+        .unwrap_err();
+    match &err {
+        SyncError::CapacityExceeded(e) => {
+            assert_eq!(e.map, abi::map_name::POLICY);
+            assert_eq!(e.capacity, 4);
+            assert!(e.needed > 4, "{e}");
+            assert_eq!(e.largest, Some((100, 4)));
+        }
+        other => panic!("expected CapacityExceeded, got {other}"),
+    }
+    assert!(err.to_string().contains("identity 100"), "{err}");
+    assert_eq!(fake.attempts, attempts, "a refused reload writes nothing");
+    assert_eq!(fake.state, before, "the maps keep the last good policy");
+    assert_eq!(
+        synced.state(),
+        &before,
+        "the mirror keeps the last good policy"
+    );
+    assert!(!synced.is_dirty());
+    let slot = synced.slot_of(100).unwrap();
+    assert!(
+        fake.state.policy[&slot].contains_key(&entry(443).0),
+        "the allow the refused reload revokes is still enforced"
+    );
+    // A single policy larger than the map alone is refused the same way.
+    assert!(matches!(
+        synced.apply(&mut fake, &target(&[1, 2, 3, 4, 5], 2)),
+        Err(SyncError::CapacityExceeded(_))
+    ));
+    assert_eq!(fake.state, before);
+
+    // A reload that fits goes through from the same state.
+    synced.apply(&mut fake, &target(&[80], 3)).unwrap();
+    assert_eq!(synced.usage().policy, 1);
+    assert!(!fake.state.policy[&synced.slot_of(100).unwrap()].contains_key(&entry(443).0));
+}

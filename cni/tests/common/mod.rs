@@ -245,6 +245,7 @@ fn serve(conn: UnixStream, mode: &Mutex<Mode>, requests: &Mutex<Vec<Request>>) {
                 ready: m != Mode::NotReady,
                 reason: None,
                 warnings: Vec::new(),
+                maps: Vec::new(),
             },
         };
         if writeln!(writer, "{}", serde_json::to_string(&response).unwrap()).is_err() {

@@ -608,6 +608,15 @@ pub mod map_name {
     pub const COUNTERS: &str = "pal_counters";
 }
 
+/// Entry capacities of the maps the control plane fills (`max_entries` in `ebpf/lib/*.h`;
+/// `enforcer/tests/abi_btf.rs` checks them against the object). The policy compiler's
+/// capacity check (`policy_compiler::plan::Capacity`) defaults to these.
+pub mod capacity {
+    pub const POLICY: u32 = 1_048_576;
+    pub const IPCACHE: u32 = 524_288;
+    pub const ENDPOINTS: u32 = 65_536;
+}
+
 /// What the control plane's map code assumes about one map: its type, and the C type and
 /// Rust size of key and value (`None` for a ring buffer). Entry counts and flags are not
 /// assumed: the loader takes them from the object.

@@ -1,6 +1,7 @@
 //! What `status` answers ([`Health`]) and the reconcile backoff ([`Backoff`]).
 
 use super::*;
+use policy_compiler::plan::capacity::{Capacity, Usage};
 
 /// What `status` reports, kept apart from [`State`] so answering never waits for a
 /// registration or a map write in progress.
@@ -17,12 +18,53 @@ pub struct Health {
     pub reconciles: u64,
     /// The last failure, while dirty.
     pub last_error: Option<String>,
+    /// The last update refused because it would not fit the maps (nothing written, the
+    /// last good policy enforced); cleared by the next update that is applied.
+    pub rejected: Option<String>,
+    /// Entries the maps hold (the sync layer's mirror) and their capacities.
+    pub usage: Usage,
+    pub capacity: Capacity,
 }
 
 impl Health {
     /// Ready unless the maps are dirty.
     pub fn ready(&self) -> bool {
         !self.dirty
+    }
+
+    /// Standing problems of the maps for `status` warnings (a refused update).
+    pub fn warnings(&self) -> Vec<String> {
+        self.rejected
+            .iter()
+            .map(|e| format!("update refused, still enforcing the last good policy: {e}"))
+            .collect()
+    }
+
+    /// Entries / capacity per map, for `status`.
+    pub fn pressure(&self) -> Vec<String> {
+        let line = |name: &str, n: usize, cap: usize| {
+            format!(
+                "{name} {n}/{cap} ({:.1}%)",
+                100.0 * n as f64 / cap.max(1) as f64
+            )
+        };
+        vec![
+            line(
+                abi::map_name::POLICY,
+                self.usage.policy,
+                self.capacity.policy,
+            ),
+            line(
+                abi::map_name::IPCACHE,
+                self.usage.ipcache,
+                self.capacity.ipcache,
+            ),
+            line(
+                abi::map_name::ENDPOINTS,
+                self.usage.endpoints,
+                self.capacity.endpoints,
+            ),
+        ]
     }
 
     /// Why the agent is not ready, for `status`.

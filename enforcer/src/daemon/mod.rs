@@ -293,11 +293,20 @@ impl Daemon {
         // The health lock is released before logging: `status` never waits for a write.
         let failed_updates = {
             let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            h.usage = synced.usage();
+            h.capacity = *synced.capacity();
             match &result {
                 Ok(_) => {
                     h.reconciles += u64::from(was_dirty);
                     h.dirty = false;
                     h.last_error = None;
+                    h.rejected = None;
+                }
+                // Refused before any write: the maps hold what they held (the last good
+                // policy, complete), so readiness does not change.
+                Err(sync::SyncError::CapacityExceeded(e)) => {
+                    h.dirty = synced.is_dirty();
+                    h.rejected = Some(e.to_string());
                 }
                 Err(e) => {
                     h.dirty = true;
@@ -314,6 +323,11 @@ impl Daemon {
                 "maps reconciled; ready again"
             ),
             Ok(_) => {}
+            Err(sync::SyncError::CapacityExceeded(e)) => error!(
+                policy.revision = revision,
+                error = e.to_string(),
+                "policy update refused: it does not fit the maps; the last good policy stays enforced"
+            ),
             Err(e) => {
                 // The error says how far the plan got; the plan's order keeps every flow
                 // at its old or its new verdict until the reconcile finishes.
@@ -383,9 +397,19 @@ impl Daemon {
             }
         }
         let n = merged.len();
+        // Kept to go back to when the maps cannot hold the result: the model then stays
+        // what the maps enforce (the last good policy), and the next change builds on it.
+        let last_good = st.engine.clone();
         st.engine.apply(merged)?;
         let revision = st.revision + 1;
-        let stats = self.sync(&mut st, revision)?;
+        let stats = match self.sync(&mut st, revision) {
+            Ok(s) => s,
+            Err(e @ sync::SyncError::CapacityExceeded(_)) => {
+                st.engine = last_good;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         st.revision = revision;
         drop(st);
         info!(

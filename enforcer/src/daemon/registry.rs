@@ -228,7 +228,12 @@ impl EndpointRegistry for Registry {
             endpoints: health.endpoints,
             ready: health.ready(),
             reason: health.reason(),
-            warnings: self.0.source_notes(),
+            warnings: {
+                let mut w = self.0.source_notes();
+                w.extend(health.warnings());
+                w
+            },
+            maps: health.pressure(),
         }
     }
 }

@@ -19,10 +19,14 @@
 //! - A plan never creates a window without enforcement: endpoints leaving fail closed first,
 //!   new endpoints are written last, and revisions are bumped at the very end so conntrack
 //!   entries are re-decided against the final maps.
+//! - A plan that would overflow a map at any operation (the peak of a slot flip counts:
+//!   old and new slot exist at once) is refused before its first write
+//!   ([`SyncError::CapacityExceeded`]): maps, mirror and dirty flag stay as they were.
 
 use std::collections::BTreeMap;
 
 use policy_compiler::Engine;
+use policy_compiler::plan::capacity::{self, Capacity, CapacityExceeded, Usage};
 use policy_compiler::plan::{self, MapState, Op, Plan, PlanOptions, Target};
 
 use crate::maps::{Maps, MapsError};
@@ -109,6 +113,8 @@ pub enum SyncError {
         #[source]
         source: MapsError,
     },
+    #[error(transparent)]
+    CapacityExceeded(#[from] CapacityExceeded),
     #[error("dumping the maps failed: {source}")]
     Dump {
         #[source]
@@ -122,6 +128,7 @@ pub struct Synced {
     state: MapState,
     slots: BTreeMap<u32, u32>,
     dirty: bool,
+    capacity: Capacity,
 }
 
 impl Synced {
@@ -134,7 +141,23 @@ impl Synced {
             state,
             slots,
             dirty: false,
+            capacity: Capacity::default(),
         })
+    }
+
+    /// The map capacities plans are checked against (the datapath's by default).
+    pub fn with_capacity(mut self, capacity: Capacity) -> Synced {
+        self.capacity = capacity;
+        self
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// Entries the maps hold, as the mirror believes (no map walk).
+    pub fn usage(&self) -> Usage {
+        Usage::of(&self.state)
     }
 
     /// Whether a plan failed and the maps have not been reconciled since.
@@ -163,6 +186,7 @@ impl Synced {
             return self.reconcile(maps, target, PlanOptions::default());
         }
         let p = plan::plan(&self.state, &self.slots, target, PlanOptions::default());
+        capacity::check(&self.state, &p, target, &self.capacity)?;
         self.run(maps, p)
     }
 
@@ -175,9 +199,10 @@ impl Synced {
         opts: PlanOptions,
     ) -> Result<ApplyStats, SyncError> {
         let (state, slots) = self.reconcile_from(maps)?;
+        let p = plan::plan(&state, &slots, target, opts);
+        capacity::check(&state, &p, target, &self.capacity)?;
         self.state = state;
         self.slots = slots;
-        let p = plan::plan(&self.state, &self.slots, target, opts);
         self.run(maps, p)
     }
 

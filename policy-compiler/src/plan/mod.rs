@@ -23,6 +23,7 @@ use crate::abi::{self, EndpointInfo, PolicyValue};
 use crate::cidr::Cidr;
 use crate::engine::{CompiledPolicy, Engine, EntryKey};
 
+pub mod capacity;
 pub mod model;
 
 /// The entries of one slot.

@@ -1,0 +1,163 @@
+//! Map capacities and the check that a plan fits them at every operation.
+//!
+//! A plan that would overflow a map is rejected before its first write: a half-written
+//! policy (the writes that fit, then ENOSPC) is not a state the plan's ordering argument
+//! covers. The count that matters is the **peak** while the plan runs, not the end state:
+//! a slot flip holds the old and the new slot of an identity at once, and transit entries
+//! exist until the flip completes.
+
+use std::collections::BTreeMap;
+
+use super::{MapState, Op, Plan, Target};
+use crate::abi;
+use crate::cidr::Cidr;
+use crate::engine::EntryKey;
+
+/// Entry capacities of the maps a plan writes. The default is the datapath's
+/// (`palisade_abi::capacity`); tests use small numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub policy: usize,
+    pub ipcache: usize,
+    pub endpoints: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Capacity {
+        Capacity {
+            policy: abi::capacity::POLICY as usize,
+            ipcache: abi::capacity::IPCACHE as usize,
+            endpoints: abi::capacity::ENDPOINTS as usize,
+        }
+    }
+}
+
+/// Entry counts of the three maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub policy: usize,
+    pub ipcache: usize,
+    pub endpoints: usize,
+}
+
+impl Usage {
+    pub fn of(state: &MapState) -> Usage {
+        Usage {
+            policy: state.policy_entries(),
+            ipcache: state.ipcache.len(),
+            endpoints: state.endpoints.len(),
+        }
+    }
+}
+
+/// A plan does not fit a map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the policy set does not fit the {map} map: {needed} entries needed at the peak of the \
+     update, capacity {capacity}{largest}; nothing was written and the last good policy \
+     stays enforced",
+    largest = largest_text(.largest)
+)]
+pub struct CapacityExceeded {
+    /// The map's name (`pal_policy`, `pal_ipcache`, `pal_endpoints`).
+    pub map: &'static str,
+    pub needed: usize,
+    pub capacity: usize,
+    /// For the policy map: the identity with the most entries, and how many.
+    pub largest: Option<(u32, usize)>,
+}
+
+fn largest_text(l: &Option<(u32, usize)>) -> String {
+    match l {
+        Some((id, n)) => format!("; the largest policy is identity {id}'s with {n} entries"),
+        None => String::new(),
+    }
+}
+
+/// The most entries each map holds at any point while `plan` runs from `old`.
+pub fn peak(old: &MapState, plan: &Plan) -> Usage {
+    let mut cur = Usage::of(old);
+    let mut peak = cur;
+    // Keys whose presence the plan changed so far (true: present).
+    let mut policy: BTreeMap<(u32, EntryKey), bool> = BTreeMap::new();
+    let mut ipcache: BTreeMap<Cidr, bool> = BTreeMap::new();
+    let mut endpoints: BTreeMap<u32, bool> = BTreeMap::new();
+    fn step<K: Ord>(
+        seen: &mut BTreeMap<K, bool>,
+        key: K,
+        present_before: impl FnOnce(&K) -> bool,
+        insert: bool,
+        count: &mut usize,
+    ) {
+        let was = seen
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| present_before(&key));
+        match (was, insert) {
+            (false, true) => *count += 1,
+            (true, false) => *count = count.saturating_sub(1),
+            _ => {}
+        }
+        seen.insert(key, insert);
+    }
+    for op in &plan.ops {
+        match op {
+            Op::UpsertPolicy { slot, key, .. } | Op::DeletePolicy { slot, key } => step(
+                &mut policy,
+                (*slot, *key),
+                |(s, k)| old.policy.get(s).is_some_and(|e| e.contains_key(k)),
+                matches!(op, Op::UpsertPolicy { .. }),
+                &mut cur.policy,
+            ),
+            Op::UpsertIpcache { cidr, .. } | Op::DeleteIpcache { cidr } => step(
+                &mut ipcache,
+                *cidr,
+                |c| old.ipcache.contains_key(c),
+                matches!(op, Op::UpsertIpcache { .. }),
+                &mut cur.ipcache,
+            ),
+            Op::SetEndpoint { ifindex, .. } | Op::DeleteEndpoint { ifindex } => step(
+                &mut endpoints,
+                *ifindex,
+                |i| old.endpoints.contains_key(i),
+                matches!(op, Op::SetEndpoint { .. }),
+                &mut cur.endpoints,
+            ),
+        }
+        peak.policy = peak.policy.max(cur.policy);
+        peak.ipcache = peak.ipcache.max(cur.ipcache);
+        peak.endpoints = peak.endpoints.max(cur.endpoints);
+    }
+    peak
+}
+
+/// Whether `plan` (from `old` to `target`) fits `cap` at every operation; the peak usage
+/// if it does.
+pub fn check(
+    old: &MapState,
+    plan: &Plan,
+    target: &Target,
+    cap: &Capacity,
+) -> Result<Usage, CapacityExceeded> {
+    let p = peak(old, plan);
+    let over = |map, needed: usize, capacity: usize, largest| {
+        (needed > capacity).then_some(CapacityExceeded {
+            map,
+            needed,
+            capacity,
+            largest,
+        })
+    };
+    let largest = target
+        .policies
+        .iter()
+        .map(|(id, c)| (*id, c.entries.len()))
+        .max_by_key(|(id, n)| (*n, std::cmp::Reverse(*id)));
+    if let Some(e) = over(abi::map_name::POLICY, p.policy, cap.policy, largest)
+        .or_else(|| over(abi::map_name::IPCACHE, p.ipcache, cap.ipcache, None))
+        .or_else(|| over(abi::map_name::ENDPOINTS, p.endpoints, cap.endpoints, None))
+    {
+        return Err(e);
+    }
+    Ok(p)
+}
