@@ -43,6 +43,9 @@ pub enum InputError {
     Endpoint(#[from] EndpointError),
     #[error("{0}")]
     Usage(String),
+    /// The compiled policy set does not fit the datapath's maps.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 /// A peer reference that does not resolve.

@@ -6,6 +6,7 @@
 //! compiled maps, so what this tool says is what the kernel would do.
 
 pub mod analysis;
+pub mod capacity;
 pub mod connections;
 pub mod corpus;
 pub mod diff;

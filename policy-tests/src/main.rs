@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use policy_compiler::plan::capacity::Capacity;
 use policy_compiler::{Flow, Protocol};
 use policy_tests::matrix::Probe;
 use policy_tests::output::{Progress, stdout_is_tty};
@@ -78,6 +79,10 @@ struct Cli {
     /// Most nodes (mappings, sequences, scalars; YAML aliases expanded) in one file.
     #[arg(long, value_name = "N", default_value_t = policy_compiler::manifest::DEFAULT_MAX_NODES, global = true)]
     max_nodes: usize,
+    /// Entries of the datapath's policy map (`pal_policy`) the compiled policies are checked
+    /// against; the default is the datapath's. See docs/policy-test.md "Map capacities".
+    #[arg(long, value_name = "N", default_value_t = policy_compiler::abi::capacity::POLICY as usize, global = true)]
+    policy_map_capacity: usize,
     /// One of the node's own addresses (repeatable), as the enforcer maps them: identity
     /// host, whose traffic into a pod is always allowed (NetworkPolicy); an ipBlock
     /// containing one selects the node. Default: none (every address is external).
@@ -267,9 +272,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(files: &[PathBuf], opts: &Options) -> Result<Analysis, InputError> {
+fn load(files: &[PathBuf], opts: &Options, cap: &Capacity) -> Result<Analysis, InputError> {
     let a = Analysis::load(files, opts)?;
     for w in a.warnings() {
+        eprintln!("warning: {w}");
+    }
+    for w in policy_tests::capacity::check(&a.engine, cap)? {
         eprintln!("warning: {w}");
     }
     Ok(a)
@@ -305,6 +313,10 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
         },
         host_addresses: cli.node_address,
     };
+    let cap = Capacity {
+        policy: cli.policy_map_capacity,
+        ..Capacity::default()
+    };
     match cli.command {
         Command::Check(args) => {
             let files = args
@@ -312,7 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
                 .iter()
                 .map(|p| scenario::load(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let a = load(&cli.files, &opts)?;
+            let a = load(&cli.files, &opts, &cap)?;
             let resolved = files
                 .iter()
                 .map(|f| scenario::resolve_all(&a, f).map(|r| (f.path.clone(), r)))
@@ -344,7 +356,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             })
         }
         Command::Matrix(args) => {
-            let a = load(&cli.files, &opts)?;
+            let a = load(&cli.files, &opts, &cap)?;
             let probes = if args.port.is_empty() {
                 vec![Probe::Any]
             } else {
@@ -358,7 +370,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Connections(args) => {
-            let a = load(&cli.files, &opts)?;
+            let a = load(&cli.files, &opts, &cap)?;
             let c = connections::compute(&a, &Progress::for_terminal("connections"));
             emit(&match args.output {
                 Output::Text => connections::to_text(&c),
@@ -367,7 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {
-            let a = load(&cli.files, &opts)?;
+            let a = load(&cli.files, &opts, &cap)?;
             let src = a.resolve(&args.from)?;
             let dst = a.resolve(&args.to)?;
             let port = scenario::resolve_port(&a, &dst, &args.port, args.protocol)?;
@@ -387,8 +399,8 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff(args) => {
-            let old = load(&cli.files, &opts)?;
-            let new = load(&args.against, &opts)?;
+            let old = load(&cli.files, &opts, &cap)?;
+            let new = load(&args.against, &opts, &cap)?;
             let d = diff::compute(&old, &new, &Progress::for_terminal("diff"));
             emit(&match args.output {
                 Output::Text => diff::to_text(&d),

@@ -645,3 +645,32 @@ fn node_addresses_are_always_allowed_into_isolated_pods() {
         stdout(&o)
     );
 }
+
+/// The compiled policies are checked against the policy map's capacity: one identity's
+/// policy larger than the map is bad input naming the identity, its policies and the
+/// predicted count; one that fits only without a slot flip is a warning; the datapath's
+/// real capacity says nothing for a small cluster.
+#[test]
+fn a_policy_larger_than_the_policy_map_is_an_error() {
+    let shop = fx("shop");
+    // The largest shop policy compiles to 4 entries.
+    let e = bad_input(&run(&["-f", &shop, "matrix", "--policy-map-capacity", "3"]));
+    assert!(e.contains("identity "), "{e}");
+    assert!(e.contains("production/deny-all"), "{e}");
+    assert!(
+        e.contains("compiles to 4 entries, more than the pal_policy map holds (3)"),
+        "{e}"
+    );
+
+    let o = run(&["-f", &shop, "matrix", "--policy-map-capacity", "7"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("changing it needs 8 entries at once"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["-f", &shop, "matrix"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("pal_policy"), "{}", stderr(&o));
+}
