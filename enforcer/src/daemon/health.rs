@@ -137,4 +137,41 @@ mod tests {
             "{reason}"
         );
     }
+
+    /// A refused update leaves the agent ready with a warning; pressure reads the mirror's
+    /// counts against the capacities.
+    #[test]
+    fn a_refused_update_is_a_warning_and_pressure_is_entries_over_capacity() {
+        let mut h = Health {
+            usage: Usage {
+                policy: 3,
+                ipcache: 0,
+                endpoints: 1,
+            },
+            capacity: Capacity {
+                policy: 4,
+                ipcache: 8,
+                endpoints: 2,
+            },
+            ..Health::default()
+        };
+        assert!(h.warnings().is_empty());
+        h.rejected = Some("the policy set does not fit the pal_policy map".into());
+        assert!(h.ready());
+        assert_eq!(
+            h.warnings(),
+            [
+                "update refused, still enforcing the last good policy: the policy set does not \
+              fit the pal_policy map"
+            ]
+        );
+        assert_eq!(
+            h.pressure(),
+            [
+                "pal_policy 3/4 (75.0%)",
+                "pal_ipcache 0/8 (0.0%)",
+                "pal_endpoints 1/2 (50.0%)"
+            ]
+        );
+    }
 }

@@ -161,3 +161,74 @@ pub fn check(
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+    use crate::abi::PolicyValue;
+
+    fn key(port: u16) -> EntryKey {
+        EntryKey {
+            identity: 300,
+            direction: abi::DIRECTION_INGRESS,
+            protocol: 6,
+            port,
+            prefixlen: abi::POLICY_PREFIX_FULL as u8,
+        }
+    }
+
+    /// The peak counts what exists at once, not the end state: a fresh slot's entries are
+    /// all written before the old slot's are deleted.
+    #[test]
+    fn a_slot_flip_peaks_at_old_plus_new() {
+        let v = PolicyValue::default();
+        let old = MapState {
+            policy: [(1, [(key(80), v), (key(81), v)].into())].into(),
+            ..MapState::default()
+        };
+        let plan = Plan {
+            ops: vec![
+                Op::UpsertPolicy {
+                    slot: 2,
+                    key: key(80),
+                    value: v,
+                },
+                Op::UpsertPolicy {
+                    slot: 2,
+                    key: key(82),
+                    value: v,
+                },
+                // Rewriting an existing key does not count twice.
+                Op::UpsertPolicy {
+                    slot: 2,
+                    key: key(82),
+                    value: v,
+                },
+                Op::DeletePolicy {
+                    slot: 1,
+                    key: key(80),
+                },
+                Op::DeletePolicy {
+                    slot: 1,
+                    key: key(81),
+                },
+                Op::DeletePolicy {
+                    slot: 1,
+                    key: key(99),
+                },
+            ],
+            ..Plan::default()
+        };
+        let p = peak(&old, &plan);
+        assert_eq!(p.policy, 4);
+        let cap = |policy| Capacity {
+            policy,
+            ..Capacity::default()
+        };
+        let t = Target::default();
+        assert!(check(&old, &plan, &t, &cap(4)).is_ok());
+        let e = check(&old, &plan, &t, &cap(3)).unwrap_err();
+        assert_eq!((e.map, e.needed, e.capacity), (abi::map_name::POLICY, 4, 3));
+    }
+}
