@@ -213,6 +213,8 @@ impl Daemon {
         let daemon = Daemon {
             health: Mutex::new(Health {
                 endpoints,
+                usage: synced.usage(),
+                capacity: *synced.capacity(),
                 ..Health::default()
             }),
             reconcile_wake: tokio::sync::Notify::new(),
