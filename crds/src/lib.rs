@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cilium;
+
 pub use palisade_l7proxy::rules::{HeaderMatch, HttpRule};
 
 /// The API group of Palisade's CRDs.
@@ -52,6 +54,34 @@ pub struct PolicySpec {
     /// Egress rules; giving the field isolates egress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<PolicyRule>>,
+    /// Whether giving a direction isolates it (default deny for what no rule allows). Default:
+    /// `true` for each direction given. `false` makes the policy's rules add to what is
+    /// allowed (and deny rules deny) without closing the rest, as Cilium's
+    /// `enableDefaultDeny` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_deny: Option<DefaultDeny>,
+}
+
+/// Per-direction default-deny switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultDeny {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
+}
+
+impl PolicySpec {
+    /// Whether the policy isolates ingress (the field is given and default deny is not off).
+    pub fn isolates_ingress(&self) -> bool {
+        self.ingress.is_some() && self.default_deny.and_then(|d| d.ingress).unwrap_or(true)
+    }
+
+    /// Whether the policy isolates egress.
+    pub fn isolates_egress(&self) -> bool {
+        self.egress.is_some() && self.default_deny.and_then(|d| d.egress).unwrap_or(true)
+    }
 }
 
 /// Enforce or only audit.
@@ -99,7 +129,8 @@ pub enum RuleAction {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
-    /// Pods; in the policy's namespace unless `namespaceSelector` is given.
+    /// Pods. Namespaced kind: in the policy's namespace unless `namespaceSelector` is given.
+    /// Cluster kind: in every namespace unless `namespaceSelector` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
     /// Namespaces (with `podSelector`: pods of those namespaces; alone: all their pods).
