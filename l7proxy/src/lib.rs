@@ -7,6 +7,7 @@
 //! - [`matcher::RuleSet::decide`]: deny rules first, then allow rules, else denied by default;
 //! - [`pattern`]: the limits every untrusted regular expression passes before it is compiled.
 
+pub mod http1;
 pub mod matcher;
 pub mod path;
 pub mod pattern;
