@@ -158,6 +158,24 @@ pub enum Entity {
     KubeApiserver,
 }
 
+impl Entity {
+    /// The name manifests use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::World => "world",
+            Entity::Host => "host",
+            Entity::Cluster => "cluster",
+            Entity::KubeApiserver => "kube-apiserver",
+        }
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Addresses: a CIDR minus exceptions inside it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

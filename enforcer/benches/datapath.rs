@@ -156,6 +156,7 @@ fn tcp(port: u16) -> PortSpec {
     PortSpec {
         protocol: Protocol::TCP,
         port: PortMatch::Range(port, port),
+        http: None,
     }
 }
 
@@ -208,11 +209,13 @@ fn server_policy(extra: bool) -> Policy {
         .map(|g| Rule {
             peers: own(sel("group", &format!("g{g}"))),
             ports: vec![tcp(GROUP_PORT_BASE + g as u16)],
+            ..Rule::default()
         })
         .collect();
     rules.push(Rule {
         peers: own(sel("app", "client")),
         ports: bench_ports(extra),
+        ..Rule::default()
     });
     Policy {
         namespace: NS.into(),
@@ -221,6 +224,7 @@ fn server_policy(extra: bool) -> Policy {
         ingress: Some(rules),
         egress: None,
         origin: "bench".into(),
+        ..Policy::default()
     }
 }
 
@@ -230,11 +234,13 @@ fn client_policy() -> Policy {
         .map(|g| Rule {
             peers: own(sel("group", &format!("g{g}"))),
             ports: vec![tcp(GROUP_PORT_BASE + g as u16)],
+            ..Rule::default()
         })
         .collect();
     rules.push(Rule {
         peers: own(sel("app", "server")),
         ports: bench_ports(false),
+        ..Rule::default()
     });
     Policy {
         namespace: NS.into(),
@@ -243,6 +249,7 @@ fn client_policy() -> Policy {
         ingress: None,
         egress: Some(rules),
         origin: "bench".into(),
+        ..Policy::default()
     }
 }
 
@@ -264,8 +271,7 @@ fn cluster() -> Cluster {
         c.endpoints.insert(e.key.clone(), e);
     }
     for p in [server_policy(false), client_policy()] {
-        c.policies
-            .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+        c.policies.insert(p.pref(), Arc::new(p));
     }
     c
 }

@@ -291,6 +291,7 @@ fn a_reload_over_capacity_is_refused_with_zero_writes() {
         policies: [(
             100,
             std::sync::Arc::new(CompiledPolicy {
+                l7: Vec::new(),
                 entries: ports.iter().map(|p| entry(*p)).collect(),
                 ingress_isolated_by: Vec::new(),
                 egress_isolated_by: Vec::new(),

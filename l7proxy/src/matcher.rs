@@ -198,6 +198,25 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// A set without rules: every request is denied by default ([`Decision::NoMatch`]).
+    pub fn empty() -> RuleSet {
+        let field = || Field {
+            set: PatternSetMatcher::empty(),
+            pattern_rules: Vec::new(),
+            unconstrained: vec![0],
+        };
+        RuleSet {
+            entries: Vec::new(),
+            words: 1,
+            deny: vec![0],
+            method: field(),
+            path: field(),
+            host: field(),
+            headers: Vec::new(),
+            referenced: Vec::new(),
+        }
+    }
+
     /// Compile rules in order. Every pattern is checked against the limits of
     /// [`crate::pattern`]; the first problem is returned with the rule and field it is in.
     pub fn compile(entries: Vec<RuleEntry>) -> Result<RuleSet, RuleError> {

@@ -228,6 +228,14 @@ impl PatternSetMatcher {
         })
     }
 
+    /// A set without patterns: matches nothing.
+    pub fn empty() -> PatternSetMatcher {
+        PatternSetMatcher {
+            inner: None,
+            len: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

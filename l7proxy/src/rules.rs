@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One HTTP rule: every field given must match (regular expressions are full-match).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRule {
     /// Method regex, e.g. `GET` or `GET|HEAD`. Methods are case-sensitive.
@@ -22,7 +22,7 @@ pub struct HttpRule {
 }
 
 /// A header condition: present (neither `value` nor `regex`), an exact value, or a regex.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.
@@ -36,7 +36,7 @@ pub struct HeaderMatch {
 }
 
 /// What a matching rule does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum L7Action {
     Allow,

@@ -87,6 +87,7 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
         ingress,
         egress,
         origin: "bench".into(),
+        ..Policy::default()
     };
     let team_peer = Peer::Endpoints {
         namespaces: NamespaceScope::Selected(sel(&[("team", team)])),
@@ -99,6 +100,7 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
     let tcp = |lo: u16, hi: u16| PortSpec {
         protocol: Protocol::TCP,
         port: PortMatch::Range(lo, hi),
+        http: None,
     };
     vec![
         p(
@@ -127,7 +129,9 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
                 ports: vec![PortSpec {
                     protocol: Protocol::TCP,
                     port: PortMatch::Named("http".into()),
+                    http: None,
                 }],
+                ..Rule::default()
             }]),
             None,
         ),
@@ -137,10 +141,12 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
             Some(vec![Rule {
                 peers: Peers::List(vec![own("frontend")]),
                 ports: vec![tcp(8080, 8080)],
+                ..Rule::default()
             }]),
             Some(vec![Rule {
                 peers: Peers::List(vec![own("db")]),
                 ports: vec![tcp(5432, 5432)],
+                ..Rule::default()
             }]),
         ),
         p(
@@ -151,6 +157,7 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
                 Rule {
                     peers: Peers::List(vec![team_peer]),
                     ports: vec![tcp(8080, 8080)],
+                    ..Rule::default()
                 },
                 Rule {
                     peers: Peers::Any,
@@ -158,9 +165,11 @@ fn policies(ns: &str, team: &str) -> Vec<Policy> {
                         PortSpec {
                             protocol: Protocol::UDP,
                             port: PortMatch::Range(53, 53),
+                            http: None,
                         },
                         tcp(53, 53),
                     ],
+                    ..Rule::default()
                 },
             ]),
         ),
@@ -185,8 +194,7 @@ fn synthetic(namespaces: usize, pods_per_app: usize) -> Cluster {
             }
         }
         for p in policies(&ns, &team) {
-            c.policies
-                .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+            c.policies.insert(p.pref(), Arc::new(p));
         }
     }
     c
@@ -329,6 +337,7 @@ fn main() {
             rules[0].ports.push(PortSpec {
                 protocol: Protocol::TCP,
                 port: PortMatch::Range(9000, 9100),
+                http: None,
             });
         }
         let t = Instant::now();
@@ -348,6 +357,7 @@ fn main() {
             rules[0].ports.push(PortSpec {
                 protocol: Protocol::TCP,
                 port: PortMatch::Range(443, 443),
+                http: None,
             });
         }
         let t = Instant::now();

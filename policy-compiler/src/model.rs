@@ -11,6 +11,10 @@ use serde::Serialize;
 use crate::cidr::Cidr;
 use crate::k8s::Labels;
 use crate::labels::Selector;
+use crate::rules::{PolicyKind, PolicyRef};
+
+pub use palisade_crds::Entity;
+pub use palisade_l7proxy::rules::HttpRule;
 
 /// The label every namespace carries implicitly (Kubernetes >= 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -164,21 +168,73 @@ pub fn resolve_named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -
         .map(|p| p.port)
 }
 
-/// A NetworkPolicy after validation and defaulting.
+/// A policy of the NetworkPolicy tier (NetworkPolicy, Palisade's policy kinds, Cilium's
+/// policy kinds) after validation and defaulting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
+    pub kind: PolicyKind,
+    /// Empty for cluster-scoped kinds.
     pub namespace: String,
     pub name: String,
+    /// Cluster-scoped kinds: the namespaces whose pods `pod_selector` chooses from (`None`:
+    /// every namespace). Namespaced kinds select in their own namespace and leave this `None`.
+    pub namespace_selector: Option<Selector>,
     pub pod_selector: Selector,
-    /// `Some` when the policy isolates ingress (policyTypes includes Ingress).
+    /// `Some` when the policy has ingress rules to apply; the direction is isolated when
+    /// `isolates_ingress` also holds.
     pub ingress: Option<Vec<Rule>>,
-    /// `Some` when the policy isolates egress.
+    /// `Some` when the policy has egress rules.
     pub egress: Option<Vec<Rule>>,
+    /// Whether the policy isolates each direction it has (NetworkPolicy: always;
+    /// `defaultDeny: false` / Cilium's `enableDefaultDeny: false` turn it off).
+    pub isolates: [bool; 2],
+    /// Audit mode: what this policy would deny is logged as AUDIT and forwarded.
+    pub audit: bool,
     /// Where the policy came from, for messages.
     pub origin: String,
 }
 
+impl Default for Policy {
+    /// A NetworkPolicy with no rules, isolating each direction it gets rules for.
+    fn default() -> Self {
+        Policy {
+            kind: PolicyKind::NetworkPolicy,
+            namespace: String::new(),
+            name: String::new(),
+            namespace_selector: None,
+            pod_selector: Selector::default(),
+            ingress: None,
+            egress: None,
+            isolates: [true, true],
+            audit: false,
+            origin: String::new(),
+        }
+    }
+}
+
 impl Policy {
+    /// The namespaces the policy's subjects live in.
+    pub fn scope(&self) -> NamespaceScope {
+        if self.kind.is_cluster_scoped() {
+            NamespaceScope::Selected(self.namespace_selector.clone().unwrap_or_default())
+        } else {
+            NamespaceScope::Own(self.namespace.clone())
+        }
+    }
+
+    pub fn pref(&self) -> PolicyRef {
+        PolicyRef {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether the policy isolates (default-denies) a direction.
+    pub fn isolates(&self, dir: Direction) -> bool {
+        self.rules(dir).is_some() && self.isolates[dir as usize]
+    }
+
     pub fn rules(&self, dir: Direction) -> Option<&[Rule]> {
         match dir {
             Direction::Ingress => self.ingress.as_deref(),
@@ -198,20 +254,42 @@ impl Policy {
                 Peer::IpBlock { cidr, except } => std::iter::once(*cidr)
                     .chain(except.iter().copied())
                     .collect::<Vec<_>>(),
-                Peer::Endpoints { .. } => Vec::new(),
+                Peer::Endpoints { .. } | Peer::Entity(_) => Vec::new(),
             })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Rule {
     pub peers: Peers,
     /// Empty: all ports and all protocols.
     pub ports: Vec<PortSpec>,
+    /// Allow (NetworkPolicy's only action) or deny.
+    pub action: RuleAction,
+    /// The rule's name, when the policy kind has one.
+    pub name: Option<String>,
+    /// A marker carried into the verdict log.
+    pub log: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl Rule {
+    /// Whether any port of the rule carries HTTP rules.
+    pub fn has_http(&self) -> bool {
+        self.ports.iter().any(|p| p.http.is_some())
+    }
+}
+
+/// What a rule of the NetworkPolicy tier does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+pub enum RuleAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub enum Peers {
+    #[default]
     /// `from`/`to` absent or empty: every source or destination, in or out of the cluster.
     Any,
     List(Vec<Peer>),
@@ -227,6 +305,8 @@ pub enum Peer {
         cidr: Cidr,
         except: Vec<Cidr>,
     },
+    /// A reserved entity (Palisade and Cilium kinds).
+    Entity(Entity),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -237,10 +317,29 @@ pub enum NamespaceScope {
     Selected(Selector),
 }
 
+impl Default for NamespaceScope {
+    fn default() -> Self {
+        NamespaceScope::Own(String::new())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PortSpec {
     pub protocol: Protocol,
     pub port: PortMatch,
+    /// HTTP rules (TCP, one port): the connection goes through the L7 proxy, which decides
+    /// each request with them.
+    pub http: Option<Vec<HttpRule>>,
+}
+
+impl PortSpec {
+    pub fn new(protocol: Protocol, port: PortMatch) -> PortSpec {
+        PortSpec {
+            protocol,
+            port,
+            http: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -282,7 +381,7 @@ pub struct Service {
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub endpoints: BTreeMap<String, Endpoint>,
-    pub policies: BTreeMap<(String, String), Arc<Policy>>,
+    pub policies: BTreeMap<PolicyRef, Arc<Policy>>,
     pub services: BTreeMap<(String, String), Service>,
 }
 
@@ -303,9 +402,9 @@ impl Cluster {
                 missing.push(e.namespace.clone());
             }
         }
-        for (ns, _) in self.policies.keys() {
-            if !self.namespaces.contains_key(ns) {
-                missing.push(ns.clone());
+        for r in self.policies.keys() {
+            if !r.kind.is_cluster_scoped() && !self.namespaces.contains_key(&r.namespace) {
+                missing.push(r.namespace.clone());
             }
         }
         for ns in missing {

@@ -8,15 +8,88 @@ use serde::Serialize;
 use crate::abi;
 use crate::model::Direction;
 
+/// The kinds of policy the NetworkPolicy tier holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
+pub enum PolicyKind {
+    #[default]
+    NetworkPolicy,
+    PalisadeNetworkPolicy,
+    PalisadeClusterNetworkPolicy,
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::NetworkPolicy,
+        PolicyKind::PalisadeNetworkPolicy,
+        PolicyKind::PalisadeClusterNetworkPolicy,
+        PolicyKind::CiliumNetworkPolicy,
+        PolicyKind::CiliumClusterwideNetworkPolicy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::PalisadeNetworkPolicy => "PalisadeNetworkPolicy",
+            PolicyKind::PalisadeClusterNetworkPolicy => "PalisadeClusterNetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        }
+    }
+
+    pub fn from_kind(kind: &str) -> Option<PolicyKind> {
+        PolicyKind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// Whether objects of this kind have no namespace.
+    pub fn is_cluster_scoped(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::PalisadeClusterNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy
+        )
+    }
+
+    pub fn is_network_policy(&self) -> bool {
+        *self == PolicyKind::NetworkPolicy
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy object: kind, namespace (empty for cluster-scoped kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PolicyRef {
+    #[serde(skip_serializing_if = "PolicyKind::is_network_policy")]
+    pub kind: PolicyKind,
     pub namespace: String,
     pub name: String,
 }
 
+impl PolicyRef {
+    /// A NetworkPolicy.
+    pub fn network_policy(namespace: &str, name: &str) -> PolicyRef {
+        PolicyRef {
+            kind: PolicyKind::NetworkPolicy,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// `ns/name` for a NetworkPolicy; `Kind ns/name`, or `Kind name` when cluster-scoped, for
+/// the other kinds.
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        match self.kind {
+            PolicyKind::NetworkPolicy => write!(f, "{}/{}", self.namespace, self.name),
+            k if k.is_cluster_scoped() => write!(f, "{k} {}", self.name),
+            k => write!(f, "{k} {}/{}", self.namespace, self.name),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::cidr::Cidr;
 use crate::identity::{IdentityInfo, IdentityKey, Reserved};
 use crate::k8s::Labels;
 use crate::labels::Selector;
+use crate::model::Entity;
 use crate::model::NamespaceScope;
 
 /// What a selector selects.
@@ -23,6 +24,10 @@ pub enum SelectorKey {
         cidr: Cidr,
         except: Vec<Cidr>,
     },
+    /// A reserved entity: `world` (addresses outside the cluster: the world identities and
+    /// the CIDR identities), `host` (the node), `cluster` (every pod and the node),
+    /// `kube-apiserver` (the reserved kube-apiserver identity).
+    Entity(Entity),
 }
 
 pub type SelectorId = u32;
@@ -52,8 +57,28 @@ impl SelectorKey {
             (SelectorKey::IpBlock { cidr, except }, IdentityInfo::Cluster(k)) => {
                 ipblock_matches_cluster(cidr, except, k)
             }
+            (SelectorKey::Entity(e), info) => entity_matches(*e, info),
             _ => false,
         }
+    }
+}
+
+/// Which identities a reserved entity stands for.
+pub fn entity_matches(e: Entity, info: &IdentityInfo) -> bool {
+    match (e, info) {
+        (Entity::World, IdentityInfo::Cidr(_)) => true,
+        (Entity::World, IdentityInfo::Reserved(r)) => {
+            matches!(
+                r,
+                Reserved::World | Reserved::WorldIpv4 | Reserved::WorldIpv6
+            )
+        }
+        (Entity::Host | Entity::Cluster, IdentityInfo::Host(_)) => true,
+        (Entity::Host | Entity::Cluster, IdentityInfo::Reserved(Reserved::Host)) => true,
+        (Entity::Cluster, IdentityInfo::Cluster(_)) => true,
+        (Entity::Cluster, IdentityInfo::Reserved(Reserved::RemoteNode)) => true,
+        (Entity::KubeApiserver, IdentityInfo::Reserved(Reserved::KubeApiserver)) => true,
+        _ => false,
     }
 }
 
@@ -83,6 +108,8 @@ pub struct SelectorCache {
     cross_namespace: Vec<SelectorId>,
     /// ipBlock selectors.
     ip_blocks: Vec<SelectorId>,
+    /// Entity selectors (few; tested against every identity).
+    entities: Vec<SelectorId>,
     /// Namespace labels -> the cross-namespace selectors whose namespace part matches
     /// them. Identities of one namespace share its labels, so a new identity tests only
     /// the pod part of most selectors. Cleared whenever a cross-namespace selector
@@ -122,6 +149,7 @@ impl SelectorCache {
                 self.cross_by_ns_labels.clear();
             }
             SelectorKey::IpBlock { .. } => self.ip_blocks.push(id),
+            SelectorKey::Entity(_) => self.entities.push(id),
         }
         self.by_key.insert(key.clone(), id);
         self.entries.insert(id, Entry { key, ids, refs: 1 });
@@ -151,6 +179,7 @@ impl SelectorCache {
                 Some(&mut self.cross_namespace)
             }
             SelectorKey::IpBlock { .. } => Some(&mut self.ip_blocks),
+            SelectorKey::Entity(_) => Some(&mut self.entities),
         };
         if let Some(list) = list {
             list.retain(|x| *x != id);
@@ -195,10 +224,13 @@ impl SelectorCache {
                 if !k.cidr_sets.is_empty() {
                     v.extend_from_slice(&self.ip_blocks);
                 }
+                v.extend_from_slice(&self.entities);
                 v
             }
             IdentityInfo::Cidr(_) | IdentityInfo::Reserved(_) | IdentityInfo::Host(_) => {
-                self.ip_blocks.clone()
+                let mut v = self.ip_blocks.clone();
+                v.extend_from_slice(&self.entities);
+                v
             }
         }
     }

@@ -51,6 +51,7 @@ fn tcp(lo: u16, hi: u16) -> PortSpec {
     PortSpec {
         protocol: Protocol::TCP,
         port: PortMatch::Range(lo, hi),
+        http: None,
     }
 }
 
@@ -142,6 +143,7 @@ fn synthetic() -> Cluster {
                     pods: sel(&[("tier", "web".into())]),
                 }]),
                 ports: vec![tcp(8080, 8080)],
+                ..Rule::default()
             },
             Rule {
                 peers: Peers::List(vec![Peer::Endpoints {
@@ -155,9 +157,11 @@ fn synthetic() -> Cluster {
                     PortSpec {
                         protocol: Protocol::TCP,
                         port: PortMatch::Named("metrics".into()),
+                        http: None,
                     },
                     tcp(9000, 9100),
                 ],
+                ..Rule::default()
             },
         ];
         if p % 4 == 0 {
@@ -167,6 +171,7 @@ fn synthetic() -> Cluster {
                     except: vec![cidr(&format!("172.{}.{}.0/24", 16 + p % 16, p % 200))],
                 }]),
                 ports: vec![tcp(443, 443)],
+                ..Rule::default()
             });
         }
         let egress = (p % 5 == 0).then(|| {
@@ -181,8 +186,10 @@ fn synthetic() -> Cluster {
                         PortSpec {
                             protocol: Protocol::TCP,
                             port: PortMatch::Named("http".into()),
+                            http: None,
                         },
                     ],
+                    ..Rule::default()
                 },
                 Rule {
                     peers: Peers::List(vec![Peer::IpBlock {
@@ -190,19 +197,22 @@ fn synthetic() -> Cluster {
                         except: vec![cidr("10.0.0.0/8")],
                     }]),
                     ports: vec![tcp(443, 443)],
+                    ..Rule::default()
                 },
                 Rule {
                     peers: Peers::Any,
                     ports: vec![PortSpec {
                         protocol: Protocol::UDP,
                         port: PortMatch::Range(53, 53),
+                        http: None,
                     }],
+                    ..Rule::default()
                 },
             ]
         });
         let name = format!("policy-{p}");
         c.policies.insert(
-            (ns.clone(), name.clone()),
+            policy_compiler::rules::PolicyRef::network_policy(&ns, &name),
             Arc::new(Policy {
                 namespace: ns,
                 name,
@@ -210,6 +220,7 @@ fn synthetic() -> Cluster {
                 ingress: Some(ingress),
                 egress,
                 origin: "bench".into(),
+                ..Policy::default()
             }),
         );
     }

@@ -275,7 +275,7 @@ impl Analysis {
             }
         }
         let filter = &self.engine.config().label_filter;
-        for ((ns, name), p) in &self.cluster().policies {
+        for (pref, p) in &self.cluster().policies {
             let mut keys: BTreeSet<&str> = p
                 .pod_selector
                 .keys()
@@ -294,7 +294,7 @@ impl Analysis {
             }
             for k in keys {
                 out.push(format!(
-                    "policy {ns}/{name} selects on label {k:?}, which Palisade leaves out of identities: \
+                    "policy {pref} selects on label {k:?}, which Palisade leaves out of identities: \
                      that selector term never sees the label"
                 ));
             }

@@ -106,18 +106,24 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
     let labels = filter.apply(&subj.labels);
     let mut policies = Vec::new();
     let mut rules = Vec::new();
-    for ((ns, name), p) in &a.cluster().policies {
-        if *ns != subj.namespace || !p.pod_selector.matches(&labels) {
+    for (pref, p) in &a.cluster().policies {
+        let ns_ok = match &p.scope() {
+            NamespaceScope::Own(ns) => *ns == subj.namespace,
+            NamespaceScope::Selected(s) => {
+                s.matches(&a.cluster().namespace_labels(&subj.namespace))
+            }
+        };
+        if !ns_ok || !p.pod_selector.matches(&labels) {
             continue;
         }
         let Some(rs) = p.rules(dir) else { continue };
-        policies.push(format!("{ns}/{name}"));
+        policies.push(pref.to_string());
         for (i, rule) in rs.iter().enumerate() {
             let mut reasons = Vec::new();
             check_peers(a, rule, dir, peer, peer_ep, &mut reasons);
             check_ports(rule, flow.protocol, flow.port, dst_ep, peer, &mut reasons);
             rules.push(RuleCheck {
-                rule: format!("{ns}/{name} {dir}[{i}]"),
+                rule: format!("{pref} {dir}[{i}]"),
                 matched: reasons.is_empty(),
                 reasons,
             });
@@ -197,6 +203,7 @@ fn peer_text(p: &Peer) -> String {
         } => {
             format!("namespaceSelector {nss}, podSelector {pods}")
         }
+        Peer::Entity(e) => format!("entity {e}"),
         Peer::IpBlock { cidr, except } if except.is_empty() => format!("ipBlock {cidr}"),
         Peer::IpBlock { cidr, except } => format!(
             "ipBlock {cidr} except {}",
@@ -256,6 +263,11 @@ fn check_peers(
                 } else {
                     None
                 }
+            }
+            (Peer::Entity(e), _) => {
+                let config = a.engine.config();
+                (!policy_compiler::eval::spec::entity_includes(config, *e, peer, peer_ep))
+                    .then(|| format!("entity {e} does not include {peer}"))
             }
             (Peer::IpBlock { cidr, except }, _) => {
                 let inside = |ip: &std::net::IpAddr| {

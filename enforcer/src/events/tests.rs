@@ -114,6 +114,7 @@ fn rule_id(e: &Engine, policy: &str, index: usize) -> u32 {
     e.rules()
         .id(&RuleRef {
             policy: PolicyRef {
+                kind: Default::default(),
                 namespace: "shop".into(),
                 name: policy.into(),
             },

@@ -23,7 +23,6 @@ use policy_compiler::engine::Change;
 use policy_compiler::k8s::Labels;
 use policy_compiler::manifest::LoadError;
 use policy_compiler::model::{Cluster, Endpoint, NamedPort, Policy, WorkloadRef};
-use policy_compiler::rules::PolicyRef;
 
 mod dir;
 
@@ -144,12 +143,9 @@ pub fn diff_clusters(old: &Cluster, new: &Cluster) -> Vec<Change> {
             out.push(Change::DeleteEndpoint(key.clone()));
         }
     }
-    for (ns, name) in old.policies.keys() {
-        if !new.policies.contains_key(&(ns.clone(), name.clone())) {
-            out.push(Change::DeletePolicy(PolicyRef {
-                namespace: ns.clone(),
-                name: name.clone(),
-            }));
+    for r in old.policies.keys() {
+        if !new.policies.contains_key(r) {
+            out.push(Change::DeletePolicy(r.clone()));
         }
     }
     for name in old.namespaces.keys() {

@@ -244,10 +244,9 @@ fn watcher_delivers_debounced_changes_and_errors() {
     // state is what counts.
     assert!(
         got.contains(&"+np shop/b4".to_string())
-            || src
-                .snapshot()
-                .policies
-                .contains_key(&("shop".into(), "b4".into())),
+            || src.snapshot().policies.contains_key(
+                &policy_compiler::rules::PolicyRef::network_policy("shop", "b4")
+            ),
         "{got:?}"
     );
     assert!(start.elapsed() >= Duration::from_millis(100));

@@ -91,22 +91,13 @@ impl Engine {
                     b.touched_eps.insert(key);
                 }
                 Change::UpsertPolicy(p) => {
-                    let r = PolicyRef {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                    };
-                    let prev = self
-                        .cluster
-                        .policies
-                        .insert((r.namespace.clone(), r.name.clone()), p.clone());
+                    let r = p.pref();
+                    let prev = self.cluster.policies.insert(r.clone(), p.clone());
                     let e = b.policy_changes.entry(r).or_insert((prev, None));
                     e.1 = Some(p);
                 }
                 Change::DeletePolicy(r) => {
-                    let prev = self
-                        .cluster
-                        .policies
-                        .remove(&(r.namespace.clone(), r.name.clone()));
+                    let prev = self.cluster.policies.remove(&r);
                     let e = b.policy_changes.entry(r).or_insert((prev, None));
                     e.1 = None;
                 }

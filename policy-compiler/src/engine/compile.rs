@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use roaring::RoaringBitmap;
 
 use crate::abi::{self, PolicyValue};
-use crate::model::{Direction, PortMatch, Protocol, resolve_named_port};
+use crate::model::{Direction, PortMatch, Protocol, RuleAction, resolve_named_port};
 use crate::rules::PolicyRef;
 
+use super::l7::L7Set;
 use super::tiers::{self, TierRule};
 use super::*;
 
@@ -57,8 +58,10 @@ impl Engine {
         let mut contribs: Vec<Contribution> = Vec::new();
         let mut isolated: [Vec<PolicyRef>; 2] = [Vec::new(), Vec::new()];
         let empty = BTreeSet::new();
-        let candidates = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
-        for pref in candidates {
+        let own = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
+        // Cluster-scoped policies are filed under the empty namespace.
+        let cluster_wide = self.policies_by_ns.get("").unwrap_or(&empty);
+        for pref in own.iter().chain(cluster_wide) {
             let Some(st) = self.policies.get(pref) else {
                 continue;
             };
@@ -73,10 +76,18 @@ impl Engine {
                 let Some(rules) = st.policy.rules(dir) else {
                     continue;
                 };
-                isolated[dir as usize].push(pref.clone());
+                // An audit-mode policy only reports: it does not isolate.
+                if st.policy.isolates(dir) && !st.policy.audit {
+                    isolated[dir as usize].push(pref.clone());
+                }
                 let d = dir.abi();
                 for (rule, (peers, rule_id)) in rules.iter().zip(&st.rules[dir as usize]) {
-                    let tr = TierRule::network_policy_allow(*rule_id);
+                    let base = match rule.action {
+                        RuleAction::Allow => TierRule::network_policy_allow(*rule_id),
+                        RuleAction::Deny => {
+                            TierRule::network_policy_deny(*rule_id, st.policy.audit)
+                        }
+                    };
                     let union: Option<RoaringBitmap> = match peers {
                         RulePeers::Any => None,
                         RulePeers::Selectors(sels) => {
@@ -89,22 +100,39 @@ impl Engine {
                             Some(u)
                         }
                     };
-                    let mut fixed: Vec<PortPrefix> = Vec::new();
-                    let mut named: Vec<(&str, Protocol)> = Vec::new();
+                    let mut fixed: Vec<(PortPrefix, TierRule)> = Vec::new();
+                    let mut named: Vec<(&str, Protocol, TierRule)> = Vec::new();
                     if rule.ports.is_empty() {
-                        fixed.push(PortPrefix::ANY);
+                        fixed.push((PortPrefix::ANY, base));
                     }
-                    for ps in &rule.ports {
+                    for (j, ps) in rule.ports.iter().enumerate() {
                         let proto = ps.protocol.0;
+                        // A port with HTTP rules sends the connection to the L7 proxy, whatever
+                        // the rule's action (a deny rule with HTTP rules denies requests).
+                        let tr = match (&ps.http, st.policy.audit, rule.action) {
+                            (None, _, _) => base,
+                            (Some(_), false, _) => TierRule::network_policy_redirect(
+                                *rule_id,
+                                self.config.proxy_port,
+                                j as u16 + 1,
+                            ),
+                            // Audit mode does not reach the proxy: HTTP allow rules allow the
+                            // port, HTTP deny rules do nothing (docs/l7.md).
+                            (Some(_), true, RuleAction::Allow) => base,
+                            (Some(_), true, RuleAction::Deny) => continue,
+                        };
                         match &ps.port {
-                            PortMatch::All => fixed.push(PortPrefix {
-                                proto,
-                                port: 0,
-                                bits: 0,
-                            }),
+                            PortMatch::All => fixed.push((
+                                PortPrefix {
+                                    proto,
+                                    port: 0,
+                                    bits: 0,
+                                },
+                                tr,
+                            )),
                             PortMatch::Range(lo, hi) => {
                                 for (port, bits) in port_range_prefixes(*lo, *hi) {
-                                    fixed.push(PortPrefix { proto, port, bits });
+                                    fixed.push((PortPrefix { proto, port, bits }, tr));
                                 }
                             }
                             PortMatch::Named(n) => match dir {
@@ -113,35 +141,38 @@ impl Engine {
                                     if let Some(port) =
                                         resolve_named_port(&key.ports, n, ps.protocol)
                                     {
-                                        fixed.push(PortPrefix {
-                                            proto,
-                                            port,
-                                            bits: 16,
-                                        });
+                                        fixed.push((
+                                            PortPrefix {
+                                                proto,
+                                                port,
+                                                bits: 16,
+                                            },
+                                            tr,
+                                        ));
                                     }
                                 }
-                                Direction::Egress => named.push((n.as_str(), ps.protocol)),
+                                Direction::Egress => named.push((n.as_str(), ps.protocol, tr)),
                             },
                         }
                     }
                     match &union {
                         None => {
-                            for f in &fixed {
-                                contribs.push((d, abi::IDENTITY_UNKNOWN, *f, tr));
+                            for (f, tr) in &fixed {
+                                contribs.push((d, abi::IDENTITY_UNKNOWN, *f, *tr));
                             }
                         }
                         Some(u) => {
                             if !fixed.is_empty() {
                                 for peer in u.iter() {
-                                    for f in &fixed {
-                                        contribs.push((d, peer, *f, tr));
+                                    for (f, tr) in &fixed {
+                                        contribs.push((d, peer, *f, *tr));
                                     }
                                 }
                             }
                         }
                     }
                     // Egress named ports resolve against each destination identity.
-                    for (n, proto) in named {
+                    for (n, proto, tr) in named {
                         let by_name = self.port_names.get(n);
                         let peers: Box<dyn Iterator<Item = u32>> = match (&union, by_name) {
                             (_, None) => Box::new(std::iter::empty()),
@@ -182,13 +213,18 @@ impl Engine {
             ));
         }
         let [ingress_isolated_by, egress_isolated_by] = isolated;
+        let (entries, l7) = materialize(contribs, np_isolated);
         CompiledPolicy {
-            entries: materialize(contribs, np_isolated),
+            entries,
+            l7,
             ingress_isolated_by,
             egress_isolated_by,
         }
     }
 }
+
+type Entries = Vec<(EntryKey, PolicyValue)>;
+type L7Entries = Vec<(EntryKey, L7Set)>;
 
 /// (direction, peer identity or 0 for any peer, port target, rule)
 type Contribution = (u8, u32, PortPrefix, TierRule);
@@ -207,13 +243,11 @@ type Contribution = (u8, u32, PortPrefix, TierRule);
 /// Inside a partition, a port's longest match is a prefix that every rule containing the
 /// port also contains (prefixes of one port are nested), so the value at that prefix is
 /// the resolution of exactly the rules that match the port.
-fn materialize(
-    mut contribs: Vec<Contribution>,
-    np_isolated: [bool; 2],
-) -> Vec<(EntryKey, PolicyValue)> {
+fn materialize(mut contribs: Vec<Contribution>, np_isolated: [bool; 2]) -> (Entries, L7Entries) {
     contribs.sort_unstable();
     contribs.dedup();
     let mut out: Vec<(EntryKey, PolicyValue)> = Vec::with_capacity(contribs.len() + 2);
+    let mut l7: Vec<(EntryKey, L7Set)> = Vec::new();
     for dir in Direction::BOTH {
         let d = dir.abi();
         let isolated = np_isolated[dir as usize];
@@ -232,6 +266,7 @@ fn materialize(
             &any_rules,
             isolated,
             &mut out,
+            &mut l7,
         );
         let mut i = 0;
         while i < exact.len() {
@@ -260,12 +295,13 @@ fn materialize(
                     .filter(|a| rules[..own].iter().any(|(e, _)| e.contains(a))),
             );
             rules.extend_from_slice(&relevant);
-            emit_partition(peer, d, prefixes, &rules, isolated, &mut out);
+            emit_partition(peer, d, prefixes, &rules, isolated, &mut out, &mut l7);
             i = j;
         }
     }
     out.sort_unstable_by_key(|a| a.0);
-    out
+    l7.sort_unstable_by_key(|a| a.0);
+    (out, l7)
 }
 
 /// One partition: each of `prefixes`, resolved over the `rules` that contain it.
@@ -276,6 +312,7 @@ fn emit_partition(
     rules: &[(PortPrefix, TierRule)],
     np_isolated: bool,
     out: &mut Vec<(EntryKey, PolicyValue)>,
+    l7: &mut Vec<(EntryKey, L7Set)>,
 ) {
     prefixes.sort_unstable();
     prefixes.dedup();
@@ -284,9 +321,11 @@ fn emit_partition(
         matching.clear();
         matching.extend(rules.iter().filter(|(q, _)| q.contains(&p)).map(|(_, r)| r));
         matching.sort_unstable();
-        out.push((
-            p.entry_key(peer, dir),
-            tiers::resolve(matching.iter().copied(), np_isolated),
-        ));
+        let key = p.entry_key(peer, dir);
+        let value = tiers::resolve(matching.iter().copied(), np_isolated);
+        if value.verdict == abi::POLICY_VERDICT_REDIRECT {
+            l7.push((key, L7Set::from_matching(&matching)));
+        }
+        out.push((key, value));
     }
 }

@@ -28,6 +28,7 @@ use crate::selector::{SelectorCache, SelectorId};
 mod apply;
 mod compile;
 mod diff;
+pub mod l7;
 mod ports;
 mod register;
 pub mod tiers;
@@ -50,7 +51,12 @@ pub struct EngineConfig {
     /// always allows host (NetworkPolicy: traffic from the pod's node is allowed). Empty
     /// (the default): no address is the node's, and nothing of this applies.
     pub host_addresses: Vec<IpAddr>,
+    /// The port the in-process L7 proxy listens on; redirect entries carry it.
+    pub proxy_port: u16,
 }
+
+/// The L7 proxy's default port.
+pub const DEFAULT_PROXY_PORT: u16 = 15080;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -58,6 +64,7 @@ impl Default for EngineConfig {
             label_filter: LabelFilter::default(),
             ipblocks_select_pods: true,
             host_addresses: Vec::new(),
+            proxy_port: DEFAULT_PROXY_PORT,
         }
     }
 }
@@ -122,6 +129,8 @@ pub struct CompiledPolicy {
     /// Sorted by key.
     #[serde(serialize_with = "crate::abi_serde::entries")]
     pub entries: Vec<(EntryKey, PolicyValue)>,
+    /// The HTTP rules of each entry that redirects to the proxy, sorted by key.
+    pub l7: Vec<(EntryKey, l7::L7Set)>,
     pub ingress_isolated_by: Vec<PolicyRef>,
     pub egress_isolated_by: Vec<PolicyRef>,
 }
@@ -132,6 +141,14 @@ impl CompiledPolicy {
             Direction::Ingress => &self.ingress_isolated_by,
             Direction::Egress => &self.egress_isolated_by,
         }
+    }
+
+    /// The HTTP rules of a redirecting entry.
+    pub fn l7(&self, key: &EntryKey) -> Option<&l7::L7Set> {
+        self.l7
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.l7[i].1)
     }
 
     pub fn get(&self, key: &EntryKey) -> Option<PolicyValue> {

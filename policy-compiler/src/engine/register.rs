@@ -75,7 +75,7 @@ impl Engine {
         let mut all: Option<Vec<(u32, IdentityInfo)>> = None;
         let subject = self.acquire_selector(
             SelectorKey::Endpoints {
-                namespaces: crate::model::NamespaceScope::Own(p.namespace.clone()),
+                namespaces: p.scope(),
                 pods: p.pod_selector.clone(),
             },
             &mut all,
@@ -119,6 +119,7 @@ impl Engine {
                                         except,
                                     }
                                 }
+                                Peer::Entity(e) => SelectorKey::Entity(*e),
                             };
                             let s = self.acquire_selector(key, &mut all);
                             self.peer_users.entry(s).or_default().insert(r.clone());

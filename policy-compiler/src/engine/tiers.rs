@@ -6,9 +6,13 @@
 //! 1. **admin** (AdminNetworkPolicy; none exist yet): rules by ascending `order` (priority,
 //!    then rule position). The first match decides with its action; `Pass` skips the rest
 //!    of the admin tier.
-//! 2. **NetworkPolicy**: the first matching rule by `order` (= rule id, so the lowest rule id
-//!    is named) allows; if none matches and a NetworkPolicy isolates the endpoint in this
-//!    direction, **default deny** (`DENY`, rule [`abi::RULE_ID_NONE`]).
+//! 2. **NetworkPolicy** (NetworkPolicy, Palisade's and Cilium's policy kinds): the first
+//!    matching rule by `order` decides, and the order puts actions in bands: enforced L3/L4
+//!    denies, then audit denies, then rules with HTTP rules on the port (redirect to the L7
+//!    proxy, whose rule set holds every matching HTTP rule, allow or deny, plus an allow-all
+//!    when an L3/L4 allow also matches), then allows; inside a band the lowest rule id is
+//!    named. If none matches and a policy isolates the endpoint in this direction, **default
+//!    deny** (`DENY`, rule [`abi::RULE_ID_NONE`]).
 //! 3. **baseline** (BaselineAdminNetworkPolicy; none exist yet): first match in rule order.
 //! 4. **default**: allow, rule [`abi::RULE_ID_NOT_ISOLATED`].
 //!
@@ -61,18 +65,53 @@ pub struct TierRule {
     pub rule_id: u32,
     /// Precedence recorded when this rule decides (admin: its priority).
     pub precedence: u16,
+    /// For a redirect: which port of the rule (index + 1) carries the HTTP rules; 0 otherwise.
+    pub http_port: u16,
 }
+
+/// Order bands of the NetworkPolicy tier (see the module comment).
+const BAND_DENY: u64 = 0;
+const BAND_AUDIT_DENY: u64 = 1 << 32;
+const BAND_REDIRECT: u64 = 2 << 32;
+const BAND_ALLOW: u64 = 3 << 32;
 
 impl TierRule {
     /// A NetworkPolicy allow rule.
     pub fn network_policy_allow(rule_id: u32) -> TierRule {
         TierRule {
             tier: Tier::NetworkPolicy,
-            order: rule_id as u64,
+            order: BAND_ALLOW | rule_id as u64,
             action: Action::Allow,
             audit: false,
             rule_id,
             precedence: Tier::NetworkPolicy.precedence(),
+            http_port: 0,
+        }
+    }
+
+    /// An L3/L4 deny rule of the NetworkPolicy tier; `audit` only logs it.
+    pub fn network_policy_deny(rule_id: u32, audit: bool) -> TierRule {
+        TierRule {
+            tier: Tier::NetworkPolicy,
+            order: if audit { BAND_AUDIT_DENY } else { BAND_DENY } | rule_id as u64,
+            action: Action::Deny,
+            audit,
+            rule_id,
+            precedence: Tier::NetworkPolicy.precedence(),
+            http_port: 0,
+        }
+    }
+
+    /// A rule with HTTP rules on one port (allow or deny): the connection goes to the proxy.
+    pub fn network_policy_redirect(rule_id: u32, proxy_port: u16, http_port: u16) -> TierRule {
+        TierRule {
+            tier: Tier::NetworkPolicy,
+            order: BAND_REDIRECT | rule_id as u64,
+            action: Action::Redirect(proxy_port),
+            audit: false,
+            rule_id,
+            precedence: Tier::NetworkPolicy.precedence(),
+            http_port,
         }
     }
 
@@ -162,6 +201,7 @@ mod tests {
             audit: false,
             rule_id: id,
             precedence: tier.precedence(),
+            http_port: 0,
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use crate::abi::{self, PolicyValue};
 use crate::cidr::Cidr;
+use crate::engine::l7::L7Set;
 use crate::engine::{CompiledPolicy, Engine, EntryKey, port_mask, tiers};
 use crate::eval::{Decision, Flow, FlowPeer, Verdict};
 use crate::model::{Direction, Protocol};
@@ -61,6 +62,30 @@ pub fn ipcache_lookup(engine: &Engine, ip: &IpAddr) -> Option<u32> {
         .find_map(|l| Cidr::new(*ip, l).and_then(|c| engine.ipcache().get(&c).copied()))
 }
 
+/// The HTTP rules the proxy applies on each side of a flow that the datapath redirects:
+/// (egress, ingress), `None` where that side does not redirect. They belong to the entry the
+/// datapath's lookup hit; a redirecting entry without a rule set (never written by the
+/// compiler) gets an empty set, which denies every request.
+pub fn l7_sets(engine: &Engine, flow: &Flow) -> (Option<L7Set>, Option<L7Set>) {
+    let flow = flow.normalized(engine.cluster());
+    let side = |dir: Direction, subject: &FlowPeer, peer: &FlowPeer| -> Option<L7Set> {
+        let FlowPeer::Endpoint(key) = subject else {
+            return None;
+        };
+        let policy = engine.endpoint_policy(key)?;
+        let peer_id = peer_identity(engine, peer).filter(|id| *id != abi::IDENTITY_UNKNOWN)?;
+        let d = dir.abi();
+        let (key, value) = lpm_entry(policy, peer_id, d, flow.protocol.0, flow.port)
+            .or_else(|| lpm_entry(policy, abi::IDENTITY_UNKNOWN, d, flow.protocol.0, flow.port))?;
+        (value.verdict == abi::POLICY_VERDICT_REDIRECT)
+            .then(|| policy.l7(&key).cloned().unwrap_or_default())
+    };
+    (
+        side(Direction::Egress, &flow.src, &flow.dst),
+        side(Direction::Ingress, &flow.dst, &flow.src),
+    )
+}
+
 /// The policy lookup of the datapath (`policy_decide`) on one endpoint policy map.
 pub fn policy_decision(
     policy: &CompiledPolicy,
@@ -109,6 +134,17 @@ pub fn lpm(
     protocol: u8,
     port: u16,
 ) -> Option<PolicyValue> {
+    lpm_entry(policy, identity, direction, protocol, port).map(|(_, v)| v)
+}
+
+/// [`lpm`], with the key of the entry that matched.
+pub fn lpm_entry(
+    policy: &CompiledPolicy,
+    identity: u32,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<(EntryKey, PolicyValue)> {
     for bits in (0..=16u8).rev() {
         let key = EntryKey {
             identity,
@@ -118,14 +154,15 @@ pub fn lpm(
             prefixlen: abi::POLICY_PREFIX_ANY_PORT as u8 + bits,
         };
         if let Some(v) = policy.get(&key) {
-            return Some(v);
+            return Some((key, v));
         }
     }
-    policy.get(&EntryKey {
+    let key = EntryKey {
         identity,
         direction,
         protocol: 0,
         port: 0,
         prefixlen: abi::POLICY_PREFIX_ANY_PROTO as u8,
-    })
+    };
+    policy.get(&key).map(|v| (key, v))
 }

@@ -4,9 +4,13 @@
 use std::net::IpAddr;
 
 use crate::engine::EngineConfig;
+use crate::engine::l7::{L7Ref, L7Set};
 use crate::eval::{Decision, Flow, FlowPeer, Verdict};
-use crate::model::{Cluster, Direction, Endpoint, NamespaceScope, Peer, Peers, PortMatch, Rule};
-use crate::rules::{PolicyRef, RuleRef, RuleTable};
+use crate::model::{
+    Cluster, Direction, Endpoint, Entity, NamespaceScope, Peer, Peers, Policy, PortMatch, Rule,
+    RuleAction,
+};
+use crate::rules::{RuleRef, RuleTable};
 
 /// Evaluates a flow. `rules` supplies rule ids for attribution; `config` carries the
 /// identity label filter (labels it drops are invisible to policy in the datapath, so here
@@ -35,6 +39,53 @@ pub fn evaluate(
     }
 }
 
+/// The HTTP rules the proxy applies on each side of a flow that redirects: (egress, ingress),
+/// read straight off the policies (the map-level counterpart is `maps::l7_sets`).
+pub fn l7_sets(
+    cluster: &Cluster,
+    rules: &RuleTable,
+    config: &EngineConfig,
+    flow: &Flow,
+) -> (Option<L7Set>, Option<L7Set>) {
+    let flow = flow.normalized(cluster);
+    let ep = |p: &FlowPeer| match p {
+        FlowPeer::Endpoint(k) => cluster.endpoints.get(k),
+        FlowPeer::Ip(_) => None,
+    };
+    let (src, dst) = (ep(&flow.src), ep(&flow.dst));
+    let ctx = Ctx {
+        cluster,
+        rules,
+        config,
+        flow: &flow,
+    };
+    (
+        src.and_then(|s| ctx.decide_with_l7(Direction::Egress, s, &flow.dst, dst).1),
+        dst.and_then(|d| ctx.decide_with_l7(Direction::Ingress, d, &flow.src, src).1),
+    )
+}
+
+/// Whether a reserved entity includes a flow's peer, as the datapath sees it: a pod's own
+/// identity (cluster), the node's addresses (host, cluster), any other address (world).
+pub fn entity_includes(
+    config: &EngineConfig,
+    e: Entity,
+    peer: &FlowPeer,
+    peer_ep: Option<&Endpoint>,
+) -> bool {
+    let ip = match (peer_ep, peer) {
+        (Some(ep), _) if ep.host_network && !ep.ips.is_empty() => ep.ips.first().copied(),
+        (Some(_), _) => return e == Entity::Cluster,
+        (None, FlowPeer::Ip(ip)) => Some(*ip),
+        (None, FlowPeer::Endpoint(_)) => None,
+    };
+    match ip {
+        None => false,
+        Some(ip) if config.is_host_address(&ip) => matches!(e, Entity::Host | Entity::Cluster),
+        Some(_) => e == Entity::World,
+    }
+}
+
 struct Ctx<'a> {
     cluster: &'a Cluster,
     rules: &'a RuleTable,
@@ -50,87 +101,174 @@ impl Ctx<'_> {
         peer: &FlowPeer,
         peer_ep: Option<&Endpoint>,
     ) -> Decision {
-        // A peer named as an endpoint that does not exist has no identity: fail closed,
-        // as the datapath does for an address the ipcache cannot resolve.
-        if matches!(peer, FlowPeer::Endpoint(_)) && peer_ep.is_none() {
-            return Decision::InvalidIdentity;
-        }
-        let labels = self.config.label_filter.apply(&subject.labels);
-        let mut isolated_by = Vec::new();
-        let mut best: Option<u32> = None;
-        for ((ns, name), p) in &self.cluster.policies {
-            if *ns != subject.namespace || !p.pod_selector.matches(&labels) {
-                continue;
-            }
-            let Some(rules) = p.rules(dir) else { continue };
-            let pref = PolicyRef {
-                namespace: ns.clone(),
-                name: name.clone(),
-            };
-            for (i, rule) in rules.iter().enumerate() {
-                if self.rule_matches(rule, dir, subject, peer, peer_ep) {
-                    let r = RuleRef {
-                        policy: pref.clone(),
-                        direction: dir,
-                        index: i,
-                    };
-                    if let Some(id) = self.rules.id(&r) {
-                        best = Some(best.map_or(id, |b| b.min(id)));
-                    }
-                }
-            }
-            isolated_by.push(pref);
-        }
-        if isolated_by.is_empty() {
-            return Decision::NotIsolated;
-        }
-        // Traffic from the endpoint's node is always allowed (its own rule id, below every
-        // policy rule's).
-        if dir == Direction::Ingress
-            && peer_ep.is_none()
-            && matches!(peer, FlowPeer::Ip(ip) if self.config.is_host_address(ip))
-        {
-            best = Some(crate::abi::RULE_ID_HOST);
-        }
-        match best {
-            Some(rule) => Decision::Allowed { rule },
-            None => Decision::DefaultDeny { isolated_by },
-        }
+        self.decide_with_l7(dir, subject, peer, peer_ep).0
     }
 
-    fn rule_matches(
+    /// The decision and, when it redirects, the HTTP rules the proxy applies.
+    fn decide_with_l7(
         &self,
-        rule: &Rule,
         dir: Direction,
         subject: &Endpoint,
         peer: &FlowPeer,
         peer_ep: Option<&Endpoint>,
-    ) -> bool {
+    ) -> (Decision, Option<L7Set>) {
+        let (d, set) = self.decide_inner(dir, subject, peer, peer_ep);
+        let redirect = matches!(d, Decision::Redirected { .. });
+        (d, redirect.then_some(set))
+    }
+
+    fn decide_inner(
+        &self,
+        dir: Direction,
+        subject: &Endpoint,
+        peer: &FlowPeer,
+        peer_ep: Option<&Endpoint>,
+    ) -> (Decision, L7Set) {
+        let mut l7 = L7Set::default();
+        // A peer named as an endpoint that does not exist has no identity: fail closed,
+        // as the datapath does for an address the ipcache cannot resolve.
+        if matches!(peer, FlowPeer::Endpoint(_)) && peer_ep.is_none() {
+            return (Decision::InvalidIdentity, l7);
+        }
+        let labels = self.config.label_filter.apply(&subject.labels);
+        let mut isolated_by = Vec::new();
+        // The NetworkPolicy tier in its bands (see `engine::tiers`): the lowest rule id of the
+        // first band that has a match decides.
+        let mut deny: Option<u32> = None;
+        let mut audit_deny: Option<u32> = None;
+        let mut redirect: Option<u32> = None;
+        let mut allow: Option<u32> = None;
+        let min = |slot: &mut Option<u32>, id: u32| *slot = Some(slot.map_or(id, |b| b.min(id)));
+        for (pref, p) in &self.cluster.policies {
+            if !self.selects(p, subject, &labels) {
+                continue;
+            }
+            let Some(rules) = p.rules(dir) else { continue };
+            for (i, rule) in rules.iter().enumerate() {
+                let (plain, http_ports) =
+                    self.rule_hits(rule, p.audit, dir, subject, peer, peer_ep);
+                let http = !http_ports.is_empty();
+                if !plain && !http {
+                    continue;
+                }
+                let r = RuleRef {
+                    policy: pref.clone(),
+                    direction: dir,
+                    index: i,
+                };
+                let Some(id) = self.rules.id(&r) else {
+                    continue;
+                };
+                if http {
+                    min(&mut redirect, id);
+                    l7.rules.extend(http_ports.iter().map(|&http_port| L7Ref {
+                        rule_id: id,
+                        http_port,
+                    }));
+                }
+                if plain {
+                    match (rule.action, p.audit) {
+                        (RuleAction::Allow, _) => min(&mut allow, id),
+                        (RuleAction::Deny, false) => min(&mut deny, id),
+                        (RuleAction::Deny, true) => min(&mut audit_deny, id),
+                    }
+                }
+            }
+            // An audit-mode policy only reports: it does not isolate.
+            if p.isolates(dir) && !p.audit {
+                isolated_by.push(pref.clone());
+            }
+        }
+        // Traffic from the endpoint's node is always allowed into an isolated endpoint (its own
+        // rule id, below every policy rule's).
+        if dir == Direction::Ingress
+            && !isolated_by.is_empty()
+            && peer_ep.is_none()
+            && matches!(peer, FlowPeer::Ip(ip) if self.config.is_host_address(ip))
+        {
+            min(&mut allow, crate::abi::RULE_ID_HOST);
+        }
+        l7.rules.sort_unstable();
+        l7.rules.dedup();
+        l7.allow_all = allow;
+        let d = if let Some(rule) = deny {
+            Decision::Denied { rule, audit: false }
+        } else if let Some(rule) = audit_deny {
+            Decision::Denied { rule, audit: true }
+        } else if let Some(rule) = redirect {
+            Decision::Redirected {
+                rule,
+                proxy_port: self.config.proxy_port,
+            }
+        } else if let Some(rule) = allow {
+            Decision::Allowed { rule }
+        } else if isolated_by.is_empty() {
+            Decision::NotIsolated
+        } else {
+            Decision::DefaultDeny { isolated_by }
+        };
+        (d, l7)
+    }
+
+    /// Whether a policy applies to `subject` (its namespace scope and pod selector).
+    fn selects(&self, p: &Policy, subject: &Endpoint, labels: &crate::k8s::Labels) -> bool {
+        let ns_ok = match &p.scope() {
+            NamespaceScope::Own(ns) => *ns == subject.namespace,
+            NamespaceScope::Selected(s) => {
+                s.matches(&self.cluster.namespace_labels(&subject.namespace))
+            }
+        };
+        ns_ok && p.pod_selector.matches(labels)
+    }
+
+    /// Whether a rule matches the flow through a port without HTTP rules (`.0`), and the ports
+    /// (index + 1) with HTTP rules it matches through (`.1`).
+    fn rule_hits(
+        &self,
+        rule: &Rule,
+        audit: bool,
+        dir: Direction,
+        subject: &Endpoint,
+        peer: &FlowPeer,
+        peer_ep: Option<&Endpoint>,
+    ) -> (bool, Vec<u16>) {
         let peer_ok = match &rule.peers {
             Peers::Any => true,
             Peers::List(list) => list.iter().any(|p| self.peer_matches(p, peer, peer_ep)),
         };
         if !peer_ok {
-            return false;
+            return (false, Vec::new());
         }
         if rule.ports.is_empty() {
-            return true;
+            return (true, Vec::new());
         }
         // The destination pod, against which named ports resolve.
         let dst = match dir {
             Direction::Ingress => Some(subject),
             Direction::Egress => peer_ep,
         };
-        rule.ports.iter().any(|ps| {
-            ps.protocol == self.flow.protocol
+        let mut hits = (false, Vec::new());
+        for (j, ps) in rule.ports.iter().enumerate() {
+            let hit = ps.protocol == self.flow.protocol
                 && match &ps.port {
                     PortMatch::All => true,
                     PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&self.flow.port),
                     PortMatch::Named(n) => dst
                         .and_then(|d| d.named_port(n, ps.protocol))
                         .is_some_and(|p| p == self.flow.port),
+                };
+            if hit {
+                match (&ps.http, audit, rule.action) {
+                    (None, _, _) => hits.0 = true,
+                    (Some(_), false, _) => hits.1.push(j as u16 + 1),
+                    // Audit mode does not reach the proxy: its HTTP allow rules allow the port,
+                    // its HTTP deny rules do nothing (docs/l7.md).
+                    (Some(_), true, RuleAction::Allow) => hits.0 = true,
+                    (Some(_), true, RuleAction::Deny) => {}
                 }
-        })
+            }
+        }
+        hits
     }
 
     fn peer_matches(&self, p: &Peer, peer: &FlowPeer, peer_ep: Option<&Endpoint>) -> bool {
@@ -159,6 +297,7 @@ impl Ctx<'_> {
                     (None, FlowPeer::Endpoint(_)) => false,
                 }
             }
+            Peer::Entity(e) => entity_includes(self.config, *e, peer, peer_ep),
         }
     }
 }

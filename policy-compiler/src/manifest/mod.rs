@@ -25,17 +25,20 @@ use crate::model::{
     Cluster, Endpoint, NamedPort, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch,
     PortSpec, Protocol, Rule, Service, ServicePortSpec, ServiceTarget, WorkloadRef,
 };
+use crate::rules::PolicyKind;
 use crate::validate::{self, FieldError, ValidationOptions};
 
 mod documents;
 mod files;
 mod object;
+mod palisade;
 
 use documents::*;
 use files::*;
 use object::*;
 
 pub use object::{DEFAULT_NAMESPACE, convert_policy};
+pub use palisade::{api_version_of, policy_kind};
 
 /// Workload kinds whose pod template makes endpoints.
 pub const WORKLOAD_KINDS: &[&str] = &[

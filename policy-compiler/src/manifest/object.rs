@@ -182,6 +182,19 @@ impl<'o> Builder<'o> {
         }
         let api = head.api.clone().unwrap_or_default();
         let label = object_label(&head, &kind);
+        if let Some(k) = palisade::policy_kind(&kind, &api) {
+            return match k {
+                Ok(k) => {
+                    self.add_policy_kind(&doc, k, label);
+                    Ok(())
+                }
+                Err(why) => self.unmodelled(
+                    &doc.origin,
+                    format!("{kind} ({api})"),
+                    format!("{label}: {why}"),
+                ),
+            };
+        }
         let supported =
             is_modelled_kind(&kind) && (kind != "NetworkPolicy" || api == "networking.k8s.io/v1");
         if !supported {
@@ -209,6 +222,39 @@ impl<'o> Builder<'o> {
         }
         self.add_object(&doc, &head, &kind, label);
         Ok(())
+    }
+
+    /// One object of a Palisade or Cilium policy kind.
+    pub(super) fn add_policy_kind(&mut self, doc: &Doc<'_>, kind: PolicyKind, label: String) {
+        *self.report.objects.entry(kind.to_string()).or_default() += 1;
+        let Some(object) = self.decode::<Value>(doc, &label) else {
+            return;
+        };
+        match palisade::convert_object(kind, &object, &doc.origin) {
+            Ok(policies) => {
+                for p in policies {
+                    let r = p.pref();
+                    let full_key = format!("{r}");
+                    if let Some(prev) = self.seen.get(&full_key) {
+                        self.invalid.push(InvalidObject {
+                            origin: doc.origin.clone(),
+                            object: label.clone(),
+                            errors: Vec::new(),
+                            messages: vec![format!("duplicate object: already defined in {prev}")],
+                        });
+                        continue;
+                    }
+                    self.seen.insert(full_key, doc.origin.clone());
+                    self.cluster.policies.insert(r, Arc::new(p));
+                }
+            }
+            Err((errors, messages)) => self.invalid.push(InvalidObject {
+                origin: doc.origin.clone(),
+                object: label,
+                errors,
+                messages,
+            }),
+        }
     }
 
     pub(super) fn add_object(&mut self, doc: &Doc<'_>, head: &Head, kind: &str, label: String) {
@@ -256,9 +302,7 @@ impl<'o> Builder<'o> {
                 }
                 match convert_policy(&np, &doc.origin) {
                     Ok(p) => {
-                        self.cluster
-                            .policies
-                            .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+                        self.cluster.policies.insert(p.pref(), Arc::new(p));
                     }
                     Err(errors) => self.invalid.push(InvalidObject {
                         origin: doc.origin.clone(),
@@ -708,11 +752,15 @@ pub fn convert_policy(
         return Err(errors);
     }
     Ok(Policy {
+        kind: PolicyKind::NetworkPolicy,
         pod_selector: Selector::from_api(&spec.pod_selector),
+        namespace_selector: None,
         namespace,
         name,
         ingress,
         egress,
+        isolates: [true, true],
+        audit: false,
         origin: origin.to_string(),
     })
 }
@@ -755,10 +803,14 @@ pub(super) fn convert_rule(
                 }
                 Some(IntOrString::String(s)) => PortMatch::Named(s.clone()),
             };
-            PortSpec { protocol, port }
+            PortSpec::new(protocol, port)
         })
         .collect();
-    Rule { peers, ports }
+    Rule {
+        peers,
+        ports,
+        ..Rule::default()
+    }
 }
 
 pub(super) fn convert_peer(

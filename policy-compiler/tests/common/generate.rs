@@ -169,42 +169,21 @@ fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
 
 fn port_spec() -> impl Strategy<Value = PortSpec> {
     prop_oneof![
-        Just(PortSpec {
-            protocol: Protocol::TCP,
-            port: PortMatch::Range(80, 80)
-        }),
-        Just(PortSpec {
-            protocol: Protocol::UDP,
-            port: PortMatch::Range(53, 53)
-        }),
-        Just(PortSpec {
-            protocol: Protocol::TCP,
-            port: PortMatch::Range(8000, 8100)
-        }),
-        Just(PortSpec {
-            protocol: Protocol::TCP,
-            port: PortMatch::Range(1, 1024)
-        }),
-        Just(PortSpec {
-            protocol: Protocol::SCTP,
-            port: PortMatch::All
-        }),
-        Just(PortSpec {
-            protocol: Protocol::UDP,
-            port: PortMatch::All
-        }),
-        Just(PortSpec {
-            protocol: Protocol::TCP,
-            port: PortMatch::Named("http".into())
-        }),
-        Just(PortSpec {
-            protocol: Protocol::UDP,
-            port: PortMatch::Named("dns".into())
-        }),
-        Just(PortSpec {
-            protocol: Protocol::TCP,
-            port: PortMatch::Named("metrics".into())
-        }),
+        Just(PortSpec::new(Protocol::TCP, PortMatch::Range(80, 80))),
+        Just(PortSpec::new(Protocol::UDP, PortMatch::Range(53, 53))),
+        Just(PortSpec::new(Protocol::TCP, PortMatch::Range(8000, 8100))),
+        Just(PortSpec::new(Protocol::TCP, PortMatch::Range(1, 1024))),
+        Just(PortSpec::new(Protocol::SCTP, PortMatch::All)),
+        Just(PortSpec::new(Protocol::UDP, PortMatch::All)),
+        Just(PortSpec::new(
+            Protocol::TCP,
+            PortMatch::Named("http".into())
+        )),
+        Just(PortSpec::new(Protocol::UDP, PortMatch::Named("dns".into()))),
+        Just(PortSpec::new(
+            Protocol::TCP,
+            PortMatch::Named("metrics".into())
+        )),
     ]
 }
 
@@ -216,6 +195,7 @@ fn rule(ns: &'static str) -> impl Strategy<Value = Rule> {
         .prop_map(|(peers, ports)| Rule {
             peers: peers.map(Peers::List).unwrap_or(Peers::Any),
             ports,
+            ..Rule::default()
         })
 }
 
@@ -234,6 +214,7 @@ pub fn policy(name: String) -> impl Strategy<Value = Policy> {
                 ingress,
                 egress,
                 origin: "generated".into(),
+                ..Policy::default()
             })
     })
 }
@@ -304,8 +285,7 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 c.endpoints.insert(e.key.clone(), e);
             }
             for p in pols {
-                c.policies
-                    .insert((p.namespace.clone(), p.name.clone()), Arc::new(p));
+                c.policies.insert(p.pref(), Arc::new(p));
             }
             c
         })
@@ -409,15 +389,11 @@ pub fn resolve_change(c: &Cluster, seed: &ChangeSeed) -> Option<Change> {
         }
         ChangeSeed::UpsertPolicy(p) => Some(Change::UpsertPolicy(Arc::new(p.clone()))),
         ChangeSeed::RemovePolicy(n) => {
-            let keys: Vec<&(String, String)> = c.policies.keys().collect();
+            let keys: Vec<&policy_compiler::rules::PolicyRef> = c.policies.keys().collect();
             if keys.is_empty() {
                 return None;
             }
-            let (ns, name) = keys[n % keys.len()];
-            Some(Change::DeletePolicy(policy_compiler::rules::PolicyRef {
-                namespace: ns.clone(),
-                name: name.clone(),
-            }))
+            Some(Change::DeletePolicy(keys[n % keys.len()].clone()))
         }
     }
 }
