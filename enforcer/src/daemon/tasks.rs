@@ -25,7 +25,10 @@ impl Daemon {
             let st = self.lock();
             // The resolver indexes every endpoint: built only when there is an event.
             let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
-            events.iter().map(|e| logger.render(e, &resolver)).collect()
+            events
+                .iter()
+                .flat_map(|e| logger.render(e, &resolver))
+                .collect()
         };
         for line in &lines {
             if let Err(err) = logger.write(line) {

@@ -6,12 +6,14 @@
 //! JSON) so it is tested without root or a kernel. The resolver supplies what the kernel
 //! does not know: which pod and labels an identity stands for, which policy rule a rule id
 //! is, and — for a default-deny drop, which carries no rule — the policies that isolated the
-//! endpoint. Engine-specific details go under `flow.extensions` with an `@type`, as the
-//! proto's `google.protobuf.Any` allows.
+//! endpoint. Engine-specific details go under `flow.extensions`.
 //!
 //! Notes on the mapping:
-//! * 64-bit counters (`revision`, `num_events_lost`) are written as JSON numbers; protojson
-//!   readers accept numbers as well as strings for them.
+//! * 64-bit counters (`revision`, `num_events_lost`) are written as JSON strings, as
+//!   protojson (and so `hubble observe -o jsonpb`) writes them.
+//! * `flow.extensions` is a `google.protobuf.Struct` in an `Any` (`{"@type": …, "value":
+//!   {…}}`): hubble resolves only types it knows, and rejects the whole line otherwise.
+//! * A policy denial is two lines, as in Cilium: a policy-verdict event and a drop event.
 //! * For ICMP the datapath stores the ICMP type in the event's `tcp_flags` byte
 //!   (`ebpf/lib/events.h`); the code is not carried, so `code` is left out (protojson
 //!   omits zero values, so an echo request reads exactly as Hubble prints it).
@@ -34,8 +36,10 @@ mod rotate;
 
 pub use clock::{BootClock, FlowIds, WallTime};
 pub use render::{
-    EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource, POLICY_KIND,
-    kind_name, render_flow, render_line, render_lost_line, rule_text, verdict_name,
+    EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource, MATCH_ALL,
+    MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND, is_policy_denial,
+    kind_name, render_flow, render_flows, render_line, render_lines, render_lost_line, rule_text,
+    verdict_name,
 };
 pub use resolve::{EngineResolver, FlowEndpoint, FlowResolver};
 pub use rotate::RotatingWriter;
@@ -121,21 +125,23 @@ impl FlowLogger {
         ev: &VerdictEvent,
         resolver: &dyn FlowResolver,
     ) -> Result<(), FlowLogError> {
-        let line = self.render(ev, resolver);
-        self.write(&line)
+        for line in self.render(ev, resolver) {
+            self.write(&line)?;
+        }
+        Ok(())
     }
 
-    /// The line of one event, with its flow id and time; [`FlowLogger::write`] writes it.
-    /// Apart so the caller can render under a lock the resolver needs and write after
-    /// releasing it.
-    pub fn render(&mut self, ev: &VerdictEvent, resolver: &dyn FlowResolver) -> String {
-        let uuid = self.ids.next_id();
-        render_line(
+    /// The lines of one event (two for a policy denial: policy verdict and drop), with
+    /// flow ids and time; [`FlowLogger::write`] writes them. Apart so the caller can render
+    /// under a lock the resolver needs and write after releasing it.
+    pub fn render(&mut self, ev: &VerdictEvent, resolver: &dyn FlowResolver) -> Vec<String> {
+        let ids = &mut self.ids;
+        render_lines(
             ev,
             resolver,
             &self.node_name,
             self.clock.to_wall(ev.time_ns),
-            &uuid,
+            &mut || ids.next_id(),
         )
     }
 

@@ -12,8 +12,10 @@ use policy_compiler::rules::{PolicyRef, RuleRef};
 use super::clock::WallTime;
 use super::resolve::{FlowEndpoint, FlowResolver};
 
-/// `@type` of `flow.extensions`.
-pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/palisade.v1.FlowDetails";
+/// `@type` of `flow.extensions`: a well-known type every protobuf JSON reader resolves
+/// (hubble rejects a whole line whose `Any` names a type it does not know). The Palisade
+/// details are the Struct's `value`.
+pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
 /// The policy kind every Palisade rule comes from today.
 pub const POLICY_KIND: &str = "NetworkPolicy";
 
@@ -21,6 +23,28 @@ pub const POLICY_KIND: &str = "NetworkPolicy";
 pub const EVENT_TYPE_DROP: u8 = 1;
 /// Hubble `event_type.type` of a policy verdict notification.
 pub const EVENT_TYPE_POLICY_VERDICT: u8 = 5;
+
+/// Cilium `policy_match_type` values (`pkg/monitor/api`), as `hubble observe` prints them
+/// after `policy-verdict:`. 0 (`none`) is left out of the line, as protojson does.
+pub const MATCH_NONE: u32 = 0;
+/// `L3-Only`: the rule names peers and no ports.
+pub const MATCH_L3_ONLY: u32 = 1;
+/// `L3-L4`: peers and ports.
+pub const MATCH_L3_L4: u32 = 2;
+/// `L4-Only`: ports from any peer.
+pub const MATCH_L4_ONLY: u32 = 3;
+/// `all`: any peer, any port (also a direction no policy isolates).
+pub const MATCH_ALL: u32 = 4;
+
+/// Whether a drop is a policy decision (Hubble reports those twice: a policy-verdict event
+/// and a drop event).
+pub fn is_policy_denial(ev: &VerdictEvent) -> bool {
+    ev.verdict == abi::EVENT_VERDICT_DROPPED
+        && matches!(
+            ev.drop_reason as u32,
+            abi::DROP_POLICY_DENIED | abi::DROP_POLICY_DENY
+        )
+}
 
 fn addr(family: u8, a: &[u8; 16]) -> Option<IpAddr> {
     match family {
@@ -81,13 +105,58 @@ const TCP_FLAGS: [(u8, &str); 8] = [
 
 // ---- rendering -----------------------------------------------------------------------------
 
-/// The `flow` object of one event. Pure: everything it needs is passed in.
+/// The `flow` object of one event: for a policy denial the drop notification (see
+/// [`render_flows`] for both). Pure: everything it needs is passed in.
 pub fn render_flow(
     ev: &VerdictEvent,
     resolver: &dyn FlowResolver,
     node_name: &str,
     time: WallTime,
     uuid: &str,
+) -> Value {
+    render_flow_as(ev, resolver, node_name, time, uuid, false)
+}
+
+/// The `flow` objects of one event, in the order Cilium emits them: a policy denial is a
+/// policy-verdict notification (`event_type.type` 5, so `--type policy-verdict` and
+/// `--print-policy-names` see denials) followed by a drop notification (type 1); every
+/// other event is one object. `next_uuid` is called once per object.
+pub fn render_flows(
+    ev: &VerdictEvent,
+    resolver: &dyn FlowResolver,
+    node_name: &str,
+    time: WallTime,
+    next_uuid: &mut dyn FnMut() -> String,
+) -> Vec<Value> {
+    let mut out = Vec::with_capacity(2);
+    if is_policy_denial(ev) {
+        out.push(render_flow_as(
+            ev,
+            resolver,
+            node_name,
+            time,
+            &next_uuid(),
+            true,
+        ));
+    }
+    out.push(render_flow_as(
+        ev,
+        resolver,
+        node_name,
+        time,
+        &next_uuid(),
+        false,
+    ));
+    out
+}
+
+fn render_flow_as(
+    ev: &VerdictEvent,
+    resolver: &dyn FlowResolver,
+    node_name: &str,
+    time: WallTime,
+    uuid: &str,
+    verdict_event: bool,
 ) -> Value {
     let src_ip = addr(ev.family, &ev.saddr);
     let dst_ip = addr(ev.family, &ev.daddr);
@@ -128,9 +197,10 @@ pub fn render_flow(
     flow.insert("destination".into(), render_endpoint(&dst));
     flow.insert("Type".into(), json!("L3_L4"));
     flow.insert("node_name".into(), json!(node_name));
+    let drop_event = dropped && !verdict_event;
     flow.insert(
         "event_type".into(),
-        if dropped {
+        if drop_event {
             json!({"type": EVENT_TYPE_DROP, "sub_type": ev.drop_reason})
         } else {
             json!({"type": EVENT_TYPE_POLICY_VERDICT})
@@ -179,7 +249,8 @@ pub fn render_flow(
             "name": p.name,
             "namespace": p.namespace,
             "kind": POLICY_KIND,
-            "revision": ev.revision,
+            // uint64 in the proto: protojson (and so hubble) writes it as a string.
+            "revision": ev.revision.to_string(),
         })
     };
     let (allowed, denied): (Vec<Value>, Vec<Value>) = match ev.verdict {
@@ -204,6 +275,18 @@ pub fn render_flow(
         }
     }
 
+    if !drop_event {
+        let match_type = match ev.rule_id {
+            _ if default_deny => MATCH_NONE,
+            abi::RULE_ID_NOT_ISOLATED => MATCH_ALL,
+            abi::RULE_ID_HOST => MATCH_L3_ONLY,
+            _ => rule.as_ref().map_or(MATCH_NONE, |r| resolver.match_type(r)),
+        };
+        if match_type != MATCH_NONE {
+            flow.insert("policy_match_type".into(), json!(match_type));
+        }
+    }
+
     flow.insert(
         "Summary".into(),
         json!(summary(
@@ -220,7 +303,6 @@ pub fn render_flow(
     );
 
     let mut ext = Map::new();
-    ext.insert("@type".into(), json!(EXTENSIONS_TYPE));
     ext.insert("rule_id".into(), json!(ev.rule_id));
     if let Some(r) = &rule {
         ext.insert("rule".into(), json!(rule_text(r)));
@@ -241,7 +323,10 @@ pub fn render_flow(
     if ev.packet_len != 0 {
         ext.insert("packet_len".into(), json!(ev.packet_len));
     }
-    flow.insert("extensions".into(), Value::Object(ext));
+    flow.insert(
+        "extensions".into(),
+        json!({"@type": EXTENSIONS_TYPE, "value": Value::Object(ext)}),
+    );
     Value::Object(flow)
 }
 
@@ -380,7 +465,7 @@ fn summary(
     format!("{flow} {decision}{suffix}")
 }
 
-/// One verdict log line: `{"flow":…,"node_name":…,"time":…}`.
+/// One verdict log line, `{"flow":…,"node_name":…,"time":…}`, of [`render_flow`]'s object.
 pub fn render_line(
     ev: &VerdictEvent,
     resolver: &dyn FlowResolver,
@@ -388,12 +473,30 @@ pub fn render_line(
     time: WallTime,
     uuid: &str,
 ) -> String {
-    let v = json!({
-        "flow": render_flow(ev, resolver, node_name, time, uuid),
+    flow_line(render_flow(ev, resolver, node_name, time, uuid), node_name, time)
+}
+
+/// The verdict log lines of one event ([`render_flows`]).
+pub fn render_lines(
+    ev: &VerdictEvent,
+    resolver: &dyn FlowResolver,
+    node_name: &str,
+    time: WallTime,
+    next_uuid: &mut dyn FnMut() -> String,
+) -> Vec<String> {
+    render_flows(ev, resolver, node_name, time, next_uuid)
+        .into_iter()
+        .map(|f| flow_line(f, node_name, time))
+        .collect()
+}
+
+fn flow_line(flow: Value, node_name: &str, time: WallTime) -> String {
+    json!({
+        "flow": flow,
         "node_name": node_name,
         "time": time.rfc3339(),
-    });
-    v.to_string()
+    })
+    .to_string()
 }
 
 /// Where lost events were lost (Hubble `LostEventSource`).
@@ -419,8 +522,8 @@ pub fn render_lost_line(source: LostSource, lost: u64, node_name: &str, time: Wa
     json!({
         "lost_events": {
             "source": source.hubble_name(),
-            "num_events_lost": lost,
-            "cpu": null,
+            // uint64: a string, as hubble writes it; `cpu` (a wrapper) is left out.
+            "num_events_lost": lost.to_string(),
         },
         "node_name": node_name,
         "time": time.rfc3339(),

@@ -33,6 +33,11 @@ pub trait FlowResolver {
     fn isolated_by(&self, identity: u32, direction: Direction) -> Vec<PolicyRef>;
     /// The host-side interface name of `ifindex`, when known.
     fn interface_name(&self, ifindex: u32) -> Option<String>;
+    /// Cilium's `policy_match_type` of a rule (`render::MATCH_*`): whether it names peers,
+    /// ports, both or neither. `MATCH_NONE` when unknown.
+    fn match_type(&self, _rule: &RuleRef) -> u32 {
+        super::render::MATCH_NONE
+    }
 }
 
 /// A [`FlowResolver`] over a compiled engine (which also holds this node's registered
@@ -110,5 +115,27 @@ impl FlowResolver for EngineResolver<'_> {
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.interfaces.get(&ifindex).cloned()
+    }
+
+    fn match_type(&self, rule: &RuleRef) -> u32 {
+        use super::render::{MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE};
+        use policy_compiler::model::Peers;
+        let key = (rule.policy.namespace.clone(), rule.policy.name.clone());
+        let Some(r) = self
+            .engine
+            .cluster()
+            .policies
+            .get(&key)
+            .and_then(|p| p.rules(rule.direction))
+            .and_then(|rules| rules.get(rule.index))
+        else {
+            return MATCH_NONE;
+        };
+        match (&r.peers, r.ports.is_empty()) {
+            (Peers::Any, true) => MATCH_ALL,
+            (Peers::Any, false) => MATCH_L4_ONLY,
+            (Peers::List(_), true) => MATCH_L3_ONLY,
+            (Peers::List(_), false) => MATCH_L3_L4,
+        }
     }
 }

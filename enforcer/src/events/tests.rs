@@ -201,12 +201,16 @@ fn allowed_flow_names_policy_and_rule() {
 
     assert_eq!(
         f["ingress_allowed_by"],
-        json!([{"name": "allow-web", "namespace": "shop", "kind": "NetworkPolicy", "revision": 3}])
+        json!([{"name": "allow-web", "namespace": "shop", "kind": "NetworkPolicy", "revision": "3"}])
     );
     assert!(f.get("ingress_denied_by").is_none());
     assert!(f.get("egress_allowed_by").is_none());
-    let x = &f["extensions"];
-    assert_eq!(x["@type"], EXTENSIONS_TYPE);
+    assert_eq!(f["extensions"]["@type"], EXTENSIONS_TYPE);
+    assert_eq!(
+        f["policy_match_type"], MATCH_L3_L4,
+        "the rule names peers and ports"
+    );
+    let x = &f["extensions"]["value"];
     assert_eq!(x["rule_id"], ev.rule_id);
     assert_eq!(x["rule"], "shop/allow-web ingress rule #1");
     assert_eq!(x["rule_index"], 1);
@@ -240,10 +244,10 @@ fn default_deny_drop_names_isolating_policies() {
     assert_eq!(f["ingress_denied_by"][0]["kind"], "NetworkPolicy");
     assert!(f.get("ingress_allowed_by").is_none());
     assert_eq!(
-        f["extensions"]["isolated_by"],
+        f["extensions"]["value"]["isolated_by"],
         json!(["shop/allow-web", "shop/default-deny"])
     );
-    assert!(f["extensions"].get("rule").is_none());
+    assert!(f["extensions"]["value"].get("rule").is_none());
     assert_eq!(
         f["Summary"],
         "TCP 10.0.0.1:40000 -> 10.0.0.2:80 default deny, isolated by shop/allow-web, shop/default-deny"
@@ -254,7 +258,7 @@ fn default_deny_drop_names_isolating_policies() {
     let f = render(&e, &ev)["flow"].clone();
     assert_eq!(f["traffic_direction"], "EGRESS");
     assert!(f.get("egress_denied_by").is_none());
-    assert_eq!(f["extensions"]["isolated_by"], json!([]));
+    assert_eq!(f["extensions"]["value"]["isolated_by"], json!([]));
 }
 
 #[test]
@@ -284,7 +288,7 @@ fn ipv6_udp_from_world_and_other_verdicts() {
         json!({"identity": 10, "labels": ["reserved:world-ipv6"]})
     );
     assert_eq!(f["destination"]["pod_name"], "db-0");
-    assert_eq!(f["extensions"]["kind"], "ct_close");
+    assert_eq!(f["extensions"]["value"]["kind"], "ct_close");
     assert_eq!(
         f["Summary"],
         "UDP [2001:db8::1]:5353 -> [fd00::2]:53 allowed by shop/allow-web ingress rule #2 (connection closed)"
@@ -318,7 +322,7 @@ fn ipv6_udp_from_world_and_other_verdicts() {
     ev.direction = abi::DIRECTION_EGRESS;
     let f = render(&e, &ev)["flow"].clone();
     assert!(f.get("egress_allowed_by").is_none());
-    assert_eq!(f["extensions"]["rule"], "not isolated");
+    assert_eq!(f["extensions"]["value"]["rule"], "not isolated");
     assert!(
         f["Summary"]
             .as_str()
@@ -502,10 +506,69 @@ fn logger_writes_flows_and_accounts_for_losses() {
     let lost: Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(
         lost["lost_events"],
-        json!({"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": 5, "cpu": null})
+        json!({"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": "5"})
     );
     assert_eq!(lost["node_name"], "node-a");
     assert!(lost["time"].as_str().unwrap().ends_with('Z'));
     let lost: Value = serde_json::from_str(&lines[2]).unwrap();
-    assert_eq!(lost["lost_events"]["num_events_lost"], 2);
+    assert_eq!(lost["lost_events"]["num_events_lost"], "2");
+}
+
+fn render_all(e: &Engine, ev: &VerdictEvent) -> Vec<Value> {
+    let r = EngineResolver::new(e);
+    let mut n = 0;
+    render_lines(
+        ev,
+        &r,
+        "node-a",
+        BootClock::with_offset(0).to_wall(ev.time_ns),
+        &mut || {
+            n += 1;
+            format!("u-{n}")
+        },
+    )
+    .iter()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
+}
+
+#[test]
+fn a_policy_denial_is_a_policy_verdict_then_a_drop() {
+    let e = engine();
+    let mut ev = event(&e);
+    ev.verdict = abi::EVENT_VERDICT_DROPPED;
+    ev.drop_reason = abi::DROP_POLICY_DENIED as u16;
+    let lines = render_all(&e, &ev);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (pv, drop) = (&lines[0]["flow"], &lines[1]["flow"]);
+    assert_eq!(pv["event_type"], json!({"type": 5}));
+    assert_eq!(drop["event_type"], json!({"type": 1, "sub_type": 133}));
+    assert_ne!(pv["uuid"], drop["uuid"], "each line has its own flow id");
+    for f in [pv, drop] {
+        assert_eq!(f["verdict"], "DROPPED");
+        assert_eq!(f["drop_reason_desc"], "POLICY_DENIED");
+        assert_eq!(
+            names(&f["ingress_denied_by"]),
+            vec!["shop/allow-web", "shop/default-deny"]
+        );
+        // Default deny matched no rule: policy_match_type none, left out.
+        assert!(f.get("policy_match_type").is_none(), "{f}");
+    }
+
+    // An explicit deny rule: both lines too; a non-policy drop and an allow: one line.
+    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
+    ev.rule_id = rule_id(&e, "allow-web", 0);
+    let lines = render_all(&e, &ev);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["flow"]["policy_match_type"], MATCH_L3_ONLY);
+    ev.drop_reason = abi::DROP_INVALID_IDENTITY as u16;
+    assert_eq!(render_all(&e, &ev).len(), 1);
+    ev.verdict = abi::EVENT_VERDICT_FORWARDED;
+    ev.drop_reason = 0;
+    ev.rule_id = rule_id(&e, "allow-web", 2);
+    let lines = render_all(&e, &ev);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["flow"]["policy_match_type"], MATCH_L4_ONLY);
+    ev.rule_id = abi::RULE_ID_NOT_ISOLATED;
+    assert_eq!(render_all(&e, &ev)[0]["flow"]["policy_match_type"], MATCH_ALL);
 }
