@@ -16,7 +16,7 @@ use super::resolve::{FlowEndpoint, FlowResolver};
 /// (hubble rejects a whole line whose `Any` names a type it does not know). The Palisade
 /// details are the Struct's `value`.
 pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
-/// The policy kind every Palisade rule comes from today.
+/// The policy kind of a Kubernetes NetworkPolicy (`*_by[].kind`; other kinds name their own).
 pub const POLICY_KIND: &str = "NetworkPolicy";
 
 /// Hubble `event_type.type` of a drop notification.
@@ -248,7 +248,7 @@ fn render_flow_as(
         json!({
             "name": p.name,
             "namespace": p.namespace,
-            "kind": POLICY_KIND,
+            "kind": p.kind.as_str(),
             // uint64 in the proto: protojson (and so hubble) writes it as a string.
             "revision": ev.revision.to_string(),
         })
@@ -473,7 +473,11 @@ pub fn render_line(
     time: WallTime,
     uuid: &str,
 ) -> String {
-    flow_line(render_flow(ev, resolver, node_name, time, uuid), node_name, time)
+    flow_line(
+        render_flow(ev, resolver, node_name, time, uuid),
+        node_name,
+        time,
+    )
 }
 
 /// The verdict log lines of one event ([`render_flows`]).

@@ -120,12 +120,11 @@ impl FlowResolver for EngineResolver<'_> {
     fn match_type(&self, rule: &RuleRef) -> u32 {
         use super::render::{MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE};
         use policy_compiler::model::Peers;
-        let key = (rule.policy.namespace.clone(), rule.policy.name.clone());
         let Some(r) = self
             .engine
             .cluster()
             .policies
-            .get(&key)
+            .get(&rule.policy)
             .and_then(|p| p.rules(rule.direction))
             .and_then(|rules| rules.get(rule.index))
         else {

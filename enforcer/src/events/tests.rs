@@ -570,5 +570,8 @@ fn a_policy_denial_is_a_policy_verdict_then_a_drop() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["flow"]["policy_match_type"], MATCH_L4_ONLY);
     ev.rule_id = abi::RULE_ID_NOT_ISOLATED;
-    assert_eq!(render_all(&e, &ev)[0]["flow"]["policy_match_type"], MATCH_ALL);
+    assert_eq!(
+        render_all(&e, &ev)[0]["flow"]["policy_match_type"],
+        MATCH_ALL
+    );
 }
