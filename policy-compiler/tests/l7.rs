@@ -636,3 +636,84 @@ fn bad_policies_are_refused_with_the_field() {
             .contains_key("PalisadeNetworkPolicy (policy.palisade.dev/v2)")
     );
 }
+
+mod agreement {
+    use super::common::generate::{flow_seeds, seed_to_flow};
+    use super::common::generate_l7::{cluster, request};
+    use palisade_l7proxy::Decision as L7;
+    use policy_compiler::eval::{maps, spec};
+    use policy_compiler::{Engine, EngineConfig};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    /// Random mixes of NetworkPolicy and Palisade's kinds (deny rules, entities, cluster scope,
+    /// audit, default deny off, HTTP rules) and random requests: both evaluators agree on the
+    /// L3/L4 decision and rule, on the HTTP rules of every redirected side, and therefore on
+    /// every request's decision and rule. The mix must exercise redirects, denies and both L7
+    /// outcomes, or the property proves little.
+    #[test]
+    fn evaluators_agree_on_the_whole_networkpolicy_tier() {
+        let mut runner = TestRunner::new(Config {
+            cases: 1024,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let counts = std::cell::RefCell::new([0usize; 5]);
+        let result = runner.run(
+            &(
+                cluster(),
+                flow_seeds(150),
+                prop::collection::vec(request(), 6),
+                any::<bool>(),
+            ),
+            |(c, seeds, requests, host)| {
+                let config = EngineConfig {
+                    host_addresses: if host {
+                        vec!["10.0.0.9".parse().unwrap()]
+                    } else {
+                        Vec::new()
+                    },
+                    ..EngineConfig::default()
+                };
+                let (engine, _) = Engine::compile(&c, config.clone())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for s in &seeds {
+                    let flow = seed_to_flow(&c, s);
+                    let m = maps::evaluate(&engine, &flow);
+                    let sp = spec::evaluate(engine.cluster(), engine.rules(), &config, &flow);
+                    prop_assert_eq!(&m, &sp, "flow {:?}", flow);
+                    let ml7 = maps::l7_sets(&engine, &flow);
+                    let sl7 = spec::l7_sets(engine.cluster(), engine.rules(), &config, &flow);
+                    prop_assert_eq!(&ml7, &sl7, "L7 sets of {:?}", flow);
+                    let mut k = counts.borrow_mut();
+                    if matches!(m.ingress, Some(policy_compiler::Decision::Denied { .. }))
+                        || matches!(m.egress, Some(policy_compiler::Decision::Denied { .. }))
+                    {
+                        k[0] += 1;
+                    }
+                    for set in [ml7.0, ml7.1].into_iter().flatten() {
+                        k[1] += 1;
+                        let compiled = engine.compile_l7(&set);
+                        for r in &requests {
+                            match compiled.decide(r).0 {
+                                L7::Allow { .. } => k[2] += 1,
+                                L7::Deny { .. } => k[3] += 1,
+                                _ => k[4] += 1,
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+        );
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        let k = counts.into_inner();
+        println!(
+            "denied sides {}, redirected sides {}, requests allowed {}, denied by rule {}, no rule {}",
+            k[0], k[1], k[2], k[3], k[4]
+        );
+        assert!(k.iter().all(|n| *n > 20), "degenerate mix: {k:?}");
+    }
+}

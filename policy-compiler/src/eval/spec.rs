@@ -65,7 +65,7 @@ pub fn l7_sets(
     )
 }
 
-/// Whether a reserved entity includes a flow's peer, as the datapath sees it: a pod's own
+/// Whether a reserved entity includes a flow's peer, as the datapath sees it: an endpoint's own
 /// identity (cluster), the node's addresses (host, cluster), any other address (world).
 pub fn entity_includes(
     config: &EngineConfig,
@@ -74,7 +74,8 @@ pub fn entity_includes(
     peer_ep: Option<&Endpoint>,
 ) -> bool {
     let ip = match (peer_ep, peer) {
-        (Some(ep), _) if ep.host_network && !ep.ips.is_empty() => ep.ips.first().copied(),
+        // An endpoint peer is seen with its own identity (a host-network pod claims no
+        // address of its own; see `maps::peer_identity`).
         (Some(_), _) => return e == Entity::Cluster,
         (None, FlowPeer::Ip(ip)) => Some(*ip),
         (None, FlowPeer::Endpoint(_)) => None,

@@ -49,7 +49,7 @@ const PORT_NAMES: [(&str, u16, Protocol); 4] = [
 ];
 pub const FLOW_PORTS: [u16; 9] = [0, 53, 80, 443, 8000, 8050, 8080, 8100, 9090];
 
-fn labels() -> impl Strategy<Value = Labels> {
+pub fn labels() -> impl Strategy<Value = Labels> {
     (
         prop::option::of(prop::sample::select(vec!["web", "db", "api"])),
         prop::option::of(prop::sample::select(vec!["fe", "be"])),
@@ -70,7 +70,7 @@ fn labels() -> impl Strategy<Value = Labels> {
         })
 }
 
-fn ns_labels() -> impl Strategy<Value = Labels> {
+pub fn ns_labels() -> impl Strategy<Value = Labels> {
     (
         prop::option::of(prop::sample::select(vec!["x", "y"])),
         prop::option::of(prop::sample::select(vec!["prod", "dev"])),
@@ -122,14 +122,14 @@ fn selector(
     })
 }
 
-fn pod_selector() -> impl Strategy<Value = Selector> {
+pub fn pod_selector() -> impl Strategy<Value = Selector> {
     selector(
         &["app", "tier", "pod-template-hash"],
         &["web", "db", "api", "fe", "be"],
     )
 }
 
-fn ns_selector() -> impl Strategy<Value = Selector> {
+pub fn ns_selector() -> impl Strategy<Value = Selector> {
     selector(
         &["team", "env", "kubernetes.io/metadata.name"],
         &["x", "y", "prod", "dev", "ns-a", "ns-b"],
@@ -140,7 +140,7 @@ fn cidr(s: &str) -> Cidr {
     s.parse().unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
+pub fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
     prop_oneof![
         pod_selector().prop_map(move |pods| Peer::Endpoints {
             namespaces: NamespaceScope::Own(ns.into()),
@@ -167,7 +167,7 @@ fn peer(ns: &'static str) -> impl Strategy<Value = Peer> {
     ]
 }
 
-fn port_spec() -> impl Strategy<Value = PortSpec> {
+pub fn port_spec() -> impl Strategy<Value = PortSpec> {
     prop_oneof![
         Just(PortSpec::new(Protocol::TCP, PortMatch::Range(80, 80))),
         Just(PortSpec::new(Protocol::UDP, PortMatch::Range(53, 53))),

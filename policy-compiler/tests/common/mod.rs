@@ -65,4 +65,5 @@ pub fn rule_of(e: &Engine, d: &Decision) -> Option<String> {
 }
 
 pub mod generate;
+pub mod generate_l7;
 pub mod plan_check;

@@ -1,0 +1,217 @@
+//! Random policies of the whole NetworkPolicy tier: NetworkPolicy, Palisade's namespaced and
+//! cluster-scoped kinds with deny rules, entities, audit mode, default deny switched off, and
+//! HTTP rules on ports; plus random HTTP requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use palisade_l7proxy::{
+    HeaderMatch, HttpRule, NormalizeOptions, NormalizedRequest, RequestHead, normalize,
+};
+use policy_compiler::model::{
+    Entity, Namespace, Peer, Peers, Policy, PortMatch, PortSpec, Rule, RuleAction,
+};
+use policy_compiler::rules::PolicyKind;
+use policy_compiler::{Cluster, Protocol};
+use proptest::prelude::*;
+
+use super::generate::{
+    NAMESPACES, endpoint, ns_labels, ns_selector, peer, pod_selector, port_spec,
+};
+
+fn http_rule() -> impl Strategy<Value = HttpRule> {
+    (
+        prop::option::of(prop::sample::select(
+            &["GET", "POST", "GET|HEAD", "DELETE"][..],
+        )),
+        prop::option::of(prop::sample::select(
+            &["/api/.*", "/admin(/.*)?", "/", "/api/v1/data"][..],
+        )),
+        prop::option::weighted(
+            0.2,
+            prop::sample::select(&[r"shop\.example", r"shop\.example:8080"][..]),
+        ),
+        prop::option::weighted(0.2, prop::sample::select(&["x-tenant", "x-debug"][..])),
+    )
+        .prop_map(|(m, p, h, hdr)| HttpRule {
+            method: m.map(str::to_string),
+            path: p.map(str::to_string),
+            host: h.map(str::to_string),
+            headers: hdr
+                .map(|n| {
+                    vec![HeaderMatch {
+                        name: n.to_string(),
+                        ..HeaderMatch::default()
+                    }]
+                })
+                .unwrap_or_default(),
+        })
+}
+
+fn l7_port() -> impl Strategy<Value = PortSpec> {
+    (
+        prop::sample::select(vec![
+            PortMatch::Range(80, 80),
+            PortMatch::Named("http".into()),
+        ]),
+        prop::collection::vec(http_rule(), 1..3),
+    )
+        .prop_map(|(port, rules)| PortSpec {
+            protocol: Protocol::TCP,
+            port,
+            http: Some(rules),
+        })
+}
+
+fn any_peer(ns: &'static str) -> impl Strategy<Value = Peer> {
+    prop_oneof![
+        4 => peer(ns),
+        1 => prop::sample::select(vec![Entity::World, Entity::Host, Entity::Cluster, Entity::KubeApiserver])
+            .prop_map(Peer::Entity),
+    ]
+}
+
+fn rule(ns: &'static str) -> impl Strategy<Value = Rule> {
+    (
+        prop_oneof![1 => Just(None), 3 => prop::collection::vec(any_peer(ns), 1..3).prop_map(Some)],
+        prop::collection::vec(prop_oneof![3 => port_spec(), 2 => l7_port()], 0..3),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(peers, ports, deny)| Rule {
+            peers: peers.map(Peers::List).unwrap_or(Peers::Any),
+            ports,
+            action: if deny {
+                RuleAction::Deny
+            } else {
+                RuleAction::Allow
+            },
+            ..Rule::default()
+        })
+}
+
+pub fn policy(name: String) -> impl Strategy<Value = Policy> {
+    (
+        prop::sample::select(NAMESPACES.to_vec()),
+        prop::sample::select(vec![
+            PolicyKind::NetworkPolicy,
+            PolicyKind::PalisadeNetworkPolicy,
+            PolicyKind::PalisadeClusterNetworkPolicy,
+        ]),
+    )
+        .prop_flat_map(move |(ns, kind)| {
+            let name = name.clone();
+            (
+                pod_selector(),
+                prop::option::of(ns_selector()),
+                prop::option::of(prop::collection::vec(rule(ns), 0..3)),
+                prop::option::of(prop::collection::vec(rule(ns), 0..3)),
+                prop::bool::weighted(0.15),
+                [prop::bool::weighted(0.8), prop::bool::weighted(0.8)],
+            )
+                .prop_map(
+                    move |(pod_selector, nss, ingress, egress, audit, isolates)| {
+                        let np = kind == PolicyKind::NetworkPolicy;
+                        let strip = |rules: Option<Vec<Rule>>| {
+                            // NetworkPolicy has neither deny rules, entities nor HTTP rules.
+                            rules.map(|rs| {
+                                rs.into_iter()
+                                    .map(|mut r| {
+                                        if np {
+                                            r.action = RuleAction::Allow;
+                                            r.ports.retain(|p| p.http.is_none());
+                                            if let Peers::List(l) = &mut r.peers {
+                                                l.retain(|p| !matches!(p, Peer::Entity(_)));
+                                                if l.is_empty() {
+                                                    r.peers = Peers::Any;
+                                                }
+                                            }
+                                        }
+                                        r
+                                    })
+                                    .collect()
+                            })
+                        };
+                        let cluster = kind.is_cluster_scoped();
+                        Policy {
+                            kind,
+                            namespace: if cluster {
+                                String::new()
+                            } else {
+                                ns.to_string()
+                            },
+                            name: name.clone(),
+                            namespace_selector: if cluster { nss } else { None },
+                            pod_selector,
+                            ingress: strip(ingress),
+                            egress: strip(egress),
+                            isolates: if np { [true, true] } else { isolates },
+                            audit: !np && audit,
+                            origin: "generated".into(),
+                        }
+                    },
+                )
+        })
+}
+
+/// A cluster with unique endpoint IPs and a mix of NetworkPolicy-tier kinds.
+pub fn cluster() -> impl Strategy<Value = Cluster> {
+    (
+        prop::collection::vec(ns_labels(), 3),
+        (1usize..7).prop_flat_map(|n| (0..n).map(endpoint).collect::<Vec<_>>()),
+        (0usize..5).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| policy(format!("pol-{i}")))
+                .collect::<Vec<_>>()
+        }),
+    )
+        .prop_map(|(nsl, eps, pols)| {
+            let mut c = Cluster::default();
+            for (n, l) in NAMESPACES.iter().zip(nsl) {
+                c.namespaces
+                    .insert(n.to_string(), Namespace::new(n, l, true));
+            }
+            let mut seen_ips = Vec::new();
+            for mut e in eps {
+                e.ips.retain(|ip| !seen_ips.contains(ip));
+                seen_ips.extend(e.ips.iter().copied());
+                c.endpoints.insert(e.key.clone(), e);
+            }
+            for p in pols {
+                c.policies.insert(p.pref(), Arc::new(p));
+            }
+            c
+        })
+}
+
+/// A normalized request from a small vocabulary that the generated rules speak.
+pub fn request() -> impl Strategy<Value = NormalizedRequest> {
+    (
+        prop::sample::select(&["GET", "POST", "HEAD", "DELETE", "get"][..]),
+        prop::sample::select(
+            &[
+                "/",
+                "/api/v1/data",
+                "/api/x",
+                "/admin",
+                "/admin/users",
+                "/other",
+            ][..],
+        ),
+        prop::sample::select(&["shop.example", "shop.example:8080", "other"][..]),
+        prop::sample::subsequence(vec!["x-tenant", "x-debug"], 0..=2),
+    )
+        .prop_map(|(method, path, host, headers)| {
+            let mut hs: Vec<(&str, &[u8])> = vec![("Host", host.as_bytes())];
+            hs.extend(headers.iter().map(|n| (*n, &b"1"[..])));
+            normalize(
+                &RequestHead {
+                    method,
+                    target: path.as_bytes(),
+                    headers: &hs,
+                },
+                NormalizeOptions::default(),
+            )
+            .unwrap()
+        })
+}
