@@ -32,6 +32,19 @@ pub const DEFAULT_SOCKET: &str = "/run/palisade/enforcer.sock";
 /// ignores them and adds `version`/`min_version` to the request line.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The verdict log's chain as `status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictLogStatus {
+    /// The public key (Ed25519, hex) the checkpoints are signed with (`palisade observe
+    /// --verify --key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The last checkpoint, `seq:hash` (`palisade observe --verify --anchor`: a log cut
+    /// back before it fails). Absent before the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
 /// A request as it travels: the operation plus the client's version information.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLine {
@@ -127,6 +140,9 @@ pub enum Response {
         /// `pal_policy 1234/1048576 (0.1%)`. Absent from an older server.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         maps: Vec<String>,
+        /// The verdict log's signing key and last checkpoint. Absent from an older server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict_log: Option<Box<VerdictLogStatus>>,
     },
     Error {
         code: ErrorCode,

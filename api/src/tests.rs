@@ -130,6 +130,7 @@ fn an_older_client_reads_a_newer_status() {
             reason: Some("maps dirty".into()),
             warnings: Vec::new(),
             maps: Vec::new(),
+            verdict_log: None,
         }
     );
     // And a version-1 status (no reason) still reads.

@@ -382,6 +382,7 @@ mod tests {
                 reason: None,
                 warnings: Vec::new(),
                 maps: Vec::new(),
+                verdict_log: None,
             }
         }
     }
@@ -507,6 +508,7 @@ mod tests {
                 reason: None,
                 warnings: Vec::new(),
                 maps: Vec::new(),
+                verdict_log: None,
             }
         );
         assert_eq!(

@@ -25,6 +25,8 @@ pub const DEFAULT_VERDICT_LOG: &str = "/var/log/palisade/verdicts.jsonl";
 pub const DEFAULT_VERDICT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Rotated verdict logs kept (`verdicts.jsonl.1` .. `.N`); the oldest is dropped.
 pub const DEFAULT_VERDICT_LOG_KEEP: u32 = 5;
+/// Seconds between verdict log checkpoints (written only when records are unsigned).
+pub const DEFAULT_VERDICT_LOG_CHECKPOINT_SECS: u64 = 10;
 /// How often expired conntrack entries are swept from user space.
 pub const DEFAULT_CT_GC_INTERVAL_SECS: u64 = 30;
 /// Quiet time after the last file event before the manifest directory is reloaded:
@@ -64,6 +66,13 @@ pub struct Config {
     /// Sync rotated-away log files to disk before renaming (default off: a crash may then
     /// lose what the kernel had not yet written back, never what was rotated).
     pub verdict_log_fsync: bool,
+    /// The node's Ed25519 key signing the verdict log's checkpoints (a file of 64 hex
+    /// digits, mode 0600; generated there when absent; a file others can read is refused).
+    /// Absent (the default): `<state dir>/verdict-log.key`.
+    pub verdict_log_key: Option<PathBuf>,
+    /// Seconds between checkpoints while records are being written (default 10; also one
+    /// at every start, rotation and shutdown).
+    pub verdict_log_checkpoint_secs: u64,
     /// This node's name, written into every verdict log line. Empty means "take it from
     /// the environment" ([`Config::resolve`]).
     pub node_name: String,
@@ -101,6 +110,8 @@ impl Default for Config {
             verdict_log_max_bytes: DEFAULT_VERDICT_LOG_MAX_BYTES,
             verdict_log_keep: DEFAULT_VERDICT_LOG_KEEP,
             verdict_log_fsync: false,
+            verdict_log_key: None,
+            verdict_log_checkpoint_secs: DEFAULT_VERDICT_LOG_CHECKPOINT_SECS,
             node_name: String::new(),
             ct_gc_interval_secs: DEFAULT_CT_GC_INTERVAL_SECS,
             source_debounce_ms: DEFAULT_SOURCE_DEBOUNCE_MS,
@@ -242,6 +253,26 @@ impl Config {
             return Err(invalid(
                 "verdict_log_keep",
                 format!("must be between 1 and 1000, got {}", self.verdict_log_keep),
+            ));
+        }
+        if let Some(k) = &self.verdict_log_key
+            && (!k.is_absolute() || k.file_name().is_none())
+        {
+            return Err(invalid(
+                "verdict_log_key",
+                format!(
+                    "must be an absolute file path, got {:?}",
+                    k.display().to_string()
+                ),
+            ));
+        }
+        if !(1..=3600).contains(&self.verdict_log_checkpoint_secs) {
+            return Err(invalid(
+                "verdict_log_checkpoint_secs",
+                format!(
+                    "must be between 1 and 3600, got {}",
+                    self.verdict_log_checkpoint_secs
+                ),
             ));
         }
         check_node_name(&self.node_name)?;

@@ -357,6 +357,28 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     ] {
         assert!(compact.contains(want), "no {want:?} in:\n{compact}");
     }
+
+    // The same log is a verifiable chain signed by the key status reports.
+    let key = match enforcer.request(&palisade_api::Request::Status).unwrap() {
+        palisade_api::Response::Status {
+            verdict_log: Some(v),
+            ..
+        } => v.key.expect("status names the verdict log key"),
+        other => panic!("status: {other:?}"),
+    };
+    let rep = palisade_observe::verify::verify(
+        std::slice::from_ref(&log),
+        &palisade_observe::verify::Options {
+            key: palisade_observe::chain::unhex::<32>(&key),
+            anchor: None,
+        },
+    )
+    .unwrap();
+    assert!(rep.ok(), "{:?}", rep.problem);
+    assert!(
+        rep.checkpoints >= 1 && rep.records > flows.len() as u64 / 2,
+        "{rep:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     drop(enforcer);
 }

@@ -246,6 +246,7 @@ fn serve(conn: UnixStream, mode: &Mutex<Mode>, requests: &Mutex<Vec<Request>>) {
                 reason: None,
                 warnings: Vec::new(),
                 maps: Vec::new(),
+                verdict_log: None,
             },
         };
         if writeln!(writer, "{}", serde_json::to_string(&response).unwrap()).is_err() {

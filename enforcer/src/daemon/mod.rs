@@ -101,7 +101,11 @@ pub struct Daemon {
     reconcile_wake: tokio::sync::Notify,
     source: Box<dyn PolicySource>,
     state_dir: PathBuf,
+    /// What status reports of the verdict log's chain (set by the events thread).
+    verdict_log: Mutex<VerdictLogStatus>,
 }
+
+use palisade_api::VerdictLogStatus;
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,6 +233,7 @@ impl Daemon {
             }),
             source,
             state_dir: opts.state_dir.clone(),
+            verdict_log: Mutex::new(VerdictLogStatus::default()),
         };
         match imported {
             Ok(0) => {}
@@ -272,6 +277,31 @@ impl Daemon {
     }
 
     /// What `status` answers; never waits for the state lock.
+    pub fn verdict_log_status(&self) -> VerdictLogStatus {
+        self.verdict_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_verdict_log_status(&self, logger: &FlowLogger) {
+        *self
+            .verdict_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = VerdictLogStatus {
+            key: logger.public_key(),
+            checkpoint: logger.last_checkpoint(),
+        };
+    }
+
+    /// The verdict log key file: `verdict_log_key`, else `<state dir>/verdict-log.key`.
+    fn verdict_log_key_path(&self, config: &Config) -> PathBuf {
+        config
+            .verdict_log_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("verdict-log.key"))
+    }
+
     pub fn health(&self) -> Health {
         self.health
             .lock()

@@ -234,6 +234,7 @@ impl EndpointRegistry for Registry {
                 w
             },
             maps: health.pressure(),
+            verdict_log: Some(Box::new(self.0.verdict_log_status())),
         }
     }
 }

@@ -56,6 +56,7 @@ impl Daemon {
         mut ring: aya::maps::RingBuf<aya::maps::MapData>,
         mut logger: FlowLogger,
         gc_every: Duration,
+        checkpoint_every: Duration,
         stop: &AtomicBool,
     ) {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -64,6 +65,7 @@ impl Daemon {
         let mut lost_seen = 0u64;
         let mut last_tick = Instant::now();
         let mut last_gc = Instant::now();
+        let mut last_checkpoint = Instant::now();
         loop {
             let stopping = stop.load(Ordering::Acquire);
             if !stopping {
@@ -78,6 +80,16 @@ impl Daemon {
                 if lost != lost_seen {
                     let _ = logger.observe_ring_lost(lost);
                     lost_seen = lost;
+                }
+                // Checkpoints when something is unsigned: periodically and at shutdown.
+                if logger.unsigned() > 0
+                    && (stopping || last_checkpoint.elapsed() >= checkpoint_every)
+                {
+                    last_checkpoint = Instant::now();
+                    if let Err(err) = logger.checkpoint() {
+                        warn!(error = err.to_string(), "verdict log checkpoint failed");
+                    }
+                    self.set_verdict_log_status(&logger);
                 }
                 let _ = logger.flush();
             }
@@ -107,7 +119,15 @@ impl Daemon {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ring = self.lock().dp.take_events()?;
         let writer = RotatingWriter::from_config(config)?;
-        let logger = FlowLogger::new(writer, &config.node_name, BootClock::from_system()?);
+        let key = crate::events::load_or_generate(&self.verdict_log_key_path(config))
+            .map_err(crate::events::FlowLogError::from)?;
+        let mut logger =
+            FlowLogger::new(writer, &config.node_name, BootClock::from_system()?)?.with_key(key);
+        // A start is a checkpoint: it signs whatever the previous run left unsigned.
+        logger.checkpoint()?;
+        logger.flush()?;
+        self.set_verdict_log_status(&logger);
+        let checkpoint_every = Duration::from_secs(config.verdict_log_checkpoint_secs);
 
         let events_stop = Arc::new(AtomicBool::new(false));
         let events = {
@@ -116,7 +136,7 @@ impl Daemon {
             let gc_every = config.ct_gc_interval();
             std::thread::Builder::new()
                 .name("palisade-events".into())
-                .spawn(move || daemon.events_loop(ring, logger, gc_every, &stop))
+                .spawn(move || daemon.events_loop(ring, logger, gc_every, checkpoint_every, &stop))
                 .map_err(|source| DaemonError::Thread {
                     name: "palisade-events",
                     source,

@@ -27,12 +27,17 @@
 
 use std::path::PathBuf;
 
+use ed25519_dalek::SigningKey;
+use palisade_observe::chain::{self, Chain, Hash};
 use policy_compiler::abi::VerdictEvent;
 
 mod clock;
+mod key;
 mod render;
 mod resolve;
 mod rotate;
+
+pub use key::{KeyError, load_or_generate};
 
 pub use clock::{BootClock, FlowIds, WallTime};
 pub use render::{
@@ -71,6 +76,14 @@ pub enum FlowLogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: cannot read to continue the hash chain: {source}", path.display())]
+    Resume {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("cannot read the {clock} clock: {source}")]
     Clock {
         clock: &'static str,
@@ -79,9 +92,11 @@ pub enum FlowLogError {
     },
 }
 
-/// The verdict log as the enforcer uses it: renders events, assigns ids and times, and
-/// accounts for every lost event.
-#[derive(Debug)]
+/// The verdict log as the enforcer uses it: renders events, assigns ids and times,
+/// accounts for every lost event, and chains every line ([`palisade_observe::chain`]):
+/// flow lines are records, loss lines are covered by the next record, and checkpoints
+/// signed with the node's key are written at start, at the head of every rotated-in file,
+/// when [`FlowLogger::checkpoint`] is called (periodically and at shutdown).
 pub struct FlowLogger {
     writer: RotatingWriter,
     node_name: String,
@@ -91,18 +106,120 @@ pub struct FlowLogger {
     ring_lost_seen: u64,
     /// Events this process failed to write, not yet reported.
     writer_lost_pending: u64,
+    /// The chain as of the last line written.
+    chain: Chain,
+    key: Option<SigningKey>,
+    /// Records since the last checkpoint.
+    unsigned: u64,
+    /// The last checkpoint written: its record number and hash.
+    last_checkpoint: Option<(u64, Hash)>,
+}
+
+impl std::fmt::Debug for FlowLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowLogger")
+            .field("writer", &self.writer)
+            .field("node_name", &self.node_name)
+            .field("seq", &self.chain.seq())
+            .field("last_checkpoint", &self.last_checkpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FlowLogger {
-    pub fn new(writer: RotatingWriter, node_name: &str, clock: BootClock) -> FlowLogger {
-        FlowLogger {
+    /// A logger appending to `writer`'s log. The chain continues from the last record in
+    /// the existing files (lines after it are covered by the next record; a last line a
+    /// crash cut short is ended with a newline first); a log without records starts a new
+    /// chain. Without a key ([`FlowLogger::with_key`]) no checkpoints are written.
+    pub fn new(
+        mut writer: RotatingWriter,
+        node_name: &str,
+        clock: BootClock,
+    ) -> Result<FlowLogger, FlowLogError> {
+        let (chain, cut) = resume_chain(&writer.files())?;
+        if cut {
+            writer.write_line("")?;
+        }
+        Ok(FlowLogger {
             writer,
             node_name: node_name.to_string(),
             clock,
             ids: FlowIds::new(),
             ring_lost_seen: 0,
             writer_lost_pending: 0,
+            chain,
+            key: None,
+            unsigned: 0,
+            last_checkpoint: None,
+        })
+    }
+
+    /// Signs checkpoints with `key`.
+    pub fn with_key(mut self, key: SigningKey) -> FlowLogger {
+        self.key = Some(key);
+        self
+    }
+
+    /// The public key checkpoints are signed with (hex).
+    pub fn public_key(&self) -> Option<String> {
+        self.key
+            .as_ref()
+            .map(|k| chain::hex(k.verifying_key().as_bytes()))
+    }
+
+    /// The last checkpoint as `seq:hash` (what `palisade observe --verify --anchor` takes).
+    pub fn last_checkpoint(&self) -> Option<String> {
+        self.last_checkpoint
+            .map(|(seq, h)| format!("{seq}:{}", chain::hex(&h)))
+    }
+
+    /// The chain's last record number.
+    pub fn seq(&self) -> u64 {
+        self.chain.seq()
+    }
+
+    /// Records written since the last checkpoint.
+    pub fn unsigned(&self) -> u64 {
+        self.unsigned
+    }
+
+    /// Writes a signed checkpoint (nothing without a key).
+    pub fn checkpoint(&mut self) -> Result<(), FlowLogError> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        let mut next = self.chain.clone();
+        let line = next.checkpoint(key, &self.node_name, &WallTime::now().rfc3339());
+        self.writer.write_line(&line)?;
+        self.chain = next;
+        self.unsigned = 0;
+        self.last_checkpoint = Some((self.chain.seq(), self.chain.last()));
+        Ok(())
+    }
+
+    /// Writes one line: a flow line is sealed as a record, any other line is covered by
+    /// the next record. Before a line that would rotate the file, rotates and starts the
+    /// new file with a checkpoint (so a verifier can start there when older files are
+    /// gone). The chain advances only for a line the writer accepted.
+    fn put(&mut self, line: &str, record: bool) -> Result<(), FlowLogError> {
+        // The chain member adds under 100 bytes.
+        if self.writer.would_rotate(line.len() as u64 + 101) {
+            self.writer.rotate()?;
+            self.checkpoint()?;
         }
+        let mut next = self.chain.clone();
+        let out = if record {
+            next.seal(line)
+        } else {
+            next.absorb(line.as_bytes());
+            line.to_string()
+        };
+        self.writer.write_line(&out)?;
+        self.chain = next;
+        if record {
+            self.unsigned += 1;
+        }
+        Ok(())
     }
 
     pub fn with_ids(mut self, ids: FlowIds) -> FlowLogger {
@@ -148,7 +265,7 @@ impl FlowLogger {
     /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.
     pub fn write(&mut self, line: &str) -> Result<(), FlowLogError> {
         self.report_writer_losses()?;
-        self.writer.write_line(line).inspect_err(|_| {
+        self.put(line, true).inspect_err(|_| {
             self.writer_lost_pending += 1;
         })
     }
@@ -171,7 +288,7 @@ impl FlowLogger {
             &self.node_name,
             WallTime::now(),
         );
-        self.writer.write_line(&line)?;
+        self.put(&line, false)?;
         self.ring_lost_seen = total;
         Ok(delta)
     }
@@ -190,11 +307,69 @@ impl FlowLogger {
             &self.node_name,
             WallTime::now(),
         );
-        self.writer.write_line(&line)?;
+        self.put(&line, false)?;
         self.writer_lost_pending = 0;
         Ok(())
     }
 }
 
+/// The chain as of the end of `files` (oldest first): from the last record, with every
+/// line after it absorbed. `true` when the last file ends in a cut line (no newline).
+fn resume_chain(files: &[PathBuf]) -> Result<(Chain, bool), FlowLogError> {
+    let mut datas = Vec::with_capacity(files.len());
+    for f in files {
+        datas.push(std::fs::read(f).map_err(|source| FlowLogError::Resume {
+            path: f.clone(),
+            source,
+        })?);
+    }
+    let cut = datas
+        .last()
+        .is_some_and(|d| !d.is_empty() && !d.ends_with(b"\n"));
+    // The last record: scan files newest first, lines last first.
+    let lines_of = |d: &[u8]| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < d.len() {
+            let end = memchr_nl(&d[start..]).map_or(d.len(), |n| start + n);
+            out.push((start, end));
+            start = end + 1;
+        }
+        out
+    };
+    for (fi, d) in datas.iter().enumerate().rev() {
+        let lines = lines_of(d);
+        for (li, &(s, e)) in lines.iter().enumerate().rev() {
+            let line = &d[s..e];
+            let found = chain::split_record(line)
+                .map(|r| (r.seq, r.hash))
+                .or_else(|| {
+                    chain::parse_checkpoint(line)
+                        .and_then(Result::ok)
+                        .map(|c| (c.seq, c.hash))
+                });
+            if let Some((seq, hash)) = found {
+                let mut c = Chain::resume(seq, hash);
+                for &(s, e) in &lines[li + 1..] {
+                    c.absorb(&d[s..e]);
+                }
+                for later in &datas[fi + 1..] {
+                    for (s, e) in lines_of(later) {
+                        c.absorb(&later[s..e]);
+                    }
+                }
+                return Ok((c, cut));
+            }
+        }
+    }
+    Ok((Chain::genesis(), cut))
+}
+
+fn memchr_nl(d: &[u8]) -> Option<usize> {
+    d.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod tests;

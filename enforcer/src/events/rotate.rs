@@ -74,6 +74,16 @@ impl RotatingWriter {
         PathBuf::from(s)
     }
 
+    /// Whether a line of `len` bytes (newline included) would rotate the file first.
+    pub fn would_rotate(&self, len: u64) -> bool {
+        self.size > 0 && self.size + len > self.max_bytes
+    }
+
+    /// The files of this log, oldest first (rotations, then the current file).
+    pub fn files(&self) -> Vec<PathBuf> {
+        palisade_observe::files::log_files(&self.path)
+    }
+
     /// Appends `line` and a newline, rotating first when the line would take a non-empty
     /// file past the size limit (a line longer than the limit gets a file of its own).
     /// `Err` means the line was not accepted.
@@ -131,7 +141,8 @@ impl RotatingWriter {
         Ok(())
     }
 
-    fn rotate(&mut self) -> Result<(), FlowLogError> {
+    /// Flushes, renames the file away (`log` -> `log.1` -> …) and opens a new one.
+    pub fn rotate(&mut self) -> Result<(), FlowLogError> {
         // Everything accepted reaches the file before it is renamed away.
         self.flush()?;
         if let Some(f) = self.file.as_mut()

@@ -64,7 +64,7 @@ spec:
   - ports: [{port: 53, protocol: UDP}]
 "#;
 
-fn engine() -> Engine {
+pub(super) fn engine() -> Engine {
     let loaded = load_str("test.yaml", MANIFESTS, &LoadOptions::default()).unwrap();
     Engine::compile(&loaded.cluster, EngineConfig::default())
         .unwrap()
@@ -85,7 +85,7 @@ fn v6(s: &str) -> [u8; 16] {
     s.parse::<Ipv6Addr>().unwrap().octets()
 }
 
-fn event(e: &Engine) -> VerdictEvent {
+pub(super) fn event(e: &Engine) -> VerdictEvent {
     VerdictEvent {
         time_ns: 5_000_000_123,
         saddr: v4([10, 0, 0, 1]),
@@ -381,10 +381,10 @@ fn times_and_ids() {
 }
 
 /// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(super) fn new(tag: &str) -> TempDir {
         let p = std::env::temp_dir().join(format!(
             "palisade-flowlog-{tag}-{}-{:?}",
             std::process::id(),
@@ -490,6 +490,7 @@ fn logger_writes_flows_and_accounts_for_losses() {
         "node-a",
         BootClock::with_offset(1_700_000_000_000_000_000),
     )
+    .unwrap()
     .with_ids(FlowIds::with_seed(7));
     let r = EngineResolver::new(&e);
     log.log(&event(&e), &r).unwrap();
