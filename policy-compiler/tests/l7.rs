@@ -228,20 +228,71 @@ fn an_http_deny_rule_beats_an_allow_that_matches() {
         .0,
         L7::Allow { .. }
     ));
-    // The deny rule has no peers: it reaches the proxy for every peer, but allows nothing, so
-    // a peer no allow rule names is still denied per request.
-    assert_eq!(
+    // The deny rule names no peers, but HTTP deny rules never admit a connection: a peer no
+    // allow rule names gets no connection at all.
+    assert!(matches!(
+        check(
+            &e,
+            "production/batch",
+            "production/backend",
+            Protocol::TCP,
+            8080
+        )
+        .ingress,
+        Some(Decision::DefaultDeny { .. })
+    ));
+}
+
+#[test]
+fn an_http_deny_rule_inspects_what_other_rules_admit() {
+    // Not isolated (default deny off): the deny rule sends the connection to the proxy, which
+    // forwards everything but what the deny rule names.
+    let e = with(
+        r#"
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: guard, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  defaultDeny: {ingress: false}
+  ingress:
+  - action: Deny
+    ports: [{port: 8080, http: [{method: DELETE}]}]
+"#,
+    );
+    assert!(matches!(
         http(
             &e,
             "production/batch",
             "production/backend",
             8080,
-            "GET",
-            "/api/x"
+            "DELETE",
+            "/x"
         )
         .0,
-        L7::NoMatch
+        L7::Deny { .. }
+    ));
+    let (d, rule) = http(
+        &e,
+        "production/batch",
+        "production/backend",
+        8080,
+        "GET",
+        "/x",
     );
+    assert!(matches!(d, L7::Allow { .. }));
+    assert_eq!(rule, None, "admitted because nothing isolates the pod");
+    assert!(matches!(
+        check(
+            &e,
+            "production/batch",
+            "production/backend",
+            Protocol::TCP,
+            9090
+        )
+        .ingress,
+        Some(Decision::NotIsolated)
+    ));
 }
 
 #[test]
@@ -654,7 +705,7 @@ mod agreement {
     #[test]
     fn evaluators_agree_on_the_whole_networkpolicy_tier() {
         let mut runner = TestRunner::new(Config {
-            cases: 1024,
+            cases: 1536,
             failure_persistence: None,
             ..Config::default()
         });
@@ -663,7 +714,7 @@ mod agreement {
             &(
                 cluster(),
                 flow_seeds(150),
-                prop::collection::vec(request(), 6),
+                prop::collection::vec(request(), 16),
                 any::<bool>(),
             ),
             |(c, seeds, requests, host)| {

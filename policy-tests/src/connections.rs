@@ -36,6 +36,9 @@ pub struct Connection {
     pub dst: String,
     #[serde(rename = "conn", serialize_with = "ser_display")]
     pub ports: PortSet,
+    /// TCP ports whose connections go through the L7 proxy, with the HTTP rules applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<(u16, String)>,
 }
 
 fn ser_display<S: serde::Serializer>(p: &PortSet, s: S) -> Result<S::Ok, S::Error> {
@@ -44,7 +47,11 @@ fn ser_display<S: serde::Serializer>(p: &PortSet, s: S) -> Result<S::Ok, S::Erro
 
 impl fmt::Display for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} => {} : {}", self.src, self.dst, self.ports)
+        write!(f, "{} => {} : {}", self.src, self.dst, self.ports)?;
+        for (port, rules) in &self.http {
+            write!(f, " (TCP {port} HTTP: {rules})")?;
+        }
+        Ok(())
     }
 }
 
@@ -342,10 +349,12 @@ pub fn compute_with_ranges(
             let ing = pick(side(&table, d, s, Direction::Ingress));
             let ports = eg.intersect(&ing);
             if !ports.is_empty() {
+                let http = http_ports(a, s, d, &ports);
                 out.push(Connection {
                     src: s.name.clone(),
                     dst: d.name.clone(),
                     ports,
+                    http,
                 });
             }
         }
@@ -357,6 +366,51 @@ pub fn compute_with_ranges(
         (x.src.as_bytes(), x.dst.as_bytes()).cmp(&(y.src.as_bytes(), y.dst.as_bytes()))
     });
     lines
+}
+
+/// TCP ports of a connection that a side sends to the L7 proxy, with its HTTP rules (egress
+/// rules first, then ingress). Only single ports carry HTTP rules, so the candidates are the
+/// ports of the two policy maps' redirect entries.
+fn http_ports(a: &Analysis, s: &Node, d: &Node, ports: &PortSet) -> Vec<(u16, String)> {
+    let engine = &a.engine;
+    let sides = [
+        (s.subject, d.peer_id, Direction::Egress),
+        (d.subject, s.peer_id, Direction::Ingress),
+    ];
+    let mut candidates: BTreeSet<u16> = BTreeSet::new();
+    for (subject, _, dir) in sides {
+        if let Some(p) = subject.and_then(|id| engine.policy_for_identity(id)) {
+            candidates.extend(
+                p.l7.iter()
+                    .filter(|(k, _)| k.direction == dir.abi())
+                    .map(|(k, _)| k.port),
+            );
+        }
+    }
+    let tcp = ports.ranges(policy_compiler::Protocol::TCP);
+    let mut out = Vec::new();
+    for port in candidates
+        .into_iter()
+        .filter(|p| tcp.iter().any(|(lo, hi)| (lo..=hi).contains(&p)))
+    {
+        let mut texts = Vec::new();
+        for (subject, peer, dir) in sides {
+            let (Some(policy), Some(peer)) =
+                (subject.and_then(|id| engine.policy_for_identity(id)), peer)
+            else {
+                continue;
+            };
+            if let Some(set) =
+                maps::l7_set_at(policy, peer, dir, policy_compiler::Protocol::TCP, port)
+            {
+                texts.push(format!("{dir}: {}", engine.l7_summary(&set)));
+            }
+        }
+        if !texts.is_empty() {
+            out.push((port, texts.join(" | ")));
+        }
+    }
+    out
 }
 
 /// The `list` txt format: one line per connection, each ending in a newline.
@@ -380,6 +434,7 @@ pub fn to_json(conns: &[Connection]) -> serde_json::Value {
                     "dst": c.dst,
                     "conn": c.ports.to_string(),
                     "ports": c.ports.to_json(),
+                    "http": c.http.iter().map(|(port, rules)| serde_json::json!({"port": port, "rules": rules})).collect::<Vec<_>>(),
                 })
             })
             .collect(),

@@ -49,6 +49,9 @@ pub struct ConnDiff {
     /// Allowed before (`--file`) and after (`--against`).
     pub old: PortSet,
     pub new: PortSet,
+    /// HTTP rules per L7-filtered TCP port, before and after (see [`connections::Connection`]).
+    pub old_http: Vec<(u16, String)>,
+    pub new_http: Vec<(u16, String)>,
     /// `workload X added` / `workload X removed` when an end exists on one side only.
     pub workloads_info: Option<String>,
 }
@@ -60,6 +63,24 @@ impl fmt::Display for ConnDiff {
             "diff-type: {}, source: {}, destination: {}, ref1: {}, ref2: {}",
             self.diff_type, self.src, self.dst, self.old, self.new
         )?;
+        if self.old_http != self.new_http {
+            let http = |h: &[(u16, String)]| {
+                if h.is_empty() {
+                    "none".to_string()
+                } else {
+                    h.iter()
+                        .map(|(p, r)| format!("TCP {p} {r}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            write!(
+                f,
+                ", http1: {}, http2: {}",
+                http(&self.old_http),
+                http(&self.new_http)
+            )?;
+        }
         if let Some(i) = &self.workloads_info {
             write!(f, ", workloads-diff-info: {i}")?;
         }
@@ -80,18 +101,19 @@ pub fn compute(old: &Analysis, new: &Analysis, progress: &Progress) -> Vec<ConnD
     progress.finish();
     let old_w: BTreeSet<&str> = old.workloads.iter().map(|w| w.display.as_str()).collect();
     let new_w: BTreeSet<&str> = new.workloads.iter().map(|w| w.display.as_str()).collect();
-    let mut pairs: BTreeMap<(String, String), (PortSet, PortSet)> = BTreeMap::new();
+    type Side = (PortSet, Vec<(u16, String)>);
+    let mut pairs: BTreeMap<(String, String), (Side, Side)> = BTreeMap::new();
+    let empty = || {
+        (
+            (PortSet::empty(), Vec::new()),
+            (PortSet::empty(), Vec::new()),
+        )
+    };
     for c in before {
-        pairs
-            .entry((c.src, c.dst))
-            .or_insert_with(|| (PortSet::empty(), PortSet::empty()))
-            .0 = c.ports;
+        pairs.entry((c.src, c.dst)).or_insert_with(empty).0 = (c.ports, c.http);
     }
     for c in after {
-        pairs
-            .entry((c.src, c.dst))
-            .or_insert_with(|| (PortSet::empty(), PortSet::empty()))
-            .1 = c.ports;
+        pairs.entry((c.src, c.dst)).or_insert_with(empty).1 = (c.ports, c.http);
     }
     let info = |src: &str, dst: &str| -> Option<String> {
         let only = |set_a: &BTreeSet<&str>, set_b: &BTreeSet<&str>| -> Vec<String> {
@@ -115,7 +137,7 @@ pub fn compute(old: &Analysis, new: &Analysis, progress: &Progress) -> Vec<ConnD
     let mut out: Vec<ConnDiff> = pairs
         .into_iter()
         .filter(|(_, (o, n))| o != n)
-        .map(|((src, dst), (o, n))| {
+        .map(|((src, dst), ((o, old_http), (n, new_http)))| {
             let diff_type = if o.is_empty() {
                 DiffType::Added
             } else if n.is_empty() {
@@ -130,6 +152,8 @@ pub fn compute(old: &Analysis, new: &Analysis, progress: &Progress) -> Vec<ConnD
                 dst,
                 old: o,
                 new: n,
+                old_http,
+                new_http,
                 workloads_info,
             }
         })

@@ -12,6 +12,7 @@ pub mod corpus;
 pub mod diff;
 pub mod error;
 pub mod explain;
+pub mod l7;
 pub mod matrix;
 pub mod output;
 mod par;

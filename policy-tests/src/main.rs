@@ -242,8 +242,28 @@ struct ExplainArgs {
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
     protocol: Protocol,
+    /// Also decide one HTTP request on the connection (where a side sends it to the L7 proxy):
+    /// its method.
+    #[arg(long, value_name = "METHOD", help_heading = "HTTP request")]
+    method: Option<String>,
+    /// The request target, e.g. /api/v1/data?x=1 (default /).
+    #[arg(long, value_name = "TARGET", help_heading = "HTTP request")]
+    path: Option<String>,
+    /// The Host header, e.g. backend:8080.
+    #[arg(long, value_name = "HOST", help_heading = "HTTP request")]
+    host: Option<String>,
+    /// A request header `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", help_heading = "HTTP request", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, v)) if !n.trim().is_empty() => Ok((n.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?}: expected `Name: value`")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -383,18 +403,47 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
             let src = a.resolve(&args.from)?;
             let dst = a.resolve(&args.to)?;
             let port = scenario::resolve_port(&a, &dst, &args.port, args.protocol)?;
-            let e = explain::explain(
-                &a,
-                &Flow {
-                    src,
-                    dst,
-                    protocol: args.protocol,
-                    port,
-                },
-            );
+            let flow = Flow {
+                src,
+                dst,
+                protocol: args.protocol,
+                port,
+            };
+            let e = explain::explain(&a, &flow);
+            let http = (args.method.is_some()
+                || args.path.is_some()
+                || args.host.is_some()
+                || !args.headers.is_empty())
+            .then(|| policy_tests::l7::HttpQuery {
+                method: args.method.clone().unwrap_or_else(|| "GET".into()),
+                path: args.path.clone().unwrap_or_else(|| "/".into()),
+                host: args.host.clone(),
+                headers: args.headers.iter().cloned().collect(),
+            });
+            let outcome = http
+                .as_ref()
+                .filter(|_| e.allowed)
+                .map(|q| policy_tests::l7::evaluate(&a, &flow, q));
             emit(&match args.output {
-                Output::Text => explain::to_text(&e),
-                Output::Json => json(&explain::to_json(&e)),
+                Output::Text => {
+                    let mut t = explain::to_text(&e);
+                    match (&http, &outcome) {
+                        (Some(q), Some(o)) => t.push_str(&policy_tests::l7::to_text(q, o)),
+                        (Some(q), None) => t.push_str(&format!(
+                            "\nHTTP request: {}\n  never sent: the connection is denied at L3/L4\n",
+                            q.summary()
+                        )),
+                        _ => {}
+                    }
+                    t
+                }
+                Output::Json => {
+                    let mut v = explain::to_json(&e);
+                    if let (Some(o), Some(m)) = (&outcome, v.as_object_mut()) {
+                        m.insert("http".into(), serde_json::to_value(o).unwrap_or_default());
+                    }
+                    json(&v)
+                }
             })?;
             Ok(ExitCode::SUCCESS)
         }

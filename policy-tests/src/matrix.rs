@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use policy_compiler::eval::maps;
 use policy_compiler::{Direction, Protocol};
 use serde::Serialize;
 
@@ -66,6 +67,8 @@ pub struct TruthTable {
     pub probe: Probe,
     /// `allowed[from][to]`, indices into [`Matrix::workloads`].
     pub allowed: Vec<Vec<bool>>,
+    /// `http[from][to]`: allowed through the L7 proxy (its HTTP rules decide each request).
+    pub http: Vec<Vec<bool>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,9 +97,11 @@ pub fn compute(a: &Analysis, probes: &[Probe], progress: &Progress) -> Matrix {
                 }
                 Probe::Any => fill(&nodes, &t, progress, |e: &Arc<PortSet>, i| e.intersects(i)),
             };
+            let http = http_cells(a, &nodes, probe, &allowed);
             TruthTable {
                 probe: *probe,
                 allowed,
+                http,
             }
         })
         .collect();
@@ -105,6 +110,45 @@ pub fn compute(a: &Analysis, probes: &[Probe], progress: &Progress) -> Matrix {
         workloads: nodes.into_iter().map(|n| n.name).collect(),
         tables,
     }
+}
+
+/// Which allowed cells of a TCP port probe a side sends to the L7 proxy.
+fn http_cells(
+    a: &Analysis,
+    nodes: &[Node],
+    probe: &Probe,
+    allowed: &[Vec<bool>],
+) -> Vec<Vec<bool>> {
+    let Probe::Port {
+        port,
+        protocol: Protocol::TCP,
+    } = *probe
+    else {
+        return allowed.iter().map(|r| vec![false; r.len()]).collect();
+    };
+    let engine = &a.engine;
+    let redirects = |subject: Option<u32>, peer: Option<u32>, dir: Direction| match (
+        subject.and_then(|s| engine.policy_for_identity(s)),
+        peer,
+    ) {
+        (Some(p), Some(peer)) => {
+            !p.l7.is_empty() && maps::l7_set_at(p, peer, dir, Protocol::TCP, port).is_some()
+        }
+        _ => false,
+    };
+    allowed
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(j, ok)| {
+                    *ok && (redirects(nodes[i].subject, nodes[j].peer_id, Direction::Egress)
+                        || redirects(nodes[j].subject, nodes[i].peer_id, Direction::Ingress))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn fill<T: Sync>(
@@ -148,8 +192,13 @@ pub fn to_text(m: &Matrix) -> String {
             s.push('\n');
         }
         s.push_str(&format!(
-            "Reachability on {} (rows: from, columns: to; . allowed, X denied):\n",
-            t.probe
+            "Reachability on {} (rows: from, columns: to; . allowed, X denied{}):\n",
+            t.probe,
+            if t.http.iter().flatten().any(|h| *h) {
+                ", H allowed through the L7 proxy: HTTP rules decide each request"
+            } else {
+                ""
+            }
         ));
         s.push('-');
         for w in &m.workloads {
@@ -157,10 +206,14 @@ pub fn to_text(m: &Matrix) -> String {
             s.push_str(w);
         }
         s.push('\n');
-        for (from, row) in m.workloads.iter().zip(&t.allowed) {
+        for ((from, row), http) in m.workloads.iter().zip(&t.allowed).zip(&t.http) {
             s.push_str(from);
-            for ok in row {
-                s.push_str(if *ok { "\t." } else { "\tX" });
+            for (ok, h) in row.iter().zip(http) {
+                s.push_str(match (ok, h) {
+                    (true, true) => "\tH",
+                    (true, false) => "\t.",
+                    _ => "\tX",
+                });
             }
             s.push('\n');
         }
@@ -186,6 +239,7 @@ pub fn to_json(m: &Matrix) -> serde_json::Value {
                 "port": port,
                 "protocol": protocol,
                 "allowed": t.allowed,
+                "http": t.http,
             })
         })
         .collect();

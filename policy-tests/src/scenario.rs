@@ -7,12 +7,15 @@
 //!     to: production/backend
 //!     port: 8080                     # number, or a container-port name of the destination
 //!     protocol: TCP                  # TCP (default) | UDP | SCTP
-//!     expect: allow                  # allow | deny
+//!     expect: allow                  # allow | deny | deny-403 | deny-400
+//!     http: {method: GET, path: /api/v1/data, host: backend, headers: {x-tenant: a}}
 //! ```
 //!
-//! `http:` ({method, path, host, headers}) is reserved for L7 scenarios: it is accepted by
-//! the schema and rejected with a clear error until L7 policy exists. Unknown fields are
-//! errors naming the field, with a `file:line:column` position.
+//! `http:` makes the scenario one HTTP request on the connection: where a side sends the
+//! connection to the L7 proxy, the request is decided by its HTTP rules (`deny-403`: an HTTP
+//! rule denies it or none allows it; `deny-400`: the proxy refuses the request itself, e.g. an
+//! encoded slash in the path). `deny` is an L3/L4 deny. Unknown fields are errors naming the
+//! field, with a `file:line:column` position.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +39,14 @@ use crate::output::Progress;
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
     Allow,
+    /// Denied at L3/L4 (no connection).
     Deny,
+    /// The L7 proxy answers 403: an HTTP rule denies the request or none allows it.
+    #[serde(rename = "deny-403")]
+    Deny403,
+    /// The L7 proxy refuses the request itself (400, or 414 for a long target).
+    #[serde(rename = "deny-400")]
+    Deny400,
 }
 
 impl Expect {
@@ -50,6 +60,8 @@ impl fmt::Display for Expect {
         f.write_str(match self {
             Expect::Allow => "allow",
             Expect::Deny => "deny",
+            Expect::Deny403 => "deny-403",
+            Expect::Deny400 => "deny-400",
         })
     }
 }
@@ -165,7 +177,7 @@ impl<'de> Deserialize<'de> for PortRef {
     }
 }
 
-/// The reserved L7 match.
+/// An HTTP request on the scenario's connection.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSpec {
@@ -232,6 +244,8 @@ pub struct Scenario {
     pub port: PortRef,
     pub protocol: Protocol,
     pub expect: Expect,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::l7::HttpQuery>,
     #[serde(skip)]
     pub at: Position,
     #[serde(skip)]
@@ -292,13 +306,32 @@ pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
     for s in raw.scenarios {
         let at = Position::at(path, &s.referenced);
         let r = s.value;
-        if let Some(h) = &r.http {
+        let http = match &r.http {
+            None => None,
+            Some(h) => {
+                let location =
+                    || key_position(path, text, "http", &s.referenced, &h.referenced).to_string();
+                let method = h.value.method.clone().unwrap_or_else(|| "GET".to_string());
+                if !palisade_l7proxy::request::is_token(&method) {
+                    return Err(InputError::Scenario {
+                        location: location(),
+                        scenario: r.name,
+                        message: format!("http.method {method:?} is not an HTTP method token"),
+                    });
+                }
+                Some(crate::l7::HttpQuery {
+                    method,
+                    path: h.value.path.clone().unwrap_or_else(|| "/".to_string()),
+                    host: h.value.host.clone(),
+                    headers: h.value.headers.clone().unwrap_or_default(),
+                })
+            }
+        };
+        if http.is_none() && matches!(r.expect, Expect::Deny403 | Expect::Deny400) {
             return Err(InputError::Scenario {
-                location: key_position(path, text, "http", &s.referenced, &h.referenced)
-                    .to_string(),
+                location: at.to_string(),
                 scenario: r.name,
-                message: "`http:` describes an L7 scenario: L7 scenarios are not supported yet"
-                    .into(),
+                message: format!("expect: {} needs an `http:` request", r.expect),
             });
         }
         let protocol = match &r.protocol {
@@ -321,6 +354,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
             port: r.port.value,
             protocol,
             expect: r.expect,
+            http,
             at,
         });
     }
@@ -486,8 +520,12 @@ pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) ->
         .map(|r| {
             let t = std::time::Instant::now();
             let verdict = maps::evaluate(&a.engine, &r.flow);
-            let actual = Expect::of(verdict.allowed());
-            let deciding = describe(a, &verdict);
+            let mut actual = Expect::of(verdict.allowed());
+            let mut deciding = describe(a, &verdict);
+            if let (Some(q), true) = (&r.scenario.http, verdict.allowed()) {
+                let o = crate::l7::evaluate(a, &r.flow, q);
+                (actual, deciding) = http_result(&o, deciding);
+            }
             progress.inc(1);
             Outcome {
                 pass: actual == r.scenario.expect,
@@ -500,6 +538,56 @@ pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) ->
             }
         })
         .collect()
+}
+
+/// The outcome of a request the L3/L4 verdict lets through, and what decided it.
+fn http_result(o: &crate::l7::HttpOutcome, l4: String) -> (Expect, String) {
+    if let Some(why) = &o.refused {
+        return (
+            Expect::Deny400,
+            format!(
+                "refused by the L7 proxy ({}): {why}",
+                o.status.unwrap_or(400)
+            ),
+        );
+    }
+    if o.sides.is_empty() {
+        return (
+            Expect::Allow,
+            format!("{l4} (no L7 rules: requests are not inspected)"),
+        );
+    }
+    for side in &o.sides {
+        let rule = side.rule.clone().unwrap_or_default();
+        match side.decision.as_str() {
+            "allow" => {}
+            "deny" => {
+                return (
+                    Expect::Deny403,
+                    format!("denied (403) by {rule} ({})", side.direction),
+                );
+            }
+            "no-match" => {
+                return (
+                    Expect::Deny403,
+                    format!("denied (403): no HTTP rule allows it ({})", side.direction),
+                );
+            }
+            _ => {
+                return (
+                    Expect::Deny400,
+                    format!(
+                        "refused ({}): {} ({})",
+                        side.status.unwrap_or(400),
+                        side.decision,
+                        side.direction
+                    ),
+                );
+            }
+        }
+    }
+    let rules: Vec<String> = o.sides.iter().filter_map(|s| s.rule.clone()).collect();
+    (Expect::Allow, format!("allowed by {}", rules.join(", ")))
 }
 
 /// What decided a verdict: the allowing rules (`prod/allow-web ingress[0]`), `allowed: not
@@ -768,10 +856,16 @@ mod tests {
     }
 
     #[test]
-    fn http_is_reserved() {
-        let e = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 80\n    expect: allow\n    http: {method: GET, path: /}\n").unwrap_err();
+    fn http_scenarios_parse_and_l7_expectations_need_a_request() {
+        let f = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 80\n    expect: deny-403\n    http: {method: POST, path: /a, headers: {x-tenant: b}}\n").unwrap();
+        let h = f.scenarios[0].http.clone().unwrap();
+        assert_eq!((h.method.as_str(), h.path.as_str()), ("POST", "/a"));
+        assert_eq!(f.scenarios[0].expect, Expect::Deny403);
+        let e = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 80\n    expect: deny-403\n").unwrap_err();
+        assert!(e.to_string().contains("needs an `http:` request"), "{e}");
+        let e = p("scenarios:\n  - name: a\n    from: x/y\n    to: x/z\n    port: 80\n    expect: allow\n    http: {method: \"G T\"}\n").unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("L7 scenarios are not supported yet"), "{m}");
+        assert!(m.contains("is not an HTTP method token"), "{m}");
         assert!(m.starts_with("s.yaml:7:"), "{m}");
     }
 

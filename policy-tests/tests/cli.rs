@@ -249,7 +249,7 @@ fn missing_files_are_named() {
 }
 
 #[test]
-fn http_scenarios_are_rejected() {
+fn bad_http_requests_in_scenarios_are_usage_errors() {
     let e = bad_input(&run(&[
         "check",
         "-f",
@@ -257,9 +257,115 @@ fn http_scenarios_are_rejected() {
         "--scenarios",
         &fx("bad/http.yaml"),
     ]));
-    assert!(e.contains("L7 scenarios are not supported yet"), "{e}");
+    assert!(e.contains("is not an HTTP method token"), "{e}");
     assert!(e.contains("http.yaml:7:"), "{e}");
     assert!(e.contains("GET /api"), "{e}");
+}
+
+fn example(p: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn l7_scenarios_of_the_examples_pass_with_their_rules_named() {
+    let o = run(&[
+        "check",
+        "-f",
+        &example("l7"),
+        "--scenarios",
+        &example("l7-scenarios.yaml"),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("allowed by CiliumNetworkPolicy production/l7-frontend-policy ingress[0] http[0] (GET /api/v1/data)"), "{out}");
+    assert!(
+        out.contains(
+            "deny-403 (expected deny-403); denied (403): no HTTP rule allows it (ingress)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("denied (403) by PalisadeNetworkPolicy production/admin-guard ingress[1] http[0] (DELETE /admin/users(/.*)?)"), "{out}");
+    assert!(
+        out.contains("deny-400 (expected deny-400); refused by the L7 proxy (400)"),
+        "{out}"
+    );
+    assert!(out.contains("8 passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn explain_walks_the_http_rules_on_the_normalized_request() {
+    let o = run(&[
+        "explain",
+        "-f",
+        &example("l7"),
+        "--from",
+        "production/Deployment/frontend",
+        "--to",
+        "production/Deployment/backend",
+        "--port",
+        "8080",
+        "--method",
+        "GET",
+        "--path",
+        "/api/v1/%64ata/",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("through the L7 proxy on port 15080"), "{out}");
+    assert!(out.contains("normalized path: /api/v1/data/"), "{out}");
+    assert!(
+        out.contains("http[0] (GET /api/v1/data): path wanted /api/v1/data, saw /api/v1/data/"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decision: denied (403): no HTTP rule allows it"),
+        "{out}"
+    );
+    let json = run(&[
+        "explain",
+        "-f",
+        &example("l7"),
+        "--from",
+        "production/Deployment/frontend",
+        "--to",
+        "production/Deployment/backend",
+        "--port",
+        "8080",
+        "--method",
+        "GET",
+        "--path",
+        "/api/v1/data",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["http"]["sides"][0]["decision"], "allow", "{v}");
+    assert_eq!(v["http"]["status"], serde_json::Value::Null);
+}
+
+#[test]
+fn matrix_and_connections_mark_http_filtered_ports() {
+    let m = stdout(&run(&[
+        "matrix",
+        "-f",
+        &example("l7"),
+        "--port",
+        "8080/TCP",
+    ]));
+    assert!(m.contains("H allowed through the L7 proxy"), "{m}");
+    assert!(
+        m.contains("production/frontend[Deployment]\tH\tX\tX"),
+        "{m}"
+    );
+    let c = stdout(&run(&["connections", "-f", &example("l7")]));
+    assert!(
+        c.contains("production/frontend[Deployment] => production/backend[Deployment] : TCP 8080 (TCP 8080 HTTP: ingress: GET|DELETE /admin/.*; deny DELETE /admin/users(/.*)?; GET /api/v1/data)"),
+        "{c}"
+    );
 }
 
 #[test]

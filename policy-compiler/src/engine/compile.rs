@@ -111,10 +111,11 @@ impl Engine {
                         // the rule's action (a deny rule with HTTP rules denies requests).
                         let tr = match (&ps.http, st.policy.audit, rule.action) {
                             (None, _, _) => base,
-                            (Some(_), false, _) => TierRule::network_policy_redirect(
+                            (Some(_), false, action) => TierRule::network_policy_redirect(
                                 *rule_id,
                                 self.config.proxy_port,
                                 j as u16 + 1,
+                                action == RuleAction::Deny,
                             ),
                             // Audit mode does not reach the proxy: HTTP allow rules allow the
                             // port, HTTP deny rules do nothing (docs/l7.md).
@@ -322,9 +323,9 @@ fn emit_partition(
         matching.extend(rules.iter().filter(|(q, _)| q.contains(&p)).map(|(_, r)| r));
         matching.sort_unstable();
         let key = p.entry_key(peer, dir);
-        let value = tiers::resolve(matching.iter().copied(), np_isolated);
+        let (value, allow_all) = tiers::resolve_with_l7(matching.iter().copied(), np_isolated);
         if value.verdict == abi::POLICY_VERDICT_REDIRECT {
-            l7.push((key, L7Set::from_matching(&matching)));
+            l7.push((key, L7Set::from_matching(&matching, allow_all)));
         }
         out.push((key, value));
     }

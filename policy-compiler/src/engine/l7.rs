@@ -36,12 +36,16 @@ pub struct L7Set {
 }
 
 impl L7Set {
-    /// The set of an entry from the rules that matched it, sorted by (tier, order).
-    pub(super) fn from_matching(matching: &[&TierRule]) -> L7Set {
-        let mut set = L7Set::default();
+    /// The set of an entry from the rules that matched it, sorted by (tier, order);
+    /// `allow_all`: the rule that admitted the connection when only HTTP deny rules redirect it.
+    pub(super) fn from_matching(matching: &[&TierRule], allow_all: Option<u32>) -> L7Set {
+        let mut set = L7Set {
+            rules: Vec::new(),
+            allow_all,
+        };
         for r in matching.iter().filter(|r| r.tier == Tier::NetworkPolicy) {
             match r.action {
-                Action::Redirect(_) => set.rules.push(L7Ref {
+                Action::Redirect(_) | Action::RedirectDeny(_) => set.rules.push(L7Ref {
                     rule_id: r.rule_id,
                     http_port: r.http_port,
                 }),
@@ -89,6 +93,28 @@ impl CompiledL7 {
 }
 
 impl Engine {
+    /// One line for an L7 set: `GET /api/v1/data; deny DELETE /admin/.*; any request`.
+    pub fn l7_summary(&self, set: &L7Set) -> String {
+        let mut parts = Vec::new();
+        for r in &set.rules {
+            match self.http_rules_of(r.rule_id, r.http_port) {
+                Some((action, rules)) => {
+                    for h in rules {
+                        parts.push(match action {
+                            RuleAction::Allow => h.summary(),
+                            RuleAction::Deny => format!("deny {}", h.summary()),
+                        });
+                    }
+                }
+                None => parts.push(format!("rule #{} (gone)", r.rule_id)),
+            }
+        }
+        if set.allow_all.is_some() {
+            parts.push("any other request".to_string());
+        }
+        parts.join("; ")
+    }
+
     /// The HTTP rules of one rule's port, with the rule's action.
     pub fn http_rules_of(&self, rule_id: u32, http_port: u16) -> Option<(RuleAction, &[HttpRule])> {
         let RuleRef {

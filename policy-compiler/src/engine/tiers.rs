@@ -51,6 +51,9 @@ pub enum Action {
     Pass,
     /// Allow through the L7 proxy listening on this port (host order).
     Redirect(u16),
+    /// An HTTP deny rule: send to the proxy on this port what the other rules admit (it never
+    /// admits a connection by itself).
+    RedirectDeny(u16),
 }
 
 /// One rule as the tier resolution sees it.
@@ -102,12 +105,22 @@ impl TierRule {
         }
     }
 
-    /// A rule with HTTP rules on one port (allow or deny): the connection goes to the proxy.
-    pub fn network_policy_redirect(rule_id: u32, proxy_port: u16, http_port: u16) -> TierRule {
+    /// A rule with HTTP rules on one port: an allow rule sends the connection to the proxy; a
+    /// deny rule (`deny`) sends what other rules admit.
+    pub fn network_policy_redirect(
+        rule_id: u32,
+        proxy_port: u16,
+        http_port: u16,
+        deny: bool,
+    ) -> TierRule {
         TierRule {
             tier: Tier::NetworkPolicy,
             order: BAND_REDIRECT | rule_id as u64,
-            action: Action::Redirect(proxy_port),
+            action: if deny {
+                Action::RedirectDeny(proxy_port)
+            } else {
+                Action::Redirect(proxy_port)
+            },
             audit: false,
             rule_id,
             precedence: Tier::NetworkPolicy.precedence(),
@@ -119,7 +132,7 @@ impl TierRule {
         let (verdict, proxy_port) = match self.action {
             Action::Allow | Action::Pass => (abi::POLICY_VERDICT_ALLOW, 0),
             Action::Deny => (abi::POLICY_VERDICT_DENY, 0),
-            Action::Redirect(p) => (abi::POLICY_VERDICT_REDIRECT, p),
+            Action::Redirect(p) | Action::RedirectDeny(p) => (abi::POLICY_VERDICT_REDIRECT, p),
         };
         PolicyValue {
             rule_id: self.rule_id,
@@ -164,6 +177,54 @@ pub fn is_default_deny(v: &PolicyValue) -> bool {
 /// Resolves the rules that match one flow, **sorted** by (tier, order), into the value the
 /// datapath must find. `np_isolated`: a NetworkPolicy isolates this direction.
 pub fn resolve<'a>(
+    matching: impl IntoIterator<Item = &'a TierRule>,
+    np_isolated: bool,
+) -> PolicyValue {
+    resolve_with_l7(matching, np_isolated).0
+}
+
+/// [`resolve`], and for a redirect that an HTTP deny rule caused, the rule that admits every
+/// request of the connection at L3/L4 (the L7 set's allow-all).
+///
+/// HTTP deny rules never admit a connection: the value is resolved without them, and if that
+/// allows (in the NetworkPolicy tier or after it: an admin-tier allow is final), the
+/// connection goes to the proxy instead, so the deny rules see every request.
+pub fn resolve_with_l7<'a>(
+    matching: impl IntoIterator<Item = &'a TierRule>,
+    np_isolated: bool,
+) -> (PolicyValue, Option<u32>) {
+    let mut l7_deny: Option<&TierRule> = None;
+    let base = resolve_base(
+        matching.into_iter().filter(|r| {
+            if matches!(r.action, Action::RedirectDeny(_)) {
+                l7_deny.get_or_insert(r);
+                false
+            } else {
+                true
+            }
+        }),
+        np_isolated,
+    );
+    let Some(d) = l7_deny else {
+        return (base, None);
+    };
+    if base.precedence < abi::PRECEDENCE_NETWORK_POLICY {
+        return (base, None);
+    }
+    match base.verdict {
+        abi::POLICY_VERDICT_ALLOW => (d.value(), Some(base.rule_id)),
+        abi::POLICY_VERDICT_REDIRECT => (
+            PolicyValue {
+                rule_id: base.rule_id.min(d.rule_id),
+                ..base
+            },
+            None,
+        ),
+        _ => (base, None),
+    }
+}
+
+fn resolve_base<'a>(
     matching: impl IntoIterator<Item = &'a TierRule>,
     np_isolated: bool,
 ) -> PolicyValue {

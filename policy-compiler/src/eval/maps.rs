@@ -86,6 +86,21 @@ pub fn l7_sets(engine: &Engine, flow: &Flow) -> (Option<L7Set>, Option<L7Set>) {
     )
 }
 
+/// The HTTP rules of one endpoint policy map for a peer and port, when the lookup redirects.
+pub fn l7_set_at(
+    policy: &CompiledPolicy,
+    peer: u32,
+    dir: Direction,
+    proto: Protocol,
+    port: u16,
+) -> Option<L7Set> {
+    let d = dir.abi();
+    let (key, value) = lpm_entry(policy, peer, d, proto.0, port)
+        .or_else(|| lpm_entry(policy, abi::IDENTITY_UNKNOWN, d, proto.0, port))?;
+    (value.verdict == abi::POLICY_VERDICT_REDIRECT)
+        .then(|| policy.l7(&key).cloned().unwrap_or_default())
+}
+
 /// The policy lookup of the datapath (`policy_decide`) on one endpoint policy map.
 pub fn policy_decision(
     policy: &CompiledPolicy,

@@ -138,6 +138,7 @@ impl Ctx<'_> {
         let mut deny: Option<u32> = None;
         let mut audit_deny: Option<u32> = None;
         let mut redirect: Option<u32> = None;
+        let mut redirect_deny: Option<u32> = None;
         let mut allow: Option<u32> = None;
         let min = |slot: &mut Option<u32>, id: u32| *slot = Some(slot.map_or(id, |b| b.min(id)));
         for (pref, p) in &self.cluster.policies {
@@ -161,7 +162,10 @@ impl Ctx<'_> {
                     continue;
                 };
                 if http {
-                    min(&mut redirect, id);
+                    match rule.action {
+                        RuleAction::Allow => min(&mut redirect, id),
+                        RuleAction::Deny => min(&mut redirect_deny, id),
+                    }
                     l7.rules.extend(http_ports.iter().map(|&http_port| L7Ref {
                         rule_id: id,
                         http_port,
@@ -192,21 +196,36 @@ impl Ctx<'_> {
         l7.rules.sort_unstable();
         l7.rules.dedup();
         l7.allow_all = allow;
+        let proxy_port = self.config.proxy_port;
         let d = if let Some(rule) = deny {
             Decision::Denied { rule, audit: false }
         } else if let Some(rule) = audit_deny {
             Decision::Denied { rule, audit: true }
         } else if let Some(rule) = redirect {
             Decision::Redirected {
-                rule,
-                proxy_port: self.config.proxy_port,
+                rule: redirect_deny.map_or(rule, |d| d.min(rule)),
+                proxy_port,
             }
-        } else if let Some(rule) = allow {
-            Decision::Allowed { rule }
-        } else if isolated_by.is_empty() {
-            Decision::NotIsolated
         } else {
-            Decision::DefaultDeny { isolated_by }
+            let base = if let Some(rule) = allow {
+                Decision::Allowed { rule }
+            } else if isolated_by.is_empty() {
+                Decision::NotIsolated
+            } else {
+                Decision::DefaultDeny { isolated_by }
+            };
+            // HTTP deny rules only inspect what the other rules admit.
+            match (redirect_deny, &base) {
+                (Some(rule), Decision::Allowed { rule: by }) => {
+                    l7.allow_all = Some(*by);
+                    Decision::Redirected { rule, proxy_port }
+                }
+                (Some(rule), Decision::NotIsolated) => {
+                    l7.allow_all = Some(crate::abi::RULE_ID_NOT_ISOLATED);
+                    Decision::Redirected { rule, proxy_port }
+                }
+                _ => base,
+            }
         };
         (d, l7)
     }

@@ -75,7 +75,7 @@ fn any_peer(ns: &'static str) -> impl Strategy<Value = Peer> {
 fn rule(ns: &'static str) -> impl Strategy<Value = Rule> {
     (
         prop_oneof![1 => Just(None), 3 => prop::collection::vec(any_peer(ns), 1..3).prop_map(Some)],
-        prop::collection::vec(prop_oneof![3 => port_spec(), 2 => l7_port()], 0..3),
+        prop::collection::vec(prop_oneof![3 => port_spec(), 3 => l7_port()], 0..3),
         prop::bool::weighted(0.3),
     )
         .prop_map(|(peers, ports, deny)| Rule {
