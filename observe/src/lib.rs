@@ -5,5 +5,9 @@
 
 pub mod chain;
 pub mod files;
+pub mod output;
+pub mod query;
 pub mod schema;
+pub mod summary;
+pub mod time;
 pub mod verify;

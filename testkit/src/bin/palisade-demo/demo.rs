@@ -37,6 +37,11 @@ pub struct DemoArgs {
     /// The agent binary (default: `palisade-enforcer` next to this program).
     #[arg(long)]
     pub enforcer: Option<PathBuf>,
+    /// Keep the verdict log: after the agent stopped (its last checkpoint written), copy
+    /// it here, and the agent's public key (from status) to `<path>.pub`, for
+    /// `palisade observe`.
+    #[arg(long)]
+    pub keep_log: Option<PathBuf>,
 }
 
 struct DemoPod {
@@ -139,7 +144,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         "== Starting the enforcer on {} (default deny + explicit allows)",
         args.manifests.display()
     );
-    let enforcer = Enforcer::start(&exe, &node, &work, !args.verbose)?;
+    let mut enforcer = Enforcer::start(&exe, &node, &work, !args.verbose)?;
     let cni = Cni {
         plugin,
         node_netns: node.netns_path().to_path_buf(),
@@ -303,6 +308,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!("== CNI DEL for every pod: addresses released, interfaces and registrations gone");
     drop(netns_guards);
+    if let Some(keep) = &args.keep_log {
+        keep_log(&mut enforcer, keep)?;
+    }
     drop(enforcer);
     drop(node);
     println!();
@@ -317,6 +325,29 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+/// Stops the agent (it writes a last checkpoint) and copies its verdict log to `to` and
+/// its public key to `<to>.pub`.
+fn keep_log(enforcer: &mut Enforcer, to: &std::path::Path) -> anyhow::Result<()> {
+    let key = match enforcer.request(&palisade_api::Request::Status) {
+        Ok(palisade_api::Response::Status {
+            verdict_log: Some(v),
+            ..
+        }) => v.key.unwrap_or_default(),
+        other => anyhow::bail!("agent status without a verdict log key: {other:?}"),
+    };
+    enforcer.stop();
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    std::fs::copy(enforcer.verdict_log(), to)
+        .with_context(|| format!("copying the verdict log to {}", to.display()))?;
+    let mut pubkey = to.as_os_str().to_owned();
+    pubkey.push(".pub");
+    std::fs::write(&pubkey, format!("{key}\n"))
+        .with_context(|| format!("{}", PathBuf::from(&pubkey).display()))?;
+    Ok(())
 }
 
 type Attempt = (usize, usize, u16);
