@@ -34,6 +34,23 @@ pub const KIND_CLUSTER: &str = "PalisadeClusterNetworkPolicy";
 
 /// The spec of both kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "policy.palisade.dev",
+        version = "v1alpha1",
+        kind = "PalisadeNetworkPolicy",
+        namespaced,
+        shortname = "pnp",
+        category = "palisade",
+        status = "PolicyStatus",
+        printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+        printcolumn = r#"{"name":"Pods","type":"string","jsonPath":".spec.podSelector.matchLabels","priority":1}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     /// Pods the policy applies to. Namespaced kind: pods of the policy's namespace. Cluster
@@ -64,6 +81,7 @@ pub struct PolicySpec {
 
 /// Per-direction default-deny switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DefaultDeny {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +104,7 @@ impl PolicySpec {
 
 /// Enforce or only audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 pub enum PolicyMode {
     #[default]
     Enforce,
@@ -94,6 +113,7 @@ pub enum PolicyMode {
 
 /// One rule: peers × ports with an action.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     /// A name for the rule, shown in verdicts (`policy-test`, the verdict log).
@@ -119,6 +139,7 @@ pub struct PolicyRule {
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 pub enum RuleAction {
     #[default]
     Allow,
@@ -127,6 +148,7 @@ pub enum RuleAction {
 
 /// A peer: exactly one of pods (with an optional namespace selector), an ipBlock or an entity.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
     /// Pods. Namespaced kind: in the policy's namespace unless `namespaceSelector` is given.
@@ -146,6 +168,7 @@ pub struct Peer {
 
 /// Reserved entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     /// Every address that is not a pod or a node of the cluster.
@@ -178,6 +201,7 @@ impl std::fmt::Display for Entity {
 
 /// Addresses: a CIDR minus exceptions inside it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpBlock {
     pub cidr: String,
@@ -187,6 +211,7 @@ pub struct IpBlock {
 
 /// A port, a port range or a named port, with optional HTTP rules.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortRule {
     /// `TCP` (default), `UDP` or `SCTP`.
@@ -194,6 +219,7 @@ pub struct PortRule {
     pub protocol: Option<String>,
     /// A number or a container port name; absent: every port of the protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(schema_with = "int_or_string"))]
     pub port: Option<PortValue>,
     /// With a numeric `port`: the last port of the range (inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +232,7 @@ pub struct PortRule {
 
 /// A port number or name (Kubernetes int-or-string).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum PortValue {
     Number(i64),
@@ -214,6 +241,7 @@ pub enum PortValue {
 
 /// A Kubernetes label selector.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +252,7 @@ pub struct LabelSelector {
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -235,6 +264,7 @@ pub struct LabelSelectorRequirement {
 
 /// What Palisade reports on a policy object (`status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -243,6 +273,7 @@ pub struct PolicyStatus {
 
 /// A status condition (`Accepted`, `Invalid`), as Kubernetes writes them.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -256,6 +287,61 @@ pub struct Condition {
     pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// The CRD manifests `crdgen` writes to `deploy/crds/`: (file name, YAML).
+#[cfg(feature = "kube")]
+pub fn crd_manifests() -> Result<Vec<(String, String)>, String> {
+    use kube::CustomResourceExt;
+    let header = "# Generated from crds/src/lib.rs by crdgen; do not edit.\n\
+                  # Regenerate: cargo run -p palisade-crds --bin crdgen\n";
+    [
+        PalisadeNetworkPolicy::crd(),
+        PalisadeClusterNetworkPolicy::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let yaml = serde_saphyr::to_string(&crd).map_err(|e| format!("{name}: {e}"))?;
+        Ok((format!("{name}.yaml"), format!("{header}{yaml}")))
+    })
+    .collect()
+}
+
+/// `x-kubernetes-int-or-string`: what the API server needs for a number-or-name field.
+#[cfg(feature = "kube")]
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+}
+
+/// The cluster-scoped kind: the same spec (flattened, so both kinds share one schema
+/// definition) in a cluster-scoped resource.
+#[cfg(feature = "kube")]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    kube::CustomResource,
+    schemars::JsonSchema,
+)]
+#[kube(
+    group = "policy.palisade.dev",
+    version = "v1alpha1",
+    kind = "PalisadeClusterNetworkPolicy",
+    shortname = "pcnp",
+    category = "palisade",
+    status = "PolicyStatus",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ClusterPolicySpec {
+    #[serde(flatten)]
+    pub spec: PolicySpec,
 }
 
 #[cfg(test)]

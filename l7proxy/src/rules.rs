@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// One HTTP rule: every field given must match (regular expressions are full-match).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRule {
     /// Method regex, e.g. `GET` or `GET|HEAD`. Methods are case-sensitive.
@@ -23,6 +24,7 @@ pub struct HttpRule {
 
 /// A header condition: present (neither `value` nor `regex`), an exact value, or a regex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.

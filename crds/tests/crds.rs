@@ -1,0 +1,339 @@
+//! The CRD manifests: committed ones equal what the Rust types generate (drift check), and the
+//! real API server (../shared/realclients) accepts them, accepts valid policies of both kinds
+//! and rejects invalid ones with its schema, and `kubectl get pnp` shows the printer columns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn committed_crds_equal_the_generated_ones() {
+    for (name, yaml) in palisade_crds::crd_manifests().unwrap() {
+        let path = repo().join("deploy/crds").join(&name);
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `cargo run -p palisade-crds --bin crdgen`)",
+                path.display()
+            )
+        });
+        assert!(
+            committed == yaml,
+            "{} differs from the Rust types: run `cargo run -p palisade-crds --bin crdgen` and commit the result",
+            path.display()
+        );
+    }
+}
+
+/// The real API server, stopped when dropped.
+struct ApiServer {
+    script: PathBuf,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true" | "1" | "yes"))
+}
+
+/// Starts etcd + kube-apiserver, or says what is missing (an error under CI).
+fn apiserver() -> Option<ApiServer> {
+    let dir = std::env::var_os("PALISADE_REALCLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/realclients"));
+    let script = dir.join("start-apiserver.sh");
+    let missing = |what: String| {
+        if ci() {
+            panic!("{what}: the API-server tests cannot run (CI=true)");
+        }
+        eprintln!("SKIPPED (not CI): {what}");
+        None
+    };
+    if !script.exists() {
+        return missing(format!(
+            "{} not found (set PALISADE_REALCLIENTS)",
+            script.display()
+        ));
+    }
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        return missing("kubectl not found (Debian package kubernetes-client)".into());
+    }
+    let work = std::env::temp_dir().join(format!("palisade-crds-apiserver-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(&script)
+        .arg("start")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let mut server = ApiServer {
+        script: script.clone(),
+        dir: work.clone(),
+        kubeconfig: PathBuf::new(),
+    };
+    assert!(
+        out.status.success(),
+        "start-apiserver.sh failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    server.kubeconfig = PathBuf::from(kubeconfig);
+    Some(server)
+}
+
+fn kubectl(s: &ApiServer, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig").arg(&s.kubeconfig).args(args);
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// POSTs a YAML object to the API server with `fieldValidation=Strict` (curl, so it does not
+/// depend on the kubectl version): `Ok` or the server's refusal message.
+fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
+    let env = std::fs::read_to_string(s.dir.join("env")).unwrap();
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing from the API server's env file"))
+            .to_string()
+    };
+    let obj: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    let kind = obj["kind"].as_str().unwrap();
+    let path = match (kind, obj["metadata"]["namespace"].as_str()) {
+        ("PalisadeNetworkPolicy", Some(ns)) => format!("namespaces/{ns}/palisadenetworkpolicies"),
+        ("PalisadeClusterNetworkPolicy", None) => "palisadeclusternetworkpolicies".to_string(),
+        other => panic!("unexpected object {other:?}"),
+    };
+    let url = format!(
+        "{}/apis/policy.palisade.dev/v1alpha1/{path}?fieldValidation=Strict",
+        var("APISERVER_URL")
+    );
+    let mut child = Command::new("curl")
+        .args(["-sS", "--cacert", &var("APISERVER_CA"), "-H"])
+        .arg(format!("Authorization: Bearer {}", var("APISERVER_TOKEN")))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+            &url,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(obj.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if reply["kind"] == "Status" && reply["status"] == "Failure" {
+        return Err(reply["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(reply["kind"], kind, "unexpected reply {reply}");
+    Ok(())
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn refused(o: &Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "{what} was accepted: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    err
+}
+
+const VALID_PNP: &str = r#"
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: everything, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  mode: Audit
+  defaultDeny: {egress: false}
+  ingress:
+  - name: reads
+    from:
+    - podSelector: {matchLabels: {app: frontend}}
+      namespaceSelector: {matchExpressions: [{key: env, operator: In, values: [prod]}]}
+    - entity: kube-apiserver
+    ports:
+    - port: 8080
+      http: [{method: GET, path: "/api/.*", host: "api\\.example\\.com", headers: [{name: x-tenant}, {name: x-env, value: prod}, {name: authorization, regex: "Bearer .+"}]}]
+    - {port: http, protocol: TCP}
+  - action: Deny
+    log: no-deletes
+    ports: [{port: 8080, http: [{method: DELETE}]}]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{protocol: UDP, port: 53, endPort: 54}]
+"#;
+
+const VALID_PCNP: &str = r#"
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeClusterNetworkPolicy
+metadata: {name: no-metadata-service}
+spec:
+  namespaceSelector: {}
+  egress:
+  - action: Deny
+    to: [{ipBlock: {cidr: 169.254.169.254/32}}]
+"#;
+
+#[test]
+fn the_real_api_server_accepts_the_crds_and_validates_policies_with_them() {
+    let Some(s) = apiserver() else { return };
+    let crds = repo().join("deploy/crds");
+    let crds = crds.to_str().unwrap();
+    ok(&kubectl(
+        &s,
+        &["apply", "--dry-run=client", "-f", crds],
+        None,
+    ));
+    ok(&kubectl(&s, &["apply", "--server-side", "-f", crds], None));
+    ok(&kubectl(
+        &s,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/palisadenetworkpolicies.policy.palisade.dev",
+            "crd/palisadeclusternetworkpolicies.policy.palisade.dev",
+        ],
+        None,
+    ));
+    ok(&kubectl(&s, &["create", "namespace", "production"], None));
+    ok(&kubectl(
+        &s,
+        &["apply", "--server-side", "--validate=strict", "-f", "-"],
+        Some(VALID_PNP),
+    ));
+    ok(&kubectl(
+        &s,
+        &["apply", "--server-side", "--validate=strict", "-f", "-"],
+        Some(VALID_PCNP),
+    ));
+    // The examples apply as they are.
+    let example = repo().join("examples/l7/30-admin-guard.yaml");
+    ok(&kubectl(
+        &s,
+        &[
+            "apply",
+            "--server-side",
+            "--validate=strict",
+            "-f",
+            example.to_str().unwrap(),
+        ],
+        None,
+    ));
+    // The schema refuses what the types refuse.
+    let bad_mode = VALID_PNP
+        .replace("mode: Audit", "mode: Sometimes")
+        .replace("name: everything", "name: bad-mode");
+    let e = refused(
+        &kubectl(&s, &["apply", "--server-side", "-f", "-"], Some(&bad_mode)),
+        "mode: Sometimes",
+    );
+    assert!(e.contains("spec.mode") && e.contains("Sometimes"), "{e}");
+    let bad_field = VALID_PCNP
+        .replace("egress:", "egres:")
+        .replace("no-metadata-service", "bad-field");
+    let e = refused(
+        &kubectl(
+            &s,
+            &["apply", "--server-side", "--validate=strict", "-f", "-"],
+            Some(&bad_field),
+        ),
+        "an unknown field",
+    );
+    assert!(e.contains("egres"), "{e}");
+    let bad_entity = VALID_PCNP
+        .replace(
+            "- action: Deny\n    to: [{ipBlock: {cidr: 169.254.169.254/32}}]",
+            "- to: [{entity: everything}]",
+        )
+        .replace("no-metadata-service", "bad-entity");
+    let e = refused(
+        &kubectl(
+            &s,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&bad_entity),
+        ),
+        "entity: everything",
+    );
+    assert!(e.contains("entity"), "{e}");
+    // Printer columns and short names.
+    let table = ok(&kubectl(&s, &["get", "pnp", "-n", "production"], None));
+    let header = table.lines().next().unwrap_or_default();
+    for col in ["NAME", "MODE", "ACCEPTED", "AGE"] {
+        assert!(header.contains(col), "{table}");
+    }
+    assert!(
+        table.contains("everything") && table.contains("Audit"),
+        "{table}"
+    );
+    let cluster = ok(&kubectl(&s, &["get", "pcnp"], None));
+    assert!(cluster.contains("no-metadata-service"), "{cluster}");
+    let all = ok(&kubectl(&s, &["get", "palisade", "-A"], None));
+    assert!(all.contains("admin-guard"), "{all}");
+    let _ = Path::new(crds);
+}
