@@ -129,11 +129,21 @@ pub fn evaluate(a: &Analysis, flow: &Flow, query: &HttpQuery) -> HttpOutcome {
         if status.is_none() {
             status = d.status();
         }
+        // A request no rule allows is denied by the policy rules whose HTTP rules were read.
+        let rule = origin.map(|o| origin_name(a, &o)).or_else(|| {
+            let mut names: Vec<String> = compiled
+                .origins
+                .iter()
+                .map(|o| crate::scenario::rule_name(a, o.rule_id))
+                .collect();
+            names.dedup();
+            (!names.is_empty()).then(|| names.join(", "))
+        });
         sides.push(SideL7 {
             direction: dir,
             decision: decision.to_string(),
             status: d.status(),
-            rule: origin.map(|o| origin_name(a, &o)),
+            rule,
             steps,
         });
     }
@@ -205,7 +215,8 @@ pub fn to_text(query: &HttpQuery, o: &HttpOutcome) -> String {
         let verdict = match (side.decision.as_str(), &side.rule) {
             ("allow", Some(r)) => format!("allowed by {r}"),
             ("deny", Some(r)) => format!("denied (403) by {r}"),
-            ("no-match", _) => "denied (403): no HTTP rule allows it".to_string(),
+            ("no-match", Some(r)) => format!("denied (403): no HTTP rule of {r} allows it"),
+            ("no-match", None) => "denied (403): no HTTP rule allows it".to_string(),
             ("ambiguous", _) => "refused (400): a header a rule reads is repeated".to_string(),
             (d, _) => format!("{d} ({})", side.status.unwrap_or(403)),
         };

@@ -568,9 +568,17 @@ fn http_result(o: &crate::l7::HttpOutcome, l4: String) -> (Expect, String) {
                 );
             }
             "no-match" => {
+                let of = if rule.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {rule}")
+                };
                 return (
                     Expect::Deny403,
-                    format!("denied (403): no HTTP rule allows it ({})", side.direction),
+                    format!(
+                        "denied (403): no HTTP rule{of} allows it ({})",
+                        side.direction
+                    ),
                 );
             }
             _ => {

@@ -284,7 +284,7 @@ fn l7_scenarios_of_the_examples_pass_with_their_rules_named() {
     assert!(out.contains("allowed by CiliumNetworkPolicy production/l7-frontend-policy ingress[0] http[0] (GET /api/v1/data)"), "{out}");
     assert!(
         out.contains(
-            "deny-403 (expected deny-403); denied (403): no HTTP rule allows it (ingress)"
+            "deny-403 (expected deny-403); denied (403): no HTTP rule of PalisadeNetworkPolicy production/admin-guard ingress[0], PalisadeNetworkPolicy production/admin-guard ingress[1], CiliumNetworkPolicy production/l7-frontend-policy ingress[0] allows it (ingress)"
         ),
         "{out}"
     );
@@ -322,7 +322,7 @@ fn explain_walks_the_http_rules_on_the_normalized_request() {
         "{out}"
     );
     assert!(
-        out.contains("decision: denied (403): no HTTP rule allows it"),
+        out.contains("decision: denied (403): no HTTP rule of "),
         "{out}"
     );
     let json = run(&[

@@ -307,6 +307,13 @@ fn render_flow_as(
     if let Some(r) = &rule {
         ext.insert("rule".into(), json!(rule_text(r)));
         ext.insert("rule_index".into(), json!(r.index));
+        let (name, marker) = resolver.rule_labels(r);
+        if let Some(n) = name {
+            ext.insert("rule_name".into(), json!(n));
+        }
+        if let Some(m) = marker {
+            ext.insert("log".into(), json!(m));
+        }
     } else if ev.rule_id == abi::RULE_ID_NOT_ISOLATED {
         ext.insert("rule".into(), json!("not isolated"));
     } else if ev.rule_id == abi::RULE_ID_HOST {

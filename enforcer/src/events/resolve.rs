@@ -38,6 +38,10 @@ pub trait FlowResolver {
     fn match_type(&self, _rule: &RuleRef) -> u32 {
         super::render::MATCH_NONE
     }
+    /// The rule's own name and log marker (Palisade's policy kinds), when it has them.
+    fn rule_labels(&self, _rule: &RuleRef) -> (Option<String>, Option<String>) {
+        (None, None)
+    }
 }
 
 /// A [`FlowResolver`] over a compiled engine (which also holds this node's registered
@@ -115,6 +119,16 @@ impl FlowResolver for EngineResolver<'_> {
 
     fn interface_name(&self, ifindex: u32) -> Option<String> {
         self.interfaces.get(&ifindex).cloned()
+    }
+
+    fn rule_labels(&self, r: &RuleRef) -> (Option<String>, Option<String>) {
+        self.engine
+            .cluster()
+            .policies
+            .get(&r.policy)
+            .and_then(|p| p.rules(r.direction)?.get(r.index))
+            .map(|rule| (rule.name.clone(), rule.log.clone()))
+            .unwrap_or_default()
     }
 
     fn match_type(&self, rule: &RuleRef) -> u32 {

@@ -576,3 +576,57 @@ fn a_policy_denial_is_a_policy_verdict_then_a_drop() {
         MATCH_ALL
     );
 }
+
+#[test]
+fn a_palisade_rule_carries_its_name_kind_and_log_marker_into_the_record() {
+    let extra = r#"
+---
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: guard, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - name: no-web-ssh
+    action: Deny
+    log: ssh-attempt
+    from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 22}]
+"#;
+    let loaded = load_str(
+        "test.yaml",
+        &format!("{MANIFESTS}{extra}"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
+        .unwrap()
+        .0;
+    let id = e
+        .rules()
+        .id(&RuleRef {
+            policy: PolicyRef {
+                kind: policy_compiler::rules::PolicyKind::PalisadeNetworkPolicy,
+                namespace: "shop".into(),
+                name: "guard".into(),
+            },
+            direction: Direction::Ingress,
+            index: 0,
+        })
+        .unwrap();
+    let mut ev = event(&e);
+    ev.verdict = abi::EVENT_VERDICT_DROPPED;
+    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
+    ev.dport_be = 22u16.to_be();
+    ev.rule_id = id;
+    let lines = render_all(&e, &ev);
+    let flow = &lines.last().unwrap()["flow"];
+    let ext = &flow["extensions"]["value"];
+    assert_eq!(ext["rule_name"], "no-web-ssh", "{flow}");
+    assert_eq!(ext["log"], "ssh-attempt", "{flow}");
+    assert_eq!(
+        flow["ingress_denied_by"][0]["kind"], "PalisadeNetworkPolicy",
+        "{flow}"
+    );
+    assert_eq!(flow["ingress_denied_by"][0]["name"], "guard", "{flow}");
+}
