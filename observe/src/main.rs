@@ -377,6 +377,18 @@ impl Sink<'_> {
         let Ok(text) = std::str::from_utf8(raw) else {
             return Ok(true);
         };
+        // Printed as logged and decided by the prefilter alone: no parse.
+        if let Sink::Print {
+            format: Format::Json | Format::JsonPb,
+            first: None,
+            ..
+        } = self
+            && q.prefilter_exact()
+            && raw.starts_with(b"{\"flow\"")
+        {
+            self.emit(text.to_string())?;
+            return Ok(true);
+        }
         let Ok(line) = Line::parse(text) else {
             return Ok(true);
         };
@@ -484,12 +496,113 @@ fn for_lines(
     data: &[u8],
     mut f: impl FnMut(&[u8]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<bool> {
-    for line in data.split(|&b| b == b'\n') {
-        if !f(line)? {
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', data) {
+        if !f(&data[start..end])? {
             return Ok(false);
         }
+        start = end + 1;
+    }
+    if start < data.len() && !f(&data[start..])? {
+        return Ok(false);
     }
     Ok(true)
+}
+
+/// `data` cut at line ends into about `n` pieces.
+fn chunks(data: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = data;
+    for i in (1..n.max(1)).rev() {
+        let want = rest.len() / (i + 1);
+        let cut = match memchr::memchr(b'\n', &rest[want..]) {
+            Some(k) => want + k + 1,
+            None => rest.len(),
+        };
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out.push(rest);
+    out
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The lines of `data` matching `q`, formatted, filtered on every core; in file order.
+fn print_parallel(
+    data: &[u8],
+    q: &Query,
+    pre: &query::Prefilter,
+    format: Format,
+    policy_names: bool,
+    node: bool,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks(data, threads())
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || -> anyhow::Result<Vec<u8>> {
+                    let mut buf = Vec::with_capacity(c.len() / 4);
+                    {
+                        let mut sink = Sink::Print {
+                            out: &mut buf,
+                            format,
+                            policy_names,
+                            node,
+                            first: None,
+                            last: None,
+                            last_n: 0,
+                            rows: Vec::new(),
+                            printed: 0,
+                        };
+                        for_lines(c, |l| sink.line(l, q, pre))?;
+                        sink.finish()?;
+                    }
+                    Ok(buf)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a filter thread panicked"))?
+            })
+            .collect()
+    })
+}
+
+/// The summary of `data`, counted on every core.
+fn summary_parallel(data: &[u8], q: &Query, pre: &query::Prefilter) -> anyhow::Result<Summary> {
+    let parts: Vec<Summary> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks(data, threads())
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || -> anyhow::Result<Summary> {
+                    let mut sink = Sink::Summary(Summary::default());
+                    for_lines(c, |l| sink.line(l, q, pre))?;
+                    match sink {
+                        Sink::Summary(s) => Ok(s),
+                        Sink::Print { .. } => Ok(Summary::default()),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a summary thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut total = Summary::default();
+    for p in parts {
+        total.merge(p);
+    }
+    Ok(total)
 }
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -528,14 +641,11 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "-o {fmt:?} with --summary: text, json, dot or svg"
             )));
         }
-        let mut sink = Sink::Summary(Summary::default());
+        let mut s = Summary::default();
         for f in &files {
             let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            for_lines(&data, |l| sink.line(l, &q, &pre))?;
+            s.merge(summary_parallel(&data, &q, &pre)?);
         }
-        let Sink::Summary(mut s) = sink else {
-            return Ok(ExitCode::SUCCESS);
-        };
         s.finish();
         match fmt {
             "json" => writeln!(out, "{}", serde_json::to_string_pretty(&s.json(a.top))?)?,
@@ -572,6 +682,39 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         printed: 0,
     };
     let _ = a.all;
+    if a.first.is_none() && a.last.is_none() && format != Format::Table {
+        // Every core filters a piece of each file; pieces are printed in order.
+        drop(sink);
+        for f in &files {
+            let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            for buf in print_parallel(
+                &data,
+                &q,
+                &pre,
+                format,
+                a.print_policy_names,
+                a.print_node_name,
+            )? {
+                out.write_all(&buf)?;
+            }
+        }
+        out.flush()?;
+        if a.follow {
+            let mut sink = Sink::Print {
+                out: &mut out,
+                format,
+                policy_names: a.print_policy_names,
+                node: a.print_node_name,
+                first: None,
+                last: None,
+                last_n: 0,
+                rows: Vec::new(),
+                printed: 0,
+            };
+            follow(&paths[0], &mut sink, &q, &pre)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     for f in &files {
         let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         if !for_lines(&data, |l| sink.line(l, &q, &pre))? {

@@ -218,9 +218,25 @@ impl Filter {
                 .map(|p| format!("\"name\":{}", q(&p.name)))
                 .collect()),
             Filter::Rule(rs) => v(rs.iter().map(|r| format!("\"rule\":{}", q(r))).collect()),
-            Filter::Uuid(us) => v(us.iter().map(|u| q(u)).collect()),
+            Filter::Uuid(us) => v(us.iter().map(|u| format!("\"uuid\":{}", q(u))).collect()),
             Filter::Port(_, ps) => v(ps.iter().map(|p| format!("_port\":{p}")).collect()),
             _ => None,
+        }
+    }
+}
+
+impl Filter {
+    /// Whether the needles decide this filter for a flow line on their own: the key is
+    /// unique in a flow line (`verdict`, `drop_reason_desc`, `extensions.value.rule`,
+    /// `uuid`) and a value is written one way (the renderer's serde_json: a string with a
+    /// quote is escaped, so `"key":"value"` cannot occur inside another string).
+    fn needles_exact(&self) -> bool {
+        match self {
+            Filter::Verdict(vs) | Filter::DropReason(vs) => {
+                vs.iter().all(|v| *v == v.to_ascii_uppercase())
+            }
+            Filter::Rule(_) | Filter::Uuid(_) => true,
+            _ => false,
         }
     }
 }
@@ -228,6 +244,12 @@ impl Filter {
 impl Query {
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
+    }
+
+    /// Whether [`Prefilter::may_match`] alone decides a flow line (no parse needed when the
+    /// line is printed as logged).
+    pub fn prefilter_exact(&self) -> bool {
+        !self.filters.is_empty() && self.filters.iter().all(Filter::needles_exact)
     }
 
     pub fn matches(&self, f: &Flow) -> bool {

@@ -147,6 +147,40 @@ impl Summary {
         }
     }
 
+    /// Adds another summary's counts (of other lines) to this one, before
+    /// [`Summary::finish`].
+    pub fn merge(&mut self, o: Summary) {
+        self.decisions += o.decisions;
+        for (v, n) in o.by_verdict {
+            *self.by_verdict.entry(v).or_default() += n;
+        }
+        self.lost += o.lost;
+        if let Some(t) = o.first
+            && self.first.as_ref().is_none_or(|f| t < *f)
+        {
+            self.first = Some(t);
+        }
+        if let Some(t) = o.last
+            && self.last.as_ref().is_none_or(|l| t > *l)
+        {
+            self.last = Some(t);
+        }
+        for (p, c) in o.policies {
+            let e = self.policies.entry(p).or_default();
+            e.allowed += c.allowed;
+            e.denied += c.denied;
+            e.audit += c.audit;
+        }
+        for (n, ns) in o.nodes {
+            self.nodes.entry(n).or_insert(ns);
+        }
+        for (k, (out, by)) in o.conns {
+            let e = self.conns.entry(k).or_insert((out, BTreeSet::new()));
+            e.0 = e.0.max(out);
+            e.1.extend(by);
+        }
+    }
+
     /// Folds connections into talkers, denied pairs and edges; call once after the last
     /// [`Summary::add`].
     pub fn finish(&mut self) {

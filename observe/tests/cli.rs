@@ -105,6 +105,13 @@ fn policy_rule_and_hubble_filters_select_what_the_fields_say() {
     );
     assert!(!got.is_empty());
 
+    // The raw fast path (verdict decided by the prefilter alone, printed as logged) equals
+    // the parsed path (--since the epoch forces a parse).
+    let fast = flows(&["--verdict", "DROPPED"]);
+    let parsed = flows(&["--verdict", "DROPPED", "--since", "1970-01-01T00:00:00Z"]);
+    assert_eq!(fast, parsed);
+    assert_eq!(fast.len(), count(&|f| f["verdict"] == "DROPPED"));
+
     // A rule, in both spellings.
     let a = flows(&["--rule", "hb/web:ingress:1"]);
     let b = flows(&["--rule", "hb/web ingress rule #1"]);

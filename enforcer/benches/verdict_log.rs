@@ -1,0 +1,174 @@
+//! The verdict log's write path and what the hash chain costs: N events rendered and
+//! written (a) as lines without a chain (the baseline: render + `RotatingWriter`, as
+//! before chaining) and (b) through `FlowLogger` (render + seal each line + write, a
+//! signed checkpoint every 10,000 records), same events, same run. Prints events/s and the
+//! ratio. `cargo bench -p palisade-enforcer --bench verdict_log`;
+//! `PALISADE_VERDICT_BENCH_EVENTS` sets N (default 300,000).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark")]
+
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+use palisade_enforcer::events::{
+    BootClock, EngineResolver, FlowIds, FlowLogger, RotatingWriter, render_lines,
+};
+use policy_compiler::abi::{self, VerdictEvent};
+use policy_compiler::manifest::{LoadOptions, load_str};
+use policy_compiler::{Engine, EngineConfig};
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 5432}]
+"#;
+
+fn events(e: &Engine, n: usize) -> Vec<VerdictEvent> {
+    let rule = e
+        .rules()
+        .resolve(16)
+        .map(|_| 16)
+        .unwrap_or(abi::RULE_ID_NONE);
+    (0..n)
+        .map(|i| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[10, 0, 0, 1]);
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&[10, 0, 0, 2]);
+            let deny = i % 4 == 0;
+            VerdictEvent {
+                time_ns: 1_000_000 * i as u64,
+                saddr: a,
+                daddr: b,
+                sport_be: (30000 + (i % 30000) as u16).to_be(),
+                dport_be: 5432u16.to_be(),
+                protocol: 6,
+                family: 4,
+                direction: abi::DIRECTION_INGRESS,
+                verdict: if deny {
+                    abi::EVENT_VERDICT_DROPPED
+                } else {
+                    abi::EVENT_VERDICT_FORWARDED
+                },
+                kind: abi::EVENT_KIND_NEW_FLOW,
+                tcp_flags: 2,
+                drop_reason: if deny {
+                    abi::DROP_POLICY_DENIED as u16
+                } else {
+                    0
+                },
+                ifindex: 3,
+                src_identity: e.endpoint_identity("shop/web-1").unwrap_or(0),
+                dst_identity: e.endpoint_identity("shop/db-0").unwrap_or(0),
+                rule_id: if deny { abi::RULE_ID_NONE } else { rule },
+                revision: 1,
+                proxy_port_be: 0,
+                pad: 0,
+                packet_len: 74,
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let n: usize = std::env::var("PALISADE_VERDICT_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let loaded = load_str("bench.yaml", MANIFESTS, &LoadOptions::default()).unwrap();
+    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
+        .unwrap()
+        .0;
+    let r = EngineResolver::new(&e);
+    let evs = events(&e, n);
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let base_path = dir.join(format!(
+        "palisade-vl-bench-plain-{}.jsonl",
+        std::process::id()
+    ));
+    let chain_path = dir.join(format!(
+        "palisade-vl-bench-chain-{}.jsonl",
+        std::process::id()
+    ));
+    let clock = BootClock::with_offset(1_700_000_000_000_000_000);
+
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    let mut lines = 0usize;
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&base_path);
+        let _ = std::fs::remove_file(&chain_path);
+        // (a) render + write, no chain.
+        let mut w = RotatingWriter::open(&base_path, 1 << 40, 1, false).unwrap();
+        let mut ids = FlowIds::with_seed(1);
+        let t0 = Instant::now();
+        lines = 0;
+        for ev in &evs {
+            for l in render_lines(ev, &r, "node-a", clock.to_wall(ev.time_ns), &mut || {
+                ids.next_id()
+            }) {
+                w.write_line(&l).unwrap();
+                lines += 1;
+            }
+        }
+        w.flush().unwrap();
+        best.0 = best.0.min(t0.elapsed().as_secs_f64());
+
+        // (b) FlowLogger: render + chain + write, a checkpoint every 10,000 records.
+        let w = RotatingWriter::open(&chain_path, 1 << 40, 1, false).unwrap();
+        let mut log = FlowLogger::new(w, "node-a", clock)
+            .unwrap()
+            .with_key(SigningKey::from_bytes(&[7; 32]));
+        let t0 = Instant::now();
+        for (i, ev) in evs.iter().enumerate() {
+            log.log(ev, &r).unwrap();
+            if i % 10_000 == 9_999 {
+                log.checkpoint().unwrap();
+            }
+        }
+        log.flush().unwrap();
+        best.1 = best.1.min(t0.elapsed().as_secs_f64());
+    }
+    let plain = std::fs::metadata(&base_path).unwrap().len();
+    let chained = std::fs::metadata(&chain_path).unwrap().len();
+    println!("{n} events, {lines} lines (a policy denial is two), best of 3");
+    println!(
+        "render + write, no chain (baseline): {:.3} s, {:.0} events/s, {:.1} MB",
+        best.0,
+        n as f64 / best.0,
+        plain as f64 / 1e6
+    );
+    println!(
+        "render + chain + write (FlowLogger): {:.3} s, {:.0} events/s, {:.1} MB",
+        best.1,
+        n as f64 / best.1,
+        chained as f64 / 1e6
+    );
+    println!(
+        "chain cost: {:.2}x the baseline's time, +{:.0} ns per line, +{:.1}% bytes",
+        best.1 / best.0,
+        (best.1 - best.0) * 1e9 / lines as f64,
+        (chained as f64 / plain as f64 - 1.0) * 100.0
+    );
+    let _ = std::fs::remove_file(&base_path);
+    let _ = std::fs::remove_file(&chain_path);
+}
