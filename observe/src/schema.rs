@@ -274,6 +274,12 @@ pub struct Details {
     pub rule: String,
     #[serde(default)]
     pub rule_index: Option<u32>,
+    /// The rule's name, when its policy kind names rules.
+    #[serde(default)]
+    pub rule_name: String,
+    /// The rule's log marker, when it has one.
+    #[serde(default)]
+    pub log: String,
     #[serde(default)]
     pub isolated_by: Vec<String>,
     #[serde(default)]

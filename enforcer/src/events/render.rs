@@ -12,29 +12,14 @@ use policy_compiler::rules::{PolicyRef, RuleRef};
 use super::clock::WallTime;
 use super::resolve::{FlowEndpoint, FlowResolver};
 
-/// `@type` of `flow.extensions`: a well-known type every protobuf JSON reader resolves
-/// (hubble rejects a whole line whose `Any` names a type it does not know). The Palisade
-/// details are the Struct's `value`.
-pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
+// The record schema's constants live once, in `palisade_observe::schema`.
+pub use palisade_observe::schema::{
+    EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, MATCH_ALL, MATCH_L3_L4,
+    MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE,
+};
+
 /// The policy kind of a Kubernetes NetworkPolicy (`*_by[].kind`; other kinds name their own).
 pub const POLICY_KIND: &str = "NetworkPolicy";
-
-/// Hubble `event_type.type` of a drop notification.
-pub const EVENT_TYPE_DROP: u8 = 1;
-/// Hubble `event_type.type` of a policy verdict notification.
-pub const EVENT_TYPE_POLICY_VERDICT: u8 = 5;
-
-/// Cilium `policy_match_type` values (`pkg/monitor/api`), as `hubble observe` prints them
-/// after `policy-verdict:`. 0 (`none`) is left out of the line, as protojson does.
-pub const MATCH_NONE: u32 = 0;
-/// `L3-Only`: the rule names peers and no ports.
-pub const MATCH_L3_ONLY: u32 = 1;
-/// `L3-L4`: peers and ports.
-pub const MATCH_L3_L4: u32 = 2;
-/// `L4-Only`: ports from any peer.
-pub const MATCH_L4_ONLY: u32 = 3;
-/// `all`: any peer, any port (also a direction no policy isolates).
-pub const MATCH_ALL: u32 = 4;
 
 /// Whether a drop is a policy decision (Hubble reports those twice: a policy-verdict event
 /// and a drop event).
