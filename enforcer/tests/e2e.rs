@@ -1228,6 +1228,22 @@ fn sigkill_and_restart_under_traffic_break_nothing_and_let_nothing_through() {
         dropped_allowed.join("\n  ")
     );
 
+    // The verdict log's hash chain survived the SIGKILL: the restarted agent continued it
+    // (from the last record on disk, with the same key) and it verifies end to end.
+    let rep = palisade_observe::verify::verify_log(
+        &c.enforcer.verdict_log(),
+        &palisade_observe::verify::Options::default(),
+    )
+    .unwrap();
+    assert!(rep.ok(), "{:?}", rep.problem);
+    assert!(rep.checkpoints >= 2, "a start checkpoint per run: {rep:?}");
+    assert_eq!(
+        rep.keys.len(),
+        1,
+        "one node key across the restart: {rep:?}"
+    );
+    assert_eq!(rep.first_seq, 1);
+
     // The restarted agent took the pinned links over instead of re-attaching: the first
     // start adopted none, the second both hooks of both pods.
     let log = c.log();
