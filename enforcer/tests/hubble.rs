@@ -209,7 +209,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     std::fs::write(src.join("policy.yaml"), POLICIES).unwrap();
     let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
     let _ = std::fs::remove_dir_all(&src);
-    let enforcer = enforcer.unwrap_or_else(|e| panic!("starting the enforcer: {e}"));
+    let mut enforcer = enforcer.unwrap_or_else(|e| panic!("starting the enforcer: {e}"));
 
     let pod = |ns: &str, name: &str, host: u8, app: &str| {
         let p = node.add_pod(ns, name, v4(host), None).unwrap();
@@ -358,7 +358,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
         assert!(compact.contains(want), "no {want:?} in:\n{compact}");
     }
 
-    // The same log is a verifiable chain signed by the key status reports.
+    // The node key, from status.
     let key = match enforcer.request(&palisade_api::Request::Status).unwrap() {
         palisade_api::Response::Status {
             verdict_log: Some(v),
@@ -366,8 +366,50 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
         } => v.key.expect("status names the verdict log key"),
         other => panic!("status: {other:?}"),
     };
+    // Real ring-buffer losses: with the agent stopped (SIGSTOP) nothing drains the 4 MiB
+    // ring, so a flood of new tuples (each a decision at both hooks) overruns it; resumed,
+    // the agent reports the datapath's lost-events counter as a loss line.
+    let pid = nix::unistd::Pid::from_raw(enforcer.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let flood = x.run_in(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut sent = 0u32;
+        for port in 20000u16..62000 {
+            if s.send_to(b"x", (v4(10), port)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(flood.unwrap() > 40_000);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let raw = std::fs::read_to_string(enforcer.verdict_log()).unwrap_or_default();
+        if raw.contains("\"PERF_EVENT_RING_BUFFER\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped, the agent has written its last lines and a closing checkpoint.
+    enforcer.stop();
+    let full = std::fs::read_to_string(enforcer.verdict_log()).unwrap();
+    let full_log = dir.join("full.jsonl");
+    std::fs::write(&full_log, &full).unwrap();
+    let full_flows = full.lines().filter(|l| l.starts_with("{\"flow\"")).count();
+    let real_lost = full
+        .lines()
+        .filter(|l| l.contains("\"PERF_EVENT_RING_BUFFER\""))
+        .count();
+    assert!(real_lost >= 1, "no loss line after overrunning the ring");
+    let (every, lost, stderr) = observe(&hubble, &full_log, &[]);
+    assert_eq!(stderr, "", "hubble warned on the flooded log");
+    assert_eq!(every.len(), full_flows);
+    assert_eq!(lost, real_lost);
+
+    // The whole log is a verifiable chain signed by the key status reported.
     let rep = palisade_observe::verify::verify(
-        std::slice::from_ref(&log),
+        std::slice::from_ref(&full_log),
         &palisade_observe::verify::Options {
             key: palisade_observe::chain::unhex::<32>(&key),
             anchor: None,
@@ -376,7 +418,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     .unwrap();
     assert!(rep.ok(), "{:?}", rep.problem);
     assert!(
-        rep.checkpoints >= 1 && rep.records > flows.len() as u64 / 2,
+        rep.checkpoints >= 2 && rep.records as usize > full_flows,
         "{rep:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

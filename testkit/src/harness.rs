@@ -235,6 +235,11 @@ impl Enforcer {
             .unwrap_or(0)
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: the agent gets no chance to clean up (links and maps stay pinned).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
