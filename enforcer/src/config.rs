@@ -98,7 +98,13 @@ pub struct Config {
     /// network namespace the agent enforces in, except loopback, unspecified, multicast and
     /// IPv6 link-local ([`crate::node::own_addresses`]), read at start. An empty list: none.
     pub node_addresses: Option<Vec<std::net::IpAddr>>,
+    /// Where the Prometheus metrics are served (`GET /metrics`, OpenMetrics text); `null`
+    /// turns them off. Default [`DEFAULT_METRICS_ADDRESS`].
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
+
+/// The metrics endpoint's default address: loopback of the enforced network namespace.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9963";
 
 impl Default for Config {
     fn default() -> Self {
@@ -122,6 +128,7 @@ impl Default for Config {
             manifest_max_documents: manifest::DEFAULT_MAX_DOCUMENTS,
             manifest_max_nodes: manifest::DEFAULT_MAX_NODES,
             node_addresses: None,
+            metrics_address: DEFAULT_METRICS_ADDRESS.parse().ok(),
         }
     }
 }

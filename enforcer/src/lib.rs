@@ -7,6 +7,7 @@ pub mod events;
 pub mod lock;
 pub mod logging;
 pub mod maps;
+pub mod metrics;
 pub mod node;
 pub mod source;
 pub mod sync;

@@ -96,6 +96,10 @@ struct RunArgs {
     /// Fail instead of mounting a bpffs on the pin root.
     #[arg(long)]
     no_mount: bool,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), or `off`. Default
+    /// 127.0.0.1:9963, in the enforced network namespace.
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_address)]
+    metrics_address: Option<Option<std::net::SocketAddr>>,
     /// Only warnings and errors on stderr (no narration).
     #[arg(long)]
     quiet: bool,
@@ -157,6 +161,16 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_metrics_address(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match s {
+        "off" | "none" => Ok(None),
+        s => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{s:?}: expected ADDRESS:PORT (e.g. 127.0.0.1:9963) or off")),
+    }
+}
+
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let env = SystemEnv;
     let mut config = Config::load(a.config.as_deref(), &env)?;
@@ -177,6 +191,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !a.node_address.is_empty() {
         config.node_addresses = Some(a.node_address);
+    }
+    if let Some(v) = a.metrics_address {
+        config.metrics_address = v;
     }
     let config = config.resolve(&env);
     if let Err(e) = config.validate() {

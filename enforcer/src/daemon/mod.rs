@@ -103,6 +103,8 @@ pub struct Daemon {
     state_dir: PathBuf,
     /// What status reports of the verdict log's chain (set by the events thread).
     verdict_log: Mutex<VerdictLogStatus>,
+    /// What only the metrics endpoint reports (delays, changes by outcome, lost records).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 use palisade_api::VerdictLogStatus;
@@ -234,6 +236,7 @@ impl Daemon {
             source,
             state_dir: opts.state_dir.clone(),
             verdict_log: Mutex::new(VerdictLogStatus::default()),
+            metrics: crate::metrics::Metrics::default(),
         };
         match imported {
             Ok(0) => {}
@@ -322,6 +325,11 @@ impl Daemon {
         } = st;
         let was_dirty = synced.is_dirty();
         let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+        if result.is_ok() {
+            self.metrics
+                .revision
+                .store(u64::from(revision), std::sync::atomic::Ordering::Relaxed);
+        }
         // The health lock is released before logging: `status` never waits for a write.
         let failed_updates = {
             let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
@@ -432,18 +440,35 @@ impl Daemon {
         // Kept to go back to when the maps cannot hold the result: the model then stays
         // what the maps enforce (the last good policy), and the next change builds on it.
         let last_good = st.engine.clone();
-        st.engine.apply(merged)?;
+        let counted = |c: &std::sync::atomic::AtomicU64| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        if let Err(e) = st.engine.apply(merged) {
+            counted(&self.metrics.changes_refused);
+            return Err(e.into());
+        }
         let revision = st.revision + 1;
         let stats = match self.sync(&mut st, revision) {
             Ok(s) => s,
             Err(e @ sync::SyncError::CapacityExceeded(_)) => {
                 st.engine = last_good;
+                counted(&self.metrics.changes_refused);
                 return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                counted(&self.metrics.changes_failed);
+                return Err(e.into());
+            }
         };
         st.revision = revision;
         drop(st);
+        counted(&self.metrics.changes_applied);
+        self.metrics
+            .revision
+            .store(u64::from(revision), std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .implementation_delay
+            .observe(t0.elapsed().as_secs_f64());
         info!(
             policy.revision = revision,
             policy.changes = n,

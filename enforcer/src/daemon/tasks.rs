@@ -78,7 +78,11 @@ impl Daemon {
                 last_tick = Instant::now();
                 let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
                 if lost != lost_seen {
-                    let _ = logger.observe_ring_lost(lost);
+                    if let Ok(n) = logger.observe_ring_lost(lost) {
+                        self.metrics
+                            .verdict_log_lost
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
                     lost_seen = lost;
                 }
                 // Checkpoints when something is unsigned: periodically and at shutdown.
@@ -150,6 +154,25 @@ impl Daemon {
             }
         };
         let api = tokio::spawn(server.serve(Arc::new(Registry(self.clone())), api_stop));
+        let metrics_task = config.metrics_address.map(|addr| {
+            let d = self.clone();
+            let health: Arc<dyn Fn() -> Health + Send + Sync> = Arc::new(move || d.health());
+            let mut rx = stop_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let serve =
+                crate::metrics::serve(addr, config.pin_dir(), health, self.metrics.clone(), stop);
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    error!(
+                        error = e.to_string(),
+                        metrics.address = addr.to_string(),
+                        "metrics endpoint failed; enforcement is not affected"
+                    );
+                }
+            })
+        });
 
         let src_daemon = self.clone();
         let mut src_stop = stop_rx.clone();
@@ -211,6 +234,9 @@ impl Daemon {
         let _ = reconcile_task.await;
         events_stop.store(true, Ordering::Release);
         let _ = source_task.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         match api.await {
             Ok(r) => r?,
             Err(e) => error!(error = e.to_string(), "api task failed"),
