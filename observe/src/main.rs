@@ -94,7 +94,7 @@ struct Args {
     /// FORWARDED, DROPPED, AUDIT, REDIRECTED.
     #[arg(long, value_name = "VERDICT")]
     verdict: Vec<String>,
-    /// Event type: drop, policy-verdict.
+    /// Event type: drop, policy-verdict (l7 is accepted: no L7 events are logged yet).
     #[arg(short = 't', long = "type", value_name = "TYPE")]
     r#type: Vec<String>,
     /// Flows from or to this pod ([namespace/]name; a name prefix, as hubble).
@@ -433,7 +433,7 @@ impl Sink<'_> {
                 *printed += 1;
                 let s = match format {
                     Format::Compact => {
-                        output::compact(f, node.then_some(line.node_name.as_str()), *policy_names)
+                        output::compact(f, node.then_some(line.node_name.as_ref()), *policy_names)
                     }
                     Format::Dict => format!("{}\n------------", output::dict(f)),
                     Format::Json | Format::JsonPb => text.to_string(),

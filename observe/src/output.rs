@@ -33,9 +33,9 @@ fn endpoint(f: &Flow, src: bool) -> String {
         let (_, sp, dp) = f.l4_ports();
         let ip = f.ip.as_ref();
         if src {
-            (&f.source, ip.map(|i| i.source.as_str()), sp)
+            (&f.source, ip.map(|i| i.source.as_ref()), sp)
         } else {
-            (&f.destination, ip.map(|i| i.destination.as_str()), dp)
+            (&f.destination, ip.map(|i| i.destination.as_ref()), dp)
         }
     };
     let mut s = if !ep.pod_name.is_empty() {
@@ -68,7 +68,7 @@ fn id_suffix(ep: &crate::schema::Endpoint) -> String {
 /// `policy-verdict:L3-L4 INGRESS` or `POLICY_DENIED` (a drop event).
 pub fn type_text(f: &Flow) -> String {
     if f.event_type.r#type == EVENT_TYPE_DROP {
-        f.drop_reason_desc.clone()
+        f.drop_reason_desc.to_string()
     } else {
         format!(
             "policy-verdict:{} {}",
@@ -78,11 +78,11 @@ pub fn type_text(f: &Flow) -> String {
     }
 }
 
-fn verdict_word(f: &Flow) -> &str {
+fn verdict_word<'a>(f: &'a Flow<'_>) -> &'a str {
     if f.event_type.r#type == EVENT_TYPE_DROP {
         return "DROPPED";
     }
-    match f.verdict.as_str() {
+    match f.verdict.as_ref() {
         "FORWARDED" => "ALLOWED",
         "DROPPED" => "DENIED",
         "AUDIT" => "AUDITED",
@@ -120,7 +120,7 @@ pub fn compact(f: &Flow, node: Option<&str>, policy_names_too: bool) -> String {
         endpoint(f, false),
         id_suffix(&f.destination),
         if f.event_type.r#type == EVENT_TYPE_DROP {
-            f.drop_reason_desc.clone()
+            f.drop_reason_desc.to_string()
         } else {
             format!(
                 "policy-verdict:{} {}",
@@ -179,7 +179,7 @@ pub fn dict(f: &Flow) -> String {
     }
     if let Some(r) = f
         .details()
-        .map(|d| d.rule.as_str())
+        .map(|d| d.rule.as_ref())
         .filter(|r| !r.is_empty())
     {
         let _ = writeln!(s, "       RULE: {r}");
@@ -195,8 +195,8 @@ pub fn table_row(f: &Flow) -> [String; 6] {
         format!("{} {}", endpoint(f, true), id_suffix(&f.source)),
         format!("{} {}", endpoint(f, false), id_suffix(&f.destination)),
         type_text(f),
-        f.verdict.clone(),
-        f.summary.clone(),
+        f.verdict.to_string(),
+        f.summary.to_string(),
     ]
 }
 

@@ -113,7 +113,7 @@ pub struct Query {
     pub filters: Vec<Filter>,
 }
 
-fn side_ep(f: &Flow, side: Side) -> Vec<&crate::schema::Endpoint> {
+fn side_ep<'f, 'a>(f: &'f Flow<'a>, side: Side) -> Vec<&'f crate::schema::Endpoint<'a>> {
     match side {
         Side::From => vec![&f.source],
         Side::To => vec![&f.destination],
@@ -121,12 +121,13 @@ fn side_ep(f: &Flow, side: Side) -> Vec<&crate::schema::Endpoint> {
     }
 }
 
-fn label_matches(labels: &[String], want: &str) -> bool {
+fn label_matches(labels: &[std::borrow::Cow<'_, str>], want: &str) -> bool {
     // hubble: `app=web` matches `k8s:app=web` (any source); `k8s:app=web` only that; a
     // key alone matches any value.
     labels.iter().any(|l| {
-        let bare = l.split_once(':').map_or(l.as_str(), |(_, rest)| rest);
-        let cand = if want.contains(':') { l.as_str() } else { bare };
+        let l: &str = l;
+        let bare = l.split_once(':').map_or(l, |(_, rest)| rest);
+        let cand = if want.contains(':') { l } else { bare };
         cand == want || cand.split_once('=').is_some_and(|(k, _)| k == want)
     })
 }
@@ -145,11 +146,11 @@ impl Filter {
             }),
             Filter::Namespace(side, nss) => side_ep(f, *side)
                 .iter()
-                .any(|ep| nss.contains(&ep.namespace)),
+                .any(|ep| nss.iter().any(|n| *n == *ep.namespace)),
             Filter::Ip(side, ips) => {
                 let (s, d) =
                     f.ip.as_ref()
-                        .map_or(("", ""), |ip| (ip.source.as_str(), ip.destination.as_str()));
+                        .map_or(("", ""), |ip| (ip.source.as_ref(), ip.destination.as_ref()));
                 ips.iter().any(|ip| match side {
                     Side::From => ip == s,
                     Side::To => ip == d,
@@ -181,12 +182,14 @@ impl Filter {
             Filter::Direction(ds) => ds
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(&f.traffic_direction)),
-            Filter::Node(ns) => ns.contains(&f.node_name),
-            Filter::Uuid(us) => us.contains(&f.uuid),
+            Filter::Node(ns) => ns.iter().any(|n| *n == *f.node_name),
+            Filter::Uuid(us) => us.iter().any(|u| *u == *f.uuid),
             Filter::Policy(ps) => f.policies().any(|p| ps.iter().any(|s| s.matches(p))),
-            Filter::Rule(rs) => f.details().is_some_and(|d| rs.contains(&d.rule)),
-            Filter::Since(t) => f.time.as_str() >= t.as_str(),
-            Filter::Until(t) => f.time.as_str() <= t.as_str(),
+            Filter::Rule(rs) => f
+                .details()
+                .is_some_and(|d| rs.iter().any(|r| *r == *d.rule)),
+            Filter::Since(t) => f.time.as_ref() >= t.as_str(),
+            Filter::Until(t) => f.time.as_ref() <= t.as_str(),
         }
     }
 
@@ -292,10 +295,12 @@ pub fn event_type(s: &str) -> Result<u8, QueryError> {
     match s.to_ascii_lowercase().as_str() {
         "drop" => Ok(EVENT_TYPE_DROP),
         "policy-verdict" => Ok(EVENT_TYPE_POLICY_VERDICT),
+        // Hubble's L7 event type: accepted; the log has none until the L7 proxy writes them.
+        "l7" => Ok(129),
         _ => Err(bad(
             "type",
             s,
-            "Palisade writes `drop` and `policy-verdict` events",
+            "drop, policy-verdict or l7 (Palisade writes drop and policy-verdict events)",
         )),
     }
 }

@@ -6,6 +6,8 @@
 //! The enforcer renders with `serde_json::json!` over these names; its tests parse every
 //! rendered line with [`Line::parse`], so a renamed field fails there.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 /// `@type` of `flow.extensions`: a well-known type hubble resolves (a type of our own makes
@@ -42,91 +44,91 @@ pub fn match_type_name(m: u32) -> &'static str {
 
 /// One line of the verdict log, as read.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Line {
-    #[serde(default)]
-    pub flow: Option<Flow>,
-    #[serde(default)]
-    pub lost_events: Option<LostEvents>,
-    #[serde(default)]
-    pub node_status: Option<NodeStatus>,
-    #[serde(default)]
-    pub node_name: String,
-    #[serde(default)]
-    pub time: String,
+pub struct Line<'a> {
+    #[serde(default, borrow)]
+    pub flow: Option<Flow<'a>>,
+    #[serde(default, borrow)]
+    pub lost_events: Option<LostEvents<'a>>,
+    #[serde(default, borrow)]
+    pub node_status: Option<NodeStatus<'a>>,
+    #[serde(default, borrow)]
+    pub node_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub time: Cow<'a, str>,
 }
 
-impl Line {
-    pub fn parse(s: &str) -> Result<Line, serde_json::Error> {
+impl<'a> Line<'a> {
+    pub fn parse(s: &'a str) -> Result<Line<'a>, serde_json::Error> {
         serde_json::from_str(s)
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct LostEvents {
-    #[serde(default)]
-    pub source: String,
+pub struct LostEvents<'a> {
+    #[serde(default, borrow)]
+    pub source: Cow<'a, str>,
     /// uint64 as protojson writes it: a string.
-    #[serde(default)]
-    pub num_events_lost: String,
+    #[serde(default, borrow)]
+    pub num_events_lost: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct NodeStatus {
-    #[serde(default)]
-    pub message: String,
+pub struct NodeStatus<'a> {
+    #[serde(default, borrow)]
+    pub message: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Flow {
-    #[serde(default)]
-    pub time: String,
-    #[serde(default)]
-    pub uuid: String,
-    #[serde(default)]
-    pub verdict: String,
+pub struct Flow<'a> {
+    #[serde(default, borrow)]
+    pub time: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub uuid: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub verdict: Cow<'a, str>,
     #[serde(default)]
     pub drop_reason: u32,
-    #[serde(default)]
-    pub drop_reason_desc: String,
-    #[serde(rename = "IP", default)]
-    pub ip: Option<Ip>,
+    #[serde(default, borrow)]
+    pub drop_reason_desc: Cow<'a, str>,
+    #[serde(rename = "IP", default, borrow)]
+    pub ip: Option<Ip<'a>>,
     #[serde(default)]
     pub l4: Option<L4>,
-    #[serde(default)]
-    pub source: Endpoint,
-    #[serde(default)]
-    pub destination: Endpoint,
-    #[serde(rename = "Type", default)]
-    pub r#type: String,
-    #[serde(default)]
-    pub node_name: String,
+    #[serde(default, borrow)]
+    pub source: Endpoint<'a>,
+    #[serde(default, borrow)]
+    pub destination: Endpoint<'a>,
+    #[serde(rename = "Type", default, borrow)]
+    pub r#type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub node_name: Cow<'a, str>,
     #[serde(default)]
     pub event_type: EventType,
-    #[serde(default)]
-    pub traffic_direction: String,
+    #[serde(default, borrow)]
+    pub traffic_direction: Cow<'a, str>,
     #[serde(default)]
     pub is_reply: bool,
     #[serde(default)]
     pub policy_match_type: u32,
     #[serde(default)]
     pub proxy_port: u16,
-    #[serde(default)]
-    pub ingress_allowed_by: Vec<PolicyRef>,
-    #[serde(default)]
-    pub egress_allowed_by: Vec<PolicyRef>,
-    #[serde(default)]
-    pub ingress_denied_by: Vec<PolicyRef>,
-    #[serde(default)]
-    pub egress_denied_by: Vec<PolicyRef>,
-    #[serde(rename = "Summary", default)]
-    pub summary: String,
-    #[serde(default)]
-    pub extensions: Option<Extensions>,
+    #[serde(default, borrow)]
+    pub ingress_allowed_by: Vec<PolicyRef<'a>>,
+    #[serde(default, borrow)]
+    pub egress_allowed_by: Vec<PolicyRef<'a>>,
+    #[serde(default, borrow)]
+    pub ingress_denied_by: Vec<PolicyRef<'a>>,
+    #[serde(default, borrow)]
+    pub egress_denied_by: Vec<PolicyRef<'a>>,
+    #[serde(rename = "Summary", default, borrow)]
+    pub summary: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub extensions: Option<Extensions<'a>>,
 }
 
-impl Flow {
+impl<'a> Flow<'a> {
     /// Every policy the flow names, allowed or denied, either direction.
-    pub fn policies(&self) -> impl Iterator<Item = &PolicyRef> {
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyRef<'a>> {
         self.ingress_allowed_by
             .iter()
             .chain(&self.egress_allowed_by)
@@ -134,7 +136,7 @@ impl Flow {
             .chain(&self.egress_denied_by)
     }
 
-    pub fn denied_by(&self) -> impl Iterator<Item = &PolicyRef> {
+    pub fn denied_by(&self) -> impl Iterator<Item = &PolicyRef<'a>> {
         self.ingress_denied_by.iter().chain(&self.egress_denied_by)
     }
 
@@ -155,19 +157,19 @@ impl Flow {
     }
 
     /// `flow.extensions.value`, when present.
-    pub fn details(&self) -> Option<&Details> {
+    pub fn details(&self) -> Option<&Details<'a>> {
         self.extensions.as_ref().map(|e| &e.value)
     }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Ip {
-    #[serde(default)]
-    pub source: String,
-    #[serde(default)]
-    pub destination: String,
-    #[serde(rename = "ipVersion", default)]
-    pub ip_version: String,
+pub struct Ip<'a> {
+    #[serde(default, borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub destination: Cow<'a, str>,
+    #[serde(rename = "ipVersion", default, borrow)]
+    pub ip_version: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -193,18 +195,18 @@ pub struct Ports {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Endpoint {
+pub struct Endpoint<'a> {
     #[serde(default)]
     pub identity: u32,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub pod_name: String,
-    #[serde(default)]
-    pub labels: Vec<String>,
+    #[serde(default, borrow)]
+    pub namespace: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub pod_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub labels: Vec<Cow<'a, str>>,
 }
 
-impl Endpoint {
+impl Endpoint<'_> {
     /// `ns/pod`, `ns/` without a pod, else the first label (`reserved:world`), else the
     /// identity.
     pub fn display_name(&self) -> String {
@@ -214,7 +216,7 @@ impl Endpoint {
             _ => self
                 .labels
                 .first()
-                .cloned()
+                .map(|l| l.to_string())
                 .unwrap_or_else(|| format!("ID:{}", self.identity)),
         }
     }
@@ -229,23 +231,23 @@ pub struct EventType {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PolicyRef {
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub revision: String,
+pub struct PolicyRef<'a> {
+    #[serde(default, borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub namespace: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub revision: Cow<'a, str>,
 }
 
-impl PolicyRef {
+impl PolicyRef<'_> {
     /// `ns/name` for a NetworkPolicy, `Kind ns/name` (or `Kind name`) otherwise, as the
     /// policy core prints policies.
     pub fn display(&self) -> String {
         let nn = if self.namespace.is_empty() {
-            self.name.clone()
+            self.name.to_string()
         } else {
             format!("{}/{}", self.namespace, self.name)
         };
@@ -258,45 +260,45 @@ impl PolicyRef {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Extensions {
-    #[serde(rename = "@type", default)]
-    pub r#type: String,
-    #[serde(default)]
-    pub value: Details,
+pub struct Extensions<'a> {
+    #[serde(rename = "@type", default, borrow)]
+    pub r#type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub value: Details<'a>,
 }
 
 /// `flow.extensions.value`: Palisade's details of one flow.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Details {
+pub struct Details<'a> {
     #[serde(default)]
     pub rule_id: u32,
-    #[serde(default)]
-    pub rule: String,
+    #[serde(default, borrow)]
+    pub rule: Cow<'a, str>,
     #[serde(default)]
     pub rule_index: Option<u32>,
     /// The rule's name, when its policy kind names rules.
-    #[serde(default)]
-    pub rule_name: String,
+    #[serde(default, borrow)]
+    pub rule_name: Cow<'a, str>,
     /// The rule's log marker, when it has one.
-    #[serde(default)]
-    pub log: String,
-    #[serde(default)]
-    pub isolated_by: Vec<String>,
-    #[serde(default)]
-    pub kind: String,
+    #[serde(default, borrow)]
+    pub log: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub isolated_by: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub kind: Cow<'a, str>,
     #[serde(default)]
     pub policy_revision: u64,
     #[serde(default)]
     pub packet_len: u32,
-    #[serde(default)]
-    pub chain: Option<ChainField>,
+    #[serde(default, borrow)]
+    pub chain: Option<ChainField<'a>>,
 }
 
 /// `flow.extensions.value.chain` ([`crate::chain`]).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct ChainField {
-    #[serde(default)]
-    pub hash: String,
+pub struct ChainField<'a> {
+    #[serde(default, borrow)]
+    pub hash: Cow<'a, str>,
     #[serde(default)]
     pub seq: u64,
 }

@@ -25,7 +25,7 @@ pub enum Outcome {
 
 impl Outcome {
     fn of(f: &Flow) -> Outcome {
-        match f.verdict.as_str() {
+        match f.verdict.as_ref() {
             "DROPPED" => Outcome::Denied,
             "AUDIT" => Outcome::Audit,
             _ => Outcome::Allowed,
@@ -89,7 +89,7 @@ fn name(ep: &crate::schema::Endpoint, ip: &str) -> String {
         if l.starts_with("cidr:") || l.starts_with("reserved:world") {
             format!("{ip} ({l})")
         } else {
-            l.clone()
+            l.to_string()
         }
     } else {
         ip.to_string()
@@ -102,29 +102,29 @@ impl Summary {
     }
 
     pub fn add(&mut self, f: &Flow) {
-        let kind = f.details().map_or("", |d| d.kind.as_str());
+        let kind = f.details().map_or("", |d| d.kind.as_ref());
         let twin = f.event_type.r#type == EVENT_TYPE_POLICY_VERDICT && f.verdict == "DROPPED";
         if twin || !(kind.is_empty() || kind == "new_flow") {
             return;
         }
         self.decisions += 1;
-        *self.by_verdict.entry(f.verdict.clone()).or_default() += 1;
-        if self.first.as_ref().is_none_or(|t| f.time < *t) {
-            self.first = Some(f.time.clone());
+        *self.by_verdict.entry(f.verdict.to_string()).or_default() += 1;
+        if self.first.as_ref().is_none_or(|t| *f.time < **t) {
+            self.first = Some(f.time.to_string());
         }
-        if self.last.as_ref().is_none_or(|t| f.time > *t) {
-            self.last = Some(f.time.clone());
+        if self.last.as_ref().is_none_or(|t| *f.time > **t) {
+            self.last = Some(f.time.to_string());
         }
         let (sip, dip) =
             f.ip.as_ref()
-                .map_or(("", ""), |i| (i.source.as_str(), i.destination.as_str()));
+                .map_or(("", ""), |i| (i.source.as_ref(), i.destination.as_ref()));
         let (src, dst) = (name(&f.source, sip), name(&f.destination, dip));
         self.nodes
             .entry(src.clone())
-            .or_insert_with(|| f.source.namespace.clone());
+            .or_insert_with(|| f.source.namespace.to_string());
         self.nodes
             .entry(dst.clone())
-            .or_insert_with(|| f.destination.namespace.clone());
+            .or_insert_with(|| f.destination.namespace.to_string());
         let o = Outcome::of(f);
         let (proto, sport, dport) = f.l4_ports();
         let port = if dport != 0 {
