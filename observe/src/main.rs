@@ -386,7 +386,15 @@ impl Sink<'_> {
             && q.prefilter_exact()
             && raw.starts_with(b"{\"flow\"")
         {
-            self.emit(text.to_string())?;
+            if let Sink::Print {
+                out, last: None, ..
+            } = self
+            {
+                out.write_all(raw)?;
+                out.write_all(b"\n")?;
+            } else {
+                self.emit(text.to_string())?;
+            }
             return Ok(true);
         }
         let Ok(line) = Line::parse(text) else {
