@@ -49,8 +49,10 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 		w = bpf_map_lookup_elem(&pal_policy, &k);
 	}
 	/* No entry (a slot being torn down, a corrupted map) or the default-deny terminal
-	 * (DENY with no rule): the direction is isolated and nothing opens it. */
-	if (!w || (w->verdict == POLICY_VERDICT_DENY && w->rule_id == RULE_ID_NONE)) {
+	 * (DENY with no rule): the direction is isolated and nothing opens it. The terminal
+	 * of a pod in an audit namespace carries POLICY_F_AUDIT and is reported below. */
+	if (!w || (w->verdict == POLICY_VERDICT_DENY && w->rule_id == RULE_ID_NONE &&
+		   !(w->flags & POLICY_F_AUDIT))) {
 		d.rule_id = RULE_ID_NONE;
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_POLICY_DENIED;

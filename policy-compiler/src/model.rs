@@ -19,6 +19,20 @@ pub use palisade_l7proxy::rules::HttpRule;
 /// The label every namespace carries implicitly (Kubernetes >= 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// A namespace label putting every policy that selects the namespace's pods in audit mode for
+/// them (value [`ENFORCEMENT_AUDIT`]): what policies would deny is logged as AUDIT and
+/// forwarded. For rolling out default deny safely.
+pub const ENFORCEMENT_LABEL: &str = "policy.palisade.dev/enforcement";
+/// The value of [`ENFORCEMENT_LABEL`] that means audit.
+pub const ENFORCEMENT_AUDIT: &str = "audit";
+
+/// Whether namespace labels put the namespace in audit mode.
+pub fn namespace_audits(labels: &crate::k8s::Labels) -> bool {
+    labels
+        .get(ENFORCEMENT_LABEL)
+        .is_some_and(|v| v == ENFORCEMENT_AUDIT)
+}
+
 /// IP protocol number. Policies speak TCP, UDP and SCTP; flows may carry anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Protocol(pub u8);

@@ -857,3 +857,92 @@ mod incremental {
         }
     }
 }
+
+#[test]
+fn a_namespace_in_audit_mode_reports_what_every_policy_would_deny() {
+    let e = engine(&format!(
+        "{}\n---\n{}",
+        PODS.replace(
+            "metadata: {name: production, labels: {env: prod}}",
+            "metadata: {name: production, labels: {env: prod, policy.palisade.dev/enforcement: audit}}"
+        ),
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: production}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: frontend}}}], ports: [{port: 8080}]}]
+---
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: no-batch, namespace: production}
+spec:
+  podSelector: {}
+  defaultDeny: {ingress: false}
+  ingress: [{action: Deny, from: [{podSelector: {matchLabels: {app: batch}}}]}]
+"#
+    ));
+    // Allowed stays allowed.
+    assert!(matches!(
+        check(
+            &e,
+            "production/frontend",
+            "production/backend",
+            Protocol::TCP,
+            8080
+        )
+        .ingress,
+        Some(Decision::Allowed { .. })
+    ));
+    // Default deny is reported and forwarded.
+    let v = check(
+        &e,
+        "other/frontend",
+        "production/backend",
+        Protocol::TCP,
+        8080,
+    );
+    assert_eq!(
+        v.ingress,
+        Some(Decision::Denied {
+            rule: 0,
+            audit: true
+        })
+    );
+    assert!(v.allowed());
+    // An explicit deny too.
+    let v = check(
+        &e,
+        "production/batch",
+        "production/frontend",
+        Protocol::TCP,
+        80,
+    );
+    assert!(
+        matches!(v.ingress, Some(Decision::Denied { audit: true, .. })),
+        "{v:?}"
+    );
+    // Another namespace is enforced as usual.
+    let e2 = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: other}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    assert!(matches!(
+        check(
+            &e2,
+            "production/frontend",
+            "other/frontend",
+            Protocol::TCP,
+            80
+        )
+        .ingress,
+        Some(Decision::DefaultDeny { .. })
+    ));
+}

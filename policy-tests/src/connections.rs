@@ -440,3 +440,140 @@ pub fn to_json(conns: &[Connection]) -> serde_json::Value {
             .collect(),
     )
 }
+
+/// Graphviz DOT: one box per workload, grouped by namespace, one ellipse per external range,
+/// one edge per connection labelled with its ports; edges through the L7 proxy are purple and
+/// name their HTTP rules.
+pub fn to_dot(conns: &[Connection]) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    fn q(s: &str) -> String {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+    fn short(s: &str, max: usize) -> String {
+        if s.chars().count() <= max {
+            s.to_string()
+        } else {
+            format!("{}…", s.chars().take(max).collect::<String>())
+        }
+    }
+    let mut nodes: BTreeSet<&str> = BTreeSet::new();
+    for c in conns {
+        nodes.insert(&c.src);
+        nodes.insert(&c.dst);
+    }
+    let mut by_ns: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut external: Vec<&str> = Vec::new();
+    for n in &nodes {
+        match n.split_once('/') {
+            Some((ns, _)) if n.ends_with(']') && !n.ends_with("[External]") => {
+                by_ns.entry(ns).or_default().push(n)
+            }
+            _ => external.push(n),
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "digraph connectivity {{");
+    let _ = writeln!(
+        s,
+        "  rankdir=LR; fontname=\"Helvetica\"; labelloc=t; label=\"Allowed connections (policy-test)\";"
+    );
+    let _ = writeln!(
+        s,
+        "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#e8f0fe\", color=\"#4a6fa5\", fontname=\"Helvetica\"];"
+    );
+    let _ = writeln!(
+        s,
+        "  edge [fontname=\"Helvetica\", fontsize=10, color=\"#555555\"];"
+    );
+    for (i, (ns, members)) in by_ns.iter().enumerate() {
+        let _ = writeln!(s, "  subgraph cluster_{i} {{");
+        let _ = writeln!(
+            s,
+            "    label={}; style=\"rounded,dashed\"; color=\"#999999\";",
+            q(&format!("namespace {ns}"))
+        );
+        for m in members {
+            let name = m.split_once('/').map_or(*m, |(_, rest)| rest);
+            let _ = writeln!(s, "    {} [label={}];", q(m), q(name));
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    for e in &external {
+        let _ = writeln!(
+            s,
+            "  {} [shape=ellipse, fillcolor=\"#fff4e0\", color=\"#c08a2d\", label={}];",
+            q(e),
+            q(e.trim_end_matches("[External]"))
+        );
+    }
+    for c in conns {
+        let ports = c.ports.to_string();
+        if c.http.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {} -> {} [label={}];",
+                q(&c.src),
+                q(&c.dst),
+                q(&short(&ports, 60))
+            );
+        } else {
+            let http: Vec<String> = c
+                .http
+                .iter()
+                .map(|(p, r)| format!("TCP {p} HTTP: {}", short(r, 80)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {} -> {} [label={}, color=\"#7b3fa0\", fontcolor=\"#7b3fa0\", penwidth=1.6];",
+                q(&c.src),
+                q(&c.dst),
+                q(&format!("{}\n{}", short(&ports, 60), http.join("\n")))
+            );
+        }
+    }
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// Renders DOT with Graphviz (`dot -T<format>`).
+pub fn render_dot(dot: &str, format: &str) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("dot")
+        .arg(format!("-T{format}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running Graphviz `dot` (Debian package graphviz): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(dot.as_bytes())
+            .map_err(|e| format!("writing to dot: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("dot: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "dot failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// A self-contained HTML page: the SVG graph and the connection list.
+pub fn to_html(conns: &[Connection], svg: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let svg = svg.find("<svg").map_or(svg, |i| &svg[i..]);
+    let mut rows = String::new();
+    for c in conns {
+        rows.push_str(&format!("<li><code>{}</code></li>\n", esc(&c.to_string())));
+    }
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Allowed connections</title>\n<style>body{{font-family:Helvetica,Arial,sans-serif;margin:2em}} svg{{max-width:100%;height:auto}}</style></head>\n<body><h1>Allowed connections</h1>\n{svg}\n<h2>List</h2><ul>\n{rows}</ul></body></html>\n"
+    )
+}

@@ -224,8 +224,19 @@ struct MatrixArgs {
 
 #[derive(Debug, clap::Args)]
 struct ConnectionsArgs {
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
-    output: Output,
+    /// text (netpol-analyzer's list), json, dot (Graphviz), svg or html (rendered with
+    /// Graphviz `dot`, Debian package graphviz).
+    #[arg(long, short = 'o', value_enum, default_value_t = GraphOutput::Text)]
+    output: GraphOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GraphOutput {
+    Text,
+    Json,
+    Dot,
+    Svg,
+    Html,
 }
 
 #[derive(Debug, clap::Args)]
@@ -392,10 +403,24 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
         Command::Connections(args) => {
             let a = load(&cli.files, &opts, &cap)?;
             let c = connections::compute(&a, &Progress::for_terminal("connections"));
-            emit(&match args.output {
-                Output::Text => connections::to_text(&c),
-                Output::Json => json(&connections::to_json(&c)),
-            })?;
+            let render = |format: &str| {
+                connections::render_dot(&connections::to_dot(&c), format)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            };
+            let out = match args.output {
+                GraphOutput::Text => connections::to_text(&c),
+                GraphOutput::Json => json(&connections::to_json(&c)),
+                GraphOutput::Dot => connections::to_dot(&c),
+                GraphOutput::Svg | GraphOutput::Html => match render("svg") {
+                    Ok(svg) if args.output == GraphOutput::Svg => svg,
+                    Ok(svg) => connections::to_html(&c, &svg),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            emit(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {

@@ -780,3 +780,50 @@ fn a_policy_larger_than_the_policy_map_is_an_error() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("pal_policy"), "{}", stderr(&o));
 }
+
+#[test]
+fn connections_as_a_graph_dot_svg_and_html() {
+    let dot = run(&["connections", "-f", &example("manifests"), "-o", "dot"]);
+    assert_eq!(dot.status.code(), Some(0), "{}", stderr(&dot));
+    let d = stdout(&dot);
+    assert!(d.starts_with("digraph connectivity {"), "{d}");
+    assert!(
+        d.contains("subgraph cluster_") && d.contains("label=\"namespace shop\""),
+        "{d}"
+    );
+    assert!(
+        d.contains(
+            "\"shop/frontend[Deployment]\" -> \"shop/backend[Deployment]\" [label=\"TCP 8080\"];"
+        ),
+        "{d}"
+    );
+    assert!(
+        d.contains("[shape=ellipse"),
+        "external ranges are ellipses: {d}"
+    );
+    // L7-filtered edges name their HTTP rules.
+    let l7 = stdout(&run(&["connections", "-f", &example("l7"), "-o", "dot"]));
+    assert!(
+        l7.contains("color=\"#7b3fa0\"") && l7.contains("GET /api/v1/data"),
+        "{l7}"
+    );
+    // Graphviz renders it (graphviz is a prerequisite of the suite).
+    let svg = run(&["connections", "-f", &example("manifests"), "-o", "svg"]);
+    assert_eq!(svg.status.code(), Some(0), "{}", stderr(&svg));
+    let s = stdout(&svg);
+    assert!(
+        s.contains("<svg") && s.contains("frontend[Deployment]"),
+        "{s}"
+    );
+    let html = stdout(&run(&[
+        "connections",
+        "-f",
+        &example("manifests"),
+        "-o",
+        "html",
+    ]));
+    assert!(
+        html.starts_with("<!DOCTYPE html>") && html.contains("<svg") && html.contains("<li><code>"),
+        "{html}"
+    );
+}

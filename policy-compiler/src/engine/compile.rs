@@ -214,7 +214,16 @@ impl Engine {
             ));
         }
         let [ingress_isolated_by, egress_isolated_by] = isolated;
-        let (entries, l7) = materialize(contribs, np_isolated);
+        let (mut entries, l7) = materialize(contribs, np_isolated);
+        // An audit namespace: every deny of every policy selecting the pod, default deny
+        // included, is only reported (forwarded as AUDIT).
+        if crate::model::namespace_audits(&key.namespace_labels) {
+            for (_, v) in &mut entries {
+                if v.verdict == abi::POLICY_VERDICT_DENY {
+                    v.flags |= abi::POLICY_F_AUDIT;
+                }
+            }
+        }
         CompiledPolicy {
             entries,
             l7,

@@ -118,6 +118,13 @@ pub fn policy_decision(
         None => Decision::DefaultDeny {
             isolated_by: policy.isolated_by(dir).to_vec(),
         },
+        // Default deny of a pod in an audit namespace: reported, forwarded.
+        Some(v) if tiers::is_default_deny(&v) && v.flags & abi::POLICY_F_AUDIT != 0 => {
+            Decision::Denied {
+                rule: abi::RULE_ID_NONE,
+                audit: true,
+            }
+        }
         Some(v) if tiers::is_default_deny(&v) => Decision::DefaultDeny {
             isolated_by: policy.isolated_by(dir).to_vec(),
         },

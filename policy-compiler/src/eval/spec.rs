@@ -197,8 +197,14 @@ impl Ctx<'_> {
         l7.rules.dedup();
         l7.allow_all = allow;
         let proxy_port = self.config.proxy_port;
+        // A pod in an audit namespace: every deny is only reported.
+        let audit_ns =
+            crate::model::namespace_audits(&self.cluster.namespace_labels(&subject.namespace));
         let d = if let Some(rule) = deny {
-            Decision::Denied { rule, audit: false }
+            Decision::Denied {
+                rule,
+                audit: audit_ns,
+            }
         } else if let Some(rule) = audit_deny {
             Decision::Denied { rule, audit: true }
         } else if let Some(rule) = redirect {
@@ -224,6 +230,10 @@ impl Ctx<'_> {
                     l7.allow_all = Some(crate::abi::RULE_ID_NOT_ISOLATED);
                     Decision::Redirected { rule, proxy_port }
                 }
+                (_, Decision::DefaultDeny { .. }) if audit_ns => Decision::Denied {
+                    rule: crate::abi::RULE_ID_NONE,
+                    audit: true,
+                },
                 _ => base,
             }
         };

@@ -113,7 +113,10 @@ pub fn decide(
         .or_else(|| lpm(entries, abi::IDENTITY_UNKNOWN, dir, proto, port));
     match hit {
         None => HookDecision::DefaultDeny,
-        Some(v) if tiers::is_default_deny(&v) => HookDecision::DefaultDeny,
+        // The terminal of a pod in an audit namespace is reported, not dropped.
+        Some(v) if tiers::is_default_deny(&v) && v.flags & abi::POLICY_F_AUDIT == 0 => {
+            HookDecision::DefaultDeny
+        }
         Some(v) => HookDecision::Value {
             verdict: v.verdict,
             rule: v.rule_id,

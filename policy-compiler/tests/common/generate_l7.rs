@@ -157,7 +157,18 @@ pub fn policy(name: String) -> impl Strategy<Value = Policy> {
 /// A cluster with unique endpoint IPs and a mix of NetworkPolicy-tier kinds.
 pub fn cluster() -> impl Strategy<Value = Cluster> {
     (
-        prop::collection::vec(ns_labels(), 3),
+        prop::collection::vec(
+            (ns_labels(), prop::bool::weighted(0.25)).prop_map(|(mut l, audit)| {
+                if audit {
+                    l.insert(
+                        policy_compiler::model::ENFORCEMENT_LABEL.to_string(),
+                        policy_compiler::model::ENFORCEMENT_AUDIT.to_string(),
+                    );
+                }
+                l
+            }),
+            3,
+        ),
         (1usize..7).prop_flat_map(|n| (0..n).map(endpoint).collect::<Vec<_>>()),
         (0usize..5).prop_flat_map(|n| {
             (0..n)
