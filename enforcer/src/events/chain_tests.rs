@@ -281,6 +281,37 @@ fn rotation_and_restarts_continue_the_chain() {
 }
 
 #[test]
+fn a_line_cut_by_a_crash_is_removed_and_counted_as_lost() {
+    let d = TempDir::new("chain-crash");
+    let path = d.0.join("v.jsonl");
+    write_log(&path, 1 << 20, 3, 5);
+    let before = lines(&path).len();
+    {
+        use std::io::Write;
+        let l = lines(&path);
+        // A record cut after its chain member: resumed from, it would break the chain.
+        let rec = l[records(&l)[2] - 1].clone();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&rec.as_bytes()[..rec.len() / 2]).unwrap();
+    }
+    write_log(&path, 1 << 20, 3, 5);
+    let l = lines(&path);
+    assert!(l.iter().all(|x| x.ends_with('}')), "a cut line is left");
+    let lost: Vec<&String> = l
+        .iter()
+        .filter(|x| x.contains("OBSERVER_EVENTS_QUEUE"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains(r#""num_events_lost":"1""#), "{}", lost[0]);
+    assert!(l.len() > before);
+    let rep = check(&path, &Options::default());
+    assert!(rep.ok(), "{:?}", rep.problem);
+}
+
+#[test]
 fn the_key_is_generated_private_and_kept() {
     let d = TempDir::new("chain-key");
     let p = d.0.join("sub/node.key");

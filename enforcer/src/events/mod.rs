@@ -128,17 +128,19 @@ impl std::fmt::Debug for FlowLogger {
 
 impl FlowLogger {
     /// A logger appending to `writer`'s log. The chain continues from the last record in
-    /// the existing files (lines after it are covered by the next record; a last line a
-    /// crash cut short is ended with a newline first); a log without records starts a new
-    /// chain. Without a key ([`FlowLogger::with_key`]) no checkpoints are written.
+    /// the existing files (lines after it are covered by the next record); a log without
+    /// records starts a new chain. A last line a crash cut short (no newline) is removed
+    /// and counted as one lost event (reported as an `OBSERVER_EVENTS_QUEUE` loss line with
+    /// the next write), so the file stays whole lines of one chain. Without a key
+    /// ([`FlowLogger::with_key`]) no checkpoints are written.
     pub fn new(
         mut writer: RotatingWriter,
         node_name: &str,
         clock: BootClock,
     ) -> Result<FlowLogger, FlowLogError> {
         let (chain, cut) = resume_chain(&writer.files())?;
-        if cut {
-            writer.write_line("")?;
+        if let Some(len) = cut {
+            writer.truncate_to(len)?;
         }
         Ok(FlowLogger {
             writer,
@@ -146,7 +148,7 @@ impl FlowLogger {
             clock,
             ids: FlowIds::new(),
             ring_lost_seen: 0,
-            writer_lost_pending: 0,
+            writer_lost_pending: u64::from(cut.is_some()),
             chain,
             key: None,
             unsigned: 0,
@@ -314,19 +316,10 @@ impl FlowLogger {
 }
 
 /// The chain as of the end of `files` (oldest first): from the last record, with every
-/// line after it absorbed. `true` when the last file ends in a cut line (no newline).
-fn resume_chain(files: &[PathBuf]) -> Result<(Chain, bool), FlowLogError> {
-    let mut datas = Vec::with_capacity(files.len());
-    for f in files {
-        datas.push(std::fs::read(f).map_err(|source| FlowLogError::Resume {
-            path: f.clone(),
-            source,
-        })?);
-    }
-    let cut = datas
-        .last()
-        .is_some_and(|d| !d.is_empty() && !d.ends_with(b"\n"));
-    // The last record: scan files newest first, lines last first.
+/// complete line after it absorbed. Files are read newest first, only as far back as the
+/// last record. Also returns the length of the last file without a last line that a crash
+/// cut short (no newline), when there is one.
+fn resume_chain(files: &[PathBuf]) -> Result<(Chain, Option<u64>), FlowLogError> {
     let lines_of = |d: &[u8]| -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         let mut start = 0;
@@ -337,8 +330,20 @@ fn resume_chain(files: &[PathBuf]) -> Result<(Chain, bool), FlowLogError> {
         }
         out
     };
-    for (fi, d) in datas.iter().enumerate().rev() {
-        let lines = lines_of(d);
+    let mut cut = None;
+    // Files newer than the one being scanned, newest first.
+    let mut later: Vec<Vec<u8>> = Vec::new();
+    for (i, f) in files.iter().enumerate().rev() {
+        let mut d = std::fs::read(f).map_err(|source| FlowLogError::Resume {
+            path: f.clone(),
+            source,
+        })?;
+        if i + 1 == files.len() && !d.is_empty() && !d.ends_with(b"\n") {
+            let keep = d.iter().rposition(|&b| b == b'\n').map_or(0, |n| n + 1);
+            d.truncate(keep);
+            cut = Some(keep as u64);
+        }
+        let lines = lines_of(&d);
         for (li, &(s, e)) in lines.iter().enumerate().rev() {
             let line = &d[s..e];
             let found = chain::split_record(line)
@@ -353,14 +358,15 @@ fn resume_chain(files: &[PathBuf]) -> Result<(Chain, bool), FlowLogError> {
                 for &(s, e) in &lines[li + 1..] {
                     c.absorb(&d[s..e]);
                 }
-                for later in &datas[fi + 1..] {
-                    for (s, e) in lines_of(later) {
-                        c.absorb(&later[s..e]);
+                for newer in later.iter().rev() {
+                    for (s, e) in lines_of(newer) {
+                        c.absorb(&newer[s..e]);
                     }
                 }
                 return Ok((c, cut));
             }
         }
+        later.push(d);
     }
     Ok((Chain::genesis(), cut))
 }

@@ -74,6 +74,22 @@ impl RotatingWriter {
         PathBuf::from(s)
     }
 
+    /// Cuts the current file to `len` bytes (a line a crash left incomplete); the next
+    /// line is appended there.
+    pub fn truncate_to(&mut self, len: u64) -> Result<(), FlowLogError> {
+        self.flush()?;
+        if let Some(f) = self.file.as_mut() {
+            f.get_ref()
+                .set_len(len)
+                .map_err(|source| FlowLogError::Write {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        self.size = len;
+        Ok(())
+    }
+
     /// Whether a line of `len` bytes (newline included) would rotate the file first.
     pub fn would_rotate(&self, len: u64) -> bool {
         self.size > 0 && self.size + len > self.max_bytes
