@@ -216,6 +216,7 @@ pub struct IpBlock {
 pub struct PortRule {
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(extend("enum" = ["TCP", "UDP", "SCTP"])))]
     pub protocol: Option<String>,
     /// A number or a container port name; absent: every port of the protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +224,7 @@ pub struct PortRule {
     pub port: Option<PortValue>,
     /// With a numeric `port`: the last port of the range (inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(range(min = 1, max = 65535)))]
     pub end_port: Option<i64>,
     /// HTTP rules (TCP only, single port or named port). Present: the connection is sent to
     /// Palisade's L7 proxy and each request is decided by these rules.
@@ -257,6 +259,10 @@ pub struct LabelSelector {
 pub struct LabelSelectorRequirement {
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    #[cfg_attr(
+        feature = "kube",
+        schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"]))
+    )]
     pub operator: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,

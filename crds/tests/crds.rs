@@ -28,6 +28,118 @@ fn committed_crds_equal_the_generated_ones() {
     }
 }
 
+/// Every (path, node) of a JSON tree.
+fn walk<'a>(
+    path: String,
+    v: &'a serde_json::Value,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+) {
+    match v {
+        serde_json::Value::Object(map) => {
+            out.push((path.clone(), v));
+            for (k, child) in map {
+                walk(format!("{path}.{k}"), child, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                walk(format!("{path}[{i}]"), child, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Offline, what the API server insists on (a structural schema) and what the field reference
+/// promises: no anyOf/oneOf/allOf/$ref anywhere, `port` int-or-string, string enums, the status
+/// subresource, short names and the category.
+#[test]
+fn generated_schemas_are_structural_with_string_enums() {
+    use kube::CustomResourceExt;
+    let crds = [
+        (
+            palisade_crds::PalisadeNetworkPolicy::crd(),
+            "pnp",
+            "Namespaced",
+        ),
+        (
+            palisade_crds::PalisadeClusterNetworkPolicy::crd(),
+            "pcnp",
+            "Cluster",
+        ),
+    ];
+    for (crd, short, scope) in crds {
+        let crd = serde_json::to_value(&crd).unwrap();
+        assert_eq!(crd["spec"]["scope"], scope);
+        assert_eq!(
+            crd["spec"]["names"]["shortNames"],
+            serde_json::json!([short])
+        );
+        assert_eq!(
+            crd["spec"]["names"]["categories"],
+            serde_json::json!(["palisade"])
+        );
+        let version = &crd["spec"]["versions"][0];
+        assert!(
+            version["subresources"]["status"].is_object(),
+            "{short}: status subresource"
+        );
+        let schema = &version["schema"]["openAPIV3Schema"];
+        let mut nodes = Vec::new();
+        walk(String::new(), schema, &mut nodes);
+        for (path, node) in &nodes {
+            for bad in ["anyOf", "oneOf", "allOf", "$ref", "const"] {
+                assert!(node.get(bad).is_none(), "{short}: `{bad}` at {path}");
+            }
+        }
+        let spec = &schema["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["mode"]["enum"],
+            serde_json::json!(["Enforce", "Audit"])
+        );
+        for dir in ["ingress", "egress"] {
+            let rule = &spec[dir]["items"]["properties"];
+            assert_eq!(rule["action"]["enum"], serde_json::json!(["Allow", "Deny"]));
+            let port = &rule["ports"]["items"]["properties"];
+            assert_eq!(
+                port["port"]["x-kubernetes-int-or-string"], true,
+                "{short} {dir}"
+            );
+            assert!(
+                port["port"].get("type").is_none(),
+                "int-or-string has no type"
+            );
+            assert_eq!(
+                port["protocol"]["enum"],
+                serde_json::json!(["TCP", "UDP", "SCTP"])
+            );
+            assert_eq!(port["endPort"]["maximum"].as_f64(), Some(65535.0));
+            let peer = if dir == "ingress" { "from" } else { "to" };
+            let peer = &rule[peer]["items"]["properties"];
+            assert_eq!(
+                peer["entity"]["enum"],
+                serde_json::json!(["world", "host", "cluster", "kube-apiserver"])
+            );
+            assert_eq!(
+                peer["podSelector"]["properties"]["matchExpressions"]["items"]["properties"]["operator"]
+                    ["enum"],
+                serde_json::json!(["In", "NotIn", "Exists", "DoesNotExist"])
+            );
+            let http = &port["http"]["items"]["properties"];
+            for field in ["method", "path", "host", "headers"] {
+                assert_eq!(
+                    http[field]["type"],
+                    if field == "headers" {
+                        "array"
+                    } else {
+                        "string"
+                    }
+                );
+            }
+        }
+    }
+}
+
 /// The real API server, stopped when dropped.
 struct ApiServer {
     script: PathBuf,
@@ -130,13 +242,6 @@ fn kubectl(s: &ApiServer, args: &[&str], stdin: Option<&str>) -> Output {
 /// POSTs a YAML object to the API server with `fieldValidation=Strict` (curl, so it does not
 /// depend on the kubectl version): `Ok` or the server's refusal message.
 fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
-    let env = std::fs::read_to_string(s.dir.join("env")).unwrap();
-    let var = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("{k} missing from the API server's env file"))
-            .to_string()
-    };
     let obj: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
     let kind = obj["kind"].as_str().unwrap();
     let path = match (kind, obj["metadata"]["namespace"].as_str()) {
@@ -144,8 +249,35 @@ fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
         ("PalisadeClusterNetworkPolicy", None) => "palisadeclusternetworkpolicies".to_string(),
         other => panic!("unexpected object {other:?}"),
     };
+    let reply = request(
+        s,
+        "POST",
+        &format!("{path}?fieldValidation=Strict"),
+        "application/json",
+        &obj,
+    )?;
+    assert_eq!(reply["kind"], kind, "unexpected reply {reply}");
+    Ok(())
+}
+
+/// One request to `/apis/policy.palisade.dev/v1alpha1/{path}` (curl): the reply object, or
+/// the server's refusal message.
+fn request(
+    s: &ApiServer,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let env = std::fs::read_to_string(s.dir.join("env")).unwrap();
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing from the API server's env file"))
+            .to_string()
+    };
     let url = format!(
-        "{}/apis/policy.palisade.dev/v1alpha1/{path}?fieldValidation=Strict",
+        "{}/apis/policy.palisade.dev/v1alpha1/{path}",
         var("APISERVER_URL")
     );
     let mut child = Command::new("curl")
@@ -153,9 +285,9 @@ fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
         .arg(format!("Authorization: Bearer {}", var("APISERVER_TOKEN")))
         .args([
             "-H",
-            "Content-Type: application/json",
+            &format!("Content-Type: {content_type}"),
             "-X",
-            "POST",
+            method,
             "--data-binary",
             "@-",
             &url,
@@ -170,7 +302,7 @@ fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
             .stdin
             .take()
             .unwrap()
-            .write_all(obj.to_string().as_bytes())
+            .write_all(body.to_string().as_bytes())
             .unwrap();
     }
     let out = child.wait_with_output().unwrap();
@@ -178,8 +310,7 @@ fn create(s: &ApiServer, yaml: &str) -> Result<(), String> {
     if reply["kind"] == "Status" && reply["status"] == "Failure" {
         return Err(reply["message"].as_str().unwrap_or_default().to_string());
     }
-    assert_eq!(reply["kind"], kind, "unexpected reply {reply}");
-    Ok(())
+    Ok(reply)
 }
 
 fn ok(o: &Output) -> String {
@@ -284,15 +415,87 @@ fn the_real_api_server_accepts_the_crds_and_validates_policies_with_them() {
         .replace("no-metadata-service", "bad-port");
     let e = create(&s, &bad_port).unwrap_err();
     assert!(e.contains("port"), "{e}");
+    // Enums and ranges the policy core also enforces are refused by the server already.
+    for (from, to, field) in [
+        ("protocol: UDP", "protocol: udp", "protocol"),
+        ("endPort: 54", "endPort: 70000", "endPort"),
+        ("operator: In", "operator: Within", "operator"),
+    ] {
+        let name = format!("bad-{}", field.to_lowercase());
+        let bad = VALID_PNP
+            .replace(from, to)
+            .replace("name: everything", &format!("name: {name}"));
+        let e = create(&s, &bad).unwrap_err();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    // The status subresource: Palisade's Accepted condition is written there (a write of
+    // `status` through the main resource is ignored) and `kubectl get` shows it.
+    let accepted = serde_json::json!({"status": {"conditions": [{
+        "type": "Accepted", "status": "True", "reason": "Compiled",
+        "message": "applied", "observedGeneration": 1,
+        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    let pnp = "namespaces/production/palisadenetworkpolicies/everything";
+    let ignored = request(&s, "PATCH", pnp, "application/merge-patch+json", &accepted).unwrap();
+    assert!(
+        ignored.get("status").is_none(),
+        "status written through the main resource: {ignored}"
+    );
+    let written = request(
+        &s,
+        "PATCH",
+        &format!("{pnp}/status"),
+        "application/merge-patch+json",
+        &accepted,
+    )
+    .unwrap();
+    assert_eq!(
+        written["status"]["conditions"][0]["status"], "True",
+        "{written}"
+    );
+    let bad_status = serde_json::json!({"status": {"conditions": [{"status": "True"}]}});
+    let e = request(
+        &s,
+        "PATCH",
+        &format!("{pnp}/status"),
+        "application/merge-patch+json",
+        &bad_status,
+    )
+    .unwrap_err();
+    assert!(e.contains("type"), "a condition without a type: {e}");
     // Printer columns and short names.
     let table = ok(&kubectl(&s, &["get", "pnp", "-n", "production"], None));
     let header = table.lines().next().unwrap_or_default();
-    for col in ["NAME", "MODE", "ACCEPTED", "AGE"] {
-        assert!(header.contains(col), "{table}");
-    }
-    assert!(
-        table.contains("everything") && table.contains("Audit"),
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["NAME", "MODE", "ACCEPTED", "AGE"], "{table}");
+    // `everything`: audit mode, accepted through the status subresource; `admin-guard` has
+    // no status yet, so its Accepted cell is empty and Age follows.
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        row("everything")[..3],
+        ["everything", "Audit", "True"],
         "{table}"
+    );
+    assert_eq!(
+        row("admin-guard").len(),
+        3,
+        "an empty Accepted cell: {table}"
+    );
+    let wide = ok(&kubectl(
+        &s,
+        &["get", "pnp", "-n", "production", "-o", "wide"],
+        None,
+    ));
+    assert!(
+        wide.lines().next().unwrap_or_default().contains("PODS"),
+        "{wide}"
     );
     let cluster = ok(&kubectl(&s, &["get", "pcnp"], None));
     assert!(cluster.contains("no-metadata-service"), "{cluster}");
