@@ -300,7 +300,7 @@ pub struct Condition {
 pub fn crd_manifests() -> Result<Vec<(String, String)>, String> {
     use kube::CustomResourceExt;
     let header = "# Generated from crds/src/lib.rs by crdgen; do not edit.\n\
-                  # Regenerate: cargo run -p palisade-crds --bin crdgen\n";
+                  # Regenerate: cargo run -p palisade-crds --features kube --bin crdgen\n";
     [
         PalisadeNetworkPolicy::crd(),
         PalisadeClusterNetworkPolicy::crd(),

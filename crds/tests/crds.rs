@@ -16,13 +16,13 @@ fn committed_crds_equal_the_generated_ones() {
         let path = repo().join("deploy/crds").join(&name);
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (run `cargo run -p palisade-crds --bin crdgen`)",
+                "{}: {e} (run `cargo run -p palisade-crds --features kube --bin crdgen`)",
                 path.display()
             )
         });
         assert!(
             committed == yaml,
-            "{} differs from the Rust types: run `cargo run -p palisade-crds --bin crdgen` and commit the result",
+            "{} differs from the Rust types: run `cargo run -p palisade-crds --features kube --bin crdgen` and commit the result",
             path.display()
         );
     }

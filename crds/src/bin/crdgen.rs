@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     }
     if !stale.is_empty() {
         eprintln!(
-            "error: the committed CRDs differ from the Rust types: {}\nrun `cargo run -p palisade-crds --bin crdgen` and commit the result",
+            "error: the committed CRDs differ from the Rust types: {}\nrun `cargo run -p palisade-crds --features kube --bin crdgen` and commit the result",
             stale.join(", ")
         );
         return ExitCode::FAILURE;
