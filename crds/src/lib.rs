@@ -149,6 +149,13 @@ pub enum RuleAction {
 /// A peer: exactly one of pods (with an optional namespace selector), an ipBlock or an entity.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "kube",
+    schemars(extend("x-kubernetes-validations" = [{
+        "rule": "(has(self.podSelector) || has(self.namespaceSelector) ? 1 : 0) + (has(self.ipBlock) ? 1 : 0) + (has(self.entity) ? 1 : 0) == 1",
+        "message": "must give exactly one of podSelector/namespaceSelector, ipBlock or entity"
+    }]))
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
     /// Pods. Namespaced kind: in the policy's namespace unless `namespaceSelector` is given.

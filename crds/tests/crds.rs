@@ -428,6 +428,20 @@ fn the_real_api_server_accepts_the_crds_and_validates_policies_with_them() {
         let e = create(&s, &bad).unwrap_err();
         assert!(e.contains(field), "{field}: {e}");
     }
+    // A peer names exactly one kind of peer (a CEL rule in the schema).
+    for (peer, name) in [
+        ("{entity: world, ipBlock: {cidr: 10.0.0.0/8}}", "two-peers"),
+        ("{}", "no-peer"),
+    ] {
+        let bad = VALID_PCNP
+            .replace(
+                "[{ipBlock: {cidr: 169.254.169.254/32}}]",
+                &format!("[{peer}]"),
+            )
+            .replace("no-metadata-service", name);
+        let e = create(&s, &bad).unwrap_err();
+        assert!(e.contains("exactly one of"), "{name}: {e}");
+    }
     // The status subresource: Palisade's Accepted condition is written there (a write of
     // `status` through the main resource is ignored) and `kubectl get` shows it.
     let accepted = serde_json::json!({"status": {"conditions": [{
