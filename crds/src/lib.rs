@@ -118,6 +118,7 @@ pub enum PolicyMode {
 pub struct PolicyRule {
     /// A name for the rule, shown in verdicts (`policy-test`, the verdict log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 253)))]
     pub name: Option<String>,
     /// `Allow` (default) or `Deny`. With `http` on a port, a deny rule answers matching
     /// requests with 403 and lets other requests be decided by the allow rules.
@@ -134,6 +135,7 @@ pub struct PolicyRule {
     pub ports: Vec<PortRule>,
     /// A marker carried into every verdict-log record this rule decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kube", schemars(length(min = 1, max = 253)))]
     pub log: Option<String>,
 }
 
@@ -211,7 +213,10 @@ impl std::fmt::Display for Entity {
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpBlock {
+    /// An IPv4 or IPv6 CIDR, e.g. `10.0.0.0/8` (checked by the policy core: a CEL `isCIDR`
+    /// rule in lists without a size bound exceeds the API server's cost budget).
     pub cidr: String,
+    /// CIDRs inside `cidr` that the block leaves out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub except: Vec<String>,
 }

@@ -428,6 +428,28 @@ fn the_real_api_server_accepts_the_crds_and_validates_policies_with_them() {
         let e = create(&s, &bad).unwrap_err();
         assert!(e.contains(field), "{field}: {e}");
     }
+    // Rule names and log markers are 1-253 characters (schema).
+    let long_name = format!("name: {}", "r".repeat(254));
+    for (from, to, name, field) in [
+        (
+            "log: no-deletes",
+            "log: \"\"",
+            "empty-log",
+            "spec.ingress[1].log",
+        ),
+        (
+            "name: reads",
+            long_name.as_str(),
+            "long-name",
+            "spec.ingress[0].name",
+        ),
+    ] {
+        let bad = VALID_PNP
+            .replace(from, to)
+            .replace("name: everything", &format!("name: {name}"));
+        let e = create(&s, &bad).unwrap_err();
+        assert!(e.contains(field), "{name}: {e}");
+    }
     // A peer names exactly one kind of peer (a CEL rule in the schema).
     for (peer, name) in [
         ("{entity: world, ipBlock: {cidr: 10.0.0.0/8}}", "two-peers"),
