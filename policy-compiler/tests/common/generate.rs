@@ -272,23 +272,31 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 .collect::<Vec<_>>()
         }),
     )
-        .prop_map(|(nsl, eps, pols)| {
-            let mut c = Cluster::default();
-            for (n, l) in NAMESPACES.iter().zip(nsl) {
-                c.namespaces
-                    .insert(n.to_string(), Namespace::new(n, l, true));
-            }
-            let mut seen_ips = Vec::new();
-            for mut e in eps {
-                e.ips.retain(|ip| !seen_ips.contains(ip));
-                seen_ips.extend(e.ips.iter().copied());
-                c.endpoints.insert(e.key.clone(), e);
-            }
-            for p in pols {
-                c.policies.insert(p.pref(), Arc::new(p));
-            }
-            c
-        })
+        .prop_map(|(nsl, eps, pols)| assemble(nsl, eps, pols))
+}
+
+/// A cluster of the generator's namespaces (with these labels), endpoints (an address already
+/// taken is dropped, so addresses are unique) and policies.
+pub fn assemble(
+    ns_labels: Vec<Labels>,
+    endpoints: Vec<Endpoint>,
+    policies: Vec<Policy>,
+) -> Cluster {
+    let mut c = Cluster::default();
+    for (n, l) in NAMESPACES.iter().zip(ns_labels) {
+        c.namespaces
+            .insert(n.to_string(), Namespace::new(n, l, true));
+    }
+    let mut seen_ips = Vec::new();
+    for mut e in endpoints {
+        e.ips.retain(|ip| !seen_ips.contains(ip));
+        seen_ips.extend(e.ips.iter().copied());
+        c.endpoints.insert(e.key.clone(), e);
+    }
+    for p in policies {
+        c.policies.insert(p.pref(), Arc::new(p));
+    }
+    c
 }
 
 pub fn flow_peer(cluster: &Cluster, pick: usize, ip: usize, use_ip: bool) -> FlowPeer {

@@ -4,20 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
 use palisade_l7proxy::{
     HeaderMatch, HttpRule, NormalizeOptions, NormalizedRequest, RequestHead, normalize,
 };
-use policy_compiler::model::{
-    Entity, Namespace, Peer, Peers, Policy, PortMatch, PortSpec, Rule, RuleAction,
-};
+use policy_compiler::model::{Entity, Peer, Peers, Policy, PortMatch, PortSpec, Rule, RuleAction};
 use policy_compiler::rules::PolicyKind;
 use policy_compiler::{Cluster, Protocol};
 use proptest::prelude::*;
 
 use super::generate::{
-    NAMESPACES, endpoint, ns_labels, ns_selector, peer, pod_selector, port_spec,
+    NAMESPACES, assemble, endpoint, ns_labels, ns_selector, peer, pod_selector, port_spec,
 };
 
 fn http_rule() -> impl Strategy<Value = HttpRule> {
@@ -176,23 +172,7 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 .collect::<Vec<_>>()
         }),
     )
-        .prop_map(|(nsl, eps, pols)| {
-            let mut c = Cluster::default();
-            for (n, l) in NAMESPACES.iter().zip(nsl) {
-                c.namespaces
-                    .insert(n.to_string(), Namespace::new(n, l, true));
-            }
-            let mut seen_ips = Vec::new();
-            for mut e in eps {
-                e.ips.retain(|ip| !seen_ips.contains(ip));
-                seen_ips.extend(e.ips.iter().copied());
-                c.endpoints.insert(e.key.clone(), e);
-            }
-            for p in pols {
-                c.policies.insert(p.pref(), Arc::new(p));
-            }
-            c
-        })
+        .prop_map(|(nsl, eps, pols)| assemble(nsl, eps, pols))
 }
 
 /// A normalized request from a small vocabulary that the generated rules speak.
