@@ -148,15 +148,16 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
             "allowed by {} through the L7 proxy on port {proxy_port}",
             scenario::rule_name(a, *rule)
         ),
-        Some(Decision::Denied { rule, audit }) => format!(
-            "{} by {}",
+        Some(Decision::Denied { rule, audit }) => {
             if *audit {
-                "audited (would be denied)"
+                format!(
+                    "audit: would deny: {} (forwarded and logged as AUDIT)",
+                    scenario::rule_name(a, *rule)
+                )
             } else {
-                "denied"
-            },
-            scenario::rule_name(a, *rule)
-        ),
+                format!("denied by {}", scenario::rule_name(a, *rule))
+            }
+        }
     };
     let any_matched = rules.iter().any(|r| r.matched);
     let note = match decision {

@@ -608,7 +608,14 @@ pub fn describe(a: &Analysis, v: &Verdict) -> String {
     if v.allowed() {
         let rules: Vec<String> = sides
             .iter()
-            .filter_map(|(_, d)| d.and_then(Decision::rule).map(|rule| rule_name(a, rule)))
+            .filter_map(|(dir, d)| match d {
+                // Forwarded only because of audit mode: say what enforcement would do.
+                Some(Decision::Denied { rule, audit: true }) => Some(format!(
+                    "audit: would deny: {} ({dir})",
+                    rule_name(a, *rule)
+                )),
+                _ => d.and_then(Decision::rule).map(|rule| rule_name(a, rule)),
+            })
             .collect();
         if rules.is_empty() {
             "allowed: not isolated".to_string()
@@ -647,6 +654,9 @@ pub fn rule_name(a: &Analysis, rule: u32) -> String {
         .map(|r| r.to_string())
         .unwrap_or_else(|| match rule {
             policy_compiler::abi::RULE_ID_HOST => "traffic from the node (always allowed)".into(),
+            policy_compiler::abi::RULE_ID_NONE => {
+                "default deny (the namespace is in audit mode)".into()
+            }
             _ => format!("rule #{rule}"),
         })
 }

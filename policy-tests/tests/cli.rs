@@ -827,3 +827,55 @@ fn connections_as_a_graph_dot_svg_and_html() {
         "{html}"
     );
 }
+
+/// A namespace in audit mode: the default deny of its pods forwards, and both explain and
+/// check say the flow would be denied under enforcement.
+#[test]
+fn audit_namespace_says_would_deny() {
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("audit-ns"),
+        "--from",
+        "shop/cli",
+        "--to",
+        "shop/web",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("decision: audit: would deny: default deny (the namespace is in audit mode)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Verdict: ALLOWED (audit: would deny: default deny"),
+        "{out}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("pt-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sc = dir.join("s.yaml");
+    std::fs::write(
+        &sc,
+        "scenarios:\n  - name: cli to web\n    from: shop/cli\n    to: shop/web\n    port: 80\n    expect: deny\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("audit-ns"),
+        "-s",
+        sc.to_str().unwrap(),
+        "-o",
+        "text",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("allow (expected deny); audit: would deny:"),
+        "{out}"
+    );
+}
