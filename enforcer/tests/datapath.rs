@@ -863,16 +863,41 @@ fn pinned_maps_are_checked_before_reuse() {
     );
 }
 
+/// The recorded counts in ebpf/verifier_counts.txt: a program may grow by at most this
+/// fraction over its recorded count before the test fails.
+const VERIFIER_GROWTH_MARGIN: f64 = 0.10;
+
 #[test]
-fn verifier_instruction_counts_are_reported() {
+fn verifier_instruction_counts_stay_within_the_recorded_margin() {
     let Some(mut f) = fixture("stats") else {
         return;
     };
+    let recorded_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf/verifier_counts.txt");
+    let recorded_text = std::fs::read_to_string(&recorded_path).unwrap();
+    let recorded: std::collections::BTreeMap<String, u64> = recorded_text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, count) = l.split_once(' ').unwrap();
+            (name.to_string(), count.trim().parse().unwrap())
+        })
+        .collect();
     let stats = f.dp.program_stats();
     assert_eq!(stats.len(), 2);
+    assert_eq!(recorded.len(), 2, "{recorded_path:?} lists both programs");
     for (name, insns, xlated) in stats {
         eprintln!("{name}: {insns} verified instructions, {xlated} bytes translated");
         assert!(insns > 100 && xlated > 0, "{name}");
+        let base = *recorded
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing from {recorded_path:?}"));
+        let limit = (base as f64 * (1.0 + VERIFIER_GROWTH_MARGIN)) as u64;
+        assert!(
+            u64::from(insns) <= limit,
+            "{name}: {insns} verified instructions, more than {limit} \
+             ({base} recorded in {recorded_path:?} + {VERIFIER_GROWTH_MARGIN})"
+        );
     }
 }
 
