@@ -90,7 +90,8 @@ pub struct NetworkPolicyObject {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkPolicySpec {
-    #[serde(default)]
+    /// `null` reads as `{}`, as Go's decoder leaves a non-pointer struct zero on null.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub pod_selector: LabelSelector,
     #[serde(default)]
     pub ingress: Option<Vec<IngressRule>>,
@@ -315,4 +316,13 @@ pub struct ServiceObject {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Option<ServiceSpec>,
+}
+
+/// Decodes `null` as the type's default (Go's decoding of `null` into a non-pointer field).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }

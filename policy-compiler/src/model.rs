@@ -204,8 +204,43 @@ pub struct Policy {
     pub isolates: [bool; 2],
     /// Audit mode: what this policy would deny is logged as AUDIT and forwarded.
     pub audit: bool,
+    /// The tier the policy's rules are evaluated in.
+    pub tier: PolicyTier,
     /// Where the policy came from, for messages.
     pub origin: String,
+}
+
+/// Where a policy's rules are evaluated, in this order per direction: the admin tier (by
+/// ascending priority, then name, then rule order; the first matching rule decides, `Pass`
+/// skips the rest of the tier), the NetworkPolicy tier, the baseline tier (same order as the
+/// admin tier), then allow. See `engine::tiers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+pub enum PolicyTier {
+    /// AdminNetworkPolicy, ClusterNetworkPolicy `tier: Admin`; the priority (0..=1000).
+    Admin(u32),
+    /// NetworkPolicy and the kinds that share its semantics.
+    #[default]
+    NetworkPolicy,
+    /// BaselineAdminNetworkPolicy (priority 0), ClusterNetworkPolicy `tier: Baseline`.
+    Baseline(u32),
+}
+
+impl PolicyTier {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyTier::Admin(_) => "admin",
+            PolicyTier::NetworkPolicy => "networkpolicy",
+            PolicyTier::Baseline(_) => "baseline",
+        }
+    }
+
+    /// The priority inside the tier (0 for the NetworkPolicy tier).
+    pub fn priority(self) -> u32 {
+        match self {
+            PolicyTier::Admin(p) | PolicyTier::Baseline(p) => p,
+            PolicyTier::NetworkPolicy => 0,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -221,6 +256,7 @@ impl Default for Policy {
             egress: None,
             isolates: [true, true],
             audit: false,
+            tier: PolicyTier::NetworkPolicy,
             origin: String::new(),
         }
     }
@@ -293,12 +329,24 @@ impl Rule {
     }
 }
 
-/// What a rule of the NetworkPolicy tier does.
+/// What a rule does. `Pass` exists only in the admin and baseline tiers: it skips the rest
+/// of the rule's tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
 pub enum RuleAction {
     #[default]
     Allow,
     Deny,
+    Pass,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "Allow",
+            RuleAction::Deny => "Deny",
+            RuleAction::Pass => "Pass",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]

@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::abi;
 use crate::model::Direction;
 
-/// The kinds of policy the NetworkPolicy tier holds.
+/// The kinds of policy Palisade reads: those of the NetworkPolicy tier, and the cluster-admin
+/// kinds of `policy.networking.k8s.io` (AdminNetworkPolicy and BaselineAdminNetworkPolicy of
+/// v1alpha1, ClusterNetworkPolicy of v1alpha2) whose policies live in the admin and baseline
+/// tiers (see [`crate::model::PolicyTier`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
 pub enum PolicyKind {
     #[default]
@@ -17,15 +20,21 @@ pub enum PolicyKind {
     PalisadeClusterNetworkPolicy,
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+    ClusterNetworkPolicy,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 8] = [
         PolicyKind::NetworkPolicy,
         PolicyKind::PalisadeNetworkPolicy,
         PolicyKind::PalisadeClusterNetworkPolicy,
         PolicyKind::CiliumNetworkPolicy,
         PolicyKind::CiliumClusterwideNetworkPolicy,
+        PolicyKind::AdminNetworkPolicy,
+        PolicyKind::BaselineAdminNetworkPolicy,
+        PolicyKind::ClusterNetworkPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +44,9 @@ impl PolicyKind {
             PolicyKind::PalisadeClusterNetworkPolicy => "PalisadeClusterNetworkPolicy",
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            PolicyKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            PolicyKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -46,7 +58,21 @@ impl PolicyKind {
     pub fn is_cluster_scoped(self) -> bool {
         matches!(
             self,
-            PolicyKind::PalisadeClusterNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy
+            PolicyKind::PalisadeClusterNetworkPolicy
+                | PolicyKind::CiliumClusterwideNetworkPolicy
+                | PolicyKind::AdminNetworkPolicy
+                | PolicyKind::BaselineAdminNetworkPolicy
+                | PolicyKind::ClusterNetworkPolicy
+        )
+    }
+
+    /// Whether this is one of the cluster-admin kinds of `policy.networking.k8s.io`.
+    pub fn is_cluster_admin(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::AdminNetworkPolicy
+                | PolicyKind::BaselineAdminNetworkPolicy
+                | PolicyKind::ClusterNetworkPolicy
         )
     }
 

@@ -34,9 +34,9 @@ kind: PodList
 items:
 - metadata: {name: b, namespace: x}
 ---
-apiVersion: policy.networking.k8s.io/v1alpha1
-kind: AdminNetworkPolicy
-metadata: {name: anp}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
 ---
 apiVersion: extensions/v1beta1
 kind: NetworkPolicy
@@ -50,10 +50,7 @@ metadata: {name: old}
         "PodList items take the list's kind"
     );
     assert_eq!(l.report.unsupported_kinds.get("ConfigMap"), Some(&1));
-    assert_eq!(
-        l.report.unsupported_kinds.get("AdminNetworkPolicy"),
-        Some(&1)
-    );
+    assert_eq!(l.report.unsupported_kinds.get("Ingress"), Some(&1));
     assert_eq!(
         l.report
             .unsupported_kinds

@@ -388,7 +388,7 @@ fn unsupported_kinds_are_reported() {
     let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stderr(&o).contains(
-        "warning: ignored 1 object(s) of kinds Palisade does not model: AdminNetworkPolicy (1)"
+        "warning: ignored 1 object(s) of kinds Palisade does not model: Ingress (1)"
     ));
 }
 
@@ -634,13 +634,13 @@ fn strict_makes_unmodelled_documents_errors_naming_file_and_document() {
         &fx("extra-kinds"),
     ]);
     let e = bad_input(&o);
-    assert!(e.contains("anp.yaml (document "), "{e}");
-    assert!(e.contains("AdminNetworkPolicy"), "{e}");
+    assert!(e.contains("ingress.yaml (document "), "{e}");
+    assert!(e.contains("Ingress"), "{e}");
     // Without --strict the same input warns and names where the kind was found.
     let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
     assert_eq!(o.status.code(), Some(0));
     assert!(
-        stderr(&o).contains("AdminNetworkPolicy at "),
+        stderr(&o).contains("Ingress at "),
         "{}",
         stderr(&o)
     );

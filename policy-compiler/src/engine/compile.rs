@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 use roaring::RoaringBitmap;
 
 use crate::abi::{self, PolicyValue};
-use crate::model::{Direction, PortMatch, Protocol, RuleAction, resolve_named_port};
-use crate::rules::PolicyRef;
+use crate::model::{Direction, PolicyTier, PortMatch, Protocol, RuleAction, resolve_named_port};
+use crate::rules::{PolicyKind, PolicyRef};
 
 use super::l7::L7Set;
+use super::register::PolicyState;
 use super::tiers::{self, TierRule};
 use super::*;
 
@@ -61,17 +62,32 @@ impl Engine {
         let own = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
         // Cluster-scoped policies are filed under the empty namespace.
         let cluster_wide = self.policies_by_ns.get("").unwrap_or(&empty);
-        for pref in own.iter().chain(cluster_wide) {
-            let Some(st) = self.policies.get(pref) else {
-                continue;
-            };
-            if !self
-                .selectors
-                .selected(st.subject)
-                .is_some_and(|b| b.contains(id))
-            {
-                continue;
-            }
+        let selecting: Vec<(&PolicyRef, &PolicyState)> = own
+            .iter()
+            .chain(cluster_wide)
+            .filter_map(|pref| self.policies.get(pref).map(|st| (pref, st)))
+            .filter(|(_, st)| {
+                self.selectors
+                    .selected(st.subject)
+                    .is_some_and(|b| b.contains(id))
+            })
+            .collect();
+        // The admin and baseline tiers order policies by priority, then name (then kind): the
+        // rank among the tiered policies selecting this identity is all the order needs, as
+        // only rules of policies selecting it can match its flows.
+        let mut tiered: Vec<(PolicyTier, &str, PolicyKind, usize)> = selecting
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, st))| st.policy.tier != PolicyTier::NetworkPolicy)
+            .map(|(i, (r, st))| (st.policy.tier, r.name.as_str(), r.kind, i))
+            .collect();
+        tiered.sort_unstable();
+        let mut rank = vec![0u64; selecting.len()];
+        for (k, t) in tiered.iter().enumerate() {
+            rank[t.3] = k as u64;
+        }
+        for (pi, (pref, st)) in selecting.iter().enumerate() {
+            let pref = *pref;
             for dir in Direction::BOTH {
                 let Some(rules) = st.policy.rules(dir) else {
                     continue;
@@ -81,11 +97,20 @@ impl Engine {
                     isolated[dir as usize].push(pref.clone());
                 }
                 let d = dir.abi();
-                for (rule, (peers, rule_id)) in rules.iter().zip(&st.rules[dir as usize]) {
-                    let base = match rule.action {
-                        RuleAction::Allow => TierRule::network_policy_allow(*rule_id),
-                        RuleAction::Deny => {
+                for (ri, (rule, (peers, rule_id))) in
+                    rules.iter().zip(&st.rules[dir as usize]).enumerate()
+                {
+                    let base = match (st.policy.tier, rule.action) {
+                        (PolicyTier::NetworkPolicy, RuleAction::Allow) => {
+                            TierRule::network_policy_allow(*rule_id)
+                        }
+                        (PolicyTier::NetworkPolicy, RuleAction::Deny) => {
                             TierRule::network_policy_deny(*rule_id, st.policy.audit)
+                        }
+                        // The loader gives Pass only to tiered kinds.
+                        (PolicyTier::NetworkPolicy, RuleAction::Pass) => continue,
+                        (tier, action) => {
+                            TierRule::tiered(tier, rank[pi], ri, action, *rule_id)
                         }
                     };
                     let union: Option<RoaringBitmap> = match peers {
@@ -120,7 +145,7 @@ impl Engine {
                             // Audit mode does not reach the proxy: HTTP allow rules allow the
                             // port, HTTP deny rules do nothing (docs/l7.md).
                             (Some(_), true, RuleAction::Allow) => base,
-                            (Some(_), true, RuleAction::Deny) => continue,
+                            (Some(_), true, RuleAction::Deny | RuleAction::Pass) => continue,
                         };
                         match &ps.port {
                             PortMatch::All => fixed.push((

@@ -103,6 +103,8 @@ impl Engine {
                         parts.push(match action {
                             RuleAction::Allow => h.summary(),
                             RuleAction::Deny => format!("deny {}", h.summary()),
+                            // Tiered kinds carry no HTTP rules; a Pass rule never reaches here.
+                            RuleAction::Pass => format!("pass {}", h.summary()),
                         });
                     }
                 }
@@ -148,7 +150,8 @@ pub fn compile_l7_with<'a>(
             Some((action, rules)) => {
                 let action = match action {
                     RuleAction::Allow => L7Action::Allow,
-                    RuleAction::Deny => L7Action::Deny,
+                    // No kind puts HTTP rules on a Pass rule; deny if one ever did (fail closed).
+                    RuleAction::Deny | RuleAction::Pass => L7Action::Deny,
                 };
                 for (i, rule) in rules.iter().enumerate() {
                     entries.push(RuleEntry {

@@ -128,6 +128,41 @@ impl TierRule {
         }
     }
 
+    /// A rule of a policy in the admin or baseline tier: `rank` is the policy's place among the
+    /// tiered policies selecting the endpoint (by priority, then name), `index` the rule's
+    /// place in its direction.
+    pub fn tiered(
+        tier: crate::model::PolicyTier,
+        rank: u64,
+        index: usize,
+        action: crate::model::RuleAction,
+        rule_id: u32,
+    ) -> TierRule {
+        use crate::model::{PolicyTier, RuleAction};
+        let (tier, precedence) = match tier {
+            // The value records the priority (below the NetworkPolicy tier's precedence).
+            PolicyTier::Admin(p) => (
+                Tier::Admin,
+                (p.min(abi::PRECEDENCE_NETWORK_POLICY as u32 - 1)) as u16,
+            ),
+            PolicyTier::Baseline(_) => (Tier::Baseline, abi::PRECEDENCE_BASELINE),
+            PolicyTier::NetworkPolicy => (Tier::NetworkPolicy, abi::PRECEDENCE_NETWORK_POLICY),
+        };
+        TierRule {
+            tier,
+            order: (rank << 32) | index as u64,
+            action: match action {
+                RuleAction::Allow => Action::Allow,
+                RuleAction::Deny => Action::Deny,
+                RuleAction::Pass => Action::Pass,
+            },
+            audit: false,
+            rule_id,
+            precedence,
+            http_port: 0,
+        }
+    }
+
     fn value(&self) -> PolicyValue {
         let (verdict, proxy_port) = match self.action {
             Action::Allow | Action::Pass => (abi::POLICY_VERDICT_ALLOW, 0),

@@ -7,10 +7,10 @@ use crate::engine::EngineConfig;
 use crate::engine::l7::{L7Ref, L7Set};
 use crate::eval::{Decision, Flow, FlowPeer, Verdict};
 use crate::model::{
-    Cluster, Direction, Endpoint, Entity, NamespaceScope, Peer, Peers, Policy, PortMatch, Rule,
-    RuleAction,
+    Cluster, Direction, Endpoint, Entity, NamespaceScope, Peer, Peers, Policy, PolicyTier,
+    PortMatch, Rule, RuleAction,
 };
-use crate::rules::{RuleRef, RuleTable};
+use crate::rules::{PolicyKind, PolicyRef, RuleRef, RuleTable};
 
 /// Evaluates a flow. `rules` supplies rule ids for attribution; `config` carries the
 /// identity label filter (labels it drops are invisible to policy in the datapath, so here
@@ -132,6 +132,13 @@ impl Ctx<'_> {
             return (Decision::InvalidIdentity, l7);
         }
         let labels = self.config.label_filter.apply(&subject.labels);
+        // A pod in an audit namespace: every deny is only reported.
+        let audit_ns =
+            crate::model::namespace_audits(&self.cluster.namespace_labels(&subject.namespace));
+        // The admin tier: the first matching rule decides; Pass hands over to the next tier.
+        if let Some(d) = self.tier_decision(true, dir, subject, &labels, peer, peer_ep, audit_ns) {
+            return (d, l7);
+        }
         let mut isolated_by = Vec::new();
         // The NetworkPolicy tier in its bands (see `engine::tiers`): the lowest rule id of the
         // first band that has a match decides.
@@ -142,7 +149,7 @@ impl Ctx<'_> {
         let mut allow: Option<u32> = None;
         let min = |slot: &mut Option<u32>, id: u32| *slot = Some(slot.map_or(id, |b| b.min(id)));
         for (pref, p) in &self.cluster.policies {
-            if !self.selects(p, subject, &labels) {
+            if p.tier != PolicyTier::NetworkPolicy || !self.selects(p, subject, &labels) {
                 continue;
             }
             let Some(rules) = p.rules(dir) else { continue };
@@ -165,6 +172,7 @@ impl Ctx<'_> {
                     match rule.action {
                         RuleAction::Allow => min(&mut redirect, id),
                         RuleAction::Deny => min(&mut redirect_deny, id),
+                        RuleAction::Pass => {}
                     }
                     l7.rules.extend(http_ports.iter().map(|&http_port| L7Ref {
                         rule_id: id,
@@ -176,6 +184,7 @@ impl Ctx<'_> {
                         (RuleAction::Allow, _) => min(&mut allow, id),
                         (RuleAction::Deny, false) => min(&mut deny, id),
                         (RuleAction::Deny, true) => min(&mut audit_deny, id),
+                        (RuleAction::Pass, _) => {}
                     }
                 }
             }
@@ -197,9 +206,6 @@ impl Ctx<'_> {
         l7.rules.dedup();
         l7.allow_all = allow;
         let proxy_port = self.config.proxy_port;
-        // A pod in an audit namespace: every deny is only reported.
-        let audit_ns =
-            crate::model::namespace_audits(&self.cluster.namespace_labels(&subject.namespace));
         let d = if let Some(rule) = deny {
             Decision::Denied {
                 rule,
@@ -216,7 +222,9 @@ impl Ctx<'_> {
             let base = if let Some(rule) = allow {
                 Decision::Allowed { rule }
             } else if isolated_by.is_empty() {
-                Decision::NotIsolated
+                // No NetworkPolicy isolates the endpoint: the baseline tier decides.
+                self.tier_decision(false, dir, subject, &labels, peer, peer_ep, audit_ns)
+                    .unwrap_or(Decision::NotIsolated)
             } else {
                 Decision::DefaultDeny { isolated_by }
             };
@@ -238,6 +246,57 @@ impl Ctx<'_> {
             }
         };
         (d, l7)
+    }
+
+    /// The admin tier's decision (`admin`), or the baseline tier's: policies by priority, then
+    /// name, then kind; rules in order; the first that matches decides. `None` when no rule
+    /// matches or a Pass rule hands over to the next tier.
+    #[allow(clippy::too_many_arguments, reason = "the flow as the tier sees it")]
+    fn tier_decision(
+        &self,
+        admin: bool,
+        dir: Direction,
+        subject: &Endpoint,
+        labels: &crate::k8s::Labels,
+        peer: &FlowPeer,
+        peer_ep: Option<&Endpoint>,
+        audit_ns: bool,
+    ) -> Option<Decision> {
+        let mut tiered: Vec<(PolicyTier, &str, PolicyKind, &PolicyRef, &Policy)> = self
+            .cluster
+            .policies
+            .iter()
+            .filter(|(_, p)| match p.tier {
+                PolicyTier::Admin(_) => admin,
+                PolicyTier::Baseline(_) => !admin,
+                PolicyTier::NetworkPolicy => false,
+            })
+            .filter(|(_, p)| self.selects(p, subject, labels))
+            .map(|(r, p)| (p.tier, r.name.as_str(), r.kind, r, &**p))
+            .collect();
+        tiered.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        for (_, _, _, pref, p) in tiered {
+            for (i, rule) in p.rules(dir).unwrap_or(&[]).iter().enumerate() {
+                if !self.rule_hits(rule, false, dir, subject, peer, peer_ep).0 {
+                    continue;
+                }
+                let r = RuleRef {
+                    policy: pref.clone(),
+                    direction: dir,
+                    index: i,
+                };
+                let id = self.rules.id(&r)?;
+                return match rule.action {
+                    RuleAction::Allow => Some(Decision::Allowed { rule: id }),
+                    RuleAction::Deny => Some(Decision::Denied {
+                        rule: id,
+                        audit: audit_ns,
+                    }),
+                    RuleAction::Pass => None,
+                };
+            }
+        }
+        None
     }
 
     /// Whether a policy applies to `subject` (its namespace scope and pod selector).
@@ -294,7 +353,7 @@ impl Ctx<'_> {
                     // Audit mode does not reach the proxy: its HTTP allow rules allow the port,
                     // its HTTP deny rules do nothing (docs/l7.md).
                     (Some(_), true, RuleAction::Allow) => hits.0 = true,
-                    (Some(_), true, RuleAction::Deny) => {}
+                    (Some(_), true, RuleAction::Deny | RuleAction::Pass) => {}
                 }
             }
         }

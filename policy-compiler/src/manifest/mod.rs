@@ -28,6 +28,7 @@ use crate::model::{
 use crate::rules::PolicyKind;
 use crate::validate::{self, FieldError, ValidationOptions};
 
+mod admin;
 mod documents;
 mod files;
 mod object;
@@ -53,7 +54,17 @@ pub const WORKLOAD_KINDS: &[&str] = &[
 
 /// Whether the loader models objects of this kind (list wrappers are flattened).
 pub fn is_modelled_kind(kind: &str) -> bool {
-    matches!(kind, "Namespace" | "Pod" | "Service" | "NetworkPolicy")
+    matches!(
+        kind,
+        "Namespace"
+            | "Pod"
+            | "Service"
+            | "NetworkPolicy"
+            | "Node"
+            | "AdminNetworkPolicy"
+            | "BaselineAdminNetworkPolicy"
+            | "ClusterNetworkPolicy"
+    )
         || WORKLOAD_KINDS.contains(&kind)
         || kind.ends_with("List")
 }

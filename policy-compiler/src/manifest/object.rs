@@ -30,6 +30,9 @@ pub(super) struct Builder<'o> {
     pub(super) workloads: Vec<WorkloadDef>,
     pub(super) pods: Vec<(Origin, PodObject)>,
     pub(super) seen: BTreeMap<String, Origin>,
+    /// Node objects, for the `nodes` peers of the cluster-admin kinds.
+    pub(super) nodes: Vec<admin::NodeDef>,
+    pub(super) node_peers: Vec<admin::NodePeer>,
 }
 
 /// The kinds the loader models, for "did you mean" hints.
@@ -46,6 +49,10 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "CronJob",
     "ReplicationController",
     "List",
+    "Node",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+    "ClusterNetworkPolicy",
 ];
 
 impl<'o> Builder<'o> {
@@ -58,6 +65,8 @@ impl<'o> Builder<'o> {
             workloads: Vec::new(),
             pods: Vec::new(),
             seen: BTreeMap::new(),
+            nodes: Vec::new(),
+            node_peers: Vec::new(),
         }
     }
 
@@ -216,7 +225,7 @@ impl<'o> Builder<'o> {
                 &doc.origin,
                 kind.clone(),
                 format!(
-                    "{label}: kind {kind:?} is not modelled (Namespace, Pod, Service, NetworkPolicy, workloads and Lists are){hint}"
+                    "{label}: kind {kind:?} is not modelled (Namespace, Node, Pod, Service, the policy kinds, workloads and Lists are){hint}"
                 ),
             );
         }
@@ -224,9 +233,36 @@ impl<'o> Builder<'o> {
         Ok(())
     }
 
-    /// One object of a Palisade or Cilium policy kind.
+    /// One object of a Palisade, Cilium or cluster-admin policy kind.
     pub(super) fn add_policy_kind(&mut self, doc: &Doc<'_>, kind: PolicyKind, label: String) {
         *self.report.objects.entry(kind.to_string()).or_default() += 1;
+        if kind.is_cluster_admin() {
+            match admin::convert_object(kind, doc) {
+                Ok(c) => {
+                    let r = c.policy.pref();
+                    let full_key = format!("{r}");
+                    if let Some(prev) = self.seen.get(&full_key) {
+                        self.invalid.push(InvalidObject {
+                            origin: doc.origin.clone(),
+                            object: label,
+                            errors: Vec::new(),
+                            messages: vec![format!("duplicate object: already defined in {prev}")],
+                        });
+                        return;
+                    }
+                    self.seen.insert(full_key, doc.origin.clone());
+                    self.node_peers.extend(c.node_peers);
+                    self.cluster.policies.insert(r, Arc::new(c.policy));
+                }
+                Err((errors, messages)) => self.invalid.push(InvalidObject {
+                    origin: doc.origin.clone(),
+                    object: label,
+                    errors,
+                    messages,
+                }),
+            }
+            return;
+        }
         let Some(object) = self.decode::<Value>(doc, &label) else {
             return;
         };
@@ -281,6 +317,15 @@ impl<'o> Builder<'o> {
         }
         self.seen.insert(full_key, doc.origin.clone());
         match kind.as_str() {
+            "Node" => match admin::convert_node(doc) {
+                Ok(n) => self.nodes.push(n),
+                Err((errors, messages)) => self.invalid.push(InvalidObject {
+                    origin: doc.origin.clone(),
+                    object: label,
+                    errors,
+                    messages,
+                }),
+            },
             "NetworkPolicy" => {
                 let Some(np) = self.decode::<NetworkPolicyObject>(doc, &label) else {
                     return;
@@ -412,6 +457,8 @@ impl<'o> Builder<'o> {
             mut invalid,
             workloads,
             pods,
+            nodes,
+            node_peers,
             ..
         } = self;
 
@@ -506,6 +553,9 @@ impl<'o> Builder<'o> {
         if !invalid.is_empty() {
             return Err(LoadError::Invalid(invalid));
         }
+        admin::resolve_node_peers(&mut cluster, &nodes, &node_peers);
+        let mut report = report;
+        report.warnings.extend(admin::priority_warnings(&cluster));
         cluster.imply_namespaces();
         Ok(Loaded { cluster, report })
     }
@@ -761,6 +811,7 @@ pub fn convert_policy(
         egress,
         isolates: [true, true],
         audit: false,
+        tier: crate::model::PolicyTier::NetworkPolicy,
         origin: origin.to_string(),
     })
 }

@@ -22,6 +22,10 @@ pub fn api_version_of(kind: PolicyKind) -> &'static str {
         PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy => {
             "cilium.io/v2"
         }
+        PolicyKind::AdminNetworkPolicy | PolicyKind::BaselineAdminNetworkPolicy => {
+            super::admin::V1ALPHA1
+        }
+        PolicyKind::ClusterNetworkPolicy => super::admin::V1ALPHA2,
     }
 }
 
@@ -102,7 +106,8 @@ pub(super) fn convert_object(
                 }
             }
         }
-        PolicyKind::NetworkPolicy => Vec::new(),
+        // The cluster-admin kinds are converted by `admin`.
+        _ => Vec::new(),
     };
     let mut out = Vec::new();
     for (policy_name, spec) in specs {
@@ -259,6 +264,7 @@ pub(super) fn convert_spec(
         egress,
         isolates: [spec.isolates_ingress(), spec.isolates_egress()],
         audit: spec.mode == PolicyMode::Audit,
+        tier: crate::model::PolicyTier::NetworkPolicy,
         origin: origin.to_string(),
     })
 }

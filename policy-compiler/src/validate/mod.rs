@@ -49,6 +49,7 @@ pub enum ErrorType {
     Invalid,
     Unsupported,
     TooLong,
+    TooMany,
     Duplicate,
 }
 
@@ -61,6 +62,7 @@ impl fmt::Display for ErrorType {
             ErrorType::Invalid => "Invalid value",
             ErrorType::Unsupported => "Unsupported value",
             ErrorType::TooLong => "Too long",
+            ErrorType::TooMany => "Too many",
             ErrorType::Duplicate => "Duplicate value",
         })
     }
@@ -86,7 +88,10 @@ impl fmt::Display for FieldError {
         write!(f, "{}: {}", self.field, self.error_type)?;
         match self.error_type {
             ErrorType::Required | ErrorType::Forbidden | ErrorType::TooLong => {}
-            ErrorType::Invalid | ErrorType::Unsupported | ErrorType::Duplicate => {
+            ErrorType::Invalid
+            | ErrorType::Unsupported
+            | ErrorType::Duplicate
+            | ErrorType::TooMany => {
                 // A nil bad value is printed by Go as the quoted string "null".
                 write!(f, ": {}", self.bad_value.as_deref().unwrap_or("\"null\""))?;
             }

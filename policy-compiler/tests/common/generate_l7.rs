@@ -143,6 +143,7 @@ pub fn policy(name: String) -> impl Strategy<Value = Policy> {
                             egress: strip(egress),
                             isolates: if np { [true, true] } else { isolates },
                             audit: !np && audit,
+                            tier: Default::default(),
                             origin: "generated".into(),
                         }
                     },
