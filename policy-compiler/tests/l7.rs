@@ -697,8 +697,9 @@ mod agreement {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 
-    /// Random mixes of NetworkPolicy and Palisade's kinds (deny rules, entities, cluster scope,
-    /// audit, default deny off, HTTP rules) and random requests: both evaluators agree on the
+    /// Random mixes of every policy kind (NetworkPolicy; Palisade's kinds with deny rules,
+    /// entities, cluster scope, audit, default deny off, HTTP rules; the cluster-admin kinds with
+    /// Allow, Deny and Pass at colliding priorities) and random requests: both evaluators agree on the
     /// L3/L4 decision and rule, on the HTTP rules of every redirected side, and therefore on
     /// every request's decision and rule. The mix must exercise redirects, denies and both L7
     /// outcomes, or the property proves little.
@@ -709,7 +710,7 @@ mod agreement {
             failure_persistence: None,
             ..Config::default()
         });
-        let counts = std::cell::RefCell::new([0usize; 5]);
+        let counts = std::cell::RefCell::new([0usize; 6]);
         let result = runner.run(
             &(
                 cluster(),
@@ -742,6 +743,14 @@ mod agreement {
                     {
                         k[0] += 1;
                     }
+                    // Sides decided by a rule of the admin or baseline tier.
+                    k[5] += [&m.ingress, &m.egress]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|d| d.rule())
+                        .filter_map(|id| engine.rules().resolve(id))
+                        .filter(|r| r.policy.kind.is_cluster_admin())
+                        .count();
                     for set in [ml7.0, ml7.1].into_iter().flatten() {
                         k[1] += 1;
                         let compiled = engine.compile_l7(&set);
@@ -762,8 +771,8 @@ mod agreement {
         }
         let k = counts.into_inner();
         println!(
-            "denied sides {}, redirected sides {}, requests allowed {}, denied by rule {}, no rule {}",
-            k[0], k[1], k[2], k[3], k[4]
+            "denied sides {}, redirected sides {}, requests allowed {}, denied by rule {}, no rule {}, decided by the admin or baseline tier {}",
+            k[0], k[1], k[2], k[3], k[4], k[5]
         );
         assert!(k.iter().all(|n| *n > 20), "degenerate mix: {k:?}");
     }

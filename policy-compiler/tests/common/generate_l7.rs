@@ -1,13 +1,17 @@
-//! Random policies of the whole NetworkPolicy tier: NetworkPolicy, Palisade's namespaced and
-//! cluster-scoped kinds with deny rules, entities, audit mode, default deny switched off, and
-//! HTTP rules on ports; plus random HTTP requests.
+//! Random policies of every kind: NetworkPolicy, Palisade's namespaced and cluster-scoped
+//! kinds with deny rules, entities, audit mode, default deny switched off, and HTTP rules on
+//! ports; the cluster-admin kinds (AdminNetworkPolicy, BaselineAdminNetworkPolicy,
+//! ClusterNetworkPolicy in either tier) with Allow, Deny and Pass rules at colliding
+//! priorities; plus random HTTP requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use palisade_l7proxy::{
     HeaderMatch, HttpRule, NormalizeOptions, NormalizedRequest, RequestHead, normalize,
 };
-use policy_compiler::model::{Entity, Peer, Peers, Policy, PortMatch, PortSpec, Rule, RuleAction};
+use policy_compiler::model::{
+    Entity, Peer, Peers, Policy, PolicyTier, PortMatch, PortSpec, Rule, RuleAction,
+};
 use policy_compiler::rules::PolicyKind;
 use policy_compiler::{Cluster, Protocol};
 use proptest::prelude::*;
@@ -93,6 +97,12 @@ pub fn policy(name: String) -> impl Strategy<Value = Policy> {
             PolicyKind::NetworkPolicy,
             PolicyKind::PalisadeNetworkPolicy,
             PolicyKind::PalisadeClusterNetworkPolicy,
+            PolicyKind::NetworkPolicy,
+            PolicyKind::PalisadeNetworkPolicy,
+            PolicyKind::PalisadeClusterNetworkPolicy,
+            PolicyKind::AdminNetworkPolicy,
+            PolicyKind::BaselineAdminNetworkPolicy,
+            PolicyKind::ClusterNetworkPolicy,
         ]),
     )
         .prop_flat_map(move |(ns, kind)| {
@@ -104,9 +114,72 @@ pub fn policy(name: String) -> impl Strategy<Value = Policy> {
                 prop::option::of(prop::collection::vec(rule(ns), 0..3)),
                 prop::bool::weighted(0.15),
                 [prop::bool::weighted(0.8), prop::bool::weighted(0.8)],
+                // Few priorities, so that equal priorities (ordered by name) occur.
+                prop::sample::select(vec![0u32, 5, 5, 10, 1000]),
+                prop::collection::vec(prop::sample::select(vec![0u8, 1, 2]), 6),
+                any::<bool>(),
             )
                 .prop_map(
-                    move |(pod_selector, nss, ingress, egress, audit, isolates)| {
+                    move |(
+                        pod_selector,
+                        nss,
+                        ingress,
+                        egress,
+                        audit,
+                        isolates,
+                        priority,
+                        actions,
+                        cnp_admin,
+                    )| {
+                        if kind.is_cluster_admin() {
+                            // The admin and baseline tiers: Allow, Deny and Pass rules on
+                            // namespaces, pods and networks; no entities, HTTP rules or audit.
+                            let tiered = |rules: Option<Vec<Rule>>, d: usize| {
+                                rules.map(|rs| {
+                                    rs.into_iter()
+                                        .enumerate()
+                                        .map(|(i, mut r)| {
+                                            r.action = match actions[(d * 3 + i) % 6] {
+                                                0 => RuleAction::Allow,
+                                                1 => RuleAction::Deny,
+                                                _ if kind
+                                                    == PolicyKind::BaselineAdminNetworkPolicy =>
+                                                {
+                                                    RuleAction::Deny
+                                                }
+                                                _ => RuleAction::Pass,
+                                            };
+                                            r.ports.retain(|p| p.http.is_none());
+                                            if let Peers::List(l) = &mut r.peers {
+                                                l.retain(|p| !matches!(p, Peer::Entity(_)));
+                                            }
+                                            r
+                                        })
+                                        .collect()
+                                })
+                            };
+                            let tier = match kind {
+                                PolicyKind::AdminNetworkPolicy => PolicyTier::Admin(priority),
+                                PolicyKind::ClusterNetworkPolicy if cnp_admin => {
+                                    PolicyTier::Admin(priority)
+                                }
+                                PolicyKind::ClusterNetworkPolicy => PolicyTier::Baseline(priority),
+                                _ => PolicyTier::Baseline(0),
+                            };
+                            return Policy {
+                                kind,
+                                namespace: String::new(),
+                                name: name.clone(),
+                                namespace_selector: Some(nss.clone().unwrap_or_default()),
+                                pod_selector: pod_selector.clone(),
+                                ingress: tiered(ingress, 0),
+                                egress: tiered(egress, 1),
+                                isolates: [false, false],
+                                audit: false,
+                                tier,
+                                origin: "generated".into(),
+                            };
+                        }
                         let np = kind == PolicyKind::NetworkPolicy;
                         let strip = |rules: Option<Vec<Rule>>| {
                             // NetworkPolicy has neither deny rules, entities nor HTTP rules.
