@@ -2,7 +2,9 @@
 //! (BPF_PROG_TEST_RUN on maps written by the enforcer's sync code, in a private bpffs) and
 //! the policy core's map-level evaluator (`eval::maps`) agree on the verdict and the rule
 //! id, for both the egress hook of the source and the ingress hook of the destination.
-//! At least 10,000 flows are compared per run; PALISADE_DIFF_CASES raises the count.
+//! At least 10,000 flows are compared per run; PALISADE_DIFF_CASES raises the count. A second
+//! run draws every policy kind: deny and audit rules, entities, HTTP redirects, and the
+//! admin and baseline tiers with Allow, Deny and Pass at colliding priorities.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,6 +15,8 @@
 mod common;
 #[path = "../../policy-compiler/tests/common/generate.rs"]
 mod generate;
+#[path = "../../policy-compiler/tests/common/generate_l7.rs"]
+mod generate_l7;
 
 use std::net::IpAddr;
 
@@ -161,14 +165,33 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
     if !common::privileged("differential") {
         return;
     }
+    differential(cluster(), cases(), 10_000);
+}
+
+/// Every policy kind: the NetworkPolicy tier's deny, audit, entity and HTTP rules, and the
+/// admin and baseline tiers (deny beats a NetworkPolicy allow, Pass hands over, a baseline
+/// deny closes what no NetworkPolicy isolates), with the values' precedence and flags.
+#[test]
+fn kernel_and_map_evaluator_agree_on_every_policy_kind() {
+    if !common::privileged("differential") {
+        return;
+    }
+    differential(generate_l7::cluster(), cases().div_ceil(2), 5_000);
+}
+
+fn differential(
+    clusters: impl proptest::strategy::Strategy<Value = policy_compiler::Cluster>,
+    cases: u32,
+    at_least: usize,
+) {
     let mut runner = TestRunner::new(Config {
-        cases: cases(),
+        cases,
         failure_persistence: None,
         ..Config::default()
     });
     let compared = std::cell::Cell::new(0usize);
     let allowed = std::cell::Cell::new(0usize);
-    let result = runner.run(&(cluster(), flow_seeds(FLOWS_PER_CASE)), |(c, seeds)| {
+    let result = runner.run(&(clusters, flow_seeds(FLOWS_PER_CASE)), |(c, seeds)| {
         let (engine, _) = Engine::compile(&c, EngineConfig::default()).unwrap();
         // The enforcer writes the maps exactly as it does on a node.
         let fs = common::PrivateBpffs::new("diff");
@@ -203,7 +226,7 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
                 let exp = comparable(want.egress.as_ref().unwrap());
                 proptest::prop_assert_eq!(&got, &exp, "egress of {:?}", flow);
                 compared.set(compared.get() + 1);
-                if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                if got.allowed() {
                     allowed.set(allowed.get() + 1);
                 }
             }
@@ -212,7 +235,7 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
                 let exp = comparable(want.ingress.as_ref().unwrap());
                 proptest::prop_assert_eq!(&got, &exp, "ingress of {:?}", flow);
                 compared.set(compared.get() + 1);
-                if matches!(got, Decision::Allowed { .. } | Decision::NotIsolated) {
+                if got.allowed() {
                     allowed.set(allowed.get() + 1);
                 }
             }
@@ -227,7 +250,7 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
         "differential: {n} hook decisions compared, {a} allowed, {} denied",
         n - a
     );
-    assert!(n >= 10_000 || cases() < 80, "compared only {n} decisions");
+    assert!(n >= at_least || cases < 40, "compared only {n} decisions");
     assert!(
         a > n / 20 && a < n - n / 20,
         "degenerate mix: {a}/{n} allowed"

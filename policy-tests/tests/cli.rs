@@ -387,9 +387,10 @@ fn invalid_policy_reports_the_api_server_message() {
 fn unsupported_kinds_are_reported() {
     let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains(
-        "warning: ignored 1 object(s) of kinds Palisade does not model: Ingress (1)"
-    ));
+    assert!(
+        stderr(&o)
+            .contains("warning: ignored 1 object(s) of kinds Palisade does not model: Ingress (1)")
+    );
 }
 
 #[test]
@@ -639,11 +640,7 @@ fn strict_makes_unmodelled_documents_errors_naming_file_and_document() {
     // Without --strict the same input warns and names where the kind was found.
     let o = run(&["connections", "-f", &fx("shop"), "-f", &fx("extra-kinds")]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(
-        stderr(&o).contains("Ingress at "),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("Ingress at "), "{}", stderr(&o));
     assert!(stderr(&o).contains("--strict"), "{}", stderr(&o));
 }
 

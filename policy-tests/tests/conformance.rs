@@ -181,10 +181,15 @@ fn netpol_analyzer_connlist_txt() {
             .iter()
             .find(|o| o.name == *name)
             .unwrap_or_else(|| panic!("documented case {name} not run"));
-        assert!(o.differs[0].is_some(), "{name} ({d:?}) is now identical: raise the baseline");
+        assert!(
+            o.differs[0].is_some(),
+            "{name} ({d:?}) is now identical: raise the baseline"
+        );
         if let Documented::ApiServerRefuses(_) = d {
             assert!(
-                o.differs[0].as_deref().is_some_and(|x| x.starts_with("rejected as invalid")),
+                o.differs[0]
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("rejected as invalid")),
                 "{name}: documented as refused"
             );
         }

@@ -109,9 +109,7 @@ impl Engine {
                         }
                         // The loader gives Pass only to tiered kinds.
                         (PolicyTier::NetworkPolicy, RuleAction::Pass) => continue,
-                        (tier, action) => {
-                            TierRule::tiered(tier, rank[pi], ri, action, *rule_id)
-                        }
+                        (tier, action) => TierRule::tiered(tier, rank[pi], ri, action, *rule_id),
                     };
                     let union: Option<RoaringBitmap> = match peers {
                         RulePeers::Any => None,

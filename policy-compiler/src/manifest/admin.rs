@@ -238,7 +238,12 @@ pub(super) fn convert_object(
     let obj: Object<Spec> = doc.decode().map_err(|m| (Vec::new(), vec![m]))?;
     let mut errors = Vec::new();
     let name = required_name(&obj.metadata, &mut errors);
-    if obj.metadata.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
+    if obj
+        .metadata
+        .namespace
+        .as_deref()
+        .is_some_and(|n| !n.is_empty())
+    {
         errors.push(field_invalid(
             "metadata.namespace",
             format!("{:?}", obj.metadata.namespace.clone().unwrap_or_default()),
@@ -349,22 +354,14 @@ pub(super) fn convert_object(
         let mut rules = Vec::with_capacity(list.len());
         for (i, r) in list.iter().enumerate() {
             let at = format!("{path}[{i}]");
-            if let Some(rule) = convert_rule(
-                kind,
-                dir,
-                r,
-                &at,
-                limits,
-                &mut errors,
-                &mut |sel| {
-                    node_peers.push(NodePeer {
-                        policy: pref.clone(),
-                        direction: dir,
-                        rule: i,
-                        selector: sel,
-                    })
-                },
-            ) {
+            if let Some(rule) = convert_rule(kind, dir, r, &at, limits, &mut errors, &mut |sel| {
+                node_peers.push(NodePeer {
+                    policy: pref.clone(),
+                    direction: dir,
+                    rule: i,
+                    selector: sel,
+                })
+            }) {
                 rules.push(rule);
             }
         }
@@ -579,7 +576,12 @@ fn convert_rule(
                 }
                 if let Some(name) = &p.destination_named_port {
                     named = true;
-                    named_port(name, &format!("{at}.destinationNamedPort"), &mut ports, errors);
+                    named_port(
+                        name,
+                        &format!("{at}.destinationNamedPort"),
+                        &mut ports,
+                        errors,
+                    );
                     continue;
                 }
                 for (ports_of, proto, key) in given {
@@ -634,17 +636,13 @@ fn convert_rule(
                     errors.push(field_invalid(
                         &at,
                         String::new(),
-                        "exactly one of `portNumber`, `namedPort`, `portRange` must be set"
-                            .into(),
+                        "exactly one of `portNumber`, `namedPort`, `portRange` must be set".into(),
                     ));
                     continue;
                 }
                 if let Some(pn) = &p.port_number {
-                    let proto = port_protocol(
-                        pn.protocol.as_deref(),
-                        &format!("{at}.portNumber"),
-                        errors,
-                    );
+                    let proto =
+                        port_protocol(pn.protocol.as_deref(), &format!("{at}.portNumber"), errors);
                     let port = match pn.port {
                         None => {
                             errors.push(field_required(&format!("{at}.portNumber.port"), ""));
@@ -692,7 +690,11 @@ fn convert_rule(
 fn named_port(name: &str, path: &str, ports: &mut Vec<PortSpec>, errors: &mut Vec<FieldError>) {
     let problems = validate::is_valid_port_name(name);
     if !problems.is_empty() {
-        errors.push(field_invalid(path, format!("{name:?}"), problems.join("; ")));
+        errors.push(field_invalid(
+            path,
+            format!("{name:?}"),
+            problems.join("; "),
+        ));
         return;
     }
     for proto in Protocol::POLICY {
@@ -852,10 +854,7 @@ pub(super) fn convert_node(doc: &Doc<'_>) -> Result<NodeDef, (Vec<FieldError>, V
     if !errors.is_empty() {
         return Err((errors, Vec::new()));
     }
-    Ok(NodeDef {
-        labels,
-        addresses,
-    })
+    Ok(NodeDef { labels, addresses })
 }
 
 /// Gives every `nodes` peer the addresses of the nodes its selector matches (none: the peer
@@ -893,8 +892,7 @@ pub(super) fn resolve_node_peers(cluster: &mut Cluster, nodes: &[NodeDef], pendi
 /// Warnings about admin-tier policies sharing a priority: upstream leaves their order
 /// undefined; Palisade orders them by name.
 pub(super) fn priority_warnings(cluster: &Cluster) -> Vec<String> {
-    let mut by_priority: BTreeMap<(bool, u32), Vec<(String, PolicyKind, String)>> =
-        BTreeMap::new();
+    let mut by_priority: BTreeMap<(bool, u32), Vec<(String, PolicyKind, String)>> = BTreeMap::new();
     for (r, p) in &cluster.policies {
         let key = match p.tier {
             PolicyTier::Admin(prio) => (true, prio),

@@ -64,8 +64,7 @@ pub fn is_modelled_kind(kind: &str) -> bool {
             | "AdminNetworkPolicy"
             | "BaselineAdminNetworkPolicy"
             | "ClusterNetworkPolicy"
-    )
-        || WORKLOAD_KINDS.contains(&kind)
+    ) || WORKLOAD_KINDS.contains(&kind)
         || kind.ends_with("List")
 }
 
