@@ -282,6 +282,15 @@ pub struct Details<'a> {
     /// The rule's log marker, when it has one.
     #[serde(default, borrow)]
     pub log: Cow<'a, str>,
+    /// The tier that decided: `admin`, `networkpolicy` or `baseline`, when a rule did.
+    #[serde(default, borrow)]
+    pub tier: Cow<'a, str>,
+    /// The deciding policy's priority in the admin or baseline tier.
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// The deciding rule's action: `Allow`, `Deny` or `Pass`.
+    #[serde(default, borrow)]
+    pub action: Cow<'a, str>,
     #[serde(default, borrow)]
     pub isolated_by: Vec<Cow<'a, str>>,
     #[serde(default, borrow)]

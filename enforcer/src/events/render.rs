@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde_json::{Map, Value, json};
 
 use policy_compiler::abi::{self, VerdictEvent};
-use policy_compiler::model::{Direction, Protocol};
+use policy_compiler::model::{Direction, PolicyTier, Protocol};
 use policy_compiler::rules::{PolicyRef, RuleRef};
 
 use super::clock::WallTime;
@@ -298,6 +298,13 @@ fn render_flow_as(
         }
         if let Some(m) = marker {
             ext.insert("log".into(), json!(m));
+        }
+        if let Some((tier, action)) = resolver.rule_tier(r) {
+            ext.insert("tier".into(), json!(tier.name()));
+            if tier != PolicyTier::NetworkPolicy {
+                ext.insert("priority".into(), json!(tier.priority()));
+            }
+            ext.insert("action".into(), json!(action.as_str()));
         }
     } else if ev.rule_id == abi::RULE_ID_NOT_ISOLATED {
         ext.insert("rule".into(), json!("not isolated"));

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use policy_compiler::engine::Engine;
 use policy_compiler::identity::{IdentityInfo, Reserved};
-use policy_compiler::model::{Direction, Endpoint};
+use policy_compiler::model::{Direction, Endpoint, PolicyTier, RuleAction};
 use policy_compiler::rules::{PolicyRef, RuleRef};
 
 /// One side of a flow, as Hubble's `Endpoint` message shows it.
@@ -41,6 +41,10 @@ pub trait FlowResolver {
     /// The rule's own name and log marker (Palisade's policy kinds), when it has them.
     fn rule_labels(&self, _rule: &RuleRef) -> (Option<String>, Option<String>) {
         (None, None)
+    }
+    /// The tier of the rule's policy and the rule's action, when known.
+    fn rule_tier(&self, _rule: &RuleRef) -> Option<(PolicyTier, RuleAction)> {
+        None
     }
 }
 
@@ -129,6 +133,12 @@ impl FlowResolver for EngineResolver<'_> {
             .and_then(|p| p.rules(r.direction)?.get(r.index))
             .map(|rule| (rule.name.clone(), rule.log.clone()))
             .unwrap_or_default()
+    }
+
+    fn rule_tier(&self, r: &RuleRef) -> Option<(PolicyTier, RuleAction)> {
+        let p = self.engine.cluster().policies.get(&r.policy)?;
+        let rule = p.rules(r.direction)?.get(r.index)?;
+        Some((p.tier, rule.action))
     }
 
     fn match_type(&self, rule: &RuleRef) -> u32 {

@@ -630,3 +630,60 @@ spec:
     );
     assert_eq!(flow["ingress_denied_by"][0]["name"], "guard", "{flow}");
 }
+
+#[test]
+fn an_admin_network_policy_deny_names_kind_tier_priority_and_rule() {
+    let extra = r#"
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: guardrail}
+spec:
+  priority: 7
+  subject: {namespaces: {}}
+  ingress:
+  - name: no-ssh-anywhere
+    action: Deny
+    from: [{namespaces: {}}]
+    ports: [{portNumber: {protocol: TCP, port: 22}}]
+"#;
+    let loaded = load_str(
+        "test.yaml",
+        &format!("{MANIFESTS}{extra}"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
+        .unwrap()
+        .0;
+    let id = e
+        .rules()
+        .id(&RuleRef {
+            policy: PolicyRef {
+                kind: policy_compiler::rules::PolicyKind::AdminNetworkPolicy,
+                namespace: String::new(),
+                name: "guardrail".into(),
+            },
+            direction: Direction::Ingress,
+            index: 0,
+        })
+        .unwrap();
+    let mut ev = event(&e);
+    ev.verdict = abi::EVENT_VERDICT_DROPPED;
+    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
+    ev.dport_be = 22u16.to_be();
+    ev.rule_id = id;
+    let lines = render_all(&e, &ev);
+    let flow = &lines.last().unwrap()["flow"];
+    let ext = &flow["extensions"]["value"];
+    assert_eq!(ext["rule_name"], "no-ssh-anywhere", "{flow}");
+    assert_eq!(ext["tier"], "admin", "{flow}");
+    assert_eq!(ext["priority"], 7, "{flow}");
+    assert_eq!(ext["action"], "Deny", "{flow}");
+    assert_eq!(
+        flow["ingress_denied_by"][0]["kind"], "AdminNetworkPolicy",
+        "{flow}"
+    );
+    assert_eq!(flow["ingress_denied_by"][0]["name"], "guardrail", "{flow}");
+    assert_eq!(flow["ingress_denied_by"][0]["namespace"], "", "{flow}");
+}

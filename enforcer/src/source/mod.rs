@@ -110,12 +110,33 @@ pub enum SourceError {
 
 /// Policy equality for diffs: `origin` (file and document, for messages) is left out, so
 /// moving a policy between files or documents does not recompile anything.
+///
+/// Every other field counts; the destructuring makes a field added to `Policy` a compile
+/// error here until it is compared.
 fn same_policy(a: &Policy, b: &Policy) -> bool {
-    a.namespace == b.namespace
-        && a.name == b.name
-        && a.pod_selector == b.pod_selector
-        && a.ingress == b.ingress
-        && a.egress == b.egress
+    let Policy {
+        kind,
+        namespace,
+        name,
+        namespace_selector,
+        pod_selector,
+        ingress,
+        egress,
+        isolates,
+        audit,
+        tier,
+        origin: _,
+    } = a;
+    *kind == b.kind
+        && *namespace == b.namespace
+        && *name == b.name
+        && *namespace_selector == b.namespace_selector
+        && *pod_selector == b.pod_selector
+        && *ingress == b.ingress
+        && *egress == b.egress
+        && *isolates == b.isolates
+        && *audit == b.audit
+        && *tier == b.tier
 }
 
 /// The changes that turn `old` into `new`: upserts of new or modified namespaces, policies

@@ -87,6 +87,50 @@ fn diff_of_equal_clusters_is_empty() {
     );
 }
 
+/// A change to any field but `origin` is a change: the priority of an AdminNetworkPolicy,
+/// the tier of a ClusterNetworkPolicy, a cluster-scoped subject, audit mode, default deny.
+#[test]
+fn every_policy_field_but_origin_is_compared() {
+    let load = |yaml: &str| {
+        manifest::load_str("a.yaml", yaml, &LoadOptions::default())
+            .unwrap()
+            .cluster
+    };
+    let anp = |prio: u32, ns: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: a}}\nspec: {{priority: {prio}, subject: {{namespaces: {{matchLabels: {{team: {ns}}}}}}}, ingress: [{{action: Deny, from: [{{namespaces: {{}}}}]}}]}}\n"
+        )
+    };
+    let cnp = |tier: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: c}}\nspec: {{tier: {tier}, priority: 3, subject: {{namespaces: {{}}}}, ingress: [{{action: Deny, from: [{{namespaces: {{}}}}]}}]}}\n"
+        )
+    };
+    let pnp = |mode: &str, default_deny: bool| {
+        format!(
+            "apiVersion: policy.palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {{mode: {mode}, defaultDeny: {{ingress: {default_deny}}}, podSelector: {{}}, ingress: [{{from: [{{podSelector: {{}}}}]}}]}}\n"
+        )
+    };
+    for (a, b) in [
+        (anp(30, "blue"), anp(10, "blue")),
+        (anp(30, "blue"), anp(30, "green")),
+        (cnp("Admin"), cnp("Baseline")),
+        (pnp("Enforce", true), pnp("Audit", true)),
+        (pnp("Enforce", true), pnp("Enforce", false)),
+    ] {
+        let (ca, cb) = (load(&a), load(&b));
+        assert_eq!(diff_clusters(&ca, &ca.clone()).len(), 0, "{a}");
+        assert_eq!(
+            diff_clusters(&ca, &cb)
+                .iter()
+                .filter(|c| matches!(c, Change::UpsertPolicy(_)))
+                .count(),
+            1,
+            "{a} -> {b}"
+        );
+    }
+}
+
 #[test]
 fn reload_diffs_policies_pods_and_namespaces() {
     let d = TempDir::new("diff");
