@@ -24,9 +24,8 @@
 //!   open connection ends in the old or the new verdict (kept, or cut like any revoked flow);
 //! - the verdict log names the admin or baseline policy, with its kind, that decided.
 //!
-//! A priority change made by editing only `spec.priority` is not applied by the agent yet
-//! (its manifest diff does not compare tiers): that test is `#[ignore]`d with the reason;
-//! the same change made by replacing the policy runs.
+//! A priority change is tested both ways: by editing only `spec.priority`, and by replacing
+//! the policy with one of another name.
 //!
 //! Privileged tier: needs root, network namespaces and BPF. Under `CI=true` a host that
 //! cannot run these fails them (`Node::for_test`); elsewhere they print `skipped: ...`.
@@ -950,9 +949,6 @@ fn a_deny_replaced_at_a_lower_priority_reaches_new_and_open_connections() {
 
 /// The same change made the way an administrator would: only `spec.priority` edited.
 #[test]
-#[ignore = "the agent does not apply a change of spec.priority alone: the manifest source's \
-            diff (same_policy in enforcer/src/source/mod.rs) compares neither the tier nor the \
-            priority, so no revision is made"]
 fn a_priority_edit_reaches_new_and_open_connections() {
     priority_change("tiers: priority edit", Reprioritize::InPlace);
 }
