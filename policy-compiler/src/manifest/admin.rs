@@ -892,7 +892,9 @@ pub(super) fn resolve_node_peers(cluster: &mut Cluster, nodes: &[NodeDef], pendi
 /// Warnings about admin-tier policies sharing a priority: upstream leaves their order
 /// undefined; Palisade orders them by name.
 pub(super) fn priority_warnings(cluster: &Cluster) -> Vec<String> {
-    let mut by_priority: BTreeMap<(bool, u32), Vec<(String, PolicyKind, String)>> = BTreeMap::new();
+    /// (admin tier, priority) -> (name, kind, display) of the policies there.
+    type ByPriority = BTreeMap<(bool, u32), Vec<(String, PolicyKind, String)>>;
+    let mut by_priority = ByPriority::new();
     for (r, p) in &cluster.policies {
         let key = match p.tier {
             PolicyTier::Admin(prio) => (true, prio),
