@@ -8,7 +8,10 @@
 use std::fmt::Write as _;
 
 use policy_compiler::eval::maps;
-use policy_compiler::model::{Endpoint, NamespaceScope, Peer, Peers, PortMatch, Rule};
+use policy_compiler::model::{
+    Endpoint, NamespaceScope, Peer, Peers, Policy, PolicyTier, PortMatch, Rule, RuleAction,
+};
+use policy_compiler::rules::{PolicyRef, RuleRef};
 use policy_compiler::{Decision, Direction, Flow, FlowPeer, Protocol, Verdict};
 use serde::Serialize;
 
@@ -24,6 +27,14 @@ pub struct RuleCheck {
     /// Why it does not match (`peer mismatch: ...`, `port mismatch: ...`,
     /// `named port unresolved: ...`); empty when it matches.
     pub reasons: Vec<String>,
+    /// `admin`, `networkpolicy` or `baseline`.
+    pub tier: String,
+    /// `Allow`, `Deny` or `Pass`.
+    pub action: String,
+    /// What the rule did in the tier walk: `decides`, `passes to the next tier`, `skipped:
+    /// an earlier Pass rule left the admin tier`, `not reached: ...`; `None` when it matches
+    /// nothing or its tier resolves by band (the NetworkPolicy tier).
+    pub outcome: Option<String>,
 }
 
 /// One direction of the flow at one end.
@@ -106,26 +117,83 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
     let labels = filter.apply(&subj.labels);
     let mut policies = Vec::new();
     let mut rules = Vec::new();
-    for (pref, p) in &a.cluster().policies {
-        let ns_ok = match &p.scope() {
-            NamespaceScope::Own(ns) => *ns == subj.namespace,
-            NamespaceScope::Selected(s) => {
-                s.matches(&a.cluster().namespace_labels(&subj.namespace))
-            }
+    // In evaluation order: the admin tier by priority, then name; the NetworkPolicy tier;
+    // the baseline tier by priority, then name.
+    let mut selecting: Vec<_> = a
+        .cluster()
+        .policies
+        .iter()
+        .filter(|(_, p)| {
+            let ns_ok = match &p.scope() {
+                NamespaceScope::Own(ns) => *ns == subj.namespace,
+                NamespaceScope::Selected(s) => {
+                    s.matches(&a.cluster().namespace_labels(&subj.namespace))
+                }
+            };
+            ns_ok && p.pod_selector.matches(&labels)
+        })
+        .collect();
+    selecting.sort_by(|(ra, pa), (rb, pb)| {
+        let key = |r: &PolicyRef, p: &Policy| match p.tier {
+            PolicyTier::NetworkPolicy => (p.tier, String::new(), r.clone()),
+            t => (t, r.name.clone(), r.clone()),
         };
-        if !ns_ok || !p.pod_selector.matches(&labels) {
-            continue;
-        }
+        key(ra, pa).cmp(&key(rb, pb))
+    });
+    // The deciding rule, from the maps.
+    let deciding = decision.and_then(Decision::rule);
+    // Walking the tiers: once a rule decides, later ones are not reached; a Pass rule skips
+    // the rest of its tier.
+    let mut decided = false;
+    let mut passed: Option<PolicyTier> = None;
+    for (pref, p) in selecting {
         let Some(rs) = p.rules(dir) else { continue };
-        policies.push(pref.to_string());
+        policies.push(match p.tier {
+            PolicyTier::NetworkPolicy => pref.to_string(),
+            PolicyTier::Admin(n) => format!("{pref} (admin tier, priority {n})"),
+            PolicyTier::Baseline(n) => format!("{pref} (baseline tier, priority {n})"),
+        });
         for (i, rule) in rs.iter().enumerate() {
             let mut reasons = Vec::new();
             check_peers(a, rule, dir, peer, peer_ep, &mut reasons);
             check_ports(rule, flow.protocol, flow.port, dst_ep, peer, &mut reasons);
+            let matched = reasons.is_empty();
+            let id = a.engine.rules().id(&RuleRef {
+                policy: pref.clone(),
+                direction: dir,
+                index: i,
+            });
+            let same_tier_passed = passed
+                .is_some_and(|t| std::mem::discriminant(&t) == std::mem::discriminant(&p.tier));
+            let outcome = if decided {
+                matched.then(|| "not reached: an earlier rule decided".to_string())
+            } else if same_tier_passed {
+                matched.then(|| "skipped: a Pass rule left this tier".to_string())
+            } else if matched && id.is_some() && id == deciding {
+                decided = true;
+                Some("decides".to_string())
+            } else if matched && rule.action == RuleAction::Pass {
+                passed = Some(p.tier);
+                Some(match p.tier {
+                    PolicyTier::Admin(_) => {
+                        "passes: the rest of the admin tier is skipped; NetworkPolicy decides next"
+                            .to_string()
+                    }
+                    _ => "passes: the rest of the baseline tier is skipped".to_string(),
+                })
+            } else {
+                None
+            };
             rules.push(RuleCheck {
-                rule: format!("{pref} {dir}[{i}]"),
-                matched: reasons.is_empty(),
+                rule: match &rule.name {
+                    Some(n) => format!("{pref} {dir}[{i}] {n:?}"),
+                    None => format!("{pref} {dir}[{i}]"),
+                },
+                matched,
                 reasons,
+                tier: p.tier.name().to_string(),
+                action: rule.action.as_str().to_string(),
+                outcome,
             });
         }
     }
@@ -159,12 +227,19 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
             }
         }
     };
-    let any_matched = rules.iter().any(|r| r.matched);
+    // Only the NetworkPolicy tier's allows can contradict a default deny: a matching Pass
+    // hands over, and the baseline tier is not reached where a NetworkPolicy isolates.
+    let any_matched = rules.iter().any(|r| {
+        r.matched && (r.tier != "networkpolicy" || r.action != "Allow") && r.action != "Pass"
+    });
+    let np_allow_matched = rules
+        .iter()
+        .any(|r| r.matched && r.tier == "networkpolicy" && r.action == "Allow");
     let note = match decision {
-        Some(Decision::Allowed { .. }) if !any_matched => {
+        Some(Decision::Allowed { .. }) if !any_matched && !np_allow_matched => {
             Some("the compiled maps allow this flow although no rule reads as matching".to_string())
         }
-        Some(Decision::DefaultDeny { .. }) if any_matched => {
+        Some(Decision::DefaultDeny { .. }) if np_allow_matched => {
             Some("the compiled maps deny this flow although a rule reads as matching".to_string())
         }
         _ => None,
@@ -393,10 +468,23 @@ pub fn to_text(e: &Explanation) -> String {
             );
         }
         for r in &side.rules {
-            if r.matched {
-                let _ = writeln!(s, "  {}: matches", r.rule);
+            let tiered = r.tier != "networkpolicy";
+            let action = if tiered || r.action != "Allow" {
+                format!(" ({})", r.action)
             } else {
-                let _ = writeln!(s, "  {}: no match: {}", r.rule, r.reasons.join("; "));
+                String::new()
+            };
+            if let Some(o) = &r.outcome {
+                let _ = writeln!(s, "  {}{action}: matches: {o}", r.rule);
+            } else if r.matched {
+                let _ = writeln!(s, "  {}{action}: matches", r.rule);
+            } else {
+                let _ = writeln!(
+                    s,
+                    "  {}{action}: no match: {}",
+                    r.rule,
+                    r.reasons.join("; ")
+                );
             }
         }
         let _ = writeln!(s, "  decision: {}", side.decision);

@@ -651,7 +651,23 @@ pub fn rule_name(a: &Analysis, rule: u32) -> String {
     a.engine
         .rules()
         .resolve(rule)
-        .map(|r| r.to_string())
+        .map(|r| {
+            // A rule of the admin or baseline tier: its name, tier and priority too.
+            let tiered = a.cluster().policies.get(&r.policy).and_then(|p| {
+                let name = p.rules(r.direction)?.get(r.index)?.name.clone();
+                match p.tier {
+                    policy_compiler::model::PolicyTier::NetworkPolicy => None,
+                    t => Some((name, t)),
+                }
+            });
+            match tiered {
+                None => r.to_string(),
+                Some((name, t)) => {
+                    let name = name.map(|n| format!(" {n:?}")).unwrap_or_default();
+                    format!("{r}{name} ({} tier, priority {})", t.name(), t.priority())
+                }
+            }
+        })
         .unwrap_or_else(|| match rule {
             policy_compiler::abi::RULE_ID_HOST => "traffic from the node (always allowed)".into(),
             policy_compiler::abi::RULE_ID_NONE => {
