@@ -11,6 +11,7 @@ use crate::rules::{PolicyKind, PolicyRef};
 use super::l7::L7Set;
 use super::register::PolicyState;
 use super::tiers::{self, TierRule};
+use crate::hash::FxHashMap;
 use super::*;
 
 impl Engine {
@@ -21,19 +22,18 @@ impl Engine {
             .map(|n| n.get())
             .unwrap_or(1)
             .min(8);
+        let wide = self.cluster_wide_selecting(ids);
+        let compile = |id: u32| self.compile_identity(id, wide.get(&id).map_or(&[][..], |v| v));
         if ids.len() < PARALLEL_MIN || threads < 2 {
-            return ids.iter().map(|id| self.compile_identity(*id)).collect();
+            return ids.iter().map(|id| compile(*id)).collect();
         }
         let chunk = ids.len().div_ceil(threads);
         std::thread::scope(|s| {
             let handles: Vec<_> = ids
                 .chunks(chunk)
                 .map(|c| {
-                    s.spawn(move || {
-                        c.iter()
-                            .map(|id| self.compile_identity(*id))
-                            .collect::<Vec<_>>()
-                    })
+                    let compile = &compile;
+                    s.spawn(move || c.iter().map(|id| compile(*id)).collect::<Vec<_>>())
                 })
                 .collect();
             let mut out = Vec::with_capacity(ids.len());
@@ -45,14 +45,38 @@ impl Engine {
                 }
             }
             if out.len() != ids.len() {
-                return ids.iter().map(|id| self.compile_identity(*id)).collect();
+                return ids.iter().map(|id| compile(*id)).collect();
             }
             out
         })
     }
 
-    /// Compiles the policy map of one cluster identity.
-    pub(super) fn compile_identity(&self, id: u32) -> CompiledPolicy {
+    /// For each of `ids`, the cluster-scoped policies whose subjects include it (in policy
+    /// order): one pass over those policies' subject sets per batch, instead of a test of
+    /// every cluster-scoped policy for every identity.
+    fn cluster_wide_selecting(&self, ids: &[u32]) -> FxHashMap<u32, Vec<&PolicyRef>> {
+        let mut out: FxHashMap<u32, Vec<&PolicyRef>> = FxHashMap::default();
+        // Cluster-scoped policies are filed under the empty namespace.
+        let Some(wide) = self.policies_by_ns.get("") else {
+            return out;
+        };
+        let batch: RoaringBitmap = ids.iter().copied().collect();
+        for pref in wide {
+            let Some(st) = self.policies.get(pref) else {
+                continue;
+            };
+            if let Some(b) = self.selectors.selected(st.subject) {
+                for id in b & &batch {
+                    out.entry(id).or_default().push(pref);
+                }
+            }
+        }
+        out
+    }
+
+    /// Compiles the policy map of one cluster identity; `cluster_wide`: the cluster-scoped
+    /// policies that select it.
+    pub(super) fn compile_identity(&self, id: u32, cluster_wide: &[&PolicyRef]) -> CompiledPolicy {
         let Some(key) = self.identities.key(id) else {
             return CompiledPolicy::default();
         };
@@ -60,11 +84,9 @@ impl Engine {
         let mut isolated: [Vec<PolicyRef>; 2] = [Vec::new(), Vec::new()];
         let empty = BTreeSet::new();
         let own = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
-        // Cluster-scoped policies are filed under the empty namespace.
-        let cluster_wide = self.policies_by_ns.get("").unwrap_or(&empty);
         let selecting: Vec<(&PolicyRef, &PolicyState)> = own
             .iter()
-            .chain(cluster_wide)
+            .chain(cluster_wide.iter().copied())
             .filter_map(|pref| self.policies.get(pref).map(|st| (pref, st)))
             .filter(|(_, st)| {
                 self.selectors
