@@ -11,8 +11,8 @@ use crate::rules::{PolicyKind, PolicyRef};
 use super::l7::L7Set;
 use super::register::PolicyState;
 use super::tiers::{self, TierRule};
-use crate::hash::FxHashMap;
 use super::*;
+use crate::hash::FxHashMap;
 
 impl Engine {
     /// Compiles many identities; large batches split across the available cores.

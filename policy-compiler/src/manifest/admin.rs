@@ -325,10 +325,9 @@ pub(super) fn convert_object(
             ),
             (None, Some(p)) => namespaced_pod(p, "spec.subject.pods", &mut errors),
             _ => {
-                errors.push(field_invalid(
+                errors.push(forbidden(
                     "spec.subject",
-                    String::new(),
-                    "exactly one of `namespaces` or `pods` must be set".into(),
+                    "exactly one of `namespaces` or `pods` must be set",
                 ));
                 (Selector::everything(), Selector::everything())
             }
@@ -473,11 +472,9 @@ fn convert_rule(
                 .filter(|b| **b)
                 .count();
                 if set != 1 {
-                    errors.push(field_invalid(
+                    errors.push(forbidden(
                         &pp,
-                        String::new(),
-                        "exactly one of `namespaces`, `pods`, `nodes`, `networks` must be set"
-                            .into(),
+                        "exactly one of `namespaces`, `pods`, `nodes`, `networks` must be set",
                     ));
                     continue;
                 }
@@ -566,11 +563,9 @@ fn convert_rule(
                 let n = given.iter().filter(|g| g.0.is_some()).count()
                     + usize::from(p.destination_named_port.is_some());
                 if n != 1 {
-                    errors.push(field_invalid(
+                    errors.push(forbidden(
                         &at,
-                        String::new(),
-                        "exactly one of `tcp`, `udp`, `sctp`, `destinationNamedPort` must be set"
-                            .into(),
+                        "exactly one of `tcp`, `udp`, `sctp`, `destinationNamedPort` must be set",
                     ));
                     continue;
                 }
@@ -608,10 +603,9 @@ fn convert_rule(
                                 ports.push(PortSpec::new(proto, PortMatch::Range(lo, hi)));
                             }
                         }
-                        _ => errors.push(field_invalid(
+                        _ => errors.push(forbidden(
                             &dpp,
-                            String::new(),
-                            "exactly one of `number` or `range` must be set".into(),
+                            "exactly one of `number` or `range` must be set",
                         )),
                     }
                 }
@@ -633,10 +627,9 @@ fn convert_rule(
                     + usize::from(p.named_port.is_some())
                     + usize::from(p.port_range.is_some());
                 if n != 1 {
-                    errors.push(field_invalid(
+                    errors.push(forbidden(
                         &at,
-                        String::new(),
-                        "exactly one of `portNumber`, `namedPort`, `portRange` must be set".into(),
+                        "exactly one of `portNumber`, `namedPort`, `portRange` must be set",
                     ));
                     continue;
                 }
@@ -668,11 +661,7 @@ fn convert_rule(
         }
     }
     if named && address_peer {
-        errors.push(field_invalid(
-            at,
-            String::new(),
-            "networks/nodes peers cannot be set with named ports since there are no named ports for networks/nodes".into(),
-        ));
+        errors.push(forbidden(at, "networks/nodes peers cannot be set with named ports since there are no named ports for networks/nodes"));
     }
     if errors.len() > before {
         return None;
@@ -740,7 +729,7 @@ fn port_range(
     if s >= e {
         errors.push(field_invalid(
             path,
-            format!("{s}-{e}"),
+            format!("\"{s}-{e}\""),
             "start port must be less than end port".into(),
         ));
         return None;
