@@ -75,7 +75,7 @@
 #define POLICY_F_AUDIT          0x01 /* deny is logged as AUDIT and forwarded */
 
 /* precedence: the tier that decided (informational; the datapath does not compare it) */
-#define PRECEDENCE_ADMIN_MIN    0    /* AdminNetworkPolicy priorities 0..999 */
+#define PRECEDENCE_ADMIN_MIN    0    /* the admin tier (AdminNetworkPolicy, ClusterNetworkPolicy tier Admin) */
 #define PRECEDENCE_NETWORK_POLICY 1000
 #define PRECEDENCE_BASELINE     2000
 

@@ -140,11 +140,10 @@ impl TierRule {
     ) -> TierRule {
         use crate::model::{PolicyTier, RuleAction};
         let (tier, precedence) = match tier {
-            // The value records the priority (below the NetworkPolicy tier's precedence).
-            PolicyTier::Admin(p) => (
-                Tier::Admin,
-                (p.min(abi::PRECEDENCE_NETWORK_POLICY as u32 - 1)) as u16,
-            ),
+            // The value records the tier, not the priority: the rule id names the policy (and
+            // so its priority), and a priority change that changes no decision then writes
+            // no map entry.
+            PolicyTier::Admin(_) => (Tier::Admin, abi::PRECEDENCE_ADMIN_MIN),
             PolicyTier::Baseline(_) => (Tier::Baseline, abi::PRECEDENCE_BASELINE),
             PolicyTier::NetworkPolicy => (Tier::NetworkPolicy, abi::PRECEDENCE_NETWORK_POLICY),
         };

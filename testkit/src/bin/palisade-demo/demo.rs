@@ -263,10 +263,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     for v in lines.iter().filter(|v| v.get("flow").is_some()) {
         println!("   {}", summary(v));
     }
-    if let Some(first_drop) = lines.iter().find(|v| v["flow"]["verdict"] == "DROPPED") {
+    // In full: the first drop a cluster-admin guardrail made (it names the kind, the policy,
+    // the tier, the priority and the rule), else the first drop.
+    let dropped = |v: &&serde_json::Value| v["flow"]["verdict"] == "DROPPED";
+    let shown = lines
+        .iter()
+        .filter(dropped)
+        .find(|v| v["flow"]["extensions"]["value"]["tier"] == "admin")
+        .or_else(|| lines.iter().find(dropped));
+    if let Some(line) = shown {
         println!();
         println!("   One line in full:");
-        println!("   {}", serde_json::to_string(first_drop)?);
+        println!("   {}", serde_json::to_string(line)?);
     }
 
     println!();
