@@ -153,6 +153,11 @@ struct Args {
     /// Flows one rule decided: `ns/policy:ingress:0` or `ns/policy ingress rule #0`.
     #[arg(long, value_name = "RULE")]
     rule: Vec<String>,
+    /// Flows a rule of this tier decided: `admin` (AdminNetworkPolicy, ClusterNetworkPolicy
+    /// tier Admin), `networkpolicy`, `baseline` (BaselineAdminNetworkPolicy,
+    /// ClusterNetworkPolicy tier Baseline).
+    #[arg(long, value_name = "TIER", value_parser = ["admin", "networkpolicy", "baseline"])]
+    tier: Vec<String>,
     /// From this time: RFC 3339 (`2026-12-04T10:00:00Z`) or a duration ago (`30s`, `5m`,
     /// `2h`, `1d`).
     #[arg(long, value_name = "TIME")]
@@ -325,6 +330,9 @@ fn build_query(a: &Args) -> anyhow::Result<Query> {
                 .map(|r| map(query::rule(r)))
                 .collect::<Result<_, _>>()?,
         ));
+    }
+    if !a.tier.is_empty() {
+        q.filters.push(Filter::Tier(a.tier.clone()));
     }
     let now = time::now_nanos();
     for (flag, v) in [("since", &a.since), ("until", &a.until)] {

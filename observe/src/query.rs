@@ -101,6 +101,8 @@ pub enum Filter {
     Uuid(Vec<String>),
     Policy(Vec<PolicySpec>),
     Rule(Vec<String>),
+    /// The tier whose rule decided: `admin`, `networkpolicy`, `baseline` (lower case).
+    Tier(Vec<String>),
     /// `--since`/`--until` as RFC 3339 strings in UTC with nanoseconds, compared as
     /// text (every time in the log has that one form).
     Since(String),
@@ -188,6 +190,9 @@ impl Filter {
             Filter::Rule(rs) => f
                 .details()
                 .is_some_and(|d| rs.iter().any(|r| *r == *d.rule)),
+            Filter::Tier(ts) => f
+                .details()
+                .is_some_and(|d| ts.iter().any(|t| *t == *d.tier)),
             Filter::Since(t) => f.time.as_ref() >= t.as_str(),
             Filter::Until(t) => f.time.as_ref() <= t.as_str(),
         }
@@ -221,6 +226,7 @@ impl Filter {
                 .map(|p| format!("\"name\":{}", q(&p.name)))
                 .collect()),
             Filter::Rule(rs) => v(rs.iter().map(|r| format!("\"rule\":{}", q(r))).collect()),
+            Filter::Tier(ts) => v(ts.iter().map(|t| format!("\"tier\":{}", q(t))).collect()),
             Filter::Uuid(us) => v(us.iter().map(|u| format!("\"uuid\":{}", q(u))).collect()),
             Filter::Port(_, ps) => v(ps.iter().map(|p| format!("_port\":{p}")).collect()),
             _ => None,
@@ -231,14 +237,14 @@ impl Filter {
 impl Filter {
     /// Whether the needles decide this filter for a flow line on their own: the key is
     /// unique in a flow line (`verdict`, `drop_reason_desc`, `extensions.value.rule`,
-    /// `uuid`) and a value is written one way (the renderer's serde_json: a string with a
+    /// `extensions.value.tier`, `uuid`) and a value is written one way (the renderer's serde_json: a string with a
     /// quote is escaped, so `"key":"value"` cannot occur inside another string).
     fn needles_exact(&self) -> bool {
         match self {
             Filter::Verdict(vs) | Filter::DropReason(vs) => {
                 vs.iter().all(|v| *v == v.to_ascii_uppercase())
             }
-            Filter::Rule(_) | Filter::Uuid(_) => true,
+            Filter::Rule(_) | Filter::Uuid(_) | Filter::Tier(_) => true,
             _ => false,
         }
     }

@@ -393,3 +393,48 @@ fn follow_prints_appended_lines_and_follows_rotation() {
     let _ = std::fs::remove_dir_all(&d);
     assert_eq!(got, vec![dropped[0].to_string(), dropped[1].to_string()]);
 }
+
+/// `--tier` keeps the flows a rule of that tier decided (`extensions.value.tier`), on the
+/// prefilter's fast path and on the parsed path alike.
+#[test]
+fn tier_selects_the_flows_a_tier_decided() {
+    let d = tmpdir("tier");
+    let log = d.join("verdicts.jsonl");
+    let mut out = Vec::new();
+    let mut tiers = Vec::new();
+    for (i, line) in std::fs::read_to_string(fixture())
+        .unwrap()
+        .lines()
+        .enumerate()
+    {
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        if let Some(ext) = v.pointer_mut("/flow/extensions/value")
+            && let Some(o) = ext.as_object_mut()
+        {
+            let t = ["admin", "networkpolicy", "baseline"][i % 3];
+            o.insert("tier".into(), Value::from(t));
+            tiers.push(t);
+        }
+        out.push(serde_json::to_string(&v).unwrap());
+    }
+    std::fs::write(&log, out.join("\n") + "\n").unwrap();
+    let count = |args: &[&str]| {
+        let mut a = vec![log.to_str().unwrap(), "--no-rotated", "-o", "jsonpb"];
+        a.extend_from_slice(args);
+        ok(&a).lines().filter(|l| l.contains("\"flow\"")).count()
+    };
+    let admin = tiers.iter().filter(|t| **t == "admin").count();
+    assert!(admin > 0);
+    assert_eq!(count(&["--tier", "admin"]), admin);
+    assert_eq!(
+        count(&["--tier", "admin", "--since", "1970-01-01T00:00:00Z"]),
+        admin
+    );
+    assert_eq!(
+        count(&["--tier", "admin", "--tier", "baseline"]),
+        tiers.iter().filter(|t| **t != "networkpolicy").count()
+    );
+    let o = run(&[log.to_str().unwrap(), "--tier", "middle"]);
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&d);
+}
