@@ -378,17 +378,26 @@ impl Engine {
             .collect();
         let compiled = self.compile_many(&dirty);
         for (id, new) in dirty.into_iter().zip(compiled) {
-            let old = self.compiled.get(&id).cloned();
-            match &old {
+            let changed = match self.compiled.get(&id) {
                 None => {
                     diff.policies_created.push(id);
                     for (k, v) in &new.entries {
                         diff.policy_upserts.push((id, *k, *v));
                     }
+                    true
                 }
-                Some(old) => diff_entries(id, &old.entries, &new.entries, diff),
-            }
-            if old.as_deref() != Some(&new) {
+                Some(old) => {
+                    // The entry diff already compares the entries; what it writes says
+                    // whether they changed.
+                    let before = diff.policy_upserts.len() + diff.policy_deletes.len();
+                    diff_entries(id, &old.entries, &new.entries, diff);
+                    diff.policy_upserts.len() + diff.policy_deletes.len() != before
+                        || old.l7 != new.l7
+                        || old.ingress_isolated_by != new.ingress_isolated_by
+                        || old.egress_isolated_by != new.egress_isolated_by
+                }
+            };
+            if changed {
                 self.compiled.insert(id, Arc::new(new));
             }
         }

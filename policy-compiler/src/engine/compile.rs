@@ -17,7 +17,7 @@ use crate::hash::FxHashMap;
 impl Engine {
     /// Compiles many identities; large batches split across the available cores.
     pub(super) fn compile_many(&self, ids: &[u32]) -> Vec<CompiledPolicy> {
-        const PARALLEL_MIN: usize = 512;
+        const PARALLEL_MIN: usize = 16;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -84,15 +84,20 @@ impl Engine {
         let mut isolated: [Vec<PolicyRef>; 2] = [Vec::new(), Vec::new()];
         let empty = BTreeSet::new();
         let own = self.policies_by_ns.get(&*key.namespace).unwrap_or(&empty);
+        // `cluster_wide` already holds only policies that select this identity.
         let selecting: Vec<(&PolicyRef, &PolicyState)> = own
             .iter()
-            .chain(cluster_wide.iter().copied())
             .filter_map(|pref| self.policies.get(pref).map(|st| (pref, st)))
             .filter(|(_, st)| {
                 self.selectors
                     .selected(st.subject)
                     .is_some_and(|b| b.contains(id))
             })
+            .chain(
+                cluster_wide
+                    .iter()
+                    .filter_map(|pref| self.policies.get(*pref).map(|st| (*pref, st))),
+            )
             .collect();
         // The admin and baseline tiers order policies by priority, then name (then kind): the
         // rank among the tiered policies selecting this identity is all the order needs, as
