@@ -230,13 +230,20 @@ fn render_flow_as(
         _ => Vec::new(),
     };
     let policy = |p: &PolicyRef| {
-        json!({
+        let mut v = json!({
             "name": p.name,
             "namespace": p.namespace,
             "kind": p.kind.as_str(),
             // uint64 in the proto: protojson (and so hubble) writes it as a string.
             "revision": ev.revision.to_string(),
-        })
+        });
+        // protojson leaves out an empty string: a cluster-scoped policy has no namespace.
+        if p.namespace.is_empty()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("namespace");
+        }
+        v
     };
     let (allowed, denied): (Vec<Value>, Vec<Value>) = match ev.verdict {
         abi::EVENT_VERDICT_FORWARDED | abi::EVENT_VERDICT_REDIRECTED => {
