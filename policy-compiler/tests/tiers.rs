@@ -304,6 +304,26 @@ spec:
     );
     assert!(tcp(&e, "app/web", "ip:192.168.5.2", 443));
     assert!(tcp(&e, "app/web", "ops/admin", 443));
+    // A nodes peer that matches no Node address matches nothing, with a warning.
+    let doc = format!(
+        "{PODS}---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {{name: egress}}
+spec:
+  priority: 1
+  subject: {{namespaces: {{}}}}
+  egress: [{{action: Deny, to: [{{nodes: {{matchLabels: {{role: worker}}}}}}]}}]
+"
+    );
+    let loaded = load_str("t.yaml", &doc, &LoadOptions::default()).unwrap();
+    assert!(
+        loaded.report.warnings.iter().any(|w| w.contains(
+            "AdminNetworkPolicy egress egress[0]: the `nodes` peer matches no address (1 Node object(s) given"
+        )),
+        "{:?}",
+        loaded.report.warnings
+    );
 }
 
 fn load_errors(doc: &str) -> String {

@@ -245,8 +245,14 @@ fn notes(dir: &Path, in_force: &Cluster, failed: Option<&LoadError>) -> Vec<Stri
     out
 }
 
+/// Loads the directory; the loader's warnings (kinds not modelled, equal admin priorities, a
+/// `nodes` peer that matches no address, ...) go to the agent's log.
 fn load(dir: &Path, opts: &LoadOptions) -> Result<Cluster, LoadError> {
-    manifest::load_paths(&[dir.to_path_buf()], opts).map(|l| l.cluster)
+    let loaded = manifest::load_paths(&[dir.to_path_buf()], opts)?;
+    for w in &loaded.report.warnings {
+        tracing::warn!(manifests.dir = %dir.display(), warning = %w, "manifest warning");
+    }
+    Ok(loaded.cluster)
 }
 
 /// Waits for a file event, then for `debounce` of quiet, then reloads once. Ends when the

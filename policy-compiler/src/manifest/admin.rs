@@ -847,9 +847,16 @@ pub(super) fn convert_node(doc: &Doc<'_>) -> Result<NodeDef, (Vec<FieldError>, V
 }
 
 /// Gives every `nodes` peer the addresses of the nodes its selector matches (none: the peer
-/// matches nothing).
-pub(super) fn resolve_node_peers(cluster: &mut Cluster, nodes: &[NodeDef], pending: &[NodePeer]) {
+/// matches nothing, and a warning says so: a Deny rule on nodes that matches no address
+/// denies nothing).
+pub(super) fn resolve_node_peers(
+    cluster: &mut Cluster,
+    nodes: &[NodeDef],
+    pending: &[NodePeer],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
     for np in pending {
+        let mut matched = 0usize;
         let Some(p) = cluster.policies.get_mut(&np.policy) else {
             continue;
         };
@@ -866,6 +873,7 @@ pub(super) fn resolve_node_peers(cluster: &mut Cluster, nodes: &[NodeDef], pendi
         };
         for n in nodes.iter().filter(|n| np.selector.matches(&n.labels)) {
             for a in &n.addresses {
+                matched += 1;
                 let block = Peer::IpBlock {
                     cidr: Cidr::host(*a),
                     except: Vec::new(),
@@ -875,7 +883,17 @@ pub(super) fn resolve_node_peers(cluster: &mut Cluster, nodes: &[NodeDef], pendi
                 }
             }
         }
+        if matched == 0 {
+            warnings.push(format!(
+                "{} {}[{}]: the `nodes` peer matches no address ({} Node object(s) given, none selected with an InternalIP or ExternalIP): it matches nothing",
+                np.policy,
+                np.direction,
+                np.rule,
+                nodes.len()
+            ));
+        }
     }
+    warnings
 }
 
 /// Warnings about admin-tier policies sharing a priority: upstream leaves their order

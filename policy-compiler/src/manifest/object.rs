@@ -553,8 +553,10 @@ impl<'o> Builder<'o> {
         if !invalid.is_empty() {
             return Err(LoadError::Invalid(invalid));
         }
-        admin::resolve_node_peers(&mut cluster, &nodes, &node_peers);
         let mut report = report;
+        report
+            .warnings
+            .extend(admin::resolve_node_peers(&mut cluster, &nodes, &node_peers));
         report.warnings.extend(admin::priority_warnings(&cluster));
         cluster.imply_namespaces();
         Ok(Loaded { cluster, report })
