@@ -19,12 +19,15 @@ use policy_tests::{Analysis, InputError, Options, connections, diff, explain, ma
 const ABOUT: &str = "Evaluate traffic against Kubernetes NetworkPolicies offline, exactly as Palisade's datapath would";
 
 const LONG_ABOUT: &str = "\
-Evaluate traffic against Kubernetes NetworkPolicies offline, exactly as Palisade's datapath would.
+Evaluate traffic against Kubernetes network policies offline, exactly as Palisade's datapath would.
 
-policy-test compiles the given manifests (Namespaces, Pods, workloads, Services and
-NetworkPolicies; files or directories, multi-document YAML or JSON, List wrappers) with
-Palisade's policy core and answers every question with the map-level evaluator: the same
-lookups the datapath performs on the same compiled policy maps.
+policy-test compiles the given manifests (Namespaces, Nodes, Pods, workloads, Services and
+every policy kind: NetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy,
+ClusterNetworkPolicy, Palisade's and Cilium's kinds; files or directories, multi-document
+YAML or JSON, List wrappers) with Palisade's policy core and answers every question with the
+map-level evaluator: the same lookups the datapath performs on the same compiled policy maps.
+Tiers are evaluated in order: admin (by priority), NetworkPolicy, baseline; `explain` shows
+which rule decided and what a Pass skipped (docs/policy-kinds.md).
 
 Workloads are named `ns/name[Kind]`. Endpoints are given as `ns/name` (a pod, or the only
 workload of that name), `ns/Kind/name`, `ns/name[Kind]`, or an IP address.
