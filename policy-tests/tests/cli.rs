@@ -876,3 +876,67 @@ fn audit_namespace_says_would_deny() {
         "{out}"
     );
 }
+
+/// The shipped examples with their cluster-admin guardrails: every scenario of
+/// examples/scenarios.yaml holds, and `explain` walks the tiers: the Pass that hands the data
+/// team over, the Deny it skips, the NetworkPolicy rule that decides, the baseline rule not
+/// reached; a denied flow names the AdminNetworkPolicy rule with its tier and priority.
+#[test]
+fn examples_with_tiers_check_and_explain_walks_the_tiers() {
+    let m = example("manifests");
+    let o = run(&["check", "-f", &m, "--scenarios", &example("scenarios.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(
+            "denied by AdminNetworkPolicy protect-sensitive ingress[1] \"nobody-else\" (admin tier, priority 10)"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "explain",
+        "-f",
+        &m,
+        "--from",
+        "data/StatefulSet/db",
+        "--to",
+        "vault/Deployment/secrets",
+        "--port",
+        "8200",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    for want in [
+        "AdminNetworkPolicy protect-sensitive (admin tier, priority 10)",
+        "ingress[0] \"platform-delegated\" (Pass): matches: passes: the rest of the admin tier is skipped; NetworkPolicy decides next",
+        "ingress[1] \"nobody-else\" (Deny): matches: skipped: a Pass rule left this tier",
+        "vault/open-to-all ingress[0]: matches: decides",
+        "\"default-deny-from-pods\" (Deny): matches: not reached: an earlier rule decided",
+        "Verdict: ALLOWED",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("note:"), "{out}");
+    let o = run(&[
+        "explain",
+        "-f",
+        &m,
+        "--from",
+        "sandbox/Deployment/playground",
+        "--to",
+        "vault/Deployment/secrets",
+        "--port",
+        "api",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["allowed"], false);
+    let rules = v["ingress"]["rules"].as_array().unwrap();
+    let deciding: Vec<&serde_json::Value> =
+        rules.iter().filter(|r| r["outcome"] == "decides").collect();
+    assert_eq!(deciding.len(), 1, "{rules:?}");
+    assert_eq!(deciding[0]["tier"], "admin");
+    assert_eq!(deciding[0]["action"], "Deny");
+}
