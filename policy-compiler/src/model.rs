@@ -1,5 +1,5 @@
 //! The cluster as the compiler sees it: namespaces, endpoints (pods or workload
-//! representatives), services and validated NetworkPolicies in their defaulted form.
+//! representatives), services and validated policies of every kind in their defaulted form.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -182,8 +182,8 @@ pub fn resolve_named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -
         .map(|p| p.port)
 }
 
-/// A policy of the NetworkPolicy tier (NetworkPolicy, Palisade's policy kinds, Cilium's
-/// policy kinds) after validation and defaulting.
+/// A policy of any kind after validation and defaulting: the NetworkPolicy tier's kinds
+/// (NetworkPolicy, Palisade's, Cilium's) and the cluster-admin kinds (`tier` says which).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub kind: PolicyKind,

@@ -3,9 +3,10 @@
 //!
 //! Tiers are evaluated in order, and the first that decides is the answer:
 //!
-//! 1. **admin** (AdminNetworkPolicy; none exist yet): rules by ascending `order` (priority,
-//!    then rule position). The first match decides with its action; `Pass` skips the rest
-//!    of the admin tier.
+//! 1. **admin** (AdminNetworkPolicy, ClusterNetworkPolicy `tier: Admin`): rules by ascending
+//!    `order` (the policy's rank by priority, name and kind among those selecting the
+//!    endpoint, then the rule's position). The first match decides with its action; `Pass`
+//!    skips the rest of the admin tier.
 //! 2. **NetworkPolicy** (NetworkPolicy, Palisade's and Cilium's policy kinds): the first
 //!    matching rule by `order` decides, and the order puts actions in bands: enforced L3/L4
 //!    denies, then audit denies, then rules with HTTP rules on the port (redirect to the L7
@@ -13,7 +14,8 @@
 //!    when an L3/L4 allow also matches), then allows; inside a band the lowest rule id is
 //!    named. If none matches and a policy isolates the endpoint in this direction, **default
 //!    deny** (`DENY`, rule [`abi::RULE_ID_NONE`]).
-//! 3. **baseline** (BaselineAdminNetworkPolicy; none exist yet): first match in rule order.
+//! 3. **baseline** (BaselineAdminNetworkPolicy, ClusterNetworkPolicy `tier: Baseline`): first
+//!    match in the same order; `Pass` skips the rest of the tier.
 //! 4. **default**: allow, rule [`abi::RULE_ID_NOT_ISOLATED`].
 //!
 //! Because every partition of the policy map carries this resolution for each of its

@@ -1,12 +1,14 @@
 //! One question, two evaluators: "is this flow allowed, and by which rule?"
 //!
-//! [`spec`] interprets the NetworkPolicies directly, the way the Kubernetes documentation
-//! reads. [`maps`] performs exactly the datapath's lookups (ipcache LPM, the exact-peer policy LPM
+//! [`spec`] interprets the policies directly, the way the Kubernetes documentation (and, for
+//! the cluster-admin kinds, the network-policy-api documentation) reads. [`maps`] performs exactly the datapath's lookups (ipcache LPM, the exact-peer policy LPM
 //! lookup and, on a miss only, the any-peer one) on the compiled maps. A property test requires them to agree
 //! on verdict and on attribution; `policy-test` answers with [`maps`].
 //!
-//! Attribution: when several rules allow a flow, the one named is the rule with the lowest
-//! rule id (the datapath's tie-break).
+//! Attribution follows the tier order (`engine::tiers`): in the admin and baseline tiers the
+//! first matching rule decides and is named; in the NetworkPolicy tier, when several rules of
+//! the deciding band match, the one named is the rule with the lowest rule id (the datapath's
+//! tie-break).
 
 pub mod maps;
 pub mod spec;

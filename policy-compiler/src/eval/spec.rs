@@ -1,5 +1,7 @@
-//! The specification-level evaluator: NetworkPolicy semantics read straight off the
-//! cluster model, with no identities, selector cache or maps.
+//! The specification-level evaluator: policy semantics read straight off the cluster model,
+//! with no identities, selector cache or maps. Per direction: the admin tier (policies by
+//! priority, name, kind; the first matching rule decides, Pass hands over), the NetworkPolicy
+//! tier in its bands, the baseline tier where no NetworkPolicy isolates, then allow.
 
 use std::net::IpAddr;
 
