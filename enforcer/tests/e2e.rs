@@ -20,102 +20,35 @@
 //! reached the pod. Denied probes of one test run in parallel threads.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_api::{NamedPort, Request, Response};
-use palisade_testkit::harness::Enforcer;
-use palisade_testkit::node::{EchoOutcome, Node, Pod, ServerHandle, TcpOutcome};
+use palisade_testkit::node::{EchoOutcome, Pod, ServerHandle, TcpOutcome};
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
-/// For outcomes expected to succeed (returns as soon as they do).
-const OK: Duration = Duration::from_secs(3);
-/// For outcomes expected to be dropped: a reply on a local veth takes well under 1 ms.
-const DENY: Duration = Duration::from_millis(400);
-/// How long a manifest change may take to reach the maps (debounce 200 ms + apply).
-const CHANGE: Duration = Duration::from_secs(10);
+mod common;
 
-// ---- fixtures ------------------------------------------------------------------------------
+use common::traffic::{
+    CHANGE, Cluster, DENY, OK, Proto, expect_all, probe, serve_tcp, serve_udp, tcp, tcp6, udp, udp6,
+};
 
-/// A node with the enforcer running on it. Field order is drop order: the enforcer stops
-/// (and its pins go) before the node's namespaces are deleted.
-struct Cluster {
-    enforcer: Enforcer,
-    node: Node,
-}
+/// This file's address block: `10.244.x.x`, `fd00:10:244::/48`.
+const BLOCK: u8 = 244;
 
-/// Sets up a node and an enforcer on `manifests` (file name, YAML). `None` only where the
-/// privileged-test rule allows skipping (never under `CI=true`).
 fn start(what: &str, manifests: &[(&str, &str)]) -> Option<Cluster> {
-    let node = Node::for_test("e2e", what)?;
-    let src = std::env::temp_dir().join(format!("palisade-e2e-manifests-{}", node.tag()));
-    std::fs::create_dir_all(&src).unwrap();
-    for (name, yaml) in manifests {
-        std::fs::write(src.join(name), yaml).unwrap();
-    }
-    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
-    let _ = std::fs::remove_dir_all(&src);
-    let enforcer = enforcer.unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
-    Some(Cluster { enforcer, node })
-}
-
-impl Cluster {
-    fn pod(&self, ns: &str, name: &str, subnet: u8, host: u8) -> Pod {
-        self.node
-            .add_pod(ns, name, v4(subnet, host), Some(v6(subnet, host)))
-            .unwrap_or_else(|e| panic!("adding pod {ns}/{name}: {e}"))
-    }
-
-    fn register(&self, pod: &Pod, labels: &[(&str, &str)]) -> u32 {
-        self.enforcer
-            .register(pod, labels)
-            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.enforcer.log_path).unwrap_or_default()
-    }
-
-    /// Runs `change` (a manifest write or removal) and waits until the agent applied it.
-    fn change_policy(&self, what: &str, change: impl FnOnce(&Enforcer)) {
-        let before = self.enforcer.revision_lines();
-        change(&self.enforcer);
-        if self
-            .enforcer
-            .wait_for_policy_revision(before, CHANGE)
-            .is_none()
-        {
-            panic!(
-                "{what}: no policy revision within {CHANGE:?}; agent log:\n{}",
-                self.log()
-            );
-        }
-    }
+    common::traffic::start("e2e", BLOCK, what, manifests)
 }
 
 fn v4(subnet: u8, host: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, subnet, host)
+    common::traffic::v4(BLOCK, subnet, host)
 }
 
-/// `fd00:10:244:<subnet>::<host>`, the host part spelled with the same digits as the IPv4
-/// one (`v6(3, 21)` is `fd00:10:244:3::21`), so manifests read naturally.
 fn v6(subnet: u8, host: u8) -> Ipv6Addr {
-    let host = u16::from_str_radix(&host.to_string(), 16).expect("decimal digits");
-    Ipv6Addr::new(0xfd00, 0x10, 0x244, subnet.into(), 0, 0, 0, host)
-}
-
-fn serve_tcp(pod: &Pod, port: u16) -> ServerHandle {
-    pod.serve_tcp(port)
-        .unwrap_or_else(|e| panic!("tcp server {}:{port}: {e}", pod.identity()))
-}
-
-fn serve_udp(pod: &Pod, port: u16) -> ServerHandle {
-    pod.serve_udp(port)
-        .unwrap_or_else(|e| panic!("udp server {}:{port}: {e}", pod.identity()))
+    common::traffic::v6(BLOCK, subnet, host)
 }
 
 fn named(name: &str, port: u16, protocol: &str) -> NamedPort {
@@ -124,140 +57,6 @@ fn named(name: &str, port: u16, protocol: &str) -> NamedPort {
         port,
         protocol: protocol.into(),
     }
-}
-
-// ---- probes --------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Tcp,
-    Udp,
-    /// An ICMP (ICMPv6) echo; the port is ignored.
-    Icmp,
-}
-
-/// One connection attempt and what the policy should make of it.
-struct Probe<'a> {
-    from: &'a Pod,
-    to: &'a Pod,
-    dst: SocketAddr,
-    proto: Proto,
-    allow: bool,
-    why: &'static str,
-}
-
-fn probe<'a>(
-    from: &'a Pod,
-    to: &'a Pod,
-    proto: Proto,
-    ipv6: bool,
-    port: u16,
-    allow: bool,
-    why: &'static str,
-) -> Probe<'a> {
-    let dst = if ipv6 {
-        to.addr_v6(port).expect("pod without IPv6")
-    } else {
-        to.addr_v4(port)
-    };
-    Probe {
-        from,
-        to,
-        dst,
-        proto,
-        allow,
-        why,
-    }
-}
-
-fn tcp<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    probe(from, to, Proto::Tcp, false, port, allow, why)
-}
-
-fn tcp6<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    probe(from, to, Proto::Tcp, true, port, allow, why)
-}
-
-fn udp<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    probe(from, to, Proto::Udp, false, port, allow, why)
-}
-
-fn udp6<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    probe(from, to, Proto::Udp, true, port, allow, why)
-}
-
-impl Probe<'_> {
-    fn describe(&self) -> String {
-        format!(
-            "{:?} {} -> {} {} should be {} ({})",
-            self.proto,
-            self.from.identity(),
-            self.to.identity(),
-            self.dst,
-            if self.allow { "allowed" } else { "denied" },
-            self.why
-        )
-    }
-
-    /// `None` when the kernel did what the policy says, else what went wrong.
-    fn check(&self) -> Option<String> {
-        let timeout = if self.allow { OK } else { DENY };
-        let got = match self.proto {
-            Proto::Tcp => match self.from.tcp_connect(self.dst, timeout) {
-                Ok(TcpOutcome::Connected { banner }) if self.allow => {
-                    if banner == self.to.identity() {
-                        return None;
-                    }
-                    format!("connected, but the banner was {banner:?}")
-                }
-                Ok(TcpOutcome::TimedOut) if !self.allow => return None,
-                other => format!("{other:?}"),
-            },
-            Proto::Icmp => match self.from.ping(self.dst.ip(), timeout) {
-                Ok(answered) if answered == self.allow => return None,
-                other => format!("{other:?}"),
-            },
-            Proto::Udp => {
-                let payload = format!("probe {}", self.dst);
-                match self
-                    .from
-                    .udp_roundtrip(self.dst, payload.as_bytes(), timeout)
-                {
-                    Ok(Some(reply)) if self.allow => {
-                        let want = format!("{}\n{payload}", self.to.identity());
-                        if reply == want.as_bytes() {
-                            return None;
-                        }
-                        format!("reply {:?}", String::from_utf8_lossy(&reply))
-                    }
-                    Ok(None) if !self.allow => return None,
-                    Ok(Some(reply)) => format!("reply {:?}", String::from_utf8_lossy(&reply)),
-                    other => format!("{other:?}"),
-                }
-            }
-        };
-        Some(format!("{}: got {got}", self.describe()))
-    }
-}
-
-/// Runs every probe at once (denied ones each wait for the timeout) and fails with the list
-/// of every probe the kernel got wrong.
-fn expect_all(c: &Cluster, probes: &[Probe<'_>]) {
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = probes.iter().map(|p| s.spawn(move || p.check())).collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("probe thread panicked"))
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "{} of {} probes wrong:\n  {}\nagent log:\n{}",
-        failures.len(),
-        probes.len(),
-        failures.join("\n  "),
-        c.log()
-    );
 }
 
 fn echo(session: &mut palisade_testkit::node::TcpSession, payload: &[u8]) -> EchoOutcome {

@@ -36,95 +36,29 @@
 //! `10.246.<test>.0/24` and `fd00:10:246:<test>::/64`.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use palisade_testkit::harness::Enforcer;
-use palisade_testkit::node::{EchoOutcome, Node, Pod, ServerHandle, TcpOutcome, TcpSession};
+use palisade_testkit::node::{EchoOutcome, Pod, ServerHandle, TcpSession};
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
-/// For outcomes expected to succeed (returns as soon as they do).
-const OK: Duration = Duration::from_secs(3);
-/// For outcomes expected to be dropped: a reply on a local veth takes well under 1 ms.
-const DENY: Duration = Duration::from_millis(400);
-/// How long a manifest change may take to reach the maps (debounce 200 ms + apply).
-const CHANGE: Duration = Duration::from_secs(10);
+mod common;
+
+use common::traffic::{Cluster, DENY, OK, expect_all, serve_tcp as serve, tcp, tcp6};
+
+/// This file's address block: `10.246.x.x`, `fd00:10:246::/48`.
+const BLOCK: u8 = 246;
 /// How long the agent may take to write a verdict to its log.
 const LOG: Duration = Duration::from_secs(5);
 
-// ---- fixtures ------------------------------------------------------------------------------
-
-/// A node with the enforcer running on it. Field order is drop order: the enforcer stops
-/// (and its pins go) before the node's namespaces are deleted.
-struct Cluster {
-    enforcer: Enforcer,
-    node: Node,
-}
-
-/// Sets up a node and an enforcer on `manifests` (file name, YAML). `None` only where the
-/// privileged-test rule allows skipping (never under `CI=true`).
 fn start(what: &str, manifests: &[(&str, &str)]) -> Option<Cluster> {
-    let node = Node::for_test("tier", what)?;
-    let src = std::env::temp_dir().join(format!("palisade-tiers-manifests-{}", node.tag()));
-    std::fs::create_dir_all(&src).unwrap();
-    for (name, yaml) in manifests {
-        std::fs::write(src.join(name), yaml).unwrap();
-    }
-    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
-    let _ = std::fs::remove_dir_all(&src);
-    let enforcer = enforcer.unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
-    Some(Cluster { enforcer, node })
+    common::traffic::start("tier", BLOCK, what, manifests)
 }
 
-impl Cluster {
-    /// Adds and registers a pod labelled `app: <name>`, dual-stack.
-    fn pod(&self, ns: &str, name: &str, subnet: u8, host: u8) -> Pod {
-        let pod = self
-            .node
-            .add_pod(ns, name, v4(subnet, host), Some(v6(subnet, host)))
-            .unwrap_or_else(|e| panic!("adding pod {ns}/{name}: {e}"));
-        self.enforcer
-            .register(&pod, &[("app", name)])
-            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", self.log()));
-        pod
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.enforcer.log_path).unwrap_or_default()
-    }
-
-    /// Writes (or replaces) a manifest and waits until the agent applied it.
-    fn change_policy(&self, what: &str, file: &str, yaml: &str) {
-        let before = self.enforcer.revision_lines();
-        self.enforcer.write_manifest(file, yaml).unwrap();
-        if self
-            .enforcer
-            .wait_for_policy_revision(before, CHANGE)
-            .is_none()
-        {
-            panic!(
-                "{what}: no policy revision within {CHANGE:?}; agent log:\n{}",
-                self.log()
-            );
-        }
-    }
-}
-
-fn v4(subnet: u8, host: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 246, subnet, host)
-}
-
-/// `fd00:10:246:<subnet>::<host>`, the host part spelled with the IPv4 one's digits.
-fn v6(subnet: u8, host: u8) -> Ipv6Addr {
-    let host = u16::from_str_radix(&host.to_string(), 16).expect("decimal digits");
-    Ipv6Addr::new(0xfd00, 0x10, 0x246, subnet.into(), 0, 0, 0, host)
-}
-
-fn serve(pod: &Pod, port: u16) -> ServerHandle {
-    pod.serve_tcp(port)
-        .unwrap_or_else(|e| panic!("tcp server {}:{port}: {e}", pod.identity()))
+/// A dual-stack pod labelled `app: <name>`, registered with the agent.
+fn app_pod(c: &Cluster, ns: &str, name: &str, subnet: u8, host: u8) -> Pod {
+    let pod = c.pod(ns, name, subnet, host);
+    c.register(&pod, &[("app", name)]);
+    pod
 }
 
 /// A Namespace with its name label (what `namespaces` selectors of the admin kinds match).
@@ -133,80 +67,6 @@ fn namespace(name: &str) -> String {
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: \
          {{kubernetes.io/metadata.name: {name}}}}}\n---\n"
     )
-}
-
-// ---- probes --------------------------------------------------------------------------------
-
-/// One TCP connection attempt and what the tiers should make of it.
-struct Probe<'a> {
-    from: &'a Pod,
-    to: &'a Pod,
-    dst: SocketAddr,
-    allow: bool,
-    why: &'static str,
-}
-
-fn tcp<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    Probe {
-        from,
-        to,
-        dst: to.addr_v4(port),
-        allow,
-        why,
-    }
-}
-
-fn tcp6<'a>(from: &'a Pod, to: &'a Pod, port: u16, allow: bool, why: &'static str) -> Probe<'a> {
-    Probe {
-        dst: to.addr_v6(port).expect("pod without IPv6"),
-        ..tcp(from, to, port, allow, why)
-    }
-}
-
-impl Probe<'_> {
-    /// `None` when the kernel did what the tiers say, else what went wrong.
-    fn check(&self) -> Option<String> {
-        let got = match self
-            .from
-            .tcp_connect(self.dst, if self.allow { OK } else { DENY })
-        {
-            Ok(TcpOutcome::Connected { banner }) if self.allow => {
-                if banner == self.to.identity() {
-                    return None;
-                }
-                format!("connected, but the banner was {banner:?}")
-            }
-            Ok(TcpOutcome::TimedOut) if !self.allow => return None,
-            other => format!("{other:?}"),
-        };
-        Some(format!(
-            "TCP {} -> {} {} should be {} ({}): got {got}",
-            self.from.identity(),
-            self.to.identity(),
-            self.dst,
-            if self.allow { "allowed" } else { "denied" },
-            self.why
-        ))
-    }
-}
-
-/// Runs every probe at once and fails with the list of every probe the kernel got wrong.
-fn expect_all(c: &Cluster, probes: &[Probe<'_>]) {
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = probes.iter().map(|p| s.spawn(move || p.check())).collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("probe thread panicked"))
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "{} of {} probes wrong:\n  {}\nagent log:\n{}",
-        failures.len(),
-        probes.len(),
-        failures.join("\n  "),
-        c.log()
-    );
 }
 
 // ---- the verdict log -----------------------------------------------------------------------
@@ -405,8 +265,8 @@ fn an_admin_deny_beats_a_network_policy_allow() {
     ) else {
         return;
     };
-    let a = c.pod("t1a", "a", 1, 10);
-    let b = c.pod("t1b", "b", 1, 20);
+    let a = app_pod(&c, "t1a", "a", 1, 10);
+    let b = app_pod(&c, "t1b", "b", 1, 20);
     let (s8080, s8081) = (serve(&b, 8080), serve(&b, 8081));
 
     // The NetworkPolicy alone opens both ports.
@@ -419,7 +279,7 @@ fn an_admin_deny_beats_a_network_policy_allow() {
     );
 
     // Priority 10 denies 8080 at a's egress and 8081 at b's ingress.
-    c.change_policy("adding the admin denies", "20-anp.yaml", T1_ADMIN);
+    c.write_policy("adding the admin denies", "20-anp.yaml", T1_ADMIN);
     expect_all(
         &c,
         &[
@@ -515,9 +375,9 @@ fn an_admin_pass_hands_the_decision_to_the_network_policy() {
     let Some(c) = start("tiers: admin pass", &[("policy.yaml", &t2_manifests())]) else {
         return;
     };
-    let a = c.pod("t2a", "a", 2, 10);
-    let a2 = c.pod("t2a", "a2", 2, 11);
-    let b = c.pod("t2b", "b", 2, 20);
+    let a = app_pod(&c, "t2a", "a", 2, 10);
+    let a2 = app_pod(&c, "t2a", "a2", 2, 11);
+    let b = app_pod(&c, "t2b", "b", 2, 20);
     let (s8080, s9090) = (serve(&b, 8080), serve(&b, 9090));
 
     expect_all(
@@ -598,9 +458,9 @@ fn an_admin_allow_beats_a_network_policy_default_deny() {
     ) else {
         return;
     };
-    let a = c.pod("t3a", "a", 3, 10);
-    let b = c.pod("t3b", "b", 3, 20);
-    let b2 = c.pod("t3b", "b2", 3, 21);
+    let a = app_pod(&c, "t3a", "a", 3, 10);
+    let b = app_pod(&c, "t3b", "b", 3, 20);
+    let b2 = app_pod(&c, "t3b", "b2", 3, 21);
     let (s8080, s9090) = (serve(&b, 8080), serve(&b, 9090));
     let b2_8080 = serve(&b2, 8080);
 
@@ -677,10 +537,10 @@ fn the_baseline_decides_only_what_no_network_policy_isolates() {
     let Some(c) = start("tiers: baseline", &[("policy.yaml", &t4_manifests())]) else {
         return;
     };
-    let open = c.pod("t4s", "open", 4, 10);
-    let np = c.pod("t4s", "np", 4, 11);
-    let client = c.pod("t4c", "client", 4, 20);
-    let peer = c.pod("t4c", "peer", 4, 21);
+    let open = app_pod(&c, "t4s", "open", 4, 10);
+    let np = app_pod(&c, "t4s", "np", 4, 11);
+    let client = app_pod(&c, "t4c", "client", 4, 20);
+    let peer = app_pod(&c, "t4c", "peer", 4, 21);
     let servers: Vec<ServerHandle> = [&open, &np, &peer]
         .into_iter()
         .flat_map(|p| [serve(p, 7070), serve(p, 8080)])
@@ -861,8 +721,8 @@ fn priority_change(what: &str, how: Reprioritize) {
     ) else {
         return;
     };
-    let a = c.pod("t5a", "a", 5, 10);
-    let b = c.pod("t5b", "b", 5, 20);
+    let a = app_pod(&c, "t5a", "a", 5, 10);
+    let b = app_pod(&c, "t5b", "b", 5, 20);
     let s8080 = serve(&b, 8080);
 
     let mut open = a.tcp_session(b.addr_v4(8080), OK).unwrap();
@@ -882,7 +742,7 @@ fn priority_change(what: &str, how: Reprioritize) {
         Reprioritize::InPlace => "deny-b",
         Reprioritize::Replace => "deny-b-first",
     };
-    c.change_policy(
+    c.write_policy(
         "the deny to priority 10",
         "30-deny.yaml",
         &t5_deny(deny, 10),
@@ -917,7 +777,7 @@ fn priority_change(what: &str, how: Reprioritize) {
     assert_denied_by(&f[0], "egress", &deny_ref);
 
     // And back: the Allow decides again.
-    c.change_policy(
+    c.write_policy(
         "the deny back to priority 30",
         "30-deny.yaml",
         &t5_deny("deny-b", 30),
@@ -1000,12 +860,12 @@ spec: {podSelector: {}, policyTypes: [Egress]}
     ) else {
         return;
     };
-    let a = c.pod("t6a", "a", 6, 10);
-    let b = c.pod("t6b", "b", 6, 20);
+    let a = app_pod(&c, "t6a", "a", 6, 10);
+    let b = app_pod(&c, "t6b", "b", 6, 20);
     let s8080 = serve(&b, 8080);
 
     expect_all(&c, &[tcp(&a, &b, 8080, true, "Allow is the first rule")]);
-    c.change_policy("Deny first", "20-anp.yaml", &t6_admin(false));
+    c.write_policy("Deny first", "20-anp.yaml", &t6_admin(false));
     expect_all(
         &c,
         &[
@@ -1022,7 +882,7 @@ spec: {podSelector: {}, policyTypes: [Egress]}
     );
     assert_eq!(f[0]["extensions"]["value"]["rule_index"], 0, "{}", f[0]);
 
-    c.change_policy("Allow first again", "20-anp.yaml", &t6_admin(true));
+    c.write_policy("Allow first again", "20-anp.yaml", &t6_admin(true));
     expect_all(
         &c,
         &[tcp(&a, &b, 8080, true, "Allow is the first rule again")],
@@ -1088,9 +948,9 @@ fn cluster_network_policies_decide_in_the_tier_they_name() {
     ) else {
         return;
     };
-    let a = c.pod("t7a", "a", 7, 10);
-    let b = c.pod("t7b", "b", 7, 20);
-    let open = c.pod("t7b", "open", 7, 21);
+    let a = app_pod(&c, "t7a", "a", 7, 10);
+    let b = app_pod(&c, "t7b", "b", 7, 20);
+    let open = app_pod(&c, "t7b", "open", 7, 21);
     let servers: Vec<ServerHandle> = [&b, &open]
         .into_iter()
         .flat_map(|p| [serve(p, 7070), serve(p, 8080), serve(p, 9090)])

@@ -66,3 +66,4 @@ impl Drop for PrivateBpffs {
         let _ = std::fs::remove_dir(&self.root);
     }
 }
+pub mod traffic;
