@@ -23,8 +23,8 @@ fn main() -> anyhow::Result<()> {
         &ebpf.join("tc_endpoint.c"),
         &out.join("tc_endpoint.o"),
     )?;
-    // Test-only programs (checksum helpers, a stand-in for an older agent); never embedded
-    // in the agent.
+    // Test and bench-only programs (checksum helpers, a stand-in for an older agent, the
+    // datapath benchmark's one-lookup floor); never embedded in the agent.
     compile(
         &clang,
         &ebpf,

@@ -6,7 +6,10 @@
  *                 (enforcer/tests/csum.rs) can check the checksums of what comes out;
  *   legacy_pass   stands in for an older agent's program in the upgrade test
  *                 (enforcer/tests/upgrade.rs); legacy_state and legacy_ct (the v1
- *                 conntrack layout) stand in for its maps.
+ *                 conntrack layout) stand in for its maps;
+ *   floor_lookup  the floor of an eBPF datapath in the datapath benchmark
+ *                 (enforcer/benches/datapath.rs): one hash lookup keyed by the
+ *                 interface, then TCX_NEXT; floor_ifaces holds the interfaces.
  */
 #include "../lib/common.h"
 #include "../lib/parse.h"
@@ -71,6 +74,24 @@ int legacy_pass(struct __sk_buff *skb)
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	return 0; /* TCX_PASS, as ABI v1 programs return */
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);   /* ifindex */
+	__type(value, __u32); /* anything; the bench writes 1 */
+	__uint(max_entries, 64);
+} floor_ifaces SEC(".maps");
+
+/* One map lookup per packet and nothing else: what any map-driven tc program pays at
+ * least. Found or not, the packet goes on (TCX_NEXT), as with no program. */
+SEC("classifier/ingress")
+int floor_lookup(struct __sk_buff *skb)
+{
+	__u32 k = skb->ifindex;
+
+	bpf_map_lookup_elem(&floor_ifaces, &k);
+	return TCX_NEXT;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,4 +1,4 @@
-//! Datapath benchmark (not a test): pod → node → pod over the local node topology, three
+//! Datapath benchmark (not a test): pod → node → pod over the local node topology, four
 //! configurations measured side by side in the same run, interleaved in rounds:
 //!
 //! * `base`     – no program attached, no iptables rules: the path itself;
@@ -8,15 +8,23 @@
 //!   10,003 in the client's slot (egress), both endpoints READY;
 //! * `iptables` – the same policy the way an iptables CNI writes it, in the node namespace's
 //!   FORWARD chain: conntrack ESTABLISHED,RELATED accept first, one `hash:ip` ipset per peer
-//!   selector (100,000 addresses in all), per-pod chains ending in DROP ([`iptables_rules`]).
+//!   selector (100,000 addresses in all), per-pod chains ending in DROP ([`iptables_rules`]);
+//! * `floor`    – the floor of any eBPF datapath: `floor_lookup` of `ebpf/tests/test_progs.c`
+//!   attached like `palisade` (TCX, first, both hooks of both host veths), one hash lookup
+//!   keyed by the interface and TCX_NEXT ([`attach_floor`]). `palisade / floor` is what
+//!   Palisade costs above a program that does next to nothing.
 //!
 //! Metrics: iperf3 single-stream throughput, 1-byte TCP request/response latency over one
 //! connection (mean and p99), and new connections per second (connect, 1-byte request and
 //! response, server closes). Each configuration has its own node namespace for the whole run
 //! (so nothing of one, e.g. netfilter hooks or conntrack, touches another); every metric is
-//! taken for the three back to back, in an order rotated each round. Client, server and
+//! taken for the four back to back, in an order rotated each round. Client, server and
 //! iperf3 are pinned to CPU 0, as in /work/shared/reference/baselines.md. Ratios are to
 //! `base` of the same round, median over rounds, higher is better (latency: base / config).
+//!
+//! Then, outside the comparison, what the programs cost per invocation: BPF run-time stats
+//! (BPF_ENABLE_STATS, off again when its fd closes) around more request/response runs
+//! (established flows) and connect-rate runs (new flows) of `palisade` and `floor`.
 //!
 //! Then the policy-change cost: 1,000 one-rule changes of the server's policy through the
 //! policy core (`Engine::apply`) and into the loaded maps (`sync::Synced::apply`, a slot flip).
@@ -42,6 +50,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use common::PrivateBpffs;
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
@@ -57,6 +68,9 @@ use policy_compiler::model::{
 };
 use policy_compiler::plan::Target;
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
+
+/// Test and bench-only programs (enforcer/build.rs): `floor_lookup` and its map.
+static TEST_PROGS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_progs.o"));
 
 const NS: &str = "bench";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
@@ -82,6 +96,8 @@ const RR_N_FULL: usize = 20_000;
 const RR_WARMUP: usize = 2_000;
 const CRR_SECS_FULL: u64 = 3;
 const CHANGES_FULL: usize = 1_000;
+/// Runs of each flow kind with BPF stats on, per program configuration.
+const COST_REPS_FULL: usize = 3;
 
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
 /// Then it is a smoke run (one round, short phases) that checks the benchmark still works
@@ -107,22 +123,43 @@ fn CRR_SECS() -> u64 {
 fn CHANGES() -> usize {
     if quick() { 50 } else { CHANGES_FULL }
 }
+#[allow(non_snake_case)]
+fn COST_REPS() -> usize {
+    if quick() { 1 } else { COST_REPS_FULL }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Config {
     Base,
     Palisade,
     Iptables,
+    Floor,
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Base, Config::Palisade, Config::Iptables];
+    const ALL: [Config; 4] = [
+        Config::Base,
+        Config::Palisade,
+        Config::Iptables,
+        Config::Floor,
+    ];
     fn name(self) -> &'static str {
         match self {
             Config::Base => "base",
             Config::Palisade => "palisade",
             Config::Iptables => "iptables",
+            Config::Floor => "floor",
         }
+    }
+
+    /// Whether the configuration enforces the policy (the denied port is dropped).
+    fn enforces(self) -> bool {
+        matches!(self, Config::Palisade | Config::Iptables)
+    }
+
+    /// Whether the configuration has TCX programs on the host veths.
+    fn has_programs(self) -> bool {
+        matches!(self, Config::Palisade | Config::Floor)
     }
 }
 
@@ -434,6 +471,36 @@ impl Palisade {
     }
 }
 
+/// The floor configuration: `floor_lookup` loaded from test_progs.o, `floor_ifaces` filled
+/// with both host veths, the program attached with TCX (first) to both hooks of both, in
+/// the node namespace. The links belong to the returned object: dropping it detaches.
+fn attach_floor(node: &Node, client: &Pod, server: &Pod) -> aya::Ebpf {
+    let mut bpf = aya::EbpfLoader::new().load(TEST_PROGS).unwrap();
+    {
+        let mut ifaces: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(bpf.map_mut("floor_ifaces").unwrap()).unwrap();
+        for pod in [client, server] {
+            ifaces.insert(pod.host_ifindex, 1, 0).unwrap();
+        }
+    }
+    let prog: &mut SchedClassifier = bpf.program_mut("floor_lookup").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    node.run_in(|| {
+        for pod in [client, server] {
+            for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                prog.attach_with_options(
+                    &pod.host_ifname,
+                    hook,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .unwrap();
+            }
+        }
+    })
+    .unwrap();
+    bpf
+}
+
 // ---- traffic --------------------------------------------------------------------------
 
 fn pin_cpu0() {
@@ -527,6 +594,8 @@ struct Setup {
     _iperf: node::ProcessGuard,
     _rr: EchoServer,
     _crr: EchoServer,
+    /// The floor program and its links (floor only).
+    _floor: Option<aya::Ebpf>,
     client: Pod,
     server: Pod,
     /// Owns the namespaces; dropped last.
@@ -538,10 +607,12 @@ impl Setup {
         let node = Node::create(&node::unique_tag("pdbench")).unwrap();
         let client = node.add_pod(NS, "client", CLIENT_IP, None).unwrap();
         let server = node.add_pod(NS, "server", SERVER_IP, None).unwrap();
+        let mut floor = None;
         match config {
             Config::Base => {}
             Config::Palisade => pal.enable(&node, &client, &server),
             Config::Iptables => install_iptables(&node, &client, &server),
+            Config::Floor => floor = Some(attach_floor(&node, &client, &server)),
         }
         let port = IPERF_PORT.to_string();
         let iperf = server
@@ -554,6 +625,7 @@ impl Setup {
             _iperf: iperf,
             _rr: rr,
             _crr: crr,
+            _floor: floor,
             client,
             server,
             node,
@@ -562,9 +634,16 @@ impl Setup {
         setup
     }
 
-    /// The benchmark ports connect, and a port no policy allows connects only without
-    /// enforcement.
+    /// The benchmark ports connect, a port no policy allows connects only without
+    /// enforcement, and the configurations with programs have them on both hooks of both
+    /// host veths.
     fn sanity(&self) {
+        assert_eq!(
+            self.program_ids().len(),
+            if self.config.has_programs() { 4 } else { 0 },
+            "{}: TCX programs on the host veths",
+            self.config.name()
+        );
         let _probe = self.server.serve_tcp(DENIED_PORT).unwrap();
         let t = Duration::from_millis(500);
         let allowed = self
@@ -582,13 +661,14 @@ impl Setup {
             .unwrap();
         assert_eq!(
             denied.is_connected(),
-            self.config == Config::Base,
+            !self.config.enforces(),
             "{}: port {DENIED_PORT}: {denied:?}",
             self.config.name()
         );
     }
 
-    /// Ids of the TCX programs on both host veths (palisade only).
+    /// Ids of the TCX programs on both host veths (one per hook and veth: a program
+    /// attached to several shows its id each time).
     fn program_ids(&self) -> Vec<u32> {
         self.node
             .run_in(|| {
@@ -661,7 +741,8 @@ impl Setup {
 
     /// New connections per second for CRR_SECS: connect, 1-byte request, 1-byte response,
     /// the server closes first (so TIME_WAIT sits on the server, not on the client's ports).
-    fn connect_rate(&self) -> f64 {
+    /// Returns (connections per second, connections).
+    fn connect_rate(&self) -> (f64, u64) {
         let addr = self.server.addr_v4(CRR_PORT);
         self.client
             .run_in(|| {
@@ -690,7 +771,7 @@ impl Setup {
                         }
                     }
                 }
-                n as f64 / t0.elapsed().as_secs_f64()
+                (n as f64 / t0.elapsed().as_secs_f64(), n)
             })
             .unwrap()
     }
@@ -756,6 +837,109 @@ fn policy_changes(pal: &mut Palisade, setup: &Setup) -> ChangeResult {
         "toggle port still in the server's slot"
     );
     res
+}
+
+// ---- program cost ------------------------------------------------------------------------
+
+/// One program's (or one configuration's) cost over the BPF-stats runs of one flow kind.
+struct Cost {
+    flows: &'static str,
+    /// `palisade from_pod`, `palisade to_pod`, `palisade (all programs)`, `floor floor_lookup`.
+    program: String,
+    ns: Vec<f64>,
+    per_tx: Vec<f64>,
+    us_per_tx: Vec<f64>,
+}
+
+/// (name, run time, run count) of each of `ids` (BPF stats must be on to move).
+fn prog_stats(ids: &[u32]) -> Vec<(String, Duration, u64)> {
+    let mut out: Vec<(String, Duration, u64)> = Vec::new();
+    let mut seen: Vec<u32> = Vec::new();
+    for p in aya::programs::loaded_programs().flatten() {
+        if ids.contains(&p.id()) && !seen.contains(&p.id()) {
+            seen.push(p.id());
+            let name = p.name_as_str().unwrap_or("?").to_string();
+            out.push((name, p.run_time(), p.run_count()));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Per-invocation cost of palisade's programs and of the floor program, with BPF run-time
+/// stats on (BPF_ENABLE_STATS; the kernel turns them off again when the fd closes, also if
+/// this panics): COST_REPS request/response runs (established flows) and connect-rate runs
+/// (new flows) of each, alternating. None if the stats cannot be enabled.
+fn program_costs(pal: &Setup, floor: &Setup) -> Option<Vec<Cost>> {
+    let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("datapath bench: BPF_ENABLE_STATS: {e}");
+            return None;
+        }
+    };
+    let mut costs: Vec<Cost> = Vec::new();
+    let mut record = |flows: &'static str, program: String, ns: f64, per_tx: f64| {
+        let i = match costs
+            .iter()
+            .position(|c| c.flows == flows && c.program == program)
+        {
+            Some(i) => i,
+            None => {
+                costs.push(Cost {
+                    flows,
+                    program,
+                    ns: Vec::new(),
+                    per_tx: Vec::new(),
+                    us_per_tx: Vec::new(),
+                });
+                costs.len() - 1
+            }
+        };
+        let c = &mut costs[i];
+        c.ns.push(ns);
+        c.per_tx.push(per_tx);
+        c.us_per_tx.push(ns * per_tx / 1000.0);
+    };
+    for _ in 0..COST_REPS() {
+        for flows in ["established", "new"] {
+            for setup in [pal, floor] {
+                let ids = setup.program_ids();
+                let before = prog_stats(&ids);
+                let transactions = if flows == "established" {
+                    (RR_WARMUP + setup.request_response().len()) as f64
+                } else {
+                    setup.connect_rate().1 as f64
+                };
+                let after = prog_stats(&ids);
+                assert_eq!(before.len(), after.len(), "programs changed during the run");
+                let (mut all_t, mut all_n) = (0.0, 0u64);
+                for ((name, t0, n0), (_, t1, n1)) in before.iter().zip(&after) {
+                    let (dt, dn) = ((*t1 - *t0).as_nanos() as f64, n1 - n0);
+                    all_t += dt;
+                    all_n += dn;
+                    let label = format!("{} {name}", setup.config.name());
+                    record(
+                        flows,
+                        label,
+                        dt / dn.max(1) as f64,
+                        dn as f64 / transactions,
+                    );
+                }
+                if after.len() > 1 {
+                    let label = format!("{} (all programs)", setup.config.name());
+                    record(
+                        flows,
+                        label,
+                        all_t / all_n.max(1) as f64,
+                        all_n as f64 / transactions,
+                    );
+                }
+            }
+        }
+    }
+    drop(stats_fd);
+    Some(costs)
 }
 
 // ---- main --------------------------------------------------------------------------------
@@ -847,15 +1031,18 @@ fn main() {
         .iter()
         .map(|c| Setup::new(*c, &mut pal))
         .collect();
-    println!("sanity: port {DENIED_PORT} open on base, dropped by palisade and iptables");
+    println!(
+        "sanity: port {DENIED_PORT} open on base and floor, dropped by palisade and iptables; \
+         palisade and floor programs on both hooks of both host veths"
+    );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before rounds: {}", load.trim());
     std::thread::sleep(Duration::from_secs(1));
 
     let n = setups.len();
-    let mut results: Vec<[Metrics; 3]> = Vec::new();
+    let mut results: Vec<[Metrics; 4]> = Vec::new();
     for r in 0..rounds {
-        let mut m = [Metrics::default(); 3];
+        let mut m = [Metrics::default(); 4];
         let order: Vec<usize> = (0..n).map(|k| (k + r) % n).collect();
         for &i in &order {
             m[i].gbps = setups[i].iperf();
@@ -868,7 +1055,7 @@ fn main() {
             m[i].rr_p99_us = percentile(&lat, 0.99);
         }
         for &i in &order {
-            m[i].crr_per_s = setups[i].connect_rate();
+            m[i].crr_per_s = setups[i].connect_rate().0;
         }
         for (i, s) in setups.iter().enumerate() {
             println!(
@@ -892,22 +1079,27 @@ fn main() {
         ("RR latency p99 µs", |m| m.rr_p99_us, false),
         ("new connections/s", |m| m.crr_per_s, true),
     ];
-    let (base, palisade, iptables) = (0, 1, 2);
+    let (base, palisade, iptables, floor) = (0, 1, 2, 3);
     println!();
     println!(
         "Medians over {rounds} rounds [min–max]; ratio = config / base of the same round \
-         (latency: base / config), so higher is better and 1.00 = no cost. Target ≥ 0.97."
+         (latency: base / config), so higher is better and 1.00 = no cost. Target ≥ 0.97. \
+         palisade / floor: palisade / floor of the same round, the same way."
     );
-    println!("| metric | base | palisade | iptables | palisade / base | iptables / base |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| metric | base | palisade | iptables | floor | palisade / base | iptables / base \
+         | floor / base | palisade / floor |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut verdicts = Vec::new();
     for (name, f, higher_better) in fields {
         let abs = |c: usize| -> Vec<f64> { results.iter().map(|m| f(&m[c])).collect() };
-        let ratio = |c: usize| -> Vec<f64> {
+        // c relative to `to` in each round, higher is better.
+        let ratio_to = |c: usize, to: usize| -> Vec<f64> {
             results
                 .iter()
                 .map(|m| {
-                    let (b, x) = (f(&m[base]), f(&m[c]));
+                    let (b, x) = (f(&m[to]), f(&m[c]));
                     if higher_better { x / b } else { b / x }
                 })
                 .collect()
@@ -918,55 +1110,58 @@ fn main() {
             let prec = if median(v) >= 100.0 { 0 } else { 2 };
             format!("{:.prec$} [{lo:.prec$}–{hi:.prec$}]", median(v))
         };
-        let (rp, ri) = (ratio(palisade), ratio(iptables));
+        let (rp, ri, rf, pf) = (
+            ratio_to(palisade, base),
+            ratio_to(iptables, base),
+            ratio_to(floor, base),
+            ratio_to(palisade, floor),
+        );
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(&abs(base)),
             fmt(&abs(palisade)),
             fmt(&abs(iptables)),
+            fmt(&abs(floor)),
             fmt(&rp),
-            fmt(&ri)
+            fmt(&ri),
+            fmt(&rf),
+            fmt(&pf)
         );
-        verdicts.push((name, median(&rp)));
+        verdicts.push((name, median(&rp), fmt(&pf)));
     }
 
-    // Diagnostic, outside the comparison: what the programs themselves cost per invocation
-    // during one more request/response run (BPF_ENABLE_STATS adds two clock reads per run).
-    let prog_cost = {
-        let ids = setups[palisade].program_ids();
-        let snapshot = || -> (Duration, u64) {
-            aya::programs::loaded_programs()
-                .flatten()
-                .filter(|p| ids.contains(&p.id()))
-                .fold((Duration::ZERO, 0), |(t, n), p| {
-                    (t + p.run_time(), n + p.run_count())
-                })
-        };
-        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => {
-                let before = snapshot();
-                let lat = setups[palisade].request_response();
-                let after = snapshot();
-                drop(fd);
-                let runs = after.1 - before.1;
-                let ns = (after.0 - before.0).as_nanos() as f64 / runs.max(1) as f64;
-                let per_rt = runs as f64 / (RR_WARMUP + lat.len()) as f64;
-                Some((ns, per_rt, ids.len()))
-            }
-            Err(e) => {
-                eprintln!("datapath bench: BPF_ENABLE_STATS: {e}");
-                None
-            }
-        }
-    };
-    if let Some((ns, per_rt, progs)) = prog_cost {
+    // Diagnostic, outside the comparison: what the programs cost per invocation, with BPF
+    // run-time stats on (two clock reads per run) around more runs of palisade and floor.
+    let costs = program_costs(&setups[palisade], &setups[floor]);
+    if let Some(costs) = &costs {
         println!();
         println!(
-            "Program cost during one request/response run ({progs} programs on the two host \
-             veths): {ns:.0} ns per invocation, {per_rt:.2} invocations per round trip \
-             = {:.2} µs per round trip",
-            ns * per_rt / 1000.0
+            "Program cost with BPF stats (run_time_ns / run_cnt), {} run(s) of each flow kind \
+             per configuration after the rounds; median [min–max] over the runs. \
+             A transaction is one 1-byte round trip (established) or one connect, request, \
+             response and close (new).",
+            COST_REPS()
         );
+        println!(
+            "| flows | program | ns / invocation | invocations / transaction | \
+             µs / transaction |"
+        );
+        println!("| --- | --- | --- | --- | --- |");
+        for c in costs {
+            let f = |v: &[f64], prec: usize| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{:.prec$} [{lo:.prec$}–{hi:.prec$}]", median(v))
+            };
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                c.flows,
+                c.program,
+                f(&c.ns, 0),
+                f(&c.per_tx, 2),
+                f(&c.us_per_tx, 2)
+            );
+        }
     }
 
     // Policy change cost, on the palisade node (programs attached, maps full).
@@ -992,11 +1187,38 @@ fn main() {
     println!("| change → maps written (both) | {t50:.1} | {t99:.1} | {tmax:.1} |");
 
     println!();
-    for (name, r) in verdicts {
+    for (name, r, _) in &verdicts {
         println!(
             "target palisade / base ≥ 0.97, {name}: {r:.2} {}",
-            if r >= 0.97 { "met" } else { "NOT met" }
+            if *r >= 0.97 { "met" } else { "NOT met" }
         );
+    }
+    for (name, _, pf) in &verdicts {
+        println!("palisade / floor, {name}: {pf}");
+    }
+    if let Some(costs) = &costs {
+        for c in costs {
+            println!(
+                "ns per invocation, {} flows, {}: {:.0}",
+                c.flows,
+                c.program,
+                median(&c.ns)
+            );
+        }
+        for flows in ["established", "new"] {
+            let ns = |program: &str| {
+                costs
+                    .iter()
+                    .find(|c| c.flows == flows && c.program == program)
+                    .map(|c| median(&c.ns))
+            };
+            if let (Some(p), Some(f)) = (ns("palisade (all programs)"), ns("floor floor_lookup")) {
+                println!(
+                    "ns per invocation, {flows} flows, palisade (all programs) / floor: {:.1}×",
+                    p / f
+                );
+            }
+        }
     }
     for (what, p50, p99) in [
         ("diff → maps written", w50, w99),
