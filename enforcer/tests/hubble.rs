@@ -6,7 +6,8 @@
 )]
 //! Interop: the real `hubble` CLI (v1.19.4, `../shared/realclients/hubble.xz`) reads a verdict
 //! log the real datapath produced through the real `palisade-enforcer run` on a local node:
-//! allows (by a rule, not isolated), default-deny drops, an explicit deny, an audit, and the
+//! allows (by a rule, not isolated), default-deny drops, an explicit deny, an AdminNetworkPolicy
+//! deny (cluster-scoped: its attribution has no namespace), an audit, and the
 //! two kinds of loss line. Every line must parse without a warning, and each `hubble observe`
 //! filter must return exactly the flows (by uuid) that the filter's meaning selects from our
 //! own reading of the file.
@@ -73,6 +74,18 @@ spec:
   ingress:
   - action: Deny
     from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: hb}}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: guard}
+spec:
+  priority: 5
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: hb}}}
+  ingress:
+  - name: no-free-admin
+    action: Deny
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: free}}}]
+    ports: [{portNumber: {protocol: TCP, port: 9191}}]
 "#;
 
 fn v4(host: u8) -> Ipv4Addr {
@@ -222,6 +235,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     let aud = pod("free", "aud", 40, "aud");
     let _t = srv.serve_tcp(8080).unwrap();
     let _t2 = srv.serve_tcp(9090).unwrap();
+    let _t3 = srv.serve_tcp(9191).unwrap();
     let _u = srv.serve_udp(5353).unwrap();
     let _a = aud.serve_tcp(7070).unwrap();
 
@@ -231,6 +245,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     udp(&cl, &srv, 5353, true); // allowed by hb/web rule #1 (L4-only)
     udp(&x, &srv, 5353, false); // explicit deny: PalisadeNetworkPolicy hb/no-free
     tcp(&cl, &aud, 7070, true); // audit: would be denied by free/audit, forwarded
+    tcp(&x, &srv, 9191, false); // admin tier: AdminNetworkPolicy guard (cluster-scoped)
 
     // Wait for the agent to write every decision.
     let wanted = |flows: &[Value]| {
@@ -244,6 +259,11 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
                     && f["event_type"]["type"] == 1
             })
             && has(&|f| port_of(f, "destination_port") == Some(5353) && f["verdict"] == "FORWARDED")
+            && has(&|f| {
+                f["ingress_denied_by"][0]["kind"] == "AdminNetworkPolicy"
+                    && f["ingress_denied_by"][0].get("namespace").is_none()
+                    && f["extensions"]["value"]["tier"] == "admin"
+            })
     };
     let t0 = Instant::now();
     let raw = loop {
@@ -325,6 +345,10 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
         port_of(f, "source_port") == Some(9090) || port_of(f, "destination_port") == Some(9090)
     });
     check(&["--protocol", "udp"], &|f| f["l4"].get("UDP").is_some());
+    // A cluster-scoped policy's attribution (no namespace) reads like any other.
+    check(&["--port", "9191", "--verdict", "DROPPED"], &|f| {
+        port_of(f, "destination_port") == Some(9191) && f["verdict"] == "DROPPED"
+    });
     check(&["-l", "app=aud"], &|f| {
         has_label(&f["source"], "k8s:app=aud") || has_label(&f["destination"], "k8s:app=aud")
     });
