@@ -43,7 +43,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::traffic::{Cluster, DENY, OK, expect_all, serve_tcp as serve, tcp, tcp6};
+use common::traffic::{CHANGE, Cluster, DENY, OK, expect_all, serve_tcp as serve, tcp, tcp6};
 
 /// This file's address block: `10.246.x.x`, `fd00:10:246::/48`.
 const BLOCK: u8 = 246;
@@ -1012,4 +1012,89 @@ fn cluster_network_policies_decide_in_the_tier_they_name() {
         "{}",
         f[4]
     );
+}
+
+// ---- fail closed ----------------------------------------------------------------------------
+
+fn status_warnings(c: &Cluster) -> Vec<String> {
+    match c.enforcer.request(&palisade_api::Request::Status).unwrap() {
+        palisade_api::Response::Status { warnings, .. } => warnings,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An invalid edit of an enforcing AdminNetworkPolicy (a priority out of range, a Pass in
+/// the baseline) is refused with the field named in the agent's status, and the guardrail
+/// that was in place keeps denying in the kernel: the agent keeps the last good policy,
+/// never drops to the NetworkPolicy's allow.
+#[test]
+fn an_invalid_admin_policy_edit_keeps_the_guardrail_in_force() {
+    let Some(c) = start(
+        "tiers: an invalid edit keeps the last good tiers",
+        &[
+            ("10-np.yaml", &t1_network_policy()),
+            ("20-anp.yaml", T1_ADMIN),
+        ],
+    ) else {
+        return;
+    };
+    let a = app_pod(&c, "t1a", "a", 11, 10);
+    let b = app_pod(&c, "t1b", "b", 11, 20);
+    let _s = (serve(&b, 8080), serve(&b, 8081));
+    expect_all(
+        &c,
+        &[tcp(&a, &b, 8080, false, "the admin deny is in force")],
+    );
+
+    for (what, bad, field) in [
+        (
+            "priority out of range",
+            T1_ADMIN.replace("priority: 10", "priority: 5000"),
+            "spec.priority",
+        ),
+        (
+            "an unknown action",
+            T1_ADMIN.replace("action: Deny", "action: Drop"),
+            "spec.egress[0].action",
+        ),
+    ] {
+        c.enforcer.write_manifest("20-anp.yaml", &bad).unwrap();
+        let t0 = Instant::now();
+        let w = loop {
+            let w = status_warnings(&c);
+            if w.iter()
+                .any(|w| w.contains("reload failed") && w.contains(field))
+            {
+                break w;
+            }
+            assert!(
+                t0.elapsed() < CHANGE,
+                "{what}: no status warning naming {field} within {CHANGE:?}: {w:?}\nagent log:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(w.iter().any(|w| w.contains("20-anp.yaml")), "{what}: {w:?}");
+        expect_all(
+            &c,
+            &[
+                tcp(&a, &b, 8080, false, "the last good admin egress Deny"),
+                tcp(&a, &b, 8081, false, "the last good admin ingress Deny"),
+                tcp6(
+                    &a,
+                    &b,
+                    8081,
+                    false,
+                    "the last good admin ingress Deny, IPv6",
+                ),
+            ],
+        );
+    }
+
+    // A valid file again is applied: removing the guardrail opens what the NetworkPolicy
+    // allows.
+    c.change_policy("removing the admin policies", |e| {
+        e.remove_manifest("20-anp.yaml").unwrap()
+    });
+    expect_all(&c, &[tcp(&a, &b, 8080, true, "only the NetworkPolicy now")]);
 }
