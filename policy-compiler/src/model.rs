@@ -280,6 +280,14 @@ impl Policy {
         }
     }
 
+    /// Where the policy stands in the evaluation order (docs/policy-kinds.md): its tier (the
+    /// admin and baseline tiers by priority), then its name, then its kind. The one ordering
+    /// the compiler, both evaluators and `explain` use; inside the NetworkPolicy tier the
+    /// order of policies does not matter (its rules resolve by band).
+    pub fn evaluation_order(&self) -> (PolicyTier, &str, PolicyKind) {
+        (self.tier, self.name.as_str(), self.kind)
+    }
+
     /// Whether the policy isolates (default-denies) a direction.
     pub fn isolates(&self, dir: Direction) -> bool {
         self.rules(dir).is_some() && self.isolates[dir as usize]

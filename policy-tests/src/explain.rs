@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 
 use policy_compiler::eval::maps;
 use policy_compiler::model::{
-    Endpoint, NamespaceScope, Peer, Peers, Policy, PolicyTier, PortMatch, Rule, RuleAction,
+    Endpoint, NamespaceScope, Peer, Peers, PolicyTier, PortMatch, Rule, RuleAction,
 };
-use policy_compiler::rules::{PolicyRef, RuleRef};
+use policy_compiler::rules::RuleRef;
 use policy_compiler::{Decision, Direction, Flow, FlowPeer, Protocol, Verdict};
 use serde::Serialize;
 
@@ -133,12 +133,10 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
             ns_ok && p.pod_selector.matches(&labels)
         })
         .collect();
-    selecting.sort_by(|(ra, pa), (rb, pb)| {
-        let key = |r: &PolicyRef, p: &Policy| match p.tier {
-            PolicyTier::NetworkPolicy => (p.tier, String::new(), r.clone()),
-            t => (t, r.name.clone(), r.clone()),
-        };
-        key(ra, pa).cmp(&key(rb, pb))
+    // (Stable: NetworkPolicy-tier policies keep their listing order.)
+    selecting.sort_by(|(_, a), (_, b)| match (a.tier, b.tier) {
+        (PolicyTier::NetworkPolicy, PolicyTier::NetworkPolicy) => std::cmp::Ordering::Equal,
+        _ => a.evaluation_order().cmp(&b.evaluation_order()),
     });
     // The deciding rule, from the maps.
     let deciding = decision.and_then(Decision::rule);

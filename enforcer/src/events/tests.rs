@@ -577,6 +577,34 @@ fn a_policy_denial_is_a_policy_verdict_then_a_drop() {
     );
 }
 
+/// The `flow` of the drop line for port 22 that the ingress rule 0 of `policy` (defined in
+/// `extra`, added to MANIFESTS) made.
+fn ingress_deny_flow(extra: &str, policy: PolicyRef) -> Value {
+    let loaded = load_str(
+        "test.yaml",
+        &format!("{MANIFESTS}{extra}"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
+        .unwrap()
+        .0;
+    let id = e
+        .rules()
+        .id(&RuleRef {
+            policy,
+            direction: Direction::Ingress,
+            index: 0,
+        })
+        .unwrap();
+    let mut ev = event(&e);
+    ev.verdict = abi::EVENT_VERDICT_DROPPED;
+    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
+    ev.dport_be = 22u16.to_be();
+    ev.rule_id = id;
+    render_all(&e, &ev).last().unwrap()["flow"].clone()
+}
+
 #[test]
 fn a_palisade_rule_carries_its_name_kind_and_log_marker_into_the_record() {
     let extra = r#"
@@ -593,34 +621,14 @@ spec:
     from: [{podSelector: {matchLabels: {app: web}}}]
     ports: [{port: 22}]
 "#;
-    let loaded = load_str(
-        "test.yaml",
-        &format!("{MANIFESTS}{extra}"),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
-        .unwrap()
-        .0;
-    let id = e
-        .rules()
-        .id(&RuleRef {
-            policy: PolicyRef {
-                kind: policy_compiler::rules::PolicyKind::PalisadeNetworkPolicy,
-                namespace: "shop".into(),
-                name: "guard".into(),
-            },
-            direction: Direction::Ingress,
-            index: 0,
-        })
-        .unwrap();
-    let mut ev = event(&e);
-    ev.verdict = abi::EVENT_VERDICT_DROPPED;
-    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
-    ev.dport_be = 22u16.to_be();
-    ev.rule_id = id;
-    let lines = render_all(&e, &ev);
-    let flow = &lines.last().unwrap()["flow"];
+    let flow = &ingress_deny_flow(
+        extra,
+        PolicyRef {
+            kind: policy_compiler::rules::PolicyKind::PalisadeNetworkPolicy,
+            namespace: "shop".into(),
+            name: "guard".into(),
+        },
+    );
     let ext = &flow["extensions"]["value"];
     assert_eq!(ext["rule_name"], "no-web-ssh", "{flow}");
     assert_eq!(ext["log"], "ssh-attempt", "{flow}");
@@ -647,34 +655,14 @@ spec:
     from: [{namespaces: {}}]
     ports: [{portNumber: {protocol: TCP, port: 22}}]
 "#;
-    let loaded = load_str(
-        "test.yaml",
-        &format!("{MANIFESTS}{extra}"),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let e = Engine::compile(&loaded.cluster, EngineConfig::default())
-        .unwrap()
-        .0;
-    let id = e
-        .rules()
-        .id(&RuleRef {
-            policy: PolicyRef {
-                kind: policy_compiler::rules::PolicyKind::AdminNetworkPolicy,
-                namespace: String::new(),
-                name: "guardrail".into(),
-            },
-            direction: Direction::Ingress,
-            index: 0,
-        })
-        .unwrap();
-    let mut ev = event(&e);
-    ev.verdict = abi::EVENT_VERDICT_DROPPED;
-    ev.drop_reason = abi::DROP_POLICY_DENY as u16;
-    ev.dport_be = 22u16.to_be();
-    ev.rule_id = id;
-    let lines = render_all(&e, &ev);
-    let flow = &lines.last().unwrap()["flow"];
+    let flow = &ingress_deny_flow(
+        extra,
+        PolicyRef {
+            kind: policy_compiler::rules::PolicyKind::AdminNetworkPolicy,
+            namespace: String::new(),
+            name: "guardrail".into(),
+        },
+    );
     let ext = &flow["extensions"]["value"];
     assert_eq!(ext["rule_name"], "no-ssh-anywhere", "{flow}");
     assert_eq!(ext["tier"], "admin", "{flow}");

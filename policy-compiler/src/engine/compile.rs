@@ -6,7 +6,7 @@ use roaring::RoaringBitmap;
 
 use crate::abi::{self, PolicyValue};
 use crate::model::{Direction, PolicyTier, PortMatch, Protocol, RuleAction, resolve_named_port};
-use crate::rules::{PolicyKind, PolicyRef};
+use crate::rules::PolicyRef;
 
 use super::l7::L7Set;
 use super::register::PolicyState;
@@ -102,16 +102,13 @@ impl Engine {
         // The admin and baseline tiers order policies by priority, then name (then kind): the
         // rank among the tiered policies selecting this identity is all the order needs, as
         // only rules of policies selecting it can match its flows.
-        let mut tiered: Vec<(PolicyTier, &str, PolicyKind, usize)> = selecting
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, st))| st.policy.tier != PolicyTier::NetworkPolicy)
-            .map(|(i, (r, st))| (st.policy.tier, r.name.as_str(), r.kind, i))
+        let mut tiered: Vec<usize> = (0..selecting.len())
+            .filter(|&i| selecting[i].1.policy.tier != PolicyTier::NetworkPolicy)
             .collect();
-        tiered.sort_unstable();
+        tiered.sort_unstable_by_key(|&i| selecting[i].1.policy.evaluation_order());
         let mut rank = vec![0u64; selecting.len()];
-        for (k, t) in tiered.iter().enumerate() {
-            rank[t.3] = k as u64;
+        for (k, &i) in tiered.iter().enumerate() {
+            rank[i] = k as u64;
         }
         for (pi, (pref, st)) in selecting.iter().enumerate() {
             let pref = *pref;

@@ -12,7 +12,7 @@ use crate::model::{
     Cluster, Direction, Endpoint, Entity, NamespaceScope, Peer, Peers, Policy, PolicyTier,
     PortMatch, Rule, RuleAction,
 };
-use crate::rules::{PolicyKind, PolicyRef, RuleRef, RuleTable};
+use crate::rules::{PolicyRef, RuleRef, RuleTable};
 
 /// Evaluates a flow. `rules` supplies rule ids for attribution; `config` carries the
 /// identity label filter (labels it drops are invisible to policy in the datapath, so here
@@ -264,20 +264,20 @@ impl Ctx<'_> {
         peer_ep: Option<&Endpoint>,
         audit_ns: bool,
     ) -> Option<Decision> {
-        let mut tiered: Vec<(PolicyTier, &str, PolicyKind, &PolicyRef, &Policy)> = self
+        let mut tiered: Vec<(&PolicyRef, &Policy)> = self
             .cluster
             .policies
             .iter()
+            .map(|(r, p)| (r, &**p))
             .filter(|(_, p)| match p.tier {
                 PolicyTier::Admin(_) => admin,
                 PolicyTier::Baseline(_) => !admin,
                 PolicyTier::NetworkPolicy => false,
             })
             .filter(|(_, p)| self.selects(p, subject, labels))
-            .map(|(r, p)| (p.tier, r.name.as_str(), r.kind, r, &**p))
             .collect();
-        tiered.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-        for (_, _, _, pref, p) in tiered {
+        tiered.sort_unstable_by_key(|(_, p)| p.evaluation_order());
+        for (pref, p) in tiered {
             for (i, rule) in p.rules(dir).unwrap_or(&[]).iter().enumerate() {
                 if !self.rule_hits(rule, false, dir, subject, peer, peer_ep).0 {
                     continue;

@@ -266,7 +266,7 @@ pub(super) fn convert_object(
     // Tier and priority.
     let priority = match (kind, spec.priority) {
         (PolicyKind::BaselineAdminNetworkPolicy, Some(_)) => {
-            errors.push(forbidden(
+            errors.push(field_forbidden(
                 "spec.priority",
                 "a BaselineAdminNetworkPolicy has no priority (it is evaluated after every NetworkPolicy)",
             ));
@@ -303,7 +303,7 @@ pub(super) fn convert_object(
             PolicyTier::Admin(priority)
         }
         (_, Some(_)) => {
-            errors.push(forbidden(
+            errors.push(field_forbidden(
                 "spec.tier",
                 &format!("{kind} has no tier (ClusterNetworkPolicy of {V1ALPHA2} has)"),
             ));
@@ -325,7 +325,7 @@ pub(super) fn convert_object(
             ),
             (None, Some(p)) => namespaced_pod(p, "spec.subject.pods", &mut errors),
             _ => {
-                errors.push(forbidden(
+                errors.push(field_forbidden(
                     "spec.subject",
                     "exactly one of `namespaces` or `pods` must be set",
                 ));
@@ -348,7 +348,7 @@ pub(super) fn convert_object(
         let Some(list) = list else { continue };
         let path = format!("spec.{dir}");
         if list.len() > limits.rules {
-            errors.push(too_many(&path, list.len(), limits.rules));
+            errors.push(field_too_many(&path, list.len(), limits.rules));
         }
         let mut rules = Vec::with_capacity(list.len());
         for (i, r) in list.iter().enumerate() {
@@ -440,7 +440,7 @@ fn convert_rule(
         Direction::Egress => ("to", &r.to, &r.from, "from"),
     };
     if other.is_some() {
-        errors.push(forbidden(
+        errors.push(field_forbidden(
             &format!("{at}.{other_field}"),
             &format!("{dir} rules name their peers in `{field}`"),
         ));
@@ -457,7 +457,7 @@ fn convert_rule(
         )),
         Some(list) => {
             if list.len() > limits.peers {
-                errors.push(too_many(&ppath, list.len(), limits.peers));
+                errors.push(field_too_many(&ppath, list.len(), limits.peers));
             }
             for (j, p) in list.iter().enumerate() {
                 let pp = format!("{ppath}[{j}]");
@@ -472,7 +472,7 @@ fn convert_rule(
                 .filter(|b| **b)
                 .count();
                 if set != 1 {
-                    errors.push(forbidden(
+                    errors.push(field_forbidden(
                         &pp,
                         "exactly one of `namespaces`, `pods`, `nodes`, `networks` must be set",
                     ));
@@ -481,7 +481,7 @@ fn convert_rule(
                 if dir == Direction::Ingress
                     && (p.nodes.is_some() || p.networks.is_some() || p.domain_names.is_some())
                 {
-                    errors.push(forbidden(
+                    errors.push(field_forbidden(
                         &pp,
                         "ingress peers are `namespaces` or `pods` (nodes and networks are egress peers)",
                     ));
@@ -516,7 +516,7 @@ fn convert_rule(
                         ));
                     }
                     if nets.len() > limits.networks {
-                        errors.push(too_many(&np, nets.len(), limits.networks));
+                        errors.push(field_too_many(&np, nets.len(), limits.networks));
                     }
                     for (k, n) in nets.iter().enumerate() {
                         match n.parse::<Cidr>() {
@@ -532,7 +532,7 @@ fn convert_rule(
                         }
                     }
                 } else {
-                    errors.push(forbidden(
+                    errors.push(field_forbidden(
                         &format!("{pp}.domainNames"),
                         "domain-name peers are not enforced by Palisade (no DNS-aware datapath); use `networks`",
                     ));
@@ -545,7 +545,7 @@ fn convert_rule(
     let mut named = false;
     if v2 {
         if r.ports.is_some() {
-            errors.push(forbidden(
+            errors.push(field_forbidden(
                 &format!("{at}.ports"),
                 &format!("{V1ALPHA2} names ports in `protocols`"),
             ));
@@ -563,7 +563,7 @@ fn convert_rule(
                 let n = given.iter().filter(|g| g.0.is_some()).count()
                     + usize::from(p.destination_named_port.is_some());
                 if n != 1 {
-                    errors.push(forbidden(
+                    errors.push(field_forbidden(
                         &at,
                         "exactly one of `tcp`, `udp`, `sctp`, `destinationNamedPort` must be set",
                     ));
@@ -603,7 +603,7 @@ fn convert_rule(
                                 ports.push(PortSpec::new(proto, PortMatch::Range(lo, hi)));
                             }
                         }
-                        _ => errors.push(forbidden(
+                        _ => errors.push(field_forbidden(
                             &dpp,
                             "exactly one of `number` or `range` must be set",
                         )),
@@ -613,7 +613,7 @@ fn convert_rule(
         }
     } else {
         if r.protocols.is_some() {
-            errors.push(forbidden(
+            errors.push(field_forbidden(
                 &format!("{at}.protocols"),
                 &format!("{V1ALPHA1} names ports in `ports`"),
             ));
@@ -627,7 +627,7 @@ fn convert_rule(
                     + usize::from(p.named_port.is_some())
                     + usize::from(p.port_range.is_some());
                 if n != 1 {
-                    errors.push(forbidden(
+                    errors.push(field_forbidden(
                         &at,
                         "exactly one of `portNumber`, `namedPort`, `portRange` must be set",
                     ));
@@ -661,7 +661,7 @@ fn convert_rule(
         }
     }
     if named && address_peer {
-        errors.push(forbidden(at, "networks/nodes peers cannot be set with named ports since there are no named ports for networks/nodes"));
+        errors.push(field_forbidden(at, "networks/nodes peers cannot be set with named ports since there are no named ports for networks/nodes"));
     }
     if errors.len() > before {
         return None;
@@ -745,25 +745,7 @@ fn check_count(path: &str, n: usize, max: usize, errors: &mut Vec<FieldError>) {
             "must have at least 1 item (leave the field out to match every port)".into(),
         ));
     } else if n > max {
-        errors.push(too_many(path, n, max));
-    }
-}
-
-fn too_many(path: &str, n: usize, max: usize) -> FieldError {
-    FieldError {
-        field: path.to_string(),
-        error_type: validate::ErrorType::TooMany,
-        bad_value: Some(n.to_string()),
-        detail: format!("must have at most {max} items"),
-    }
-}
-
-fn forbidden(path: &str, detail: &str) -> FieldError {
-    FieldError {
-        field: path.to_string(),
-        error_type: validate::ErrorType::Forbidden,
-        bad_value: None,
-        detail: detail.to_string(),
+        errors.push(field_too_many(path, n, max));
     }
 }
 

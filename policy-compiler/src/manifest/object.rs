@@ -941,6 +941,25 @@ pub(super) fn field_required(field: &str, detail: &str) -> FieldError {
     }
 }
 
+pub(super) fn field_forbidden(field: &str, detail: &str) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        error_type: validate::ErrorType::Forbidden,
+        bad_value: None,
+        detail: detail.to_string(),
+    }
+}
+
+/// `field.TooMany`: a list longer than the schema's `maxItems`.
+pub(super) fn field_too_many(field: &str, n: usize, max: usize) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        error_type: validate::ErrorType::TooMany,
+        bad_value: Some(n.to_string()),
+        detail: format!("must have at most {max} items"),
+    }
+}
+
 pub(super) fn field_unsupported(field: &str, bad_value: String, supported: &[&str]) -> FieldError {
     let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
     FieldError {
