@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use palisade_testkit::realclients::ApiServer;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -140,81 +142,22 @@ fn generated_schemas_are_structural_with_string_enums() {
     }
 }
 
-/// The real API server, stopped when dropped.
-struct ApiServer {
-    script: PathBuf,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ci() -> bool {
-    matches!(std::env::var("CI").as_deref(), Ok("true" | "1" | "yes"))
-}
-
-/// Starts etcd + kube-apiserver, or says what is missing (an error under CI).
+/// Starts etcd + kube-apiserver, or says what is missing (an error under CI). The CRD tests
+/// also need kubectl (`kubectl get` printer columns).
 fn apiserver() -> Option<ApiServer> {
-    let dir = std::env::var_os("PALISADE_REALCLIENTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/realclients"));
-    let script = dir.join("start-apiserver.sh");
-    let missing = |what: String| {
-        if ci() {
-            panic!("{what}: the API-server tests cannot run (CI=true)");
-        }
-        eprintln!("SKIPPED (not CI): {what}");
-        None
-    };
-    if !script.exists() {
-        return missing(format!(
-            "{} not found (set PALISADE_REALCLIENTS)",
-            script.display()
-        ));
-    }
     if Command::new("kubectl")
         .arg("version")
         .arg("--client")
         .output()
         .is_err()
     {
-        return missing("kubectl not found (Debian package kubernetes-client)".into());
+        palisade_testkit::skip_or_fail(
+            "CRD API-server test",
+            &"kubectl not found (Debian package kubernetes-client)",
+        );
+        return None;
     }
-    let work = std::env::temp_dir().join(format!("palisade-crds-apiserver-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let out = Command::new(&script)
-        .arg("start")
-        .arg(&work)
-        .output()
-        .unwrap();
-    let mut server = ApiServer {
-        script: script.clone(),
-        dir: work.clone(),
-        kubeconfig: PathBuf::new(),
-    };
-    assert!(
-        out.status.success(),
-        "start-apiserver.sh failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kubeconfig = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    server.kubeconfig = PathBuf::from(kubeconfig);
-    Some(server)
+    ApiServer::start_or_skip("crds")
 }
 
 fn kubectl(s: &ApiServer, args: &[&str], stdin: Option<&str>) -> Output {
@@ -269,20 +212,12 @@ fn request(
     content_type: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
-    let env = std::fs::read_to_string(s.dir.join("env")).unwrap();
-    let var = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("{k} missing from the API server's env file"))
-            .to_string()
-    };
-    let url = format!(
-        "{}/apis/policy.palisade.dev/v1alpha1/{path}",
-        var("APISERVER_URL")
-    );
+    let url = format!("{}/apis/policy.palisade.dev/v1alpha1/{path}", s.url);
     let mut child = Command::new("curl")
-        .args(["-sS", "--cacert", &var("APISERVER_CA"), "-H"])
-        .arg(format!("Authorization: Bearer {}", var("APISERVER_TOKEN")))
+        .args(["-sS", "--cacert"])
+        .arg(&s.ca)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", s.token))
         .args([
             "-H",
             &format!("Content-Type: {content_type}"),

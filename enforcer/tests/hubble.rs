@@ -92,25 +92,9 @@ fn v4(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 30, host)
 }
 
-/// The unpacked hubble binary, or why there is none.
+/// The unpacked hubble binary (version 1.19), or why there is none.
 fn hubble() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("PALISADE_REALCLIENTS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/realclients"),
-        PathBuf::from,
-    );
-    let script = dir.join("realclient");
-    let out = Command::new(&script)
-        .arg("hubble")
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} hubble: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let path = palisade_testkit::realclients::binary("hubble")?;
     let v = Command::new(&path)
         .arg("version")
         .output()

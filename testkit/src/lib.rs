@@ -7,11 +7,13 @@
 //!   endpoint protocol (`palisade-api`);
 //! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN;
 //! - [`privileged`]: the one privileged-test gate every crate's tests use;
+//! - [`realclients`]: the real kube-apiserver + etcd and hubble of `../shared/realclients`;
 //! - the `palisade-demo` binary (`./palisade demo`).
 pub mod harness;
 pub mod node;
 pub mod packet;
 pub mod privileged;
+pub mod realclients;
 
 pub use privileged::{
     ci_requires_privileged, privileged_unavailable_reason, require_privileged, skip_or_fail,
