@@ -14,9 +14,9 @@
  *      a later fragment takes its first fragment's ports (lib/frag.h), unknown ->
  *      DROP_FRAG_NOT_FOUND; a first fragment's ports are remembered, failing that ->
  *      DROP_FRAG_NOT_SUPPORTED.
- *   4. conntrack hit (lib/ct.h; same tuple, same hook, same interface) -> pass, re-decided
- *      once after a policy change (revision re-check).
- *   5. conntrack reply (reversed tuple made by the other hook of this endpoint) -> pass,
+ *   4. conntrack hit (lib/ct.h; one lookup of the canonical key) on a flow opened at this
+ *      hook -> pass, re-decided once after a policy change (revision re-check).
+ *   5. the same hit on a flow opened at the other hook of this endpoint: a reply -> pass,
  *      same re-check.
  *   5b. ICMP error quoting a packet of a flow tracked at this endpoint (lib/ct.h
  *      ct_related) -> pass, counted COUNTER_ICMP_RELATED, no entry created.
@@ -41,7 +41,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow_ctx f = {};
 	struct decision d = {};
-	struct ct_key fwd = {}, rev = {};
+	struct ct_key fwd = {}, rel = {};
 	__u8 kind = EVENT_KIND_NEW_FLOW;
 
 	/* 1. */
@@ -85,7 +85,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		d.drop_reason = DROP_FORBIDDEN_ICMP6;
 		goto drop;
 	}
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	if (pr == PARSE_FRAGMENT) {
 		if (frag_recover(&f.p, dir, f.ifindex, now)) {
 			d.drop_reason = DROP_FRAG_NOT_FOUND;
@@ -99,9 +99,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
 
 	if (f.p.trackable) {
-		/* 4. Same flow, same hook: established. */
+		/* 4./5. The flow's entry (one lookup: the key is canonical). */
 		struct ct_entry *ct = ct_lookup(&fwd, now);
-		if (ct) {
+		if (ct && ct_opener(ct) == dir) {
+			/* 4. Same flow, same hook: established. */
 			f.src_identity = ct->src_identity;
 			f.dst_identity = ct->dst_identity;
 			if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
@@ -116,20 +117,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
 			return TCX_NEXT;
 		}
-		/* 5. Reversed tuple made by the other hook of this endpoint: a reply. */
-		ct_key_reply(&rev, &f.p, dir, f.ifindex);
-		ct = ct_lookup(&rev, now);
 		if (ct) {
+			/* 5. Opened at the other hook of this endpoint: a reply. */
 			f.src_identity = ct->dst_identity;
 			f.dst_identity = ct->src_identity;
 			/* Re-decided as it was opened: the other direction, the same peer, the
 			 * port it was opened to. */
-			if (ct_recheck(ct, &rev, &ep, peer_addr, rev.direction, &f.p, f.p.sport, &d)) {
+			if (ct_recheck(ct, &fwd, &ep, peer_addr, ct_opener(ct), &f.p, f.p.sport,
+				       &d)) {
 				count(dir, COUNTER_REVOKED, 0);
 				kind = EVENT_KIND_REVOKED;
 				goto drop;
 			}
-			ct->flags |= CT_F_REPLY_SEEN;
+			if (!(ct->flags & CT_F_REPLY_SEEN))
+				ct->flags |= CT_F_REPLY_SEEN;
 			if (ct_refresh(ct, &f.p, now)) {
 				d = ct_closed(ct);
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
@@ -141,7 +142,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	/* 5b. An ICMP error about a flow tracked at this endpoint (its quoted packet): passes,
 	 * counted, creating no state. */
-	if (ct_related(&rev, &f.p, dir, f.ifindex, ep.revision, now)) {
+	if (ct_related(&rel, &f.p, dir, f.ifindex, ep.revision, now)) {
 		count(dir, COUNTER_ICMP_RELATED, f.p.len);
 		return TCX_NEXT;
 	}
@@ -168,7 +169,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	/* 7. */
 	if (ct_should_track(&f.p) &&
-	    ct_create(&fwd, &f.p, &d, ep.revision, f.src_identity, f.dst_identity, now)) {
+	    ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity, f.dst_identity, now)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;

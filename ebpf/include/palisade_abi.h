@@ -14,6 +14,9 @@
  *   2  ct_entry grows room for service reverse NAT and proxy redirect state (56 bytes);
  *      pal_frag (first-fragment ports); DROP_EP_NOT_READY is Hubble's 203; drop codes
  *      DROP_FRAG_NOT_FOUND and DROP_FORBIDDEN_ICMP6; pass verdicts return TCX_NEXT.
+ *   3  conntrack keys are canonical (struct ct_key below): both directions of a flow find
+ *      its one entry with one lookup; CT_F_OPENED_INGRESS records the opening hook. Same
+ *      layouts as v2; an upgrade re-keys the older entries (docs/upgrade.md).
  *
  * Policy lookup order (also in docs/datapath.md):
  *   1. endpoint_info for the hook's endpoint; missing or not READY -> DROP_EP_NOT_READY.
@@ -34,7 +37,7 @@
 
 #include <linux/types.h>
 
-#define PALISADE_ABI_VERSION 2
+#define PALISADE_ABI_VERSION 3
 
 /* ---- identities ---------------------------------------------------------------- */
 #define IDENTITY_UNKNOWN        0 /* never assigned; the wildcard in policy keys */
@@ -163,17 +166,23 @@ struct endpoint_info {
 	__u8 ipv6[16];     /* network order (ENDPOINT_F_IPV6) */
 };
 
-/* ---- conntrack: LRU hash, one entry per (flow, endpoint hook direction) ----------
- * Keyed by the tuple as first seen at the hook, the host-side ifindex of the endpoint
- * and the policy direction, so an entry made at one pod never admits another pod's
- * packets. A packet is a reply when the reversed tuple exists at the same ifindex with
- * the opposite direction. ICMP echo uses the echo id as port (request: sport = id,
- * reply: dport = id); other ICMP types are never tracked.
+/* ---- conntrack: LRU hash, one entry per (flow, endpoint) --------------------------
+ * Keyed by the flow's canonical tuple: the (address, port) side that is lower (addresses
+ * compared as bytes, then ports in network order) is the key's source, the other its
+ * destination, so a packet and its reply make the same key. `direction` is the hook's
+ * DIRECTION_* XOR 1 when the packet's tuple had to be swapped: equal for the opening
+ * packet (hook h, as seen) and its replies (the other hook, swapped), different for the
+ * same tuple travelling the same way through the other hook. With the host-side ifindex of
+ * the endpoint in the key, an entry made at one pod never admits another pod's packets.
+ * The entry records the hook that opened the flow (CT_F_OPENED_INGRESS): a packet at that
+ * hook continues the flow, one at the other hook is a reply. ICMP echo uses the echo id as
+ * port (request: sport = id, reply: dport = id); other ICMP types are never tracked.
  */
 #define CT_F_REPLY_SEEN   0x01 /* a reply has passed */
 #define CT_F_SEEN_FIN     0x02 /* FIN seen from either side */
 #define CT_F_SEEN_RST     0x04
 #define CT_F_PROXY        0x08 /* redirected to the L7 proxy */
+#define CT_F_OPENED_INGRESS 0x10 /* v3: opened at to_pod (DIRECTION_INGRESS), else from_pod */
 
 /* A flow is only established once a reply passed: until then its entry lives
  * CT_LIFETIME_TCP_SYN_S (TCP) or CT_LIFETIME_NONTCP_S, so a flood of openers that never get
@@ -191,7 +200,7 @@ struct ct_key {
 	__be16 dport;
 	__u8 protocol;
 	__u8 family;     /* 4 or 6 */
-	__u8 direction;  /* DIRECTION_* of the endpoint hook that created it */
+	__u8 direction;  /* DIRECTION_* of the hook XOR swapped (see above) */
 	__u8 pad;
 	__u32 ifindex;   /* host-side interface of the endpoint */
 };

@@ -59,6 +59,10 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* Headers are parsed at most this far into the frame (IPv6 with four extension headers of
+ * the largest size stays below it); lib/parse.h pkt_ptr bounds offsets with it. */
+#define PKT_MAX_HDR_OFF 8192
+
 /* Not in the 6.1 libbpf headers. Every map is pinned by name under the enforcer's
  * versioned bpffs directory, so a restarted enforcer adopts them (and their contents)
  * instead of starting empty. */

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Conntrack: one entry per (flow, endpoint hook direction), keyed by the tuple as first
- * seen at the hook plus the endpoint's host-side ifindex (palisade_abi.h, docs/datapath.md
- * §4). Owns pal_ct: lookups, lifetimes, the revision re-check after a policy change, and
- * the entry a new admitted flow creates. */
+/* Conntrack: one entry per (flow, endpoint), keyed by the flow's canonical tuple plus the
+ * endpoint's host-side ifindex (palisade_abi.h, docs/datapath.md §4), so a packet and its
+ * reply find the entry with one lookup. Owns pal_ct: lookups, lifetimes, the revision
+ * re-check after a policy change, and the entry a new admitted flow creates. */
 #ifndef PALISADE_CT_H
 #define PALISADE_CT_H
 
@@ -19,33 +19,65 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_ct SEC(".maps");
 
-/* The key of a packet at a hook: its tuple as seen, the hook direction, the interface. */
-static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u8 dir,
-				      __u32 ifindex)
+/* Whether (a, ap) sorts after (b, bp): addresses as bytes (big-endian words), then ports
+ * in network order. */
+static __always_inline int ct_side_after(const __u8 *a, __be16 ap, const __u8 *b, __be16 bp)
 {
-	__builtin_memcpy(k->saddr, p->saddr, 16);
-	__builtin_memcpy(k->daddr, p->daddr, 16);
-	k->sport = p->sport;
-	k->dport = p->dport;
-	k->protocol = p->protocol;
-	k->family = p->family;
-	k->direction = dir;
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	a0 = __builtin_bswap64(a0);
+	b0 = __builtin_bswap64(b0);
+	if (a0 != b0)
+		return a0 > b0;
+	a1 = __builtin_bswap64(a1);
+	b1 = __builtin_bswap64(b1);
+	if (a1 != b1)
+		return a1 > b1;
+	return bpf_ntohs(ap) > bpf_ntohs(bp);
+}
+
+/* The canonical key of a tuple seen at hook `dir` (palisade_abi.h): the lower side first,
+ * direction = dir XOR swapped. A packet and its reply at the other hook make the same key. */
+static __always_inline void ct_key_tuple(struct ct_key *k, const __u8 *saddr,
+					 const __u8 *daddr, __be16 sport, __be16 dport,
+					 __u8 protocol, __u8 family, __u8 dir, __u32 ifindex)
+{
+	__u8 swap = ct_side_after(saddr, sport, daddr, dport);
+
+	if (swap) {
+		__builtin_memcpy(k->saddr, daddr, 16);
+		__builtin_memcpy(k->daddr, saddr, 16);
+		k->sport = dport;
+		k->dport = sport;
+	} else {
+		__builtin_memcpy(k->saddr, saddr, 16);
+		__builtin_memcpy(k->daddr, daddr, 16);
+		k->sport = sport;
+		k->dport = dport;
+	}
+	k->protocol = protocol;
+	k->family = family;
+	k->direction = dir ^ swap;
 	k->ifindex = ifindex;
 }
 
-/* The key the other hook of the same endpoint made for the flow this packet replies to:
- * the tuple reversed, the opposite direction. */
-static __always_inline void ct_key_reply(struct ct_key *rev, const struct pkt *p, __u8 dir,
-					 __u32 ifindex)
+/* The key of a packet at a hook. */
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u8 dir,
+				      __u32 ifindex)
 {
-	__builtin_memcpy(rev->saddr, p->daddr, 16);
-	__builtin_memcpy(rev->daddr, p->saddr, 16);
-	rev->sport = p->dport;
-	rev->dport = p->sport;
-	rev->protocol = p->protocol;
-	rev->family = p->family;
-	rev->direction = dir == DIRECTION_EGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS;
-	rev->ifindex = ifindex;
+	ct_key_tuple(k, p->saddr, p->daddr, p->sport, p->dport, p->protocol, p->family, dir,
+		     ifindex);
+}
+
+/* The hook that opened the flow of `ct` (DIRECTION_*): a packet there continues the flow,
+ * a packet at the other hook replies to it. */
+static __always_inline __u8 ct_opener(const struct ct_entry *ct)
+{
+	return ct->flags & CT_F_OPENED_INGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS;
 }
 
 /* A live entry under `k`, or NULL (an expired entry is treated as absent). */
@@ -124,11 +156,11 @@ static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *
 /* Whether an ICMP error (p->icmp_error) is about a flow tracked at this endpoint. The
  * quoted packet was sent by the endpoint when the error arrives at to_pod, and to it when
  * the endpoint sends the error (from_pod): its endpoint-side address must be the outer
- * packet's endpoint-side address. It is either a packet of a flow made at the other hook
- * (the quote as is, the opposite direction) or a reply of a flow made at this hook (the
- * quote reversed). The entry must be live and decided under the endpoint's current
- * revision; after a policy change the error is decided by policy until the flow's next
- * packet re-checks it. `k` is scratch space. Nothing is created or refreshed. */
+ * packet's endpoint-side address, and it passed the other hook, as quoted. Its canonical
+ * key at that hook finds the flow whichever side opened it. The entry must be live and
+ * decided under the endpoint's current revision; after a policy change the error is
+ * decided by policy until the flow's next packet re-checks it. `k` is scratch space.
+ * Nothing is created or refreshed. */
 static __always_inline int ct_related(struct ct_key *k, const struct pkt *p, __u8 dir,
 				      __u32 ifindex, __u32 revision, __u64 now)
 {
@@ -142,23 +174,10 @@ static __always_inline int ct_related(struct ct_key *k, const struct pkt *p, __u
 	for (int i = 0; i < 16; i++)
 		if (i < n && ep_outer[i] != ep_inner[i])
 			return 0;
-	__builtin_memcpy(k->saddr, p->inner_saddr, 16);
-	__builtin_memcpy(k->daddr, p->inner_daddr, 16);
-	k->sport = p->inner_sport;
-	k->dport = p->inner_dport;
-	k->protocol = p->inner_protocol;
-	k->family = p->family;
-	k->direction = dir == DIRECTION_EGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS;
-	k->ifindex = ifindex;
+	ct_key_tuple(k, p->inner_saddr, p->inner_daddr, p->inner_sport, p->inner_dport,
+		     p->inner_protocol, p->family,
+		     dir == DIRECTION_EGRESS ? DIRECTION_INGRESS : DIRECTION_EGRESS, ifindex);
 	struct ct_entry *ct = ct_lookup(k, now);
-	if (ct && ct->revision == revision)
-		return 1;
-	__builtin_memcpy(k->saddr, p->inner_daddr, 16);
-	__builtin_memcpy(k->daddr, p->inner_saddr, 16);
-	k->sport = p->inner_dport;
-	k->dport = p->inner_sport;
-	k->direction = dir;
-	ct = ct_lookup(k, now);
 	return ct && ct->revision == revision;
 }
 
@@ -183,12 +202,14 @@ static __always_inline int ct_should_track(const struct pkt *p)
 /* Tracks an admitted new flow under `k`. Returns non-zero when the insert failed: the
  * caller drops (DROP_CT_INSERT_FAILED), since a flow that cannot be tracked would lose its
  * replies. */
-static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p,
+static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p, __u8 dir,
 				     const struct decision *d, __u32 revision,
 				     __u32 src_identity, __u32 dst_identity, __u64 now)
 {
 	struct ct_entry e = {};
 
+	if (dir == DIRECTION_INGRESS)
+		e.flags |= CT_F_OPENED_INGRESS;
 	e.rule_id = d->rule_id;
 	e.revision = revision;
 	e.src_identity = src_identity;

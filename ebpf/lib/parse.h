@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Header parsing into a flat tuple. Reads go through bpf_skb_load_bytes so non-linear
- * skbs (GSO, veth XDP-less paths) parse the same as linear ones. */
+/* Header parsing into a flat tuple. Headers are read with direct packet access
+ * (pkt_ptr); a header that is not in the linear area yet (a non-linear skb) is pulled into
+ * it first, so such frames parse the same as linear ones. The quoted packet of an ICMP
+ * error (a rare path) is read with bpf_skb_load_bytes. */
 #ifndef PALISADE_PARSE_H
 #define PALISADE_PARSE_H
 
@@ -47,6 +49,24 @@ struct pkt {
 	__u8 inner_saddr[16];
 	__u8 inner_daddr[16];
 };
+
+/* Direct access to `len` bytes at `off` of the frame, or NULL when the frame is shorter.
+ * Bytes outside the linear area are pulled into it first (bpf_skb_pull_data, which
+ * invalidates earlier packet pointers: callers copy what they need before the next call). */
+static __always_inline const __u8 *pkt_ptr(struct __sk_buff *skb, __u32 off, __u32 len)
+{
+	if (off > PKT_MAX_HDR_OFF)
+		return NULL;
+	const __u8 *ptr = (const __u8 *)(long)skb->data + off;
+	if (ptr + len <= (const __u8 *)(long)skb->data_end)
+		return ptr;
+	if (off + len > skb->len || bpf_skb_pull_data(skb, off + len))
+		return NULL;
+	ptr = (const __u8 *)(long)skb->data + off;
+	if (ptr + len <= (const __u8 *)(long)skb->data_end)
+		return ptr;
+	return NULL;
+}
 
 static __always_inline int is_l4_ports(__u8 proto)
 {
@@ -166,8 +186,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	p->l4_off = off;
 	switch (p->protocol) {
 	case IPPROTO_TCP: {
-		__u8 h[14];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+		const __u8 *h = pkt_ptr(skb, off, 14);
+		if (!h)
 			return PARSE_BAD;
 		__builtin_memcpy(&p->sport, &h[0], 2);
 		__builtin_memcpy(&p->dport, &h[2], 2);
@@ -177,8 +197,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	}
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP: {
-		__u8 h[4];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+		const __u8 *h = pkt_ptr(skb, off, 4);
+		if (!h)
 			return PARSE_BAD;
 		__builtin_memcpy(&p->sport, &h[0], 2);
 		__builtin_memcpy(&p->dport, &h[2], 2);
@@ -187,8 +207,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	}
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6_: {
-		__u8 h[8];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+		const __u8 *h = pkt_ptr(skb, off, 8);
+		if (!h)
 			return PARSE_BAD;
 		p->icmp_type = h[0];
 		__be16 id;
@@ -228,9 +248,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->len = skb->len;
 	p->l3_off = ETH_HLEN;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		const struct iphdr *ipp = (const struct iphdr *)pkt_ptr(skb, ETH_HLEN, sizeof(*ipp));
+		if (!ipp)
 			return PARSE_BAD;
+		struct iphdr ip = *ipp;
 		if (ip.version != 4 || ip.ihl < 5)
 			return PARSE_BAD;
 		p->family = 4;
@@ -250,29 +271,31 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, p);
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		const struct ipv6hdr *ip6 =
+			(const struct ipv6hdr *)pkt_ptr(skb, ETH_HLEN, sizeof(*ip6));
+		if (!ip6)
 			return PARSE_BAD;
-		if (ip6.version != 6)
+		if (ip6->version != 6)
 			return PARSE_BAD;
 		p->family = 6;
-		p->hop_limit = ip6.hop_limit;
-		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		__u8 nh = ip6.nexthdr;
-		__u32 off = ETH_HLEN + sizeof(ip6);
+		p->hop_limit = ip6->hop_limit;
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		__u8 nh = ip6->nexthdr;
+		__u32 off = ETH_HLEN + sizeof(*ip6);
 		/* Skip up to four extension headers; more is treated as malformed. */
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			__u8 eh[2];
+			const __u8 *eh;
 			if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
-				if (bpf_skb_load_bytes(skb, off, eh, 2))
+				eh = pkt_ptr(skb, off, 2);
+				if (!eh)
 					return PARSE_BAD;
 				nh = eh[0];
 				off += ((__u32)eh[1] + 1) * 8;
 			} else if (nh == IPPROTO_FRAGMENT) {
-				__u8 fh[8];
-				if (bpf_skb_load_bytes(skb, off, fh, 8))
+				const __u8 *fh = pkt_ptr(skb, off, 8);
+				if (!fh)
 					return PARSE_BAD;
 				__u16 fo = (fh[2] << 8) | fh[3];
 				nh = fh[0];
@@ -288,7 +311,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 					p->frag = FRAG_FIRST;
 				}
 			} else if (nh == IPPROTO_AH) {
-				if (bpf_skb_load_bytes(skb, off, eh, 2))
+				eh = pkt_ptr(skb, off, 2);
+				if (!eh)
 					return PARSE_BAD;
 				nh = eh[0];
 				off += ((__u32)eh[1] + 2) * 4;

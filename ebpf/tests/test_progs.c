@@ -5,8 +5,9 @@
  *   csum_rewrite  rewrites addresses and ports with lib/csum.h, so a BPF_PROG_TEST_RUN test
  *                 (enforcer/tests/csum.rs) can check the checksums of what comes out;
  *   legacy_pass   stands in for an older agent's program in the upgrade test
- *                 (enforcer/tests/upgrade.rs); legacy_state and legacy_ct (the v1
- *                 conntrack layout) stand in for its maps;
+ *                 (enforcer/tests/upgrade.rs); legacy_state, legacy_ct (the v1
+ *                 conntrack layout) and legacy_ct_v2 (v2: the v3 layout, keys as the
+ *                 opening hook saw the tuple) stand in for its maps;
  *   floor_lookup  the floor of an eBPF datapath in the datapath benchmark
  *                 (enforcer/benches/datapath.rs): one hash lookup keyed by the
  *                 interface, then TCX_NEXT; floor_ifaces holds the interfaces.
@@ -64,6 +65,19 @@ struct {
 	__type(value, struct legacy_ct_entry);
 	__uint(max_entries, 1024);
 } legacy_ct SEC(".maps");
+
+/* ABI v2 conntrack: the layout of v3 (struct ct_key, struct ct_entry), keyed by the tuple as
+ * the opening hook saw it; pinned as v2's pal_ct. */
+struct legacy_ct_v2_entry {
+	__u8 bytes[56];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct legacy_ct_key);
+	__type(value, struct legacy_ct_v2_entry);
+	__uint(max_entries, 1024);
+} legacy_ct_v2 SEC(".maps");
 
 SEC("classifier/ingress")
 int legacy_pass(struct __sk_buff *skb)

@@ -214,9 +214,13 @@ fn allowed_syn_is_tracked_reported_and_counted() {
     let ct = f.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 1, "one conntrack entry: {ct:?}");
     let (k, e) = ct[0];
-    assert_eq!(k.direction, abi::DIRECTION_INGRESS);
-    assert_eq!(u16::from_be(k.dport_be), 80);
+    // Canonical key (ABI v3): the pod's side 10.0.0.1:80 is the lower one, so the tuple
+    // is swapped and the direction flipped; the entry records the opening hook.
+    assert_eq!(k.direction, abi::DIRECTION_INGRESS ^ 1);
+    assert_eq!(u16::from_be(k.sport_be), 80);
+    assert_eq!(u16::from_be(k.dport_be), 40000);
     assert_eq!(k.ifindex, 1);
+    assert_eq!(e.flags & abi::CT_F_OPENED_INGRESS, abi::CT_F_OPENED_INGRESS);
     assert_eq!(e.rule_id, 16);
     assert_eq!((e.src_identity, e.dst_identity), (PEER, POD));
     let ev = f.events();
@@ -1079,12 +1083,14 @@ fn tcp_flows_stay_short_lived_until_a_reply_is_seen() {
     };
     let left = |f: &mut Fixture, sport: u16| {
         let now = palisade_enforcer::datapath::monotonic_ns();
-        let (_, e) =
-            f.dp.ct_entries()
-                .unwrap()
-                .into_iter()
-                .find(|(k, _)| u16::from_be(k.sport_be) == sport)
-                .unwrap();
+        let (_, e) = f
+            .dp
+            .ct_entries()
+            .unwrap()
+            .into_iter()
+            // Canonical keys: the client's port is on either side of the key.
+            .find(|(k, _)| u16::from_be(k.sport_be) == sport || u16::from_be(k.dport_be) == sport)
+            .unwrap();
         e.expires_ns.saturating_sub(now)
     };
     let opening = abi::CT_LIFETIME_TCP_SYN_S * 1_000_000_000;

@@ -258,7 +258,7 @@ fn v1_conntrack_is_imported_and_rechecked() {
         }
     }
     let mut dp = fs.load();
-    assert_eq!(dp.import_v1_conntrack().unwrap(), 2);
+    assert_eq!(dp.import_older_conntrack().unwrap(), 2);
     let entries: Vec<CtEntry> = dp
         .ct_entries()
         .unwrap()
@@ -270,12 +270,17 @@ fn v1_conntrack_is_imported_and_rechecked() {
         assert_eq!(e.revision, 0, "forces a re-check");
         assert_eq!(
             (e.rule_id, e.packets, e.flags),
-            (16, 3, palisade_abi::CT_F_REPLY_SEEN)
+            (
+                16,
+                3,
+                palisade_abi::CT_F_REPLY_SEEN | palisade_abi::CT_F_OPENED_INGRESS
+            ),
+            "opened at to_pod (the v1 key's direction)"
         );
         assert_eq!((e.rev_nat_index, e.service_id, e.proxy_state), (0, 0, 0));
     }
     // Importing again copies nothing new (existing entries are kept).
-    assert_eq!(dp.import_v1_conntrack().unwrap(), 0);
+    assert_eq!(dp.import_older_conntrack().unwrap(), 0);
 
     // v2 policy of the pod (identity 300, ifindex 1): ingress TCP 80 from 400 only.
     for (c, id) in [("10.0.0.1/32", 300), ("10.0.0.2/32", 400)] {
@@ -339,11 +344,171 @@ fn v1_conntrack_is_imported_and_rechecked() {
         .ct_entries()
         .unwrap()
         .into_iter()
-        .map(|(k, e)| (u16::from_be(k.dport_be), e.revision))
+        .map(|(k, e)| (u16::from_be(k.sport_be), e.revision))
         .collect();
+    // Re-keyed canonically: 10.0.0.1:80 is the lower side, so it is the key's source.
     assert_eq!(
         left,
         vec![(80, 1)],
         "the allowed one re-checked, the other removed"
     );
+}
+
+/// An ABI v2 conntrack entry (the v3 layout) for `src:sport -> dst:dport` TCP as the hook
+/// `direction` of ifindex 1 saw it (v2 keyed the tuple as seen, not canonically).
+fn v2_ct(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    direction: u8,
+) -> ([u8; 44], [u8; 56]) {
+    let (k1, v1) = v1_ct(src, dst, sport, dport);
+    let mut k = k1;
+    k[38] = direction;
+    let mut v = [0u8; 56];
+    v[..27].copy_from_slice(&v1[..27]);
+    v[40..48].copy_from_slice(&v1[32..40]);
+    (k, v)
+}
+
+/// Connections tracked by an ABI v2 agent (conntrack keyed by the tuple as the opening hook
+/// saw it) are re-keyed canonically on import, with the opening hook recorded, so the
+/// replies of flows opened at either hook find them with v3's one lookup.
+#[test]
+fn v2_conntrack_is_rekeyed_canonically() {
+    use palisade_abi::{CtKey, EndpointInfo, PolicyValue};
+    use palisade_testkit::packet::{self, L4, TCP_ACK};
+    use policy_compiler::EntryKey;
+
+    if !common::privileged("upgrade-ct-v2") {
+        return;
+    }
+    let fs = common::PrivateBpffs::new("upgrade-ct-v2");
+    let v2 = fs.path().join("v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    let (ing, eg) = (
+        palisade_abi::DIRECTION_INGRESS,
+        palisade_abi::DIRECTION_EGRESS,
+    );
+    {
+        let mut bpf = EbpfLoader::new().load(TEST_PROGS).unwrap();
+        let map = bpf.map_mut("legacy_ct_v2").unwrap();
+        map.pin(v2.join("pal_ct")).unwrap();
+        let mut ct: aya::maps::HashMap<_, [u8; 44], [u8; 56]> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        for (k, v) in [
+            // The peer opened 10.0.0.2:40000 -> pod:80 (to_pod): swapped when re-keyed.
+            v2_ct([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80, ing),
+            // The pod opened 10.0.0.1:41000 -> peer:443 (from_pod): already canonical.
+            v2_ct([10, 0, 0, 1], [10, 0, 0, 2], 41000, 443, eg),
+        ] {
+            ct.insert(k, v, 0).unwrap();
+        }
+    }
+    let mut dp = fs.load();
+    assert_eq!(dp.older_abis(), std::slice::from_ref(&v2));
+    assert_eq!(dp.import_older_conntrack().unwrap(), 2);
+    let a = |x: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&x);
+        b
+    };
+    let (pod, peer) = (a([10, 0, 0, 1]), a([10, 0, 0, 2]));
+    let mut got: Vec<(CtKey, u8, u32)> = dp
+        .ct_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, e)| (k, e.flags & palisade_abi::CT_F_OPENED_INGRESS, e.revision))
+        .collect();
+    got.sort_by_key(|(k, _, _)| u16::from_be(k.sport_be));
+    let key =
+        |s, d, sp: u16, dp: u16, dir| CtKey::canonical(s, d, sp.to_be(), dp.to_be(), 6, 4, dir, 1);
+    assert_eq!(
+        got,
+        vec![
+            (
+                key(peer, pod, 40000, 80, ing),
+                palisade_abi::CT_F_OPENED_INGRESS,
+                0
+            ),
+            (key(pod, peer, 41000, 443, eg), 0, 0),
+        ],
+        "canonical keys, opening hook recorded, revision 0 (re-checked)"
+    );
+    // The first was swapped: the pod's side (lower address) is the key's source.
+    assert_eq!(u16::from_be(got[0].0.sport_be), 80);
+
+    // The pod's policy: ingress TCP 80 from 400, egress TCP 443 to 400.
+    for (c, id) in [("10.0.0.1/32", 300), ("10.0.0.2/32", 400)] {
+        dp.upsert_ipcache(&c.parse().unwrap(), id).unwrap();
+    }
+    for (dir, port, rule) in [(ing, 80, 16), (eg, 443, 17)] {
+        let key = EntryKey {
+            identity: 400,
+            direction: dir,
+            protocol: 6,
+            port,
+            prefixlen: palisade_abi::POLICY_PREFIX_FULL as u8,
+        };
+        let allow = PolicyValue {
+            rule_id: rule,
+            verdict: palisade_abi::POLICY_VERDICT_ALLOW,
+            precedence: palisade_abi::PRECEDENCE_NETWORK_POLICY,
+            ..Default::default()
+        };
+        dp.upsert_policy(300, &key, &allow).unwrap();
+    }
+    dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: 300,
+            policy_slot: 300,
+            flags: palisade_abi::ENDPOINT_F_READY,
+            revision: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ack = |src: &str, dst: &str, sport: u16, dport: u16| {
+        packet::build(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_ACK,
+            },
+        )
+    };
+    let next = palisade_abi::tcx::NEXT;
+    // Replies at the hook opposite the opener: from_pod for the first, to_pod for the
+    // second; continued packets at the opener's hook.
+    assert_eq!(
+        dp.test_run(Hook::FromPod, &ack("10.0.0.1", "10.0.0.2", 80, 40000))
+            .unwrap(),
+        next
+    );
+    assert_eq!(
+        dp.test_run(Hook::ToPod, &ack("10.0.0.2", "10.0.0.1", 443, 41000))
+            .unwrap(),
+        next
+    );
+    assert_eq!(
+        dp.test_run(Hook::ToPod, &ack("10.0.0.2", "10.0.0.1", 40000, 80))
+            .unwrap(),
+        next
+    );
+    assert_eq!(
+        dp.test_run(Hook::FromPod, &ack("10.0.0.1", "10.0.0.2", 41000, 443))
+            .unwrap(),
+        next
+    );
+    let c = dp.counters().unwrap();
+    let n = |dir, code| c.get(&(dir, code)).map_or(0, |c| c.packets);
+    assert_eq!(n(eg, palisade_abi::COUNTER_CT_REPLY), 1);
+    assert_eq!(n(ing, palisade_abi::COUNTER_CT_REPLY), 1);
+    assert_eq!(n(ing, palisade_abi::COUNTER_CT_ESTABLISHED), 1);
+    assert_eq!(n(eg, palisade_abi::COUNTER_CT_ESTABLISHED), 1);
+    assert_eq!(dp.ct_entries().unwrap().len(), 2, "no new entries");
 }

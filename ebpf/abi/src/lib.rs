@@ -13,7 +13,7 @@ pub mod layout;
 
 pub use layout::{FieldLayout, StructLayout};
 
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const IDENTITY_UNKNOWN: u32 = 0;
 pub const IDENTITY_HOST: u32 = 1;
@@ -116,6 +116,7 @@ pub const CT_F_REPLY_SEEN: u8 = 0x01;
 pub const CT_F_SEEN_FIN: u8 = 0x02;
 pub const CT_F_SEEN_RST: u8 = 0x04;
 pub const CT_F_PROXY: u8 = 0x08;
+pub const CT_F_OPENED_INGRESS: u8 = 0x10;
 pub const CT_LIFETIME_TCP_SYN_S: u64 = 60;
 pub const CT_LIFETIME_TCP_S: u64 = 21600;
 pub const CT_LIFETIME_TCP_CLOSE_S: u64 = 10;
@@ -457,6 +458,40 @@ impl VerdictEvent {
 }
 
 impl CtKey {
+    /// The canonical key (ABI v3, `struct ct_key` in palisade_abi.h) of a tuple seen at
+    /// hook `direction`: the lower (address bytes, port in network order) side first, and
+    /// `direction` XOR 1 when the tuple was swapped. A packet and its reply at the other
+    /// hook make the same key. Ports are network-order values as stored in the key.
+    #[allow(clippy::too_many_arguments)]
+    pub fn canonical(
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport_be: u16,
+        dport_be: u16,
+        protocol: u8,
+        family: u8,
+        direction: u8,
+        ifindex: u32,
+    ) -> CtKey {
+        let swap = (saddr, u16::from_be(sport_be)) > (daddr, u16::from_be(dport_be));
+        let (saddr, daddr, sport_be, dport_be) = if swap {
+            (daddr, saddr, dport_be, sport_be)
+        } else {
+            (saddr, daddr, sport_be, dport_be)
+        };
+        CtKey {
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            protocol,
+            family,
+            direction: direction ^ u8::from(swap),
+            pad: 0,
+            ifindex,
+        }
+    }
+
     pub fn to_bytes(&self) -> [u8; 44] {
         let mut b = [0u8; 44];
         b[0..16].copy_from_slice(&self.saddr);
@@ -486,6 +521,23 @@ impl CtKey {
 }
 
 impl CtEntry {
+    pub fn to_bytes(&self) -> [u8; 56] {
+        let mut b = [0u8; 56];
+        b[0..8].copy_from_slice(&self.expires_ns.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.rule_id.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.revision.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.src_identity.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.dst_identity.to_ne_bytes());
+        b[24..26].copy_from_slice(&self.proxy_port_be.to_ne_bytes());
+        b[26] = self.flags;
+        b[27] = self.proxy_state;
+        b[28..30].copy_from_slice(&self.rev_nat_index.to_ne_bytes());
+        b[32..36].copy_from_slice(&self.service_id.to_ne_bytes());
+        b[40..48].copy_from_slice(&self.packets.to_ne_bytes());
+        b[48..56].copy_from_slice(&self.bytes.to_ne_bytes());
+        b
+    }
+
     pub fn from_bytes(b: &[u8; 56]) -> CtEntry {
         CtEntry {
             expires_ns: ne_u64(b, 0),

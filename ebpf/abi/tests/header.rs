@@ -107,6 +107,7 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("CT_F_SEEN_FIN", abi::CT_F_SEEN_FIN as i64),
         ("CT_F_SEEN_RST", abi::CT_F_SEEN_RST as i64),
         ("CT_F_PROXY", abi::CT_F_PROXY as i64),
+        ("CT_F_OPENED_INGRESS", abi::CT_F_OPENED_INGRESS as i64),
         ("CT_LIFETIME_TCP_SYN_S", abi::CT_LIFETIME_TCP_SYN_S as i64),
         ("CT_LIFETIME_TCP_S", abi::CT_LIFETIME_TCP_S as i64),
         (

@@ -201,9 +201,10 @@ impl Daemon {
             &sync::target(&engine, &local, revision),
             policy_compiler::plan::PlanOptions { bump_all: true },
         )?;
-        // Connections an ABI v1 agent tracked keep their replies across the upgrade; each
-        // is re-decided against this policy on its next packet (docs/upgrade.md).
-        let imported = dp.import_v1_conntrack();
+        // Connections an older agent (ABI v1, v2) tracked keep their replies across the
+        // upgrade; each is re-decided against this policy on its next packet
+        // (docs/upgrade.md).
+        let imported = dp.import_older_conntrack();
         for s in regs.values() {
             dp.attach(&s.registration.host_ifname)?;
         }
@@ -242,11 +243,11 @@ impl Daemon {
             Ok(0) => {}
             Ok(n) => info!(
                 conntrack.imported = n,
-                "conntrack entries of the ABI v1 pins imported, each re-checked on its next packet"
+                "conntrack entries of older ABI pins imported, each re-checked on its next packet"
             ),
             Err(e) => warn!(
                 error = e.to_string(),
-                "conntrack of the ABI v1 pins not imported (their connections are decided as new flows)"
+                "conntrack of older ABI pins not imported (their connections are decided as new flows)"
             ),
         }
         match retired {

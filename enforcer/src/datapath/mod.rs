@@ -210,18 +210,24 @@ impl Datapath {
         &self.adopted
     }
 
-    /// Copies the conntrack entries an ABI v1 agent left (`v1/pal_ct`) into this datapath's
-    /// before anything of this ABI is attached, so connections open across the upgrade
-    /// keep their replies (docs/upgrade.md). Each copy gets revision 0, which no endpoint
-    /// revision equals: its first packet re-decides it against this agent's policy, exactly
-    /// as after a policy change, so nothing the current policy denies survives. Existing
-    /// entries are not overwritten. Returns how many were copied; a v1 map of another
-    /// layout is ignored.
-    pub fn import_v1_conntrack(&mut self) -> Result<usize> {
-        let Some(v1) = self.older.iter().find(|d| d.ends_with("v1")).cloned() else {
-            return Ok(0);
-        };
-        let path = v1.join(map_name::CT);
+    /// Copies the conntrack entries older agents left (`v1/pal_ct`, `v2/pal_ct`) into this
+    /// datapath's before anything of this ABI is attached, so connections open across the
+    /// upgrade keep their replies (docs/upgrade.md). Their keys (the tuple as the opening
+    /// hook saw it) are re-keyed canonically (ABI v3) and the opening hook is recorded in
+    /// the entry. Each copy gets revision 0, which no endpoint revision equals: its first
+    /// packet re-decides it against this agent's policy, exactly as after a policy change,
+    /// so nothing the current policy denies survives. Existing entries are not
+    /// overwritten. Returns how many were copied; a map of another layout is ignored.
+    pub fn import_older_conntrack(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for dir in self.older.clone() {
+            n += self.import_conntrack_from(&dir)?;
+        }
+        Ok(n)
+    }
+
+    fn import_conntrack_from(&mut self, dir: &Path) -> Result<usize> {
+        let path = dir.join(map_name::CT);
         if !path.exists() {
             return Ok(0);
         }
@@ -229,23 +235,52 @@ impl Datapath {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        if (info.key_size(), info.value_size()) != (44, 48) {
+        let value_size = info.value_size();
+        if info.key_size() != 44 || !(value_size == 48 || value_size == 56) {
             return Ok(0);
         }
         let old = pinned_at(&path, map_name::CT)?;
-        let old: BpfHashMap<_, [u8; 44], [u8; 48]> =
-            BpfHashMap::try_from(&old).map_err(map_err(map_name::CT))?;
-        let entries: Vec<([u8; 44], [u8; 48])> = old.iter().filter_map(|r| r.ok()).collect();
+        let entries: Vec<([u8; 44], [u8; 56])> = if value_size == 48 {
+            let old: BpfHashMap<_, [u8; 44], [u8; 48]> =
+                BpfHashMap::try_from(&old).map_err(map_err(map_name::CT))?;
+            old.iter()
+                .filter_map(|r| r.ok())
+                .map(|(k, v1)| {
+                    // expires_ns .. flags are at the same offsets; v2 adds fields after
+                    // flags and moves the counters from 32 to 40.
+                    let mut v = [0u8; 56];
+                    v[..27].copy_from_slice(&v1[..27]);
+                    v[40..56].copy_from_slice(&v1[32..48]);
+                    (k, v)
+                })
+                .collect()
+        } else {
+            let old: BpfHashMap<_, [u8; 44], [u8; 56]> =
+                BpfHashMap::try_from(&old).map_err(map_err(map_name::CT))?;
+            old.iter().filter_map(|r| r.ok()).collect()
+        };
         let mut ct = self.ct_map()?;
         let mut n = 0;
-        for (k, v1) in entries {
-            let mut v2 = [0u8; 56];
-            // expires_ns .. flags are at the same offsets; v2 adds fields after flags and
-            // moves the counters from 32 to 40.
-            v2[..27].copy_from_slice(&v1[..27]);
-            v2[40..56].copy_from_slice(&v1[32..48]);
-            v2[12..16].copy_from_slice(&0u32.to_ne_bytes());
-            if ct.insert(k, v2, BPF_NOEXIST).is_ok() {
+        for (k, v) in entries {
+            let old_key = CtKey::from_bytes(&k);
+            let key = CtKey::canonical(
+                old_key.saddr,
+                old_key.daddr,
+                old_key.sport_be,
+                old_key.dport_be,
+                old_key.protocol,
+                old_key.family,
+                old_key.direction,
+                old_key.ifindex,
+            );
+            let mut e = CtEntry::from_bytes(&v);
+            e.revision = 0;
+            if old_key.direction == abi::DIRECTION_INGRESS {
+                e.flags |= abi::CT_F_OPENED_INGRESS;
+            } else {
+                e.flags &= !abi::CT_F_OPENED_INGRESS;
+            }
+            if ct.insert(key.to_bytes(), e.to_bytes(), BPF_NOEXIST).is_ok() {
                 n += 1;
             }
         }
@@ -702,16 +737,28 @@ impl Datapath {
     /// Runs one program on a packet with BPF_PROG_TEST_RUN (tests and `palisade-enforcer
     /// probe`). The run has the side effects of a real packet: conntrack, counters, events.
     pub fn test_run(&mut self, hook: Hook, packet: &[u8]) -> Result<u32> {
+        self.test_run_repeat(hook, packet, 1).map(|(ret, _)| ret)
+    }
+
+    /// [`Datapath::test_run`] `repeat` times on the same packet: the last return value and
+    /// the mean run time the kernel measured (the path benchmark, `benches/paths.rs`).
+    pub fn test_run_repeat(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration)> {
         use aya::programs::{TestRun as _, TestRunOptions};
         let name = self.program_name(hook)?;
         let prog = self.classifier(&name)?;
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(packet),
+                repeat: repeat.max(1),
                 ..Default::default()
             })
             .map_err(prog_err(&name))?;
-        Ok(r.return_value)
+        Ok((r.return_value, r.duration))
     }
 
     /// Instructions the verifier processed per program (tracked by tests).
