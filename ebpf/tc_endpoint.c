@@ -41,7 +41,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow_ctx f = {};
 	struct decision d = {};
-	struct ct_key fwd = {}, rel = {};
+	struct ct_key fwd = {};
 	__u8 kind = EVENT_KIND_NEW_FLOW;
 
 	/* 1. */
@@ -142,9 +142,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	/* 5b. An ICMP error about a flow tracked at this endpoint (its quoted packet): passes,
 	 * counted, creating no state. */
-	if (ct_related(&rel, &f.p, dir, f.ifindex, ep.revision, now)) {
-		count(dir, COUNTER_ICMP_RELATED, f.p.len);
-		return TCX_NEXT;
+	if (f.p.icmp_error) {
+		struct ct_key rel = {};
+		if (ct_related(&rel, &f.p, dir, f.ifindex, ep.revision, now)) {
+			count(dir, COUNTER_ICMP_RELATED, f.p.len);
+			return TCX_NEXT;
+		}
 	}
 
 	/* 6. A new flow. A pod may only open flows from its own addresses. Tracked packets
