@@ -106,7 +106,8 @@ fn apply(s: &ApiServer, items: &[&Value], dry_run: bool) -> Output {
     run(&args, Some(&s.kubeconfig), Some(&list(items)))
 }
 
-fn start() -> Option<ApiServer> {
+/// `tag` names the server's directory: one per test, since tests run in parallel.
+fn start(tag: &str) -> Option<ApiServer> {
     if !kubectl_present() {
         palisade_testkit::skip_or_fail(
             "deploy manifests test",
@@ -114,12 +115,14 @@ fn start() -> Option<ApiServer> {
         );
         return None;
     }
-    ApiServer::start_or_skip("deploy")
+    ApiServer::start_or_skip(tag)
 }
 
 #[test]
 fn the_real_api_server_accepts_every_object_of_deploy_and_refuses_a_misspelt_field() {
-    let Some(s) = start() else { return };
+    let Some(s) = start("deploy-dry-run") else {
+        return;
+    };
     let objs = render(&deploy_dir());
     let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     for kind in [
@@ -224,6 +227,153 @@ fn the_real_api_server_accepts_every_object_of_deploy_and_refuses_a_misspelt_fie
         String::from_utf8_lossy(&out.stderr).contains("no-such-priority"),
         "{out:?}"
     );
+}
+
+/// With the RBAC objects applied for real, the API server's own authorizer (RBAC) answers
+/// SubjectAccessReviews for the agent's service account: what it uses is allowed,
+/// neighbouring verbs and resources are not. (A review, unlike `kubectl auth can-i`, needs
+/// no discovery, so the optional kinds whose CRDs are not installed are checked too.)
+#[test]
+fn the_api_server_authorizes_the_agent_for_what_it_uses_and_nothing_near_it() {
+    let Some(s) = start("deploy-rbac") else {
+        return;
+    };
+    let objs = render(&deploy_dir());
+    let rbac: Vec<&Value> = objs
+        .iter()
+        .filter(|o| {
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ]
+            .contains(&o["kind"].as_str().unwrap())
+        })
+        .collect();
+    ok("apply of the RBAC objects", &apply(&s, &rbac, false));
+    // (verb, group, resource with an optional /subresource, namespace or "").
+    let can = |verb: &str, group: &str, resource: &str, namespace: &str| -> bool {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let review = json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": format!("system:serviceaccount:{NAMESPACE}:palisade-agent"),
+                "groups": [
+                    "system:serviceaccounts",
+                    format!("system:serviceaccounts:{NAMESPACE}"),
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "subresource": subresource,
+                    "namespace": namespace,
+                },
+            },
+        });
+        let out = ok(
+            "SubjectAccessReview",
+            &run(
+                &["create", "-o", "json", "-f", "-"],
+                Some(&s.kubeconfig),
+                Some(&review.to_string()),
+            ),
+        );
+        let reply: Value = serde_json::from_str(&out).unwrap();
+        reply["status"]["allowed"] == true
+    };
+    let pnp = "palisadenetworkpolicies";
+    let pcnp = "palisadeclusternetworkpolicies";
+    for (verb, group, resource, ns) in [
+        ("watch", "", "pods", ""),
+        ("list", "", "nodes", ""),
+        ("get", "", "namespaces", ""),
+        ("list", "", "services", "default"),
+        ("watch", "discovery.k8s.io", "endpointslices", ""),
+        ("list", "networking.k8s.io", "networkpolicies", ""),
+        (
+            "watch",
+            "policy.networking.k8s.io",
+            "adminnetworkpolicies",
+            "",
+        ),
+        (
+            "list",
+            "policy.networking.k8s.io",
+            "baselineadminnetworkpolicies",
+            "",
+        ),
+        (
+            "get",
+            "policy.networking.k8s.io",
+            "clusternetworkpolicies",
+            "",
+        ),
+        ("list", "policy.palisade.dev", pnp, ""),
+        ("watch", "policy.palisade.dev", pcnp, ""),
+        (
+            "patch",
+            "policy.palisade.dev",
+            "palisadenetworkpolicies/status",
+            "default",
+        ),
+        (
+            "update",
+            "policy.palisade.dev",
+            "palisadeclusternetworkpolicies/status",
+            "",
+        ),
+        ("watch", "cilium.io", "ciliumnetworkpolicies", ""),
+        ("list", "cilium.io", "ciliumclusterwidenetworkpolicies", ""),
+        (
+            "list",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
+        ),
+        ("create", "", "events", "default"),
+        ("patch", "events.k8s.io", "events", "default"),
+    ] {
+        assert!(
+            can(verb, group, resource, ns),
+            "the agent may not {verb} {group}/{resource}"
+        );
+    }
+    for (verb, group, resource, ns) in [
+        ("get", "", "secrets", NAMESPACE),
+        ("list", "", "configmaps", ""),
+        ("update", "", "pods", "default"),
+        ("patch", "", "pods/status", "default"),
+        ("delete", "", "pods", "default"),
+        ("update", "", "nodes", ""),
+        ("create", "networking.k8s.io", "networkpolicies", "default"),
+        ("update", "policy.palisade.dev", pnp, "default"),
+        ("patch", "policy.palisade.dev", pcnp, ""),
+        ("delete", "policy.palisade.dev", pcnp, ""),
+        (
+            "create",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
+        ),
+        ("list", "", "events", ""),
+        ("delete", "", "events", "default"),
+        ("create", "", "serviceaccounts/token", NAMESPACE),
+        (
+            "update",
+            "cilium.io",
+            "ciliumnetworkpolicies/status",
+            "default",
+        ),
+    ] {
+        assert!(
+            !can(verb, group, resource, ns),
+            "the agent may {verb} {group}/{resource}"
+        );
+    }
 }
 
 /// Every rule the agent is granted, as (group, resource, verb): exactly the documented set
