@@ -122,7 +122,13 @@ impl Daemon {
         let mut backoff = Backoff::new(RECONCILE_FIRST, RECONCILE_MAX);
         loop {
             if self.health().ready() {
-                match cni.write(socket) {
+                // The write syncs to disk: off the runtime's worker threads.
+                let (c, s) = (cni.clone(), socket.to_path_buf());
+                let written = tokio::task::spawn_blocking(move || c.write(&s))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match written {
                     Ok(path) => {
                         info!(
                             cni.conflist = path.display().to_string(),
@@ -131,7 +137,7 @@ impl Daemon {
                         return;
                     }
                     Err(e) => error!(
-                        error = e.to_string(),
+                        error = e,
                         "CNI network configuration not written; no pod starts on this node until it is (retrying)"
                     ),
                 }
