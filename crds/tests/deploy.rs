@@ -227,6 +227,33 @@ fn the_real_api_server_accepts_every_object_of_deploy_and_refuses_a_misspelt_fie
         String::from_utf8_lossy(&out.stderr).contains("no-such-priority"),
         "{out:?}"
     );
+    // Pod security admission runs too: in a namespace enforcing `baseline` the same pod is
+    // refused, so the install namespace's `privileged` label is what admits it.
+    let strict = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": "palisade-psa-baseline",
+            "labels": {"pod-security.kubernetes.io/enforce": "baseline"},
+        },
+    });
+    ok(
+        "namespace enforcing baseline",
+        &apply(&s, &[&strict], false),
+    );
+    let mut elsewhere = pod.clone();
+    elsewhere["metadata"]["namespace"] = json!("palisade-psa-baseline");
+    let out = apply(&s, &[&elsewhere], true);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PodSecurity") && err.contains("privileged"),
+        "{err}"
+    );
+    assert_eq!(
+        one(&objs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
 }
 
 /// With the RBAC objects applied for real, the API server's own authorizer (RBAC) answers
