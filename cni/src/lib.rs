@@ -7,6 +7,7 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod install;
 pub mod ipam;
 pub mod link;
 pub mod plugin;

@@ -101,6 +101,9 @@ pub struct Config {
     /// Where the Prometheus metrics are served (`GET /metrics`, OpenMetrics text); `null`
     /// turns them off. Default [`DEFAULT_METRICS_ADDRESS`].
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The CNI conflist the agent writes once it is ready ([`crate::cniconf`]); absent
+    /// (the default): none.
+    pub cni: Option<crate::cniconf::CniConfig>,
 }
 
 /// The metrics endpoint's default address: loopback of the enforced network namespace.
@@ -129,6 +132,7 @@ impl Default for Config {
             manifest_max_nodes: manifest::DEFAULT_MAX_NODES,
             node_addresses: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.parse().ok(),
+            cni: None,
         }
     }
 }
@@ -330,6 +334,9 @@ impl Config {
                 "api_idle_timeout_secs",
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(cni) = &self.cni {
+            cni.validate(&self.socket)?;
         }
         Ok(())
     }

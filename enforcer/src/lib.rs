@@ -1,5 +1,6 @@
 //! Palisade node agent.
 pub mod api;
+pub mod cniconf;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

@@ -110,6 +110,45 @@ impl Daemon {
         }
     }
 
+    /// Writes the CNI conflist once the agent is ready, retrying with backoff while it is
+    /// not (maps being reconciled) or the write fails; until then no pod starts on the
+    /// node. Never removes it: pods keep working across an agent restart.
+    async fn write_cni_conflist(
+        &self,
+        cni: &crate::cniconf::CniConfig,
+        socket: &Path,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut backoff = Backoff::new(RECONCILE_FIRST, RECONCILE_MAX);
+        loop {
+            if self.health().ready() {
+                // The write syncs to disk: off the runtime's worker threads.
+                let (c, s) = (cni.clone(), socket.to_path_buf());
+                let written = tokio::task::spawn_blocking(move || c.write(&s))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match written {
+                    Ok(path) => {
+                        info!(
+                            cni.conflist = path.display().to_string(),
+                            "CNI network configuration written: the runtime may start pods"
+                        );
+                        return;
+                    }
+                    Err(e) => error!(
+                        error = e,
+                        "CNI network configuration not written; no pod starts on this node until it is (retrying)"
+                    ),
+                }
+            }
+            tokio::select! {
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
     /// Runs until SIGINT/SIGTERM or `shutdown` fires: the API server, the source watch,
     /// the event reader, conntrack GC. On exit nothing is detached: pinned links and maps
     /// keep enforcing until the next enforcer adopts them.
@@ -154,6 +193,14 @@ impl Daemon {
             }
         };
         let api = tokio::spawn(server.serve(Arc::new(Registry(self.clone())), api_stop));
+        // Only now (datapath loaded, first compile in the maps, the API listening) may the
+        // runtime start pods here: the CNI conflist is written (docs/deploy.md).
+        let cni_task = config.cni.clone().map(|cni| {
+            let d = self.clone();
+            let socket = config.socket.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move { d.write_cni_conflist(&cni, &socket, &mut stop).await })
+        });
         let metrics_task = config.metrics_address.map(|addr| {
             let d = self.clone();
             let health: Arc<dyn Fn() -> Health + Send + Sync> = Arc::new(move || d.health());
@@ -234,6 +281,9 @@ impl Daemon {
         let _ = reconcile_task.await;
         events_stop.store(true, Ordering::Release);
         let _ = source_task.await;
+        if let Some(t) = cni_task {
+            let _ = t.await;
+        }
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
