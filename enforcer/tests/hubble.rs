@@ -391,8 +391,10 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     });
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(flood.unwrap() > 40_000);
+    // The agent drains the ~47k-event backlog and then reports the counter; on a loaded
+    // machine that takes longer than on an idle one, so wait until it is there (bounded).
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
+    while t0.elapsed() < Duration::from_secs(60) {
         let raw = std::fs::read_to_string(enforcer.verdict_log()).unwrap_or_default();
         if raw.contains("\"PERF_EVENT_RING_BUFFER\"") {
             break;
