@@ -23,6 +23,7 @@ pub mod model;
 pub mod plan;
 pub mod rules;
 pub mod selector;
+pub mod services;
 pub mod validate;
 
 pub use engine::{Change, CompiledPolicy, Engine, EngineConfig, EntryKey, MapDiff};
