@@ -73,6 +73,11 @@ pub struct Analysis {
     pub options: Options,
     /// Addresses that more than one endpoint claims, with the claimants.
     pub shared_ips: Vec<(IpAddr, Vec<String>)>,
+    /// The services and, when there are any, the pods with their addresses: what a scenario
+    /// to a service is translated with (backends, and the client address Maglev hashes).
+    /// The engine keeps neither (services are not policy, and pod addresses are dropped
+    /// unless ipBlocks select pods).
+    pub services: Cluster,
 }
 
 impl Analysis {
@@ -111,6 +116,15 @@ impl Analysis {
             }
             Engine::compile(&c, options.engine_config())?
         };
+        let services = if cluster.services.is_empty() {
+            Cluster::default()
+        } else {
+            Cluster {
+                services: cluster.services.clone(),
+                endpoints: cluster.endpoints.clone(),
+                ..Cluster::default()
+            }
+        };
         let mut by_display: BTreeMap<String, Workload> = BTreeMap::new();
         for (key, e) in &engine.cluster().endpoints {
             let w = by_display
@@ -132,6 +146,7 @@ impl Analysis {
             workloads,
             options: options.clone(),
             shared_ips,
+            services,
         })
     }
 

@@ -62,6 +62,27 @@ pub enum EndpointError {
         "port {port:?} is a container-port name, but the destination {destination} is an IP address; give a number"
     )]
     NamedPortToIp { port: String, destination: String },
+    #[error("unknown service {name:?}: expected ns/name of a Service in the manifests{}", did_you_mean_service(.known))]
+    UnknownService { name: String, known: Vec<String> },
+    #[error("service {service} has no {protocol} port {port}{}", known_ports(.known))]
+    UnknownServicePort {
+        service: String,
+        port: String,
+        protocol: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "service {service} has no cluster IP (a headless service is reached at its pods' addresses; name a pod instead)"
+    )]
+    Headless { service: String },
+    #[error("service {service} port {port} has no backends (no pod matches its selector with that target port; the datapath rejects such connections){}", skipped_pods(.skipped))]
+    NoBackends {
+        service: String,
+        port: String,
+        skipped: Vec<String>,
+    },
+    #[error("service {service}: {reason}")]
+    ServiceTable { service: String, reason: String },
     #[error("destination {destination} has no {protocol} container port named {port:?}{}", known_ports(.known))]
     UnknownPortName {
         port: String,
@@ -76,6 +97,22 @@ fn did_you_mean(s: &[String]) -> String {
         " (the manifests define no endpoints)".to_string()
     } else {
         format!("; closest existing: {}", s.join(", "))
+    }
+}
+
+fn did_you_mean_service(s: &[String]) -> String {
+    if s.is_empty() {
+        " (the manifests define no services)".to_string()
+    } else {
+        format!("; services: {}", s.join(", "))
+    }
+}
+
+fn skipped_pods(s: &[String]) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; selected but not serving: {}", s.join("; "))
     }
 }
 

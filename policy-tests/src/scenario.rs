@@ -4,7 +4,8 @@
 //! scenarios:
 //!   - name: frontend may call the API
 //!     from: production/frontend      # pod "ns/name"; workload "ns/Kind/name"; or {ip: 203.0.113.7}
-//!     to: production/backend
+//!     to: production/backend         # or {service: production/api}: each backend, decided
+//!     sourcePort: 40000              # with a service: only the backend Maglev picks
 //!     port: 8080                     # number, or a container-port name of the destination
 //!     protocol: TCP                  # TCP (default) | UDP | SCTP
 //!     expect: allow                  # allow | deny | deny-403 | deny-400
@@ -66,13 +67,14 @@ impl fmt::Display for Expect {
     }
 }
 
-/// A flow end as written: a name (`ns/name`, `ns/Kind/name`, `ns/name[Kind]`) or an
-/// address (`{ip: ...}`).
+/// A flow end as written: a name (`ns/name`, `ns/Kind/name`, `ns/name[Kind]`), an
+/// address (`{ip: ...}`), or, as a destination, a service (`{service: ns/name}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum PeerSpec {
     Name(String),
     Ip { ip: IpAddr },
+    Service { service: String },
 }
 
 impl fmt::Display for PeerSpec {
@@ -80,6 +82,7 @@ impl fmt::Display for PeerSpec {
         match self {
             PeerSpec::Name(n) => f.write_str(n),
             PeerSpec::Ip { ip } => write!(f, "{ip}"),
+            PeerSpec::Service { service } => write!(f, "service {service}"),
         }
     }
 }
@@ -90,25 +93,40 @@ impl<'de> Deserialize<'de> for PeerSpec {
         impl<'de> Visitor<'de> for V {
             type Value = PeerSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an endpoint name (ns/name, ns/Kind/name) or {ip: ADDRESS}")
+                f.write_str(
+                    "an endpoint name (ns/name, ns/Kind/name), {ip: ADDRESS} or {service: ns/name}",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PeerSpec, E> {
                 Ok(PeerSpec::Name(v.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PeerSpec, A::Error> {
-                let mut ip: Option<IpAddr> = None;
+                let mut out: Option<PeerSpec> = None;
                 while let Some(k) = m.next_key::<String>()? {
-                    if k != "ip" {
-                        return Err(de::Error::unknown_field(&k, &["ip"]));
+                    if out.is_some() {
+                        return Err(de::Error::custom(format!(
+                            "{k}: give one of `ip` or `service`, not both"
+                        )));
                     }
                     let s: String = m.next_value()?;
-                    let parsed = s
-                        .parse::<IpAddr>()
-                        .map_err(|_| de::Error::custom(format!("invalid IP address {s:?}")))?;
-                    ip = Some(parsed);
+                    out = Some(match k.as_str() {
+                        "ip" => PeerSpec::Ip {
+                            ip: s.parse::<IpAddr>().map_err(|_| {
+                                de::Error::custom(format!("invalid IP address {s:?}"))
+                            })?,
+                        },
+                        "service" => {
+                            if s.split('/').count() != 2 || s.split('/').any(str::is_empty) {
+                                return Err(de::Error::custom(format!(
+                                    "service {s:?}: expected namespace/name"
+                                )));
+                            }
+                            PeerSpec::Service { service: s }
+                        }
+                        _ => return Err(de::Error::unknown_field(&k, &["ip", "service"])),
+                    });
                 }
-                ip.map(|ip| PeerSpec::Ip { ip })
-                    .ok_or_else(|| de::Error::missing_field("ip"))
+                out.ok_or_else(|| de::Error::missing_field("ip"))
             }
         }
         d.deserialize_any(V)
@@ -209,6 +227,8 @@ struct RawScenario {
     expect: Expect,
     #[serde(default)]
     http: Option<Spanned<HttpSpec>>,
+    #[serde(default, rename = "sourcePort")]
+    source_port: Option<Spanned<u16>>,
 }
 
 /// A position in a scenario file.
@@ -246,6 +266,10 @@ pub struct Scenario {
     pub expect: Expect,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<crate::l7::HttpQuery>,
+    /// With a service destination: the client's source port, so the one backend Maglev
+    /// picks for the 5-tuple is decided (all backends otherwise).
+    #[serde(skip_serializing_if = "Option::is_none", rename = "sourcePort")]
+    pub source_port: Option<u16>,
     #[serde(skip)]
     pub at: Position,
     #[serde(skip)]
@@ -344,8 +368,35 @@ pub fn parse(path: &Path, text: &str) -> Result<ScenarioFile, InputError> {
                     message: format!("unknown protocol {:?}: expected TCP, UDP or SCTP", p.value),
                 })?,
         };
+        if matches!(r.from.value, PeerSpec::Service { .. }) {
+            return Err(InputError::Scenario {
+                location: Position::at(path, &r.from.referenced).to_string(),
+                scenario: r.name,
+                message: "from: a service is a destination only; name a pod or an address".into(),
+            });
+        }
+        let source_port = match &r.source_port {
+            None => None,
+            Some(p) if !matches!(r.to.value, PeerSpec::Service { .. }) => {
+                return Err(InputError::Scenario {
+                    location: Position::at(path, &p.referenced).to_string(),
+                    scenario: r.name,
+                    message: "sourcePort picks a service backend: `to` must be {service: ns/name}"
+                        .into(),
+                });
+            }
+            Some(p) if p.value == 0 => {
+                return Err(InputError::Scenario {
+                    location: Position::at(path, &p.referenced).to_string(),
+                    scenario: r.name,
+                    message: "sourcePort 0 is out of range 1-65535".into(),
+                });
+            }
+            Some(p) => Some(p.value),
+        };
         scenarios.push(Scenario {
             name: r.name,
+            source_port,
             from_at: Position::at(path, &r.from.referenced),
             to_at: Position::at(path, &r.to.referenced),
             port_at: Position::at(path, &r.port.referenced),
@@ -418,12 +469,141 @@ pub(crate) fn first_line(msg: &str) -> String {
     line.to_string()
 }
 
-/// Resolves a flow end.
+/// Resolves a flow end that is an endpoint or an address (a service is resolved by
+/// [`resolve_service`]).
 pub fn resolve_peer(a: &Analysis, p: &PeerSpec) -> Result<FlowPeer, EndpointError> {
     match p {
         PeerSpec::Ip { ip } => Ok(FlowPeer::Ip(*ip)),
         PeerSpec::Name(n) => a.resolve(n),
+        PeerSpec::Service { service } => Err(EndpointError::Malformed {
+            name: service.clone(),
+            reason: "a service is a destination only".into(),
+        }),
     }
+}
+
+/// How a scenario to a service was translated: the frontend and the backend the flow
+/// reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Via {
+    pub service: String,
+    /// `vip:port`.
+    pub frontend: String,
+    /// `addr:port`.
+    pub backend: String,
+    /// The backend's endpoint key.
+    pub endpoint: String,
+}
+
+/// The flows a scenario to `service` makes: one per backend of the frontend the port names
+/// (the service's first cluster IP of the source's family), or, with a source port, the one
+/// backend Maglev picks for that 5-tuple.
+fn resolve_service(
+    a: &Analysis,
+    src: &FlowPeer,
+    service: &str,
+    port: &PortRef,
+    protocol: Protocol,
+    source_port: Option<u16>,
+) -> Result<Vec<(Flow, Via)>, EndpointError> {
+    use policy_compiler::services::{backends, maglev};
+    let cluster = &a.services;
+    let (ns, name) = service.split_once('/').unwrap_or(("", service));
+    let svc = cluster
+        .services
+        .get(&(ns.to_string(), name.to_string()))
+        .ok_or_else(|| EndpointError::UnknownService {
+            name: service.to_string(),
+            known: cluster
+                .services
+                .keys()
+                .map(|(n, s)| format!("{n}/{s}"))
+                .collect(),
+        })?;
+    let src_ip: Option<IpAddr> = match src {
+        FlowPeer::Ip(ip) => Some(*ip),
+        FlowPeer::Endpoint(k) => cluster
+            .endpoints
+            .get(k)
+            .and_then(|e| e.ips.first().copied()),
+    };
+    let frontends = backends::frontends(cluster, svc, maglev::DEFAULT_TABLE_SIZE).map_err(|e| {
+        EndpointError::ServiceTable {
+            service: service.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    if frontends.is_empty() && svc.cluster_ips.is_empty() {
+        return Err(EndpointError::Headless {
+            service: service.to_string(),
+        });
+    }
+    let matches_port = |f: &&backends::FrontendBackends| {
+        f.frontend.protocol == protocol
+            && match port {
+                PortRef::Number(n) => f.frontend.port == *n,
+                PortRef::Name(n) => f.port.name.as_deref() == Some(n.as_str()),
+            }
+    };
+    let family = |f: &&backends::FrontendBackends| {
+        src_ip.is_none_or(|ip| ip.is_ipv4() == f.frontend.vip.is_ipv4())
+    };
+    let fb = frontends
+        .iter()
+        .filter(matches_port)
+        .find(family)
+        .or_else(|| frontends.iter().find(matches_port))
+        .ok_or_else(|| EndpointError::UnknownServicePort {
+            service: service.to_string(),
+            port: port.to_string(),
+            protocol: protocol.to_string(),
+            known: svc
+                .ports
+                .iter()
+                .map(|p| match &p.name {
+                    Some(n) => format!("{} ({} {})", n, p.protocol, p.port),
+                    None => format!("{} {}", p.protocol, p.port),
+                })
+                .collect(),
+        })?;
+    let frontend = match fb.frontend.vip {
+        IpAddr::V4(v) => format!("{v}:{}", fb.frontend.port),
+        IpAddr::V6(v) => format!("[{v}]:{}", fb.frontend.port),
+    };
+    let chosen: Vec<&backends::Backend> = match (source_port, src_ip) {
+        (Some(sport), Some(ip)) => fb.pick(ip, sport).into_iter().collect(),
+        _ => fb.backends.iter().collect(),
+    };
+    if chosen.is_empty() {
+        return Err(EndpointError::NoBackends {
+            service: service.to_string(),
+            port: port.to_string(),
+            skipped: fb
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.endpoint, s.reason))
+                .collect(),
+        });
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|b| {
+            (
+                Flow {
+                    src: src.clone(),
+                    dst: FlowPeer::Endpoint(b.endpoint.clone()),
+                    protocol,
+                    port: b.port,
+                },
+                Via {
+                    service: service.to_string(),
+                    frontend: frontend.clone(),
+                    backend: b.maglev_name(),
+                    endpoint: b.endpoint.clone(),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Resolves a port for a destination: numbers as they are, names against the destination
@@ -464,38 +644,50 @@ pub fn resolve_port(
     }
 }
 
-/// A scenario resolved against the manifests.
+/// A scenario resolved against the manifests: one flow, or, to a service, one per backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedScenario {
     pub scenario: Scenario,
     pub flow: Flow,
+    pub via: Option<Via>,
 }
 
 /// Resolves every scenario; the first problem is an error (nothing is evaluated then).
 pub fn resolve_all(a: &Analysis, file: &ScenarioFile) -> Result<Vec<ResolvedScenario>, InputError> {
-    file.scenarios
-        .iter()
-        .map(|s| {
-            let err = |at: &Position, e: EndpointError| InputError::Scenario {
-                location: at.to_string(),
-                scenario: s.name.clone(),
-                message: e.to_string(),
-            };
-            let src = resolve_peer(a, &s.from).map_err(|e| err(&s.from_at, e))?;
-            let dst = resolve_peer(a, &s.to).map_err(|e| err(&s.to_at, e))?;
-            let port =
-                resolve_port(a, &dst, &s.port, s.protocol).map_err(|e| err(&s.port_at, e))?;
-            Ok(ResolvedScenario {
-                scenario: s.clone(),
-                flow: Flow {
-                    src,
-                    dst,
-                    protocol: s.protocol,
-                    port,
-                },
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(file.scenarios.len());
+    for s in &file.scenarios {
+        let err = |at: &Position, e: EndpointError| InputError::Scenario {
+            location: at.to_string(),
+            scenario: s.name.clone(),
+            message: e.to_string(),
+        };
+        let src = resolve_peer(a, &s.from).map_err(|e| err(&s.from_at, e))?;
+        if let PeerSpec::Service { service } = &s.to {
+            let flows = resolve_service(a, &src, service, &s.port, s.protocol, s.source_port)
+                .map_err(|e| err(&s.to_at, e))?;
+            for (flow, via) in flows {
+                out.push(ResolvedScenario {
+                    scenario: s.clone(),
+                    flow,
+                    via: Some(via),
+                });
+            }
+            continue;
+        }
+        let dst = resolve_peer(a, &s.to).map_err(|e| err(&s.to_at, e))?;
+        let port = resolve_port(a, &dst, &s.port, s.protocol).map_err(|e| err(&s.port_at, e))?;
+        out.push(ResolvedScenario {
+            scenario: s.clone(),
+            flow: Flow {
+                src,
+                dst,
+                protocol: s.protocol,
+                port,
+            },
+            via: None,
+        });
+    }
+    Ok(out)
 }
 
 /// The result of one scenario.
@@ -503,6 +695,8 @@ pub fn resolve_all(a: &Analysis, file: &ScenarioFile) -> Result<Vec<ResolvedScen
 pub struct Outcome {
     pub scenario: Scenario,
     pub flow: Flow,
+    /// The service translation, for a scenario to a service.
+    pub via: Option<Via>,
     pub verdict: Verdict,
     pub actual: Expect,
     pub pass: bool,
@@ -531,6 +725,7 @@ pub fn run(a: &Analysis, scenarios: &[ResolvedScenario], progress: &Progress) ->
                 pass: actual == r.scenario.expect,
                 scenario: r.scenario.clone(),
                 flow: r.flow.clone(),
+                via: r.via.clone(),
                 verdict,
                 actual,
                 deciding,
@@ -695,10 +890,22 @@ pub fn summary(outcomes: &[Outcome]) -> Summary {
 }
 
 fn flow_text(o: &Outcome) -> String {
-    format!(
-        "{} -> {} {}/{}",
-        o.scenario.from, o.scenario.to, o.flow.port, o.flow.protocol
-    )
+    match &o.via {
+        None => format!(
+            "{} -> {} {}/{}",
+            o.scenario.from, o.scenario.to, o.flow.port, o.flow.protocol
+        ),
+        Some(v) => format!(
+            "{} -> service {} {} -> {} {} {}/{}",
+            o.scenario.from,
+            v.service,
+            v.frontend,
+            v.endpoint,
+            v.backend,
+            o.flow.port,
+            o.flow.protocol
+        ),
+    }
 }
 
 /// Plain text: one line per scenario, then `N passed, N failed`.
@@ -803,6 +1010,12 @@ pub fn to_json(a: &Analysis, files: &[(PathBuf, Vec<Outcome>)]) -> serde_json::V
                         "deciding": o.deciding,
                         "egress": decision_json(a, o.verdict.egress.as_ref()),
                         "ingress": decision_json(a, o.verdict.ingress.as_ref()),
+                        "service": o.via.as_ref().map(|v| serde_json::json!({
+                            "name": v.service,
+                            "frontend": v.frontend,
+                            "backend": v.backend,
+                            "endpoint": v.endpoint,
+                        })),
                     })
                 })
                 .collect();
@@ -857,6 +1070,40 @@ mod tests {
 
     fn p(text: &str) -> Result<ScenarioFile, InputError> {
         parse(Path::new("s.yaml"), text)
+    }
+
+    #[test]
+    fn service_destinations_parse_and_bad_ones_are_named() {
+        let f = p("scenarios:\n- {name: a, from: ns/x, to: {service: ns/web}, port: 80, sourcePort: 4000, expect: allow}\n").unwrap();
+        assert_eq!(
+            f.scenarios[0].to,
+            PeerSpec::Service {
+                service: "ns/web".into()
+            }
+        );
+        assert_eq!(f.scenarios[0].source_port, Some(4000));
+        for (text, want) in [
+            ("{service: web}", "expected namespace/name"),
+            ("{service: ns/web, ip: 10.0.0.1}", "not both"),
+            ("{svc: ns/web}", "unknown field"),
+        ] {
+            let e = p(&format!(
+                "scenarios:\n- {{name: a, from: ns/x, to: {text}, port: 80, expect: allow}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let e = p(
+            "scenarios:\n- {name: a, from: {service: ns/web}, to: ns/x, port: 80, expect: allow}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a service is a destination only"), "{e}");
+        let e = p("scenarios:\n- {name: a, from: ns/x, to: {service: ns/web}, port: 80, sourcePort: 0, expect: allow}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sourcePort 0"), "{e}");
     }
 
     #[test]

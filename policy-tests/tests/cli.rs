@@ -940,3 +940,100 @@ fn examples_with_tiers_check_and_explain_walks_the_tiers() {
     assert_eq!(deciding[0]["tier"], "admin");
     assert_eq!(deciding[0]["action"], "Deny");
 }
+
+/// A scenario to a service is decided for each backend (named target ports resolved per
+/// pod); the one behind a closed NetworkPolicy fails the scenario, and the output names the
+/// translation.
+#[test]
+fn scenarios_to_a_service_decide_every_backend() {
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/scenarios.yaml"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "PASS  the frontend reaches the stable backends through the service: shop/frontend -> service shop/web 10.96.0.10:80 -> shop/web-0 10.0.0.10:8080 8080/TCP",
+        "PASS  the frontend reaches the stable backends through the service: shop/frontend -> service shop/web 10.96.0.10:80 -> shop/web-1 10.0.0.11:9090 9090/TCP",
+        "FAIL  the frontend reaches the stable backends through the service: shop/frontend -> service shop/web 10.96.0.10:80 -> shop/web-canary 10.0.0.12:8080 8080/TCP: deny",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    assert!(out.contains("shop/canary-closed"), "{out}");
+    assert!(out.ends_with("2 passed, 1 failed\n"), "{out}");
+
+    // JSON carries the translation.
+    let o = run(&[
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/scenarios.yaml"),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sc = &v["files"][0]["scenarios"];
+    assert_eq!(sc.as_array().unwrap().len(), 3);
+    assert_eq!(sc[0]["service"]["frontend"], "10.96.0.10:80");
+    assert_eq!(sc[0]["service"]["endpoint"], "shop/web-0");
+}
+
+/// With a source port the scenario is the one flow Maglev picks, the same every run.
+#[test]
+fn a_source_port_picks_one_backend() {
+    let args = [
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/picked.yaml"),
+    ];
+    let a = run(&args);
+    let out = stdout(&a);
+    assert_eq!(out.lines().count(), 2, "one flow and the summary: {out}");
+    assert!(
+        out.contains("-> service shop/web 10.96.0.10:80 -> shop/web"),
+        "{out}"
+    );
+    assert_eq!(stdout(&run(&args)), out, "the pick is deterministic");
+}
+
+#[test]
+fn bad_service_scenarios_are_usage_errors() {
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/bad/unknown-service.yaml"),
+    ]));
+    assert!(e.contains("unknown service \"shop/wbe\""), "{e}");
+    assert!(e.contains("shop/web"), "lists the services: {e}");
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/bad/no-backends.yaml"),
+    ]));
+    assert!(
+        e.contains("service shop/nothing port 80 has no backends"),
+        "{e}"
+    );
+    let e = bad_input(&run(&[
+        "check",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--scenarios",
+        &fx("services/bad/source-port-without-service.yaml"),
+    ]));
+    assert!(e.contains("sourcePort picks a service backend"), "{e}");
+    assert!(
+        e.contains("source-port-without-service.yaml:"),
+        "names the file: {e}"
+    );
+}
