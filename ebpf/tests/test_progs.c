@@ -8,6 +8,9 @@
  *                 (enforcer/tests/upgrade.rs); legacy_state, legacy_ct (the v1
  *                 conntrack layout) and legacy_ct_v2 (v2: the v3 layout, keys as the
  *                 opening hook saw the tuple) stand in for its maps;
+ *   flow_hash     returns lib/jhash.h pal_flow_hash of the packet, which
+ *                 enforcer/tests/flow_hash.rs compares with the policy core's Rust
+ *                 flow hash (the Maglev slot of a flow must be the same on both sides);
  *   floor_lookup  the floor of an eBPF datapath in the datapath benchmark
  *                 (enforcer/benches/datapath.rs): one hash lookup keyed by the
  *                 interface, then TCX_NEXT; floor_ifaces holds the interfaces.
@@ -15,6 +18,7 @@
 #include "../lib/common.h"
 #include "../lib/parse.h"
 #include "../lib/csum.h"
+#include "../lib/jhash.h"
 
 /* IPv4: source 10.8.8.8, destination 10.9.9.9; IPv6: source fd08::8, destination fd09::9;
  * TCP/UDP: source port 4242, destination port 8080. Returns 0, or 1 on the first helper
@@ -106,6 +110,16 @@ int floor_lookup(struct __sk_buff *skb)
 
 	bpf_map_lookup_elem(&floor_ifaces, &k);
 	return TCX_NEXT;
+}
+
+SEC("classifier/ingress")
+int flow_hash(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) != PARSE_OK)
+		return 0;
+	return (int)pal_flow_hash(&p);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";
