@@ -292,6 +292,8 @@ pub struct ServicePort {
     pub target_port: Option<IntOrString>,
     #[serde(default)]
     pub protocol: Option<String>,
+    #[serde(default)]
+    pub node_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -307,6 +309,51 @@ pub struct ServiceSpec {
     pub ports: Option<Vec<ServicePort>>,
     #[serde(default, rename = "type")]
     pub type_: Option<String>,
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub session_affinity: Option<String>,
+    #[serde(default)]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    #[serde(default)]
+    pub internal_traffic_policy: Option<String>,
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    #[serde(default)]
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    #[serde(default)]
+    pub ingress: Option<Vec<LoadBalancerIngress>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -316,6 +363,68 @@ pub struct ServiceObject {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Option<ServiceSpec>,
+    #[serde(default)]
+    pub status: Option<ServiceStatus>,
+}
+
+/// `discovery.k8s.io/v1` EndpointSlice.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSliceObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub address_type: Option<String>,
+    #[serde(default)]
+    pub endpoints: Option<Vec<SliceEndpointObject>>,
+    #[serde(default)]
+    pub ports: Option<Vec<SlicePortObject>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceEndpointObject {
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    #[serde(default)]
+    pub conditions: Option<SliceConditions>,
+    #[serde(default)]
+    pub target_ref: Option<ObjectReference>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceConditions {
+    #[serde(default)]
+    pub ready: Option<bool>,
+    #[serde(default)]
+    pub serving: Option<bool>,
+    #[serde(default)]
+    pub terminating: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlicePortObject {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// Decodes `null` as the type's default (Go's decoding of `null` into a non-pointer field).

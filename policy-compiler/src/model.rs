@@ -428,6 +428,8 @@ pub struct ServicePortSpec {
     pub port: u16,
     pub protocol: Protocol,
     pub target: ServiceTarget,
+    /// `NodePort` and `LoadBalancer` services: the port on every node's addresses.
+    pub node_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -436,14 +438,64 @@ pub enum ServiceTarget {
     Named(String),
 }
 
-/// Kept for ClusterIP service NAT.
+/// `spec.type` of a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    /// A DNS alias: nothing to translate.
+    ExternalName,
+}
+
+/// A Service, for service translation (`services/`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
     pub selector: Option<Labels>,
+    /// Empty for a headless service (`clusterIP: None`) and an ExternalName.
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortSpec>,
+    pub service_type: ServiceType,
+    /// `spec.externalIPs`: addresses this node treats as the service's.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `sessionAffinity: ClientIP`: the affinity timeout in seconds.
+    pub session_affinity_s: Option<u32>,
+    /// `internalTrafficPolicy: Local`: cluster-internal clients reach only this node's
+    /// backends.
+    pub internal_traffic_local: bool,
+    /// `externalTrafficPolicy: Local`: clients from outside reach only this node's backends.
+    pub external_traffic_local: bool,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready` (absent reads as ready, as the API says).
+    pub ready: bool,
+    /// `conditions.serving` (absent: as `ready`).
+    pub serving: bool,
+    pub terminating: bool,
+    /// The pod it is (`ns/name`), from `targetRef`.
+    pub pod: Option<String>,
+    pub node_name: Option<String>,
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice of an IP family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label.
+    pub service: String,
+    /// `(name, port, protocol)`.
+    pub ports: Vec<(Option<String>, u16, Protocol)>,
+    pub endpoints: Vec<SliceEndpoint>,
 }
 
 /// Everything the compiler needs to know.
@@ -453,6 +505,8 @@ pub struct Cluster {
     pub endpoints: BTreeMap<String, Endpoint>,
     pub policies: BTreeMap<PolicyRef, Arc<Policy>>,
     pub services: BTreeMap<(String, String), Service>,
+    /// EndpointSlices by (namespace, name).
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
 }
 
 impl Cluster {

@@ -491,7 +491,7 @@ pub struct Via {
     pub frontend: String,
     /// `addr:port`.
     pub backend: String,
-    /// The backend's endpoint key.
+    /// The backend's endpoint key, or its address when the manifests have no pod for it.
     pub endpoint: String,
 }
 
@@ -539,7 +539,8 @@ fn resolve_service(
         });
     }
     let matches_port = |f: &&backends::FrontendBackends| {
-        f.frontend.protocol == protocol
+        f.frontend.kind == backends::FrontendKind::ClusterIp
+            && f.frontend.protocol == protocol
             && match port {
                 PortRef::Number(n) => f.frontend.port == *n,
                 PortRef::Name(n) => f.port.name.as_deref() == Some(n.as_str()),
@@ -591,7 +592,12 @@ fn resolve_service(
             (
                 Flow {
                     src: src.clone(),
-                    dst: FlowPeer::Endpoint(b.endpoint.clone()),
+                    // A backend the manifests have no pod for (an EndpointSlice endpoint
+                    // without a known targetRef) is decided by its address.
+                    dst: b
+                        .endpoint
+                        .clone()
+                        .map_or(FlowPeer::Ip(b.addr), FlowPeer::Endpoint),
                     protocol,
                     port: b.port,
                 },
@@ -599,7 +605,7 @@ fn resolve_service(
                     service: service.to_string(),
                     frontend: frontend.clone(),
                     backend: b.maglev_name(),
-                    endpoint: b.endpoint.clone(),
+                    endpoint: b.endpoint.clone().unwrap_or_else(|| b.addr.to_string()),
                 },
             )
         })

@@ -59,6 +59,7 @@ pub fn is_modelled_kind(kind: &str) -> bool {
         "Namespace"
             | "Pod"
             | "Service"
+            | "EndpointSlice"
             | "NetworkPolicy"
             | "Node"
             | "AdminNetworkPolicy"

@@ -3,6 +3,8 @@
 //! source, which decodes objects one at a time.
 
 use super::*;
+use crate::k8s::EndpointSliceObject;
+use crate::model::{EndpointSlice, ServiceType, SliceEndpoint};
 
 pub(super) fn object_label(head: &Head, kind: &str) -> String {
     let name = head.name.as_deref().unwrap_or("<unnamed>");
@@ -40,6 +42,7 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "Namespace",
     "Pod",
     "Service",
+    "EndpointSlice",
     "NetworkPolicy",
     "Deployment",
     "StatefulSet",
@@ -385,6 +388,25 @@ impl<'o> Builder<'o> {
                     self.pods.push((doc.origin.clone(), p));
                 }
             }
+            "EndpointSlice" => {
+                let Some(s) = self.decode::<EndpointSliceObject>(doc, &label) else {
+                    return;
+                };
+                match convert_endpoint_slice(&s) {
+                    Ok(Some(slice)) => {
+                        self.cluster
+                            .endpoint_slices
+                            .insert((slice.namespace.clone(), slice.name.clone()), slice);
+                    }
+                    Ok(None) => {}
+                    Err(errors) => self.invalid.push(InvalidObject {
+                        origin: doc.origin.clone(),
+                        object: label,
+                        errors,
+                        messages: Vec::new(),
+                    }),
+                }
+            }
             "Service" => {
                 let Some(s) = self.decode::<ServiceObject>(doc, &label) else {
                     return;
@@ -672,10 +694,49 @@ pub(super) fn named_ports(
     out
 }
 
+/// The default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours) and its maximum
+/// (one day), as the API server defaults and validates them.
+const AFFINITY_DEFAULT_S: i64 = 10_800;
+const AFFINITY_MAX_S: i64 = 86_400;
+
+fn parse_ips(list: &[String], path: &str, errors: &mut Vec<FieldError>) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for (i, ip) in list.iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(a) if !out.contains(&a) => out.push(a),
+            Ok(_) => {}
+            Err(_) => errors.push(field_invalid(
+                &format!("{path}[{i}]"),
+                format!("{ip:?}"),
+                "must be a valid IP address".into(),
+            )),
+        }
+    }
+    out
+}
+
 pub(super) fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = required_name(&s.metadata, &mut errors);
     let spec = s.spec.clone().unwrap_or_default();
+    let service_type = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" => ServiceType::ClusterIP,
+        "NodePort" => ServiceType::NodePort,
+        "LoadBalancer" => ServiceType::LoadBalancer,
+        "ExternalName" => ServiceType::ExternalName,
+        other => {
+            errors.push(field_unsupported(
+                "spec.type",
+                format!("{other:?}"),
+                &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+            ));
+            ServiceType::ClusterIP
+        }
+    };
+    let node_ports_allowed = matches!(
+        service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    );
     let mut cluster_ips = Vec::new();
     let ips = spec.cluster_ips.clone().unwrap_or_default();
     for ip in spec.cluster_ip.iter().chain(ips.iter()) {
@@ -691,6 +752,9 @@ pub(super) fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldErr
                 "must be a valid IP address".into(),
             )),
         }
+    }
+    if service_type == ServiceType::ExternalName {
+        cluster_ips.clear();
     }
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -724,12 +788,103 @@ pub(super) fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldErr
                 _ => ServiceTarget::Named(s.clone()),
             },
         };
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(_) if !node_ports_allowed => {
+                errors.push(field_forbidden(
+                    &format!("{path}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
+                continue;
+            }
+            Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+            Some(n) => {
+                errors.push(field_invalid(
+                    &format!("{path}.nodePort"),
+                    n.to_string(),
+                    "must be between 1 and 65535, inclusive".into(),
+                ));
+                continue;
+            }
+        };
         ports.push(ServicePortSpec {
             name: p.name.clone(),
             port: port as u16,
             protocol,
             target,
+            node_port,
         });
+    }
+    let external_ips = parse_ips(
+        spec.external_ips.as_deref().unwrap_or_default(),
+        "spec.externalIPs",
+        &mut errors,
+    );
+    let lb: Vec<String> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default();
+    let load_balancer_ips = parse_ips(&lb, "status.loadBalancer.ingress", &mut errors);
+    let session_affinity_s = match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(AFFINITY_DEFAULT_S);
+            if (1..=AFFINITY_MAX_S).contains(&t) {
+                Some(t as u32)
+            } else {
+                errors.push(field_invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t.to_string(),
+                    format!("must be greater than 0 and less than {AFFINITY_MAX_S}"),
+                ));
+                None
+            }
+        }
+        other => {
+            errors.push(field_unsupported(
+                "spec.sessionAffinity",
+                format!("{other:?}"),
+                &["ClientIP", "None"],
+            ));
+            None
+        }
+    };
+    let mut local = |field: &str, v: Option<&str>| -> bool {
+        match v.unwrap_or("Cluster") {
+            "Cluster" => false,
+            "Local" => true,
+            other => {
+                errors.push(field_unsupported(
+                    field,
+                    format!("{other:?}"),
+                    &["Cluster", "Local"],
+                ));
+                false
+            }
+        }
+    };
+    let internal_traffic_local = local(
+        "spec.internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    );
+    let external_traffic_local = local(
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    );
+    if spec.external_traffic_policy.is_some() && !node_ports_allowed {
+        errors.push(field_invalid(
+            "spec.externalTrafficPolicy",
+            format!("{:?}", spec.external_traffic_policy.as_deref().unwrap_or_default()),
+            "may only be set when `type` is 'NodePort' or 'LoadBalancer'".into(),
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -740,7 +895,117 @@ pub(super) fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldErr
         selector: spec.selector.clone(),
         cluster_ips,
         ports,
+        service_type,
+        external_ips,
+        load_balancer_ips,
+        session_affinity_s,
+        internal_traffic_local,
+        external_traffic_local,
     })
+}
+
+/// The label that names an EndpointSlice's service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Converts a `discovery.k8s.io/v1` EndpointSlice; `FQDN` slices have nothing to translate
+/// (`Ok(None)`).
+pub(super) fn convert_endpoint_slice(
+    s: &EndpointSliceObject,
+) -> Result<Option<EndpointSlice>, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let name = required_name(&s.metadata, &mut errors);
+    let namespace = namespace_of(&s.metadata);
+    let family = match s.address_type.as_deref() {
+        Some("IPv4") => 4,
+        Some("IPv6") => 6,
+        Some("FQDN") => return Ok(None),
+        Some(other) => {
+            errors.push(field_unsupported(
+                "addressType",
+                format!("{other:?}"),
+                &["FQDN", "IPv4", "IPv6"],
+            ));
+            return Err(errors);
+        }
+        None => {
+            errors.push(field_required("addressType", ""));
+            return Err(errors);
+        }
+    };
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned();
+    let Some(service) = service else {
+        errors.push(field_required(
+            &format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "an EndpointSlice names its service with this label",
+        ));
+        return Err(errors);
+    };
+    let mut ports = Vec::new();
+    for (i, p) in s.ports.iter().flatten().enumerate() {
+        let path = format!("ports[{i}]");
+        let Some(protocol) = port_protocol(p.protocol.as_deref(), &path, &mut errors) else {
+            continue;
+        };
+        match p.port {
+            Some(n) if (1..=65535).contains(&n) => ports.push((p.name.clone(), n as u16, protocol)),
+            other => errors.push(field_invalid(
+                &format!("{path}.port"),
+                format!("{other:?}"),
+                "must be between 1 and 65535, inclusive".into(),
+            )),
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in s.endpoints.iter().flatten().enumerate() {
+        let path = format!("endpoints[{i}].addresses");
+        let addresses = parse_ips(e.addresses.as_deref().unwrap_or_default(), &path, &mut errors);
+        if addresses.is_empty() {
+            errors.push(field_required(&path, "must contain at least one address"));
+            continue;
+        }
+        if let Some(bad) = addresses.iter().find(|a| (a.is_ipv4()) != (family == 4)) {
+            errors.push(field_invalid(
+                &path,
+                bad.to_string(),
+                format!("must be an IPv{family} address (addressType)"),
+            ));
+            continue;
+        }
+        let c = e.conditions.clone().unwrap_or_default();
+        let ready = c.ready.unwrap_or(true);
+        let pod = e.target_ref.as_ref().and_then(|r| {
+            (r.kind.as_deref() == Some("Pod"))
+                .then(|| {
+                    r.name.as_ref().map(|n| {
+                        Endpoint::pod_key(r.namespace.as_deref().unwrap_or(&namespace), n)
+                    })
+                })
+                .flatten()
+        });
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready,
+            serving: c.serving.unwrap_or(ready),
+            terminating: c.terminating.unwrap_or(false),
+            pod,
+            node_name: e.node_name.clone(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Some(EndpointSlice {
+        namespace,
+        name,
+        service,
+        ports,
+        endpoints,
+    }))
 }
 
 /// Converts a validated NetworkPolicy into its defaulted internal form.

@@ -1,19 +1,41 @@
 //! A service's frontends (the addresses and ports clients connect to) and backends (the
-//! pods behind each port), derived offline from the service's selector and the pods, as the
-//! EndpointSlice controller would: a pod in the service's namespace whose labels match the
-//! selector is a backend of a port when it has an address of the frontend's family and, for
-//! a named `targetPort`, a container port of that name and protocol (resolved per pod, so
-//! two pods may serve one service port on different numbers). A service without a selector
-//! has no derived backends (its EndpointSlices are written by someone else).
+//! pods behind each port).
+//!
+//! Backends come from the service's EndpointSlices when there are any (label
+//! `kubernetes.io/service-name`), as kube-proxy reads them: the ready endpoints of the
+//! frontend's family on the slice port of the service port's name; when none is ready, the
+//! serving endpoints that are terminating (so connections drain instead of failing).
+//! Without slices they are derived from the selector and the pods, as the EndpointSlice
+//! controller would: a pod in the service's namespace whose labels match the selector is a
+//! backend of a port when it has an address of the frontend's family and, for a named
+//! `targetPort`, a container port of that name and protocol (resolved per pod, so two pods
+//! may serve one service port on different numbers).
 
 use std::net::IpAddr;
 
 use super::maglev::{self, MaglevError, Table};
-use crate::model::{Cluster, Endpoint, Protocol, Service, ServicePortSpec, ServiceTarget};
+use crate::model::{
+    Cluster, Endpoint, EndpointSlice, Protocol, Service, ServicePortSpec, ServiceTarget,
+    SliceEndpoint,
+};
+
+/// What kind of address a frontend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    /// `spec.externalIPs`.
+    External,
+    /// `status.loadBalancer.ingress`.
+    LoadBalancer,
+    /// The node port, on every address of the node (`vip` is the unspecified address of
+    /// the family).
+    NodePort,
+}
 
 /// One address and port a client connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
+    pub kind: FrontendKind,
     pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
@@ -24,8 +46,8 @@ pub struct Frontend {
 pub struct Backend {
     pub addr: IpAddr,
     pub port: u16,
-    /// The endpoint key (`ns/name`) of the pod.
-    pub endpoint: String,
+    /// The endpoint key (`ns/name`) of the pod, when the manifests have it.
+    pub endpoint: Option<String>,
 }
 
 impl Backend {
@@ -90,13 +112,91 @@ fn target_port(port: &ServicePortSpec, ep: &Endpoint) -> Result<u16, String> {
     }
 }
 
-/// Every frontend of `svc` (each cluster IP with each port) with its backends and table of
-/// `table_size` slots. Headless services (no cluster IP) have no frontends.
+/// The service's EndpointSlices.
+fn slices_of<'a>(cluster: &'a Cluster, svc: &Service) -> Vec<&'a EndpointSlice> {
+    cluster
+        .endpoint_slices
+        .values()
+        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .collect()
+}
+
+/// Backends of `port` at `vip`'s family from EndpointSlices (kube-proxy's rule: ready
+/// endpoints; none ready → serving and terminating ones).
+fn slice_backends(slices: &[&EndpointSlice], port: &ServicePortSpec, vip: &IpAddr) -> Vec<Backend> {
+    let pick = |want: &dyn Fn(&SliceEndpoint) -> bool| -> Vec<Backend> {
+        let mut out = Vec::new();
+        for s in slices {
+            let Some(&(_, number, _)) = s
+                .ports
+                .iter()
+                .find(|(n, _, p)| *n == port.name && *p == port.protocol)
+            else {
+                continue;
+            };
+            for e in s.endpoints.iter().filter(|e| want(e)) {
+                for a in e.addresses.iter().filter(|a| same_family(a, vip)) {
+                    out.push(Backend {
+                        addr: *a,
+                        port: number,
+                        endpoint: e.pod.clone(),
+                    });
+                }
+            }
+        }
+        out
+    };
+    let ready = pick(&|e| e.ready);
+    if !ready.is_empty() {
+        return ready;
+    }
+    pick(&|e| e.serving && e.terminating)
+}
+
+/// The addresses a service is reached at, with their kind, and the port each uses.
+fn frontend_addresses(svc: &Service, port: &ServicePortSpec) -> Vec<(FrontendKind, IpAddr, u16)> {
+    let mut out: Vec<(FrontendKind, IpAddr, u16)> = svc
+        .cluster_ips
+        .iter()
+        .map(|a| (FrontendKind::ClusterIp, *a, port.port))
+        .collect();
+    out.extend(
+        svc.external_ips
+            .iter()
+            .map(|a| (FrontendKind::External, *a, port.port)),
+    );
+    out.extend(
+        svc.load_balancer_ips
+            .iter()
+            .map(|a| (FrontendKind::LoadBalancer, *a, port.port)),
+    );
+    if let Some(np) = port.node_port {
+        let mut families: Vec<bool> = svc.cluster_ips.iter().map(IpAddr::is_ipv4).collect();
+        families.dedup();
+        for v4 in families {
+            let any: IpAddr = if v4 {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            out.push((FrontendKind::NodePort, any, np));
+        }
+    }
+    out
+}
+
+/// Every frontend of `svc` (each cluster IP, external IP and load-balancer IP with each
+/// port, and each node port per family) with its backends and table of `table_size` slots.
+/// Headless and ExternalName services have no frontends.
 pub fn frontends(
     cluster: &Cluster,
     svc: &Service,
     table_size: u32,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
+    if svc.cluster_ips.is_empty() {
+        return Ok(Vec::new());
+    }
+    let slices = slices_of(cluster, svc);
     let pods: Vec<&Endpoint> = match &svc.selector {
         Some(sel) if !sel.is_empty() => cluster
             .endpoints
@@ -112,11 +212,15 @@ pub fn frontends(
         _ => Vec::new(),
     };
     let mut out = Vec::new();
-    for vip in &svc.cluster_ips {
-        for port in &svc.ports {
+    for port in &svc.ports {
+        for (kind, vip, fport) in frontend_addresses(svc, port) {
+            let vip = &vip;
             let mut backends = Vec::new();
             let mut skipped = Vec::new();
-            for ep in &pods {
+            if !slices.is_empty() {
+                backends = slice_backends(&slices, port, vip);
+            }
+            for ep in pods.iter().filter(|_| slices.is_empty()) {
                 match target_port(port, ep) {
                     Ok(p) => {
                         let addrs: Vec<&IpAddr> =
@@ -134,7 +238,7 @@ pub fn frontends(
                             backends.push(Backend {
                                 addr: *a,
                                 port: p,
-                                endpoint: ep.key.clone(),
+                                endpoint: Some(ep.key.clone()),
                             });
                         }
                     }
@@ -150,8 +254,9 @@ pub fn frontends(
             let table = Table::build(&names, table_size)?;
             out.push(FrontendBackends {
                 frontend: Frontend {
+                    kind,
                     vip: *vip,
-                    port: port.port,
+                    port: fport,
                     protocol: port.protocol,
                 },
                 port: port.clone(),
@@ -243,6 +348,121 @@ spec:
         assert!(v6.skipped.iter().any(|s| s.reason == "no IPv6 address"));
     }
 
+    const SLICED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.10]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+  sessionAffinity: ClientIP
+  externalTrafficPolicy: Local
+status: {loadBalancer: {ingress: [{ip: 198.51.100.7}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-abc, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.0.1.1]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: api-0, namespace: shop}
+- addresses: [10.0.1.2]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.0.1.3]
+"#;
+
+    #[test]
+    fn endpoint_slices_give_the_ready_backends_and_every_frontend_kind() {
+        let c = load_str("sliced.yaml", SLICED, &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let svc = &c.services[&("shop".to_string(), "api".to_string())];
+        assert_eq!(svc.session_affinity_s, Some(10_800), "the API server's default");
+        assert!(svc.external_traffic_local);
+        let fbs = frontends(&c, svc, 251).unwrap();
+        let kinds: Vec<(FrontendKind, String, u16)> = fbs
+            .iter()
+            .map(|f| (f.frontend.kind, f.frontend.vip.to_string(), f.frontend.port))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (FrontendKind::ClusterIp, "10.96.0.20".into(), 80),
+                (FrontendKind::External, "192.0.2.10".into(), 80),
+                (FrontendKind::LoadBalancer, "198.51.100.7".into(), 80),
+                (FrontendKind::NodePort, "0.0.0.0".into(), 30080),
+            ]
+        );
+        // Ready endpoints only (absent conditions read as ready); the terminating one is
+        // left out while any is ready.
+        let b: Vec<(String, Option<String>)> = fbs[0]
+            .backends
+            .iter()
+            .map(|b| (b.maglev_name(), b.endpoint.clone()))
+            .collect();
+        assert_eq!(
+            b,
+            vec![
+                ("10.0.1.1:8080".into(), Some("shop/api-0".into())),
+                ("10.0.1.3:8080".into(), None),
+            ]
+        );
+        // With nothing ready, the serving terminating endpoints drain.
+        let drained = SLICED
+            .replace("conditions: {ready: true}", "conditions: {ready: false}")
+            .replace("- addresses: [10.0.1.3]\n", "");
+        let c = load_str("drained.yaml", &drained, &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let svc = &c.services[&("shop".to_string(), "api".to_string())];
+        let fbs = frontends(&c, svc, 251).unwrap();
+        let b: Vec<String> = fbs[0].backends.iter().map(Backend::maglev_name).collect();
+        assert_eq!(b, vec!["10.0.1.2:8080".to_string()]);
+    }
+
+    #[test]
+    fn invalid_services_and_slices_name_the_field() {
+        for (doc, want) in [
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30000}]}\n",
+                "spec.ports[0].nodePort",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: Sticky}\n",
+                "spec.sessionAffinity",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 90000}}}\n",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {externalTrafficPolicy: Local}\n",
+                "spec.externalTrafficPolicy",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {externalIPs: [not-an-ip]}\n",
+                "spec.externalIPs[0]",
+            ),
+            (
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [\"fd00::1\"]}]\n",
+                "endpoints[0].addresses",
+            ),
+            (
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e}\naddressType: IPv4\n",
+                "kubernetes.io/service-name",
+            ),
+        ] {
+            let e = load_str("bad.yaml", doc, &LoadOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
     #[test]
     fn pick_is_deterministic_and_uses_every_backend() {
         let c = cluster();
@@ -253,7 +473,7 @@ spec:
         for sport in 30_000..30_200 {
             let a = v4.pick(client, sport).unwrap();
             assert_eq!(Some(a), v4.pick(client, sport));
-            seen.insert(a.endpoint.clone());
+            seen.insert(a.endpoint.clone().unwrap());
         }
         assert_eq!(seen.len(), 2);
     }
