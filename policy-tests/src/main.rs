@@ -179,7 +179,13 @@ maps, and the final verdict.
 Examples:
   policy-test explain -f k8s/ --from prod/frontend --to prod/backend --port 8080
   policy-test explain -f k8s/ --from 203.0.113.7 --to prod/Deployment/web --port http
-  policy-test explain -f k8s/ --from prod/a --to kube-system/coredns --port 53 --protocol UDP";
+  policy-test explain -f k8s/ --from prod/a --to kube-system/coredns --port 53 --protocol UDP
+  policy-test explain -f k8s/ --from prod/frontend --service prod/api --port http
+  policy-test explain -f k8s/ --from prod/frontend --service prod/api --port 80 --source-port 40000
+
+With --service instead of --to, the flow goes to a Service: the translation is shown first
+(frontend, then the backend), and each backend the service port has is explained in turn;
+with --source-port, only the backend Maglev picks for that 5-tuple.";
 
 const DIFF_LONG: &str = "\
 Connections added, removed or changed between two policy sets (or topologies): `-f` gives
@@ -248,9 +254,22 @@ struct ExplainArgs {
     #[arg(long, value_name = "ENDPOINT")]
     from: String,
     /// Destination: ns/name, ns/Kind/name, ns/name[Kind], or an IP address.
-    #[arg(long, value_name = "ENDPOINT")]
-    to: String,
-    /// Destination port: a number or a container-port name of the destination.
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        required_unless_present = "service",
+        conflicts_with = "service"
+    )]
+    to: Option<String>,
+    /// Destination service (ns/name): the flow is translated to its backends first.
+    #[arg(long, value_name = "NS/NAME")]
+    service: Option<String>,
+    /// With --service: the client's source port, so only the backend Maglev picks is
+    /// explained.
+    #[arg(long, value_name = "PORT")]
+    source_port: Option<u16>,
+    /// Destination port: a number or a container-port name of the destination (with
+    /// --service: a service port number or name).
     #[arg(long, value_name = "PORT")]
     port: PortRef,
     /// TCP, UDP or SCTP.
@@ -428,8 +447,60 @@ fn run(cli: Cli) -> Result<ExitCode, InputError> {
         }
         Command::Explain(args) => {
             let a = load(&cli.files, &opts, &cap)?;
+            if args.source_port.is_some() && args.service.is_none() {
+                return Err(InputError::Usage(
+                    "--source-port picks a service backend: give --service ns/name instead of --to"
+                        .into(),
+                ));
+            }
             let src = a.resolve(&args.from)?;
-            let dst = a.resolve(&args.to)?;
+            if let Some(service) = &args.service {
+                if args.source_port == Some(0) {
+                    return Err(InputError::Usage(
+                        "--source-port 0 is out of range 1-65535".into(),
+                    ));
+                }
+                let flows = scenario::resolve_service(
+                    &a,
+                    &src,
+                    service,
+                    &args.port,
+                    args.protocol,
+                    args.source_port,
+                )?;
+                let mut text = String::new();
+                let mut json = Vec::new();
+                for (i, (flow, via)) in flows.iter().enumerate() {
+                    let e = explain::explain(&a, flow);
+                    let how = match args.source_port {
+                        Some(p) => format!("the backend Maglev picks for source port {p}"),
+                        None => format!("backend {} of {}", i + 1, flows.len()),
+                    };
+                    if i > 0 {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!(
+                        "service {} {} ({}) -> {} {} ({how})\n",
+                        via.service, via.frontend, args.protocol, via.endpoint, via.backend
+                    ));
+                    text.push_str(&explain::to_text(&e));
+                    let mut v = explain::to_json(&e);
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert(
+                            "service".into(),
+                            serde_json::to_value(via).unwrap_or_default(),
+                        );
+                    }
+                    json.push(v);
+                }
+                emit(&match args.output {
+                    Output::Text => text,
+                    Output::Json => serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let to = args.to.as_deref().unwrap_or_default();
+            let dst = a.resolve(to)?;
             let port = scenario::resolve_port(&a, &dst, &args.port, args.protocol)?;
             let flow = Flow {
                 src,

@@ -498,7 +498,7 @@ pub struct Via {
 /// The flows a scenario to `service` makes: one per backend of the frontend the port names
 /// (the service's first cluster IP of the source's family), or, with a source port, the one
 /// backend Maglev picks for that 5-tuple.
-fn resolve_service(
+pub fn resolve_service(
     a: &Analysis,
     src: &FlowPeer,
     service: &str,

@@ -1037,3 +1037,77 @@ fn bad_service_scenarios_are_usage_errors() {
         "names the file: {e}"
     );
 }
+
+/// `explain --service` shows the translation, then explains each backend; with
+/// `--source-port` only the picked one.
+#[test]
+fn explain_through_a_service() {
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--from",
+        "shop/frontend",
+        "--service",
+        "shop/web",
+        "--port",
+        "http",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "service shop/web 10.96.0.10:80 (TCP) -> shop/web-0 10.0.0.10:8080 (backend 1 of 3)",
+        "service shop/web 10.96.0.10:80 (TCP) -> shop/web-canary 10.0.0.12:8080 (backend 3 of 3)",
+        "shop/canary-closed",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--from",
+        "shop/frontend",
+        "--service",
+        "shop/web",
+        "--port",
+        "80",
+        "--source-port",
+        "40000",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["service"]["frontend"], "10.96.0.10:80");
+    // --to and --service together, or --source-port without --service, are usage errors.
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/web-0",
+        "--service",
+        "shop/web",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&[
+        "explain",
+        "-f",
+        &fx("services/manifests.yaml"),
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/web-0",
+        "--source-port",
+        "1",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

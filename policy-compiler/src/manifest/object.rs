@@ -882,7 +882,10 @@ pub(super) fn convert_service(s: &ServiceObject) -> Result<Service, Vec<FieldErr
     if spec.external_traffic_policy.is_some() && !node_ports_allowed {
         errors.push(field_invalid(
             "spec.externalTrafficPolicy",
-            format!("{:?}", spec.external_traffic_policy.as_deref().unwrap_or_default()),
+            format!(
+                "{:?}",
+                spec.external_traffic_policy.as_deref().unwrap_or_default()
+            ),
             "may only be set when `type` is 'NodePort' or 'LoadBalancer'".into(),
         ));
     }
@@ -963,7 +966,11 @@ pub(super) fn convert_endpoint_slice(
     let mut endpoints = Vec::new();
     for (i, e) in s.endpoints.iter().flatten().enumerate() {
         let path = format!("endpoints[{i}].addresses");
-        let addresses = parse_ips(e.addresses.as_deref().unwrap_or_default(), &path, &mut errors);
+        let addresses = parse_ips(
+            e.addresses.as_deref().unwrap_or_default(),
+            &path,
+            &mut errors,
+        );
         if addresses.is_empty() {
             errors.push(field_required(&path, "must contain at least one address"));
             continue;
@@ -981,9 +988,9 @@ pub(super) fn convert_endpoint_slice(
         let pod = e.target_ref.as_ref().and_then(|r| {
             (r.kind.as_deref() == Some("Pod"))
                 .then(|| {
-                    r.name.as_ref().map(|n| {
-                        Endpoint::pod_key(r.namespace.as_deref().unwrap_or(&namespace), n)
-                    })
+                    r.name
+                        .as_ref()
+                        .map(|n| Endpoint::pod_key(r.namespace.as_deref().unwrap_or(&namespace), n))
                 })
                 .flatten()
         });

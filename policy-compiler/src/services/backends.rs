@@ -381,7 +381,11 @@ endpoints:
             .unwrap()
             .cluster;
         let svc = &c.services[&("shop".to_string(), "api".to_string())];
-        assert_eq!(svc.session_affinity_s, Some(10_800), "the API server's default");
+        assert_eq!(
+            svc.session_affinity_s,
+            Some(10_800),
+            "the API server's default"
+        );
         assert!(svc.external_traffic_local);
         let fbs = frontends(&c, svc, 251).unwrap();
         let kinds: Vec<(FrontendKind, String, u16)> = fbs
