@@ -76,12 +76,19 @@ pub struct FrontendBackends {
     pub backends: Vec<Backend>,
     pub skipped: Vec<Skipped>,
     pub table: Table,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds. The flow hash then leaves the
+    /// source port out, so every connection of a client picks the same backend.
+    pub affinity_s: Option<u32>,
 }
 
 impl FrontendBackends {
     /// The backend a new flow from `src:sport` to this frontend reaches; `None` when the
-    /// frontend has no backend (the datapath rejects such flows).
+    /// frontend has no backend (the datapath rejects such flows). With session affinity the
+    /// source port does not count: a client's connections all reach one backend (as long as
+    /// the backend set does not change; the datapath keeps a client's backend for the
+    /// affinity timeout across such changes).
     pub fn pick(&self, src: IpAddr, sport: u16) -> Option<&Backend> {
+        let sport = if self.affinity_s.is_some() { 0 } else { sport };
         let slot = maglev::flow_slot(
             &self.table,
             src,
@@ -263,6 +270,7 @@ pub fn frontends(
                 backends,
                 skipped,
                 table,
+                affinity_s: svc.session_affinity_s,
             });
         }
     }
@@ -426,6 +434,27 @@ endpoints:
         let fbs = frontends(&c, svc, 251).unwrap();
         let b: Vec<String> = fbs[0].backends.iter().map(Backend::maglev_name).collect();
         assert_eq!(b, vec!["10.0.1.2:8080".to_string()]);
+    }
+
+    #[test]
+    fn session_affinity_keeps_a_client_on_one_backend() {
+        let c = load_str("sliced.yaml", SLICED, &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let svc = &c.services[&("shop".to_string(), "api".to_string())];
+        let fb = &frontends(&c, svc, 251).unwrap()[0];
+        assert_eq!(fb.affinity_s, Some(10_800));
+        let mut per_client = std::collections::BTreeMap::new();
+        for client in 1..=40u8 {
+            let src = IpAddr::from([10, 0, 9, client]);
+            let picks: std::collections::BTreeSet<String> = (30_000..30_050)
+                .map(|sport| fb.pick(src, sport).unwrap().maglev_name())
+                .collect();
+            assert_eq!(picks.len(), 1, "client {src}: {picks:?}");
+            per_client.insert(src, picks.into_iter().next().unwrap());
+        }
+        let used: std::collections::BTreeSet<&String> = per_client.values().collect();
+        assert_eq!(used.len(), 2, "clients still spread over the backends");
     }
 
     #[test]
