@@ -12,7 +12,7 @@ use palisade_api::{Registration, Request, Response};
 use palisade_enforcer::config::{Config, SystemEnv};
 use palisade_enforcer::daemon::{Daemon, StartOptions};
 use palisade_enforcer::lock::{EXIT_LOCKED, InstanceLock, LockError};
-use palisade_enforcer::source::{DirSource, PolicySource as _};
+use palisade_enforcer::source::{DirSource, PolicySource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,12 +20,14 @@ use palisade_enforcer::source::{DirSource, PolicySource as _};
     version,
     about = "Palisade node agent: enforces Kubernetes NetworkPolicy with tc eBPF on pod veths",
     long_about = "Palisade node agent.\n\n\
-        `run` loads the eBPF datapath, compiles the manifests of a directory into \
-        identities and policy maps, serves the endpoint API the CNI plugin registers pods \
+        `run` loads the eBPF datapath, compiles the manifests of a directory (or, with \
+        --kubernetes, the objects of the API server) into identities and policy maps, serves the endpoint API the CNI plugin registers pods \
         with, and writes every verdict to a Hubble-compatible JSON-lines log.\n\n\
         The local-node demo is `palisade-demo` (`./palisade demo`).",
     after_help = "Examples:\n  \
         palisade-enforcer run --manifests examples/manifests --netns /run/netns/node\n  \
+        palisade-enforcer run --kubernetes --config /etc/palisade/config.yaml   (in a DaemonSet pod)\n  \
+        palisade-enforcer run --kubernetes --kubeconfig ~/.kube/config --node-name node-1\n  \
         palisade-enforcer register --namespace shop --pod web-1 --ifname lxc1 --ip 10.244.0.5 --label app=web\n  \
         palisade-enforcer status"
 )]
@@ -69,8 +71,16 @@ struct RunArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Directory of Kubernetes manifests (watched for changes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     manifests: Option<PathBuf>,
+    /// Take the cluster model from the Kubernetes API server (watchers on namespaces,
+    /// pods, nodes, services, EndpointSlices, NetworkPolicies and the policy CRDs that are
+    /// installed) instead of a manifest directory. In-cluster service account by default.
+    #[arg(long)]
+    kubernetes: bool,
+    /// A kubeconfig file for --kubernetes (development, tests); default: in-cluster.
+    #[arg(long, requires = "kubernetes", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// bpffs directory for pins (mounted if it is not a bpffs yet).
     #[arg(long)]
     pin_root: Option<PathBuf>,
@@ -202,21 +212,23 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // A file (or nothing) where the manifest directory should be would load as an empty
     // policy set: allow-all. Refuse to start instead.
-    match std::fs::metadata(&config.manifest_dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            eprintln!(
-                "palisade-enforcer: manifest_dir: {} is not a directory (--manifests must name a directory of manifests)",
-                config.manifest_dir.display()
-            );
-            return Ok(ExitCode::from(2));
-        }
-        Err(e) => {
-            eprintln!(
-                "palisade-enforcer: manifest_dir: {}: {e} (--manifests must name a directory of manifests)",
-                config.manifest_dir.display()
-            );
-            return Ok(ExitCode::from(2));
+    if !a.kubernetes {
+        match std::fs::metadata(&config.manifest_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                eprintln!(
+                    "palisade-enforcer: manifest_dir: {} is not a directory (--manifests must name a directory of manifests)",
+                    config.manifest_dir.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => {
+                eprintln!(
+                    "palisade-enforcer: manifest_dir: {}: {e} (--manifests must name a directory of manifests)",
+                    config.manifest_dir.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
         }
     }
     // Before anything is touched (mount, maps, socket): one agent per pin root and state
@@ -236,40 +248,84 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         enter_netns(ns)?;
     }
     palisade_enforcer::logging::init(a.log_format, a.quiet);
-    let mut source = DirSource::with_options(
-        &config.manifest_dir,
-        config.manifest_load_options(),
-        config.source_debounce(),
-    )
-    .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shutdown = || async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let source: Box<dyn PolicySource> = if a.kubernetes {
+        match rt.block_on(connect_kubernetes(&config, a.kubeconfig, shutdown()))? {
+            Some(s) => s,
+            // Stopped before the first sync: nothing was touched.
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    } else {
+        Box::new(
+            DirSource::with_options(
+                &config.manifest_dir,
+                config.manifest_load_options(),
+                config.source_debounce(),
+            )
+            .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?,
+        )
+    };
+    let mut source = source;
     let rx = source.subscribe()?;
+    // Daemon::start blocks (map writes, attach); the runtime keeps running the source's
+    // watchers meanwhile.
     let daemon = Daemon::start(
         &StartOptions {
             config: config.clone(),
             state_dir: a.state_dir,
             mount_bpffs: !a.no_mount,
         },
-        Box::new(source),
+        source,
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        Arc::new(daemon).run(rx, &config, shutdown).await
-    })?;
+    rt.block_on(async move { Arc::new(daemon).run(rx, &config, shutdown()).await })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kubernetes source, once every watcher has listed (however long the API server takes:
+/// nothing is touched before). `None` when stopped by a signal meanwhile.
+#[cfg(feature = "kubernetes")]
+async fn connect_kubernetes(
+    config: &Config,
+    kubeconfig: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Box<dyn PolicySource>>> {
+    use palisade_enforcer::source::kube::{
+        DEFAULT_DEBOUNCE, DEFAULT_POD_WAIT, KubeOptions, KubeSource,
+    };
+    let opts = KubeOptions {
+        kubeconfig,
+        node_name: config.node_name.clone(),
+        load: config.manifest_load_options(),
+        debounce: DEFAULT_DEBOUNCE,
+        pod_wait: DEFAULT_POD_WAIT,
+    };
+    tokio::select! {
+        s = KubeSource::connect(opts) => Ok(Some(Box::new(s?))),
+        _ = shutdown => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn connect_kubernetes(
+    _config: &Config,
+    _kubeconfig: Option<PathBuf>,
+    _shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Box<dyn PolicySource>>> {
+    anyhow::bail!("--kubernetes: this build has no Kubernetes source (feature `kubernetes`)")
 }
 
 fn inspect(

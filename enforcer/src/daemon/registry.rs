@@ -15,6 +15,18 @@ impl Daemon {
             Ok(i) => i,
             Err(e) => return api_error(ErrorCode::NoSuchInterface, e.to_string()),
         };
+        // Before the state lock: the wait for the Pod object is bounded but not short.
+        if reg.labels.is_none() {
+            match self.source.await_pod(&reg.namespace, &reg.pod) {
+                Ok(()) => {}
+                Err(crate::source::PodWait::NotYet(msg)) => {
+                    return api_error(ErrorCode::NotReady, msg);
+                }
+                Err(crate::source::PodWait::OtherNode(msg)) => {
+                    return api_error(ErrorCode::BadRequest, msg);
+                }
+            }
+        }
         let key = Endpoint::pod_key(&reg.namespace, &reg.pod);
         let mut st = self.lock();
         // Another container's live registration on the same interface or with one of the

@@ -25,8 +25,19 @@ use policy_compiler::manifest::LoadError;
 use policy_compiler::model::{Cluster, Endpoint, NamedPort, Policy, WorkloadRef};
 
 mod dir;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 
 pub use dir::DirSource;
+
+/// Why a registration cannot be served yet or here ([`PolicySource::await_pod`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodWait {
+    /// The source does not know the pod yet (the runtime should retry: CNI code 11).
+    NotYet(String),
+    /// The pod belongs to another node.
+    OtherNode(String),
+}
 
 /// Events a source delivers after its initial snapshot.
 #[derive(Debug, Clone)]
@@ -76,6 +87,14 @@ pub trait PolicySource: Send + Sync {
     /// The labels and named ports of pod `namespace/pod` in the current snapshot.
     fn pod_info(&self, namespace: &str, pod: &str) -> Option<PodInfo>;
 
+    /// Called before a registration that carries no labels takes the source's: waits
+    /// (bounded) until the source knows pod `namespace/pod`, and refuses a pod that is not
+    /// this node's. The directory source answers at once (a pod missing from the
+    /// manifests gets no labels).
+    fn await_pod(&self, _namespace: &str, _pod: &str) -> Result<(), PodWait> {
+        Ok(())
+    }
+
     /// Standing problems an operator should see in `status` (the source holds no policy,
     /// its last reload failed). Empty when all is well.
     fn notes(&self) -> Vec<String> {
@@ -101,6 +120,8 @@ pub enum SourceError {
     NotADirectory { dir: PathBuf },
     #[error("{}: already subscribed", dir.display())]
     AlreadySubscribed { dir: PathBuf },
+    #[error("Kubernetes API: {detail}")]
+    Kube { detail: String },
     #[error("cannot start the watcher thread: {source}")]
     Thread {
         #[source]

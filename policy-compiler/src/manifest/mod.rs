@@ -79,6 +79,11 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Document 0: an object that did not come from a file (an API server's object);
+        // `file` then names where it came from.
+        if self.document == 0 {
+            return write!(f, "{}", self.file.display());
+        }
         write!(f, "{} (document {})", self.file.display(), self.document)
     }
 }
@@ -231,6 +236,27 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadE
     let mut loaded = b.finish()?;
     loaded.report.files = files.len();
     Ok(loaded)
+}
+
+/// Loads objects that are already JSON text, one object each (no `List` wrappers are
+/// expected, though they are flattened like in files): what a Kubernetes source holds of
+/// every watched object. `origin` names where each came from for messages (document 0:
+/// `file` is printed alone). The objects are decoded and validated exactly as the
+/// documents of a file are.
+pub fn load_objects<'a>(
+    objects: impl IntoIterator<Item = (Origin, &'a RawValue)>,
+    opts: &LoadOptions,
+) -> Result<Loaded, LoadError> {
+    let mut b = Builder::new(opts);
+    for (origin, raw) in objects {
+        b.add(Doc {
+            origin,
+            body: Body::Raw(raw),
+            default_kind: None,
+            default_api: None,
+        })?;
+    }
+    b.finish()
 }
 
 /// Loads manifests held in memory (embedded examples, tests).

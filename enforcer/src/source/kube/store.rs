@@ -1,0 +1,548 @@
+//! What the Kubernetes source holds of the API server's objects, and the cluster model made
+//! from it. Pure: the watchers feed it events, tests feed it JSON.
+//!
+//! Every object is pruned to what the loader reads (no managed fields, no last-applied
+//! annotation, a pod's spec and status reduced to ports, node, addresses and phase), kept
+//! as compact JSON text, and checked alone with the policy core's loader when it arrives:
+//!
+//! - valid: it replaces the previous version;
+//! - invalid: the previous valid version stays in the model (enforcement in place is never
+//!   dropped because of a bad edit) and the problem is reported (log, `status`);
+//! - a relist (`Init` .. `InitDone`, after `410 Gone` or a reconnect) is buffered and then
+//!   replaces the kind's objects at once, so the model is diffed, never emptied and refilled.
+//!
+//! The model is rebuilt from every valid object with the same loader a manifest directory
+//! goes through, so both sources give one answer for the same objects.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use policy_compiler::Cluster;
+use policy_compiler::manifest::{self, LoadError, LoadOptions, Origin};
+
+use super::kinds::{KINDS, POD};
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+pub type ObjKey = String;
+
+/// One object as the source keeps it.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The last version the loader accepted; what the model is built from.
+    good: Option<Box<RawValue>>,
+    /// Why the API server's current version is not used (it stays reported until a valid
+    /// version replaces it or the object is deleted).
+    invalid: Option<String>,
+    /// `spec.nodeName` of a pod.
+    node: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct KindStore {
+    objects: BTreeMap<ObjKey, Entry>,
+    /// Objects of a relist in progress.
+    relist: Option<BTreeMap<ObjKey, Entry>>,
+    /// Whether a complete list has been seen since the kind became active.
+    synced: bool,
+    /// Watched now (an optional kind whose CRD exists, or a built-in kind).
+    active: bool,
+}
+
+/// Every watched kind's objects.
+#[derive(Debug)]
+pub struct Store {
+    kinds: Vec<KindStore>,
+    opts: LoadOptions,
+    /// Whether the CRD list has been seen (optional kinds are known to be absent or present).
+    crds_synced: bool,
+}
+
+/// What one event did to the store, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing the model reads changed (a status update, the same object again).
+    Unchanged,
+    Changed,
+    /// The object is invalid; the previous valid version (if any) stays.
+    Invalid(String),
+}
+
+impl Store {
+    pub fn new(opts: LoadOptions) -> Store {
+        Store {
+            kinds: KINDS
+                .iter()
+                .map(|k| KindStore {
+                    active: !k.optional,
+                    ..KindStore::default()
+                })
+                .collect(),
+            opts,
+            crds_synced: false,
+        }
+    }
+
+    /// The CRD list was read: optional kinds not activated by now are absent.
+    pub fn crds_listed(&mut self) {
+        self.crds_synced = true;
+    }
+
+    /// An optional kind's CRD appeared (`true`) or went away (`false`). A kind that goes
+    /// away loses its objects: the API server deletes them with their definition.
+    pub fn set_active(&mut self, kind: usize, active: bool) -> bool {
+        let k = &mut self.kinds[kind];
+        if k.active == active {
+            return false;
+        }
+        k.active = active;
+        k.synced = false;
+        k.relist = None;
+        let had = !k.objects.is_empty();
+        if !active {
+            k.objects.clear();
+        }
+        had
+    }
+
+    pub fn is_active(&self, kind: usize) -> bool {
+        self.kinds[kind].active
+    }
+
+    /// Whether every active kind (and the CRD list) has been listed once: the first model
+    /// is built only then (a partial model would enforce a partial policy).
+    pub fn synced(&self) -> bool {
+        self.crds_synced && self.kinds.iter().all(|k| !k.active || k.synced)
+    }
+
+    /// Kinds still waiting for their first list, for progress messages.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = KINDS
+            .iter()
+            .zip(&self.kinds)
+            .filter(|(_, s)| s.active && !s.synced)
+            .map(|(k, _)| k.kind)
+            .collect();
+        if !self.crds_synced {
+            out.push("CustomResourceDefinition");
+        }
+        out
+    }
+
+    /// A relist of `kind` starts.
+    pub fn init(&mut self, kind: usize) {
+        self.kinds[kind].relist = Some(BTreeMap::new());
+    }
+
+    /// An object of the relist in progress (outside one: an ordinary apply).
+    pub fn init_apply(&mut self, kind: usize, obj: Value) {
+        let (key, entry) = self.entry_of(kind, obj);
+        let k = &mut self.kinds[kind];
+        let Some(entry) = entry else {
+            if k.relist.is_none() {
+                k.objects.remove(&key);
+            }
+            return;
+        };
+        let entry = keep_good(k.objects.get(&key), entry);
+        match k.relist.as_mut() {
+            Some(r) => r.insert(key, entry),
+            None => k.objects.insert(key, entry),
+        };
+    }
+
+    /// The relist is complete: it replaces the kind's objects. Returns whether anything
+    /// the model reads changed.
+    pub fn init_done(&mut self, kind: usize) -> bool {
+        let k = &mut self.kinds[kind];
+        k.synced = true;
+        let Some(new) = k.relist.take() else {
+            return false;
+        };
+        let changed = new.len() != k.objects.len()
+            || new.iter().any(|(key, e)| {
+                k.objects.get(key).is_none_or(|o| {
+                    o.good.as_ref().map(|g| g.get()) != e.good.as_ref().map(|g| g.get())
+                })
+            });
+        k.objects = new;
+        changed
+    }
+
+    /// An object was added or modified.
+    pub fn apply(&mut self, kind: usize, obj: Value) -> Outcome {
+        let (key, entry) = self.entry_of(kind, obj);
+        let k = &mut self.kinds[kind];
+        let Some(entry) = entry else {
+            return match k.objects.remove(&key) {
+                Some(e) if e.good.is_some() => Outcome::Changed,
+                _ => Outcome::Unchanged,
+            };
+        };
+        let old = k.objects.get(&key);
+        let entry = keep_good(old, entry);
+        let outcome = match &entry.invalid {
+            Some(why) if old.and_then(|o| o.invalid.as_ref()) != Some(why) => {
+                Outcome::Invalid(why.clone())
+            }
+            _ if old.and_then(|o| o.good.as_ref()).map(|g| g.get())
+                == entry.good.as_ref().map(|g| g.get()) =>
+            {
+                Outcome::Unchanged
+            }
+            _ => Outcome::Changed,
+        };
+        k.objects.insert(key, entry);
+        outcome
+    }
+
+    /// An object was deleted.
+    pub fn delete(&mut self, kind: usize, obj: &Value) -> Outcome {
+        let key = key_of(obj);
+        match self.kinds[kind].objects.remove(&key) {
+            Some(e) if e.good.is_some() => Outcome::Changed,
+            _ => Outcome::Unchanged,
+        }
+    }
+
+    /// The cluster model of every valid object.
+    pub fn build(&self) -> Result<Cluster, LoadError> {
+        let objects = KINDS.iter().zip(&self.kinds).flat_map(|(kind, s)| {
+            s.objects.iter().filter_map(move |(key, e)| {
+                e.good
+                    .as_deref()
+                    .map(|raw| (origin_of(kind.kind, key), raw))
+            })
+        });
+        manifest::load_objects(objects, &self.opts).map(|l| l.cluster)
+    }
+
+    /// The objects whose current version is not used, with why.
+    pub fn invalid(&self) -> Vec<String> {
+        KINDS
+            .iter()
+            .zip(&self.kinds)
+            .flat_map(|(_, s)| s.objects.values().filter_map(|e| e.invalid.clone()))
+            .collect()
+    }
+
+    /// The node a pod is scheduled on, as the API says.
+    pub fn pod_node(&self, key: &str) -> Option<Option<String>> {
+        self.kinds[POD].objects.get(key).map(|e| e.node.clone())
+    }
+
+    /// Objects held, for the log.
+    pub fn object_count(&self) -> usize {
+        self.kinds.iter().map(|k| k.objects.len()).sum()
+    }
+
+    /// Prunes and checks one object. No entry for an object the model leaves out (a pod
+    /// that has finished: its address may already be someone else's).
+    fn entry_of(&self, kind: usize, mut obj: Value) -> (ObjKey, Option<Entry>) {
+        let k = &KINDS[kind];
+        // Watch events carry no apiVersion/kind for typed lists on some servers; the
+        // watcher knows what it watches.
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), Value::String(k.api_version()));
+            m.insert("kind".into(), Value::String(k.kind.into()));
+        }
+        prune(kind, &mut obj);
+        let key = key_of(&obj);
+        if kind == POD {
+            let phase = obj.pointer("/status/phase").and_then(Value::as_str);
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                return (key, None);
+            }
+        }
+        let node = (kind == POD)
+            .then(|| {
+                obj.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .flatten();
+        let raw = match serde_json::value::to_raw_value(&obj) {
+            Ok(r) => r,
+            Err(e) => {
+                let invalid = Some(format!("{} {key}: cannot encode: {e}", k.kind));
+                let entry = Entry {
+                    good: None,
+                    invalid,
+                    node,
+                };
+                return (key, Some(entry));
+            }
+        };
+        let alone = manifest::load_objects([(origin_of(k.kind, &key), &*raw)], &self.opts);
+        let entry = match alone {
+            Ok(_) => Entry {
+                good: Some(raw),
+                invalid: None,
+                node,
+            },
+            Err(e) => Entry {
+                good: None,
+                invalid: Some(e.to_string()),
+                node,
+            },
+        };
+        (key, Some(entry))
+    }
+}
+
+/// A new entry, keeping the old one's valid version when the new one has none.
+fn keep_good(old: Option<&Entry>, mut new: Entry) -> Entry {
+    if new.good.is_none()
+        && let Some(o) = old
+    {
+        new.good = o.good.clone();
+    }
+    new
+}
+
+fn key_of(obj: &Value) -> ObjKey {
+    let meta = obj.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Where an object came from, for the loader's messages: `api-server` (the loader's own
+/// message names the kind and object).
+fn origin_of(_kind: &str, _key: &str) -> Origin {
+    Origin {
+        file: PathBuf::from("api-server"),
+        document: 0,
+    }
+}
+
+/// Drops what the loader never reads, so the source's memory is proportional to what the
+/// model needs: managed fields, the last-applied annotation, and most of a pod.
+fn prune(kind: usize, obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+    if kind != POD {
+        return;
+    }
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    if let Some(spec) = m.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "containers" | "initContainers" | "hostNetwork" | "nodeName"
+            )
+        });
+        for list in ["containers", "initContainers"] {
+            if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                for c in cs {
+                    if let Some(c) = c.as_object_mut() {
+                        c.retain(|k, _| matches!(k.as_str(), "name" | "ports" | "restartPolicy"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(status) = m.get_mut("status").and_then(Value::as_object_mut) {
+        status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "phase" | "hostIP"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn index(kind: &str) -> usize {
+        KINDS
+            .iter()
+            .position(|k| k.kind == kind)
+            .unwrap_or(usize::MAX)
+    }
+
+    fn pod(name: &str, app: &str, ip: &str) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app},
+                          "managedFields": [{"manager": "kubectl"}], "uid": "u1"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "nginx",
+                     "ports": [{"name": "http", "containerPort": 80}]}], "volumes": []},
+            "status": {"phase": "Running", "podIPs": [{"ip": ip}], "conditions": []}
+        })
+    }
+
+    fn policy(name: &str, port: Value) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "shop", "generation": 1},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}
+        })
+    }
+
+    fn synced_store() -> Store {
+        let mut s = Store::new(LoadOptions::default());
+        s.crds_listed();
+        for (i, k) in KINDS.iter().enumerate() {
+            if !k.optional {
+                s.init(i);
+                s.init_done(i);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn the_model_waits_for_every_active_kind_and_the_crd_list() -> Result<(), LoadError> {
+        let mut s = Store::new(LoadOptions::default());
+        assert!(!s.synced());
+        assert!(s.unsynced().contains(&"Pod"));
+        s.crds_listed();
+        for (i, k) in KINDS.iter().enumerate() {
+            if !k.optional && k.kind != "NetworkPolicy" {
+                s.init(i);
+                s.init_done(i);
+            }
+        }
+        assert_eq!(s.unsynced(), vec!["NetworkPolicy"]);
+        assert!(!s.synced());
+        let np = index("NetworkPolicy");
+        s.init(np);
+        s.init_apply(np, policy("p", json!(80)));
+        s.init_done(np);
+        assert!(s.synced());
+        // A CRD that appears makes its kind wait for its list.
+        let anp = index("AdminNetworkPolicy");
+        s.set_active(anp, true);
+        assert!(!s.synced());
+        s.init(anp);
+        s.init_done(anp);
+        assert!(s.synced());
+        assert_eq!(s.build()?.policies.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_version_and_says_why() -> Result<(), LoadError> {
+        let mut s = synced_store();
+        let np = index("NetworkPolicy");
+        assert_eq!(s.apply(np, policy("p", json!(80))), Outcome::Changed);
+        let before = s.build()?;
+        let out = s.apply(np, policy("p", json!(70000)));
+        assert!(matches!(out, Outcome::Invalid(_)), "{out:?}");
+        let Outcome::Invalid(why) = out else {
+            return Ok(());
+        };
+        assert!(
+            why.contains("api-server: NetworkPolicy shop/p is invalid"),
+            "{why}"
+        );
+        assert!(why.contains("spec.ingress[0].ports[0].port"), "{why}");
+        assert_eq!(s.build()?.policies, before.policies);
+        assert_eq!(s.invalid(), vec![why]);
+        // The same invalid version again is not news.
+        assert_eq!(s.apply(np, policy("p", json!(70000))), Outcome::Unchanged);
+        // A valid edit replaces it and clears the report.
+        assert_eq!(s.apply(np, policy("p", json!(81))), Outcome::Changed);
+        assert!(s.invalid().is_empty());
+        assert_ne!(s.build()?.policies, before.policies);
+        // A new object that was never valid is not in the model.
+        assert!(matches!(
+            s.apply(np, policy("q", json!("not a port name!"))),
+            Outcome::Invalid(_)
+        ));
+        assert_eq!(s.build()?.policies.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_relist_replaces_a_kind_at_once_and_reports_only_real_changes() -> Result<(), LoadError> {
+        let mut s = synced_store();
+        let p = POD;
+        s.apply(p, pod("a", "web", "10.0.0.1"));
+        s.apply(p, pod("b", "db", "10.0.0.2"));
+        // The same objects listed again: nothing changed, nothing was ever absent.
+        s.init(p);
+        s.init_apply(p, pod("a", "web", "10.0.0.1"));
+        assert_eq!(
+            s.build()?.endpoints.len(),
+            2,
+            "a relist in progress changes nothing"
+        );
+        s.init_apply(p, pod("b", "db", "10.0.0.2"));
+        assert!(!s.init_done(p));
+        // A relist missing `b` deletes it (it was deleted while the watch was down).
+        s.init(p);
+        s.init_apply(p, pod("a", "web", "10.0.0.1"));
+        assert!(s.init_done(p));
+        let c = s.build()?;
+        assert_eq!(c.endpoints.keys().collect::<Vec<_>>(), vec!["shop/a"]);
+        Ok(())
+    }
+
+    #[test]
+    fn pods_are_pruned_to_what_the_model_reads_and_finished_pods_are_left_out()
+    -> Result<(), LoadError> {
+        let mut s = synced_store();
+        s.apply(POD, pod("a", "web", "10.0.0.1"));
+        let raw = s.kinds[POD].objects["shop/a"]
+            .good
+            .as_ref()
+            .map(|r| r.get().to_string())
+            .unwrap_or_default();
+        assert!(
+            !raw.contains("managedFields") && !raw.contains("image") && !raw.contains("volumes"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("\"http\"") && raw.contains("10.0.0.1"),
+            "{raw}"
+        );
+        assert_eq!(s.pod_node("shop/a"), Some(Some("node-a".into())));
+        let c = s.build()?;
+        assert_eq!(c.endpoints["shop/a"].ports.len(), 1);
+        let mut done = pod("a", "web", "10.0.0.1");
+        done["status"]["phase"] = json!("Succeeded");
+        // A finished pod leaves the model at once: its address can be given to a new pod.
+        assert_eq!(s.apply(POD, done), Outcome::Changed);
+        assert!(s.build()?.endpoints.is_empty());
+        assert_eq!(
+            s.delete(POD, &pod("a", "web", "10.0.0.1")),
+            Outcome::Unchanged
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_crd_that_goes_away_takes_its_objects() -> Result<(), LoadError> {
+        let mut s = synced_store();
+        let anp = index("AdminNetworkPolicy");
+        s.set_active(anp, true);
+        s.init(anp);
+        s.init_apply(
+            anp,
+            json!({"metadata": {"name": "a"}, "spec": {"priority": 10, "subject": {"namespaces": {}},
+                   "ingress": [{"name": "r", "action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        );
+        s.init_done(anp);
+        assert_eq!(s.build()?.policies.len(), 1);
+        assert!(s.set_active(anp, false));
+        assert!(s.build()?.policies.is_empty());
+        Ok(())
+    }
+}
