@@ -44,6 +44,8 @@ pub struct Enforcer {
     /// Where the enforcer's stderr goes (appended across restarts).
     pub log_path: PathBuf,
     quiet: bool,
+    /// Kubernetes mode (`run --kubernetes --kubeconfig FILE`) instead of the manifests.
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Enforcer {
@@ -72,6 +74,31 @@ impl Enforcer {
             node_netns: node.netns_path().to_path_buf(),
             child: None,
             quiet,
+            kubeconfig: None,
+        };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    /// Starts `exe run --kubernetes` for `node` on the API server of `kubeconfig` (which
+    /// must be reachable from the node's network namespace), as node `local-node`.
+    pub fn start_kubernetes(
+        exe: &Path,
+        node: &Node,
+        kubeconfig: &Path,
+        quiet: bool,
+    ) -> Result<Enforcer> {
+        let dir = PathBuf::from(format!("/run/palisade-local/{}", node.tag()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let mut e = Enforcer {
+            exe: exe.to_path_buf(),
+            log_path: dir.join("enforcer.log"),
+            manifests: dir.join("manifests"),
+            dir,
+            node_netns: node.netns_path().to_path_buf(),
+            child: None,
+            quiet,
+            kubeconfig: Some(kubeconfig.to_path_buf()),
         };
         e.spawn()?;
         Ok(e)
@@ -89,6 +116,12 @@ impl Enforcer {
 
     /// (Re)starts the process and waits for its API.
     pub fn spawn(&mut self) -> Result<()> {
+        self.spawn_no_wait()?;
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    /// (Re)starts the process without waiting for it to become ready.
+    pub fn spawn_no_wait(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,10 +132,13 @@ impl Enforcer {
         } else {
             Stdio::inherit()
         };
-        let child = Command::new(&self.exe)
-            .arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests)
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("run");
+        match &self.kubeconfig {
+            Some(k) => cmd.arg("--kubernetes").arg("--kubeconfig").arg(k),
+            None => cmd.arg("--manifests").arg(&self.manifests),
+        };
+        let child = cmd
             .arg("--pin-root")
             .arg(self.pin_root())
             .arg("--socket")
@@ -121,10 +157,11 @@ impl Enforcer {
             .spawn()
             .map_err(io(format!("starting {}", self.exe.display())))?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30))
+        Ok(())
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until the agent answers `ready` on its socket.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
             if let Some(c) = self.child.as_mut()
@@ -159,6 +196,12 @@ impl Enforcer {
         Client::connect_with_timeout(&self.socket(), Duration::from_secs(10))?.request(req)
     }
 
+    /// Registers a pod's interface as the CNI plugin does in Kubernetes mode: no labels, so
+    /// the agent takes them (and named ports) from its Pod object.
+    pub fn register_from_source(&self, pod: &Pod) -> Result<u32> {
+        self.register_reg(pod, None, Vec::new())
+    }
+
     /// Registers a pod's interface with explicit labels.
     pub fn register(&self, pod: &Pod, labels: &[(&str, &str)]) -> Result<u32> {
         self.register_with_ports(pod, labels, Vec::new())
@@ -171,6 +214,19 @@ impl Enforcer {
         labels: &[(&str, &str)],
         named_ports: Vec<NamedPort>,
     ) -> Result<u32> {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        self.register_reg(pod, Some(labels), named_ports)
+    }
+
+    fn register_reg(
+        &self,
+        pod: &Pod,
+        labels: Option<BTreeMap<String, String>>,
+        named_ports: Vec<NamedPort>,
+    ) -> Result<u32> {
         let mut ips = vec![std::net::IpAddr::V4(pod.ipv4)];
         if let Some(v6) = pod.ipv6 {
             ips.push(v6.into());
@@ -181,12 +237,7 @@ impl Enforcer {
             pod: pod.name.clone(),
             host_ifname: pod.host_ifname.clone(),
             ips,
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
+            labels,
             named_ports,
         };
         match self.request(&Request::Register(reg)) {

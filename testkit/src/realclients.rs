@@ -48,11 +48,21 @@ pub struct ApiServer {
     pub token: String,
     /// The CA certificate file that signed the serving certificate.
     pub ca: PathBuf,
+    /// The network namespace (`ip netns` name) etcd and the API server run in; `None`: the
+    /// test process's own.
+    netns: Option<String>,
 }
 
 impl ApiServer {
     /// Starts a fresh API server for the test named `tag`, or returns why it cannot.
     pub fn start(tag: &str) -> Result<ApiServer, String> {
+        ApiServer::start_in(tag, None)
+    }
+
+    /// [`ApiServer::start`] inside the network namespace `netns` (an `ip netns` name), on its
+    /// loopback: for an agent that runs in a node namespace (`run --netns`), whose threads
+    /// reach 127.0.0.1 of that namespace only.
+    pub fn start_in(tag: &str, netns: Option<&str>) -> Result<ApiServer, String> {
         let script = dir().join("start-apiserver.sh");
         if !script.exists() {
             return Err(format!(
@@ -71,9 +81,11 @@ impl ApiServer {
             url: String::new(),
             token: String::new(),
             ca: PathBuf::new(),
+            netns: netns.map(str::to_string),
         };
         // From here on, dropping `server` stops whatever the script started.
-        let out = Command::new(&script)
+        let out = server
+            .script_command()
             .arg("start")
             .arg(&work)
             .output()
@@ -108,7 +120,12 @@ impl ApiServer {
 
     /// [`ApiServer::start`], or `None` after [`crate::skip_or_fail`] (a failure under CI).
     pub fn start_or_skip(tag: &str) -> Option<ApiServer> {
-        match ApiServer::start(tag) {
+        ApiServer::start_in_or_skip(tag, None)
+    }
+
+    /// [`ApiServer::start_in`], or `None` after [`crate::skip_or_fail`] (a failure under CI).
+    pub fn start_in_or_skip(tag: &str, netns: Option<&str>) -> Option<ApiServer> {
+        match ApiServer::start_in(tag, netns) {
             Ok(s) => Some(s),
             Err(why) => {
                 crate::skip_or_fail(&format!("{tag}: the real API server"), &why);
@@ -125,10 +142,7 @@ impl ApiServer {
     /// `script stop DIR`: ends etcd and kube-apiserver by their recorded PIDs. Dropping does
     /// the same; tests call this to play an API-server outage, then [`ApiServer::restart`].
     pub fn stop(&self) {
-        let _ = Command::new(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let _ = self.script_command().arg("stop").arg(&self.dir).output();
     }
 
     /// Starts the stopped server again on the same ports with the same etcd data,
@@ -142,7 +156,8 @@ impl ApiServer {
                 .map(str::to_string)
                 .ok_or_else(|| format!("{k} missing from the API server's env file"))
         };
-        let out = Command::new(&self.script)
+        let out = self
+            .script_command()
             .arg("start")
             .arg(&self.dir)
             .env("APISERVER_PORT", port_of("APISERVER_URL")?)
@@ -157,6 +172,20 @@ impl ApiServer {
             ));
         }
         Ok(())
+    }
+}
+
+impl ApiServer {
+    /// The start script, run in the server's network namespace.
+    fn script_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.script);
+                c
+            }
+            None => Command::new(&self.script),
+        }
     }
 }
 

@@ -423,6 +423,7 @@ impl Aggregator {
                         error = e,
                         "watch failed; retrying with backoff (the last model stays)"
                     );
+                    self.set_notes(!self.store.synced());
                 }
                 false
             }
@@ -436,6 +437,7 @@ impl Aggregator {
                         error = e,
                         "watching CustomResourceDefinitions failed; retrying with backoff"
                     );
+                    self.set_notes(!self.store.synced());
                 }
                 false
             }

@@ -1,0 +1,375 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failed step should stop the test with its message"
+)]
+//! Kubernetes mode end to end: the real `palisade-enforcer run --kubernetes` on a local node
+//! of network namespaces, its cluster model from the real kube-apiserver + etcd of
+//! ../shared/realclients, real TCP between the pods.
+//!
+//! The test plays the kubelet: it creates the Pod objects, wires each pod's network and
+//! registers it without labels (what the CNI plugin does: the agent takes labels and named
+//! ports from its Pod cache), then patches `status.podIPs`. Policies are created, edited
+//! and relabeled through the API. The API server runs on the loopback of the node's network
+//! namespace, where the agent (`--netns`) and the test's client reach it.
+//!
+//! Privileged and real-client tier: under `CI=true` a host without root, BPF or the real API
+//! server fails the test.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use palisade_api::{Request, Response};
+use palisade_testkit::harness::Enforcer;
+use palisade_testkit::node::{Node, Pod};
+use palisade_testkit::realclients::ApiServer;
+use serde_json::{Value, json};
+
+mod common;
+
+use common::traffic::{CHANGE, Cluster, expect_all, serve_tcp, tcp};
+
+const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
+/// This file's address block: `10.243.x.x`.
+const BLOCK: u8 = 243;
+/// The node name the harness gives the agent.
+const NODE: &str = "local-node";
+
+/// Runs `f` with a client of the API server, on a thread inside the node's network
+/// namespace (where the server listens) with a single-threaded runtime, so every socket the
+/// client opens is opened there.
+fn api<T, Fut>(node: &Node, kubeconfig: &Path, f: impl FnOnce(Client) -> Fut + Send) -> T
+where
+    T: Send,
+    Fut: Future<Output = T>,
+{
+    let kubeconfig = kubeconfig.to_path_buf();
+    node.run_in(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            f(Client::try_from(cfg).unwrap()).await
+        })
+    })
+    .unwrap()
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+/// What the kubelet does once the sandbox has its network.
+fn patch_pod_ips(node: &Node, kubeconfig: &Path, pod: &Pod) {
+    let (ns, name, ip) = (
+        pod.namespace.clone(),
+        pod.name.clone(),
+        pod.ipv4.to_string(),
+    );
+    api(node, kubeconfig, |c| async move {
+        let pods: Api<KubePod> = Api::namespaced(c, &ns);
+        pods.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip,
+                                            "podIPs": [{"ip": ip}]}})),
+        )
+        .await
+        .unwrap();
+    });
+}
+
+fn create_pod(c: Client, ns: &str, name: &str, app: &str, node: &str) -> impl Future<Output = ()> {
+    let pods: Api<KubePod> = Api::namespaced(c, ns);
+    let pod: KubePod = obj(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]}
+    }));
+    async move {
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+}
+
+/// Ingress to `app=web` on the named port `http` from `app=client` pods of the same
+/// namespace, or of every namespace.
+fn web_policy(all_namespaces: bool) -> NetworkPolicy {
+    let mut peer = json!({"podSelector": {"matchLabels": {"app": "client"}}});
+    if all_namespaces {
+        peer["namespaceSelector"] = json!({});
+    }
+    obj(json!({
+        "metadata": {"name": "web-from-clients"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                 "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [peer], "ports": [{"port": "http"}]}]}
+    }))
+}
+
+/// Runs `change` (an API write) and waits until the agent applied a new policy revision.
+fn through_api(c: &Cluster, what: &str, change: impl FnOnce()) {
+    let before = c.enforcer.revision_lines();
+    change();
+    if c.enforcer
+        .wait_for_policy_revision(before, CHANGE)
+        .is_none()
+    {
+        panic!(
+            "{what}: no policy revision within {CHANGE:?}; agent log:\n{}",
+            c.log()
+        );
+    }
+}
+
+fn status(e: &Enforcer) -> Option<(bool, Vec<String>)> {
+    match e.request(&Request::Status) {
+        Ok(Response::Status {
+            ready, warnings, ..
+        }) => Some((ready, warnings)),
+        _ => None,
+    }
+}
+
+#[test]
+fn pods_and_policies_from_the_api_server_are_enforced_and_survive_an_api_outage() {
+    let what = "kubernetes e2e";
+    let Some(node) = Node::for_test("k8s", what) else {
+        return;
+    };
+    // Declared after the node: stopped before the node's namespace goes.
+    let Some(server) = ApiServer::start_in_or_skip("kube-e2e", Some(node.netns_name())) else {
+        return;
+    };
+    let kc: PathBuf = server.kubeconfig.clone();
+
+    // The cluster as the API server holds it before the agent starts.
+    api(&node, &kc, |c| async move {
+        let nss: Api<Namespace> = Api::all(c.clone());
+        for ns in ["shop", "other"] {
+            nss.create(
+                &PostParams::default(),
+                &obj(json!({"metadata": {"name": ns}})),
+            )
+            .await
+            .unwrap();
+        }
+        create_pod(c.clone(), "shop", "web", "web", NODE).await;
+        create_pod(c.clone(), "shop", "client", "client", NODE).await;
+        create_pod(c.clone(), "other", "stranger", "client", NODE).await;
+        create_pod(c.clone(), "shop", "remote", "client", "node-b").await;
+        let nps: Api<NetworkPolicy> = Api::namespaced(c, "shop");
+        nps.create(&PostParams::default(), &web_policy(false))
+            .await
+            .unwrap();
+    });
+
+    let enforcer = Enforcer::start_kubernetes(Path::new(EXE), &node, &kc, true)
+        .unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
+    let c = Cluster {
+        enforcer,
+        node,
+        block: BLOCK,
+    };
+
+    // The kubelet's part for each local pod: network, CNI ADD (no labels), status.podIPs.
+    let web = c.pod("shop", "web", 1, 10);
+    let client = c.pod("shop", "client", 1, 11);
+    let stranger = c.pod("other", "stranger", 2, 10);
+    for p in [&web, &client, &stranger] {
+        c.enforcer
+            .register_from_source(p)
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", c.log()));
+        patch_pod_ips(&c.node, &kc, p);
+    }
+    // A pod the API schedules on another node is not this agent's to enforce.
+    let remote = c
+        .node
+        .add_pod("shop", "remote", common::traffic::v4(BLOCK, 3, 10), None);
+    let remote = remote.unwrap();
+    let refused = c.enforcer.register_from_source(&remote);
+    let msg = format!(
+        "{:?}",
+        refused.expect_err("a pod of node-b registered on local-node")
+    );
+    assert!(msg.contains("node-b"), "{msg}");
+    c.node.remove_pod(&remote).unwrap();
+
+    let _srv = serve_tcp(&web, 8080);
+    expect_all(
+        &c,
+        &[
+            tcp(
+                &client,
+                &web,
+                8080,
+                true,
+                "app=client of shop on the named port http",
+            ),
+            tcp(
+                &stranger,
+                &web,
+                8080,
+                false,
+                "app=client of another namespace",
+            ),
+        ],
+    );
+
+    // A policy edit through the API flips a live flow.
+    through_api(&c, "widening the policy to every namespace", || {
+        api(&c.node, &kc, |cl| async move {
+            let nps: Api<NetworkPolicy> = Api::namespaced(cl, "shop");
+            nps.replace("web-from-clients", &PostParams::default(), &{
+                let mut p = web_policy(true);
+                let cur = nps.get("web-from-clients").await.unwrap();
+                p.metadata.resource_version = cur.metadata.resource_version;
+                p
+            })
+            .await
+            .unwrap();
+        });
+    });
+    expect_all(
+        &c,
+        &[
+            tcp(&client, &web, 8080, true, "still allowed"),
+            tcp(
+                &stranger,
+                &web,
+                8080,
+                true,
+                "every namespace's app=client now",
+            ),
+        ],
+    );
+
+    // A label change re-identifies the pod.
+    through_api(&c, "relabeling shop/client", || {
+        api(&c.node, &kc, |cl| async move {
+            let pods: Api<KubePod> = Api::namespaced(cl, "shop");
+            pods.patch(
+                "client",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"app": "batch"}}})),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    expect_all(
+        &c,
+        &[
+            tcp(&client, &web, 8080, false, "relabeled app=batch"),
+            tcp(&stranger, &web, 8080, true, "unchanged"),
+        ],
+    );
+
+    // An API outage while running changes nothing in the kernel, and the agent says so.
+    let revisions = c.enforcer.revision_lines();
+    server.stop();
+    let t0 = Instant::now();
+    let warned = loop {
+        let (ready, warnings) = status(&c.enforcer).expect("status during the outage");
+        assert!(ready, "the maps still hold the last compile: {warnings:?}");
+        if let Some(w) = warnings.iter().find(|w| w.contains("API server")) {
+            break w.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no API-server warning in the status during the outage: {warnings:?}\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(warned.contains("last"), "{warned}");
+    expect_all(
+        &c,
+        &[
+            tcp(&client, &web, 8080, false, "API down: as before"),
+            tcp(&stranger, &web, 8080, true, "API down: as before"),
+        ],
+    );
+    assert_eq!(
+        c.enforcer.revision_lines(),
+        revisions,
+        "the outage produced a policy revision:\n{}",
+        c.log()
+    );
+
+    // A restart with the API server still down: the pinned programs and maps keep
+    // enforcing; the new agent touches nothing and serves nothing until it has listed.
+    let mut c = c;
+    c.enforcer.kill9();
+    c.enforcer.spawn_no_wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        status(&c.enforcer).is_none_or(|(ready, _)| !ready),
+        "ready without the API server:\n{}",
+        c.log()
+    );
+    expect_all(
+        &c,
+        &[
+            tcp(
+                &client,
+                &web,
+                8080,
+                false,
+                "agent restarting, API down: pinned",
+            ),
+            tcp(
+                &stranger,
+                &web,
+                8080,
+                true,
+                "agent restarting, API down: pinned",
+            ),
+        ],
+    );
+    server.restart().unwrap();
+    c.enforcer
+        .wait_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("after the API server came back: {e}"));
+    expect_all(
+        &c,
+        &[
+            tcp(&client, &web, 8080, false, "converged"),
+            tcp(&stranger, &web, 8080, true, "converged"),
+        ],
+    );
+    // And it follows the API again.
+    through_api(&c, "narrowing the policy back", || {
+        api(&c.node, &kc, |cl| async move {
+            let nps: Api<NetworkPolicy> = Api::namespaced(cl, "shop");
+            nps.patch(
+                "web-from-clients",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"ingress": [{"from": [
+                    {"podSelector": {"matchLabels": {"app": "batch"}}}],
+                    "ports": [{"port": "http"}]}]}})),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    expect_all(
+        &c,
+        &[
+            tcp(&client, &web, 8080, true, "app=batch of shop now"),
+            tcp(&stranger, &web, 8080, false, "another namespace again"),
+        ],
+    );
+    drop(c);
+    drop(server);
+}
