@@ -70,6 +70,52 @@ async fn create_pod(c: &Client, ns: &str, name: &str, app: &str, node: &str, ip:
     .unwrap();
 }
 
+/// Waits (30 s at most) until `name`'s `Accepted` condition satisfies `want`; returns it.
+async fn accepted_condition(
+    api: &Api<DynamicObject>,
+    name: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = api.get(name).await.unwrap();
+        let cond = o.data["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Accepted"))
+            .cloned();
+        if let Some(c) = &cond
+            && want(c)
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the Accepted condition never became what was expected: {cond:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Installs a CiliumNetworkPolicy CRD (schema left open, as a test stand-in for Cilium's)
+/// and returns the kind's API in `shop`.
+async fn cilium_policies(c: &Client) -> Api<DynamicObject> {
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let crd: CustomResourceDefinition = obj(json!({
+        "metadata": {"name": "ciliumnetworkpolicies.cilium.io"},
+        "spec": {"group": "cilium.io", "scope": "Namespaced",
+                 "names": {"kind": "CiliumNetworkPolicy", "plural": "ciliumnetworkpolicies",
+                           "singular": "ciliumnetworkpolicy", "listKind": "CiliumNetworkPolicyList"},
+                 "versions": [{"name": "v2", "served": true, "storage": true,
+                               "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }));
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let gvk = GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "ciliumnetworkpolicies");
+    Api::namespaced_with(c.clone(), "shop", &ar)
+}
+
 fn policy(name: &str, port: u16) -> NetworkPolicy {
     obj(json!({
         "metadata": {"name": name},
@@ -330,6 +376,9 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         .find(|(k, _)| k.name == "l7")
         .map(|(_, p)| p.clone())
         .unwrap();
+    let accepted = accepted_condition(&pnps, "l7", |c| c["status"] == "True").await;
+    assert_eq!(accepted["reason"], "Valid", "{accepted}");
+    assert_eq!(accepted["observedGeneration"], 1, "{accepted}");
 
     // An edit the API server's schema accepts but the policy core refuses (a path that is
     // not a valid regular expression): the last valid version stays, and status says why.
@@ -366,6 +415,19 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         kept.ingress, good.ingress,
         "the last valid version stays enforced"
     );
+    // ... and the author reads why in the object's status (`kubectl get` shows Accepted).
+    let refused = accepted_condition(&pnps, "l7", |c| c["status"] == "False").await;
+    assert_eq!(refused["reason"], "Invalid", "{refused}");
+    assert_eq!(refused["observedGeneration"], 2, "{refused}");
+    let msg = refused["message"].as_str().unwrap();
+    assert!(
+        msg.contains("generation 2 is refused")
+            && msg.contains("ingress")
+            && msg.contains("/api/(")
+            && msg.contains("the last valid version stays enforced"),
+        "{msg}"
+    );
+    assert!(refused["lastTransitionTime"].is_string(), "{refused}");
     // A valid edit replaces it and clears the note (a fresh source, which never saw the
     // valid version, would not hold the policy at all: the comparison below needs this).
     let mut fixed = pnp("/api/v2/.*");
@@ -384,6 +446,66 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         "{:?}",
         src.notes()
     );
+    let back = accepted_condition(&pnps, "l7", |c| c["status"] == "True").await;
+    assert_eq!(back["observedGeneration"], 3, "{back}");
+
+    // A kind whose status Palisade does not own gets a Warning Event on a refused object,
+    // once however often the agent sees it.
+    let cnps = cilium_policies(&c).await;
+    let mut cnp: DynamicObject = obj(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "bad-cnp", "namespace": "shop"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{}], "toPorts": [{"ports": [{"port": "99999"}]}]}]}
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cnps.create(&PostParams::default(), &cnp).await {
+            Ok(created) => {
+                cnp = created;
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the Cilium CRD: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("CiliumNetworkPolicy never accepted: {e}"),
+        }
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "shop");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mine = loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        let mine: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("bad-cnp"))
+            .collect();
+        if !mine.is_empty() {
+            break mine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event for the refused CiliumNetworkPolicy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    let ev = &mine[0];
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.reason.as_deref(), Some("InvalidPolicy"));
+    assert_eq!(
+        ev.involved_object.kind.as_deref(),
+        Some("CiliumNetworkPolicy")
+    );
+    assert_eq!(ev.involved_object.uid, cnp.metadata.uid);
+    let m = ev.message.as_deref().unwrap_or_default();
+    assert!(
+        m.contains("99999") && m.contains("nothing of it is enforced"),
+        "{m}"
+    );
+    cnps.delete("bad-cnp", &Default::default()).await.unwrap();
 
     // Restart the API server: its watch cache is gone, every watch resumes with 410 Gone
     // and relists. Nothing changed, so nothing is delivered.

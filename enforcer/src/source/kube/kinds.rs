@@ -15,6 +15,17 @@ pub struct Kind {
     pub namespaced: bool,
     /// A custom resource: watched only while its CRD is established.
     pub optional: bool,
+    /// How a refused object of this kind is reported to its author.
+    pub feedback: Feedback,
+}
+
+/// Where the agent tells a policy's author what it made of it (`feedback.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// A Kubernetes Event (type Warning) on a refused object.
+    Events,
+    /// The object's `status.conditions` (Accepted, with the reason): a kind Palisade owns.
+    Status,
 }
 
 impl Kind {
@@ -41,6 +52,7 @@ const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> Kin
         plural,
         namespaced,
         optional: false,
+        feedback: Feedback::Events,
     }
 }
 
@@ -58,6 +70,15 @@ const fn crd(
         plural,
         namespaced,
         optional: true,
+        feedback: Feedback::Events,
+    }
+}
+
+/// A custom resource whose status Palisade owns.
+const fn owned(kind: Kind) -> Kind {
+    Kind {
+        feedback: Feedback::Status,
+        ..kind
     }
 }
 
@@ -74,6 +95,7 @@ pub const KINDS: &[Kind] = &[
         plural: "endpointslices",
         namespaced: true,
         optional: false,
+        feedback: Feedback::Events,
     },
     Kind {
         kind: "NetworkPolicy",
@@ -82,6 +104,7 @@ pub const KINDS: &[Kind] = &[
         plural: "networkpolicies",
         namespaced: true,
         optional: false,
+        feedback: Feedback::Events,
     },
     crd(
         "AdminNetworkPolicy",
@@ -104,20 +127,20 @@ pub const KINDS: &[Kind] = &[
         "clusternetworkpolicies",
         false,
     ),
-    crd(
+    owned(crd(
         "PalisadeNetworkPolicy",
         palisade_crds_group(),
         "v1alpha1",
         "palisadenetworkpolicies",
         true,
-    ),
-    crd(
+    )),
+    owned(crd(
         "PalisadeClusterNetworkPolicy",
         palisade_crds_group(),
         "v1alpha1",
         "palisadeclusternetworkpolicies",
         false,
-    ),
+    )),
     crd(
         "CiliumNetworkPolicy",
         "cilium.io",

@@ -36,6 +36,7 @@ use policy_compiler::model::{Cluster, Endpoint};
 
 use super::{PodInfo, PodWait, PolicySource, SourceError, SourceEvent, diff_clusters};
 
+pub mod feedback;
 pub mod kinds;
 pub mod store;
 
@@ -81,6 +82,7 @@ pub struct KubeSource {
     initial: Arc<Cluster>,
     rx: Option<mpsc::Receiver<SourceEvent>>,
     aggregator: tokio::task::AbortHandle,
+    feedback: tokio::task::AbortHandle,
     opts: KubeOptions,
     server: String,
 }
@@ -89,6 +91,7 @@ impl Drop for KubeSource {
     fn drop(&mut self) {
         // The aggregator owns the watchers' handles and aborts them when it ends.
         self.aggregator.abort();
+        self.feedback.abort();
     }
 }
 
@@ -135,6 +138,9 @@ impl KubeSource {
         });
         let (out_tx, out_rx) = mpsc::channel(16);
         let (init_tx, init_rx) = oneshot::channel();
+        let (fb_tx, fb_rx) = tokio::sync::watch::channel(Vec::new());
+        let feedback = tokio::spawn(feedback::run(client.clone(), opts.node_name.clone(), fb_rx))
+            .abort_handle();
         let agg = Aggregator {
             client,
             store: Store::new(opts.load),
@@ -143,11 +149,13 @@ impl KubeSource {
             debounce: opts.debounce,
             watchers: HashMap::new(),
             errors: HashMap::new(),
+            feedback: fb_tx,
         };
         let aggregator = tokio::spawn(agg.run(init_tx)).abort_handle();
         let initial = match init_rx.await {
             Ok(c) => Arc::new(c),
             Err(_) => {
+                feedback.abort();
                 return Err(SourceError::Kube {
                     detail: "the watcher task ended before the first sync".into(),
                 });
@@ -158,6 +166,7 @@ impl KubeSource {
             initial,
             rx: Some(out_rx),
             aggregator,
+            feedback,
             opts,
             server,
         })
@@ -262,6 +271,8 @@ struct Aggregator {
     /// The last error of each watcher (kind index; `usize::MAX` for the CRD watcher), until
     /// it delivers again.
     errors: HashMap<usize, String>,
+    /// What to tell policy authors ([`feedback`]); published once the model is in use.
+    feedback: tokio::sync::watch::Sender<Vec<store::Report>>,
 }
 
 impl Drop for Aggregator {
@@ -273,6 +284,9 @@ impl Drop for Aggregator {
 }
 
 const CRD_WATCHER: usize = usize::MAX;
+/// How long feedback waits for more events (a relist, a burst of edits) before it is
+/// recomputed.
+const FEEDBACK_DELAY: Duration = Duration::from_millis(200);
 
 impl Aggregator {
     async fn run(mut self, init: oneshot::Sender<Cluster>) {
@@ -335,6 +349,9 @@ impl Aggregator {
         if init.send((*current).clone()).is_err() {
             return;
         }
+        self.feedback.send_replace(self.store.reports());
+        let mut fb_dirty = false;
+        let mut fb_deadline = tokio::time::Instant::now();
         // Batches after the first model.
         let mut dirty = false;
         let mut deadline = tokio::time::Instant::now();
@@ -343,10 +360,28 @@ impl Aggregator {
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { return };
+                    let object_event = matches!(m, Msg::Event(..) | Msg::Crd(..));
                     if self.handle(m, &tx) && !dirty {
                         dirty = true;
                         deadline = tokio::time::Instant::now() + self.debounce;
                     }
+                    // Any event may change what authors should read (a refused edit, a
+                    // status someone overwrote): feedback follows on its own clock.
+                    if object_event && !fb_dirty {
+                        fb_dirty = true;
+                        fb_deadline = tokio::time::Instant::now() + FEEDBACK_DELAY;
+                    }
+                }
+                _ = tokio::time::sleep_until(fb_deadline), if fb_dirty => {
+                    fb_dirty = false;
+                    let reports = self.store.reports();
+                    self.feedback.send_if_modified(|cur| {
+                        let changed = *cur != reports;
+                        if changed {
+                            *cur = reports;
+                        }
+                        changed
+                    });
                 }
                 _ = tokio::time::sleep_until(deadline), if dirty => {
                     dirty = false;

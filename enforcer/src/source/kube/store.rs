@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use policy_compiler::Cluster;
 use policy_compiler::manifest::{self, LoadError, LoadOptions, Origin};
 
-use super::kinds::{KINDS, POD};
+use super::kinds::{Feedback, KINDS, POD};
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
 pub type ObjKey = String;
@@ -38,6 +38,48 @@ struct Entry {
     invalid: Option<String>,
     /// `spec.nodeName` of a pod.
     node: Option<String>,
+    /// Identity and version of the API server's current object, for feedback.
+    meta: ObjMeta,
+}
+
+/// What feedback needs of an object besides its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjMeta {
+    pub uid: String,
+    /// `metadata.generation` (0 where the API server keeps none).
+    pub generation: i64,
+    /// The `Accepted` condition the object carries now (kinds whose status Palisade owns).
+    pub accepted: Option<Condition>,
+}
+
+/// A status condition as Palisade writes it (`status.conditions[]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// One object the agent reports on: what it made of the current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub kind: usize,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub meta: ObjMeta,
+    /// Why the current version is refused; `None`: accepted.
+    pub problem: Option<String>,
+    /// Whether an earlier valid version stays enforced in its place.
+    pub previous_enforced: bool,
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +275,35 @@ impl Store {
         self.kinds[POD].objects.get(key).map(|e| e.node.clone())
     }
 
+    /// What to tell authors: every object of a kind whose status Palisade owns, and every
+    /// refused object of the others (they get an Event).
+    pub fn reports(&self) -> Vec<Report> {
+        let mut out = Vec::new();
+        for (i, (kind, s)) in KINDS.iter().zip(&self.kinds).enumerate() {
+            if !s.active {
+                continue;
+            }
+            for (key, e) in &s.objects {
+                if kind.feedback == Feedback::Events && e.invalid.is_none() {
+                    continue;
+                }
+                let (namespace, name) = match key.split_once('/') {
+                    Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
+                    None => (None, key.clone()),
+                };
+                out.push(Report {
+                    kind: i,
+                    namespace,
+                    name,
+                    meta: e.meta.clone(),
+                    problem: e.invalid.clone(),
+                    previous_enforced: e.invalid.is_some() && e.good.is_some(),
+                });
+            }
+        }
+        out
+    }
+
     /// Objects held, for the log.
     pub fn object_count(&self) -> usize {
         self.kinds.iter().map(|k| k.objects.len()).sum()
@@ -248,6 +319,7 @@ impl Store {
             m.insert("apiVersion".into(), Value::String(k.api_version()));
             m.insert("kind".into(), Value::String(k.kind.into()));
         }
+        let meta = meta_of(kind, &obj);
         prune(kind, &mut obj);
         let key = key_of(&obj);
         if kind == POD {
@@ -271,6 +343,7 @@ impl Store {
                     good: None,
                     invalid,
                     node,
+                    meta,
                 };
                 return (key, Some(entry));
             }
@@ -281,11 +354,13 @@ impl Store {
                 good: Some(raw),
                 invalid: None,
                 node,
+                meta,
             },
             Err(e) => Entry {
                 good: None,
                 invalid: Some(e.to_string()),
                 node,
+                meta,
             },
         };
         (key, Some(entry))
@@ -328,15 +403,48 @@ fn origin_of(_kind: &str, _key: &str) -> Origin {
 
 /// Drops what the loader never reads, so the source's memory is proportional to what the
 /// model needs: managed fields, the last-applied annotation, and most of a pod.
+/// Identity, generation and (for kinds Palisade reports on in `status`) the current
+/// `Accepted` condition.
+fn meta_of(kind: usize, obj: &Value) -> ObjMeta {
+    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    ObjMeta {
+        uid: s("/metadata/uid").to_string(),
+        generation: obj
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        accepted: (KINDS[kind].feedback == Feedback::Status)
+            .then(|| {
+                obj.pointer("/status/conditions")
+                    .and_then(Value::as_array)?
+                    .iter()
+                    .filter_map(|c| serde_json::from_value::<Condition>(c.clone()).ok())
+                    .find(|c| c.type_ == ACCEPTED)
+            })
+            .flatten(),
+    }
+}
+
+/// The condition type Palisade writes.
+pub const ACCEPTED: &str = "Accepted";
+
+/// Drops what the model never reads, so that an update of only that (a status write, a
+/// new resourceVersion) is no change.
 fn prune(kind: usize, obj: &mut Value) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
+        meta.remove("resourceVersion");
         if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
             if a.is_empty() {
                 meta.remove("annotations");
             }
         }
+    }
+    if KINDS[kind].feedback == Feedback::Status
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     if kind != POD {
         return;
