@@ -373,3 +373,253 @@ fn pods_and_policies_from_the_api_server_are_enforced_and_survive_an_api_outage(
     drop(c);
     drop(server);
 }
+
+// ---- the e2e matrix through the API ---------------------------------------------------------
+
+const MATRIX_NS: [&str; 3] = ["x", "y", "z"];
+const MATRIX_PODS: [&str; 3] = ["a", "b", "c"];
+const MATRIX_PORTS: [u16; 2] = [80, 81];
+
+fn netpol(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// The upstream network-policy e2e layout's classic cases, applied one after another
+/// (`None`: delete the named policy).
+fn matrix_steps() -> Vec<(&'static str, &'static str, &'static str, Option<Value>)> {
+    vec![
+        (
+            "default deny ingress in x",
+            "x",
+            "deny-ingress",
+            Some(netpol(
+                "x",
+                "deny-ingress",
+                json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+            )),
+        ),
+        (
+            "x/a admits namespace y on port 80",
+            "x",
+            "a-from-y",
+            Some(netpol(
+                "x",
+                "a-from-y",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                    "ports": [{"port": 80}]}]}),
+            )),
+        ),
+        (
+            "x admits itself",
+            "x",
+            "same-namespace",
+            Some(netpol(
+                "x",
+                "same-namespace",
+                json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+            )),
+        ),
+        (
+            "z may only reach y/b on port 80",
+            "z",
+            "egress-to-yb",
+            Some(netpol(
+                "z",
+                "egress-to-yb",
+                json!({"podSelector": {}, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                                           "podSelector": {"matchLabels": {"pod": "b"}}}],
+                                   "ports": [{"port": 80, "protocol": "TCP"}]}]}),
+            )),
+        ),
+        ("x/a's admission of y is deleted", "x", "a-from-y", None),
+    ]
+}
+
+fn matrix_pod_json(ns: &str, name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+           "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// What the offline policy core (the compiler and the datapath's lookups, as `policy-test`
+/// answers) says of `from -> to:port` for these objects read as a manifest directory would.
+fn offline(objects: &[Value], from: &Pod, to: &Pod, port: u16) -> bool {
+    use policy_compiler::eval::{Decision, Flow, FlowPeer, maps};
+    use policy_compiler::manifest::{self, LoadOptions, Origin};
+    use policy_compiler::model::Endpoint;
+    use policy_compiler::{Engine, EngineConfig, Protocol};
+    let raws: Vec<Box<serde_json::value::RawValue>> = objects
+        .iter()
+        .map(|o| serde_json::value::to_raw_value(o).unwrap())
+        .collect();
+    let loaded = manifest::load_objects(
+        raws.iter().enumerate().map(|(i, r)| {
+            (
+                Origin {
+                    file: PathBuf::from("matrix.yaml"),
+                    document: i + 1,
+                },
+                &**r,
+            )
+        }),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let (engine, _) = Engine::compile_owned(loaded.cluster, EngineConfig::default()).unwrap();
+    let v = maps::evaluate(
+        &engine,
+        &Flow {
+            src: FlowPeer::Endpoint(Endpoint::pod_key(&from.namespace, &from.name)),
+            dst: FlowPeer::Endpoint(Endpoint::pod_key(&to.namespace, &to.name)),
+            protocol: Protocol::TCP,
+            port,
+        },
+    );
+    let ok = |d: &Option<Decision>| {
+        matches!(
+            d,
+            None | Some(Decision::Allowed { .. }) | Some(Decision::NotIsolated)
+        )
+    };
+    ok(&v.egress) && ok(&v.ingress)
+}
+
+#[test]
+fn the_e2e_matrix_through_the_api_server_matches_the_offline_answer_at_every_step() {
+    let what = "kubernetes e2e matrix";
+    let Some(node) = Node::for_test("k8m", what) else {
+        return;
+    };
+    let Some(server) = ApiServer::start_in_or_skip("kube-matrix", Some(node.netns_name())) else {
+        return;
+    };
+    let kc: PathBuf = server.kubeconfig.clone();
+    let enforcer = Enforcer::start_kubernetes(Path::new(EXE), &node, &kc, true)
+        .unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
+    let c = Cluster {
+        enforcer,
+        node,
+        block: BLOCK,
+    };
+
+    // Namespaces x, y, z (label ns=<name>), pods a, b, c in each (label pod=<name>), each
+    // serving 80 and 81.
+    let mut objects: Vec<Value> = MATRIX_NS
+        .iter()
+        .map(|ns| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": ns, "labels": {"ns": ns}}})
+        })
+        .collect();
+    let mut pods = Vec::new();
+    for (i, ns) in MATRIX_NS.iter().enumerate() {
+        for (j, name) in MATRIX_PODS.iter().enumerate() {
+            let p = c.pod(ns, name, 10 + i as u8, 10 + j as u8);
+            objects.push(matrix_pod_json(ns, name, &p.ipv4.to_string()));
+            pods.push(p);
+        }
+    }
+    let namespaces_and_pods = objects.clone();
+    through_api(&c, "namespaces and pods", || {
+        api(&c.node, &kc, |cl| async move {
+            for o in namespaces_and_pods {
+                if o["kind"] == "Namespace" {
+                    let nss: Api<Namespace> = Api::all(cl.clone());
+                    nss.create(&PostParams::default(), &obj(o)).await.unwrap();
+                } else {
+                    let ns = o["metadata"]["namespace"].as_str().unwrap().to_string();
+                    let name = o["metadata"]["name"].as_str().unwrap().to_string();
+                    let status = o["status"].clone();
+                    let pods: Api<KubePod> = Api::namespaced(cl.clone(), &ns);
+                    pods.create(&PostParams::default(), &obj(o)).await.unwrap();
+                    pods.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        });
+    });
+    for p in &pods {
+        c.enforcer
+            .register_from_source(p)
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", c.log()));
+    }
+    let _servers: Vec<_> = pods
+        .iter()
+        .flat_map(|p| MATRIX_PORTS.map(|port| serve_tcp(p, port)))
+        .collect();
+
+    let by = |ns: &str, name: &str| {
+        pods.iter()
+            .find(|p| p.namespace == ns && p.name == name)
+            .unwrap()
+    };
+    for (step, ns, name, policy) in matrix_steps() {
+        match &policy {
+            Some(p) => objects.push(p.clone()),
+            None => objects.retain(|o| {
+                !(o["kind"] == "NetworkPolicy"
+                    && o["metadata"]["namespace"] == ns
+                    && o["metadata"]["name"] == name)
+            }),
+        }
+        through_api(&c, step, || {
+            api(&c.node, &kc, |cl| async move {
+                let nps: Api<NetworkPolicy> = Api::namespaced(cl, ns);
+                match policy {
+                    Some(p) => {
+                        nps.create(&PostParams::default(), &obj(p)).await.unwrap();
+                    }
+                    None => {
+                        nps.delete(name, &Default::default()).await.unwrap();
+                    }
+                }
+            });
+        });
+        // Every pair on every port, against the offline answer for the same objects.
+        let mut probes = Vec::new();
+        let mut allowed = 0;
+        for from in &pods {
+            for to in &pods {
+                if from.namespace == to.namespace && from.name == to.name {
+                    continue;
+                }
+                for port in MATRIX_PORTS {
+                    let allow = offline(&objects, from, to, port);
+                    allowed += usize::from(allow);
+                    probes.push(tcp(from, to, port, allow, step));
+                }
+            }
+        }
+        eprintln!("{step}: {allowed} of {} allowed", probes.len());
+        expect_all(&c, &probes);
+        // The offline answer is not trivially "everything": spot checks of each step.
+        let (xa, xb, xc) = (by("x", "a"), by("x", "b"), by("x", "c"));
+        let (ya, yb, za) = (by("y", "a"), by("y", "b"), by("z", "a"));
+        let spot = |from: &Pod, to: &Pod, port| offline(&objects, from, to, port);
+        match step {
+            "default deny ingress in x" => {
+                assert!(!spot(ya, xa, 80) && !spot(xb, xa, 80) && spot(xa, ya, 80));
+            }
+            "x/a admits namespace y on port 80" => {
+                assert!(spot(ya, xa, 80) && !spot(ya, xa, 81) && !spot(za, xa, 80));
+            }
+            "x admits itself" => assert!(spot(xb, xc, 81) && !spot(ya, xb, 80)),
+            "z may only reach y/b on port 80" => {
+                assert!(spot(za, yb, 80) && !spot(za, yb, 81) && !spot(za, ya, 80));
+                assert!(!spot(za, xc, 80) && spot(ya, xa, 80));
+            }
+            _ => assert!(!spot(ya, xa, 80) && spot(xb, xa, 80)),
+        }
+    }
+    drop(c);
+    drop(server);
+}
