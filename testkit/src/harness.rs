@@ -100,7 +100,9 @@ impl Enforcer {
             quiet,
             kubeconfig: Some(kubeconfig.to_path_buf()),
         };
-        e.spawn()?;
+        // Listing a large cluster takes longer than loading the datapath.
+        e.spawn_no_wait()?;
+        e.wait_ready(Duration::from_secs(120))?;
         Ok(e)
     }
 

@@ -38,6 +38,17 @@ impl Kind {
         }
     }
 
+    /// Whether an object of this kind adds to the model independently of every other object
+    /// (what the loader makes of it alone is its whole contribution), so a change can be
+    /// applied to the model in place. Not so for Nodes and the cluster-admin kinds: the
+    /// loader resolves the admin kinds' `nodes` peers against the Node objects.
+    pub fn independent(&self) -> bool {
+        !matches!(
+            self.kind,
+            "Node" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" | "ClusterNetworkPolicy"
+        )
+    }
+
     /// The name of the CRD that defines this kind (`<plural>.<group>`).
     pub fn crd_name(&self) -> String {
         format!("{}.{}", self.plural, self.group)
@@ -163,6 +174,8 @@ const fn palisade_crds_group() -> &'static str {
 
 /// Index of the Pod kind in [`KINDS`].
 pub const POD: usize = 1;
+/// Index of Namespace in [`KINDS`].
+pub const NAMESPACE: usize = 0;
 
 /// The kind whose CRD is `name`, if it is one of ours.
 pub fn by_crd_name(name: &str) -> Option<usize> {
@@ -192,6 +205,7 @@ mod tests {
             }
         }
         assert_eq!(KINDS[POD].kind, "Pod");
+        assert_eq!(KINDS[NAMESPACE].kind, "Namespace");
         assert_eq!(palisade_crds_group(), palisade_crds_group_of_the_crate());
     }
 

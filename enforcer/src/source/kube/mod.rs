@@ -29,12 +29,12 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Config};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use policy_compiler::manifest::LoadOptions;
 use policy_compiler::model::{Cluster, Endpoint};
 
-use super::{PodInfo, PodWait, PolicySource, SourceError, SourceEvent, diff_clusters};
+use super::{PodInfo, PodWait, PolicySource, SourceError, SourceEvent};
 
 pub mod feedback;
 pub mod kinds;
@@ -387,9 +387,14 @@ impl Aggregator {
                     dirty = false;
                     // Notes first: whoever sees the change also sees the status it brings.
                     self.set_notes(false);
-                    match self.store.build() {
-                        Ok(next) => {
-                            let changes = diff_clusters(&current, &next);
+                    let t = Instant::now();
+                    match self.store.update(&current) {
+                        Ok((next, changes)) => {
+                            debug!(
+                                elapsed_us = t.elapsed().as_micros() as u64,
+                                changes = changes.len(),
+                                "model updated"
+                            );
                             current = Arc::new(next);
                             self.publish(&current);
                             if !changes.is_empty()

@@ -14,8 +14,9 @@
 //! The model is rebuilt from every valid object with the same loader a manifest directory
 //! goes through, so both sources give one answer for the same objects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -23,7 +24,10 @@ use serde_json::value::RawValue;
 use policy_compiler::Cluster;
 use policy_compiler::manifest::{self, LoadError, LoadOptions, Origin};
 
-use super::kinds::{Feedback, KINDS, POD};
+use super::kinds::{Feedback, KINDS, NAMESPACE, POD};
+use crate::source::diff_clusters;
+use policy_compiler::engine::Change;
+use policy_compiler::rules::PolicyRef;
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
 pub type ObjKey = String;
@@ -38,6 +42,9 @@ struct Entry {
     invalid: Option<String>,
     /// `spec.nodeName` of a pod.
     node: Option<String>,
+    /// What the loader made of `good` alone (kinds that are [`Kind::independent`]; implied
+    /// namespaces left out): the object's whole contribution to the model.
+    part: Option<Arc<Cluster>>,
     /// Identity and version of the API server's current object, for feedback.
     meta: ObjMeta,
 }
@@ -100,6 +107,12 @@ pub struct Store {
     opts: LoadOptions,
     /// Whether the CRD list has been seen (optional kinds are known to be absent or present).
     crds_synced: bool,
+    /// Objects changed since the last model, and whether the next model must be built
+    /// from every object (a change an in-place update cannot carry).
+    dirty: BTreeSet<(usize, ObjKey)>,
+    full: bool,
+    /// The parts the last model was made of (objects of independent kinds).
+    in_model: HashMap<(usize, ObjKey), Arc<Cluster>>,
 }
 
 /// What one event did to the store, for the log.
@@ -124,6 +137,9 @@ impl Store {
                 .collect(),
             opts,
             crds_synced: false,
+            dirty: BTreeSet::new(),
+            full: true,
+            in_model: HashMap::new(),
         }
     }
 
@@ -139,6 +155,7 @@ impl Store {
         if k.active == active {
             return false;
         }
+        self.full = true;
         k.active = active;
         k.synced = false;
         k.relist = None;
@@ -185,14 +202,20 @@ impl Store {
         let Some(entry) = entry else {
             if k.relist.is_none() {
                 k.objects.remove(&key);
+                self.dirty.insert((kind, key));
             }
             return;
         };
         let entry = keep_good(k.objects.get(&key), entry);
         match k.relist.as_mut() {
-            Some(r) => r.insert(key, entry),
-            None => k.objects.insert(key, entry),
-        };
+            Some(r) => {
+                r.insert(key, entry);
+            }
+            None => {
+                k.objects.insert(key.clone(), entry);
+                self.dirty.insert((kind, key));
+            }
+        }
     }
 
     /// The relist is complete: it replaces the kind's objects. Returns whether anything
@@ -210,6 +233,9 @@ impl Store {
                 })
             });
         k.objects = new;
+        if changed {
+            self.full = true;
+        }
         changed
     }
 
@@ -219,7 +245,10 @@ impl Store {
         let k = &mut self.kinds[kind];
         let Some(entry) = entry else {
             return match k.objects.remove(&key) {
-                Some(e) if e.good.is_some() => Outcome::Changed,
+                Some(e) if e.good.is_some() => {
+                    self.dirty.insert((kind, key));
+                    Outcome::Changed
+                }
                 _ => Outcome::Unchanged,
             };
         };
@@ -236,7 +265,10 @@ impl Store {
             }
             _ => Outcome::Changed,
         };
-        k.objects.insert(key, entry);
+        k.objects.insert(key.clone(), entry);
+        if outcome == Outcome::Changed {
+            self.dirty.insert((kind, key));
+        }
         outcome
     }
 
@@ -244,13 +276,34 @@ impl Store {
     pub fn delete(&mut self, kind: usize, obj: &Value) -> Outcome {
         let key = key_of(obj);
         match self.kinds[kind].objects.remove(&key) {
-            Some(e) if e.good.is_some() => Outcome::Changed,
+            Some(e) if e.good.is_some() => {
+                self.dirty.insert((kind, key));
+                Outcome::Changed
+            }
             _ => Outcome::Unchanged,
         }
     }
 
     /// The cluster model of every valid object.
-    pub fn build(&self) -> Result<Cluster, LoadError> {
+    pub fn build(&mut self) -> Result<Cluster, LoadError> {
+        let c = self.build_all()?;
+        self.dirty.clear();
+        self.full = false;
+        self.in_model = KINDS
+            .iter()
+            .zip(&self.kinds)
+            .enumerate()
+            .filter(|(_, (k, s))| s.active && k.independent())
+            .flat_map(|(i, (_, s))| {
+                s.objects
+                    .iter()
+                    .filter_map(move |(key, e)| e.part.clone().map(|p| ((i, key.clone()), p)))
+            })
+            .collect();
+        Ok(c)
+    }
+
+    fn build_all(&self) -> Result<Cluster, LoadError> {
         let objects = KINDS.iter().zip(&self.kinds).flat_map(|(kind, s)| {
             s.objects.iter().filter_map(move |(key, e)| {
                 e.good
@@ -273,6 +326,73 @@ impl Store {
     /// The node a pod is scheduled on, as the API says.
     pub fn pod_node(&self, key: &str) -> Option<Option<String>> {
         self.kinds[POD].objects.get(key).map(|e| e.node.clone())
+    }
+
+    /// The next model from `current` (the model of the last [`Store::build`] or
+    /// [`Store::update`]) and the changes between them: in place, touching only the
+    /// objects changed since (and the namespaces the loader implies), when every one of
+    /// them is [`Kind::independent`]; otherwise built from every object and diffed. Both give the same model (a property test holds them to it).
+    pub fn update(&mut self, current: &Cluster) -> Result<(Cluster, Vec<Change>), LoadError> {
+        if let Some((next, changes, parts)) = self.update_in_place(current) {
+            for (k, p) in parts {
+                match p {
+                    Some(p) => self.in_model.insert(k, p),
+                    None => self.in_model.remove(&k),
+                };
+            }
+            self.dirty.clear();
+            return Ok((next, changes));
+        }
+        let next = self.build()?;
+        let changes = diff_clusters(current, &next);
+        Ok((next, changes))
+    }
+
+    #[allow(clippy::type_complexity, reason = "private, one caller")]
+    fn update_in_place(
+        &self,
+        current: &Cluster,
+    ) -> Option<(
+        Cluster,
+        Vec<Change>,
+        Vec<((usize, ObjKey), Option<Arc<Cluster>>)>,
+    )> {
+        if self.full {
+            return None;
+        }
+        let mut next = current.clone();
+        let mut touched = Touched::default();
+        let mut parts = Vec::with_capacity(self.dirty.len());
+        // Every removal before any insertion: two changed objects may trade a key.
+        for (kind, key) in &self.dirty {
+            if !KINDS[*kind].independent() {
+                return None;
+            }
+            if let Some(old) = self.in_model.get(&(*kind, key.clone())) {
+                remove_part(&mut next, old, &mut touched);
+            }
+        }
+        for (kind, key) in &self.dirty {
+            let part = self.kinds[*kind]
+                .objects
+                .get(key)
+                .and_then(|e| e.part.clone());
+            if let Some(p) = &part {
+                insert_part(&mut next, p, &mut touched);
+            }
+            parts.push(((*kind, key.clone()), part));
+        }
+        // The loader implies a namespace for anything in one no Namespace object declares:
+        // imply them afresh, and diff those that were or are implied.
+        next.namespaces.retain(|_, n| n.declared);
+        next.imply_namespaces();
+        for (name, n) in current.namespaces.iter().chain(&next.namespaces) {
+            if !n.declared {
+                touched.namespaces.insert(name.clone());
+            }
+        }
+        let changes = touched.diff(current, &next);
+        Some((next, changes, parts))
     }
 
     /// What to tell authors: every object of a kind whose status Palisade owns, and every
@@ -343,6 +463,7 @@ impl Store {
                     good: None,
                     invalid,
                     node,
+                    part: None,
                     meta,
                 };
                 return (key, Some(entry));
@@ -350,20 +471,107 @@ impl Store {
         };
         let alone = manifest::load_objects([(origin_of(k.kind, &key), &*raw)], &self.opts);
         let entry = match alone {
-            Ok(_) => Entry {
+            Ok(loaded) => Entry {
                 good: Some(raw),
                 invalid: None,
                 node,
+                part: k.independent().then(|| {
+                    let mut c = loaded.cluster;
+                    if kind != NAMESPACE {
+                        c.namespaces.clear();
+                    }
+                    Arc::new(c)
+                }),
                 meta,
             },
             Err(e) => Entry {
                 good: None,
                 invalid: Some(e.to_string()),
                 node,
+                part: None,
                 meta,
             },
         };
         (key, Some(entry))
+    }
+}
+
+/// The model keys an in-place update touched, to diff only those.
+#[derive(Debug, Default)]
+struct Touched {
+    namespaces: BTreeSet<String>,
+    endpoints: BTreeSet<String>,
+    policies: BTreeSet<PolicyRef>,
+}
+
+impl Touched {
+    /// The changes from `old` to `new` at the touched keys: what [`diff_clusters`] would
+    /// find, since nothing else differs.
+    fn diff(&self, old: &Cluster, new: &Cluster) -> Vec<Change> {
+        let mut a = Cluster::default();
+        let mut b = Cluster::default();
+        for k in &self.namespaces {
+            copy(&old.namespaces, &mut a.namespaces, k);
+            copy(&new.namespaces, &mut b.namespaces, k);
+        }
+        for k in &self.endpoints {
+            copy(&old.endpoints, &mut a.endpoints, k);
+            copy(&new.endpoints, &mut b.endpoints, k);
+        }
+        for k in &self.policies {
+            copy(&old.policies, &mut a.policies, k);
+            copy(&new.policies, &mut b.policies, k);
+        }
+        diff_clusters(&a, &b)
+    }
+}
+
+fn copy<K: Ord + Clone, V: Clone>(from: &BTreeMap<K, V>, to: &mut BTreeMap<K, V>, k: &K) {
+    if let Some(v) = from.get(k) {
+        to.insert(k.clone(), v.clone());
+    }
+}
+
+/// Removes from `model` what `part` put in it.
+fn remove_part(model: &mut Cluster, part: &Cluster, t: &mut Touched) {
+    for k in part.namespaces.keys() {
+        model.namespaces.remove(k);
+        t.namespaces.insert(k.clone());
+    }
+    for k in part.endpoints.keys() {
+        model.endpoints.remove(k);
+        t.endpoints.insert(k.clone());
+    }
+    for k in part.policies.keys() {
+        model.policies.remove(k);
+        t.policies.insert(k.clone());
+    }
+    for k in part.services.keys() {
+        model.services.remove(k);
+    }
+    for k in part.endpoint_slices.keys() {
+        model.endpoint_slices.remove(k);
+    }
+}
+
+fn insert_part(model: &mut Cluster, part: &Cluster, t: &mut Touched) {
+    for (k, v) in &part.namespaces {
+        model.namespaces.insert(k.clone(), v.clone());
+        t.namespaces.insert(k.clone());
+    }
+    for (k, v) in &part.endpoints {
+        model.endpoints.insert(k.clone(), v.clone());
+        t.endpoints.insert(k.clone());
+    }
+    for (k, v) in &part.policies {
+        model.policies.insert(k.clone(), v.clone());
+        t.policies.insert(k.clone());
+    }
+    for (k, v) in &part.services {
+        model.services.insert(k.clone(), v.clone());
+    }
+    for (k, v) in &part.endpoint_slices {
+        model.endpoint_slices.insert(k.clone(), v.clone());
     }
 }
 
@@ -373,6 +581,7 @@ fn keep_good(old: Option<&Entry>, mut new: Entry) -> Entry {
         && let Some(o) = old
     {
         new.good = o.good.clone();
+        new.part = o.part.clone();
     }
     new
 }
@@ -401,8 +610,6 @@ fn origin_of(_kind: &str, _key: &str) -> Origin {
     }
 }
 
-/// Drops what the loader never reads, so the source's memory is proportional to what the
-/// model needs: managed fields, the last-applied annotation, and most of a pod.
 /// Identity, generation and (for kinds Palisade reports on in `status`) the current
 /// `Accepted` condition.
 fn meta_of(kind: usize, obj: &Value) -> ObjMeta {
@@ -428,8 +635,9 @@ fn meta_of(kind: usize, obj: &Value) -> ObjMeta {
 /// The condition type Palisade writes.
 pub const ACCEPTED: &str = "Accepted";
 
-/// Drops what the model never reads, so that an update of only that (a status write, a
-/// new resourceVersion) is no change.
+/// Drops what the loader never reads, so the source's memory is proportional to what the
+/// model needs (managed fields, the last-applied annotation, most of a pod) and an update
+/// of only that (a status write, a new resourceVersion) is no change.
 fn prune(kind: usize, obj: &mut Value) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
@@ -652,5 +860,277 @@ mod tests {
         assert!(s.set_active(anp, false));
         assert!(s.build()?.policies.is_empty());
         Ok(())
+    }
+}
+#[cfg(test)]
+mod incremental {
+    //! The in-place update against a build from every object, over random event sequences.
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Namespace {
+            n: u8,
+            team: u8,
+            delete: bool,
+        },
+        Pod {
+            ns: u8,
+            name: u8,
+            app: u8,
+            ip: u8,
+            delete: bool,
+        },
+        Policy {
+            ns: u8,
+            name: u8,
+            app: u8,
+            port: u16,
+            delete: bool,
+        },
+        /// A pod the loader refuses (a label value it rejects): the last valid one stays.
+        BadPod {
+            ns: u8,
+            name: u8,
+        },
+        Service {
+            ns: u8,
+            name: u8,
+            port: u16,
+            delete: bool,
+        },
+        Node {
+            n: u8,
+            delete: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4u8, 0..3u8, any::<bool>()).prop_map(|(n, team, delete)| Op::Namespace {
+                n,
+                team,
+                delete
+            }),
+            (0..5u8, 0..6u8, 0..3u8, 0..8u8, prop::bool::weighted(0.2)).prop_map(
+                |(ns, name, app, ip, delete)| Op::Pod {
+                    ns,
+                    name,
+                    app,
+                    ip,
+                    delete
+                }
+            ),
+            (0..5u8, 0..3u8, 0..3u8, 1..4u16, prop::bool::weighted(0.2)).prop_map(
+                |(ns, name, app, port, delete)| Op::Policy {
+                    ns,
+                    name,
+                    app,
+                    port,
+                    delete
+                }
+            ),
+            (0..5u8, 0..6u8).prop_map(|(ns, name)| Op::BadPod { ns, name }),
+            (0..5u8, 0..2u8, 1..4u16, any::<bool>()).prop_map(|(ns, name, port, delete)| {
+                Op::Service {
+                    ns,
+                    name,
+                    port,
+                    delete,
+                }
+            }),
+            (0..2u8, any::<bool>()).prop_map(|(n, delete)| Op::Node { n, delete }),
+        ]
+    }
+
+    fn kind(k: &str) -> usize {
+        KINDS.iter().position(|x| x.kind == k).unwrap_or(usize::MAX)
+    }
+
+    fn run(s: &mut Store, op: &Op) {
+        let (k, obj, delete) = match op {
+            Op::Namespace { n, team, delete } => (
+                "Namespace",
+                json!({"metadata": {"name": format!("ns{n}"), "labels": {"team": format!("t{team}")}}}),
+                *delete,
+            ),
+            Op::Pod {
+                ns,
+                name,
+                app,
+                ip,
+                delete,
+            } => {
+                let ip = format!("10.1.{ns}.{ip}");
+                (
+                    "Pod",
+                    json!({"metadata": {"name": format!("p{name}"), "namespace": format!("ns{ns}"),
+                                        "labels": {"app": format!("a{app}")}},
+                           "spec": {"nodeName": "n", "containers": [{"name": "c",
+                                    "ports": [{"name": "http", "containerPort": 80 + u16::from(*app)}]}]},
+                           "status": {"phase": "Running", "podIPs": [{"ip": ip}]}}),
+                    *delete,
+                )
+            }
+            Op::BadPod { ns, name } => (
+                "Pod",
+                json!({"metadata": {"name": format!("p{name}"), "namespace": format!("ns{ns}"),
+                                    "labels": {"app": "not a valid value!"}}}),
+                false,
+            ),
+            Op::Policy {
+                ns,
+                name,
+                app,
+                port,
+                delete,
+            } => (
+                "NetworkPolicy",
+                json!({"metadata": {"name": format!("np{name}"), "namespace": format!("ns{ns}")},
+                       "spec": {"podSelector": {"matchLabels": {"app": format!("a{app}")}},
+                                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "t1"}}}],
+                                             "ports": [{"port": port}]}]}}),
+                *delete,
+            ),
+            Op::Service {
+                ns,
+                name,
+                port,
+                delete,
+            } => (
+                "Service",
+                json!({"metadata": {"name": format!("s{name}"), "namespace": format!("ns{ns}")},
+                       "spec": {"clusterIP": format!("10.96.{ns}.{name}"), "selector": {"app": "a0"},
+                                "ports": [{"port": port, "targetPort": 80}]}}),
+                *delete,
+            ),
+            Op::Node { n, delete } => (
+                "Node",
+                json!({"metadata": {"name": format!("node{n}")},
+                       "status": {"addresses": [{"type": "InternalIP", "address": format!("192.168.0.{n}")}]}}),
+                *delete,
+            ),
+        };
+        if delete {
+            s.delete(kind(k), &obj);
+        } else {
+            s.apply(kind(k), obj);
+        }
+    }
+
+    fn synced() -> Store {
+        let mut s = Store::new(LoadOptions::default());
+        s.crds_listed();
+        for (i, k) in KINDS.iter().enumerate() {
+            if !k.optional {
+                s.init(i);
+                s.init_done(i);
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn in_place_updates_equal_a_build_from_every_object(
+            batches in prop::collection::vec(prop::collection::vec(op(), 1..6), 1..12)
+        ) {
+            let mut s = synced();
+            let mut current = s.build().unwrap();
+            for batch in &batches {
+                for op in batch {
+                    run(&mut s, op);
+                }
+                let full = s.build_all();
+                match (s.update(&current), full) {
+                    (Ok((next, changes)), Ok(want)) => {
+                        prop_assert_eq!(&next, &want);
+                        let mut want_changes = diff_clusters(&current, &want);
+                        let mut changes = changes;
+                        let key = |c: &Change| format!("{c:?}");
+                        want_changes.sort_by_key(key);
+                        changes.sort_by_key(key);
+                        prop_assert_eq!(
+                            changes.iter().map(key).collect::<Vec<_>>(),
+                            want_changes.iter().map(key).collect::<Vec<_>>()
+                        );
+                        current = next;
+                    }
+                    (Err(_), Err(_)) => {}
+                    (a, b) => prop_assert!(false, "update {:?} vs build {:?}", a.map(|_| ()), b.map(|_| ())),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_change_is_applied_in_place_and_a_node_change_is_not() {
+        let mut s = synced();
+        run(
+            &mut s,
+            &Op::Namespace {
+                n: 0,
+                team: 1,
+                delete: false,
+            },
+        );
+        run(
+            &mut s,
+            &Op::Pod {
+                ns: 0,
+                name: 0,
+                app: 0,
+                ip: 1,
+                delete: false,
+            },
+        );
+        let current = s.build().unwrap();
+        run(
+            &mut s,
+            &Op::Pod {
+                ns: 0,
+                name: 0,
+                app: 1,
+                ip: 1,
+                delete: false,
+            },
+        );
+        run(
+            &mut s,
+            &Op::Policy {
+                ns: 0,
+                name: 0,
+                app: 1,
+                port: 80,
+                delete: false,
+            },
+        );
+        assert!(s.update_in_place(&current).is_some());
+        let (next, changes) = s.update(&current).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        // A pod in a namespace no object declares: the namespace is implied in place.
+        run(
+            &mut s,
+            &Op::Pod {
+                ns: 3,
+                name: 0,
+                app: 1,
+                ip: 1,
+                delete: false,
+            },
+        );
+        let (next, changes) = s.update(&next).unwrap();
+        assert!(next.namespaces.contains_key("ns3"), "{changes:?}");
+        run(
+            &mut s,
+            &Op::Node {
+                n: 0,
+                delete: false,
+            },
+        );
+        assert!(s.update_in_place(&next).is_none());
     }
 }
