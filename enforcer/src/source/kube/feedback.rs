@@ -161,7 +161,7 @@ pub async fn run(client: Client, node: String, mut rx: watch::Receiver<Vec<Repor
             let (token, result) = match KINDS[r.kind].feedback {
                 Feedback::Status => {
                     let want = desired(r);
-                    if same(r.meta.accepted.as_ref(), &want) {
+                    if same(r.meta.accepted.as_deref(), &want) {
                         written.remove(&key);
                         continue;
                     }
@@ -315,7 +315,7 @@ mod tests {
             meta: ObjMeta {
                 uid: "u-1".into(),
                 generation: 3,
-                accepted,
+                accepted: accepted.map(Box::new),
             },
             problem: problem.map(str::to_string),
             previous_enforced: problem.is_some(),

@@ -42,9 +42,11 @@ struct Entry {
     invalid: Option<String>,
     /// `spec.nodeName` of a pod.
     node: Option<String>,
-    /// What the loader made of `good` alone (kinds that are [`Kind::independent`]; implied
-    /// namespaces left out): the object's whole contribution to the model.
-    part: Option<Arc<Cluster>>,
+    /// The model keys of what the loader made of `good` alone (kinds that are
+    /// [`Kind::independent`]; implied namespaces left out): where the object's whole
+    /// contribution to the model sits. The values are made again from `good` when needed,
+    /// so the source holds no second copy of the model.
+    keys: Option<Arc<PartKeys>>,
     /// Identity and version of the API server's current object, for feedback.
     meta: ObjMeta,
 }
@@ -56,7 +58,7 @@ pub struct ObjMeta {
     /// `metadata.generation` (0 where the API server keeps none).
     pub generation: i64,
     /// The `Accepted` condition the object carries now (kinds whose status Palisade owns).
-    pub accepted: Option<Condition>,
+    pub accepted: Option<Box<Condition>>,
 }
 
 /// A status condition as Palisade writes it (`status.conditions[]`).
@@ -112,7 +114,7 @@ pub struct Store {
     dirty: BTreeSet<(usize, ObjKey)>,
     full: bool,
     /// The parts the last model was made of (objects of independent kinds).
-    in_model: HashMap<(usize, ObjKey), Arc<Cluster>>,
+    in_model: HashMap<(usize, ObjKey), Arc<PartKeys>>,
 }
 
 /// What one event did to the store, for the log.
@@ -297,7 +299,7 @@ impl Store {
             .flat_map(|(i, (_, s))| {
                 s.objects
                     .iter()
-                    .filter_map(move |(key, e)| e.part.clone().map(|p| ((i, key.clone()), p)))
+                    .filter_map(move |(key, e)| e.keys.clone().map(|p| ((i, key.clone()), p)))
             })
             .collect();
         Ok(c)
@@ -355,7 +357,7 @@ impl Store {
     ) -> Option<(
         Cluster,
         Vec<Change>,
-        Vec<((usize, ObjKey), Option<Arc<Cluster>>)>,
+        Vec<((usize, ObjKey), Option<Arc<PartKeys>>)>,
     )> {
         if self.full {
             return None;
@@ -373,14 +375,19 @@ impl Store {
             }
         }
         for (kind, key) in &self.dirty {
-            let part = self.kinds[*kind]
-                .objects
-                .get(key)
-                .and_then(|e| e.part.clone());
-            if let Some(p) = &part {
-                insert_part(&mut next, p, &mut touched);
+            let entry = self.kinds[*kind].objects.get(key);
+            let keys = entry.and_then(|e| e.keys.clone());
+            if let Some(raw) = entry.and_then(|e| e.good.as_deref()) {
+                let alone =
+                    manifest::load_objects([(origin_of(KINDS[*kind].kind, key), raw)], &self.opts)
+                        .ok()?;
+                insert_part(
+                    &mut next,
+                    Part::of(alone.cluster, *kind == NAMESPACE),
+                    &mut touched,
+                );
             }
-            parts.push(((*kind, key.clone()), part));
+            parts.push(((*kind, key.clone()), keys));
         }
         // The loader implies a namespace for anything in one no Namespace object declares:
         // imply them afresh, and diff those that were or are implied.
@@ -463,7 +470,7 @@ impl Store {
                     good: None,
                     invalid,
                     node,
-                    part: None,
+                    keys: None,
                     meta,
                 };
                 return (key, Some(entry));
@@ -475,20 +482,16 @@ impl Store {
                 good: Some(raw),
                 invalid: None,
                 node,
-                part: k.independent().then(|| {
-                    let mut c = loaded.cluster;
-                    if kind != NAMESPACE {
-                        c.namespaces.clear();
-                    }
-                    Arc::new(c)
-                }),
+                keys: k
+                    .independent()
+                    .then(|| Arc::new(Part::of(loaded.cluster, kind == NAMESPACE).keys())),
                 meta,
             },
             Err(e) => Entry {
                 good: None,
                 invalid: Some(e.to_string()),
                 node,
-                part: None,
+                keys: None,
                 meta,
             },
         };
@@ -532,47 +535,100 @@ fn copy<K: Ord + Clone, V: Clone>(from: &BTreeMap<K, V>, to: &mut BTreeMap<K, V>
     }
 }
 
-/// Removes from `model` what `part` put in it.
-fn remove_part(model: &mut Cluster, part: &Cluster, t: &mut Touched) {
-    for k in part.namespaces.keys() {
+/// What one object adds to the model.
+#[derive(Debug, Default)]
+struct Part {
+    namespaces: Vec<(String, policy_compiler::model::Namespace)>,
+    endpoints: Vec<(String, policy_compiler::model::Endpoint)>,
+    policies: Vec<(PolicyRef, Arc<policy_compiler::model::Policy>)>,
+    services: Vec<((String, String), policy_compiler::model::Service)>,
+    endpoint_slices: Vec<((String, String), policy_compiler::model::EndpointSlice)>,
+}
+
+impl Part {
+    /// `alone`, what the loader made of one object; the namespaces it implied are not the
+    /// object's (`keep_namespaces` for a Namespace object).
+    fn of(alone: Cluster, keep_namespaces: bool) -> Part {
+        fn exact<K, V>(m: BTreeMap<K, V>) -> Vec<(K, V)> {
+            m.into_iter().collect()
+        }
+        Part {
+            namespaces: if keep_namespaces {
+                exact(alone.namespaces)
+            } else {
+                Vec::new()
+            },
+            endpoints: exact(alone.endpoints),
+            policies: exact(alone.policies),
+            services: exact(alone.services),
+            endpoint_slices: exact(alone.endpoint_slices),
+        }
+    }
+}
+
+impl Part {
+    fn keys(&self) -> PartKeys {
+        fn keys<K: Clone, V>(v: &[(K, V)]) -> Box<[K]> {
+            v.iter().map(|(k, _)| k.clone()).collect()
+        }
+        PartKeys {
+            namespaces: keys(&self.namespaces),
+            endpoints: keys(&self.endpoints),
+            policies: keys(&self.policies),
+            services: keys(&self.services),
+            endpoint_slices: keys(&self.endpoint_slices),
+        }
+    }
+}
+
+/// Where one object's contribution sits in the model (exact-size: the source holds one
+/// per object).
+#[derive(Debug, Default)]
+struct PartKeys {
+    namespaces: Box<[String]>,
+    endpoints: Box<[String]>,
+    policies: Box<[PolicyRef]>,
+    services: Box<[(String, String)]>,
+    endpoint_slices: Box<[(String, String)]>,
+}
+
+/// Removes from `model` what an object put in it.
+fn remove_part(model: &mut Cluster, part: &PartKeys, t: &mut Touched) {
+    for k in &part.namespaces {
         model.namespaces.remove(k);
         t.namespaces.insert(k.clone());
     }
-    for k in part.endpoints.keys() {
+    for k in &part.endpoints {
         model.endpoints.remove(k);
         t.endpoints.insert(k.clone());
     }
-    for k in part.policies.keys() {
+    for k in &part.policies {
         model.policies.remove(k);
         t.policies.insert(k.clone());
     }
-    for k in part.services.keys() {
+    for k in &part.services {
         model.services.remove(k);
     }
-    for k in part.endpoint_slices.keys() {
+    for k in &part.endpoint_slices {
         model.endpoint_slices.remove(k);
     }
 }
 
-fn insert_part(model: &mut Cluster, part: &Cluster, t: &mut Touched) {
-    for (k, v) in &part.namespaces {
-        model.namespaces.insert(k.clone(), v.clone());
+fn insert_part(model: &mut Cluster, part: Part, t: &mut Touched) {
+    for (k, v) in part.namespaces {
         t.namespaces.insert(k.clone());
+        model.namespaces.insert(k, v);
     }
-    for (k, v) in &part.endpoints {
-        model.endpoints.insert(k.clone(), v.clone());
+    for (k, v) in part.endpoints {
         t.endpoints.insert(k.clone());
+        model.endpoints.insert(k, v);
     }
-    for (k, v) in &part.policies {
-        model.policies.insert(k.clone(), v.clone());
+    for (k, v) in part.policies {
         t.policies.insert(k.clone());
+        model.policies.insert(k, v);
     }
-    for (k, v) in &part.services {
-        model.services.insert(k.clone(), v.clone());
-    }
-    for (k, v) in &part.endpoint_slices {
-        model.endpoint_slices.insert(k.clone(), v.clone());
-    }
+    model.services.extend(part.services);
+    model.endpoint_slices.extend(part.endpoint_slices);
 }
 
 /// A new entry, keeping the old one's valid version when the new one has none.
@@ -581,7 +637,7 @@ fn keep_good(old: Option<&Entry>, mut new: Entry) -> Entry {
         && let Some(o) = old
     {
         new.good = o.good.clone();
-        new.part = o.part.clone();
+        new.keys = o.keys.clone();
     }
     new
 }
@@ -627,6 +683,7 @@ fn meta_of(kind: usize, obj: &Value) -> ObjMeta {
                     .iter()
                     .filter_map(|c| serde_json::from_value::<Condition>(c.clone()).ok())
                     .find(|c| c.type_ == ACCEPTED)
+                    .map(Box::new)
             })
             .flatten(),
     }
