@@ -181,6 +181,8 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
 
     // The first model: everything listed, before any event is delivered.
     let mut source = KubeSource::connect(options(&server)).await.unwrap();
+    // This API server (v1.36, etcd 3.5.16) streams initial lists in the watch.
+    assert_eq!(source.streaming_lists(), Some(true));
     let first = source.initial();
     assert_eq!(
         first.namespaces["shop"]

@@ -73,6 +73,8 @@ struct Shared {
     pods: Mutex<HashMap<String, Option<String>>>,
     pods_changed: Condvar,
     notes: Mutex<Vec<String>>,
+    /// How initial lists are read, once known: streamed (`true`) or list then watch.
+    streaming: Mutex<Option<bool>>,
 }
 
 /// The Kubernetes source. Dropping it stops its watchers.
@@ -135,6 +137,7 @@ impl KubeSource {
             pods: Mutex::new(HashMap::new()),
             pods_changed: Condvar::new(),
             notes: Mutex::new(Vec::new()),
+            streaming: Mutex::new(None),
         });
         let (out_tx, out_rx) = mpsc::channel(16);
         let (init_tx, init_rx) = oneshot::channel();
@@ -150,6 +153,7 @@ impl KubeSource {
             watchers: HashMap::new(),
             errors: HashMap::new(),
             feedback: fb_tx,
+            streaming: false,
         };
         let aggregator = tokio::spawn(agg.run(init_tx)).abort_handle();
         let initial = match init_rx.await {
@@ -170,6 +174,18 @@ impl KubeSource {
             opts,
             server,
         })
+    }
+}
+
+impl KubeSource {
+    /// How the initial lists are read: streamed in the watch (`Some(true)`) or list, then
+    /// watch (`Some(false)`); `None` before the probe has answered.
+    pub fn streaming_lists(&self) -> Option<bool> {
+        *self
+            .shared
+            .streaming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -273,6 +289,8 @@ struct Aggregator {
     errors: HashMap<usize, String>,
     /// What to tell policy authors ([`feedback`]); published once the model is in use.
     feedback: tokio::sync::watch::Sender<Vec<store::Report>>,
+    /// Whether the API server streams initial lists in the watch ([`list_strategy`]).
+    streaming: bool,
 }
 
 impl Drop for Aggregator {
@@ -284,12 +302,73 @@ impl Drop for Aggregator {
 }
 
 const CRD_WATCHER: usize = usize::MAX;
+
+/// How long a streamed list may take to show its end on the probe (a server that ignores
+/// `sendInitialEvents` never sends the end-of-initial-events bookmark).
+const STREAMING_PROBE: Duration = Duration::from_secs(10);
+
+/// Whether the API server streams initial lists in the watch (`sendInitialEvents`, the
+/// WatchList feature): a streamed watch of Namespaces must reach the end of its initial
+/// events within [`STREAMING_PROBE`]. A refusal or no end means list, then watch. While the
+/// server cannot be reached the probe is retried (the first model waits for it anyway).
+async fn list_strategy(client: &Client) -> bool {
+    use k8s_openapi::api::core::v1::Namespace;
+    let mut last_log = Instant::now() - PROGRESS_EVERY;
+    loop {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let mut s = watcher::watcher(api, watcher::Config::default().streaming_lists()).boxed();
+        let probe = tokio::time::timeout(STREAMING_PROBE, async {
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Ok(Event::InitDone) => return Ok(true),
+                    Ok(_) => {}
+                    // The server answered and refused the parameters.
+                    Err(
+                        watcher::Error::WatchError(e)
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(e)),
+                    ) if (400..500).contains(&e.code) => {
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err("the watch ended".to_string())
+        })
+        .await;
+        match probe {
+            Ok(Ok(streaming)) => return streaming,
+            Err(_) => return false,
+            Ok(Err(e)) => {
+                if last_log.elapsed() >= PROGRESS_EVERY {
+                    warn!(error = e, "cannot reach the API server; retrying");
+                    last_log = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
 /// How long feedback waits for more events (a relist, a burst of edits) before it is
 /// recomputed.
 const FEEDBACK_DELAY: Duration = Duration::from_millis(200);
 
 impl Aggregator {
     async fn run(mut self, init: oneshot::Sender<Cluster>) {
+        self.streaming = list_strategy(&self.client).await;
+        info!(
+            streaming_lists = self.streaming,
+            "initial lists: {}",
+            if self.streaming {
+                "streamed in the watch (sendInitialEvents)"
+            } else {
+                "list, then watch (the API server does not stream lists)"
+            }
+        );
+        *self
+            .shared
+            .streaming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(self.streaming);
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
         for (i, k) in KINDS.iter().enumerate() {
             if !k.optional {
@@ -298,7 +377,7 @@ impl Aggregator {
         }
         self.watchers.insert(
             CRD_WATCHER,
-            spawn_crd_watcher(self.client.clone(), tx.clone()),
+            spawn_crd_watcher(self.client.clone(), self.watch_config(), tx.clone()),
         );
         // The first sync: every active kind listed once.
         let started = Instant::now();
@@ -526,6 +605,17 @@ impl Aggregator {
         }
     }
 
+    /// Every watcher's settings: bookmarks on (the default), streaming lists where the
+    /// server streams them.
+    fn watch_config(&self) -> watcher::Config {
+        let c = watcher::Config::default();
+        if self.streaming {
+            c.streaming_lists()
+        } else {
+            c
+        }
+    }
+
     fn spawn_watcher(&mut self, kind: usize, tx: &mpsc::Sender<Msg>) {
         if let Some(h) = self.watchers.remove(&kind) {
             h.abort();
@@ -540,10 +630,9 @@ impl Aggregator {
         };
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let tx = tx.clone();
+        let config = self.watch_config();
         let h = tokio::spawn(async move {
-            let mut s = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut s = watcher::watcher(api, config).default_backoff().boxed();
             while let Some(ev) = s.next().await {
                 let msg = match ev {
                     Ok(e) => Msg::Event(kind, Box::new(e)),
@@ -602,12 +691,14 @@ impl Aggregator {
     }
 }
 
-fn spawn_crd_watcher(client: Client, tx: mpsc::Sender<Msg>) -> tokio::task::AbortHandle {
+fn spawn_crd_watcher(
+    client: Client,
+    config: watcher::Config,
+    tx: mpsc::Sender<Msg>,
+) -> tokio::task::AbortHandle {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     tokio::spawn(async move {
-        let mut s = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut s = watcher::watcher(api, config).default_backoff().boxed();
         while let Some(ev) = s.next().await {
             let msg = match ev {
                 Ok(e) => Msg::Crd(Box::new(e)),
