@@ -509,8 +509,12 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
     );
     cnps.delete("bad-cnp", &Default::default()).await.unwrap();
 
-    // Restart the API server: its watch cache is gone, every watch resumes with 410 Gone
-    // and relists. Nothing changed, so nothing is delivered.
+    // Compact etcd's history and restart the API server: its watch cache is gone and the
+    // history the watches would resume from too, so every watch gets 410 Gone and relists.
+    // Nothing changed, so nothing is delivered.
+    let relists = src.relists();
+    let compacted = server.compact_etcd().unwrap();
+    assert!(compacted > 1, "{compacted}");
     server.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -548,6 +552,10 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         seen.iter()
             .all(|c| matches!(c, Change::UpsertEndpoint(e) if e.key == "shop/remote")),
         "the relists after the restart delivered spurious changes: {seen:#?}"
+    );
+    assert!(
+        src.relists() > relists,
+        "no watch relisted after the compaction and restart"
     );
 
     // Converged: what a fresh source reads is what this one holds.

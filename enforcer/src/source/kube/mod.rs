@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,8 @@ struct Shared {
     notes: Mutex<Vec<String>>,
     /// How initial lists are read, once known: streamed (`true`) or list then watch.
     streaming: Mutex<Option<bool>>,
+    /// Relists of a kind already listed (a watch that could not resume).
+    relists: AtomicU64,
 }
 
 /// The Kubernetes source. Dropping it stops its watchers.
@@ -138,6 +141,7 @@ impl KubeSource {
             pods_changed: Condvar::new(),
             notes: Mutex::new(Vec::new()),
             streaming: Mutex::new(None),
+            relists: AtomicU64::new(0),
         });
         let (out_tx, out_rx) = mpsc::channel(16);
         let (init_tx, init_rx) = oneshot::channel();
@@ -180,6 +184,12 @@ impl KubeSource {
 impl KubeSource {
     /// How the initial lists are read: streamed in the watch (`Some(true)`) or list, then
     /// watch (`Some(false)`); `None` before the probe has answered.
+    /// How many times a kind already listed was listed again (a watch that could not resume
+    /// from its resourceVersion: `410 Gone` after compaction, an API-server restart).
+    pub fn relists(&self) -> u64 {
+        self.shared.relists.load(Ordering::Relaxed)
+    }
+
     pub fn streaming_lists(&self) -> Option<bool> {
         *self
             .shared
@@ -511,6 +521,13 @@ impl Aggregator {
                 self.errors.remove(&kind);
                 match *ev {
                     Event::Init => {
+                        if self.store.listed(kind) {
+                            self.shared.relists.fetch_add(1, Ordering::Relaxed);
+                            info!(
+                                kind = KINDS[kind].kind,
+                                "relisting (the watch could not resume: 410 Gone, or a reconnect)"
+                            );
+                        }
                         self.store.init(kind);
                         false
                     }

@@ -192,6 +192,11 @@ impl Store {
         out
     }
 
+    /// Whether `kind` has been listed completely since it became active.
+    pub fn listed(&self, kind: usize) -> bool {
+        self.kinds[kind].synced
+    }
+
     /// A relist of `kind` starts.
     pub fn init(&mut self, kind: usize) {
         self.kinds[kind].relist = Some(BTreeMap::new());
