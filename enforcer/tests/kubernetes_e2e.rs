@@ -26,8 +26,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use palisade_api::{Request, Response};
+use palisade_testkit::cni::{CniFailure, CniPlugin};
 use palisade_testkit::harness::Enforcer;
-use palisade_testkit::node::{Node, Pod};
+use palisade_testkit::node::{NETNS_PREFIX, NetnsGuard, Node, Pod, create_netns};
 use palisade_testkit::realclients::ApiServer;
 use serde_json::{Value, json};
 
@@ -182,28 +183,46 @@ fn pods_and_policies_from_the_api_server_are_enforced_and_survive_an_api_outage(
         block: BLOCK,
     };
 
-    // The kubelet's part for each local pod: network, CNI ADD (no labels), status.podIPs.
-    let web = c.pod("shop", "web", 1, 10);
-    let client = c.pod("shop", "client", 1, 11);
-    let stranger = c.pod("other", "stranger", 2, 10);
+    // The kubelet's part for each local pod: a sandbox namespace, CNI ADD through the real
+    // plugin (which registers the pod by namespace/name, without labels), status.podIPs.
+    let Some(plugin) = CniPlugin::find_binary() else {
+        palisade_testkit::skip_or_fail(
+            what,
+            &"palisade-cni is not built (cargo build -p palisade-cni, or set PALISADE_CNI_BIN)",
+        );
+        return;
+    };
+    let cni = CniPlugin {
+        plugin,
+        node_netns: c.node.netns_path().to_path_buf(),
+        node_netns_name: c.node.netns_name().to_string(),
+        socket: c.enforcer.socket(),
+        ipam_dir: c.enforcer.dir.join("ipam"),
+        subnet: format!("10.{BLOCK}.1.0/24"),
+        network: "palisade-e2e".into(),
+    };
+    // Sandboxes are named after the node, so a crashed run's are swept with it.
+    let sandboxes: Vec<NetnsGuard> = (0..5)
+        .map(|i| create_netns(&format!("{NETNS_PREFIX}{}-s{i}", c.node.tag())).unwrap())
+        .collect();
+    let add = |i: usize, ns: &str, name: &str| cni.add(&sandboxes[i], ns, name);
+    let ok =
+        |r: Result<Pod, CniFailure>| r.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", c.log()));
+    let web = ok(add(0, "shop", "web"));
+    let client = ok(add(1, "shop", "client"));
+    let stranger = ok(add(2, "other", "stranger"));
     for p in [&web, &client, &stranger] {
-        c.enforcer
-            .register_from_source(p)
-            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", c.log()));
         patch_pod_ips(&c.node, &kc, p);
     }
-    // A pod the API schedules on another node is not this agent's to enforce.
-    let remote = c
-        .node
-        .add_pod("shop", "remote", common::traffic::v4(BLOCK, 3, 10), None);
-    let remote = remote.unwrap();
-    let refused = c.enforcer.register_from_source(&remote);
-    let msg = format!(
-        "{:?}",
-        refused.expect_err("a pod of node-b registered on local-node")
-    );
-    assert!(msg.contains("node-b"), "{msg}");
-    c.node.remove_pod(&remote).unwrap();
+    // A pod the API schedules on another node is not this agent's to enforce: ADD fails.
+    let refused = add(3, "shop", "remote").expect_err("a pod of node-b added on local-node");
+    assert!(refused.msg.contains("node-b"), "{refused}");
+    // A pod the API server does not know (yet): the agent waits for it a bounded time, then
+    // ADD answers "try again later" (CNI code 11) and the runtime retries.
+    let t0 = Instant::now();
+    let later = add(4, "shop", "ghost").expect_err("a pod unknown to the API server was added");
+    assert_eq!(later.code, Some(11), "{later}");
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
 
     let _srv = serve_tcp(&web, 8080);
     expect_all(

@@ -3,12 +3,14 @@
 //!
 //! - [`node`]: a local node of network namespaces wired Calico-style, with process and
 //!   traffic helpers;
+//! - [`cni`]: the bundled CNI plugin invoked as a container runtime does;
 //! - [`harness`]: a real `palisade-enforcer run` process on such a node, driven through the
 //!   endpoint protocol (`palisade-api`);
 //! - [`packet`]: crafted frames for BPF_PROG_TEST_RUN;
 //! - [`privileged`]: the one privileged-test gate every crate's tests use;
 //! - [`realclients`]: the real kube-apiserver + etcd and hubble of `../shared/realclients`;
 //! - the `palisade-demo` binary (`./palisade demo`).
+pub mod cni;
 pub mod harness;
 pub mod node;
 pub mod packet;

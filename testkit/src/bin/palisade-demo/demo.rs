@@ -6,7 +6,7 @@
 //! what the offline policy core predicts, with the verdict-log lines that explain them;
 //! then a policy file is added and the same attempt flips. Everything is removed at the end.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use policy_compiler::manifest::{LoadOptions, load_paths};
 use policy_compiler::model::{Endpoint, WorkloadRef};
 use policy_compiler::{Engine, EngineConfig, Protocol};
 
+use palisade_testkit::cni::CniPlugin;
 use palisade_testkit::harness::Enforcer;
 use palisade_testkit::node::{self, Node, Pod, TcpOutcome};
 
@@ -145,12 +146,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         args.manifests.display()
     );
     let mut enforcer = Enforcer::start(&exe, &node, &work, !args.verbose)?;
-    let cni = Cni {
+    let cni = CniPlugin {
         plugin,
         node_netns: node.netns_path().to_path_buf(),
         node_netns_name: node.netns_name().to_string(),
         socket: enforcer.socket(),
         ipam_dir: enforcer.dir.join("ipam"),
+        subnet: "10.244.0.0/24".into(),
+        network: "palisade-demo".into(),
     };
     let mut pods: Vec<DemoPod> = Vec::new();
     let mut netns_guards = Vec::new();
@@ -468,108 +471,4 @@ fn pod_manifests(specs: &[PodSpec]) -> String {
         ));
     }
     out
-}
-
-/// Invokes the bundled CNI plugin the way a container runtime does, inside the node's
-/// network namespace.
-struct Cni {
-    plugin: PathBuf,
-    node_netns: PathBuf,
-    node_netns_name: String,
-    socket: PathBuf,
-    ipam_dir: PathBuf,
-}
-
-impl Cni {
-    fn config(&self) -> String {
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "palisade-demo",
-            "type": "palisade-cni",
-            "ipam": {
-                "type": "palisade",
-                "subnet": "10.244.0.0/24",
-                "dataDir": self.ipam_dir,
-            },
-            "enforcerSocket": self.socket,
-        })
-        .to_string()
-    }
-
-    fn invoke(
-        &self,
-        command: &str,
-        netns: &node::NetnsGuard,
-        ns: &str,
-        name: &str,
-    ) -> anyhow::Result<serde_json::Value> {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns.display()))
-            .arg(&self.plugin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("demo-{ns}-{name}"))
-            .env("CNI_NETNS", netns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env(
-                "CNI_PATH",
-                self.plugin.parent().unwrap_or(std::path::Path::new("/")),
-            )
-            .env(
-                "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("running the CNI plugin under nsenter")?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(self.config().as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        anyhow::ensure!(
-            out.status.success(),
-            "CNI {command} {ns}/{name} failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(if text.trim().is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).with_context(|| format!("CNI result: {text}"))?
-        })
-    }
-
-    fn add(&self, netns: &node::NetnsGuard, ns: &str, name: &str) -> anyhow::Result<Pod> {
-        let r = self.invoke("ADD", netns, ns, name)?;
-        let addr = r["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            .with_context(|| format!("no IPv4 address in the CNI result {r}"))?;
-        let host = r["interfaces"]
-            .as_array()
-            .and_then(|l| l.iter().find(|i| i.get("sandbox").is_none()))
-            .and_then(|i| i["name"].as_str())
-            .map(str::to_string)
-            .with_context(|| format!("no host interface in the CNI result {r}"))?;
-        let host_ifindex = node::link_ifindex(&self.node_netns_name, &host)?;
-        Ok(Pod {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            netns: netns.name().to_string(),
-            netns_path: netns.path().to_path_buf(),
-            host_ifname: host,
-            host_ifindex,
-            ipv4: addr,
-            ipv6: None,
-            node_netns: self.node_netns_name.clone(),
-        })
-    }
-
-    fn del(&self, netns: &node::NetnsGuard, pod: &Pod) -> anyhow::Result<()> {
-        self.invoke("DEL", netns, &pod.namespace, &pod.name)
-            .map(|_| ())
-    }
 }
