@@ -214,6 +214,13 @@ fn pods_and_policies_from_the_api_server_are_enforced_and_survive_an_api_outage(
     for p in [&web, &client, &stranger] {
         patch_pod_ips(&c.node, &kc, p);
     }
+    // Labels from the Pod object, named in the log next to the node-local identity.
+    let log = c.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("registered") && l.contains("endpoint.labels=\"app=web\"")),
+        "{log}"
+    );
     // A pod the API schedules on another node is not this agent's to enforce: ADD fails.
     let refused = add(3, "shop", "remote").expect_err("a pod of node-b added on local-node");
     assert!(refused.msg.contains("node-b"), "{refused}");

@@ -59,6 +59,13 @@ impl Daemon {
             );
         }
         let ep = merged_endpoint(&reg, self.source.as_ref());
+        // Identities are node-local numbers: the log names the labels they stand for.
+        let labels = ep
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut changes = Vec::new();
         if !st.engine.cluster().namespaces.contains_key(&ep.namespace) {
             changes.push(Change::UpsertNamespace(Namespace::new(
@@ -113,6 +120,7 @@ impl Daemon {
                     endpoint.ifname = reg.host_ifname.as_str(),
                     endpoint.ifindex = ifindex,
                     endpoint.identity = identity,
+                    endpoint.labels = labels.as_str(),
                     "registered"
                 );
                 Response::Registered {
