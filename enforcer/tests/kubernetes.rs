@@ -286,6 +286,27 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         )
         .await
         .unwrap();
+    // This node's pod range comes from its Node object (the IPv4 one of a dual-stack pair),
+    // for the CNI configuration the agent writes.
+    assert_eq!(src.node_pod_cidr(), None, "no Node object for node-a yet");
+    nodes
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "node-a"},
+                        "spec": {"podCIDR": "fd00:10:244:9::/64",
+                                 "podCIDRs": ["fd00:10:244:9::/64", "10.244.9.0/24"]}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while src.node_pod_cidr().as_deref() != Some("10.244.9.0/24") {
+        assert!(
+            Instant::now() < deadline,
+            "node-a's pod CIDR never arrived: {:?}",
+            src.node_pod_cidr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let svcs: Api<Service> = Api::namespaced(c.clone(), "shop");
     svcs.create(
         &PostParams::default(),

@@ -122,12 +122,29 @@ impl Daemon {
         let mut backoff = Backoff::new(RECONCILE_FIRST, RECONCILE_MAX);
         loop {
             if self.health().ready() {
+                let mut c = cni.clone();
+                // The range the cluster assigned this node wins over the configured one
+                // (two nodes must never hand out the same addresses).
+                if let Some(cidr) = self.source.node_pod_cidr()
+                    && cidr != c.subnet
+                {
+                    info!(
+                        cni.subnet = cidr.as_str(),
+                        configured = c.subnet.as_str(),
+                        "pod CIDR from this node's Node object"
+                    );
+                    c.subnet = cidr;
+                }
                 // The write syncs to disk: off the runtime's worker threads.
-                let (c, s) = (cni.clone(), socket.to_path_buf());
-                let written = tokio::task::spawn_blocking(move || c.write(&s))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let s = socket.to_path_buf();
+                let written = match c.validate(&s) {
+                    // A range from the API the plugin would refuse: no conflist (fail closed).
+                    Err(e) => Err(format!("{e} (from this node's Node object)")),
+                    Ok(()) => tokio::task::spawn_blocking(move || c.write(&s))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                };
                 match written {
                     Ok(path) => {
                         info!(

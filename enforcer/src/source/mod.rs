@@ -95,6 +95,13 @@ pub trait PolicySource: Send + Sync {
         Ok(())
     }
 
+    /// This node's IPv4 pod range as the cluster assigned it (`Node.spec.podCIDRs`), for the
+    /// CNI configuration the agent writes; `None` when the source does not know one (the
+    /// configured `cni.subnet` is used).
+    fn node_pod_cidr(&self) -> Option<String> {
+        None
+    }
+
     /// Standing problems an operator should see in `status` (the source holds no policy,
     /// its last reload failed). Empty when all is well.
     fn notes(&self) -> Vec<String> {

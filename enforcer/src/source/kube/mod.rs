@@ -76,6 +76,8 @@ struct Shared {
     notes: Mutex<Vec<String>>,
     /// How initial lists are read, once known: streamed (`true`) or list then watch.
     streaming: Mutex<Option<bool>>,
+    /// This node's IPv4 pod CIDR from its Node object.
+    pod_cidr: Mutex<Option<String>>,
     /// Relists of a kind already listed (a watch that could not resume).
     relists: AtomicU64,
 }
@@ -141,6 +143,7 @@ impl KubeSource {
             pods_changed: Condvar::new(),
             notes: Mutex::new(Vec::new()),
             streaming: Mutex::new(None),
+            pod_cidr: Mutex::new(None),
             relists: AtomicU64::new(0),
         });
         let (out_tx, out_rx) = mpsc::channel(16);
@@ -158,6 +161,7 @@ impl KubeSource {
             errors: HashMap::new(),
             feedback: fb_tx,
             streaming: false,
+            node_name: opts.node_name.clone(),
         };
         let aggregator = tokio::spawn(agg.run(init_tx)).abort_handle();
         let initial = match init_rx.await {
@@ -227,6 +231,14 @@ impl PolicySource for KubeSource {
             .endpoints
             .get(&Endpoint::pod_key(namespace, pod))
             .map(PodInfo::of)
+    }
+
+    fn node_pod_cidr(&self) -> Option<String> {
+        self.shared
+            .pod_cidr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn notes(&self) -> Vec<String> {
@@ -301,6 +313,7 @@ struct Aggregator {
     feedback: tokio::sync::watch::Sender<Vec<store::Report>>,
     /// Whether the API server streams initial lists in the watch ([`list_strategy`]).
     streaming: bool,
+    node_name: String,
 }
 
 impl Drop for Aggregator {
@@ -676,6 +689,11 @@ impl Aggregator {
             .pods
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        *self
+            .shared
+            .pod_cidr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.store.node_pod_cidr(&self.node_name);
         pods.clear();
         // Every endpoint of this source is a pod (workloads are not watched).
         for key in current.endpoints.keys() {

@@ -436,6 +436,29 @@ impl Store {
         out
     }
 
+    /// The first IPv4 range of Node `name`'s `spec.podCIDRs` (or `spec.podCIDR`).
+    pub fn node_pod_cidr(&self, name: &str) -> Option<String> {
+        let node = KINDS.iter().position(|k| k.kind == "Node")?;
+        let raw = self.kinds[node].objects.get(name)?.good.as_deref()?;
+        let v: Value = serde_json::from_str(raw.get()).ok()?;
+        let spec = v.get("spec")?;
+        let list: Vec<&str> = match spec.get("podCIDRs").and_then(Value::as_array) {
+            Some(l) => l.iter().filter_map(Value::as_str).collect(),
+            None => spec
+                .get("podCIDR")
+                .and_then(Value::as_str)
+                .into_iter()
+                .collect(),
+        };
+        list.into_iter()
+            .find(|c| {
+                c.split_once('/')
+                    .and_then(|(a, _)| a.parse::<std::net::Ipv4Addr>().ok())
+                    .is_some()
+            })
+            .map(str::to_string)
+    }
+
     /// Objects held, for the log.
     pub fn object_count(&self) -> usize {
         self.kinds.iter().map(|k| k.objects.len()).sum()
@@ -1126,6 +1149,35 @@ mod incremental {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_pod_cidr_is_the_first_ipv4_range_of_the_node() {
+        let mut s = synced();
+        let node = kind("Node");
+        s.apply(
+            node,
+            json!({"metadata": {"name": "a"},
+            "spec": {"podCIDR": "fd00::/64", "podCIDRs": ["fd00::/64", "10.244.3.0/24"]}}),
+        );
+        s.apply(
+            node,
+            json!({"metadata": {"name": "b"}, "spec": {"podCIDR": "10.244.4.0/24"}}),
+        );
+        s.apply(
+            node,
+            json!({"metadata": {"name": "c"}, "spec": {"podCIDRs": ["fd00:1::/64"]}}),
+        );
+        s.apply(node, json!({"metadata": {"name": "d"}}));
+        assert_eq!(s.node_pod_cidr("a").as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(s.node_pod_cidr("b").as_deref(), Some("10.244.4.0/24"));
+        assert_eq!(
+            s.node_pod_cidr("c"),
+            None,
+            "IPv6 only: the configured range"
+        );
+        assert_eq!(s.node_pod_cidr("d"), None);
+        assert_eq!(s.node_pod_cidr("e"), None);
     }
 
     #[test]
