@@ -303,6 +303,7 @@ async fn connect_kubernetes(
     kubeconfig: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Option<Box<dyn PolicySource>>> {
+    use palisade_enforcer::api::{Server, ServerLimits};
     use palisade_enforcer::source::kube::{
         DEFAULT_DEBOUNCE, DEFAULT_POD_WAIT, KubeOptions, KubeSource,
     };
@@ -313,9 +314,57 @@ async fn connect_kubernetes(
         debounce: DEFAULT_DEBOUNCE,
         pod_wait: DEFAULT_POD_WAIT,
     };
-    tokio::select! {
-        s = KubeSource::connect(opts) => Ok(Some(Box::new(s?))),
+    // Meanwhile the endpoint socket answers: not ready, and why; registrations "try again
+    // later". The daemon binds it again once the model is complete.
+    let server = Server::bind(&config.socket, ServerLimits::from_config(config))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiting = tokio::spawn(
+        server.serve(std::sync::Arc::new(WaitingForApi), async move {
+            let _ = stop_rx.await;
+        }),
+    );
+    let result = tokio::select! {
+        s = KubeSource::connect(opts) => s.map(|s| Some(Box::new(s) as Box<dyn PolicySource>)).map_err(Into::into),
         _ = shutdown => Ok(None),
+    };
+    let _ = stop_tx.send(());
+    // Serving ends by removing the socket file.
+    let _ = waiting.await;
+    result
+}
+
+/// The endpoint API while the Kubernetes source waits for the API server's first lists:
+/// nothing is loaded or touched yet, so nothing is registered or removed.
+#[cfg(feature = "kubernetes")]
+struct WaitingForApi;
+
+#[cfg(feature = "kubernetes")]
+const WAITING_FOR_API: &str = "waiting for the Kubernetes API server's first list of every watched kind (the agent's log says which and why); pinned enforcement from an earlier run stays as it is";
+
+#[cfg(feature = "kubernetes")]
+impl palisade_enforcer::api::EndpointRegistry for WaitingForApi {
+    async fn register(&self, _: palisade_api::Registration) -> palisade_api::Response {
+        palisade_api::Response::error(
+            palisade_api::ErrorCode::NotReady,
+            format!("{WAITING_FOR_API}; try again later"),
+        )
+    }
+    async fn deregister(&self, _: String) -> palisade_api::Response {
+        palisade_api::Response::error(
+            palisade_api::ErrorCode::NotReady,
+            format!("{WAITING_FOR_API}; try again later"),
+        )
+    }
+    async fn status(&self) -> palisade_api::Response {
+        palisade_api::Response::Status {
+            api_version: palisade_api::PROTOCOL_VERSION,
+            endpoints: 0,
+            ready: false,
+            reason: Some(WAITING_FOR_API.into()),
+            warnings: Vec::new(),
+            maps: Vec::new(),
+            verdict_log: None,
+        }
     }
 }
 

@@ -339,11 +339,22 @@ fn pods_and_policies_from_the_api_server_are_enforced_and_survive_an_api_outage(
     c.enforcer.kill9();
     c.enforcer.spawn_no_wait().unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        status(&c.enforcer).is_none_or(|(ready, _)| !ready),
-        "ready without the API server:\n{}",
-        c.log()
-    );
+    // It answers on its socket: not ready, and why; a registration is "try again later".
+    match c.enforcer.request(&Request::Status) {
+        Ok(Response::Status {
+            ready: false,
+            reason: Some(r),
+            ..
+        }) => assert!(r.contains("API server"), "{r}"),
+        other => panic!(
+            "status while waiting for the API server: {other:?}\n{}",
+            c.log()
+        ),
+    }
+    let retry = cni
+        .add(&sandboxes[4], "shop", "late")
+        .expect_err("ADD while waiting");
+    assert_eq!(retry.code, Some(11), "{retry}");
     expect_all(
         &c,
         &[
