@@ -1,21 +1,23 @@
 //! [`KubeSource`]: the cluster model from a Kubernetes API server (`run --kubernetes`).
 //!
-//! One kube-rs watcher per kind of [`kinds::KINDS`] (list, then watch from the list's
-//! resourceVersion with bookmarks; `410 Gone` and reconnects relist; backoff with jitter)
-//! feeds one aggregator task that owns the [`store::Store`]. Custom-resource kinds are
+//! One kube-rs watcher per kind of [`kinds::KINDS`] (the initial list streamed in the watch
+//! where the API server does so, else list then watch from the list's resourceVersion;
+//! bookmarks; `410 Gone` and reconnects relist; backoff with jitter) feeds one aggregator
+//! task that owns the [`store::Store`]. Custom-resource kinds are
 //! watched while their CustomResourceDefinition is established: a watch on CRDs starts and
 //! stops them, at start and whenever one appears or goes away.
 //!
 //! - The first model is built only when every watcher has listed once ([`store::Store::synced`]):
 //!   [`KubeSource::connect`] waits for that, indefinitely, logging what it waits for. The
 //!   agent touches no map before it (pinned state from a previous run keeps enforcing).
-//! - After that, events are batched (`debounce`), the model is rebuilt from the store and
-//!   diffed against the last one ([`super::diff_clusters`]): a relist that finds what was
-//!   there changes nothing.
+//! - After that, events are batched (`debounce`) and the model is updated
+//!   ([`store::Store::update`]: in place for objects whose part depends on no other object,
+//!   else rebuilt from the store and diffed against the last one): a relist that finds what
+//!   was there changes nothing.
 //! - The API server going away changes nothing: watchers retry with backoff, the store
 //!   keeps what it had, `status` says the source is disconnected.
 //! - An object the policy core refuses keeps its last valid version in the model and is
-//!   reported (agent log, `status`).
+//!   reported (agent log, `status`, and to its author by [`feedback`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
