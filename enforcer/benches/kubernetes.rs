@@ -33,7 +33,6 @@
     reason = "benchmark: a failed step aborts the run, and RAII guards clean up"
 )]
 
-use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -42,12 +41,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use palisade_testkit::harness::Enforcer;
 use palisade_testkit::node::{Node, unique_tag};
 use palisade_testkit::realclients::ApiServer;
 use serde_json::{Value, json};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::kube::{api, obj};
 
 const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 const NODE: &str = "local-node";
@@ -57,33 +60,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Runs `f` with an API client on a thread in the node's namespace (where the server is).
-fn api<T, Fut>(node: &Node, kubeconfig: &Path, f: impl FnOnce(Client) -> Fut + Send) -> T
-where
-    T: Send,
-    Fut: Future<Output = T>,
-{
-    let kubeconfig = kubeconfig.to_path_buf();
-    node.run_in(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            f(Client::try_from(cfg).unwrap()).await
-        })
-    })
-    .unwrap()
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 
 mod common;
 
+use common::kube::{api, obj};
 use common::traffic::{CHANGE, Cluster, expect_all, serve_tcp, tcp};
 
 const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
@@ -41,35 +42,6 @@ const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 const BLOCK: u8 = 243;
 /// The node name the harness gives the agent.
 const NODE: &str = "local-node";
-
-/// Runs `f` with a client of the API server, on a thread inside the node's network
-/// namespace (where the server listens) with a single-threaded runtime, so every socket the
-/// client opens is opened there.
-fn api<T, Fut>(node: &Node, kubeconfig: &Path, f: impl FnOnce(Client) -> Fut + Send) -> T
-where
-    T: Send,
-    Fut: Future<Output = T>,
-{
-    let kubeconfig = kubeconfig.to_path_buf();
-    node.run_in(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            f(Client::try_from(cfg).unwrap()).await
-        })
-    })
-    .unwrap()
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
 
 /// What the kubelet does once the sandbox has its network.
 fn patch_pod_ips(node: &Node, kubeconfig: &Path, pod: &Pod) {

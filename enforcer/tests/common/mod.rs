@@ -66,4 +66,5 @@ impl Drop for PrivateBpffs {
         let _ = std::fs::remove_dir(&self.root);
     }
 }
+pub mod kube;
 pub mod traffic;
