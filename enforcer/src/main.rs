@@ -263,7 +263,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
         }
     };
-    let source: Box<dyn PolicySource> = if a.kubernetes {
+    let mut source: Box<dyn PolicySource> = if a.kubernetes {
         match rt.block_on(connect_kubernetes(&config, a.kubeconfig, shutdown()))? {
             Some(s) => s,
             // Stopped before the first sync: nothing was touched.
@@ -279,7 +279,6 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("manifests in {}", config.manifest_dir.display()))?,
         )
     };
-    let mut source = source;
     let rx = source.subscribe()?;
     // Daemon::start blocks (map writes, attach); the runtime keeps running the source's
     // watchers meanwhile.

@@ -53,29 +53,22 @@ impl Enforcer {
     /// change policy by writing files). `quiet` keeps the agent's narration in its log
     /// file only.
     pub fn start(exe: &Path, node: &Node, manifests: &Path, quiet: bool) -> Result<Enforcer> {
-        let dir = PathBuf::from(format!("/run/palisade-local/{}", node.tag()));
-        let m = dir.join("manifests");
-        std::fs::create_dir_all(&m).map_err(io(format!("creating {}", m.display())))?;
+        let mut e = Enforcer::prepare(exe, node, quiet, None)?;
+        std::fs::create_dir_all(&e.manifests)
+            .map_err(io(format!("creating {}", e.manifests.display())))?;
         if manifests.is_dir() {
-            for e in std::fs::read_dir(manifests).map_err(io(manifests.display().to_string()))? {
-                let p = e.map_err(io("reading manifests"))?.path();
+            for entry in
+                std::fs::read_dir(manifests).map_err(io(manifests.display().to_string()))?
+            {
+                let p = entry.map_err(io("reading manifests"))?.path();
                 if p.is_file()
                     && let Some(name) = p.file_name()
                 {
-                    std::fs::copy(&p, m.join(name)).map_err(io(p.display().to_string()))?;
+                    std::fs::copy(&p, e.manifests.join(name))
+                        .map_err(io(p.display().to_string()))?;
                 }
             }
         }
-        let mut e = Enforcer {
-            exe: exe.to_path_buf(),
-            log_path: dir.join("enforcer.log"),
-            dir,
-            manifests: m,
-            node_netns: node.netns_path().to_path_buf(),
-            child: None,
-            quiet,
-            kubeconfig: None,
-        };
         e.spawn()?;
         Ok(e)
     }
@@ -88,9 +81,23 @@ impl Enforcer {
         kubeconfig: &Path,
         quiet: bool,
     ) -> Result<Enforcer> {
+        let mut e = Enforcer::prepare(exe, node, quiet, Some(kubeconfig.to_path_buf()))?;
+        // Listing a large cluster takes longer than loading the datapath.
+        e.spawn_no_wait()?;
+        e.wait_ready(Duration::from_secs(120))?;
+        Ok(e)
+    }
+
+    /// The agent's directory for `node` (pins, socket, state, log), not started yet.
+    fn prepare(
+        exe: &Path,
+        node: &Node,
+        quiet: bool,
+        kubeconfig: Option<PathBuf>,
+    ) -> Result<Enforcer> {
         let dir = PathBuf::from(format!("/run/palisade-local/{}", node.tag()));
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let mut e = Enforcer {
+        Ok(Enforcer {
             exe: exe.to_path_buf(),
             log_path: dir.join("enforcer.log"),
             manifests: dir.join("manifests"),
@@ -98,12 +105,8 @@ impl Enforcer {
             node_netns: node.netns_path().to_path_buf(),
             child: None,
             quiet,
-            kubeconfig: Some(kubeconfig.to_path_buf()),
-        };
-        // Listing a large cluster takes longer than loading the datapath.
-        e.spawn_no_wait()?;
-        e.wait_ready(Duration::from_secs(120))?;
-        Ok(e)
+            kubeconfig,
+        })
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -176,6 +176,8 @@ const fn palisade_crds_group() -> &'static str {
 pub const POD: usize = 1;
 /// Index of Namespace in [`KINDS`].
 pub const NAMESPACE: usize = 0;
+/// Index of Node in [`KINDS`].
+pub const NODE: usize = 2;
 
 /// The kind whose CRD is `name`, if it is one of ours.
 pub fn by_crd_name(name: &str) -> Option<usize> {
@@ -206,6 +208,7 @@ mod tests {
         }
         assert_eq!(KINDS[POD].kind, "Pod");
         assert_eq!(KINDS[NAMESPACE].kind, "Namespace");
+        assert_eq!(KINDS[NODE].kind, "Node");
         assert_eq!(palisade_crds_group(), palisade_crds_group_of_the_crate());
     }
 

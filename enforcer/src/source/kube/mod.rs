@@ -185,17 +185,15 @@ impl KubeSource {
             server,
         })
     }
-}
 
-impl KubeSource {
-    /// How the initial lists are read: streamed in the watch (`Some(true)`) or list, then
-    /// watch (`Some(false)`); `None` before the probe has answered.
     /// How many times a kind already listed was listed again (a watch that could not resume
     /// from its resourceVersion: `410 Gone` after compaction, an API-server restart).
     pub fn relists(&self) -> u64 {
         self.shared.relists.load(Ordering::Relaxed)
     }
 
+    /// How the initial lists are read: streamed in the watch (`Some(true)`) or list, then
+    /// watch (`Some(false)`); `None` before the probe has answered.
     pub fn streaming_lists(&self) -> Option<bool> {
         *self
             .shared

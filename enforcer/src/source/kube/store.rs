@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use policy_compiler::Cluster;
 use policy_compiler::manifest::{self, LoadError, LoadOptions, Origin};
 
-use super::kinds::{Feedback, KINDS, NAMESPACE, POD};
+use super::kinds::{Feedback, KINDS, NAMESPACE, NODE, POD};
 use crate::source::diff_clusters;
 use policy_compiler::engine::Change;
 use policy_compiler::rules::PolicyRef;
@@ -386,11 +386,7 @@ impl Store {
                 let alone =
                     manifest::load_objects([(origin_of(KINDS[*kind].kind, key), raw)], &self.opts)
                         .ok()?;
-                insert_part(
-                    &mut next,
-                    Part::of(alone.cluster, *kind == NAMESPACE),
-                    &mut touched,
-                );
+                insert_part(&mut next, part_of(alone.cluster, *kind), &mut touched);
             }
             parts.push(((*kind, key.clone()), keys));
         }
@@ -438,8 +434,7 @@ impl Store {
 
     /// The first IPv4 range of Node `name`'s `spec.podCIDRs` (or `spec.podCIDR`).
     pub fn node_pod_cidr(&self, name: &str) -> Option<String> {
-        let node = KINDS.iter().position(|k| k.kind == "Node")?;
-        let raw = self.kinds[node].objects.get(name)?.good.as_deref()?;
+        let raw = self.kinds[NODE].objects.get(name)?.good.as_deref()?;
         let v: Value = serde_json::from_str(raw.get()).ok()?;
         let spec = v.get("spec")?;
         let list: Vec<&str> = match spec.get("podCIDRs").and_then(Value::as_array) {
@@ -512,7 +507,7 @@ impl Store {
                 node,
                 keys: k
                     .independent()
-                    .then(|| Arc::new(Part::of(loaded.cluster, kind == NAMESPACE).keys())),
+                    .then(|| Arc::new(PartKeys::of(&part_of(loaded.cluster, kind)))),
                 meta,
             },
             Err(e) => Entry {
@@ -563,50 +558,14 @@ fn copy<K: Ord + Clone, V: Clone>(from: &BTreeMap<K, V>, to: &mut BTreeMap<K, V>
     }
 }
 
-/// What one object adds to the model.
-#[derive(Debug, Default)]
-struct Part {
-    namespaces: Vec<(String, policy_compiler::model::Namespace)>,
-    endpoints: Vec<(String, policy_compiler::model::Endpoint)>,
-    policies: Vec<(PolicyRef, Arc<policy_compiler::model::Policy>)>,
-    services: Vec<((String, String), policy_compiler::model::Service)>,
-    endpoint_slices: Vec<((String, String), policy_compiler::model::EndpointSlice)>,
-}
-
-impl Part {
-    /// `alone`, what the loader made of one object; the namespaces it implied are not the
-    /// object's (`keep_namespaces` for a Namespace object).
-    fn of(alone: Cluster, keep_namespaces: bool) -> Part {
-        fn exact<K, V>(m: BTreeMap<K, V>) -> Vec<(K, V)> {
-            m.into_iter().collect()
-        }
-        Part {
-            namespaces: if keep_namespaces {
-                exact(alone.namespaces)
-            } else {
-                Vec::new()
-            },
-            endpoints: exact(alone.endpoints),
-            policies: exact(alone.policies),
-            services: exact(alone.services),
-            endpoint_slices: exact(alone.endpoint_slices),
-        }
+/// What one object adds to the model: what the loader made of it alone, without the
+/// namespaces the loader implied for it (they are not the object's), unless the object is a
+/// Namespace.
+fn part_of(mut alone: Cluster, kind: usize) -> Cluster {
+    if kind != NAMESPACE {
+        alone.namespaces.clear();
     }
-}
-
-impl Part {
-    fn keys(&self) -> PartKeys {
-        fn keys<K: Clone, V>(v: &[(K, V)]) -> Box<[K]> {
-            v.iter().map(|(k, _)| k.clone()).collect()
-        }
-        PartKeys {
-            namespaces: keys(&self.namespaces),
-            endpoints: keys(&self.endpoints),
-            policies: keys(&self.policies),
-            services: keys(&self.services),
-            endpoint_slices: keys(&self.endpoint_slices),
-        }
-    }
+    alone
 }
 
 /// Where one object's contribution sits in the model (exact-size: the source holds one
@@ -618,6 +577,21 @@ struct PartKeys {
     policies: Box<[PolicyRef]>,
     services: Box<[(String, String)]>,
     endpoint_slices: Box<[(String, String)]>,
+}
+
+impl PartKeys {
+    fn of(part: &Cluster) -> PartKeys {
+        fn keys<K: Clone, V>(m: &BTreeMap<K, V>) -> Box<[K]> {
+            m.keys().cloned().collect()
+        }
+        PartKeys {
+            namespaces: keys(&part.namespaces),
+            endpoints: keys(&part.endpoints),
+            policies: keys(&part.policies),
+            services: keys(&part.services),
+            endpoint_slices: keys(&part.endpoint_slices),
+        }
+    }
 }
 
 /// Removes from `model` what an object put in it.
@@ -642,7 +616,7 @@ fn remove_part(model: &mut Cluster, part: &PartKeys, t: &mut Touched) {
     }
 }
 
-fn insert_part(model: &mut Cluster, part: Part, t: &mut Touched) {
+fn insert_part(model: &mut Cluster, part: Cluster, t: &mut Touched) {
     for (k, v) in part.namespaces {
         t.namespaces.insert(k.clone());
         model.namespaces.insert(k, v);
