@@ -240,7 +240,7 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
             3,
         ),
         (1usize..7).prop_flat_map(|n| (0..n).map(endpoint).collect::<Vec<_>>()),
-        (0usize..5).prop_flat_map(|n| {
+        (1usize..7).prop_flat_map(|n| {
             (0..n)
                 .map(|i| policy(format!("pol-{i}")))
                 .collect::<Vec<_>>()
