@@ -5,12 +5,17 @@
 //! - [`request::normalize`]: method, host and the request target in one normalized form
 //!   ([`path`] has the path rules);
 //! - [`matcher::RuleSet::decide`]: deny rules first, then allow rules, else denied by default;
-//! - [`pattern`]: the limits every untrusted regular expression passes before it is compiled.
+//! - [`pattern`]: the limits every untrusted regular expression passes before it is compiled;
+//! - `proxy` (feature `proxy`, tokio): the connection loop that reads requests with
+//!   [`http1`], judges each with the rules in force, forwards the allowed ones and relays the
+//!   responses.
 
 pub mod http1;
 pub mod matcher;
 pub mod path;
 pub mod pattern;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod request;
 pub mod rules;
 

@@ -1,0 +1,632 @@
+//! The proxy's HTTP/1.x connection loop (feature `proxy`): one client connection, read request
+//! by request with the strict framer, each request judged by the rules in force when its head
+//! is complete, allowed requests forwarded in canonical form to one upstream connection,
+//! responses relayed in order.
+//!
+//! - **One verdict per request, in order.** Pipelined requests are read one at a time; the
+//!   next head is not looked at before the previous response was relayed.
+//! - **The first refusal ends the connection.** A denied request is answered `403` (a refused
+//!   one with its framer or normalization status) with `Connection: close`; nothing after it
+//!   is forwarded. The connection is then closed gracefully (write side first, the client's
+//!   unread bytes drained for a moment) so that the answer is not lost to a reset.
+//! - **Rules per request.** [`Rules::current`] is asked for every request, so a policy change
+//!   reaches the next request of a kept-alive connection. No rules (`None`) is a deny.
+//! - **Bodies** are forwarded by the framing the framer chose: `Content-Length` bytes
+//!   exactly, or chunked decoded and re-encoded (extensions and trailers dropped). `Expect:
+//!   100-continue` is answered by the proxy only after the request was allowed.
+//! - `Upgrade` (including `h2c`) and `CONNECT` are refused (`501`) and logged as unsupported.
+//! - **Limits**: a head must be complete within `head_timeout` of its first byte, a kept-alive
+//!   connection may idle `idle_timeout`, the upstream must answer within `upstream_timeout`.
+//!
+//! The caller owns the sockets: it accepts the client, decides which rules apply to the
+//! connection, and says how to reach the upstream (transparently, from the client's address,
+//! in the datapath). Every request is reported to the [`Sink`].
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::http1::{ChunkedDecoder, Framing, HeadLimits, ParsedHead, parse_head, serialize_head};
+use crate::matcher::{Decision, RuleSet};
+use crate::path::NormalizeOptions;
+use crate::request::{NormalizedRequest, normalize};
+
+/// The proxy's limits and options.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub head: HeadLimits,
+    pub normalize: NormalizeOptions,
+    /// From a head's first byte to its end.
+    pub head_timeout: Duration,
+    /// A kept-alive connection waiting for its next request.
+    pub idle_timeout: Duration,
+    /// Connecting upstream, and each wait for upstream bytes.
+    pub upstream_timeout: Duration,
+    /// How long the client's unread bytes are drained after a refusal before closing.
+    pub linger: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            head: HeadLimits::default(),
+            normalize: NormalizeOptions::default(),
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            upstream_timeout: Duration::from_secs(30),
+            linger: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The HTTP rules in force for a connection, asked once per request.
+pub trait Rules: Send + Sync {
+    /// `None`: no rules are known for this connection (deny).
+    fn current(&self) -> Option<Arc<RuleSet>>;
+}
+
+impl<F> Rules for F
+where
+    F: Fn() -> Option<Arc<RuleSet>> + Send + Sync,
+{
+    fn current(&self) -> Option<Arc<RuleSet>> {
+        self()
+    }
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed by `rule` and forwarded; the upstream answered `status` (0 when it gave no
+    /// complete response).
+    Forwarded { rule: u32, status: u16 },
+    /// Denied by the rules (`decision` says how); answered `status`.
+    Denied { decision: Decision, status: u16 },
+    /// Refused before the rules were asked: the framer, normalization, an unsupported
+    /// protocol switch, or no rules for the connection.
+    Refused { status: u16, reason: String },
+}
+
+/// One request as the verdict log records it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    /// The request target as sent (lossy UTF-8).
+    pub target: String,
+    /// The normalized path the rules saw, when normalization succeeded.
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub version: &'static str,
+    pub outcome: Outcome,
+    /// From the head's end to the response head's end (or the refusal).
+    pub latency: Duration,
+}
+
+/// Where every request's record goes.
+pub trait Sink: Send + Sync {
+    fn request(&self, record: RequestRecord);
+}
+
+impl<F> Sink for F
+where
+    F: Fn(RequestRecord) + Send + Sync,
+{
+    fn request(&self, record: RequestRecord) {
+        self(record)
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes read from one side and not yet consumed.
+struct Side<S> {
+    io: S,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl<S: AsyncRead + Unpin> Side<S> {
+    fn new(io: S) -> Side<S> {
+        Side {
+            io,
+            buf: Vec::with_capacity(READ_CHUNK),
+            eof: false,
+        }
+    }
+
+    /// Reads more bytes within `limit`; `Ok(false)` at end of stream.
+    async fn fill(&mut self, limit: Duration) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + READ_CHUNK, 0);
+        let r = timeout(limit, self.io.read(&mut self.buf[start..])).await;
+        let n = match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.buf.truncate(start);
+                return Err(e);
+            }
+            Err(_) => {
+                self.buf.truncate(start);
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
+            }
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n > 0)
+    }
+}
+
+/// Serves one client connection until it ends. `connect` opens the upstream connection
+/// (once, on the first allowed request; again after the upstream closed).
+pub async fn serve<C, U, F, Fut>(
+    client: C,
+    connect: F,
+    rules: &dyn Rules,
+    sink: &dyn Sink,
+    config: &ProxyConfig,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<U>>,
+{
+    let mut client = Side::new(client);
+    let mut upstream: Option<Side<U>> = None;
+    loop {
+        // The next head: the idle limit until its first byte, then the head limit.
+        let mut started: Option<Instant> = (!client.buf.is_empty()).then(Instant::now);
+        let head = loop {
+            match parse_head(&client.buf, &config.head) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => {
+                    let record = RequestRecord {
+                        method: String::new(),
+                        target: String::new(),
+                        path: None,
+                        host: None,
+                        version: "HTTP/1.1",
+                        outcome: Outcome::Refused {
+                            status: e.status,
+                            reason: e.to_string(),
+                        },
+                        latency: Duration::ZERO,
+                    };
+                    return refuse(&mut client, e.status, record, sink, config).await;
+                }
+            }
+            let limit = match started {
+                None => config.idle_timeout,
+                Some(t) => config.head_timeout.saturating_sub(t.elapsed()),
+            };
+            match client.fill(limit).await {
+                Ok(true) => {
+                    started.get_or_insert_with(Instant::now);
+                }
+                // End of stream or a timeout between requests: the connection is over. A
+                // partial head that never completes is dropped unforwarded.
+                Ok(false) | Err(_) => return Ok(()),
+            }
+        };
+        client.buf.drain(..head.head_len);
+        let t0 = Instant::now();
+        let mut record = RequestRecord {
+            method: head.method.clone(),
+            target: String::from_utf8_lossy(&head.target).into_owned(),
+            path: None,
+            host: None,
+            version: if head.minor_version == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
+            outcome: Outcome::Refused {
+                status: 0,
+                reason: String::new(),
+            },
+            latency: Duration::ZERO,
+        };
+        if head.method == "CONNECT" || !head.upgrade.is_empty() {
+            record.outcome = Outcome::Refused {
+                status: 501,
+                reason: if head.wants_h2c() {
+                    "unsupported: HTTP/2 (h2c upgrade)".into()
+                } else {
+                    "unsupported: protocol switch (Upgrade or CONNECT)".into()
+                },
+            };
+            return refuse(&mut client, 501, record, sink, config).await;
+        }
+        let req = match head.with_request_head(|h| normalize(h, config.normalize)) {
+            Ok(r) => r,
+            Err(e) => {
+                let status = e.status();
+                record.outcome = Outcome::Refused {
+                    status,
+                    reason: e.to_string(),
+                };
+                return refuse(&mut client, status, record, sink, config).await;
+            }
+        };
+        record.path = Some(req.target.path.clone());
+        record.host = req.host.as_ref().map(|h| h.name.clone());
+        let decision = match rules.current() {
+            Some(set) => set.decide(&req),
+            None => {
+                record.outcome = Outcome::Refused {
+                    status: 403,
+                    reason: "no HTTP rules are known for this connection".into(),
+                };
+                return refuse(&mut client, 403, record, sink, config).await;
+            }
+        };
+        let Decision::Allow { rule } = decision else {
+            let status = decision.status().unwrap_or(403);
+            record.outcome = Outcome::Denied { decision, status };
+            record.latency = t0.elapsed();
+            return refuse(&mut client, status, record, sink, config).await;
+        };
+        if head.expect_continue {
+            client
+                .io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await?;
+        }
+        let up = match upstream.as_mut() {
+            Some(u) => u,
+            None => {
+                let conn = match timeout(config.upstream_timeout, connect()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(_)) | Err(_) => {
+                        record.outcome = Outcome::Refused {
+                            status: 503,
+                            reason: "the upstream could not be reached".into(),
+                        };
+                        return refuse(&mut client, 503, record, sink, config).await;
+                    }
+                };
+                upstream.insert(Side::new(conn))
+            }
+        };
+        let relayed = forward(&mut client, up, &head, &req, config).await;
+        let (status, keep) = match relayed {
+            Ok(r) => r,
+            Err(Failure::RequestBody(reason)) => {
+                // The upstream holds a partial request: that connection is dropped, and the
+                // client is answered before anything of a response was relayed.
+                drop(upstream.take());
+                record.outcome = Outcome::Refused {
+                    status: 400,
+                    reason,
+                };
+                record.latency = t0.elapsed();
+                return refuse(&mut client, 400, record, sink, config).await;
+            }
+            Err(Failure::Io(e)) => {
+                record.outcome = Outcome::Forwarded { rule, status: 0 };
+                record.latency = t0.elapsed();
+                sink.request(record);
+                return Err(e);
+            }
+        };
+        record.outcome = Outcome::Forwarded { rule, status };
+        record.latency = t0.elapsed();
+        sink.request(record);
+        if !keep || !head.keep_alive {
+            let _ = client.io.shutdown().await;
+            return Ok(());
+        }
+        if upstream.as_ref().is_some_and(|u| u.eof) {
+            upstream = None;
+        }
+    }
+}
+
+/// Why forwarding a request stopped.
+enum Failure {
+    /// The client's body broke its framing (before any response was relayed).
+    RequestBody(String),
+    /// A socket failed, a deadline passed, or the upstream's response was unusable.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// Sends the request's head and body upstream, then relays the response. Returns the final
+/// status and whether both sides may continue.
+async fn forward<C, U>(
+    client: &mut Side<C>,
+    up: &mut Side<U>,
+    head: &ParsedHead,
+    req: &NormalizedRequest,
+    config: &ProxyConfig,
+) -> Result<(u16, bool), Failure>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    up.io.write_all(&serialize_head(head, req)).await?;
+    match head.framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let mut left = n;
+            while left > 0 {
+                if client.buf.is_empty() && !client.fill(config.head_timeout).await? {
+                    return Err(Failure::RequestBody(
+                        "the request body ended before its Content-Length".into(),
+                    ));
+                }
+                let take = client
+                    .buf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                up.io.write_all(&client.buf[..take]).await?;
+                client.buf.drain(..take);
+                left -= take as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut payload = Vec::new();
+            loop {
+                let used = decoder
+                    .feed(&client.buf, &mut payload)
+                    .map_err(|e| Failure::RequestBody(format!("chunked request body: {e}")))?;
+                client.buf.drain(..used);
+                if !payload.is_empty() {
+                    let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
+                    chunk.append(&mut payload);
+                    chunk.extend_from_slice(b"\r\n");
+                    up.io.write_all(&chunk).await?;
+                }
+                if decoder.is_done() {
+                    up.io.write_all(b"0\r\n\r\n").await?;
+                    break;
+                }
+                if !client.fill(config.head_timeout).await? {
+                    return Err(Failure::RequestBody(
+                        "the chunked request body ended early".into(),
+                    ));
+                }
+            }
+        }
+    }
+    up.io.flush().await?;
+    Ok(relay_response(client, up, head.method == "HEAD", config).await?)
+}
+
+/// How a response body is delimited.
+enum ResponseBody {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Relays 1xx responses and the final response (head as received, body by its framing).
+async fn relay_response<C, U>(
+    client: &mut Side<C>,
+    up: &mut Side<U>,
+    head_request: bool,
+    config: &ProxyConfig,
+) -> io::Result<(u16, bool)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let (len, status, body, keep) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&up.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let (body, keep) = response_framing(&resp, status, head_request)?;
+                    break (len, status, body, keep);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if up.buf.len() > config.head.max_head_bytes {
+                        return Err(invalid("the response head is too large"));
+                    }
+                    if !up.fill(config.upstream_timeout).await? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the upstream closed before a complete response head",
+                        ));
+                    }
+                }
+                Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
+            }
+        };
+        client.io.write_all(&up.buf[..len]).await?;
+        up.buf.drain(..len);
+        if (100..200).contains(&status) {
+            if status == 101 {
+                return Err(invalid("the upstream switched protocols"));
+            }
+            continue;
+        }
+        match body {
+            ResponseBody::None => {}
+            ResponseBody::Length(n) => {
+                let mut left = n;
+                while left > 0 {
+                    if up.buf.is_empty() && !up.fill(config.upstream_timeout).await? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the response body ended early",
+                        ));
+                    }
+                    let take = up
+                        .buf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    client.io.write_all(&up.buf[..take]).await?;
+                    up.buf.drain(..take);
+                    left -= take as u64;
+                }
+            }
+            ResponseBody::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut sink = Vec::new();
+                loop {
+                    let used = decoder
+                        .feed(&up.buf, &mut sink)
+                        .map_err(|e| invalid(&e.to_string()))?;
+                    sink.clear();
+                    client.io.write_all(&up.buf[..used]).await?;
+                    up.buf.drain(..used);
+                    if decoder.is_done() {
+                        break;
+                    }
+                    if !up.fill(config.upstream_timeout).await? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the chunked response ended early",
+                        ));
+                    }
+                }
+            }
+            ResponseBody::UntilClose => {
+                loop {
+                    client.io.write_all(&up.buf).await?;
+                    up.buf.clear();
+                    if !up.fill(config.upstream_timeout).await? {
+                        break;
+                    }
+                }
+                client.io.flush().await?;
+                return Ok((status, false));
+            }
+        }
+        client.io.flush().await?;
+        return Ok((status, keep && !up.eof));
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// The response's body framing (RFC 9112 §6.3) and whether the upstream keeps the connection.
+fn response_framing(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head_request: bool,
+) -> io::Result<(ResponseBody, bool)> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| invalid("invalid Content-Length in the response"))?;
+            if length.is_some_and(|l| l != v) {
+                return Err(invalid("conflicting Content-Length in the response"));
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            chunked = v.trim().ends_with("chunked");
+            if !chunked {
+                close = true;
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.split(',').any(|t| t.trim() == "close") {
+                close = true;
+            }
+            if resp.version == Some(0) && v.split(',').any(|t| t.trim() == "keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        ResponseBody::None
+    } else if chunked {
+        ResponseBody::Chunked
+    } else if let Some(n) = length {
+        ResponseBody::Length(n)
+    } else if close || resp.version == Some(0) {
+        ResponseBody::UntilClose
+    } else {
+        // HTTP/1.1 with neither framing header: the body runs to the close.
+        ResponseBody::UntilClose
+    };
+    Ok((body, !close))
+}
+
+/// Answers a refusal with `Connection: close`, reports it, and closes gracefully.
+async fn refuse<C>(
+    client: &mut Side<C>,
+    status: u16,
+    record: RequestRecord,
+    sink: &dyn Sink,
+    config: &ProxyConfig,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    sink.request(record);
+    let body = match status {
+        403 => "Access denied\r\n",
+        501 => "Not implemented\r\n",
+        503 => "Upstream unavailable\r\n",
+        _ => "Bad request\r\n",
+    };
+    let answer = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason_phrase(status),
+        body.len()
+    );
+    client.io.write_all(answer.as_bytes()).await?;
+    client.io.flush().await?;
+    let _ = client.io.shutdown().await;
+    // Drain what the client still sends for a moment, so that closing with unread bytes
+    // does not reset the connection before the answer was read.
+    let deadline = Instant::now() + config.linger;
+    loop {
+        client.buf.clear();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match client.fill(left).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,487 @@
+//! The proxy's connection loop over real sockets, between real curl and a real nginx, on
+//! loopback: allow and deny (403), one verdict per pipelined request in order with nothing
+//! after the first deny forwarded, a rule change reaching the next request of a kept-alive
+//! connection, bodies by both framings, `Expect: 100-continue` only after allow, refused
+//! protocol switches, the request-smuggling vectors answered and never forwarded, and a slow
+//! head cut off. nginx's access log is the proof of what reached the backend.
+//!
+//! Needs `nginx` and `curl` (Debian `nginx-light`, `curl`); under `CI=true` a missing one fails
+//! the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use palisade_l7proxy::proxy::{Outcome, ProxyConfig, RequestRecord, serve};
+use palisade_l7proxy::{HttpRule, L7Action, RuleEntry, RuleSet};
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+/// Whether `tool` can run; under CI its absence fails the test.
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            !in_ci(),
+            "{tool} is not installed (Debian: nginx-light, curl); CI=true"
+        );
+        eprintln!("skipping: {tool} is not installed");
+    }
+    ok
+}
+
+/// nginx on a free loopback port, in a private directory; killed and removed on drop.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "palisade-l7proxy-nginx-{}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n\
+               log_format l '$request_method $request_uri $content_length $http_transfer_encoding';\n\
+               access_log {d}/access.log l;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               keepalive_requests 1000;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{ default_type text/plain; return 200 \"ok $request_method $request_uri\\n\"; }}\n\
+                 location /chunked {{ default_type text/plain; chunked_transfer_encoding on;\n\
+                   return 200 \"streamed\\n\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .args(["-e", &format!("{d}/error.log")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let start = Instant::now();
+        while StdStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not listen: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, dir, addr }
+    }
+
+    /// The requests nginx served so far, one `METHOD URI CONTENT_LENGTH TRANSFER_ENCODING` line
+    /// each.
+    fn served(&self) -> Vec<String> {
+        // nginx writes its access log line after the response; give it a moment.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rule(id: u32, action: L7Action, method: Option<&str>, path: Option<&str>) -> RuleEntry {
+    RuleEntry {
+        id,
+        action,
+        rule: HttpRule {
+            method: method.map(str::to_string),
+            path: path.map(str::to_string),
+            ..HttpRule::default()
+        },
+    }
+}
+
+/// The example policy: `GET /api/.*` allowed (rule 1), `/api/admin.*` denied (rule 2).
+fn example_rules() -> RuleSet {
+    RuleSet::compile(vec![
+        rule(1, L7Action::Allow, Some("GET|HEAD"), Some("/api/.*")),
+        rule(3, L7Action::Allow, Some("POST"), Some("/api/upload")),
+        rule(2, L7Action::Deny, None, Some("/api/admin(/.*)?")),
+    ])
+    .unwrap()
+}
+
+/// The proxy on a loopback port, in front of `upstream`, on its own runtime thread.
+struct Proxy {
+    addr: SocketAddr,
+    rules: Arc<RwLock<Option<Arc<RuleSet>>>>,
+    records: Arc<Mutex<Vec<RequestRecord>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr, config: ProxyConfig) -> Proxy {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let rules = Arc::new(RwLock::new(Some(Arc::new(example_rules()))));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (r, rec) = (rules.clone(), records.clone());
+        let config = Arc::new(config);
+        rt.spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (r, rec, config) = (r.clone(), rec.clone(), config.clone());
+                tokio::spawn(async move {
+                    let current = move || r.read().unwrap().clone();
+                    let sink = move |record: RequestRecord| rec.lock().unwrap().push(record);
+                    let _ = serve(
+                        client,
+                        || tokio::net::TcpStream::connect(upstream),
+                        &current,
+                        &sink,
+                        &config,
+                    )
+                    .await;
+                });
+            }
+        });
+        Proxy {
+            addr,
+            rules,
+            records,
+            _rt: rt,
+        }
+    }
+
+    fn outcomes(&self) -> Vec<(String, Outcome)> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (format!("{} {}", r.method, r.target), r.outcome.clone()))
+            .collect()
+    }
+
+    fn set_rules(&self, rules: Option<RuleSet>) {
+        *self.rules.write().unwrap() = rules.map(Arc::new);
+    }
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.to_string(), body.to_string())
+}
+
+/// Writes `raw` on one connection and reads until the proxy closes it (or 5 s pass).
+fn exchange(proxy: SocketAddr, raw: &[u8]) -> String {
+    let mut s = StdStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response with a Content-Length body.
+fn read_response(s: &mut StdStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed in a response head: {buf:?}"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn statuses(responses: &str) -> Vec<u16> {
+    responses
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|r| r.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn curl_through_the_proxy_allowed_denied_and_bodies() {
+    if !have("nginx") || !have("curl") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.addr, ProxyConfig::default());
+    let base = format!("http://{}", proxy.addr);
+
+    let (code, body) = curl(&[&format!("{base}/api/v1/data")]);
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "ok GET /api/v1/data\n")
+    );
+    let (code, body) = curl(&["-X", "POST", "-d", "x=1", &format!("{base}/api/v1/data")]);
+    assert_eq!((code.as_str(), body.as_str()), ("403", "Access denied\r\n"));
+    let (code, _) = curl(&[&format!("{base}/api/admin/users")]);
+    assert_eq!(code, "403", "the deny rule beats the GET /api/.* allow");
+    let (code, _) = curl(&[&format!("{base}/other")]);
+    assert_eq!(code, "403", "no rule matches: denied by default");
+    // A dot segment is normalized before the rules see it: /api/v1/../admin is /api/admin.
+    let (code, _) = curl(&["--path-as-is", &format!("{base}/api/v1/../admin")]);
+    assert_eq!(code, "403");
+    // %2F is refused (400) by default, never decoded into a different route.
+    let (code, _) = curl(&[&format!("{base}/api/v1%2Fdata")]);
+    assert_eq!(code, "400");
+    // Bodies by both framings, and Expect: 100-continue answered after allow.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        "hello",
+        &format!("{base}/api/upload"),
+    ]);
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "ok POST /api/upload\n")
+    );
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "chunky body",
+        &format!("{base}/api/upload"),
+    ]);
+    assert_eq!(code, "200");
+    let big = "b".repeat(100_000);
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &big,
+        &format!("{base}/api/upload"),
+    ]);
+    assert_eq!(code, "200");
+
+    // Only the allowed requests reached nginx, with their bodies.
+    let served = nginx.served();
+    // (method and target, Content-Length, Transfer-Encoding) as nginx logged them; nginx logs
+    // the length of a chunked body it discarded as 0.
+    let want = [
+        "GET /api/v1/data - -",
+        "POST /api/upload 5 -",
+        "POST /api/upload 0 chunked",
+        "POST /api/upload 100000 -",
+    ];
+    assert_eq!(
+        served, want,
+        "only the allowed requests reached nginx, framed as sent"
+    );
+    // One record per request, denied ones with the rule that denied them.
+    let outcomes = proxy.outcomes();
+    assert_eq!(outcomes.len(), 9, "{outcomes:?}");
+    assert!(matches!(
+        outcomes[0].1,
+        Outcome::Forwarded {
+            rule: 1,
+            status: 200
+        }
+    ));
+    assert!(matches!(
+        outcomes[2].1,
+        Outcome::Denied {
+            decision: palisade_l7proxy::Decision::Deny { rule: 2 },
+            status: 403
+        }
+    ));
+}
+
+#[test]
+fn pipelining_keep_alive_and_a_rule_change() {
+    if !have("nginx") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.addr, ProxyConfig::default());
+
+    // Three pipelined requests: the first two allowed, the third denied, a fourth never read.
+    let raw = b"GET /api/a HTTP/1.1\r\nHost: h\r\n\r\n\
+                GET /api/b HTTP/1.1\r\nHost: h\r\n\r\n\
+                DELETE /api/c HTTP/1.1\r\nHost: h\r\n\r\n\
+                GET /api/d HTTP/1.1\r\nHost: h\r\n\r\n";
+    let answer = exchange(proxy.addr, raw);
+    assert_eq!(statuses(&answer), vec![200, 200, 403], "{answer}");
+    assert!(answer.contains("ok GET /api/a\n") && answer.find("/api/a") < answer.find("/api/b"));
+    assert!(answer.ends_with("Access denied\r\n"), "{answer}");
+    let served = nginx.served();
+    assert_eq!(
+        served.len(),
+        2,
+        "nothing after the deny reached nginx: {served:?}"
+    );
+
+    // A kept-alive connection: the next request is judged by the rules now in force.
+    let mut s = StdStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    proxy.set_rules(Some(
+        RuleSet::compile(vec![rule(9, L7Action::Allow, Some("POST"), None)]).unwrap(),
+    ));
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let second = read_response(&mut s);
+    assert!(second.starts_with("HTTP/1.1 403"), "{second}");
+    // No rules at all (the policy went away): denied, never allowed.
+    proxy.set_rules(None);
+    let answer = exchange(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(statuses(&answer), vec![403], "{answer}");
+    assert_eq!(nginx.served().len(), 3);
+}
+
+#[test]
+fn smuggling_vectors_and_protocol_switches_are_answered_and_never_forwarded() {
+    if !have("nginx") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.addr, ProxyConfig::default());
+    // (vector, the proxy's status)
+    let vectors: &[(&[u8], u16)] = &[
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello", 400),
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET /api/a HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n", 400),
+        (b"GET /api/a HTTP/1.1\nHost: h\n\n", 400),
+        (b"GET /api/a HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n", 400),
+        (b"GET /api/a HTTP/1.1\r\n\r\n", 400),
+        (b"GET /api/a HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n\r\n", 417),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+        (b"GET /api/a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n", 501),
+        (b"GET /api/a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 501),
+        (b"POST /api/upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nffffffffffffffffff\r\n", 400),
+    ];
+    for (raw, status) in vectors {
+        let answer = exchange(proxy.addr, raw);
+        assert_eq!(
+            statuses(&answer).first(),
+            Some(status),
+            "{:?} answered {answer:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    // The oversized chunk arrives after a valid first chunk was forwarded: nginx may have
+    // seen that request start, but no vector's smuggled request reached it.
+    let served = nginx.served();
+    assert!(
+        served
+            .iter()
+            .all(|l| !l.contains("smuggled") && !l.starts_with("GET")),
+        "{served:?}"
+    );
+    assert!(served.len() <= 1, "{served:?}");
+}
+
+#[test]
+fn a_slow_head_is_cut_off_and_others_are_served_meanwhile() {
+    if !have("nginx") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(
+        nginx.addr,
+        ProxyConfig {
+            head_timeout: Duration::from_millis(500),
+            ..ProxyConfig::default()
+        },
+    );
+    // Twenty slow clients that never finish their heads.
+    let slow: Vec<StdStream> = (0..20)
+        .map(|_| {
+            let mut s = StdStream::connect(proxy.addr).unwrap();
+            s.write_all(b"GET /api/a HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    // A legitimate client is served while they wait.
+    let answer = exchange(
+        proxy.addr,
+        b"GET /api/ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(statuses(&answer), vec![200], "{answer}");
+    // Each slow connection is closed by the proxy once the head deadline passed.
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(usize::MAX);
+        assert_eq!(
+            n, 0,
+            "the proxy closed the slow connection without forwarding"
+        );
+    }
+    assert_eq!(nginx.served().len(), 1);
+}
