@@ -138,26 +138,17 @@ impl<S: AsyncRead + Unpin> Side<S> {
         }
     }
 
-    /// Reads more bytes within `limit`; `Ok(false)` at end of stream.
+    /// Reads more bytes within `limit` (into spare capacity, never zero-filled); `Ok(false)`
+    /// at end of stream.
     async fn fill(&mut self, limit: Duration) -> io::Result<bool> {
         if self.eof {
             return Ok(false);
         }
-        let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
-        let r = timeout(limit, self.io.read(&mut self.buf[start..])).await;
-        let n = match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.buf.truncate(start);
-                return Err(e);
-            }
-            Err(_) => {
-                self.buf.truncate(start);
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
-            }
+        self.buf.reserve(READ_CHUNK);
+        let n = match timeout(limit, self.io.read_buf(&mut self.buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
         };
-        self.buf.truncate(start + n);
         if n == 0 {
             self.eof = true;
         }
@@ -452,8 +443,21 @@ where
                 Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
             }
         };
-        client.io.write_all(&up.buf[..len]).await?;
-        up.buf.drain(..len);
+        // The head, and as much of a sized body as already arrived, in one write.
+        let with_body = match body {
+            ResponseBody::Length(n) => {
+                len + usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(up.buf.len() - len)
+            }
+            _ => len,
+        };
+        client.io.write_all(&up.buf[..with_body]).await?;
+        up.buf.drain(..with_body);
+        let body = match body {
+            ResponseBody::Length(n) => ResponseBody::Length(n - (with_body - len) as u64),
+            other => other,
+        };
         if (100..200).contains(&status) {
             if status == 101 {
                 return Err(invalid("the upstream switched protocols"));
