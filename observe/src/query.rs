@@ -4,7 +4,7 @@
 
 use memchr::memmem;
 
-use crate::schema::{EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, Flow};
+use crate::schema::{EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, Flow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -301,12 +301,12 @@ pub fn event_type(s: &str) -> Result<u8, QueryError> {
     match s.to_ascii_lowercase().as_str() {
         "drop" => Ok(EVENT_TYPE_DROP),
         "policy-verdict" => Ok(EVENT_TYPE_POLICY_VERDICT),
-        // Hubble's L7 event type: accepted; the log has none until the L7 proxy writes them.
-        "l7" => Ok(129),
+        // The L7 records of the proxy (`enforcer/src/events/l7.rs`).
+        "l7" => Ok(EVENT_TYPE_L7),
         _ => Err(bad(
             "type",
             s,
-            "drop, policy-verdict or l7 (Palisade writes drop and policy-verdict events)",
+            "drop, policy-verdict or l7",
         )),
     }
 }

@@ -18,6 +18,8 @@ pub const EXTENSIONS_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
 pub const EVENT_TYPE_DROP: u8 = 1;
 /// Hubble `event_type.type` of a policy verdict notification.
 pub const EVENT_TYPE_POLICY_VERDICT: u8 = 5;
+/// `event_type.type` of an L7 record (Cilium's `MessageTypeAccessLog`).
+pub const EVENT_TYPE_L7: u8 = 129;
 
 /// Cilium `policy_match_type` values (`pkg/monitor/api`), as hubble prints them after
 /// `policy-verdict:`. 0 (`none`) is left out of a line, as protojson does.

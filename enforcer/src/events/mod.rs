@@ -22,8 +22,11 @@
 //! rendering, the boot-time clock, flow ids and loss accounting together: every event the
 //! datapath or the writer lost is reported as a Hubble `lost_events` line.
 //!
-//! Rooms: [`resolve`] (identities and rules to names), [`render`] (pure JSON), [`clock`]
-//! (times and flow ids), [`rotate`] (the file); this module ties them into [`FlowLogger`].
+//! HTTP requests the proxy judged are L7 records ([`l7`]): one line per request.
+//!
+//! Rooms: [`resolve`] (identities and rules to names), [`render`] (pure JSON), [`l7`] (the
+//! L7 records), [`clock`] (times and flow ids), [`rotate`] (the file); this module ties them
+//! into [`FlowLogger`].
 
 use std::path::PathBuf;
 
@@ -33,6 +36,7 @@ use policy_compiler::abi::VerdictEvent;
 
 mod clock;
 mod key;
+mod l7;
 mod render;
 mod resolve;
 mod rotate;
@@ -40,11 +44,12 @@ mod rotate;
 pub use key::{KeyError, load_or_generate};
 
 pub use clock::{BootClock, FlowIds, WallTime};
+pub use l7::{L7Event, render_l7_flow, render_l7_line};
 pub use render::{
-    EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource, MATCH_ALL,
-    MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND, is_policy_denial,
-    kind_name, render_flow, render_flows, render_line, render_lines, render_lost_line, rule_text,
-    verdict_name,
+    EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource,
+    MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND,
+    is_policy_denial, kind_name, render_flow, render_flows, render_line, render_lines,
+    render_lost_line, rule_text, verdict_name,
 };
 pub use resolve::{EngineResolver, FlowEndpoint, FlowResolver};
 pub use rotate::RotatingWriter;
@@ -262,6 +267,17 @@ impl FlowLogger {
             self.clock.to_wall(ev.time_ns),
             &mut || ids.next_id(),
         )
+    }
+
+    /// Writes the L7 record of one HTTP request the proxy judged (time: now).
+    pub fn log_l7(
+        &mut self,
+        ev: &L7Event,
+        resolver: &dyn FlowResolver,
+    ) -> Result<(), FlowLogError> {
+        let uuid = self.ids.next_id();
+        let line = render_l7_line(ev, resolver, &self.node_name, WallTime::now(), &uuid);
+        self.write(&line)
     }
 
     /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.

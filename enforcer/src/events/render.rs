@@ -14,8 +14,8 @@ use super::resolve::{FlowEndpoint, FlowResolver};
 
 // The record schema's constants live once, in `palisade_observe::schema`.
 pub use palisade_observe::schema::{
-    EVENT_TYPE_DROP, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, MATCH_ALL, MATCH_L3_L4,
-    MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE,
+    EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, MATCH_ALL,
+    MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE,
 };
 
 /// The policy kind of a Kubernetes NetworkPolicy (`*_by[].kind`; other kinds name their own).
@@ -361,7 +361,7 @@ fn render_l4(ev: &VerdictEvent, sport: u16, dport: u16) -> Option<Value> {
     })
 }
 
-fn render_endpoint(e: &FlowEndpoint) -> Value {
+pub(super) fn render_endpoint(e: &FlowEndpoint) -> Value {
     let mut m = Map::new();
     m.insert("identity".into(), json!(e.identity));
     if !e.namespace.is_empty() {
@@ -500,7 +500,7 @@ pub fn render_lines(
         .collect()
 }
 
-fn flow_line(flow: Value, node_name: &str, time: WallTime) -> String {
+pub(super) fn flow_line(flow: Value, node_name: &str, time: WallTime) -> String {
     json!({
         "flow": flow,
         "node_name": node_name,
