@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use common::{Nginx, have};
+use common::{Nginx, PythonBackend, have};
 
 use palisade_l7proxy::proxy::{Outcome, ProxyConfig, RequestRecord, serve};
 use palisade_l7proxy::{HttpRule, L7Action, RuleEntry, RuleSet};
@@ -383,4 +383,162 @@ fn a_slow_head_is_cut_off_and_others_are_served_meanwhile() {
         );
     }
     assert_eq!(nginx.served().len(), 1);
+}
+
+/// The reliability plan's path vectors (§4.5) through the proxy, with the rules
+/// `allow GET /public/.*` and `deny /admin(/.*)?`, in front of two backends that route
+/// differently: nginx (which normalizes again: `$uri`) and Python's `http.server` (which routes
+/// on the raw path it receives). A request the proxy forwards must be routed to `/public/` by
+/// both; one it refuses or denies must reach neither.
+#[test]
+fn the_path_the_rules_authorize_is_the_path_both_backends_route() {
+    if !have("nginx") || !have("python3") {
+        return;
+    }
+    let rules = || {
+        RuleSet::compile(vec![
+            rule(1, L7Action::Allow, Some("GET"), Some("/public/.*")),
+            rule(2, L7Action::Deny, None, Some("/admin(/.*)?")),
+        ])
+        .unwrap()
+    };
+    let nginx = Nginx::start();
+    let python = PythonBackend::start();
+    let via_nginx = Proxy::start(nginx.addr, ProxyConfig::default());
+    let via_python = Proxy::start(python.addr, ProxyConfig::default());
+    via_nginx.set_rules(Some(rules()));
+    via_python.set_rules(Some(rules()));
+    let vectors: &[&[u8]] = &[
+        b"/public/../admin",
+        b"/public/%2e%2e/admin",
+        b"/public/%2E%2E/admin",
+        b"/public/.%2e/admin",
+        b"/public/%252e%252e/admin",
+        b"//admin",
+        b"/public//../admin",
+        b"/admin%2fsecret",
+        b"/public%2f..%2fadmin",
+        b"/public\\..\\admin",
+        b"/admin%5csecret",
+        b"/admin%00",
+        b"/%61dmin",
+        b"/%41DMIN",
+        b"/admin;jsessionid=1",
+        b"/public/..;/admin",
+        b"/admin#frag",
+        b"/public#/../admin",
+        b"/public/x?p=/../admin",
+        b"/public/x?/admin",
+        b"/admin/./x",
+        b"/./admin",
+        b"/../admin",
+        b"/a/b/../../../../admin",
+        b"/public/./x",
+        b"/public//x",
+        b"/%70ublic/x",
+        b"/public/a/../b",
+        b"/%c0%af",
+        b"/%2x",
+        b"http://good/admin",
+        b"http://good/public/y",
+    ];
+    let mut forwarded = 0;
+    for target in vectors {
+        let shown = String::from_utf8_lossy(target);
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(target);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: good\r\nConnection: close\r\n\r\n");
+        let a = exchange(via_nginx.addr, &raw);
+        let b = exchange(via_python.addr, &raw);
+        let (sa, sb) = (statuses(&a), statuses(&b));
+        assert_eq!(
+            sa, sb,
+            "{shown}: the proxy answered differently in front of each backend"
+        );
+        match sa.as_slice() {
+            [200] => {
+                forwarded += 1;
+                let uri = a
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Uri: "))
+                    .unwrap_or_default();
+                assert!(
+                    uri.starts_with("/public/"),
+                    "{shown}: nginx routed {uri:?}\n{a}"
+                );
+                assert!(
+                    b.contains("\r\n\r\npublic /public/"),
+                    "{shown}: python routed\n{b}"
+                );
+            }
+            [400] | [403] => {}
+            other => panic!("{shown}: unexpected answer {other:?}\n{a}"),
+        }
+    }
+    // The forwarded ones: P11 (twice), /public/./x, /public//x, /%70ublic/x, /public/a/../b
+    // and the absolute form; everything else is refused or denied.
+    assert_eq!(forwarded, 7, "forwarded vectors");
+    let served_nginx = nginx.served();
+    assert_eq!(served_nginx.len(), 7, "{served_nginx:?}");
+    assert!(
+        served_nginx.iter().all(|l| l.starts_with("GET /public/")),
+        "nginx received only normalized /public/ targets: {served_nginx:?}"
+    );
+}
+
+#[test]
+fn limits_upstream_failure_head_and_idle_connections() {
+    if !have("nginx") || !have("curl") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(
+        nginx.addr,
+        ProxyConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..ProxyConfig::default()
+        },
+    );
+    // 101 header fields, and one line over 8 KiB: 431, nothing forwarded.
+    let mut many = b"GET /api/a HTTP/1.1\r\nHost: h\r\n".to_vec();
+    for i in 0..101 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(statuses(&exchange(proxy.addr, &many)), vec![431]);
+    let long = format!(
+        "GET /api/a HTTP/1.1\r\nHost: h\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(statuses(&exchange(proxy.addr, long.as_bytes())), vec![431]);
+    // HEAD: the response has no body, and the connection stays usable.
+    let (code, body) = curl(&["-I", &format!("http://{}/api/v1/data", proxy.addr)]);
+    assert_eq!(code, "200");
+    assert!(body.contains("Content-Length: "), "{body}");
+    // An idle kept-alive connection is closed after the idle limit.
+    let mut s = StdStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed after idling");
+    assert_eq!(nginx.served().len(), 2, "HEAD and the kept-alive GET");
+    // The upstream is down: 503, the request is logged as refused, never allowed.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy_down = Proxy::start(down, ProxyConfig::default());
+    assert_eq!(
+        statuses(&exchange(
+            proxy_down.addr,
+            b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n"
+        )),
+        vec![503]
+    );
+    assert!(matches!(
+        proxy_down.outcomes().as_slice(),
+        [(_, Outcome::Refused { status: 503, .. })]
+    ));
 }

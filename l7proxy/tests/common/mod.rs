@@ -30,7 +30,9 @@ pub fn have(tool: &str) -> bool {
     ok
 }
 
-/// nginx on a free loopback port, in a private directory; killed and removed on drop.
+/// nginx on a free loopback port, in a private directory; killed and removed on drop. It
+/// answers `ok <method> <target as received>`, and names the normalized path it routes on
+/// (`$uri`) in `X-Uri`.
 pub struct Nginx {
     child: Child,
     dir: PathBuf,
@@ -62,9 +64,8 @@ impl Nginx {
                keepalive_requests 1000;\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
-                 location / {{ default_type text/plain; return 200 \"ok $request_method $request_uri\\n\"; }}\n\
-                 location /chunked {{ default_type text/plain; chunked_transfer_encoding on;\n\
-                   return 200 \"streamed\\n\"; }}\n\
+                 location / {{ default_type text/plain; add_header X-Uri $uri always;\n\
+                   return 200 \"ok $request_method $request_uri\\n\"; }}\n\
                }}\n\
              }}\n"
         );
@@ -108,5 +109,64 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Python `http.server` backend on a free loopback port that routes on the raw path it
+/// receives (no normalization of its own) and answers `<route> <path>`; killed on drop.
+pub struct PythonBackend {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+const PYTHON_BACKEND: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        route = "admin" if path == "/admin" or path.startswith("/admin/") else (
+            "public" if path.startswith("/public/") else "other")
+        body = (route + " " + self.path + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+impl PythonBackend {
+    pub fn start() -> PythonBackend {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-c", PYTHON_BACKEND, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let start = Instant::now();
+        while StdStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the Python backend did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PythonBackend { child, addr }
+    }
+}
+
+impl Drop for PythonBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
