@@ -303,11 +303,7 @@ pub fn event_type(s: &str) -> Result<u8, QueryError> {
         "policy-verdict" => Ok(EVENT_TYPE_POLICY_VERDICT),
         // The L7 records of the proxy (`enforcer/src/events/l7.rs`).
         "l7" => Ok(EVENT_TYPE_L7),
-        _ => Err(bad(
-            "type",
-            s,
-            "drop, policy-verdict or l7",
-        )),
+        _ => Err(bad("type", s, "drop, policy-verdict or l7")),
     }
 }
 
