@@ -21,6 +21,9 @@ pub struct Health {
     /// The last update refused because it would not fit the maps (nothing written, the
     /// last good policy enforced); cleared by the next update that is applied.
     pub rejected: Option<String>,
+    /// Why the CNI network configuration is not written (no pod can start on the node),
+    /// while it is not; `None` once written or when the agent writes none.
+    pub cni: Option<String>,
     /// Entries the maps hold (the sync layer's mirror) and their capacities.
     pub usage: Usage,
     pub capacity: Capacity,
@@ -32,11 +35,15 @@ impl Health {
         !self.dirty
     }
 
-    /// Standing problems of the maps for `status` warnings (a refused update).
+    /// Standing problems for `status` warnings: a refused update, the CNI network
+    /// configuration not written.
     pub fn warnings(&self) -> Vec<String> {
         self.rejected
             .iter()
             .map(|e| format!("update refused, still enforcing the last good policy: {e}"))
+            .chain(self.cni.iter().map(|e| {
+                format!("CNI network configuration not written, no pod can start on this node: {e}")
+            }))
             .collect()
     }
 
@@ -164,6 +171,12 @@ mod tests {
                 "update refused, still enforcing the last good policy: the policy set does not \
               fit the pal_policy map"
             ]
+        );
+        h.cni = Some("ipam.subnet: \"10.0.0.0/7\": prefix shorter than /8".into());
+        assert_eq!(
+            h.warnings()[1],
+            "CNI network configuration not written, no pod can start on this node: \
+             ipam.subnet: \"10.0.0.0/7\": prefix shorter than /8"
         );
         assert_eq!(
             h.pressure(),

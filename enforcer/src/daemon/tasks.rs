@@ -145,6 +145,10 @@ impl Daemon {
                         .map_err(|e| e.to_string())
                         .and_then(|r| r.map_err(|e| e.to_string())),
                 };
+                self.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .cni = written.as_ref().err().cloned();
                 match written {
                     Ok(path) => {
                         info!(
