@@ -632,3 +632,128 @@ fn the_e2e_matrix_through_the_api_server_matches_the_offline_answer_at_every_ste
     drop(c);
     drop(server);
 }
+
+/// Waits until `pred` holds for the agent's status warnings, or panics with the log.
+fn wait_warnings(e: &Enforcer, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some((_, w)) = status(e)
+            && pred(&w)
+        {
+            return w;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what}: status warnings never matched; agent log:\n{}",
+            std::fs::read_to_string(&e.log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The CNI configuration the agent writes takes this node's range from its Node object; a
+/// range the plugin would refuse (the API server accepts a /7, the plugin wants /8 or longer)
+/// leaves no configuration at all — no pod can start — and `status` says why.
+#[test]
+fn the_conflist_takes_the_node_range_and_a_range_the_plugin_refuses_writes_none() {
+    let what = "kubernetes pod range";
+    let Some(node) = Node::for_test("k8r", what) else {
+        return;
+    };
+    let Some(server) = ApiServer::start_in_or_skip("kube-cidr", Some(node.netns_name())) else {
+        return;
+    };
+    let kc: PathBuf = server.kubeconfig.clone();
+    let dir = std::env::temp_dir().join(format!("palisade-k8s-cidr-{}", node.tag()));
+    let conf_dir = dir.join("net.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cni:\n  conf_dir: {}\n  subnet: 10.{BLOCK}.9.0/24\n",
+            conf_dir.display()
+        ),
+    )
+    .unwrap();
+    let conflist = conf_dir.join("10-palisade.conflist");
+    let node_object = |cidr: &'static str| {
+        obj::<k8s_openapi::api::core::v1::Node>(json!({
+            "metadata": {"name": NODE},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        }))
+    };
+
+    // A range the cluster assigned: the conflist uses it, not the configured one.
+    api(&node, &kc, |c| async move {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c);
+        nodes
+            .create(&PostParams::default(), &node_object("10.243.7.0/24"))
+            .await
+            .unwrap();
+    });
+    {
+        let agent =
+            Enforcer::start_kubernetes_with_config(Path::new(EXE), &node, &kc, true, Some(&config))
+                .unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
+        let t0 = Instant::now();
+        while !conflist.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}: no conflist; agent log:\n{}",
+                std::fs::read_to_string(&agent.log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+        assert_eq!(
+            written["plugins"][0]["ipam"]["subnet"], "10.243.7.0/24",
+            "{written}"
+        );
+        let (ready, warnings) = status(&agent).unwrap();
+        assert!(
+            ready && warnings.iter().all(|w| !w.contains("CNI")),
+            "{warnings:?}"
+        );
+    }
+
+    // The Node is recreated with a range the plugin refuses (a Node's range cannot be
+    // changed in place). The restarted agent is ready and enforcing, writes no conflist, and
+    // says why in status and its log.
+    std::fs::remove_file(&conflist).unwrap();
+    api(&node, &kc, |c| async move {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c);
+        nodes
+            .delete(NODE, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+        nodes
+            .create(&PostParams::default(), &node_object("10.0.0.0/7"))
+            .await
+            .unwrap();
+    });
+    let agent =
+        Enforcer::start_kubernetes_with_config(Path::new(EXE), &node, &kc, true, Some(&config))
+            .unwrap_or_else(|e| panic!("{what}: restarting the enforcer: {e}"));
+    let warnings = wait_warnings(&agent, what, |w| {
+        w.iter()
+            .any(|w| w.contains("CNI network configuration not written"))
+    });
+    let w = warnings
+        .iter()
+        .find(|w| w.contains("CNI network configuration not written"))
+        .unwrap();
+    assert!(w.contains("10.0.0.0/7") && w.contains("/8"), "{w}");
+    assert!(
+        !conflist.exists(),
+        "a conflist was written for a refused range"
+    );
+    let log = std::fs::read_to_string(&agent.log_path).unwrap_or_default();
+    assert!(
+        log.contains("CNI network configuration not written"),
+        "{log}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

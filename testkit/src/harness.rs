@@ -46,6 +46,8 @@ pub struct Enforcer {
     quiet: bool,
     /// Kubernetes mode (`run --kubernetes --kubeconfig FILE`) instead of the manifests.
     kubeconfig: Option<PathBuf>,
+    /// A configuration file (`run --config FILE`), for settings without a flag (`cni`).
+    config: Option<PathBuf>,
 }
 
 impl Enforcer {
@@ -81,7 +83,19 @@ impl Enforcer {
         kubeconfig: &Path,
         quiet: bool,
     ) -> Result<Enforcer> {
+        Enforcer::start_kubernetes_with_config(exe, node, kubeconfig, quiet, None)
+    }
+
+    /// [`Enforcer::start_kubernetes`] with a configuration file (`run --config FILE`).
+    pub fn start_kubernetes_with_config(
+        exe: &Path,
+        node: &Node,
+        kubeconfig: &Path,
+        quiet: bool,
+        config: Option<&Path>,
+    ) -> Result<Enforcer> {
         let mut e = Enforcer::prepare(exe, node, quiet, Some(kubeconfig.to_path_buf()))?;
+        e.config = config.map(Path::to_path_buf);
         // Listing a large cluster takes longer than loading the datapath.
         e.spawn_no_wait()?;
         e.wait_ready(Duration::from_secs(120))?;
@@ -106,6 +120,7 @@ impl Enforcer {
             child: None,
             quiet,
             kubeconfig,
+            config: None,
         })
     }
 
@@ -139,6 +154,9 @@ impl Enforcer {
         };
         let mut cmd = Command::new(&self.exe);
         cmd.arg("run");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
         match &self.kubeconfig {
             Some(k) => cmd.arg("--kubernetes").arg("--kubeconfig").arg(k),
             None => cmd.arg("--manifests").arg(&self.manifests),
