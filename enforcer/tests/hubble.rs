@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ use palisade_enforcer::events::{LostSource, WallTime, render_lost_line};
 use palisade_testkit::harness::Enforcer;
 use palisade_testkit::node::{Node, Pod, TcpOutcome};
 use serde_json::Value;
+
+mod common;
 
 const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 
@@ -92,50 +94,6 @@ fn v4(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 30, host)
 }
 
-/// The unpacked hubble binary (version 1.19), or why there is none.
-fn hubble() -> Result<PathBuf, String> {
-    let path = palisade_testkit::realclients::binary("hubble")?;
-    let v = Command::new(&path)
-        .arg("version")
-        .output()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let v = String::from_utf8_lossy(&v.stdout).to_string();
-    if !v.contains("1.19") {
-        return Err(format!("unexpected hubble version {v:?}"));
-    }
-    Ok(path)
-}
-
-/// `hubble observe --input-file log --all <args> -o jsonpb`: the uuids of the flows it
-/// printed, the number of loss lines, and stderr.
-fn observe(hubble: &Path, log: &Path, args: &[&str]) -> (BTreeSet<String>, usize, String) {
-    let out = Command::new(hubble)
-        .args(["observe", "--input-file"])
-        .arg(log)
-        .args(["--all", "-o", "jsonpb"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "hubble {args:?}: {out:?}");
-    let mut uuids = BTreeSet::new();
-    let mut lost = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        if let Some(u) = v["flow"]["uuid"].as_str() {
-            uuids.insert(u.to_string());
-        } else if v.get("lost_events").is_some() {
-            lost += 1;
-        } else {
-            panic!("unexpected hubble output {line}");
-        }
-    }
-    (
-        uuids,
-        lost,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 fn uuids(flows: &[Value], pred: impl Fn(&Value) -> bool) -> BTreeSet<String> {
     flows
         .iter()
@@ -194,7 +152,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     let Some(node) = Node::for_test("hb", "hubble interop") else {
         return;
     };
-    let hubble = match hubble() {
+    let hubble = match common::hubble::binary() {
         Ok(h) => h,
         Err(why) => {
             palisade_testkit::privileged::skip_or_fail("hubble interop", &why);
@@ -286,14 +244,14 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
     assert!(wanted(&flows), "not every decision was logged:\n{raw}");
 
     // Every line parses, with no warning.
-    let (every, lost, stderr) = observe(&hubble, &log, &[]);
+    let (every, lost, stderr) = common::hubble::observe(&hubble, &log, &[]);
     assert_eq!(stderr, "", "hubble warned");
     assert_eq!(every, uuids(&flows, |_| true), "hubble dropped lines");
     assert_eq!(lost, lost_lines);
     assert_eq!(lost, 2);
 
     let check = |args: &[&str], pred: &dyn Fn(&Value) -> bool| {
-        let (got, _, stderr) = observe(&hubble, &log, args);
+        let (got, _, stderr) = common::hubble::observe(&hubble, &log, args);
         let want = uuids(&flows, pred);
         assert!(
             !want.is_empty(),
@@ -412,7 +370,7 @@ fn hubble_reads_every_line_and_its_filters_select_what_the_fields_mean() {
         .filter(|l| l.contains("\"PERF_EVENT_RING_BUFFER\""))
         .count();
     assert!(real_lost >= 1, "no loss line after overrunning the ring");
-    let (every, lost, stderr) = observe(&hubble, &full_log, &[]);
+    let (every, lost, stderr) = common::hubble::observe(&hubble, &full_log, &[]);
     assert_eq!(stderr, "", "hubble warned on the flooded log");
     assert_eq!(every.len(), full_flows);
     assert_eq!(lost, real_lost);

@@ -10,8 +10,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use palisade_enforcer::events::{EngineResolver, L7Event, WallTime, render_l7_line};
@@ -22,6 +20,8 @@ use policy_compiler::manifest::{LoadOptions, load_str};
 use policy_compiler::model::Direction;
 use policy_compiler::{Engine, EngineConfig, Protocol};
 use serde_json::Value;
+
+mod common;
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -54,52 +54,14 @@ spec:
         - {method: GET, path: /api/v1/data}
 "#;
 
-fn hubble() -> Option<PathBuf> {
-    let found = palisade_testkit::realclients::binary("hubble").and_then(|path| {
-        let v = Command::new(&path)
-            .arg("version")
-            .output()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let v = String::from_utf8_lossy(&v.stdout).to_string();
-        if v.contains("1.19") {
-            Ok(path)
-        } else {
-            Err(format!("unexpected hubble version {v:?}"))
-        }
-    });
-    match found {
-        Ok(p) => Some(p),
-        Err(why) => {
-            palisade_testkit::privileged::skip_or_fail("hubble L7 interop", &why);
-            None
-        }
-    }
-}
-
-/// `hubble observe --input-file log --all <args> -o jsonpb`: the uuids it printed, and stderr.
-fn observe(hubble: &Path, log: &Path, args: &[&str]) -> (BTreeSet<String>, String) {
-    let out = Command::new(hubble)
-        .args(["observe", "--input-file"])
-        .arg(log)
-        .args(["--all", "-o", "jsonpb"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "hubble {args:?}: {out:?}");
-    let uuids = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
-            v["flow"]["uuid"].as_str().unwrap().to_string()
-        })
-        .collect();
-    (uuids, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 #[test]
 fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
-    let Some(hubble) = hubble() else {
-        return;
+    let hubble = match common::hubble::binary() {
+        Ok(h) => h,
+        Err(why) => {
+            palisade_testkit::privileged::skip_or_fail("hubble L7 interop", &why);
+            return;
+        }
     };
     let loaded = load_str("l7.yaml", MANIFESTS, &LoadOptions::default()).unwrap();
     let (engine, _) = Engine::compile(&loaded.cluster, EngineConfig::default()).unwrap();
@@ -211,7 +173,8 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
 
     let all: BTreeSet<String> = events.iter().map(|(u, _)| u.to_string()).collect();
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    let (every, stderr) = observe(&hubble, &log, &[]);
+    let (every, lost, stderr) = common::hubble::observe(&hubble, &log, &[]);
+    assert_eq!(lost, 0);
     assert_eq!(stderr, "", "hubble warned");
     assert_eq!(every, all, "hubble dropped lines");
     let cases: &[(&[&str], &[&str])] = &[
@@ -240,7 +203,7 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
         ),
     ];
     for (args, want) in cases {
-        let (got, stderr) = observe(&hubble, &log, args);
+        let (got, _, stderr) = common::hubble::observe(&hubble, &log, args);
         assert_eq!(stderr, "", "hubble {args:?} warned");
         assert_eq!(
             got,

@@ -18,12 +18,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{Nginx, have};
+use common::{Nginx, free_port, have, wait_listening};
 use palisade_l7proxy::proxy::{ProxyConfig, RequestRecord, serve};
 use palisade_l7proxy::{HttpRule, L7Action, RuleEntry, RuleSet};
 
@@ -91,25 +90,6 @@ fn wrk(url: &str, connections: u32, seconds: u32, close: bool) -> Run {
     run
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let start = Instant::now();
-    while StdStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{addr} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// HAProxy in front of `upstream` with the same rule as Palisade's; killed on drop.
 struct Haproxy {
     child: Child,
@@ -146,7 +126,7 @@ impl Haproxy {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_listening(addr);
+        wait_listening(addr, || "haproxy did not start".into());
         Haproxy { child, dir, addr }
     }
 }

@@ -154,6 +154,30 @@ impl<S: AsyncRead + Unpin> Side<S> {
         }
         Ok(n > 0)
     }
+
+    /// Moves exactly `n` bytes (buffered first, then read within `limit` per read) to `to`;
+    /// `Ok(false)` when the stream ends first.
+    async fn copy_exact<W: AsyncWrite + Unpin>(
+        &mut self,
+        n: u64,
+        to: &mut W,
+        limit: Duration,
+    ) -> io::Result<bool> {
+        let mut left = n;
+        while left > 0 {
+            if self.buf.is_empty() && !self.fill(limit).await? {
+                return Ok(false);
+            }
+            let take = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            to.write_all(&self.buf[..take]).await?;
+            self.buf.drain(..take);
+            left -= take as u64;
+        }
+        Ok(true)
+    }
 }
 
 /// Serves one client connection until it ends. `connect` opens the upstream connection
@@ -354,20 +378,13 @@ where
     match head.framing {
         Framing::None => {}
         Framing::Length(n) => {
-            let mut left = n;
-            while left > 0 {
-                if client.buf.is_empty() && !client.fill(config.head_timeout).await? {
-                    return Err(Failure::RequestBody(
-                        "the request body ended before its Content-Length".into(),
-                    ));
-                }
-                let take = client
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                up.io.write_all(&client.buf[..take]).await?;
-                client.buf.drain(..take);
-                left -= take as u64;
+            if !client
+                .copy_exact(n, &mut up.io, config.head_timeout)
+                .await?
+            {
+                return Err(Failure::RequestBody(
+                    "the request body ended before its Content-Length".into(),
+                ));
             }
         }
         Framing::Chunked => {
@@ -467,21 +484,14 @@ where
         match body {
             ResponseBody::None => {}
             ResponseBody::Length(n) => {
-                let mut left = n;
-                while left > 0 {
-                    if up.buf.is_empty() && !up.fill(config.upstream_timeout).await? {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the response body ended early",
-                        ));
-                    }
-                    let take = up
-                        .buf
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    client.io.write_all(&up.buf[..take]).await?;
-                    up.buf.drain(..take);
-                    left -= take as u64;
+                if !up
+                    .copy_exact(n, &mut client.io, config.upstream_timeout)
+                    .await?
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the response body ended early",
+                    ));
                 }
             }
             ResponseBody::Chunked => {

@@ -66,5 +66,6 @@ impl Drop for PrivateBpffs {
         let _ = std::fs::remove_dir(&self.root);
     }
 }
+pub mod hubble;
 pub mod kube;
 pub mod traffic;

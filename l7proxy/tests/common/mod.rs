@@ -7,6 +7,28 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts connections (10 s at most); `why` explains a failure.
+pub fn wait_listening(addr: SocketAddr, why: impl Fn() -> String) {
+    let start = Instant::now();
+    while StdStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{addr} never listened: {}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI")
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
@@ -41,11 +63,7 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start() -> Nginx {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "palisade-l7proxy-nginx-{}-{port}",
             std::process::id()
@@ -79,15 +97,9 @@ impl Nginx {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let start = Instant::now();
-        while StdStream::connect(addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nginx did not listen: {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr, || {
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        });
         Nginx { child, dir, addr }
     }
 
@@ -140,11 +152,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 impl PythonBackend {
     pub fn start() -> PythonBackend {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("python3")
             .args(["-c", PYTHON_BACKEND, &port.to_string()])
             .stdout(Stdio::null())
@@ -152,14 +160,7 @@ impl PythonBackend {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let start = Instant::now();
-        while StdStream::connect(addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the Python backend did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr, || "the Python backend did not start".into());
         PythonBackend { child, addr }
     }
 }
