@@ -22,7 +22,11 @@
  *      ct_related) -> pass, counted COUNTER_ICMP_RELATED, no entry created.
  *   6. new flow: from_pod with a source that is not one of the pod's own addresses
  *      (endpoint_info) -> DROP_INVALID_SOURCE_IP; peer identity (lib/identity.h), none -> DROP_INVALID_IDENTITY;
- *      policy lookup (lib/policy.h) decides.
+ *      policy lookup (lib/policy.h) decides. A REDIRECT passes at from_pod only while the
+ *      L7 proxy is ready (pal_proxy), marked for local delivery to it; at to_pod only on the
+ *      proxy's upstream leg (mark 0x0b00); else DROP_PROXY_UNAVAILABLE.
+ *   4./5. also mark for local delivery: packets of a redirected flow (CT_F_PROXY) and
+ *      replies to a proxy upstream (CT_F_PROXY_UPSTREAM).
  *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
  *      outcome is counted and reported once (lib/events.h).
  * A pass returns TCX_NEXT, so programs after Palisade on the hook still run; a drop returns
@@ -36,6 +40,13 @@
 #include "lib/frag.h"
 #include "lib/ct.h"
 #include "lib/events.h"
+
+/* Local delivery to the L7 proxy: the redirected flow's packets, and a server's replies to
+ * a proxy upstream connection (docs/datapath.md §11). */
+static __always_inline void mark_local(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK_LOCAL;
+}
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
@@ -114,6 +125,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				d = ct_closed(ct);
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
+			if (ct->flags & CT_F_PROXY)
+				mark_local(skb);
 			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
 			return TCX_NEXT;
 		}
@@ -135,6 +148,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				d = ct_closed(ct);
 				emit(&f, &d, EVENT_KIND_CT_CLOSE);
 			}
+			if (ct->flags & CT_F_PROXY_UPSTREAM)
+				mark_local(skb);
 			count(dir, COUNTER_CT_REPLY, f.p.len);
 			return TCX_NEXT;
 		}
@@ -166,18 +181,30 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		d.drop_reason = DROP_INVALID_IDENTITY;
 		goto drop;
 	}
-	d = policy_decide(ep.policy_slot, peer, dir, f.p.protocol, policy_port(&f.p, f.p.dport));
+	d = policy_decide(ep.policy_slot, peer, dir, f.p.protocol, policy_port(&f.p, f.p.dport),
+			  skb->mark);
 	if (d.drop_reason)
 		goto drop;
 
-	/* 7. */
-	if (ct_should_track(&f.p) &&
-	    ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity, f.dst_identity, now)) {
+	/* 7. A flow the proxy's upstream opens is flagged, so that its replies are delivered
+	 * to the proxy (step 5). */
+	__u8 ct_flags = dir == DIRECTION_INGRESS &&
+				(skb->mark & PROXY_MARK_MASK) == PROXY_MARK_UPSTREAM
+			? CT_F_PROXY_UPSTREAM
+			: 0;
+	if (ct_should_track(&f.p) && ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity,
+					      f.dst_identity, now, ct_flags)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;
 	}
-	count(dir, d.verdict == EVENT_VERDICT_AUDIT ? COUNTER_AUDIT : COUNTER_FORWARDED, f.p.len);
+	if (d.verdict == EVENT_VERDICT_REDIRECTED)
+		mark_local(skb);
+	count(dir,
+	      d.verdict == EVENT_VERDICT_AUDIT	    ? COUNTER_AUDIT
+	      : d.verdict == EVENT_VERDICT_REDIRECTED ? COUNTER_REDIRECTED
+						      : COUNTER_FORWARDED,
+	      f.p.len);
 	emit(&f, &d, EVENT_KIND_NEW_FLOW);
 	return TCX_NEXT;
 

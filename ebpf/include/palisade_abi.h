@@ -183,6 +183,7 @@ struct endpoint_info {
 #define CT_F_SEEN_RST     0x04
 #define CT_F_PROXY        0x08 /* redirected to the L7 proxy */
 #define CT_F_OPENED_INGRESS 0x10 /* v3: opened at to_pod (DIRECTION_INGRESS), else from_pod */
+#define CT_F_PROXY_UPSTREAM 0x20 /* opened at to_pod by the L7 proxy's upstream (mark 0x0b00) */
 
 /* A flow is only established once a reply passed: until then its entry lives
  * CT_LIFETIME_TCP_SYN_S (TCP) or CT_LIFETIME_NONTCP_S, so a flood of openers that never get
@@ -220,6 +221,26 @@ struct ct_entry {
 	__u32 pad2;
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* ---- L7 proxy redirect: "pal_proxy", one entry (docs/datapath.md §11) --------------
+ * skb->mark bits 0x0f00 (every match masked; the other bits belong to other agents):
+ *   0x0200 set by from_pod: deliver locally (ip rule fwmark -> local table), for the packets
+ *          of a redirected flow and for a server's replies to a proxy upstream connection;
+ *   0x0a00 the proxy's client-facing sockets (SO_MARK on its listener);
+ *   0x0b00 the proxy's upstream sockets: to_pod accepts a REDIRECT decision only with it.
+ * A pod cannot set a mark: the veth scrubs it when the packet leaves the pod.
+ */
+#define PROXY_MARK_MASK     0x0f00
+#define PROXY_MARK_LOCAL    0x0200
+#define PROXY_MARK_LISTENER 0x0a00
+#define PROXY_MARK_UPSTREAM 0x0b00
+#define PROXY_F_READY       0x01 /* the proxy listens and takes redirected connections */
+
+struct proxy_state {
+	__u32 flags;  /* PROXY_F_* */
+	__be16 port;  /* the proxy's listener port (informational) */
+	__u16 pad;
 };
 
 /* ---- fragments: LRU hash "pal_frag" (v2) ------------------------------------------
@@ -311,6 +332,7 @@ struct counter_value {
 };
 
 _Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
+_Static_assert(sizeof(struct proxy_state) == 8, "proxy_state size");
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
 _Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
 _Static_assert(sizeof(struct frag_key) == 44, "frag_key size");

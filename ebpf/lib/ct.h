@@ -140,7 +140,9 @@ static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *
 	if (ct->revision == ep->revision)
 		return 0;
 	__u32 peer = ipcache_identity(peer_addr, p->family);
-	*d = policy_decide(ep->policy_slot, peer, dir, p->protocol, policy_port(p, port));
+	/* Decided with the mark the flow was opened with: a proxy upstream keeps its standing. */
+	__u32 mark = ct->flags & CT_F_PROXY_UPSTREAM ? PROXY_MARK_UPSTREAM : 0;
+	*d = policy_decide(ep->policy_slot, peer, dir, p->protocol, policy_port(p, port), mark);
 	if (peer == IDENTITY_UNKNOWN || d->drop_reason) {
 		if (!d->drop_reason)
 			d->drop_reason = DROP_INVALID_IDENTITY;
@@ -204,12 +206,16 @@ static __always_inline int ct_should_track(const struct pkt *p)
  * replies. */
 static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p, __u8 dir,
 				     const struct decision *d, __u32 revision,
-				     __u32 src_identity, __u32 dst_identity, __u64 now)
+				     __u32 src_identity, __u32 dst_identity, __u64 now,
+				     __u8 flags)
 {
 	struct ct_entry e = {};
 
+	e.flags = flags;
 	if (dir == DIRECTION_INGRESS)
 		e.flags |= CT_F_OPENED_INGRESS;
+	if (d->verdict == EVENT_VERDICT_REDIRECTED)
+		e.flags |= CT_F_PROXY;
 	e.rule_id = d->rule_id;
 	e.revision = revision;
 	e.src_identity = src_identity;

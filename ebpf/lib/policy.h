@@ -19,6 +19,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_policy SEC(".maps");
 
+/* The L7 proxy's state, written by the enforcer: PROXY_F_READY while it takes redirected
+ * connections. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct proxy_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_proxy SEC(".maps");
+
+static __always_inline int proxy_ready(void)
+{
+	__u32 zero = 0;
+	struct proxy_state *s = bpf_map_lookup_elem(&pal_proxy, &zero);
+
+	return s && (s->flags & PROXY_F_READY);
+}
+
 struct decision {
 	__u32 rule_id;
 	__u16 drop_reason;  /* 0 = not dropped */
@@ -27,9 +45,10 @@ struct decision {
 	__be16 proxy_port;
 };
 
-/* Steps 3 and 5 for one flow of the endpoint in `slot`. */
+/* Steps 3 and 5 for one flow of the endpoint in `slot`. `mark` is the packet's skb->mark
+ * (for a re-check, the mark the flow was opened with). */
 static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u8 dir,
-						     __u8 protocol, __be16 dport)
+						     __u8 protocol, __be16 dport, __u32 mark)
 {
 	struct decision d = {};
 	struct policy_key k = {};
@@ -64,10 +83,19 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 		d.verdict = EVENT_VERDICT_FORWARDED;
 		break;
 	case POLICY_VERDICT_REDIRECT:
-		/* The L7 proxy is not attached to this datapath yet: fail closed. */
-		d.verdict = EVENT_VERDICT_DROPPED;
-		d.drop_reason = DROP_PROXY_UNAVAILABLE;
 		d.proxy_port = w->proxy_port;
+		if (dir == DIRECTION_EGRESS && proxy_ready()) {
+			/* The caller marks the flow for local delivery to the proxy. */
+			d.verdict = EVENT_VERDICT_REDIRECTED;
+		} else if (dir == DIRECTION_INGRESS &&
+			   (mark & PROXY_MARK_MASK) == PROXY_MARK_UPSTREAM) {
+			/* The proxy's upstream leg: the proxy judged its requests. */
+			d.verdict = EVENT_VERDICT_FORWARDED;
+		} else {
+			/* No proxy to take it: fail closed. */
+			d.verdict = EVENT_VERDICT_DROPPED;
+			d.drop_reason = DROP_PROXY_UNAVAILABLE;
+		}
 		break;
 	case POLICY_VERDICT_DENY:
 		if (w->flags & POLICY_F_AUDIT) {

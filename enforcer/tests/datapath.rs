@@ -1386,3 +1386,158 @@ fn icmp_errors_pass_only_for_tracked_flows() {
     assert_eq!(f.dp.test_run(Hook::ToPod, &ptb_v4).unwrap(), DROP);
     assert_eq!(related(&f, ing), 10);
 }
+
+/// The datapath's part of the L7 redirect (docs/datapath.md §11): a REDIRECT decision at
+/// `from_pod` passes only while the proxy is ready (`pal_proxy`), and every packet of the
+/// flow is marked `0x0200` (the mark's other bits kept) for local delivery to the proxy; at
+/// `to_pod` a REDIRECT passes only on the proxy's upstream leg (mark `0x0b00`), whose replies
+/// `from_pod` marks for local delivery to the upstream socket. The proxy gone or a re-check
+/// after a policy change: redirected flows drop, the upstream leg keeps its standing.
+#[test]
+fn redirected_flows_are_marked_for_the_proxy_only_while_it_is_ready() {
+    let Some(mut f) = fixture("proxy") else {
+        return;
+    };
+    let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
+    let redirect = |rule| PolicyValue {
+        rule_id: rule,
+        verdict: abi::POLICY_VERDICT_REDIRECT,
+        proxy_port_be: 15080u16.to_be(),
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    };
+    // POD's egress to PEER:8080 and its ingress from PEER on 8081 carry HTTP rules.
+    f.dp.upsert_policy(POD, &port_key(PEER, eg, 6, 8080), &redirect(40))
+        .unwrap();
+    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8081), &redirect(41))
+        .unwrap();
+    let run = |f: &mut Fixture, hook, src: &str, dst: &str, l4, mark| {
+        f.dp.test_run_marked(hook, &packet::build(ip(src), ip(dst), l4), mark)
+            .unwrap()
+    };
+    let out = Hook::FromPod;
+    let inb = Hook::ToPod;
+
+    // No proxy: dropped, naming the reason.
+    assert_eq!(
+        run(&mut f, out, "10.0.0.1", "10.0.0.2", syn(1000, 8080), 0).0,
+        DROP
+    );
+    let ev = f.events();
+    assert_eq!(ev[0].drop_reason as u32, abi::DROP_PROXY_UNAVAILABLE);
+
+    // The proxy ready: the SYN passes marked (kube-proxy's 0x4000 bit kept), reported and
+    // counted as redirected; its entry is a proxied flow.
+    f.dp.set_proxy(&abi::ProxyState {
+        flags: abi::PROXY_F_READY,
+        port_be: 15080u16.to_be(),
+        pad: 0,
+    })
+    .unwrap();
+    assert_eq!(
+        run(&mut f, out, "10.0.0.1", "10.0.0.2", syn(1001, 8080), 0x4000),
+        (PASS, 0x4000 | abi::PROXY_MARK_LOCAL)
+    );
+    let ev = f.events();
+    assert_eq!(
+        (ev[0].verdict, ev[0].rule_id),
+        (abi::EVENT_VERDICT_REDIRECTED, 40)
+    );
+    assert_eq!(f.counter(eg, abi::COUNTER_REDIRECTED), 1);
+    let proxied =
+        f.dp.ct_entries()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| e.flags & abi::CT_F_PROXY != 0)
+            .count();
+    assert_eq!(proxied, 1);
+    // Its later packets are marked too; the proxy's answers (as the server) are its replies.
+    assert_eq!(
+        run(
+            &mut f,
+            out,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(1001, 8080, TCP_ACK),
+            0
+        ),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+    assert_eq!(
+        run(
+            &mut f,
+            inb,
+            "10.0.0.2",
+            "10.0.0.1",
+            tcp(8080, 1001, TCP_SYN | TCP_ACK),
+            abi::PROXY_MARK_LISTENER
+        ),
+        (PASS, abi::PROXY_MARK_LISTENER)
+    );
+    // A flow without HTTP rules is not marked.
+    assert_eq!(
+        run(&mut f, out, "10.0.0.1", "10.0.0.2", syn(1002, 9999), 0),
+        (PASS, 0)
+    );
+
+    // An ingress REDIRECT at to_pod: dropped unless it is the proxy's upstream leg.
+    assert_eq!(
+        run(&mut f, inb, "10.0.0.2", "10.0.0.1", syn(2000, 8081), 0).0,
+        DROP
+    );
+    assert_eq!(
+        run(
+            &mut f,
+            inb,
+            "10.0.0.2",
+            "10.0.0.1",
+            syn(2001, 8081),
+            abi::PROXY_MARK_UPSTREAM
+        ),
+        (PASS, abi::PROXY_MARK_UPSTREAM)
+    );
+    // The server's reply to the upstream socket is delivered locally.
+    assert_eq!(
+        run(
+            &mut f,
+            out,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(8081, 2001, TCP_SYN | TCP_ACK),
+            0
+        ),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+
+    // The proxy gone: a new redirected flow drops again; after a policy change the open
+    // redirected flow is re-checked and revoked, while the upstream leg keeps its standing.
+    f.dp.set_proxy(&abi::ProxyState::default()).unwrap();
+    assert_eq!(
+        run(&mut f, out, "10.0.0.1", "10.0.0.2", syn(1003, 8080), 0).0,
+        DROP
+    );
+    set_ready(&mut f.dp, 2);
+    assert_eq!(
+        run(
+            &mut f,
+            out,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(1001, 8080, TCP_ACK),
+            0
+        )
+        .0,
+        DROP
+    );
+    assert_eq!(
+        run(
+            &mut f,
+            out,
+            "10.0.0.1",
+            "10.0.0.2",
+            tcp(8081, 2001, TCP_ACK),
+            0
+        ),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+}

@@ -117,6 +117,18 @@ pub const CT_F_SEEN_FIN: u8 = 0x02;
 pub const CT_F_SEEN_RST: u8 = 0x04;
 pub const CT_F_PROXY: u8 = 0x08;
 pub const CT_F_OPENED_INGRESS: u8 = 0x10;
+pub const CT_F_PROXY_UPSTREAM: u8 = 0x20;
+
+/// `skb->mark` bits of the L7 proxy redirect (`PROXY_MARK_*`, docs/datapath.md §11).
+pub const PROXY_MARK_MASK: u32 = 0x0f00;
+/// Set by `from_pod`: deliver locally (to the proxy, or to its upstream socket).
+pub const PROXY_MARK_LOCAL: u32 = 0x0200;
+/// The proxy's client-facing sockets.
+pub const PROXY_MARK_LISTENER: u32 = 0x0a00;
+/// The proxy's upstream sockets: `to_pod` accepts a REDIRECT decision only with it.
+pub const PROXY_MARK_UPSTREAM: u32 = 0x0b00;
+/// `proxy_state.flags`: the proxy takes redirected connections.
+pub const PROXY_F_READY: u32 = 0x01;
 pub const CT_LIFETIME_TCP_SYN_S: u64 = 60;
 pub const CT_LIFETIME_TCP_S: u64 = 21600;
 pub const CT_LIFETIME_TCP_CLOSE_S: u64 = 10;
@@ -303,6 +315,32 @@ pub struct VerdictEvent {
     pub packet_len: u32,
 }
 
+/// `struct proxy_state`, the one entry of `pal_proxy`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ProxyState {
+    pub flags: u32,
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+impl ProxyState {
+    pub fn to_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.port_be.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 8]) -> ProxyState {
+        ProxyState {
+            flags: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            port_be: u16::from_ne_bytes([b[4], b[5]]),
+            pad: 0,
+        }
+    }
+}
+
 /// `struct counter_value`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -344,6 +382,8 @@ const _: () = {
     assert!(offset_of!(VerdictEvent, proxy_port_be) == 72);
     assert!(offset_of!(VerdictEvent, packet_len) == 76);
     assert!(size_of::<CounterValue>() == 16);
+    assert!(size_of::<ProxyState>() == 8);
+    assert!(offset_of!(ProxyState, port_be) == 4);
     assert!(size_of::<PolicyValue>() == 12);
     assert!(offset_of!(PolicyValue, proxy_port_be) == 4);
     assert!(offset_of!(PolicyValue, precedence) == 6);
@@ -642,6 +682,7 @@ pub mod tcx {
 /// `BPF_MAP_TYPE_*` values (kernel UAPI) of the map types the datapath declares.
 pub mod map_type {
     pub const HASH: u32 = 1;
+    pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
@@ -658,6 +699,7 @@ pub mod map_name {
     pub const DROP_SEEN: &str = "pal_drop_seen";
     pub const EVENTS: &str = "pal_events";
     pub const COUNTERS: &str = "pal_counters";
+    pub const PROXY: &str = "pal_proxy";
 }
 
 /// Entry capacities of the maps the control plane fills (`max_entries` in `ebpf/lib/*.h`;
@@ -730,6 +772,12 @@ pub const MAPS: &[MapAbi] = &[
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("counter_value", size_of::<CounterValue>())),
     },
+    MapAbi {
+        name: map_name::PROXY,
+        map_type: map_type::ARRAY,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("proxy_state", size_of::<ProxyState>())),
+    },
 ];
 
 /// The layout of every ABI struct as the Rust mirror has it (compared with the object's
@@ -759,5 +807,6 @@ pub fn layouts() -> Vec<StructLayout> {
             dst_identity, rule_id, revision, proxy_port_be as "proxy_port", pad, packet_len
         ]),
         layout!(CounterValue, "counter_value", [packets, bytes]),
+        layout!(ProxyState, "proxy_state", [flags, port_be as "port", pad]),
     ]
 }

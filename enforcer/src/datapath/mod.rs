@@ -761,6 +761,46 @@ impl Datapath {
         Ok((r.return_value, r.duration))
     }
 
+    /// [`Datapath::test_run`] with the packet's `skb->mark` set to `mark`: the return value
+    /// and the mark the program left (the L7 redirect's marks).
+    pub fn test_run_marked(&mut self, hook: Hook, packet: &[u8], mark: u32) -> Result<(u32, u32)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        // struct __sk_buff, zero but `mark` (offset 8); the kernel copies its own size back.
+        const SKB_CTX: usize = 256;
+        const MARK: usize = 8;
+        let mut ctx_in = [0u8; SKB_CTX];
+        ctx_in[MARK..MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX];
+        let name = self.program_name(hook)?;
+        let prog = self.classifier(&name)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..Default::default()
+            })
+            .map_err(prog_err(&name))?;
+        let out = u32::from_ne_bytes([
+            ctx_out[MARK],
+            ctx_out[MARK + 1],
+            ctx_out[MARK + 2],
+            ctx_out[MARK + 3],
+        ]);
+        Ok((r.return_value, out))
+    }
+
+    // ---- the L7 proxy ----------------------------------------------------------------
+
+    /// Writes `pal_proxy`: with [`abi::PROXY_F_READY`] the datapath hands REDIRECT flows to
+    /// the proxy; without it they drop with `DROP_PROXY_UNAVAILABLE`.
+    pub fn set_proxy(&mut self, state: &abi::ProxyState) -> Result<()> {
+        let name = map_name::PROXY;
+        let mut m: aya::maps::Array<_, [u8; 8]> =
+            aya::maps::Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        m.set(0, state.to_bytes(), 0).map_err(map_err(name))
+    }
+
     /// Instructions the verifier processed per program (tracked by tests).
     pub fn program_stats(&mut self) -> Vec<(String, u32, u32)> {
         let mut out = Vec::new();
