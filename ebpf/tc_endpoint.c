@@ -25,6 +25,8 @@
  *      policy lookup (lib/policy.h) decides. A REDIRECT passes at from_pod only while the
  *      L7 proxy is ready (pal_proxy), marked for local delivery to it; at to_pod only on the
  *      proxy's upstream leg (mark 0x0b00); else DROP_PROXY_UNAVAILABLE.
+ *   6b. from_pod, admitted TCP to an endpoint on this node whose ingress rules redirect it:
+ *      redirected here while the proxy is ready (lib/policy.h).
  *   4./5. also mark for local delivery: packets of a redirected flow (CT_F_PROXY) and
  *      replies to a proxy upstream (CT_F_PROXY_UPSTREAM).
  *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
@@ -185,6 +187,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			  skb->mark);
 	if (d.drop_reason)
 		goto drop;
+	/* 6b. */
+	if (dir == DIRECTION_EGRESS)
+		policy_redirect_for_destination(&d, peer, ep.identity, f.p.protocol,
+						policy_port(&f.p, f.p.dport));
 
 	/* 7. A flow the proxy's upstream opens is flagged, so that its replies are delivered
 	 * to the proxy (step 5). */

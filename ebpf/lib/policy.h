@@ -45,12 +45,11 @@ struct decision {
 	__be16 proxy_port;
 };
 
-/* Steps 3 and 5 for one flow of the endpoint in `slot`. `mark` is the packet's skb->mark
- * (for a re-check, the mark the flow was opened with). */
-static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u8 dir,
-						     __u8 protocol, __be16 dport, __u32 mark)
+/* The entry that decides a flow of the endpoint in `slot` with `peer`, or NULL when the
+ * slot has none for this direction. */
+static __always_inline struct policy_value *policy_entry(__u32 slot, __u32 peer, __u8 dir,
+							 __u8 protocol, __be16 dport)
 {
-	struct decision d = {};
 	struct policy_key k = {};
 
 	k.prefixlen = POLICY_PREFIX_FULL;
@@ -67,6 +66,16 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 		k.identity = IDENTITY_UNKNOWN;
 		w = bpf_map_lookup_elem(&pal_policy, &k);
 	}
+	return w;
+}
+
+/* Steps 3 and 5 for one flow of the endpoint in `slot`. `mark` is the packet's skb->mark
+ * (for a re-check, the mark the flow was opened with). */
+static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u8 dir,
+						     __u8 protocol, __be16 dport, __u32 mark)
+{
+	struct decision d = {};
+	struct policy_value *w = policy_entry(slot, peer, dir, protocol, dport);
 	/* No entry (a slot being torn down, a corrupted map) or the default-deny terminal
 	 * (DENY with no rule): the direction is isolated and nothing opens it. The terminal
 	 * of a pod in an audit namespace carries POLICY_F_AUDIT and is reported below. */
@@ -112,6 +121,26 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 		break;
 	}
 	return d;
+}
+
+/* Step 6b: a flow from_pod admitted that goes to an endpoint on this node whose ingress
+ * rules redirect it (HTTP rules): taken to the proxy here, at the source veth, because a
+ * socket can only be assigned from a tc ingress hook (docs/datapath.md §11). Endpoints that
+ * share an identity share a policy slot numbered by it, so the destination's slot is its
+ * identity; an identity with no slot (not on this node) has no entry. Only while the proxy
+ * is ready; otherwise the destination's to_pod decides (and drops the REDIRECT). */
+static __always_inline void policy_redirect_for_destination(struct decision *d, __u32 dst,
+							    __u32 src, __u8 protocol,
+							    __be16 dport)
+{
+	if (protocol != IPPROTO_TCP || d->verdict == EVENT_VERDICT_REDIRECTED || !proxy_ready())
+		return;
+	struct policy_value *w = policy_entry(dst, src, DIRECTION_INGRESS, protocol, dport);
+	if (!w || w->verdict != POLICY_VERDICT_REDIRECT)
+		return;
+	d->verdict = EVENT_VERDICT_REDIRECTED;
+	d->rule_id = w->rule_id;
+	d->proxy_port = w->proxy_port;
 }
 
 #endif

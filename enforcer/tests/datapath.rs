@@ -1541,3 +1541,64 @@ fn redirected_flows_are_marked_for_the_proxy_only_while_it_is_ready() {
         (PASS, abi::PROXY_MARK_LOCAL)
     );
 }
+
+/// Step 6b: a destination on this node whose ingress HTTP rules redirect the flow has it
+/// redirected at the source veth (a socket can only be assigned from a tc ingress hook),
+/// while the proxy is ready; the destination's slot is its identity, so a destination with
+/// no slot here, or a port its rules do not redirect, is not marked.
+#[test]
+fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
+    let Some(mut f) = fixture("proxy-dst") else {
+        return;
+    };
+    let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
+    let redirect = PolicyValue {
+        rule_id: 42,
+        verdict: abi::POLICY_VERDICT_REDIRECT,
+        proxy_port_be: 15080u16.to_be(),
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    };
+    // PEER is an endpoint here (its slot is its identity): HTTP rules on 8082 from POD,
+    // a plain allow on 9000. POD may send to any peer on 8082.
+    f.dp.upsert_policy(PEER, &port_key(POD, ing, 6, 8082), &redirect)
+        .unwrap();
+    f.dp.upsert_policy(PEER, &port_key(0, ing, 6, 9000), &allow(43))
+        .unwrap();
+    f.dp.upsert_policy(POD, &port_key(0, eg, 6, 8082), &allow(44))
+        .unwrap();
+    let run = |f: &mut Fixture, dst: &str, l4| {
+        f.dp.test_run_marked(
+            Hook::FromPod,
+            &packet::build(ip("10.0.0.1"), ip(dst), l4),
+            0,
+        )
+        .unwrap()
+    };
+    // No proxy: POD's egress admits it unmarked; PEER's to_pod decides (and drops).
+    assert_eq!(run(&mut f, "10.0.0.2", syn(3000, 8082)), (PASS, 0));
+    f.events();
+    f.dp.set_proxy(&abi::ProxyState {
+        flags: abi::PROXY_F_READY,
+        port_be: 15080u16.to_be(),
+        pad: 0,
+    })
+    .unwrap();
+    assert_eq!(
+        run(&mut f, "10.0.0.2", syn(3001, 8082)),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+    let ev = f.events();
+    assert_eq!(
+        (ev[0].verdict, ev[0].rule_id),
+        (abi::EVENT_VERDICT_REDIRECTED, 42)
+    );
+    // Its later packets follow it to the proxy.
+    assert_eq!(
+        run(&mut f, "10.0.0.2", tcp(3001, 8082, TCP_ACK)),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+    // A port PEER's rules do not redirect, and a destination with no slot here: unmarked.
+    assert_eq!(run(&mut f, "10.0.0.2", syn(3002, 9000)), (PASS, 0));
+    assert_eq!(run(&mut f, "10.0.0.3", syn(3003, 8082)), (PASS, 0));
+}
