@@ -108,6 +108,12 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("CT_F_SEEN_RST", abi::CT_F_SEEN_RST as i64),
         ("CT_F_PROXY", abi::CT_F_PROXY as i64),
         ("CT_F_OPENED_INGRESS", abi::CT_F_OPENED_INGRESS as i64),
+        ("CT_F_PROXY_UPSTREAM", abi::CT_F_PROXY_UPSTREAM as i64),
+        ("PROXY_MARK_MASK", abi::PROXY_MARK_MASK as i64),
+        ("PROXY_MARK_LOCAL", abi::PROXY_MARK_LOCAL as i64),
+        ("PROXY_MARK_LISTENER", abi::PROXY_MARK_LISTENER as i64),
+        ("PROXY_MARK_UPSTREAM", abi::PROXY_MARK_UPSTREAM as i64),
+        ("PROXY_F_READY", abi::PROXY_F_READY as i64),
         ("CT_LIFETIME_TCP_SYN_S", abi::CT_LIFETIME_TCP_SYN_S as i64),
         ("CT_LIFETIME_TCP_S", abi::CT_LIFETIME_TCP_S as i64),
         (
