@@ -122,6 +122,7 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
                 version: "HTTP/1.1",
                 outcome,
                 latency: Duration::from_micros(180),
+                upstream_error: None,
             },
         }
     };

@@ -430,8 +430,10 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Hop-by-hop headers, and the ones the proxy writes itself.
+/// Hop-by-hop headers, and the ones the proxy writes or answers itself (`Expect`: the proxy
+/// answers `100 Continue` once it allowed the request).
 const NOT_FORWARDED: &[&str] = &[
+    "expect",
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -104,6 +104,8 @@ pub struct RequestRecord {
     pub outcome: Outcome,
     /// From the head's end to the response head's end (or the refusal).
     pub latency: Duration,
+    /// Why an allowed request got no response from the upstream (answered 502).
+    pub upstream_error: Option<String>,
 }
 
 /// Where every request's record goes.
@@ -216,6 +218,7 @@ where
                             reason: e.to_string(),
                         },
                         latency: Duration::ZERO,
+                        upstream_error: None,
                     };
                     return refuse(&mut client, e.status, record, sink, config).await;
                 }
@@ -228,8 +231,27 @@ where
                 Ok(true) => {
                     started.get_or_insert_with(Instant::now);
                 }
-                // End of stream or a timeout between requests: the connection is over. A
-                // partial head that never completes is dropped unforwarded.
+                // A partial head that missed its deadline: answered 408, never forwarded.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && started.is_some() => {
+                    let record = RequestRecord {
+                        method: String::new(),
+                        target: String::new(),
+                        path: None,
+                        host: None,
+                        version: "HTTP/1.1",
+                        outcome: Outcome::Refused {
+                            status: 408,
+                            reason: format!(
+                                "the request head was not complete within {:?}",
+                                config.head_timeout
+                            ),
+                        },
+                        latency: Duration::ZERO,
+                        upstream_error: None,
+                    };
+                    return refuse(&mut client, 408, record, sink, config).await;
+                }
+                // End of stream, or idle between requests: the connection is over.
                 Ok(false) | Err(_) => return Ok(()),
             }
         };
@@ -250,6 +272,7 @@ where
                 reason: String::new(),
             },
             latency: Duration::ZERO,
+            upstream_error: None,
         };
         if head.method == "CONNECT" || !head.upgrade.is_empty() {
             record.outcome = Outcome::Refused {
@@ -327,6 +350,15 @@ where
                 record.latency = t0.elapsed();
                 return refuse(&mut client, 400, record, sink, config).await;
             }
+            Err(Failure::Upstream(reason)) => {
+                // Nothing of a response reached the client: it is answered 502, and the
+                // upstream connection, in an unknown state, is dropped.
+                drop(upstream.take());
+                record.outcome = Outcome::Forwarded { rule, status: 502 };
+                record.latency = t0.elapsed();
+                record.upstream_error = Some(reason);
+                return refuse(&mut client, 502, record, sink, config).await;
+            }
             Err(Failure::Io(e)) => {
                 record.outcome = Outcome::Forwarded { rule, status: 0 };
                 record.latency = t0.elapsed();
@@ -351,6 +383,9 @@ where
 enum Failure {
     /// The client's body broke its framing (before any response was relayed).
     RequestBody(String),
+    /// The upstream failed before any byte of a response was relayed: closed, timed out,
+    /// or sent a head that is not HTTP.
+    Upstream(String),
     /// A socket failed, a deadline passed, or the upstream's response was unusable.
     Io(io::Error),
 }
@@ -414,7 +449,7 @@ where
         }
     }
     up.io.flush().await?;
-    Ok(relay_response(client, up, head.method == "HEAD", config).await?)
+    relay_response(client, up, head.method == "HEAD", config).await
 }
 
 /// How a response body is delimited.
@@ -431,35 +466,58 @@ async fn relay_response<C, U>(
     up: &mut Side<U>,
     head_request: bool,
     config: &ProxyConfig,
-) -> io::Result<(u16, bool)>
+) -> Result<(u16, bool), Failure>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    // Until the first response head is relayed, an upstream failure can still be answered.
+    let mut relayed = false;
     loop {
+        let failed = |relayed: bool, e: io::Error| {
+            if relayed {
+                Failure::Io(e)
+            } else {
+                Failure::Upstream(e.to_string())
+            }
+        };
         let (len, status, body, keep) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 100];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(&up.buf) {
                 Ok(httparse::Status::Complete(len)) => {
                     let status = resp.code.unwrap_or(0);
-                    let (body, keep) = response_framing(&resp, status, head_request)?;
+                    let (body, keep) = response_framing(&resp, status, head_request)
+                        .map_err(|e| failed(relayed, e))?;
                     break (len, status, body, keep);
                 }
                 Ok(httparse::Status::Partial) => {
                     if up.buf.len() > config.head.max_head_bytes {
-                        return Err(invalid("the response head is too large"));
+                        return Err(failed(relayed, invalid("the response head is too large")));
                     }
-                    if !up.fill(config.upstream_timeout).await? {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the upstream closed before a complete response head",
+                    let more = up
+                        .fill(config.upstream_timeout)
+                        .await
+                        .map_err(|e| failed(relayed, e))?;
+                    if !more {
+                        return Err(failed(
+                            relayed,
+                            io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the upstream closed before a complete response head",
+                            ),
                         ));
                     }
                 }
-                Err(e) => return Err(invalid(&format!("invalid response head: {e}"))),
+                Err(e) => {
+                    return Err(failed(
+                        relayed,
+                        invalid(&format!("invalid response head: {e}")),
+                    ));
+                }
             }
         };
+        relayed = true;
         // The head, and as much of a sized body as already arrived, in one write.
         let with_body = match body {
             ResponseBody::Length(n) => {
@@ -477,7 +535,7 @@ where
         };
         if (100..200).contains(&status) {
             if status == 101 {
-                return Err(invalid("the upstream switched protocols"));
+                return Err(Failure::Io(invalid("the upstream switched protocols")));
             }
             continue;
         }
@@ -488,10 +546,10 @@ where
                     .copy_exact(n, &mut client.io, config.upstream_timeout)
                     .await?
                 {
-                    return Err(io::Error::new(
+                    return Err(Failure::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the response body ended early",
-                    ));
+                    )));
                 }
             }
             ResponseBody::Chunked => {
@@ -500,7 +558,7 @@ where
                 loop {
                     let used = decoder
                         .feed(&up.buf, &mut sink)
-                        .map_err(|e| invalid(&e.to_string()))?;
+                        .map_err(|e| Failure::Io(invalid(&e.to_string())))?;
                     sink.clear();
                     client.io.write_all(&up.buf[..used]).await?;
                     up.buf.drain(..used);
@@ -508,10 +566,10 @@ where
                         break;
                     }
                     if !up.fill(config.upstream_timeout).await? {
-                        return Err(io::Error::new(
+                        return Err(Failure::Io(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the chunked response ended early",
-                        ));
+                        )));
                     }
                 }
             }
@@ -602,7 +660,9 @@ where
     sink.request(record);
     let body = match status {
         403 => "Access denied\r\n",
+        408 => "Request timeout\r\n",
         501 => "Not implemented\r\n",
+        502 => "Bad gateway\r\n",
         503 => "Upstream unavailable\r\n",
         _ => "Bad request\r\n",
     };
@@ -635,6 +695,8 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         403 => "Forbidden",
+        408 => "Request Timeout",
+        502 => "Bad Gateway",
         413 => "Content Too Large",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",

@@ -222,13 +222,14 @@ fn curl_through_the_proxy_allowed_denied_and_bodies() {
 
     // Only the allowed requests reached nginx, with their bodies.
     let served = nginx.served();
-    // (method and target, Content-Length, Transfer-Encoding) as nginx logged them; nginx logs
-    // the length of a chunked body it discarded as 0.
+    // (method and target, Content-Length, Transfer-Encoding, Expect) as nginx logged them;
+    // nginx logs the length of a chunked body it discarded as 0. The proxy answered the
+    // client's `Expect: 100-continue` itself, so nginx never saw one.
     let want = [
-        "GET /api/v1/data - -",
-        "POST /api/upload 5 -",
-        "POST /api/upload 0 chunked",
-        "POST /api/upload 100000 -",
+        "GET /api/v1/data - - -",
+        "POST /api/upload 5 - -",
+        "POST /api/upload 0 chunked -",
+        "POST /api/upload 100000 - -",
     ];
     assert_eq!(
         served, want,
@@ -375,13 +376,20 @@ fn a_slow_head_is_cut_off_and_others_are_served_meanwhile() {
     // Each slow connection is closed by the proxy once the head deadline passed.
     for mut s in slow {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap_or(usize::MAX);
-        assert_eq!(
-            n, 0,
-            "the proxy closed the slow connection without forwarding"
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408 "),
+            "the proxy answers a head that missed its deadline 408 and closes: {answer:?}"
         );
     }
+    let timeouts = proxy
+        .outcomes()
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Refused { status: 408, .. }))
+        .count();
+    assert_eq!(timeouts, 20, "each slow head is a refusal in the log");
     assert_eq!(nginx.served().len(), 1);
 }
 
@@ -541,4 +549,40 @@ fn limits_upstream_failure_head_and_idle_connections() {
         proxy_down.outcomes().as_slice(),
         [(_, Outcome::Refused { status: 503, .. })]
     ));
+}
+
+/// An upstream that fails before answering (closes, or answers something that is not HTTP):
+/// the client is answered 502 with the reason in the record, never a silent reset.
+#[test]
+fn an_upstream_that_fails_before_answering_is_a_502() {
+    let broken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = broken.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, conn) in broken.incoming().enumerate() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            if i % 2 == 0 {
+                let _ = c.write_all(b"SPDY/9 nonsense\r\n\r\n");
+            }
+            // Dropped: closed without (another) word.
+        }
+    });
+    let proxy = Proxy::start(addr, ProxyConfig::default());
+    for _ in 0..2 {
+        let answer = exchange(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(statuses(&answer), vec![502], "{answer}");
+    }
+    let records = proxy.records.lock().unwrap().clone();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(
+            r.outcome,
+            Outcome::Forwarded {
+                rule: 1,
+                status: 502
+            }
+        );
+        assert!(r.upstream_error.is_some(), "{r:?}");
+    }
 }

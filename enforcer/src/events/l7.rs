@@ -169,6 +169,9 @@ pub fn render_l7_flow(
     if let Some(path) = &r.path {
         ext.insert("normalized_path".into(), json!(path));
     }
+    if let Some(e) = &r.upstream_error {
+        ext.insert("upstream_error".into(), json!(e));
+    }
     ext.insert("policy_revision".into(), json!(ev.revision));
     flow.insert(
         "extensions".into(),

@@ -75,7 +75,7 @@ impl Nginx {
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n\
-               log_format l '$request_method $request_uri $content_length $http_transfer_encoding';\n\
+               log_format l '$request_method $request_uri $content_length $http_transfer_encoding $http_expect';\n\
                access_log {d}/access.log l;\n\
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
@@ -103,8 +103,8 @@ impl Nginx {
         Nginx { child, dir, addr }
     }
 
-    /// The requests nginx served so far, one `METHOD URI CONTENT_LENGTH TRANSFER_ENCODING` line
-    /// each.
+    /// The requests nginx served so far, one `METHOD URI CONTENT_LENGTH TRANSFER_ENCODING
+    /// EXPECT` line each (`-` for an absent header).
     pub fn served(&self) -> Vec<String> {
         // nginx writes its access log line after the response; give it a moment.
         std::thread::sleep(Duration::from_millis(100));
