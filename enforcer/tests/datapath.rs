@@ -41,6 +41,17 @@ fn allow(rule: u32) -> PolicyValue {
     }
 }
 
+/// An L7 redirect to the proxy on port 15080, naming `rule`.
+fn redirect(rule: u32) -> PolicyValue {
+    PolicyValue {
+        rule_id: rule,
+        verdict: abi::POLICY_VERDICT_REDIRECT,
+        proxy_port_be: 15080u16.to_be(),
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    }
+}
+
 fn port_key(identity: u32, dir: u8, proto: u8, port: u16) -> EntryKey {
     EntryKey {
         identity,
@@ -658,14 +669,7 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         (abi::EVENT_VERDICT_AUDIT, 30)
     );
     // An L7 redirect with no proxy attached: dropped, naming the rule.
-    let redirect = PolicyValue {
-        rule_id: 31,
-        verdict: abi::POLICY_VERDICT_REDIRECT,
-        proxy_port_be: 15001u16.to_be(),
-        precedence: abi::PRECEDENCE_NETWORK_POLICY,
-        ..Default::default()
-    };
-    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8080), &redirect)
+    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8080), &redirect(31))
         .unwrap();
     assert_eq!(
         f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(3, 8080)),
@@ -676,7 +680,7 @@ fn deny_beats_allow_audit_forwards_and_redirect_fails_closed() {
         (ev[0].drop_reason as u32, ev[0].rule_id),
         (abi::DROP_PROXY_UNAVAILABLE, 31)
     );
-    assert_eq!(u16::from_be(ev[0].proxy_port_be), 15001);
+    assert_eq!(u16::from_be(ev[0].proxy_port_be), 15080);
 }
 
 #[test]
@@ -1399,13 +1403,6 @@ fn redirected_flows_are_marked_for_the_proxy_only_while_it_is_ready() {
         return;
     };
     let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
-    let redirect = |rule| PolicyValue {
-        rule_id: rule,
-        verdict: abi::POLICY_VERDICT_REDIRECT,
-        proxy_port_be: 15080u16.to_be(),
-        precedence: abi::PRECEDENCE_NETWORK_POLICY,
-        ..Default::default()
-    };
     // POD's egress to PEER:8080 and its ingress from PEER on 8081 carry HTTP rules.
     f.dp.upsert_policy(POD, &port_key(PEER, eg, 6, 8080), &redirect(40))
         .unwrap();
@@ -1552,16 +1549,9 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
         return;
     };
     let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
-    let redirect = PolicyValue {
-        rule_id: 42,
-        verdict: abi::POLICY_VERDICT_REDIRECT,
-        proxy_port_be: 15080u16.to_be(),
-        precedence: abi::PRECEDENCE_NETWORK_POLICY,
-        ..Default::default()
-    };
     // PEER is an endpoint here (its slot is its identity): HTTP rules on 8082 from POD,
     // a plain allow on 9000. POD may send to any peer on 8082.
-    f.dp.upsert_policy(PEER, &port_key(POD, ing, 6, 8082), &redirect)
+    f.dp.upsert_policy(PEER, &port_key(POD, ing, 6, 8082), &redirect(42))
         .unwrap();
     f.dp.upsert_policy(PEER, &port_key(0, ing, 6, 9000), &allow(43))
         .unwrap();

@@ -108,6 +108,22 @@ pub struct RequestRecord {
     pub upstream_error: Option<String>,
 }
 
+impl RequestRecord {
+    /// The record of a request refused before its head was read (no method or target).
+    fn refused_head(status: u16, reason: String) -> RequestRecord {
+        RequestRecord {
+            method: String::new(),
+            target: String::new(),
+            path: None,
+            host: None,
+            version: "HTTP/1.1",
+            outcome: Outcome::Refused { status, reason },
+            latency: Duration::ZERO,
+            upstream_error: None,
+        }
+    }
+}
+
 /// Where every request's record goes.
 pub trait Sink: Send + Sync {
     fn request(&self, record: RequestRecord);
@@ -207,19 +223,7 @@ where
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => {
-                    let record = RequestRecord {
-                        method: String::new(),
-                        target: String::new(),
-                        path: None,
-                        host: None,
-                        version: "HTTP/1.1",
-                        outcome: Outcome::Refused {
-                            status: e.status,
-                            reason: e.to_string(),
-                        },
-                        latency: Duration::ZERO,
-                        upstream_error: None,
-                    };
+                    let record = RequestRecord::refused_head(e.status, e.to_string());
                     return refuse(&mut client, e.status, record, sink, config).await;
                 }
             }
@@ -233,22 +237,13 @@ where
                 }
                 // A partial head that missed its deadline: answered 408, never forwarded.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && started.is_some() => {
-                    let record = RequestRecord {
-                        method: String::new(),
-                        target: String::new(),
-                        path: None,
-                        host: None,
-                        version: "HTTP/1.1",
-                        outcome: Outcome::Refused {
-                            status: 408,
-                            reason: format!(
-                                "the request head was not complete within {:?}",
-                                config.head_timeout
-                            ),
-                        },
-                        latency: Duration::ZERO,
-                        upstream_error: None,
-                    };
+                    let record = RequestRecord::refused_head(
+                        408,
+                        format!(
+                            "the request head was not complete within {:?}",
+                            config.head_timeout
+                        ),
+                    );
                     return refuse(&mut client, 408, record, sink, config).await;
                 }
                 // End of stream, or idle between requests: the connection is over.
