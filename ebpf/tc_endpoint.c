@@ -3,6 +3,8 @@
  * Palisade endpoint datapath: two tc programs on the host side of every pod veth.
  *   from_pod  (TCX ingress of the host veth): the pod's EGRESS policy, peer = destination
  *   to_pod    (TCX egress of the host veth):  the pod's INGRESS policy, peer = source
+ * and one for the node: proxy_lookup (sk_lookup of the node's network namespace) hands
+ * flows from_pod redirected to the L7 proxy's listener.
  *
  * Per packet, in this order (docs/datapath.md §3 numbers the same steps):
  *   1. parse (lib/parse.h): non-IP -> pass; IPv6 ND/MLD within its protocol limits -> pass
@@ -25,8 +27,8 @@
  *      policy lookup (lib/policy.h) decides. A REDIRECT passes at from_pod only while the
  *      L7 proxy is ready (pal_proxy), marked for local delivery to it; at to_pod only on the
  *      proxy's upstream leg (mark 0x0b00); else DROP_PROXY_UNAVAILABLE.
- *   6b. from_pod, admitted TCP to an endpoint on this node whose ingress rules redirect it:
- *      redirected here while the proxy is ready (lib/policy.h).
+ *   6b. from_pod, admitted TCP to an endpoint on this node (by route lookup) whose ingress
+ *      rules redirect it: redirected here while the proxy is ready (lib/proxy.h).
  *   4./5. also mark for local delivery: packets of a redirected flow (CT_F_PROXY) and
  *      replies to a proxy upstream (CT_F_PROXY_UPSTREAM).
  *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
@@ -42,6 +44,7 @@
 #include "lib/frag.h"
 #include "lib/ct.h"
 #include "lib/events.h"
+#include "lib/proxy.h"
 
 /* Local delivery to the L7 proxy: the redirected flow's packets, and a server's replies to
  * a proxy upstream connection (docs/datapath.md §11). */
@@ -189,7 +192,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		goto drop;
 	/* 6b. */
 	if (dir == DIRECTION_EGRESS)
-		policy_redirect_for_destination(&d, peer, ep.identity, f.p.protocol,
+		policy_redirect_for_destination(skb, &d, &f.p, ep.identity,
 						policy_port(&f.p, f.p.dport));
 
 	/* 7. A flow the proxy's upstream opens is flagged, so that its replies are delivered
@@ -231,6 +234,25 @@ SEC("classifier/egress")
 int to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, DIRECTION_INGRESS);
+}
+
+/* The node namespace's socket lookup (lib/proxy.h): a redirected flow's SYN, delivered
+ * locally by its mark, is given to the L7 proxy's listener. Everything else, and every flow
+ * while no listener is in pal_proxy_socks, is left to the stack. */
+SEC("sk_lookup")
+int proxy_lookup(struct bpf_sk_lookup *ctx)
+{
+	__u32 zero = 0;
+	struct bpf_sock *sk;
+
+	if (!proxy_flow(ctx))
+		return SK_PASS;
+	sk = bpf_map_lookup_elem(&pal_proxy_socks, &zero);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -123,24 +123,4 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 	return d;
 }
 
-/* Step 6b: a flow from_pod admitted that goes to an endpoint on this node whose ingress
- * rules redirect it (HTTP rules): taken to the proxy here, at the source veth, because a
- * socket can only be assigned from a tc ingress hook (docs/datapath.md §11). Endpoints that
- * share an identity share a policy slot numbered by it, so the destination's slot is its
- * identity; an identity with no slot (not on this node) has no entry. Only while the proxy
- * is ready; otherwise the destination's to_pod decides (and drops the REDIRECT). */
-static __always_inline void policy_redirect_for_destination(struct decision *d, __u32 dst,
-							    __u32 src, __u8 protocol,
-							    __be16 dport)
-{
-	if (protocol != IPPROTO_TCP || d->verdict == EVENT_VERDICT_REDIRECTED || !proxy_ready())
-		return;
-	struct policy_value *w = policy_entry(dst, src, DIRECTION_INGRESS, protocol, dport);
-	if (!w || w->verdict != POLICY_VERDICT_REDIRECT)
-		return;
-	d->verdict = EVENT_VERDICT_REDIRECTED;
-	d->rule_id = w->rule_id;
-	d->proxy_port = w->proxy_port;
-}
-
 #endif

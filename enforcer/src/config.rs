@@ -104,6 +104,11 @@ pub struct Config {
     /// The CNI conflist the agent writes once it is ready ([`crate::cniconf`]); absent
     /// (the default): none.
     pub cni: Option<crate::cniconf::CniConfig>,
+    /// The port of the in-process L7 proxy that HTTP rules redirect to (default
+    /// [`policy_compiler::engine::DEFAULT_PROXY_PORT`], on every address of the enforced
+    /// network namespace); `null` runs no proxy, and flows that HTTP rules redirect are
+    /// dropped (`DROP_PROXY_UNAVAILABLE`). docs/l7.md.
+    pub l7_proxy_port: Option<u16>,
 }
 
 /// The metrics endpoint's default address: loopback of the enforced network namespace.
@@ -133,6 +138,7 @@ impl Default for Config {
             node_addresses: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.parse().ok(),
             cni: None,
+            l7_proxy_port: Some(policy_compiler::engine::DEFAULT_PROXY_PORT),
         }
     }
 }
@@ -252,6 +258,12 @@ impl Config {
                     "path is {} bytes; a unix socket path is at most 107",
                     self.socket.as_os_str().len()
                 ),
+            ));
+        }
+        if self.l7_proxy_port == Some(0) {
+            return Err(invalid(
+                "l7_proxy_port",
+                "must be a port between 1 and 65535, or null for no proxy".into(),
             ));
         }
         if self.verdict_log_max_bytes < 4096 {

@@ -10,5 +10,6 @@ pub mod logging;
 pub mod maps;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod source;
 pub mod sync;

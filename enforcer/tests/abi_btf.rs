@@ -12,7 +12,7 @@
 
 use palisade_abi::btf::Btf;
 use palisade_abi::{CtEntry, MAPS, layout, layouts};
-use palisade_enforcer::datapath::{DATAPATH_OBJECT, Hook, map_specs, program_specs};
+use palisade_enforcer::datapath::{Attach, DATAPATH_OBJECT, Hook, map_specs, program_specs};
 
 fn btf() -> Btf {
     Btf::from_object(DATAPATH_OBJECT).unwrap()
@@ -122,7 +122,12 @@ fn every_map_has_the_type_and_layout_the_rust_side_uses() {
             "{}: value",
             m.name
         );
-        assert_eq!(def.pinning, 1, "{}: pinned by name", m.name);
+        assert_eq!(
+            def.pinning,
+            u32::from(m.pinned),
+            "{}: pinned by name (or not)",
+            m.name
+        );
         assert!(def.max_entries > 0, "{}: max entries", m.name);
     }
 }
@@ -172,12 +177,13 @@ fn loader_specs_are_the_objects() {
     assert_eq!(by("pal_counters").max_entries, palisade_abi::COUNTER_MAX);
 
     let progs = program_specs().unwrap();
-    let hooks: Vec<(String, Hook)> = progs.into_iter().map(|p| (p.name, p.hook)).collect();
+    let hooks: Vec<(String, Attach)> = progs.into_iter().map(|p| (p.name, p.attach)).collect();
     assert_eq!(
         hooks,
         vec![
-            ("from_pod".to_string(), Hook::FromPod),
-            ("to_pod".to_string(), Hook::ToPod)
+            ("from_pod".to_string(), Attach::Endpoint(Hook::FromPod)),
+            ("to_pod".to_string(), Attach::Endpoint(Hook::ToPod)),
+            ("proxy_lookup".to_string(), Attach::ProxyLookup),
         ]
     );
 }

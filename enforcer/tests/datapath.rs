@@ -892,8 +892,12 @@ fn verifier_instruction_counts_stay_within_the_recorded_margin() {
         })
         .collect();
     let stats = f.dp.program_stats();
-    assert_eq!(stats.len(), 2);
-    assert_eq!(recorded.len(), 2, "{recorded_path:?} lists both programs");
+    assert_eq!(stats.len(), 3);
+    assert_eq!(
+        recorded.len(),
+        3,
+        "{recorded_path:?} lists the three programs"
+    );
     for (name, insns, xlated) in stats {
         eprintln!("{name}: {insns} verified instructions, {xlated} bytes translated");
         assert!(insns > 100 && xlated > 0, "{name}");
@@ -1548,47 +1552,90 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
     let Some(mut f) = fixture("proxy-dst") else {
         return;
     };
-    let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
-    // PEER is an endpoint here (its slot is its identity): HTTP rules on 8082 from POD,
-    // a plain allow on 9000. POD may send to any peer on 8082.
-    f.dp.upsert_policy(PEER, &port_key(POD, ing, 6, 8082), &redirect(42))
-        .unwrap();
-    f.dp.upsert_policy(PEER, &port_key(0, ing, 6, 9000), &allow(43))
-        .unwrap();
-    f.dp.upsert_policy(POD, &port_key(0, eg, 6, 8082), &allow(44))
-        .unwrap();
-    let run = |f: &mut Fixture, dst: &str, l4| {
-        f.dp.test_run_marked(
-            Hook::FromPod,
-            &packet::build(ip("10.0.0.1"), ip(dst), l4),
-            0,
-        )
-        .unwrap()
+    // The destination is found by route lookup, as on a node: a namespace where 10.0.0.2
+    // is routed to an interface whose endpoint (identity PEER) has its policy in slot 4242
+    // (a slot number unrelated to the identity, as after a policy change).
+    let Some(node) = palisade_testkit::node::Node::for_test("dp-proxy-dst", "6b route lookup")
+    else {
+        return;
     };
-    // No proxy: POD's egress admits it unmarked; PEER's to_pod decides (and drops).
-    assert_eq!(run(&mut f, "10.0.0.2", syn(3000, 8082)), (PASS, 0));
-    f.events();
-    f.dp.set_proxy(&abi::ProxyState {
-        flags: abi::PROXY_F_READY,
-        port_be: 15080u16.to_be(),
-        pad: 0,
+    const PEER_SLOT: u32 = 4242;
+    let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
+    node.run_in(|| {
+        for args in [
+            &[
+                "link", "add", "pal-dst0", "type", "veth", "peer", "name", "pal-dst1",
+            ][..],
+            &["link", "set", "pal-dst1", "up"],
+            &["link", "set", "pal-dst0", "up"],
+            &["route", "add", "10.0.0.2/32", "dev", "pal-dst0"],
+        ] {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        let ifindex = palisade_enforcer::datapath::ifindex_of("pal-dst0").unwrap();
+        f.dp.set_endpoint(
+            ifindex,
+            &EndpointInfo {
+                identity: PEER,
+                policy_slot: PEER_SLOT,
+                flags: abi::ENDPOINT_F_READY,
+                revision: 1,
+                ..Default::default()
+            }
+            .with_addresses(&[ip("10.0.0.2")]),
+        )
+        .unwrap();
+        // PEER: HTTP rules on 8082 from POD, a plain allow on 9000. POD may send anywhere
+        // on 8082. Entries in PEER's identity-numbered slot must not count.
+        f.dp.upsert_policy(PEER_SLOT, &port_key(POD, ing, 6, 8082), &redirect(42))
+            .unwrap();
+        f.dp.upsert_policy(PEER_SLOT, &port_key(0, ing, 6, 9000), &allow(43))
+            .unwrap();
+        f.dp.upsert_policy(PEER, &port_key(0, ing, 6, 9000), &redirect(45))
+            .unwrap();
+        f.dp.upsert_policy(POD, &port_key(0, eg, 6, 8082), &allow(44))
+            .unwrap();
+        f.dp.upsert_policy(POD, &port_key(0, eg, 6, 9000), &allow(46))
+            .unwrap();
+        let run = |f: &mut Fixture, dst: &str, l4| {
+            f.dp.test_run_marked(
+                Hook::FromPod,
+                &packet::build(ip("10.0.0.1"), ip(dst), l4),
+                0,
+            )
+            .unwrap()
+        };
+        // No proxy: POD's egress admits it unmarked; PEER's to_pod decides (and drops).
+        assert_eq!(run(&mut f, "10.0.0.2", syn(3000, 8082)), (PASS, 0));
+        f.events();
+        f.dp.set_proxy(&abi::ProxyState {
+            flags: abi::PROXY_F_READY,
+            port_be: 15080u16.to_be(),
+            pad: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            run(&mut f, "10.0.0.2", syn(3001, 8082)),
+            (PASS, abi::PROXY_MARK_LOCAL)
+        );
+        let ev = f.events();
+        assert_eq!(
+            (ev[0].verdict, ev[0].rule_id),
+            (abi::EVENT_VERDICT_REDIRECTED, 42)
+        );
+        // Its later packets follow it to the proxy.
+        assert_eq!(
+            run(&mut f, "10.0.0.2", tcp(3001, 8082, TCP_ACK)),
+            (PASS, abi::PROXY_MARK_LOCAL)
+        );
+        // A port PEER's rules do not redirect (the identity-numbered slot is not read), and
+        // a destination no local interface is routed to: unmarked.
+        assert_eq!(run(&mut f, "10.0.0.2", syn(3002, 9000)), (PASS, 0));
+        assert_eq!(run(&mut f, "10.0.0.3", syn(3003, 8082)), (PASS, 0));
     })
     .unwrap();
-    assert_eq!(
-        run(&mut f, "10.0.0.2", syn(3001, 8082)),
-        (PASS, abi::PROXY_MARK_LOCAL)
-    );
-    let ev = f.events();
-    assert_eq!(
-        (ev[0].verdict, ev[0].rule_id),
-        (abi::EVENT_VERDICT_REDIRECTED, 42)
-    );
-    // Its later packets follow it to the proxy.
-    assert_eq!(
-        run(&mut f, "10.0.0.2", tcp(3001, 8082, TCP_ACK)),
-        (PASS, abi::PROXY_MARK_LOCAL)
-    );
-    // A port PEER's rules do not redirect, and a destination with no slot here: unmarked.
-    assert_eq!(run(&mut f, "10.0.0.2", syn(3002, 9000)), (PASS, 0));
-    assert_eq!(run(&mut f, "10.0.0.3", syn(3003, 8082)), (PASS, 0));
 }

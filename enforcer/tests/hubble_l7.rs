@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use palisade_enforcer::events::{EngineResolver, L7Event, WallTime, render_l7_line};
+use palisade_enforcer::events::{EngineResolver, L7Event, L7Side, WallTime, render_l7_line};
 use palisade_l7proxy::proxy::{Outcome, RequestRecord};
 use palisade_l7proxy::{NormalizeOptions, RequestHead, normalize};
 use policy_compiler::eval::{Flow, FlowPeer, maps};
@@ -111,8 +111,14 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
             server,
             client_identity: engine.endpoint_identity("production/frontend").unwrap(),
             server_identity: engine.endpoint_identity("production/backend").unwrap(),
-            direction: Direction::Ingress,
-            origin,
+            sides: if path.is_some() {
+                vec![L7Side {
+                    direction: Direction::Ingress,
+                    origin,
+                }]
+            } else {
+                Vec::new()
+            },
             revision: 3,
             record: RequestRecord {
                 method: method.into(),

@@ -9,7 +9,7 @@
 //!   one with its framer or normalization status) with `Connection: close`; nothing after it
 //!   is forwarded. The connection is then closed gracefully (write side first, the client's
 //!   unread bytes drained for a moment) so that the answer is not lost to a reset.
-//! - **Rules per request.** [`Rules::current`] is asked for every request, so a policy change
+//! - **Rules per request.** [`Rules::decide`] is asked for every request, so a policy change
 //!   reaches the next request of a kept-alive connection. No rules (`None`) is a deny.
 //! - **Bodies** are forwarded by the framing the framer chose: `Content-Length` bytes
 //!   exactly, or chunked decoded and re-encoded (extensions and trailers dropped). `Expect:
@@ -65,16 +65,18 @@ impl Default for ProxyConfig {
 
 /// The HTTP rules in force for a connection, asked once per request.
 pub trait Rules: Send + Sync {
-    /// `None`: no rules are known for this connection (deny).
-    fn current(&self) -> Option<Arc<RuleSet>>;
+    /// The decision for one normalized request; `None`: no rules are known for this
+    /// connection (refused 403).
+    fn decide(&self, req: &NormalizedRequest) -> Option<Decision>;
 }
 
+/// A closure giving the rule set in force: the set decides.
 impl<F> Rules for F
 where
     F: Fn() -> Option<Arc<RuleSet>> + Send + Sync,
 {
-    fn current(&self) -> Option<Arc<RuleSet>> {
-        self()
+    fn decide(&self, req: &NormalizedRequest) -> Option<Decision> {
+        self().map(|set| set.decide(req))
     }
 }
 
@@ -293,8 +295,8 @@ where
         };
         record.path = Some(req.target.path.clone());
         record.host = req.host.as_ref().map(|h| h.name.clone());
-        let decision = match rules.current() {
-            Some(set) => set.decide(&req),
+        let decision = match rules.decide(&req) {
+            Some(d) => d,
             None => {
                 record.outcome = Outcome::Refused {
                     status: 403,

@@ -686,6 +686,7 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
+    pub const SOCKMAP: u32 = 15;
     pub const RINGBUF: u32 = 27;
 }
 
@@ -700,6 +701,7 @@ pub mod map_name {
     pub const EVENTS: &str = "pal_events";
     pub const COUNTERS: &str = "pal_counters";
     pub const PROXY: &str = "pal_proxy";
+    pub const PROXY_SOCKS: &str = "pal_proxy_socks";
 }
 
 /// Entry capacities of the maps the control plane fills (`max_entries` in `ebpf/lib/*.h`;
@@ -720,6 +722,9 @@ pub struct MapAbi {
     pub map_type: u32,
     pub key: Option<(&'static str, usize)>,
     pub value: Option<(&'static str, usize)>,
+    /// Pinned by name under the pin directory (survives the agent); only the proxy's
+    /// socket map is not (a socket lives as long as its process).
+    pub pinned: bool,
 }
 
 /// Every map of the datapath and the layout the Rust side reads and writes it with.
@@ -729,54 +734,70 @@ pub const MAPS: &[MapAbi] = &[
         map_type: map_type::HASH,
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("endpoint_info", size_of::<EndpointInfo>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::IPCACHE,
         map_type: map_type::LPM_TRIE,
         key: Some(("ipcache_key", size_of::<IpcacheKey>())),
         value: Some(("ipcache_value", size_of::<IpcacheValue>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::POLICY,
         map_type: map_type::LPM_TRIE,
         key: Some(("policy_key", size_of::<PolicyKey>())),
         value: Some(("policy_value", size_of::<PolicyValue>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::CT,
         map_type: map_type::LRU_HASH,
         key: Some(("ct_key", size_of::<CtKey>())),
         value: Some(("ct_entry", size_of::<CtEntry>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::FRAG,
         map_type: map_type::LRU_HASH,
         key: Some(("frag_key", size_of::<FragKey>())),
         value: Some(("frag_ports", size_of::<FragPorts>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::DROP_SEEN,
         map_type: map_type::LRU_HASH,
         key: Some(("ct_key", size_of::<CtKey>())),
         value: Some(("__u64", size_of::<u64>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::EVENTS,
         map_type: map_type::RINGBUF,
         key: None,
         value: None,
+        pinned: true,
     },
     MapAbi {
         name: map_name::COUNTERS,
         map_type: map_type::PERCPU_ARRAY,
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("counter_value", size_of::<CounterValue>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::PROXY,
         map_type: map_type::ARRAY,
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("proxy_state", size_of::<ProxyState>())),
+        pinned: true,
+    },
+    MapAbi {
+        name: map_name::PROXY_SOCKS,
+        map_type: map_type::SOCKMAP,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("__u32", size_of::<u32>())),
+        pinned: false,
     },
 ];
 

@@ -24,6 +24,9 @@ pub struct Health {
     /// Why the CNI network configuration is not written (no pod can start on the node),
     /// while it is not; `None` once written or when the agent writes none.
     pub cni: Option<String>,
+    /// Why the L7 proxy does not take redirected connections (every flow an HTTP rule
+    /// redirects is dropped), while it does not; `None` when it runs or none is configured.
+    pub l7_proxy: Option<String>,
     /// Entries the maps hold (the sync layer's mirror) and their capacities.
     pub usage: Usage,
     pub capacity: Capacity,
@@ -43,6 +46,9 @@ impl Health {
             .map(|e| format!("update refused, still enforcing the last good policy: {e}"))
             .chain(self.cni.iter().map(|e| {
                 format!("CNI network configuration not written, no pod can start on this node: {e}")
+            }))
+            .chain(self.l7_proxy.iter().map(|e| {
+                format!("L7 proxy not running, flows HTTP rules redirect are dropped: {e}")
             }))
             .collect()
     }

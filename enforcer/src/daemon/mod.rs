@@ -105,6 +105,8 @@ pub struct Daemon {
     verdict_log: Mutex<VerdictLogStatus>,
     /// What only the metrics endpoint reports (delays, changes by outcome, lost records).
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The L7 proxy's policy view and counters; `None` when no proxy runs.
+    proxy: Option<Arc<crate::proxy::ProxyShared>>,
 }
 
 use palisade_api::VerdictLogStatus;
@@ -181,6 +183,10 @@ impl Daemon {
         );
         let engine_config = EngineConfig {
             host_addresses,
+            proxy_port: opts
+                .config
+                .l7_proxy_port
+                .unwrap_or(policy_compiler::engine::DEFAULT_PROXY_PORT),
             ..EngineConfig::default()
         };
         let (scratch, _) = Engine::compile_owned(cluster.clone(), engine_config.clone())?;
@@ -238,7 +244,15 @@ impl Daemon {
             state_dir: opts.state_dir.clone(),
             verdict_log: Mutex::new(VerdictLogStatus::default()),
             metrics: crate::metrics::Metrics::default(),
+            proxy: opts
+                .config
+                .l7_proxy_port
+                .map(|_| Arc::new(crate::proxy::ProxyShared::default())),
         };
+        {
+            let st = daemon.lock();
+            daemon.publish_l7_view(&st.engine, &st.local, revision);
+        }
         match imported {
             Ok(0) => {}
             Ok(n) => info!(
@@ -327,6 +341,7 @@ impl Daemon {
         let was_dirty = synced.is_dirty();
         let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
         if result.is_ok() {
+            self.publish_l7_view(engine, local, revision);
             self.metrics
                 .revision
                 .store(u64::from(revision), std::sync::atomic::Ordering::Relaxed);
@@ -395,6 +410,19 @@ impl Daemon {
         self.sync(&mut st, revision)?;
         st.revision = revision;
         Ok(())
+    }
+
+    /// Gives the L7 proxy the policy the maps now hold: requests are judged by what the
+    /// datapath enforces. A copy of the engine, made only when a proxy runs.
+    fn publish_l7_view(&self, engine: &Engine, local: &LocalEndpoints, revision: u32) {
+        if let Some(p) = &self.proxy {
+            let keys = local.iter().map(|(k, _)| k.clone()).collect();
+            p.views.publish(crate::proxy::view::L7View::new(
+                engine.clone(),
+                keys,
+                u64::from(revision),
+            ));
+        }
     }
 
     fn set_endpoints(&self, n: usize) {

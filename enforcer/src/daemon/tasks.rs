@@ -38,6 +38,90 @@ impl Daemon {
         lines.len()
     }
 
+    /// Writes the L7 records the proxy queued, rendered under the state lock like the
+    /// datapath's events.
+    fn drain_l7(
+        &self,
+        records: &mut tokio::sync::mpsc::Receiver<crate::events::L7Event>,
+        logger: &mut FlowLogger,
+    ) -> usize {
+        let mut events = Vec::new();
+        while let Ok(ev) = records.try_recv() {
+            events.push(ev);
+        }
+        if events.is_empty() {
+            return 0;
+        }
+        let lines: Vec<String> = {
+            let st = self.lock();
+            let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
+            events
+                .iter()
+                .map(|e| logger.render_l7(e, &resolver))
+                .collect()
+        };
+        for line in &lines {
+            if let Err(err) = logger.write(line) {
+                warn!(error = err.to_string(), "verdict log write failed");
+            }
+        }
+        lines.len()
+    }
+
+    /// Starts the L7 proxy (docs/l7.md): routing, the listener, the listener into the
+    /// datapath, then `pal_proxy` ready. Any step failing leaves the proxy not ready
+    /// (redirected flows drop), says why in `status`, and the agent keeps enforcing L3/L4.
+    fn start_proxy(
+        &self,
+        shared: Arc<crate::proxy::ProxyShared>,
+        port: u16,
+        records: tokio::sync::mpsc::Sender<crate::events::L7Event>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let started = (|| -> Result<tokio::net::TcpListener, String> {
+            crate::proxy::sockets::install_routing()?;
+            let listener = crate::proxy::sockets::listener(port)
+                .map_err(|e| format!("cannot listen on [::]:{port}: {e}"))?;
+            self.lock()
+                .dp
+                .attach_proxy_listener(&listener)
+                .map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("listener: {e}"))?;
+            self.lock()
+                .dp
+                .set_proxy(&abi::ProxyState {
+                    flags: abi::PROXY_F_READY,
+                    port_be: port.to_be(),
+                    pad: 0,
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(listener)
+        })();
+        let listener = match started {
+            Ok(l) => l,
+            Err(e) => {
+                error!(
+                    error = e.as_str(),
+                    "L7 proxy not started: flows that HTTP rules redirect are dropped (DROP_PROXY_UNAVAILABLE)"
+                );
+                self.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .l7_proxy = Some(e);
+                return None;
+            }
+        };
+        info!(
+            l7_proxy.port = port,
+            "L7 proxy ready: HTTP rules are enforced"
+        );
+        let config = Arc::new(palisade_l7proxy::proxy::ProxyConfig::default());
+        Some(tokio::spawn(crate::proxy::run(
+            listener, shared, config, records, stop,
+        )))
+    }
+
     /// Packets of one counter over both directions.
     fn counter_total(&self, code: u32) -> u64 {
         let st = self.lock();
@@ -54,6 +138,7 @@ impl Daemon {
     fn events_loop(
         &self,
         mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+        mut records: tokio::sync::mpsc::Receiver<crate::events::L7Event>,
         mut logger: FlowLogger,
         gc_every: Duration,
         checkpoint_every: Duration,
@@ -74,6 +159,7 @@ impl Daemon {
                 let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
             }
             self.drain_events(&mut ring, &mut logger);
+            self.drain_l7(&mut records, &mut logger);
             if stopping || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);
@@ -193,6 +279,7 @@ impl Daemon {
         self.set_verdict_log_status(&logger);
         let checkpoint_every = Duration::from_secs(config.verdict_log_checkpoint_secs);
 
+        let (l7_tx, l7_rx) = tokio::sync::mpsc::channel(crate::proxy::RECORD_QUEUE);
         let events_stop = Arc::new(AtomicBool::new(false));
         let events = {
             let daemon = self.clone();
@@ -200,7 +287,9 @@ impl Daemon {
             let gc_every = config.ct_gc_interval();
             std::thread::Builder::new()
                 .name("palisade-events".into())
-                .spawn(move || daemon.events_loop(ring, logger, gc_every, checkpoint_every, &stop))
+                .spawn(move || {
+                    daemon.events_loop(ring, l7_rx, logger, gc_every, checkpoint_every, &stop)
+                })
                 .map_err(|source| DaemonError::Thread {
                     name: "palisade-events",
                     source,
@@ -214,6 +303,12 @@ impl Daemon {
             }
         };
         let api = tokio::spawn(server.serve(Arc::new(Registry(self.clone())), api_stop));
+        let proxy_task = match (&self.proxy, config.l7_proxy_port) {
+            (Some(shared), Some(port)) => {
+                self.start_proxy(shared.clone(), port, l7_tx, stop_rx.clone())
+            }
+            _ => None,
+        };
         // Only now (datapath loaded, first compile in the maps, the API listening) may the
         // runtime start pods here: the CNI conflist is written (docs/deploy.md).
         let cni_task = config.cni.clone().map(|cni| {
@@ -299,6 +394,12 @@ impl Daemon {
 
         shutdown.await;
         let _ = stop_tx.send(true);
+        if let Some(t) = proxy_task {
+            // Redirected flows drop with their reason from here on, rather than meeting a
+            // closed listener.
+            let _ = self.lock().dp.set_proxy(&abi::ProxyState::default());
+            let _ = t.await;
+        }
         let _ = reconcile_task.await;
         events_stop.store(true, Ordering::Release);
         let _ = source_task.await;

@@ -16,13 +16,15 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, SkLookup, TcAttachType};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use policy_compiler::abi::{self, CtEntry, CtKey, EndpointInfo, PolicyValue, map_name};
 use policy_compiler::cidr::Cidr;
 use policy_compiler::engine::EntryKey;
 
-pub use spec::{MapSpec, ProgramSpec, map_specs, map_specs_of, program_specs, program_specs_of};
+pub use spec::{
+    Attach, MapSpec, ProgramSpec, map_specs, map_specs_of, program_specs, program_specs_of,
+};
 
 // Map keys and values as the kernel sees them, sized by the Rust mirror (whose layout
 // enforcer/tests/abi_btf.rs checks against the object): no size is written twice.
@@ -154,6 +156,9 @@ pub struct Datapath {
     /// Pin directories of older ABIs (`<pin root>/v<N>`, N < ABI_VERSION) found at load,
     /// oldest first; retired by [`Datapath::retire_older_abis`].
     older: Vec<PathBuf>,
+    /// The proxy's `sk_lookup` program is attached to this process's network namespace
+    /// (the link lives as long as the program, i.e. this process).
+    proxy_lookup_attached: bool,
 }
 
 /// What [`Datapath::retire_older_abis`] did.
@@ -192,11 +197,17 @@ impl Datapath {
             programs,
             adopted: Vec::new(),
             older: older_abi_dirs(&opts.pin_root),
+            proxy_lookup_attached: false,
         };
         for hook in Hook::ALL {
             let name = dp.program_name(hook)?;
             dp.classifier(&name)?.load().map_err(prog_err(&name))?;
         }
+        let name = dp.proxy_lookup_name()?;
+        dp.sk_lookup(&name)?.load().map_err(prog_err(&name))?;
+        // A proxy of an earlier run is gone with its process: until this run's proxy has
+        // its listener in place, redirected flows drop (DROP_PROXY_UNAVAILABLE).
+        dp.set_proxy(&abi::ProxyState::default())?;
         dp.adopt_links()?;
         Ok(dp)
     }
@@ -344,11 +355,33 @@ impl Datapath {
     fn program_name(&self, hook: Hook) -> Result<String> {
         self.programs
             .iter()
-            .find(|p| p.hook == hook)
+            .find(|p| p.attach == Attach::Endpoint(hook))
             .map(|p| p.name.clone())
             .ok_or_else(|| DatapathError::Object {
                 detail: format!("no program for hook {hook:?}"),
             })
+    }
+
+    /// The object's `sk_lookup` program.
+    fn proxy_lookup_name(&self) -> Result<String> {
+        self.programs
+            .iter()
+            .find(|p| p.attach == Attach::ProxyLookup)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| DatapathError::Object {
+                detail: "no sk_lookup program".into(),
+            })
+    }
+
+    fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
+        let p = self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Program {
+                name: name.to_string(),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
+        p.try_into().map_err(prog_err(name))
     }
 
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
@@ -801,14 +834,42 @@ impl Datapath {
         m.set(0, state.to_bytes(), 0).map_err(map_err(name))
     }
 
+    /// Puts the proxy's listening socket in `pal_proxy_socks` and attaches the `sk_lookup`
+    /// program to this process's network namespace (once), so flows from_pod redirects are
+    /// handed to `listener`. The datapath redirects only after [`Datapath::set_proxy`]
+    /// says ready. A listener that closes leaves the map by itself.
+    pub fn attach_proxy_listener(&mut self, listener: &impl std::os::fd::AsRawFd) -> Result<()> {
+        let name = map_name::PROXY_SOCKS;
+        let mut socks: aya::maps::SockMap<_> =
+            aya::maps::SockMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        socks.set(0, listener, 0).map_err(map_err(name))?;
+        if !self.proxy_lookup_attached {
+            let prog = self.proxy_lookup_name()?;
+            let netns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| {
+                DatapathError::Interface {
+                    ifname: "/proc/thread-self/ns/net".into(),
+                    source,
+                }
+            })?;
+            self.sk_lookup(&prog)?
+                .attach(netns)
+                .map_err(prog_err(&prog))?;
+            self.proxy_lookup_attached = true;
+        }
+        Ok(())
+    }
+
     /// Instructions the verifier processed per program (tracked by tests).
     pub fn program_stats(&mut self) -> Vec<(String, u32, u32)> {
         let mut out = Vec::new();
-        let names: Vec<String> = self.programs.iter().map(|p| p.name.clone()).collect();
-        for name in names {
-            if let Ok(p) = self.classifier(&name)
-                && let Ok(info) = p.info()
-            {
+        let programs: Vec<ProgramSpec> = self.programs.clone();
+        for spec in programs {
+            let name = spec.name;
+            let info = match spec.attach {
+                Attach::Endpoint(_) => self.classifier(&name).ok().map(|p| p.info()),
+                Attach::ProxyLookup => self.sk_lookup(&name).ok().map(|p| p.info()),
+            };
+            if let Some(Ok(info)) = info {
                 out.push((
                     name,
                     info.verified_instruction_count().unwrap_or(0),

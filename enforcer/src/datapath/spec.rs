@@ -29,18 +29,29 @@ pub struct MapSpec {
     pub pinning: u32,
 }
 
+/// Where a program of the object is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A tc hook of every pod's host veth.
+    Endpoint(Hook),
+    /// The `sk_lookup` hook of the node's network namespace (the L7 proxy's listener).
+    ProxyLookup,
+}
+
 /// One program of the object and the hook its section names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramSpec {
     pub name: String,
-    pub hook: Hook,
+    pub attach: Attach,
 }
 
 /// The section of a program attached at each hook: `SEC("classifier/ingress")` is the tc
-/// ingress of the host veth (packets from the pod), `classifier/egress` its tc egress.
-const SECTIONS: [(&str, Hook); 2] = [
-    ("classifier/ingress", Hook::FromPod),
-    ("classifier/egress", Hook::ToPod),
+/// ingress of the host veth (packets from the pod), `classifier/egress` its tc egress,
+/// `sk_lookup` the node namespace's socket lookup.
+const SECTIONS: [(&str, Attach); 3] = [
+    ("classifier/ingress", Attach::Endpoint(Hook::FromPod)),
+    ("classifier/egress", Attach::Endpoint(Hook::ToPod)),
+    ("sk_lookup", Attach::ProxyLookup),
 ];
 
 fn object_err(detail: String) -> DatapathError {
@@ -81,25 +92,25 @@ pub fn program_specs_of(obj: &[u8]) -> Result<Vec<ProgramSpec>, DatapathError> {
     let funcs = elf::global_functions(obj).map_err(|e| object_err(e.to_string()))?;
     let mut out = Vec::new();
     for f in funcs {
-        let Some((_, hook)) = SECTIONS.iter().find(|(s, _)| *s == f.section) else {
+        let Some((_, attach)) = SECTIONS.iter().find(|(s, _)| *s == f.section) else {
             return Err(object_err(format!(
                 "program {} is in section {}, which names no hook",
                 f.name, f.section
             )));
         };
-        if out.iter().any(|p: &ProgramSpec| p.hook == *hook) {
+        if out.iter().any(|p: &ProgramSpec| p.attach == *attach) {
             return Err(object_err(format!(
-                "two programs for hook {hook:?} ({})",
+                "two programs for hook {attach:?} ({})",
                 f.name
             )));
         }
         out.push(ProgramSpec {
             name: f.name,
-            hook: *hook,
+            attach: *attach,
         });
     }
-    for (section, hook) in SECTIONS {
-        if !out.iter().any(|p| p.hook == hook) {
+    for (section, attach) in SECTIONS {
+        if !out.iter().any(|p| p.attach == attach) {
             return Err(object_err(format!("no program in section {section}")));
         }
     }

@@ -9,9 +9,11 @@
 //!   normalization, unsupported protocol switch, no rules) is one `REQUEST` record: verdict
 //!   `DROPPED` with the status the proxy answered, from the client to the server.
 //!
-//! Both carry the policy that decided (`<direction>_allowed_by` / `_denied_by`), and in
-//! `extensions` the rule, the HTTP rule's index, the normalized path the rules saw and, for a
-//! refusal, the reason. Pure: everything it needs is passed in.
+//! Both carry the policy of every side that judged the request (`<direction>_allowed_by` /
+//! `_denied_by`: the client's egress rules first, then the server's ingress rules, the
+//! first refusal decides), and in `extensions` the deciding rule, the HTTP rule's index, the
+//! normalized path the rules saw and, for a refusal, the reason. Pure: everything it needs
+//! is passed in.
 
 use std::net::SocketAddr;
 
@@ -31,13 +33,28 @@ pub struct L7Event {
     pub server: SocketAddr,
     pub client_identity: u32,
     pub server_identity: u32,
-    /// Whose rules judged it: the client's egress or the server's ingress policy.
-    pub direction: Direction,
-    /// The policy rule (and HTTP rule) that decided; `None` for a default deny or a refusal.
-    pub origin: Option<L7Origin>,
+    /// Whose rules judged it, in the order they were asked (the client's egress, then the
+    /// server's ingress); the last one decided. Empty: refused before any rule was read, or
+    /// admitted by the L3/L4 rules alone.
+    pub sides: Vec<L7Side>,
     /// The policy revision the rules came from.
     pub revision: u64,
     pub record: RequestRecord,
+}
+
+/// One side's judgement of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L7Side {
+    pub direction: Direction,
+    /// The policy rule (and HTTP rule) that decided on this side; `None` for a default deny.
+    pub origin: Option<L7Origin>,
+}
+
+impl L7Event {
+    /// The side whose answer stands: the last one asked.
+    pub fn deciding(&self) -> Option<&L7Side> {
+        self.sides.last()
+    }
 }
 
 /// The Hubble `flow` object of one L7 record.
@@ -106,17 +123,20 @@ pub fn render_l7_flow(
         }),
     );
     flow.insert("event_type".into(), json!({"type": EVENT_TYPE_L7}));
+    let deciding = ev.deciding().copied();
     flow.insert(
         "traffic_direction".into(),
-        json!(match ev.direction {
-            Direction::Ingress => "INGRESS",
-            Direction::Egress => "EGRESS",
+        json!(match deciding.map(|s| s.direction) {
+            Some(Direction::Ingress) => "INGRESS",
+            Some(Direction::Egress) | None => "EGRESS",
         }),
     );
     flow.insert("is_reply".into(), json!(forwarded));
 
-    let rule = ev.origin.and_then(|o| resolver.rule(o.rule_id));
-    if let Some(rule) = &rule {
+    for (i, side) in ev.sides.iter().enumerate() {
+        let Some(rule) = side.origin.and_then(|o| resolver.rule(o.rule_id)) else {
+            continue;
+        };
         let mut p = json!({
             "name": rule.policy.name,
             "namespace": rule.policy.namespace,
@@ -128,9 +148,14 @@ pub fn render_l7_flow(
         {
             o.remove("namespace");
         }
-        let key = if forwarded { "allowed_by" } else { "denied_by" };
-        flow.insert(format!("{}_{key}", ev.direction), json!([p]));
+        // Every side before the last one allowed; the last one decided.
+        let allowed = forwarded || i + 1 < ev.sides.len();
+        let key = if allowed { "allowed_by" } else { "denied_by" };
+        flow.insert(format!("{}_{key}", side.direction), json!([p]));
     }
+    let rule = deciding
+        .and_then(|s| s.origin)
+        .and_then(|o| resolver.rule(o.rule_id));
     let decision = match &r.outcome {
         Outcome::Forwarded { .. } => format!("{code}"),
         Outcome::Denied { .. } => format!("{code} denied"),
@@ -147,7 +172,7 @@ pub fn render_l7_flow(
     );
 
     let mut ext = Map::new();
-    if let Some(o) = ev.origin {
+    if let Some(o) = deciding.and_then(|s| s.origin) {
         ext.insert("rule_id".into(), json!(o.rule_id));
         if let Some(i) = o.http_index {
             ext.insert("http_rule_index".into(), json!(i));

@@ -44,7 +44,7 @@ mod rotate;
 pub use key::{KeyError, load_or_generate};
 
 pub use clock::{BootClock, FlowIds, WallTime};
-pub use l7::{L7Event, render_l7_flow, render_l7_line};
+pub use l7::{L7Event, L7Side, render_l7_flow, render_l7_line};
 pub use render::{
     EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource,
     MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND,
@@ -278,6 +278,12 @@ impl FlowLogger {
         let uuid = self.ids.next_id();
         let line = render_l7_line(ev, resolver, &self.node_name, WallTime::now(), &uuid);
         self.write(&line)
+    }
+
+    /// Renders an L7 record (with its uuid) without writing it.
+    pub fn render_l7(&mut self, ev: &L7Event, resolver: &dyn FlowResolver) -> String {
+        let uuid = self.ids.next_id();
+        render_l7_line(ev, resolver, &self.node_name, WallTime::now(), &uuid)
     }
 
     /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.

@@ -1,0 +1,189 @@
+//! The in-process L7 proxy (docs/l7.md): the listener the datapath's redirect hands
+//! connections to, and for each connection the HTTP/1 loop of `palisade_l7proxy::proxy`
+//! judging every request with the rules of the current [`view::L7View`].
+//!
+//! Start order (fail closed, reliability row 4): routing → listener → the listener into the
+//! datapath's socket map and the `sk_lookup` program attached → `pal_proxy` ready. Before the
+//! last step every redirected flow drops in the datapath (`DROP_PROXY_UNAVAILABLE`); a
+//! listener that dies leaves the socket map by itself, so redirected SYNs then find no
+//! socket. Requests are judged against the view published after the last successful map
+//! update; a connection accepted before the first view is closed unanswered.
+
+pub mod sockets;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use palisade_l7proxy::proxy::{ProxyConfig, RequestRecord, Rules, Sink, serve};
+use palisade_l7proxy::{Decision, NormalizedRequest};
+use tracing::{debug, warn};
+
+use crate::events::L7Event;
+use view::{ConnectionRules, Judgement, L7View, ViewCell};
+
+/// Records on their way to the verdict log; full → counted as lost.
+pub const RECORD_QUEUE: usize = 65_536;
+
+/// What the proxy shares with the agent.
+#[derive(Debug)]
+pub struct ProxyShared {
+    pub views: ViewCell,
+    /// L7 records not written because the queue to the verdict log was full.
+    pub records_lost: AtomicU64,
+    /// Connections accepted and requests judged (for status and metrics).
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+impl Default for ProxyShared {
+    fn default() -> Self {
+        ProxyShared {
+            views: ViewCell::default(),
+            records_lost: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One connection's rules: re-derived when a new view is published, so the next request
+/// of a kept-alive connection is judged by the policy in force.
+struct Connection {
+    shared: Arc<ProxyShared>,
+    client: SocketAddr,
+    server: SocketAddr,
+    cached: Mutex<Option<(Arc<L7View>, ConnectionRules)>>,
+    /// The judgement of the request being handled, taken by the record.
+    last: Mutex<Option<(Judgement, u64, u32, u32)>>,
+    records: tokio::sync::mpsc::Sender<L7Event>,
+}
+
+impl Connection {
+    fn rules(&self) -> Option<(Arc<L7View>, ConnectionRules)> {
+        let view = self.shared.views.get()?;
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*cached {
+            Some((v, r)) if Arc::ptr_eq(v, &view) => Some((v.clone(), r.clone())),
+            _ => {
+                let r = view.connection(self.client.ip(), self.server.ip(), self.server.port());
+                *cached = Some((view.clone(), r.clone()));
+                Some((view, r))
+            }
+        }
+    }
+}
+
+impl Rules for Connection {
+    fn decide(&self, req: &NormalizedRequest) -> Option<Decision> {
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let (view, rules) = self.rules()?;
+        let j = rules.judge(req)?;
+        let decision = j.decision;
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            j,
+            view.revision,
+            rules.client_identity,
+            rules.server_identity,
+        ));
+        Some(decision)
+    }
+}
+
+impl Sink for Connection {
+    fn request(&self, record: RequestRecord) {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let (sides, revision, ci, si) = match last {
+            Some((j, rev, ci, si)) => (j.sides, rev, ci, si),
+            None => {
+                let (rev, ci, si) = self
+                    .rules()
+                    .map(|(v, r)| (v.revision, r.client_identity, r.server_identity))
+                    .unwrap_or((0, 0, 0));
+                (Vec::new(), rev, ci, si)
+            }
+        };
+        let ev = L7Event {
+            client: self.client,
+            server: self.server,
+            client_identity: ci,
+            server_identity: si,
+            sides,
+            revision,
+            record,
+        };
+        if self.records.try_send(ev).is_err() {
+            self.shared.records_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves redirected connections from `listener` until `stop` fires.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    shared: Arc<ProxyShared>,
+    config: Arc<ProxyConfig>,
+    records: tokio::sync::mpsc::Sender<L7Event>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            a = listener.accept() => a,
+        };
+        let (client_io, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = e.to_string(), "proxy accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = client_io.set_nodelay(true);
+        let local = match client_io.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        // The original destination is the accepted socket's own address (nothing was
+        // translated); IPv4 peers arrive v4-mapped on the dual-stack listener.
+        let client = sockets::unmap(peer);
+        let server = sockets::unmap(local);
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection {
+            shared: shared.clone(),
+            client,
+            server,
+            cached: Mutex::new(None),
+            last: Mutex::new(None),
+            records: records.clone(),
+        });
+        // Only connections the datapath redirected are served: one whose rules, under the
+        // current view, inspect nothing (a direct connection to the listener's port, or no
+        // view yet) is closed unanswered.
+        match conn.rules() {
+            Some((_, r)) if r.inspects() => {}
+            other => {
+                debug!(
+                    client = client.to_string(),
+                    server = server.to_string(),
+                    reason = other
+                        .and_then(|(_, r)| r.refused)
+                        .unwrap_or_else(|| "no HTTP rules apply to it".into()),
+                    "proxy connection closed: not a redirected flow"
+                );
+                continue;
+            }
+        }
+        let config = config.clone();
+        tokio::spawn(async move {
+            let c = conn.clone();
+            let connect = move || sockets::connect_upstream(client.ip(), server);
+            let _ = serve(client_io, connect, &*c, &*conn, &config).await;
+        });
+    }
+}

@@ -1,0 +1,177 @@
+//! What the proxy knows of policy: a snapshot of the engine published after every successful
+//! map update, and per connection the HTTP rules of each side that redirects it.
+//!
+//! The datapath redirects a TCP flow at the client's `from_pod` when the client's egress
+//! entry redirects, or when the server is on this node and its ingress entry redirects
+//! (docs/datapath.md §11, step 6b). The proxy applies the same sides: the client's egress
+//! HTTP rules (the client is always local: its veth redirected the flow), then the server's
+//! ingress HTTP rules when the server is local. The first side that refuses decides. The
+//! proxy's upstream connection does not pass the client's `from_pod` again, so the client's
+//! L3/L4 egress decision is re-taken here for every request: a policy change that denies the
+//! flow outright stops the next request of a kept-alive connection (the server's ingress is
+//! re-decided by its `to_pod`, which sees the upstream).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use palisade_l7proxy::{Decision, NormalizedRequest};
+use policy_compiler::engine::Engine;
+use policy_compiler::engine::l7::{CompiledL7, L7Origin, L7Set};
+use policy_compiler::eval::{Flow, FlowPeer, maps};
+use policy_compiler::model::{Direction, Protocol};
+
+use crate::events::L7Side;
+
+/// The policy the proxy judges with, as of one map update.
+#[derive(Debug)]
+pub struct L7View {
+    engine: Engine,
+    /// Endpoints registered on this node (their ingress rules are applied here).
+    local: BTreeSet<String>,
+    /// The datapath revision this view was published with.
+    pub revision: u64,
+    /// Compiled rule sets, shared by the connections that use them.
+    compiled: Mutex<HashMap<L7Set, Arc<CompiledL7>>>,
+}
+
+/// The rules of one connection under one view.
+#[derive(Debug, Clone)]
+pub struct ConnectionRules {
+    pub client_identity: u32,
+    pub server_identity: u32,
+    /// Why no request may pass (the client's L3/L4 egress decision no longer admits the
+    /// flow); `None` when requests are judged by `sides`.
+    pub refused: Option<String>,
+    /// The sides that redirect, in the order they judge (egress, then ingress).
+    pub sides: Vec<(Direction, Arc<CompiledL7>)>,
+}
+
+/// One request's verdict with the sides that gave it.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub decision: Decision,
+    pub sides: Vec<L7Side>,
+}
+
+impl L7View {
+    pub fn new(engine: Engine, local: BTreeSet<String>, revision: u64) -> L7View {
+        L7View {
+            engine,
+            local,
+            revision,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn compiled(&self, set: &L7Set) -> Arc<CompiledL7> {
+        let mut cache = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(set.clone())
+            .or_insert_with(|| Arc::new(self.engine.compile_l7(set)))
+            .clone()
+    }
+
+    /// The rules of a TCP connection from `client` to `server:port`.
+    pub fn connection(&self, client: IpAddr, server: IpAddr, port: u16) -> ConnectionRules {
+        let flow = Flow {
+            src: FlowPeer::Ip(client),
+            dst: FlowPeer::Ip(server),
+            protocol: Protocol::TCP,
+            port,
+        }
+        .normalized(self.engine.cluster());
+        let identity = |p: &FlowPeer| {
+            maps::peer_identity(&self.engine, p).unwrap_or(policy_compiler::abi::IDENTITY_UNKNOWN)
+        };
+        let mut rules = ConnectionRules {
+            client_identity: identity(&flow.src),
+            server_identity: identity(&flow.dst),
+            refused: None,
+            sides: Vec::new(),
+        };
+        let FlowPeer::Endpoint(client_key) = &flow.src else {
+            rules.refused = Some(format!(
+                "the client {client} is not an endpoint of this node"
+            ));
+            return rules;
+        };
+        let verdict = maps::evaluate(&self.engine, &flow);
+        if let Some(d) = &verdict.egress
+            && !d.allowed()
+        {
+            rules.refused = Some(format!(
+                "{client_key}'s egress policy no longer admits this connection ({d:?})"
+            ));
+            return rules;
+        }
+        let (egress, ingress) = maps::l7_sets(&self.engine, &flow);
+        let server_local = matches!(&flow.dst, FlowPeer::Endpoint(k) if self.local.contains(k));
+        if let Some(set) = egress {
+            rules.sides.push((Direction::Egress, self.compiled(&set)));
+        }
+        if server_local && let Some(set) = ingress {
+            rules.sides.push((Direction::Ingress, self.compiled(&set)));
+        }
+        rules
+    }
+}
+
+impl ConnectionRules {
+    /// Whether any side applies HTTP rules (else the datapath would not have redirected
+    /// the connection under this view).
+    pub fn inspects(&self) -> bool {
+        !self.sides.is_empty()
+    }
+
+    /// Judges one request: each side in order; the first refusal stands. With no side
+    /// (the policy changed to an L3/L4 allow since the connection was redirected) the
+    /// request passes on the L3/L4 decision.
+    pub fn judge(&self, req: &NormalizedRequest) -> Option<Judgement> {
+        if self.refused.is_some() {
+            return None;
+        }
+        let mut sides = Vec::new();
+        let mut last = Decision::Allow { rule: 0 };
+        for (direction, set) in &self.sides {
+            let (d, origin): (Decision, Option<L7Origin>) = set.decide(req);
+            sides.push(L7Side {
+                direction: *direction,
+                origin,
+            });
+            let allowed = d.allowed();
+            last = d;
+            if !allowed {
+                break;
+            }
+        }
+        Some(Judgement {
+            decision: last,
+            sides,
+        })
+    }
+}
+
+/// The view in force, replaced as a whole after every successful map update.
+#[derive(Debug, Default)]
+pub struct ViewCell {
+    current: Mutex<Option<Arc<L7View>>>,
+}
+
+impl ViewCell {
+    pub fn publish(&self, view: L7View) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(view));
+    }
+
+    /// The view in force; `None` before the first publication.
+    pub fn get(&self) -> Option<Arc<L7View>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
