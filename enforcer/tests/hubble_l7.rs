@@ -111,14 +111,10 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
             server,
             client_identity: engine.endpoint_identity("production/frontend").unwrap(),
             server_identity: engine.endpoint_identity("production/backend").unwrap(),
-            sides: if path.is_some() {
-                vec![L7Side {
-                    direction: Direction::Ingress,
-                    origin,
-                }]
-            } else {
-                Vec::new()
-            },
+            sides: vec![L7Side {
+                direction: Direction::Ingress,
+                origin,
+            }],
             revision: 3,
             record: RequestRecord {
                 method: method.into(),

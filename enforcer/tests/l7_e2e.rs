@@ -180,3 +180,132 @@ fn ingress_http_rules_are_enforced_on_live_traffic_and_logged() {
         Some(backend.ipv4.to_string().as_str())
     );
 }
+
+/// The client's egress HTTP rules and the server's ingress HTTP rules on one connection:
+/// one proxy pass applies both (egress first), and the record names both policies.
+const BOTH_SIDES: &str = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-egress, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts:
+    - ports: [{port: \"8080\", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: \"/api/.*\"}
+";
+
+#[test]
+fn egress_and_ingress_http_rules_apply_together_and_both_are_attributed() {
+    let Some(c) = start(
+        "l7 e2e both sides",
+        &[
+            ("00-ns.yaml", NAMESPACE),
+            ("20-l7.yaml", INGRESS_L7),
+            ("30-egress.yaml", BOTH_SIDES),
+        ],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 2, 10);
+    let backend = c.pod("production", "backend", 2, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let _nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let url = |path: &str| format!("http://{}:8080{path}", backend.ipv4);
+
+    // Both allow.
+    let (s, exit) = curl(&frontend, "GET", &url("/api/v1/data"), TIMEOUT);
+    assert_eq!(s, 200, "curl exit {exit}\nagent log:\n{}", c.log());
+    // Egress allows /api/.*, ingress only /api/v1/data.
+    assert_eq!(
+        curl(&frontend, "GET", &url("/api/v1/other"), TIMEOUT).0,
+        403
+    );
+    // Egress refuses first.
+    assert_eq!(curl(&frontend, "GET", &url("/metrics"), TIMEOUT).0, 403);
+    // Over IPv6 too.
+    let url6 = format!("http://[{}]:8080/api/v1/data", backend.ipv6.unwrap());
+    assert_eq!(curl(&frontend, "GET", &url6, TIMEOUT).0, 200, "IPv6");
+
+    let lines = wait_l7(&c, 4);
+    let f = |i: usize| &lines[i]["flow"];
+    assert_eq!(f(0)["egress_allowed_by"][0]["name"], "frontend-egress");
+    assert_eq!(f(0)["ingress_allowed_by"][0]["name"], "l7-frontend-policy");
+    assert_eq!(f(1)["egress_allowed_by"][0]["name"], "frontend-egress");
+    assert_eq!(
+        f(1)["traffic_direction"],
+        "INGRESS",
+        "the ingress side refused"
+    );
+    assert_eq!(
+        f(2)["traffic_direction"],
+        "EGRESS",
+        "the egress side refused"
+    );
+    assert!(f(2)["ingress_allowed_by"].is_null(), "ingress never asked");
+    assert_eq!(f(3)["IP"]["ipVersion"], "IPv6");
+}
+
+/// A kept-alive connection: the request after a policy change is judged by the new rules.
+#[test]
+fn the_next_request_of_a_kept_alive_connection_is_judged_by_the_new_policy() {
+    let Some(c) = start(
+        "l7 e2e keep-alive policy change",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", INGRESS_L7)],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 3, 10);
+    let backend = c.pod("production", "backend", 3, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let _nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    // One connection, two requests 4 s apart; the policy changes in between.
+    let script = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('{}', 8080, timeout=5)\n\
+         for i in range(2):\n\
+         \x20   c.request('GET', '/api/v1/data')\n\
+         \x20   port = c.sock.getsockname()[1]\n\
+         \x20   r = c.getresponse(); r.read()\n\
+         \x20   print(r.status, port, flush=True)\n\
+         \x20   time.sleep(4)\n",
+        backend.ipv4
+    );
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            frontend
+                .run(&["python3", "-c", &script], Duration::from_secs(20))
+                .expect("python3 runs")
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        c.write_policy(
+            "GET /api/v1/data is no longer allowed",
+            "20-l7.yaml",
+            &INGRESS_L7.replace("path: /api/v1/data", "path: /api/v2/data"),
+        );
+        client.join().unwrap()
+    });
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}\nagent log:\n{}", c.log());
+    let (first, port1) = lines[0].split_once(' ').unwrap();
+    let (second, port2) = lines[1].split_once(' ').unwrap();
+    assert_eq!(port1, port2, "one connection for both requests");
+    assert_eq!((first, second), ("200", "403"), "{out:?}");
+}
+
+fn wait_l7(c: &Cluster, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let l = l7_lines(c);
+        if l.len() >= n || std::time::Instant::now() > deadline {
+            assert_eq!(l.len(), n, "L7 records: {l:#?}");
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

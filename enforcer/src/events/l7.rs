@@ -34,8 +34,9 @@ pub struct L7Event {
     pub client_identity: u32,
     pub server_identity: u32,
     /// Whose rules judged it, in the order they were asked (the client's egress, then the
-    /// server's ingress); the last one decided. Empty: refused before any rule was read, or
-    /// admitted by the L3/L4 rules alone.
+    /// server's ingress); the last one decided. A request refused before any rule was read
+    /// lists the sides that inspect its connection, without a rule. Empty: admitted by the
+    /// L3/L4 rules alone (the policy no longer redirects the connection).
     pub sides: Vec<L7Side>,
     /// The policy revision the rules came from.
     pub revision: u64,
@@ -46,7 +47,8 @@ pub struct L7Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L7Side {
     pub direction: Direction,
-    /// The policy rule (and HTTP rule) that decided on this side; `None` for a default deny.
+    /// The policy rule (and HTTP rule) that decided on this side; `None` for a default deny,
+    /// or when the request was refused before any rule was read.
     pub origin: Option<L7Origin>,
 }
 

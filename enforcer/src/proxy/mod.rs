@@ -20,7 +20,7 @@ use palisade_l7proxy::proxy::{ProxyConfig, RequestRecord, Rules, Sink, serve};
 use palisade_l7proxy::{Decision, NormalizedRequest};
 use tracing::{debug, warn};
 
-use crate::events::L7Event;
+use crate::events::{L7Event, L7Side};
 use view::{ConnectionRules, Judgement, L7View, ViewCell};
 
 /// Records on their way to the verdict log; full → counted as lost.
@@ -100,13 +100,23 @@ impl Sink for Connection {
             .take();
         let (sides, revision, ci, si) = match last {
             Some((j, rev, ci, si)) => (j.sides, rev, ci, si),
-            None => {
-                let (rev, ci, si) = self
-                    .rules()
-                    .map(|(v, r)| (v.revision, r.client_identity, r.server_identity))
-                    .unwrap_or((0, 0, 0));
-                (Vec::new(), rev, ci, si)
-            }
+            // Refused before the rules were asked: on behalf of the sides that inspect
+            // the connection (no rule decided).
+            None => match self.rules() {
+                Some((v, r)) => (
+                    r.sides
+                        .iter()
+                        .map(|(direction, _)| L7Side {
+                            direction: *direction,
+                            origin: None,
+                        })
+                        .collect(),
+                    v.revision,
+                    r.client_identity,
+                    r.server_identity,
+                ),
+                None => (Vec::new(), 0, 0, 0),
+            },
         };
         let ev = L7Event {
             client: self.client,

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use policy_compiler::eval::{Decision, Flow, FlowPeer, maps};
+use policy_compiler::eval::{Flow, FlowPeer, maps};
 use policy_compiler::manifest::{LoadOptions, load_paths};
 use policy_compiler::model::{Endpoint, WorkloadRef};
 use policy_compiler::{Engine, EngineConfig, Protocol};
@@ -43,6 +43,11 @@ pub struct DemoArgs {
     /// `palisade observe`.
     #[arg(long)]
     pub keep_log: Option<PathBuf>,
+    /// HTTP scenarios (policy-test's format) to send with curl through the agent's L7
+    /// proxy, each next to policy-test's answer; their destination ports serve HTTP
+    /// (nginx) instead of plain TCP.
+    #[arg(long)]
+    pub http_scenarios: Option<PathBuf>,
 }
 
 struct DemoPod {
@@ -158,7 +163,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let mut pods: Vec<DemoPod> = Vec::new();
     let mut netns_guards = Vec::new();
     for (i, spec) in specs.into_iter().enumerate() {
-        let guard = node::create_netns(&format!("{}{}-p{i}", node::NETNS_PREFIX, node.tag()))?;
+        let name = format!("{}{}-p{i}", node::NETNS_PREFIX, node.tag());
+        let guard = node::create_netns(&name)?;
+        // The runtime's loopback (what the CNI `loopback` plugin does).
+        node::set_link_up(&name, "lo")?;
         let pod = cni.add(&guard, &spec.namespace, &spec.name)?;
         println!(
             "   CNI ADD {:<20} -> {:<12} on {} (registered with the enforcer before ADD returned)",
@@ -175,11 +183,26 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             named: spec.named,
         });
     }
+    // The HTTP scenarios, resolved and predicted by policy-test before any traffic.
+    let http = match &args.http_scenarios {
+        Some(path) => Some(http_predictions(&args.manifests, path)?),
+        None => None,
+    };
+    let http_ports: Vec<(String, u16)> = http
+        .iter()
+        .flatten()
+        .map(|h| (h.to.clone(), h.port))
+        .collect();
     let mut servers = Vec::new();
+    let mut nginx = Vec::new();
     println!();
     for p in &pods {
         for port in &p.ports {
-            servers.push(p.pod.serve_tcp(*port)?);
+            if http_ports.contains(&(p.pod.identity(), *port)) {
+                nginx.push(p.pod.start_nginx(*port)?);
+            } else {
+                servers.push(p.pod.serve_tcp(*port)?);
+            }
         }
         println!(
             "   {:<20} {:<12} labels {:<14} serving {}",
@@ -280,15 +303,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         println!("   {}", serde_json::to_string(line)?);
     }
 
-    println!();
-    println!(
-        "== Policy change while running: shop/client-to-backend lets default/client reach the backend"
-    );
     let (client, backend) = (
         pods.iter().position(|p| p.pod.name == "client"),
-        pods.iter().position(|p| p.pod.name == "backend-0"),
+        pods.iter()
+            .position(|p| p.pod.namespace == "shop" && p.pod.name == "backend-0"),
     );
     if let (Some(c), Some(b)) = (client, backend) {
+        println!();
+        println!(
+            "== Policy change while running: shop/client-to-backend lets default/client reach the backend"
+        );
         let dst = SocketAddr::new(IpAddr::V4(pods[b].pod.ipv4), 8080);
         let before = connected(&pods[c].pod, dst, timeout);
         enforcer.write_manifest("50-client-to-backend.yaml", CLIENT_POLICY)?;
@@ -310,7 +334,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    if let Some(http) = &http {
+        mismatches += run_http(&pods, http, &enforcer)?;
+    }
+
     drop(servers);
+    drop(nginx);
     for (p, g) in pods.iter().zip(&netns_guards) {
         if let Err(e) = cni.del(g, &p.pod) {
             eprintln!("palisade-demo: CNI DEL {}: {e:#}", p.pod.identity());
@@ -410,14 +439,9 @@ fn predict(engine: &Engine, from: &Pod, to: &Pod, port: u16) -> bool {
         protocol: Protocol::TCP,
         port,
     };
-    let v = maps::evaluate(engine, &flow);
-    let ok = |d: &Option<Decision>| {
-        matches!(
-            d,
-            None | Some(Decision::Allowed { .. }) | Some(Decision::NotIsolated)
-        )
-    };
-    ok(&v.egress) && ok(&v.ingress)
+    // A flow HTTP rules redirect connects (to the agent's L7 proxy, which then judges each
+    // request): allowed at this level.
+    maps::evaluate(engine, &flow).allowed()
 }
 
 fn summary(v: &serde_json::Value) -> String {
@@ -471,4 +495,136 @@ fn pod_manifests(specs: &[PodSpec]) -> String {
         ));
     }
     out
+}
+
+/// One HTTP scenario with policy-test's answer.
+struct HttpCase {
+    name: String,
+    /// `namespace/pod` of the demo pods.
+    from: String,
+    to: String,
+    port: u16,
+    method: String,
+    path: String,
+    host: Option<String>,
+    predicted: policy_tests::scenario::Expect,
+    deciding: String,
+}
+
+/// Resolves the scenarios against the manifests and evaluates them as `policy-test check`
+/// does; the demo's pod for a workload is `<workload>-0` in its namespace.
+fn http_predictions(
+    manifests: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<HttpCase>> {
+    use policy_tests::{analysis, output, scenario};
+    let a = analysis::Analysis::load(&[manifests.to_path_buf()], &analysis::Options::default())
+        .with_context(|| format!("loading {}", manifests.display()))?;
+    let file = scenario::load(path).with_context(|| format!("reading {}", path.display()))?;
+    let resolved = scenario::resolve_all(&a, &file)
+        .with_context(|| format!("resolving {}", path.display()))?;
+    let outcomes = scenario::run(&a, &resolved, &output::Progress::hidden());
+    let pod_of = |peer: &policy_compiler::FlowPeer| -> Option<String> {
+        let policy_compiler::FlowPeer::Endpoint(key) = peer else {
+            return None;
+        };
+        let ep = a.cluster().endpoints.get(key)?;
+        Some(format!("{}/{}-0", ep.namespace, ep.workload.name))
+    };
+    let mut out = Vec::new();
+    for o in outcomes {
+        let Some(q) = &o.scenario.http else { continue };
+        let (Some(from), Some(to)) = (pod_of(&o.flow.src), pod_of(&o.flow.dst)) else {
+            continue;
+        };
+        out.push(HttpCase {
+            name: o.scenario.name.clone(),
+            from,
+            to,
+            port: o.flow.port,
+            method: q.method.clone(),
+            path: q.path.clone(),
+            host: q.host.clone(),
+            predicted: o.actual,
+            deciding: o.deciding.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Sends every HTTP scenario with curl from its pod and prints the answer next to
+/// policy-test's, then the L7 records of the verdict log. Returns the disagreements.
+fn run_http(pods: &[DemoPod], cases: &[HttpCase], enforcer: &Enforcer) -> anyhow::Result<usize> {
+    use policy_tests::scenario::Expect;
+    println!();
+    println!("== HTTP through the agent's L7 proxy (curl in the pod, nginx behind the rules)");
+    println!(
+        "   {:<46} {:<30} {:<10} {:<10}",
+        "scenario", "request", "live", "predicted"
+    );
+    let mut mismatches = 0;
+    for c in cases {
+        let find = |id: &str| pods.iter().find(|p| p.pod.identity() == id);
+        let (Some(from), Some(to)) = (find(&c.from), find(&c.to)) else {
+            anyhow::bail!("scenario {:?}: no demo pod {} or {}", c.name, c.from, c.to);
+        };
+        let url = format!("http://{}:{}{}", to.pod.ipv4, c.port, c.path);
+        let mut argv = vec![
+            "curl".to_string(),
+            "-s".into(),
+            "-g".into(),
+            "--path-as-is".into(),
+            "--noproxy".into(),
+            "*".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--max-time".into(),
+            "2".into(),
+            "-X".into(),
+            c.method.clone(),
+        ];
+        if let Some(h) = &c.host {
+            argv.push("-H".into());
+            argv.push(format!("Host: {h}"));
+        }
+        argv.push(url);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = from.pod.run(&refs, Duration::from_secs(4))?;
+        let status: u16 = out.stdout.trim().parse().unwrap_or(0);
+        let live = match status {
+            0 => Expect::Deny,
+            403 => Expect::Deny403,
+            400 | 414 => Expect::Deny400,
+            _ => Expect::Allow,
+        };
+        let shown = if status == 0 {
+            "no conn".to_string()
+        } else {
+            status.to_string()
+        };
+        let ok = live == c.predicted;
+        mismatches += usize::from(!ok);
+        println!(
+            "   {:<46} {:<30} {:<10} {:<10}{}",
+            c.name,
+            format!("{} {}", c.method, c.path),
+            shown,
+            c.predicted.to_string(),
+            if ok { "" } else { "   <- MISMATCH" }
+        );
+        println!("      {}", c.deciding);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    println!();
+    println!("== The L7 records of the verdict log: one per request the proxy judged");
+    for v in enforcer
+        .verdicts()
+        .iter()
+        .filter(|v| v["flow"]["Type"] == "L7")
+    {
+        println!("   {}", summary(v));
+    }
+    Ok(mismatches)
 }
