@@ -109,6 +109,9 @@ pub struct Config {
     /// network namespace); `null` runs no proxy, and flows that HTTP rules redirect are
     /// dropped (`DROP_PROXY_UNAVAILABLE`). docs/l7.md.
     pub l7_proxy_port: Option<u16>,
+    /// Open proxied connections one client identity may hold (default 4096); more are
+    /// closed at accept and logged, so one workload cannot exhaust the proxy.
+    pub l7_proxy_connections_per_identity: usize,
 }
 
 /// The metrics endpoint's default address: loopback of the enforced network namespace.
@@ -139,6 +142,7 @@ impl Default for Config {
             metrics_address: DEFAULT_METRICS_ADDRESS.parse().ok(),
             cni: None,
             l7_proxy_port: Some(policy_compiler::engine::DEFAULT_PROXY_PORT),
+            l7_proxy_connections_per_identity: crate::proxy::DEFAULT_CONNECTIONS_PER_IDENTITY,
         }
     }
 }
@@ -258,6 +262,12 @@ impl Config {
                     "path is {} bytes; a unix socket path is at most 107",
                     self.socket.as_os_str().len()
                 ),
+            ));
+        }
+        if self.l7_proxy_connections_per_identity == 0 {
+            return Err(invalid(
+                "l7_proxy_connections_per_identity",
+                "must be at least 1".into(),
             ));
         }
         if self.l7_proxy_port == Some(0) {

@@ -309,3 +309,248 @@ fn wait_l7(c: &Cluster, n: usize) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What reached nginx: its access log's request lines (`METHOD target`).
+fn access_log(nginx: &palisade_testkit::node::NginxGuard) -> Vec<String> {
+    std::fs::read_to_string(nginx.dir().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('"').nth(1))
+        .map(|r| r.rsplit_once(' ').map_or(r, |(m, _)| m).to_string())
+        .collect()
+}
+
+/// Sends `bytes` on one TCP connection from `pod` and returns everything the other side
+/// answered before closing (or within 3 s).
+fn raw_exchange(pod: &Pod, dst: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('{}', {}), timeout=3)\n\
+         s.sendall(bytes.fromhex('{hex}'))\n\
+         out = b''\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       d = s.recv(65536)\n\
+         \x20       if not d: break\n\
+         \x20       out += d\n\
+         except socket.timeout:\n\
+         \x20   pass\n\
+         sys.stdout.write(out.decode('latin-1'))\n",
+        dst.ip(),
+        dst.port()
+    );
+    pod.run(&["python3", "-c", &script], Duration::from_secs(8))
+        .expect("python3 runs")
+        .stdout
+}
+
+fn statuses(answer: &str) -> Vec<u16> {
+    answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|s| s.get(..3)?.parse().ok())
+        .collect()
+}
+
+/// Pipelining through the real redirect: one verdict per request, in order; the first deny
+/// answers 403 with `Connection: close` and nothing after it reaches the server. Then the
+/// smuggling vectors over real sockets: each refused, none reaches the server.
+#[test]
+fn pipelined_and_smuggled_requests_through_the_redirect() {
+    let Some(c) = start(
+        "l7 e2e pipelining and smuggling",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", INGRESS_L7)],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 4, 10);
+    let backend = c.pod("production", "backend", 4, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let dst = std::net::SocketAddr::new(backend.ipv4.into(), 8080);
+
+    let get = "GET /api/v1/data HTTP/1.1\r\nHost: backend\r\n\r\n";
+    let pipelined = format!(
+        "{get}POST /api/v1/data HTTP/1.1\r\nHost: backend\r\nContent-Length: 0\r\n\r\n{get}"
+    );
+    let answer = raw_exchange(&frontend, dst, pipelined.as_bytes());
+    assert_eq!(statuses(&answer), vec![200, 403], "{answer}\n{}", c.log());
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+    assert_eq!(access_log(&nginx), vec!["GET /api/v1/data"]);
+
+    // Each vector must be refused by the proxy; none may reach nginx.
+    let vectors: &[(&str, &str)] = &[
+        (
+            "CL and TE with a request smuggled behind",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /api/v1/data HTTP/1.1\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "two different Content-Length",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "transfer-coding list",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nX-A: 1\r\n 2\r\n\r\n",
+        ),
+        ("bare LF", "GET /api/v1/data HTTP/1.1\nHost: b\n\n"),
+        (
+            "NUL in a header",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nX-A: a\0b\r\n\r\n",
+        ),
+        (
+            "encoded slash",
+            "GET /api%2Fv1/data HTTP/1.1\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "h2c upgrade",
+            "GET /api/v1/data HTTP/1.1\r\nHost: b\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        ),
+        ("HTTP/2 prior knowledge", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        (
+            "oversized chunk size",
+            "POST /api/v1/data HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
+        ),
+    ];
+    for (what, bytes) in vectors {
+        let answer = raw_exchange(&frontend, dst, bytes.as_bytes());
+        let st = statuses(&answer);
+        assert!(
+            st.len() == 1 && [400, 403, 501].contains(&st[0]),
+            "{what}: answered {answer:?}"
+        );
+    }
+    assert_eq!(
+        access_log(&nginx),
+        vec!["GET /api/v1/data"],
+        "no smuggling vector reached the server"
+    );
+}
+
+/// Reliability row 19: one identity may hold `l7_proxy_connections_per_identity` proxied
+/// connections; more are closed at accept, and other identities are still served.
+#[test]
+fn connections_over_the_per_identity_cap_are_closed_and_others_are_served() {
+    let both = INGRESS_L7.replace(
+        "fromEndpoints: [{matchLabels: {app: frontend}}]",
+        "fromEndpoints: [{matchLabels: {app: frontend}}, {matchLabels: {app: tool}}]",
+    );
+    let Some(c) = common::traffic::start_with_config(
+        "l7e2e",
+        BLOCK,
+        "l7 e2e per-identity cap",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", &both)],
+        Some("l7_proxy_connections_per_identity: 2\n"),
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 5, 10);
+    let backend = c.pod("production", "backend", 5, 11);
+    let tool = c.pod("production", "tool", 5, 12);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    c.register(&tool, &[("app", "tool")]);
+    let _nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let url = format!("http://{}:8080/api/v1/data", backend.ipv4);
+    // The frontend holds two idle connections.
+    let hold = format!(
+        "import socket, time\n\
+         s = [socket.create_connection(('{}', 8080)) for _ in range(2)]\n\
+         time.sleep(8)\n",
+        backend.ipv4
+    );
+    let _holder = frontend
+        .spawn(&["python3", "-c", &hold])
+        .expect("python3 runs");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (third, exit) = curl(&frontend, "GET", &url, TIMEOUT);
+    assert_eq!(
+        third, 0,
+        "a third connection of the frontend is closed unanswered (curl exit {exit})"
+    );
+    assert_eq!(curl(&tool, "GET", &url, TIMEOUT).0, 200, "another identity");
+    assert!(
+        c.log().contains("holds every connection slot"),
+        "the refusal is logged:\n{}",
+        c.log()
+    );
+}
+
+/// The agent killed and restarted under L7 traffic: no request is forwarded without being
+/// judged (POSTs, which the rules deny, never reach the server), and GETs are served again
+/// once the new agent's proxy is ready.
+#[test]
+fn sigkill_and_restart_under_l7_traffic_forward_nothing_unjudged() {
+    let Some(mut c) = start(
+        "l7 e2e sigkill",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", INGRESS_L7)],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 6, 10);
+    let backend = c.pod("production", "backend", 6, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let url = |p: &str| format!("http://{}:8080{p}", backend.ipv4);
+    assert_eq!(curl(&frontend, "GET", &url("/api/v1/data"), TIMEOUT).0, 200);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (posts, answered) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let (mut sent, mut answered) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (st, _) = curl(
+                    &frontend,
+                    "POST",
+                    &url("/api/v1/data"),
+                    Duration::from_secs(1),
+                );
+                sent += 1;
+                if st != 0 {
+                    assert_eq!(st, 403, "a POST answered otherwise than 403");
+                    answered += 1;
+                }
+            }
+            (sent, answered)
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        c.enforcer.kill9();
+        std::thread::sleep(Duration::from_millis(1500));
+        c.enforcer.spawn().expect("the agent restarts");
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    assert!(
+        posts > 3 && answered > 0,
+        "{posts} POSTs sent, {answered} answered"
+    );
+    assert!(
+        !access_log(&nginx).iter().any(|r| r.starts_with("POST")),
+        "a POST reached the server: {:?}",
+        access_log(&nginx)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, _) = curl(
+            &frontend,
+            "GET",
+            &url("/api/v1/data"),
+            Duration::from_secs(2),
+        );
+        if st == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET not served after the restart (last {st})\n{}",
+            c.log()
+        );
+    }
+}

@@ -55,7 +55,24 @@ impl Enforcer {
     /// change policy by writing files). `quiet` keeps the agent's narration in its log
     /// file only.
     pub fn start(exe: &Path, node: &Node, manifests: &Path, quiet: bool) -> Result<Enforcer> {
+        Enforcer::start_with_config(exe, node, manifests, quiet, None)
+    }
+
+    /// [`Enforcer::start`] with a configuration file (`run --config FILE`).
+    pub fn start_with_config(
+        exe: &Path,
+        node: &Node,
+        manifests: &Path,
+        quiet: bool,
+        config: Option<&Path>,
+    ) -> Result<Enforcer> {
         let mut e = Enforcer::prepare(exe, node, quiet, None)?;
+        // A copy in the agent's own directory: restarts read it, and it goes with the agent.
+        if let Some(c) = config {
+            let copy = e.dir.join("config.yaml");
+            std::fs::copy(c, &copy).map_err(io(format!("copying {}", c.display())))?;
+            e.config = Some(copy);
+        }
         std::fs::create_dir_all(&e.manifests)
             .map_err(io(format!("creating {}", e.manifests.display())))?;
         if manifests.is_dir() {

@@ -244,10 +244,11 @@ impl Daemon {
             state_dir: opts.state_dir.clone(),
             verdict_log: Mutex::new(VerdictLogStatus::default()),
             metrics: crate::metrics::Metrics::default(),
-            proxy: opts
-                .config
-                .l7_proxy_port
-                .map(|_| Arc::new(crate::proxy::ProxyShared::default())),
+            proxy: opts.config.l7_proxy_port.map(|_| {
+                Arc::new(crate::proxy::ProxyShared::new(
+                    opts.config.l7_proxy_connections_per_identity,
+                ))
+            }),
         };
         {
             let st = daemon.lock();

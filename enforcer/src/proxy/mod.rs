@@ -26,6 +26,10 @@ use view::{ConnectionRules, Judgement, L7View, ViewCell};
 /// Records on their way to the verdict log; full → counted as lost.
 pub const RECORD_QUEUE: usize = 65_536;
 
+/// Open proxied connections one client identity may hold by default (reliability row 19):
+/// one workload cannot exhaust the proxy for every other.
+pub const DEFAULT_CONNECTIONS_PER_IDENTITY: usize = 4096;
+
 /// What the proxy shares with the agent.
 #[derive(Debug)]
 pub struct ProxyShared {
@@ -35,15 +39,77 @@ pub struct ProxyShared {
     /// Connections accepted and requests judged (for status and metrics).
     pub connections: AtomicU64,
     pub requests: AtomicU64,
+    /// Connections closed at accept because their client identity held its cap.
+    pub over_cap: AtomicU64,
+    /// Open connections per client identity.
+    open: Mutex<std::collections::HashMap<u32, usize>>,
+    /// The cap per client identity.
+    pub per_identity: usize,
 }
 
-impl Default for ProxyShared {
-    fn default() -> Self {
+impl ProxyShared {
+    pub fn new(per_identity: usize) -> ProxyShared {
         ProxyShared {
             views: ViewCell::default(),
             records_lost: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            over_cap: AtomicU64::new(0),
+            open: Mutex::new(std::collections::HashMap::new()),
+            per_identity,
+        }
+    }
+
+    /// Takes one of `identity`'s connection slots; `None` when it holds all of them.
+    fn admit(self: &Arc<Self>, identity: u32) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(identity).or_insert(0);
+        if *n >= self.per_identity {
+            self.over_cap.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            shared: self.clone(),
+            identity,
+        })
+    }
+
+    /// Open proxied connections of one client identity.
+    pub fn open_connections(&self, identity: u32) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&identity)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Default for ProxyShared {
+    fn default() -> Self {
+        ProxyShared::new(DEFAULT_CONNECTIONS_PER_IDENTITY)
+    }
+}
+
+/// A connection slot of one identity, given back when the connection ends.
+struct Slot {
+    shared: Arc<ProxyShared>,
+    identity: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.identity);
+            }
         }
     }
 }
@@ -175,8 +241,8 @@ pub async fn run(
         // Only connections the datapath redirected are served: one whose rules, under the
         // current view, inspect nothing (a direct connection to the listener's port, or no
         // view yet) is closed unanswered.
-        match conn.rules() {
-            Some((_, r)) if r.inspects() => {}
+        let identity = match conn.rules() {
+            Some((_, r)) if r.inspects() => r.client_identity,
             other => {
                 debug!(
                     client = client.to_string(),
@@ -188,9 +254,20 @@ pub async fn run(
                 );
                 continue;
             }
-        }
+        };
+        let Some(slot) = shared.admit(identity) else {
+            warn!(
+                client = client.to_string(),
+                server = server.to_string(),
+                identity,
+                cap = shared.per_identity,
+                "proxy connection closed: its client identity holds every connection slot it may"
+            );
+            continue;
+        };
         let config = config.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let c = conn.clone();
             let connect = move || sockets::connect_upstream(client.ip(), server);
             let _ = serve(client_io, connect, &*c, &*conn, &config).await;

@@ -34,14 +34,36 @@ pub struct Cluster {
 /// YAML); pods get addresses in `block`. `None` only where the privileged-test rule allows
 /// skipping (never under `CI=true`).
 pub fn start(tag: &str, block: u8, what: &str, manifests: &[(&str, &str)]) -> Option<Cluster> {
+    start_with_config(tag, block, what, manifests, None)
+}
+
+/// [`start`] with a configuration file for the agent (YAML).
+pub fn start_with_config(
+    tag: &str,
+    block: u8,
+    what: &str,
+    manifests: &[(&str, &str)],
+    config: Option<&str>,
+) -> Option<Cluster> {
     let node = Node::for_test(tag, what)?;
     let src = std::env::temp_dir().join(format!("palisade-{tag}-manifests-{}", node.tag()));
     std::fs::create_dir_all(&src).unwrap();
     for (name, yaml) in manifests {
         std::fs::write(src.join(name), yaml).unwrap();
     }
-    let enforcer = Enforcer::start(Path::new(EXE), &node, &src, true);
+    let config_path = src.with_extension("config.yaml");
+    if let Some(c) = config {
+        std::fs::write(&config_path, c).unwrap();
+    }
+    let enforcer = Enforcer::start_with_config(
+        Path::new(EXE),
+        &node,
+        &src,
+        true,
+        config.map(|_| config_path.as_path()),
+    );
     let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_file(&config_path);
     let enforcer = enforcer.unwrap_or_else(|e| panic!("{what}: starting the enforcer: {e}"));
     Some(Cluster {
         enforcer,
