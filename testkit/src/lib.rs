@@ -16,6 +16,7 @@ pub mod node;
 pub mod packet;
 pub mod privileged;
 pub mod realclients;
+pub mod wrk;
 
 pub use privileged::{
     ci_requires_privileged, privileged_unavailable_reason, require_privileged, skip_or_fail,
