@@ -236,6 +236,8 @@ struct ct_entry {
 #define PROXY_MARK_LISTENER 0x0a00
 #define PROXY_MARK_UPSTREAM 0x0b00
 #define PROXY_F_READY       0x01 /* the proxy listens and takes redirected connections */
+#define PROXY_F_INGRESS_L7  0x02 /* an endpoint of this node has ingress HTTP rules: step 6b
+				  * looks the destination up (else it costs a new flow nothing) */
 
 struct proxy_state {
 	__u32 flags;  /* PROXY_F_* */

@@ -29,12 +29,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_proxy SEC(".maps");
 
-static __always_inline int proxy_ready(void)
+static __always_inline __u32 proxy_flags(void)
 {
 	__u32 zero = 0;
 	struct proxy_state *s = bpf_map_lookup_elem(&pal_proxy, &zero);
 
-	return s && (s->flags & PROXY_F_READY);
+	return s ? s->flags : 0;
+}
+
+static __always_inline int proxy_ready(void)
+{
+	return proxy_flags() & PROXY_F_READY;
 }
 
 struct decision {

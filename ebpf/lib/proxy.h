@@ -100,7 +100,8 @@ static __always_inline struct endpoint_info *proxy_local_destination(struct __sk
  * destination is the endpoint of the interface the packet is routed to, and its entry is
  * looked up exactly as its to_pod would (its policy slot, the source's identity). Only
  * while the proxy is ready; otherwise the destination's to_pod decides (and drops the
- * REDIRECT). Costs a route lookup on a new TCP flow only. */
+ * REDIRECT). Costs a route lookup on a new TCP flow, and only while some endpoint of this
+ * node has ingress HTTP rules (PROXY_F_INGRESS_L7, kept by the enforcer). */
 static __always_inline void policy_redirect_for_destination(struct __sk_buff *skb,
 							    struct decision *d,
 							    const struct pkt *p, __u32 src,
@@ -109,8 +110,10 @@ static __always_inline void policy_redirect_for_destination(struct __sk_buff *sk
 	struct endpoint_info *dst;
 	struct policy_value *w;
 
+	const __u32 want = PROXY_F_READY | PROXY_F_INGRESS_L7;
+
 	if (p->protocol != IPPROTO_TCP || d->verdict == EVENT_VERDICT_REDIRECTED ||
-	    !proxy_ready())
+	    (proxy_flags() & want) != want)
 		return;
 	dst = proxy_local_destination(skb, p);
 	if (!dst)

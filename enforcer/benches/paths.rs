@@ -11,7 +11,12 @@
 //! * `new, allowed` – a bare RST the policy admits (the whole new-flow decision; a RST
 //!   creates no entry, so every run takes the same path);
 //! * `new, denied`  – a SYN the policy denies (decision, drop; the event is reported once
-//!   per repeat window, so the runs after the first measure the drop path).
+//!   per repeat window, so the runs after the first measure the drop path);
+//! * `from_pod new, proxy up` – the `new, allowed` path of from_pod while the L7 proxy is
+//!   ready and no endpoint of the node has ingress HTTP rules (step 6b skipped);
+//! * `from_pod new, ingress L7` – the same while some endpoint of the node has ingress HTTP
+//!   rules: step 6b's route lookup for the destination's endpoint is added (what every new
+//!   TCP connection from a pod of such a node pays).
 //!
 //! The time includes what BPF_PROG_TEST_RUN adds around a run (the loop, `bpf_ktime`); the
 //! floor carries the same. Ratios to the floor and the nanoseconds above it are printed.
@@ -137,6 +142,9 @@ struct Path {
     hook: Hook,
     pkt: Vec<u8>,
     expect: u32,
+    /// `pal_proxy` flags during the run (with the L7 proxy ready and an endpoint of the node
+    /// having ingress HTTP rules, a new TCP flow from_pod takes step 6b's route lookup).
+    proxy_flags: u32,
     ns: Vec<f64>,
 }
 
@@ -170,6 +178,7 @@ fn main() {
             hook: Hook::ToPod,
             pkt: packet::build(ip(peer), ip(pod), tcp(40000, 80, TCP_ACK)),
             expect: pass,
+            proxy_flags: 0,
             ns: vec![],
         },
         Path {
@@ -177,6 +186,7 @@ fn main() {
             hook: Hook::FromPod,
             pkt: packet::build(ip(pod), ip(peer), tcp(41000, 80, TCP_ACK)),
             expect: pass,
+            proxy_flags: 0,
             ns: vec![],
         },
         Path {
@@ -184,6 +194,7 @@ fn main() {
             hook: Hook::FromPod,
             pkt: packet::build(ip(pod), ip(peer), tcp(80, 40000, TCP_ACK)),
             expect: pass,
+            proxy_flags: 0,
             ns: vec![],
         },
         Path {
@@ -191,6 +202,7 @@ fn main() {
             hook: Hook::ToPod,
             pkt: packet::build(ip(peer), ip(pod), tcp(80, 41000, TCP_ACK)),
             expect: pass,
+            proxy_flags: 0,
             ns: vec![],
         },
         Path {
@@ -198,6 +210,7 @@ fn main() {
             hook: Hook::ToPod,
             pkt: packet::build(ip(peer), ip(pod), tcp(40001, 80, TCP_RST)),
             expect: pass,
+            proxy_flags: 0,
             ns: vec![],
         },
         Path {
@@ -205,6 +218,31 @@ fn main() {
             hook: Hook::ToPod,
             pkt: packet::build(ip(peer), ip(pod), tcp(40002, 81, TCP_SYN)),
             expect: drop,
+            proxy_flags: 0,
+            ns: vec![],
+        },
+        Path {
+            name: "from_pod new, allowed",
+            hook: Hook::FromPod,
+            pkt: packet::build(ip(pod), ip(peer), tcp(41001, 80, TCP_RST)),
+            expect: pass,
+            proxy_flags: 0,
+            ns: vec![],
+        },
+        Path {
+            name: "from_pod new, proxy up",
+            hook: Hook::FromPod,
+            pkt: packet::build(ip(pod), ip(peer), tcp(41001, 80, TCP_RST)),
+            expect: pass,
+            proxy_flags: abi::PROXY_F_READY,
+            ns: vec![],
+        },
+        Path {
+            name: "from_pod new, ingress L7",
+            hook: Hook::FromPod,
+            pkt: packet::build(ip(pod), ip(peer), tcp(41001, 80, TCP_RST)),
+            expect: pass,
+            proxy_flags: abi::PROXY_F_READY | abi::PROXY_F_INGRESS_L7,
             ns: vec![],
         },
     ];
@@ -233,6 +271,12 @@ fn main() {
         assert_eq!(ret, pass, "floor");
         floor_ns.push(ns);
         for p in &mut paths {
+            dp.set_proxy(&abi::ProxyState {
+                flags: p.proxy_flags,
+                port_be: 15080u16.to_be(),
+                pad: 0,
+            })
+            .unwrap();
             let (ret, d) = dp.test_run_repeat(p.hook, &p.pkt, repeat).unwrap();
             let ns = d.as_nanos() as f64;
             assert_eq!(ret, p.expect, "{}", p.name);

@@ -1612,12 +1612,17 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
         // No proxy: POD's egress admits it unmarked; PEER's to_pod decides (and drops).
         assert_eq!(run(&mut f, "10.0.0.2", syn(3000, 8082)), (PASS, 0));
         f.events();
+        // The proxy ready, but no endpoint here said to have ingress HTTP rules: the route
+        // lookup is skipped (the destination's to_pod decides).
         f.dp.set_proxy(&abi::ProxyState {
             flags: abi::PROXY_F_READY,
             port_be: 15080u16.to_be(),
             pad: 0,
         })
         .unwrap();
+        assert_eq!(run(&mut f, "10.0.0.2", syn(3004, 8082)), (PASS, 0));
+        f.events();
+        f.dp.set_proxy_ingress_l7(true).unwrap();
         assert_eq!(
             run(&mut f, "10.0.0.2", syn(3001, 8082)),
             (PASS, abi::PROXY_MARK_LOCAL)

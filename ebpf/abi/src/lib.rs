@@ -129,6 +129,9 @@ pub const PROXY_MARK_LISTENER: u32 = 0x0a00;
 pub const PROXY_MARK_UPSTREAM: u32 = 0x0b00;
 /// `proxy_state.flags`: the proxy takes redirected connections.
 pub const PROXY_F_READY: u32 = 0x01;
+/// `PROXY_F_INGRESS_L7`: an endpoint of this node has ingress HTTP rules, so `from_pod`
+/// looks a new TCP flow's destination up (step 6b); without it that lookup is skipped.
+pub const PROXY_F_INGRESS_L7: u32 = 0x02;
 pub const CT_LIFETIME_TCP_SYN_S: u64 = 60;
 pub const CT_LIFETIME_TCP_S: u64 = 21600;
 pub const CT_LIFETIME_TCP_CLOSE_S: u64 = 10;

@@ -114,6 +114,7 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("PROXY_MARK_LISTENER", abi::PROXY_MARK_LISTENER as i64),
         ("PROXY_MARK_UPSTREAM", abi::PROXY_MARK_UPSTREAM as i64),
         ("PROXY_F_READY", abi::PROXY_F_READY as i64),
+        ("PROXY_F_INGRESS_L7", abi::PROXY_F_INGRESS_L7 as i64),
         ("CT_LIFETIME_TCP_SYN_S", abi::CT_LIFETIME_TCP_SYN_S as i64),
         ("CT_LIFETIME_TCP_S", abi::CT_LIFETIME_TCP_S as i64),
         (

@@ -75,6 +75,16 @@ pub enum DaemonError {
     },
 }
 
+/// Whether an endpoint of this node has an ingress entry that redirects to the L7 proxy.
+fn has_ingress_l7(engine: &Engine, local: &LocalEndpoints) -> bool {
+    local.iter().any(|(key, _)| {
+        engine.endpoint_policy(key).is_some_and(|p| {
+            p.l7.iter()
+                .any(|(k, _)| k.direction == abi::DIRECTION_INGRESS)
+        })
+    })
+}
+
 /// A registration as the enforcer keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
@@ -199,6 +209,9 @@ impl Daemon {
             .max()
             .unwrap_or(0)
             + 1;
+        // Step 6b's gate (cleared with the rest of `pal_proxy` at load) for the endpoints
+        // this run starts with; `sync` keeps it from here on.
+        dp.set_proxy_ingress_l7(has_ingress_l7(&engine, &local))?;
         // Adopt the slots the previous run wrote; every endpoint gets the new revision so
         // conntrack it admitted is decided once more against the reconciled policy.
         let mut synced = Synced::adopt(&mut AyaMaps(&mut dp))?;
@@ -340,7 +353,20 @@ impl Daemon {
             ..
         } = st;
         let was_dirty = synced.is_dirty();
+        // Step 6b's gate goes up before an ingress HTTP rule reaches the maps and comes down
+        // only after the last one left them: never a window in which a local destination's
+        // ingress REDIRECT is not taken to the proxy at the source.
+        let ingress_l7 = has_ingress_l7(engine, local);
+        if ingress_l7 && let Err(e) = dp.set_proxy_ingress_l7(true) {
+            warn!(error = e.to_string(), "pal_proxy not updated");
+        }
         let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+        if result.is_ok()
+            && !ingress_l7
+            && let Err(e) = dp.set_proxy_ingress_l7(false)
+        {
+            warn!(error = e.to_string(), "pal_proxy not updated");
+        }
         if result.is_ok() {
             self.publish_l7_view(engine, local, revision);
             self.metrics

@@ -88,14 +88,17 @@ impl Daemon {
                 .map_err(|e| e.to_string())?;
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("listener: {e}"))?;
-            self.lock()
-                .dp
-                .set_proxy(&abi::ProxyState {
-                    flags: abi::PROXY_F_READY,
-                    port_be: port.to_be(),
-                    pad: 0,
-                })
-                .map_err(|e| e.to_string())?;
+            {
+                let mut st = self.lock();
+                let flags = st.dp.proxy_state().flags | abi::PROXY_F_READY;
+                st.dp
+                    .set_proxy(&abi::ProxyState {
+                        flags,
+                        port_be: port.to_be(),
+                        pad: 0,
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
             Ok(listener)
         })();
         let listener = match started {

@@ -159,6 +159,8 @@ pub struct Datapath {
     /// The proxy's `sk_lookup` program is attached to this process's network namespace
     /// (the link lives as long as the program, i.e. this process).
     proxy_lookup_attached: bool,
+    /// What `pal_proxy` holds (this process is its only writer).
+    proxy_state: abi::ProxyState,
 }
 
 /// What [`Datapath::retire_older_abis`] did.
@@ -198,6 +200,7 @@ impl Datapath {
             adopted: Vec::new(),
             older: older_abi_dirs(&opts.pin_root),
             proxy_lookup_attached: false,
+            proxy_state: abi::ProxyState::default(),
         };
         for hook in Hook::ALL {
             let name = dp.program_name(hook)?;
@@ -831,7 +834,30 @@ impl Datapath {
         let name = map_name::PROXY;
         let mut m: aya::maps::Array<_, [u8; 8]> =
             aya::maps::Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        m.set(0, state.to_bytes(), 0).map_err(map_err(name))
+        m.set(0, state.to_bytes(), 0).map_err(map_err(name))?;
+        self.proxy_state = *state;
+        Ok(())
+    }
+
+    /// Sets or clears [`abi::PROXY_F_INGRESS_L7`] (some endpoint of this node has ingress
+    /// HTTP rules: `from_pod` then looks a new TCP flow's destination up), keeping the rest
+    /// of `pal_proxy`; writes only on a change.
+    pub fn set_proxy_ingress_l7(&mut self, on: bool) -> Result<()> {
+        let mut s = self.proxy_state;
+        if on {
+            s.flags |= abi::PROXY_F_INGRESS_L7;
+        } else {
+            s.flags &= !abi::PROXY_F_INGRESS_L7;
+        }
+        if s == self.proxy_state {
+            return Ok(());
+        }
+        self.set_proxy(&s)
+    }
+
+    /// What `pal_proxy` holds.
+    pub fn proxy_state(&self) -> abi::ProxyState {
+        self.proxy_state
     }
 
     /// Puts the proxy's listening socket in `pal_proxy_socks` and attaches the `sk_lookup`
