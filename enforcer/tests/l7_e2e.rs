@@ -417,6 +417,10 @@ fn pipelined_and_smuggled_requests_through_the_redirect() {
             "POST /api/v1/data HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
         ),
     ];
+    // A TLS ClientHello on a port with HTTP rules: the rules cannot see inside, refused.
+    let hello = b"\x16\x03\x01\x00\x2f\x01\x00\x00\x2b\x03\x03abcdefghijklmnopqrstuvwxyz012345\x00\x00\x02\x13\x01\x01\x00";
+    let answer = raw_exchange(&frontend, dst, hello);
+    assert_eq!(statuses(&answer), vec![400], "TLS: {answer:?}");
     for (what, bytes) in vectors {
         let answer = raw_exchange(&frontend, dst, bytes.as_bytes());
         let st = statuses(&answer);
@@ -479,6 +483,29 @@ fn connections_over_the_per_identity_cap_are_closed_and_others_are_served() {
         "the refusal is logged:\n{}",
         c.log()
     );
+    let metrics = scrape(&c);
+    assert!(
+        metrics.contains("palisade_l7_connections_over_cap_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_l7_requests_total 1"),
+        "{metrics}"
+    );
+}
+
+/// The agent's metrics (Prometheus text) from inside its node namespace.
+fn scrape(c: &Cluster) -> String {
+    use std::io::{Read, Write};
+    c.node
+        .run_in(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9963").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
 }
 
 /// The agent killed and restarted under L7 traffic: no request is forwarded without being

@@ -187,6 +187,19 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<ParsedHead>,
     if buf.len() < start + 2 && buf.get(start) == Some(&b'\r') {
         return Ok(None);
     }
+    // A request line starts with a method token: anything else (a TLS ClientHello, a binary
+    // protocol) is refused at its first byte instead of waiting for a head that never ends.
+    let line = &buf[start..];
+    let method_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    if (method_end == 0 && !line.is_empty())
+        || line[..method_end]
+            .iter()
+            .any(|&b| !crate::request::is_tchar(b))
+    {
+        return Err(bad(HeadProblem::Malformed(
+            "the request line does not start with a method token (not HTTP/1.x; TLS?)".into(),
+        )));
+    }
     let Some(end) = scan_head(buf, start, limits)? else {
         return Ok(None);
     };

@@ -600,3 +600,14 @@ proptest! {
         prop_assert_eq!(out, chunks.concat().into_bytes());
     }
 }
+
+/// A request line starts with a method token: a TLS ClientHello or other binary bytes are
+/// refused at once, not after the head deadline; a partial but valid request line waits.
+#[test]
+fn bytes_that_cannot_start_a_request_line_are_refused_at_once() {
+    refused("tls client hello", b"\x16\x03\x01\x00\x2f\x01", 400);
+    refused("leading space", b" GET / HTTP/1.1\r\n", 400);
+    refused("control byte in the method", b"GE\x01T", 400);
+    assert_eq!(parse(b"GE"), Ok(None), "a method still arriving");
+    assert_eq!(parse(b"GET /api"), Ok(None), "a target still arriving");
+}

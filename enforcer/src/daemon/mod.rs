@@ -236,6 +236,11 @@ impl Daemon {
             Some(dp.retire_older_abis())
         };
         let endpoints = regs.len() as u32;
+        let proxy = opts.config.l7_proxy_port.map(|_| {
+            Arc::new(crate::proxy::ProxyShared::new(
+                opts.config.l7_proxy_connections_per_identity,
+            ))
+        });
         let daemon = Daemon {
             health: Mutex::new(Health {
                 endpoints,
@@ -256,12 +261,11 @@ impl Daemon {
             source,
             state_dir: opts.state_dir.clone(),
             verdict_log: Mutex::new(VerdictLogStatus::default()),
-            metrics: crate::metrics::Metrics::default(),
-            proxy: opts.config.l7_proxy_port.map(|_| {
-                Arc::new(crate::proxy::ProxyShared::new(
-                    opts.config.l7_proxy_connections_per_identity,
-                ))
-            }),
+            metrics: crate::metrics::Metrics {
+                proxy: proxy.clone(),
+                ..crate::metrics::Metrics::default()
+            },
+            proxy,
         };
         {
             let st = daemon.lock();

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub revision: Arc<AtomicU64>,
     /// Unix time the agent started.
     pub start_time: f64,
+    /// The L7 proxy's counters, when it runs.
+    pub proxy: Option<Arc<crate::proxy::ProxyShared>>,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,7 @@ impl Default for Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
+            proxy: None,
         }
     }
 }
@@ -311,6 +314,34 @@ pub fn render(pin_dir: &Path, health: &Health, m: &Metrics) -> String {
         "Verdict-log records lost, as the log accounts for them",
         lost,
     );
+    if let Some(p) = &m.proxy {
+        for (name, help, v) in [
+            (
+                "palisade_l7_connections",
+                "Connections the L7 proxy accepted",
+                &p.connections,
+            ),
+            (
+                "palisade_l7_requests",
+                "HTTP requests the L7 proxy judged",
+                &p.requests,
+            ),
+            (
+                "palisade_l7_connections_over_cap",
+                "Connections closed at accept: their client identity held every slot",
+                &p.over_cap,
+            ),
+            (
+                "palisade_l7_records_lost",
+                "L7 records not written: the queue to the verdict log was full",
+                &p.records_lost,
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(v.load(Ordering::Relaxed));
+            r.register(name, help, c);
+        }
+    }
     let start = Gauge::<f64, AtomicU64>::default();
     start.set(m.start_time);
     r.register(
