@@ -73,7 +73,9 @@
 /* ---- verdicts in policy values --------------------------------------------------- */
 #define POLICY_VERDICT_ALLOW    1
 #define POLICY_VERDICT_DENY     2
-#define POLICY_VERDICT_REDIRECT 3 /* to the L7 proxy listening on proxy_port */
+#define POLICY_VERDICT_REDIRECT 3 /* to the L7 proxy listening on proxy_port; with
+				   * POLICY_F_AUDIT only audit-mode HTTP rules redirect it, and without
+				   * a ready proxy it is forwarded instead of dropped */
 
 #define POLICY_F_AUDIT          0x01 /* deny is logged as AUDIT and forwarded */
 

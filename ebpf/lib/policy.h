@@ -105,6 +105,10 @@ static __always_inline struct decision policy_decide(__u32 slot, __u32 peer, __u
 			   (mark & PROXY_MARK_MASK) == PROXY_MARK_UPSTREAM) {
 			/* The proxy's upstream leg: the proxy judged its requests. */
 			d.verdict = EVENT_VERDICT_FORWARDED;
+		} else if (w->flags & POLICY_F_AUDIT) {
+			/* Only audit-mode HTTP rules send it to the proxy, and they enforce
+			 * nothing: without the proxy it passes unobserved. */
+			d.verdict = EVENT_VERDICT_FORWARDED;
 		} else {
 			/* No proxy to take it: fail closed. */
 			d.verdict = EVENT_VERDICT_DROPPED;

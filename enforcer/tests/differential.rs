@@ -67,6 +67,7 @@ fn kernel_decision(ret: u32, ev: &VerdictEvent) -> Decision {
         (abi::tcx::DROP, _, abi::DROP_PROXY_UNAVAILABLE) => Decision::Redirected {
             rule: ev.rule_id,
             proxy_port: u16::from_be(ev.proxy_port_be),
+            audit: false,
         },
         (abi::tcx::DROP, _, abi::DROP_INVALID_IDENTITY) => Decision::InvalidIdentity,
         (abi::tcx::DROP, _, abi::DROP_EP_NOT_READY) => Decision::NotReady,
@@ -80,6 +81,10 @@ fn comparable(d: &Decision) -> Decision {
         Decision::DefaultDeny { .. } => Decision::DefaultDeny {
             isolated_by: Vec::new(),
         },
+        // No proxy runs here: a redirect only audit-mode HTTP rules make is forwarded.
+        Decision::Redirected {
+            rule, audit: true, ..
+        } => Decision::Allowed { rule: *rule },
         d => d.clone(),
     }
 }

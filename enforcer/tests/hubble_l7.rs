@@ -114,6 +114,7 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
             sides: vec![L7Side {
                 direction: Direction::Ingress,
                 origin,
+                audit: None,
             }],
             revision: 3,
             record: RequestRecord {

@@ -581,3 +581,62 @@ fn sigkill_and_restart_under_l7_traffic_forward_nothing_unjudged() {
         );
     }
 }
+
+/// A PalisadeNetworkPolicy in audit mode with HTTP rules, on a backend no enforced policy
+/// inspects: every request is forwarded; the ones its rules would refuse are logged as AUDIT
+/// naming it.
+const AUDIT_L7: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: production}
+---
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: audit-http, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  mode: Audit
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports:
+    - port: 8080
+      http:
+      - {method: GET, path: \"/api/.*\"}
+";
+
+#[test]
+fn audit_mode_http_rules_forward_every_request_and_log_what_they_would_deny() {
+    let Some(c) = start("l7 e2e audit", &[("00-audit.yaml", AUDIT_L7)]) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 7, 10);
+    let backend = c.pod("production", "backend", 7, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let url = |p: &str| format!("http://{}:8080{p}", backend.ipv4);
+    let (get, exit) = curl(&frontend, "GET", &url("/api/v1/data"), TIMEOUT);
+    assert_eq!(get, 200, "curl exit {exit}\n{}", c.log());
+    assert_eq!(
+        curl(&frontend, "POST", &url("/api/v1/data"), TIMEOUT).0,
+        200
+    );
+    assert_eq!(
+        access_log(&nginx),
+        vec!["GET /api/v1/data", "POST /api/v1/data"],
+        "both forwarded"
+    );
+    let lines = wait_l7(&c, 2);
+    assert_eq!(lines[0]["flow"]["verdict"], "FORWARDED", "{lines:#?}");
+    let post = &lines[1]["flow"];
+    assert_eq!(post["verdict"], "AUDIT", "{post:#}");
+    assert_eq!(post["l7"]["http"]["code"], 200);
+    assert_eq!(post["ingress_denied_by"][0]["name"], "audit-http");
+    assert!(
+        post["Summary"]
+            .as_str()
+            .unwrap()
+            .contains("audit: would be denied"),
+        "{post:#}"
+    );
+}

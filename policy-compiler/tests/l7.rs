@@ -955,3 +955,80 @@ spec:
         Some(Decision::DefaultDeny { .. })
     ));
 }
+
+/// Audit mode with HTTP rules: the connection goes to the proxy flagged audit (forwarded by a
+/// datapath without a proxy), every request is forwarded by the enforced rules, and the
+/// audit policy's HTTP rules say what they would refuse: a deny rule its matches, an allow
+/// list everything outside it.
+#[test]
+fn audit_mode_http_rules_are_judged_and_only_reported() {
+    let e = with(
+        r#"
+apiVersion: policy.palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: audit-http, namespace: production}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  mode: Audit
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports:
+    - port: 8080
+      http:
+      - {method: GET, path: "/api/.*"}
+  - action: Deny
+    from: [{podSelector: {matchLabels: {app: batch}}}]
+    ports:
+    - port: 8080
+      http:
+      - {method: DELETE}
+"#,
+    );
+    for from in ["production/frontend", "production/batch"] {
+        let v = check(&e, from, "production/backend", Protocol::TCP, 8080);
+        assert!(
+            matches!(v.ingress, Some(Decision::Redirected { audit: true, .. })),
+            "{from}: {v:?}"
+        );
+        assert!(v.allowed(), "audit enforces nothing");
+    }
+    let judge = |from: &str, method: &str, path: &str| {
+        let set = ingress_l7(&e, from, "production/backend", 8080).unwrap();
+        let c = e.compile_l7(&set);
+        let req = request(method, path);
+        assert!(
+            c.decide(&req).0.allowed(),
+            "{from} {method} {path} forwarded"
+        );
+        c.audit_refusal(&req).map(|(d, o)| {
+            (
+                d,
+                o.and_then(|o| e.rules().resolve(o.rule_id).map(|r| r.to_string())),
+            )
+        })
+    };
+    assert_eq!(judge("production/frontend", "GET", "/api/v1"), None);
+    let (d, rule) = judge("production/frontend", "POST", "/api/v1").unwrap();
+    assert_eq!(d, L7::NoMatch, "outside the audit allow list");
+    assert!(rule.unwrap().contains("audit-http"), "names the policy");
+    let (d, rule) = judge("production/batch", "DELETE", "/x").unwrap();
+    assert!(matches!(d, L7::Deny { .. }), "{d:?}");
+    assert!(rule.unwrap().contains("audit-http"));
+    assert_eq!(
+        judge("production/batch", "GET", "/x"),
+        None,
+        "a deny-only audit rule refuses only what it matches"
+    );
+    // An unrelated port is not redirected.
+    assert!(matches!(
+        check(
+            &e,
+            "production/frontend",
+            "production/backend",
+            Protocol::TCP,
+            9090
+        )
+        .ingress,
+        Some(Decision::NotIsolated)
+    ));
+}

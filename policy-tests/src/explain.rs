@@ -210,8 +210,21 @@ fn side(a: &Analysis, flow: &Flow, dir: Direction, decision: Option<&Decision>) 
             "denied: the endpoint has no policy map (not ready)".to_string()
         }
         Some(Decision::InvalidIdentity) => "denied: the peer resolves to no identity".to_string(),
-        Some(Decision::Redirected { rule, proxy_port }) => format!(
+        Some(Decision::Redirected {
+            rule,
+            proxy_port,
+            audit: false,
+        }) => format!(
             "allowed by {} through the L7 proxy on port {proxy_port}",
+            scenario::rule_name(a, *rule)
+        ),
+        Some(Decision::Redirected {
+            rule,
+            proxy_port,
+            audit: true,
+        }) => format!(
+            "allowed; the audit-mode HTTP rules of {} are judged by the L7 proxy on port \
+             {proxy_port} (reported, not enforced)",
             scenario::rule_name(a, *rule)
         ),
         Some(Decision::Denied { rule, audit }) => {

@@ -62,6 +62,10 @@ pub struct SideL7 {
     pub rule: Option<String>,
     /// Each rule in order: `matches`, or the first field that did not match.
     pub steps: Vec<String>,
+    /// What this side's audit-mode HTTP rules would do to a request its enforced rules
+    /// forward (reported as AUDIT, still forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<String>,
 }
 
 /// The proxy's answer for one request on a flow.
@@ -129,6 +133,25 @@ pub fn evaluate(a: &Analysis, flow: &Flow, query: &HttpQuery) -> HttpOutcome {
         if status.is_none() {
             status = d.status();
         }
+        let audit = if d.allowed() {
+            compiled.audit_refusal(&req).map(|(ad, ao)| match (ad, ao) {
+                (L7Decision::NoMatch, Some(o)) => format!(
+                    "would deny (403): no HTTP rule of {} allows it",
+                    crate::scenario::rule_name(a, o.rule_id)
+                ),
+                (L7Decision::NoMatch, None) => {
+                    "would deny (403): no audit-mode HTTP rule allows it".to_string()
+                }
+                (ad, Some(o)) => format!(
+                    "would deny ({}) by {}",
+                    ad.status().unwrap_or(403),
+                    origin_name(a, &o)
+                ),
+                (ad, None) => format!("would refuse ({})", ad.status().unwrap_or(400)),
+            })
+        } else {
+            None
+        };
         // A request no rule allows is denied by the policy rules whose HTTP rules were read.
         let rule = origin.map(|o| origin_name(a, &o)).or_else(|| {
             let mut names: Vec<String> = compiled
@@ -145,6 +168,7 @@ pub fn evaluate(a: &Analysis, flow: &Flow, query: &HttpQuery) -> HttpOutcome {
             status: d.status(),
             rule,
             steps,
+            audit,
         });
     }
     HttpOutcome {
@@ -221,6 +245,9 @@ pub fn to_text(query: &HttpQuery, o: &HttpOutcome) -> String {
             (d, _) => format!("{d} ({})", side.status.unwrap_or(403)),
         };
         let _ = writeln!(s, "    decision: {verdict}");
+        if let Some(a) = &side.audit {
+            let _ = writeln!(s, "    audit: {a} (forwarded and logged as AUDIT)");
+        }
     }
     s
 }

@@ -796,7 +796,25 @@ fn http_result(o: &crate::l7::HttpOutcome, l4: String) -> (Expect, String) {
         }
     }
     let rules: Vec<String> = o.sides.iter().filter_map(|s| s.rule.clone()).collect();
-    (Expect::Allow, format!("allowed by {}", rules.join(", ")))
+    let audits: Vec<String> = o
+        .sides
+        .iter()
+        .filter_map(|s| {
+            s.audit
+                .as_ref()
+                .map(|a| format!("audit: {a} ({})", s.direction))
+        })
+        .collect();
+    let mut text = if rules.is_empty() {
+        l4
+    } else {
+        format!("allowed by {}", rules.join(", "))
+    };
+    for a in audits {
+        text.push_str("; ");
+        text.push_str(&a);
+    }
+    (Expect::Allow, text)
 }
 
 /// What decided a verdict: the allowing rules (`prod/allow-web ingress[0]`), `allowed: not
@@ -985,8 +1003,13 @@ fn decision_json(a: &Analysis, d: Option<&Decision>) -> serde_json::Value {
         Some(Decision::NotIsolated) => serde_json::json!({"decision": "not_isolated"}),
         Some(Decision::NotReady) => serde_json::json!({"decision": "not_ready"}),
         Some(Decision::InvalidIdentity) => serde_json::json!({"decision": "invalid_identity"}),
-        Some(Decision::Redirected { rule, proxy_port }) => serde_json::json!({
+        Some(Decision::Redirected {
+            rule,
+            proxy_port,
+            audit,
+        }) => serde_json::json!({
             "decision": "redirected", "rule": rule_name(a, *rule), "proxy_port": proxy_port,
+            "audit": audit,
         }),
         Some(Decision::Denied { rule, audit }) => serde_json::json!({
             "decision": if *audit { "audit" } else { "denied" }, "rule": rule_name(a, *rule),

@@ -47,8 +47,19 @@ pub struct L7Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L7Side {
     pub direction: Direction,
+    /// What this side's audit-mode HTTP rules would have done to a request its enforced rules
+    /// let through (reported, not enforced: the record's verdict is `AUDIT`).
+    pub audit: Option<L7AuditRefusal>,
     /// The policy rule (and HTTP rule) that decided on this side; `None` for a default deny,
     /// or when the request was refused before any rule was read.
+    pub origin: Option<L7Origin>,
+}
+
+/// A refusal of audit-mode HTTP rules: the matcher's decision and the rule that made it
+/// (none when no allow rule of theirs matched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L7AuditRefusal {
+    pub decision: palisade_l7proxy::Decision,
     pub origin: Option<L7Origin>,
 }
 
@@ -86,9 +97,23 @@ pub fn render_l7_flow(
     let mut flow = Map::new();
     flow.insert("time".into(), json!(time.rfc3339()));
     flow.insert("uuid".into(), json!(uuid));
+    // Forwarded, but audit-mode HTTP rules would have refused it: reported as AUDIT, as the
+    // datapath reports an audit-mode L3/L4 deny.
+    let audited: Vec<(Direction, L7AuditRefusal)> = ev
+        .sides
+        .iter()
+        .filter_map(|s| s.audit.map(|a| (s.direction, a)))
+        .collect();
+    let audit = forwarded && !audited.is_empty();
     flow.insert(
         "verdict".into(),
-        json!(if forwarded { "FORWARDED" } else { "DROPPED" }),
+        json!(if audit {
+            "AUDIT"
+        } else if forwarded {
+            "FORWARDED"
+        } else {
+            "DROPPED"
+        }),
     );
     flow.insert(
         "IP".into(),
@@ -155,10 +180,39 @@ pub fn render_l7_flow(
         let key = if allowed { "allowed_by" } else { "denied_by" };
         flow.insert(format!("{}_{key}", side.direction), json!([p]));
     }
+    let mut would = Vec::new();
+    if audit {
+        for (direction, a) in &audited {
+            let rule = a.origin.and_then(|o| resolver.rule(o.rule_id));
+            if let Some(rule) = &rule {
+                let key = format!("{direction}_denied_by");
+                let p = json!({
+                    "name": rule.policy.name,
+                    "namespace": rule.policy.namespace,
+                    "kind": rule.policy.kind.as_str(),
+                    "revision": ev.revision.to_string(),
+                });
+                match flow.get_mut(&key).and_then(Value::as_array_mut) {
+                    Some(list) => list.push(p),
+                    None => {
+                        flow.insert(key, json!([p]));
+                    }
+                }
+            }
+            would.push(match (&a.decision, rule) {
+                (palisade_l7proxy::Decision::NoMatch, _) => {
+                    format!("{direction}: no audit-mode HTTP rule allows it")
+                }
+                (d, Some(rule)) => format!("{direction}: {d:?} by {}", rule_text(&rule)),
+                (d, None) => format!("{direction}: {d:?}"),
+            });
+        }
+    }
     let rule = deciding
         .and_then(|s| s.origin)
         .and_then(|o| resolver.rule(o.rule_id));
     let decision = match &r.outcome {
+        Outcome::Forwarded { .. } if audit => format!("{code} audit: would be denied"),
         Outcome::Forwarded { .. } => format!("{code}"),
         Outcome::Denied { .. } => format!("{code} denied"),
         Outcome::Refused { .. } => format!("{code} refused"),
@@ -195,6 +249,9 @@ pub fn render_l7_flow(
     }
     if let Some(path) = &r.path {
         ext.insert("normalized_path".into(), json!(path));
+    }
+    if !would.is_empty() {
+        ext.insert("audit_would_deny".into(), json!(would));
     }
     if let Some(e) = &r.upstream_error {
         ext.insert("upstream_error".into(), json!(e));

@@ -44,7 +44,7 @@ mod rotate;
 pub use key::{KeyError, load_or_generate};
 
 pub use clock::{BootClock, FlowIds, WallTime};
-pub use l7::{L7Event, L7Side, render_l7_flow, render_l7_line};
+pub use l7::{L7AuditRefusal, L7Event, L7Side, render_l7_flow, render_l7_line};
 pub use render::{
     EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource,
     MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND,

@@ -175,6 +175,7 @@ impl Sink for Connection {
                         .map(|(direction, _)| L7Side {
                             direction: *direction,
                             origin: None,
+                            audit: None,
                         })
                         .collect(),
                     v.revision,

@@ -21,7 +21,7 @@ use policy_compiler::engine::l7::{CompiledL7, L7Origin, L7Set};
 use policy_compiler::eval::{Flow, FlowPeer, maps};
 use policy_compiler::model::{Direction, Protocol};
 
-use crate::events::L7Side;
+use crate::events::{L7AuditRefusal, L7Side};
 
 /// The policy the proxy judges with, as of one map update.
 #[derive(Debug)]
@@ -139,11 +139,19 @@ impl ConnectionRules {
         let mut last = Decision::Allow { rule: 0 };
         for (direction, set) in &self.sides {
             let (d, origin): (Decision, Option<L7Origin>) = set.decide(req);
+            let allowed = d.allowed();
+            // What this side's audit-mode rules would do, reported only.
+            let audit = if allowed {
+                set.audit_refusal(req)
+                    .map(|(decision, origin)| L7AuditRefusal { decision, origin })
+            } else {
+                None
+            };
             sides.push(L7Side {
                 direction: *direction,
                 origin,
+                audit,
             });
-            let allowed = d.allowed();
             last = d;
             if !allowed {
                 break;

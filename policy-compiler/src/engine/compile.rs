@@ -156,51 +156,62 @@ impl Engine {
                         let proto = ps.protocol.0;
                         // A port with HTTP rules sends the connection to the L7 proxy, whatever
                         // the rule's action (a deny rule with HTTP rules denies requests).
+                        // Audit mode: the HTTP rules are judged by the proxy and only reported
+                        // (an overlay that redirects what the other rules admit); an HTTP
+                        // allow rule also allows the port at L3/L4 (docs/l7.md).
+                        let audit_http = ps.http.is_some() && st.policy.audit;
+                        let overlay = audit_http.then(|| {
+                            TierRule::network_policy_audit_redirect(
+                                *rule_id,
+                                self.config.proxy_port,
+                                j as u16 + 1,
+                            )
+                        });
                         let tr = match (&ps.http, st.policy.audit, rule.action) {
-                            (None, _, _) => base,
-                            (Some(_), false, action) => TierRule::network_policy_redirect(
+                            (None, _, _) => Some(base),
+                            (Some(_), false, action) => Some(TierRule::network_policy_redirect(
                                 *rule_id,
                                 self.config.proxy_port,
                                 j as u16 + 1,
                                 action == RuleAction::Deny,
-                            ),
-                            // Audit mode does not reach the proxy: HTTP allow rules allow the
-                            // port, HTTP deny rules do nothing (docs/l7.md).
-                            (Some(_), true, RuleAction::Allow) => base,
-                            (Some(_), true, RuleAction::Deny | RuleAction::Pass) => continue,
-                        };
-                        match &ps.port {
-                            PortMatch::All => fixed.push((
-                                PortPrefix {
-                                    proto,
-                                    port: 0,
-                                    bits: 0,
-                                },
-                                tr,
                             )),
-                            PortMatch::Range(lo, hi) => {
-                                for (port, bits) in port_range_prefixes(*lo, *hi) {
-                                    fixed.push((PortPrefix { proto, port, bits }, tr));
-                                }
-                            }
-                            PortMatch::Named(n) => match dir {
-                                // Ingress: the destination is this endpoint.
-                                Direction::Ingress => {
-                                    if let Some(port) =
-                                        resolve_named_port(&key.ports, n, ps.protocol)
-                                    {
-                                        fixed.push((
-                                            PortPrefix {
-                                                proto,
-                                                port,
-                                                bits: 16,
-                                            },
-                                            tr,
-                                        ));
+                            (Some(_), true, RuleAction::Allow) => Some(base),
+                            (Some(_), true, RuleAction::Deny | RuleAction::Pass) => None,
+                        };
+                        for tr in tr.into_iter().chain(overlay) {
+                            match &ps.port {
+                                PortMatch::All => fixed.push((
+                                    PortPrefix {
+                                        proto,
+                                        port: 0,
+                                        bits: 0,
+                                    },
+                                    tr,
+                                )),
+                                PortMatch::Range(lo, hi) => {
+                                    for (port, bits) in port_range_prefixes(*lo, *hi) {
+                                        fixed.push((PortPrefix { proto, port, bits }, tr));
                                     }
                                 }
-                                Direction::Egress => named.push((n.as_str(), ps.protocol, tr)),
-                            },
+                                PortMatch::Named(n) => match dir {
+                                    // Ingress: the destination is this endpoint.
+                                    Direction::Ingress => {
+                                        if let Some(port) =
+                                            resolve_named_port(&key.ports, n, ps.protocol)
+                                        {
+                                            fixed.push((
+                                                PortPrefix {
+                                                    proto,
+                                                    port,
+                                                    bits: 16,
+                                                },
+                                                tr,
+                                            ));
+                                        }
+                                    }
+                                    Direction::Egress => named.push((n.as_str(), ps.protocol, tr)),
+                                },
+                            }
                         }
                     }
                     match &union {

@@ -33,6 +33,10 @@ pub struct L7Set {
     /// The L3/L4 allow rule that lets every request of this peer through (deny rules still
     /// apply), if one matches.
     pub allow_all: Option<u32>,
+    /// HTTP rules of audit-mode policies: judged on their own, what they would refuse is
+    /// reported and forwarded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<L7Ref>,
 }
 
 impl L7Set {
@@ -42,9 +46,14 @@ impl L7Set {
         let mut set = L7Set {
             rules: Vec::new(),
             allow_all,
+            audit: Vec::new(),
         };
         for r in matching.iter().filter(|r| r.tier == Tier::NetworkPolicy) {
             match r.action {
+                Action::RedirectDeny(_) if r.audit => set.audit.push(L7Ref {
+                    rule_id: r.rule_id,
+                    http_port: r.http_port,
+                }),
                 Action::Redirect(_) | Action::RedirectDeny(_) => set.rules.push(L7Ref {
                     rule_id: r.rule_id,
                     http_port: r.http_port,
@@ -55,6 +64,8 @@ impl L7Set {
         }
         set.rules.sort_unstable();
         set.rules.dedup();
+        set.audit.sort_unstable();
+        set.audit.dedup();
         set
     }
 }
@@ -73,6 +84,19 @@ pub struct CompiledL7 {
     pub rules: RuleSet,
     /// Indexed by the id of each [`RuleEntry`].
     pub origins: Vec<L7Origin>,
+    /// The audit-mode policies' HTTP rules, when the set has any.
+    pub audit: Option<AuditL7>,
+}
+
+/// Audit-mode HTTP rules compiled for matching: judged as if enforced, on their own.
+#[derive(Debug, Clone)]
+pub struct AuditL7 {
+    pub rules: RuleSet,
+    pub origins: Vec<L7Origin>,
+    /// The first allow rule's policy rule, when any of them is an allow rule (then a request
+    /// none allows would be refused, and this names the policy whose allow list it is outside;
+    /// deny rules alone refuse only what they match).
+    pub allows: Option<u32>,
 }
 
 impl CompiledL7 {
@@ -89,6 +113,27 @@ impl CompiledL7 {
             _ => None,
         };
         (d, origin)
+    }
+
+    /// What the audit-mode rules would do to a request the enforced rules forward: `Some`
+    /// with their refusal and the rule that made it (for "no allow rule matches", the first
+    /// audit rule with allow rules, without an HTTP rule index).
+    pub fn audit_refusal(
+        &self,
+        req: &palisade_l7proxy::NormalizedRequest,
+    ) -> Option<(L7Decision, Option<L7Origin>)> {
+        let a = self.audit.as_ref()?;
+        let d = a.rules.decide(req);
+        let origin = match d {
+            L7Decision::Allow { .. } => return None,
+            L7Decision::NoMatch => Some(L7Origin {
+                rule_id: a.allows?,
+                http_index: None,
+            }),
+            L7Decision::Deny { rule } => a.origins.get(rule as usize).copied(),
+            _ => None,
+        };
+        Some((d, origin))
     }
 }
 
@@ -142,10 +187,68 @@ pub fn compile_l7_with<'a>(
     set: &L7Set,
     resolve: impl Fn(u32, u16) -> Option<(RuleAction, &'a [HttpRule])>,
 ) -> CompiledL7 {
+    let (mut entries, mut origins, broken) = entries_of(&set.rules, &resolve);
+    let audit = (!set.audit.is_empty()).then(|| {
+        let (entries, origins, broken) = entries_of(&set.audit, &resolve);
+        let allows = entries
+            .iter()
+            .zip(&origins)
+            .find(|(e, _)| e.action == L7Action::Allow)
+            .map(|(_, o)| o.rule_id);
+        match (broken, RuleSet::compile(entries)) {
+            (false, Ok(rules)) => AuditL7 {
+                rules,
+                origins,
+                allows,
+            },
+            // Rules that cannot be read or compiled: every request would be refused.
+            _ => AuditL7 {
+                rules: RuleSet::empty(),
+                origins: Vec::new(),
+                allows: set.audit.first().map(|r| r.rule_id),
+            },
+        }
+    });
+    if let Some(rule_id) = set.allow_all {
+        entries.push(RuleEntry {
+            id: origins.len() as u32,
+            action: L7Action::Allow,
+            rule: HttpRule::any(),
+        });
+        origins.push(L7Origin {
+            rule_id,
+            http_index: None,
+        });
+    }
+    let rules = if broken {
+        None
+    } else {
+        RuleSet::compile(entries).ok()
+    };
+    match rules {
+        Some(rules) => CompiledL7 {
+            rules,
+            origins,
+            audit,
+        },
+        None => CompiledL7 {
+            rules: RuleSet::empty(),
+            origins: Vec::new(),
+            audit,
+        },
+    }
+}
+
+/// The matcher entries of some rules' HTTP rules (ids in order), their origins, and whether
+/// a rule could not be resolved.
+fn entries_of<'a>(
+    refs: &[L7Ref],
+    resolve: &impl Fn(u32, u16) -> Option<(RuleAction, &'a [HttpRule])>,
+) -> (Vec<RuleEntry>, Vec<L7Origin>, bool) {
     let mut entries = Vec::new();
     let mut origins = Vec::new();
     let mut broken = false;
-    for r in &set.rules {
+    for r in refs {
         match resolve(r.rule_id, r.http_port) {
             Some((action, rules)) => {
                 let action = match action {
@@ -168,27 +271,5 @@ pub fn compile_l7_with<'a>(
             None => broken = true,
         }
     }
-    if let Some(rule_id) = set.allow_all {
-        entries.push(RuleEntry {
-            id: origins.len() as u32,
-            action: L7Action::Allow,
-            rule: HttpRule::any(),
-        });
-        origins.push(L7Origin {
-            rule_id,
-            http_index: None,
-        });
-    }
-    let rules = if broken {
-        None
-    } else {
-        RuleSet::compile(entries).ok()
-    };
-    match rules {
-        Some(rules) => CompiledL7 { rules, origins },
-        None => CompiledL7 {
-            rules: RuleSet::empty(),
-            origins: Vec::new(),
-        },
-    }
+    (entries, origins, broken)
 }

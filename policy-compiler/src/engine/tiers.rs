@@ -130,6 +130,20 @@ impl TierRule {
         }
     }
 
+    /// The HTTP rules of an audit-mode policy on one port: like an HTTP deny rule, they send
+    /// to the proxy what the other rules admit (never admitting by themselves); the proxy
+    /// only reports what they would refuse.
+    pub fn network_policy_audit_redirect(
+        rule_id: u32,
+        proxy_port: u16,
+        http_port: u16,
+    ) -> TierRule {
+        TierRule {
+            audit: true,
+            ..TierRule::network_policy_redirect(rule_id, proxy_port, http_port, true)
+        }
+    }
+
     /// A rule of a policy in the admin or baseline tier: `rank` is the policy's place among the
     /// tiered policies selecting the endpoint (by priority, then name), `index` the rule's
     /// place in its direction.
@@ -230,10 +244,15 @@ pub fn resolve_with_l7<'a>(
     np_isolated: bool,
 ) -> (PolicyValue, Option<u32>) {
     let mut l7_deny: Option<&TierRule> = None;
+    let mut l7_audit: Option<&TierRule> = None;
     let base = resolve_base(
         matching.into_iter().filter(|r| {
             if matches!(r.action, Action::RedirectDeny(_)) {
-                l7_deny.get_or_insert(r);
+                if r.audit {
+                    l7_audit.get_or_insert(r);
+                } else {
+                    l7_deny.get_or_insert(r);
+                }
                 false
             } else {
                 true
@@ -241,7 +260,9 @@ pub fn resolve_with_l7<'a>(
         }),
         np_isolated,
     );
-    let Some(d) = l7_deny else {
+    // An enforced HTTP deny rule names the redirect; audit-mode HTTP rules only when nothing
+    // enforced does (the value then carries POLICY_F_AUDIT: an audit-only redirect).
+    let Some(d) = l7_deny.or(l7_audit) else {
         return (base, None);
     };
     if base.precedence < abi::PRECEDENCE_NETWORK_POLICY {
@@ -249,6 +270,7 @@ pub fn resolve_with_l7<'a>(
     }
     match base.verdict {
         abi::POLICY_VERDICT_ALLOW => (d.value(), Some(base.rule_id)),
+        abi::POLICY_VERDICT_REDIRECT if d.audit => (base, None),
         abi::POLICY_VERDICT_REDIRECT => (
             PolicyValue {
                 rule_id: base.rule_id.min(d.rule_id),

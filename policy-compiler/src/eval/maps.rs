@@ -134,6 +134,7 @@ pub fn policy_decision(
             abi::POLICY_VERDICT_REDIRECT => Decision::Redirected {
                 rule: v.rule_id,
                 proxy_port: u16::from_be(v.proxy_port_be),
+                audit: v.flags & abi::POLICY_F_AUDIT != 0,
             },
             abi::POLICY_VERDICT_DENY => Decision::Denied {
                 rule: v.rule_id,

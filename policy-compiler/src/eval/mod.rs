@@ -76,7 +76,13 @@ pub enum Decision {
     Allowed { rule: u32 },
     /// Allowed by this rule id through the L7 proxy listening on `proxy_port`, which
     /// decides per request.
-    Redirected { rule: u32, proxy_port: u16 },
+    /// `audit`: only audit-mode HTTP rules send it to the proxy (they enforce nothing; with
+    /// no proxy ready the datapath forwards it).
+    Redirected {
+        rule: u32,
+        proxy_port: u16,
+        audit: bool,
+    },
     /// Denied by an explicit deny rule (AdminNetworkPolicy and Palisade policies; plain
     /// NetworkPolicy has none). `audit` rules are logged and forwarded.
     Denied { rule: u32, audit: bool },

@@ -148,6 +148,7 @@ impl Ctx<'_> {
         let mut audit_deny: Option<u32> = None;
         let mut redirect: Option<u32> = None;
         let mut redirect_deny: Option<u32> = None;
+        let mut audit_http: Option<u32> = None;
         let mut allow: Option<u32> = None;
         let min = |slot: &mut Option<u32>, id: u32| *slot = Some(slot.map_or(id, |b| b.min(id)));
         for (pref, p) in &self.cluster.policies {
@@ -156,10 +157,10 @@ impl Ctx<'_> {
             }
             let Some(rules) = p.rules(dir) else { continue };
             for (i, rule) in rules.iter().enumerate() {
-                let (plain, http_ports) =
+                let (plain, http_ports, audit_ports) =
                     self.rule_hits(rule, p.audit, dir, subject, peer, peer_ep);
                 let http = !http_ports.is_empty();
-                if !plain && !http {
+                if !plain && !http && audit_ports.is_empty() {
                     continue;
                 }
                 let r = RuleRef {
@@ -177,6 +178,13 @@ impl Ctx<'_> {
                         RuleAction::Pass => {}
                     }
                     l7.rules.extend(http_ports.iter().map(|&http_port| L7Ref {
+                        rule_id: id,
+                        http_port,
+                    }));
+                }
+                if !audit_ports.is_empty() {
+                    min(&mut audit_http, id);
+                    l7.audit.extend(audit_ports.iter().map(|&http_port| L7Ref {
                         rule_id: id,
                         http_port,
                     }));
@@ -206,6 +214,8 @@ impl Ctx<'_> {
         }
         l7.rules.sort_unstable();
         l7.rules.dedup();
+        l7.audit.sort_unstable();
+        l7.audit.dedup();
         l7.allow_all = allow;
         let proxy_port = self.config.proxy_port;
         let d = if let Some(rule) = deny {
@@ -219,6 +229,7 @@ impl Ctx<'_> {
             Decision::Redirected {
                 rule: redirect_deny.map_or(rule, |d| d.min(rule)),
                 proxy_port,
+                audit: false,
             }
         } else {
             let base = if let Some(rule) = allow {
@@ -230,15 +241,27 @@ impl Ctx<'_> {
             } else {
                 Decision::DefaultDeny { isolated_by }
             };
-            // HTTP deny rules only inspect what the other rules admit.
-            match (redirect_deny, &base) {
-                (Some(rule), Decision::Allowed { rule: by }) => {
+            // HTTP deny rules only inspect what the other rules admit; so do audit-mode HTTP
+            // rules when no enforced one does (an audit-only redirect).
+            let overlay = redirect_deny
+                .map(|r| (r, false))
+                .or(audit_http.map(|r| (r, true)));
+            match (overlay, &base) {
+                (Some((rule, audit)), Decision::Allowed { rule: by }) => {
                     l7.allow_all = Some(*by);
-                    Decision::Redirected { rule, proxy_port }
+                    Decision::Redirected {
+                        rule,
+                        proxy_port,
+                        audit,
+                    }
                 }
-                (Some(rule), Decision::NotIsolated) => {
+                (Some((rule, audit)), Decision::NotIsolated) => {
                     l7.allow_all = Some(crate::abi::RULE_ID_NOT_ISOLATED);
-                    Decision::Redirected { rule, proxy_port }
+                    Decision::Redirected {
+                        rule,
+                        proxy_port,
+                        audit,
+                    }
                 }
                 (_, Decision::DefaultDeny { .. }) if audit_ns => Decision::Denied {
                     rule: crate::abi::RULE_ID_NONE,
@@ -322,23 +345,23 @@ impl Ctx<'_> {
         subject: &Endpoint,
         peer: &FlowPeer,
         peer_ep: Option<&Endpoint>,
-    ) -> (bool, Vec<u16>) {
+    ) -> (bool, Vec<u16>, Vec<u16>) {
         let peer_ok = match &rule.peers {
             Peers::Any => true,
             Peers::List(list) => list.iter().any(|p| self.peer_matches(p, peer, peer_ep)),
         };
         if !peer_ok {
-            return (false, Vec::new());
+            return (false, Vec::new(), Vec::new());
         }
         if rule.ports.is_empty() {
-            return (true, Vec::new());
+            return (true, Vec::new(), Vec::new());
         }
         // The destination pod, against which named ports resolve.
         let dst = match dir {
             Direction::Ingress => Some(subject),
             Direction::Egress => peer_ep,
         };
-        let mut hits = (false, Vec::new());
+        let mut hits = (false, Vec::new(), Vec::new());
         for (j, ps) in rule.ports.iter().enumerate() {
             let hit = ps.protocol == self.flow.protocol
                 && match &ps.port {
@@ -352,10 +375,15 @@ impl Ctx<'_> {
                 match (&ps.http, audit, rule.action) {
                     (None, _, _) => hits.0 = true,
                     (Some(_), false, _) => hits.1.push(j as u16 + 1),
-                    // Audit mode does not reach the proxy: its HTTP allow rules allow the port,
-                    // its HTTP deny rules do nothing (docs/l7.md).
-                    (Some(_), true, RuleAction::Allow) => hits.0 = true,
-                    (Some(_), true, RuleAction::Deny | RuleAction::Pass) => {}
+                    // Audit mode: the proxy judges the HTTP rules and only reports them; an
+                    // HTTP allow rule also allows the port (docs/l7.md).
+                    (Some(_), true, RuleAction::Allow) => {
+                        hits.0 = true;
+                        hits.2.push(j as u16 + 1);
+                    }
+                    (Some(_), true, RuleAction::Deny | RuleAction::Pass) => {
+                        hits.2.push(j as u16 + 1);
+                    }
                 }
             }
         }
