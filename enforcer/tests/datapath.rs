@@ -1644,3 +1644,66 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
     })
     .unwrap();
 }
+
+/// An audit-only redirect (only audit-mode HTTP rules send the flow to the proxy:
+/// `POLICY_F_AUDIT` on the REDIRECT entry) enforces nothing: with no proxy it is forwarded
+/// unmarked at both hooks, and with the proxy ready it is redirected like any other.
+#[test]
+fn audit_only_redirects_pass_without_a_proxy() {
+    let Some(mut f) = fixture("proxy-audit") else {
+        return;
+    };
+    let (ing, eg) = (abi::DIRECTION_INGRESS, abi::DIRECTION_EGRESS);
+    let audit = |rule| PolicyValue {
+        flags: abi::POLICY_F_AUDIT,
+        ..redirect(rule)
+    };
+    f.dp.upsert_policy(POD, &port_key(PEER, eg, 6, 8090), &audit(50))
+        .unwrap();
+    f.dp.upsert_policy(POD, &port_key(PEER, ing, 6, 8091), &audit(51))
+        .unwrap();
+    let run = |f: &mut Fixture, hook, src: &str, dst: &str, l4| {
+        f.dp.test_run_marked(hook, &packet::build(ip(src), ip(dst), l4), 0)
+            .unwrap()
+    };
+    assert_eq!(
+        run(
+            &mut f,
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            syn(2000, 8090)
+        ),
+        (PASS, 0)
+    );
+    assert_eq!(
+        run(&mut f, Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(2001, 8091)),
+        (PASS, 0)
+    );
+    let ev = f.events();
+    assert_eq!(
+        ev.iter()
+            .map(|e| (e.verdict, e.rule_id))
+            .collect::<Vec<_>>(),
+        vec![
+            (abi::EVENT_VERDICT_FORWARDED, 50),
+            (abi::EVENT_VERDICT_FORWARDED, 51)
+        ]
+    );
+    f.dp.set_proxy(&abi::ProxyState {
+        flags: abi::PROXY_F_READY,
+        port_be: 15080u16.to_be(),
+        pad: 0,
+    })
+    .unwrap();
+    assert_eq!(
+        run(
+            &mut f,
+            Hook::FromPod,
+            "10.0.0.1",
+            "10.0.0.2",
+            syn(2002, 8090)
+        ),
+        (PASS, abi::PROXY_MARK_LOCAL)
+    );
+}
