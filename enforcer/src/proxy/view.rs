@@ -31,6 +31,9 @@ pub struct L7View {
     local: BTreeSet<String>,
     /// The datapath revision this view was published with.
     pub revision: u64,
+    /// Endpoint keys by address (pods, not host-network ones), so that a connection finds
+    /// its endpoints without scanning the cluster.
+    by_ip: HashMap<IpAddr, String>,
     /// Compiled rule sets, shared by the connections that use them.
     compiled: Mutex<HashMap<L7Set, Arc<CompiledL7>>>,
 }
@@ -56,11 +59,30 @@ pub struct Judgement {
 
 impl L7View {
     pub fn new(engine: Engine, local: BTreeSet<String>, revision: u64) -> L7View {
+        let mut by_ip = HashMap::new();
+        for e in engine.cluster().endpoints.values() {
+            if e.host_network {
+                continue;
+            }
+            for ip in &e.ips {
+                // The first endpoint holding an address wins, as `Cluster::endpoint_by_ip`.
+                by_ip.entry(*ip).or_insert_with(|| e.key.clone());
+            }
+        }
         L7View {
             engine,
             local,
             revision,
+            by_ip,
             compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An address as the flow evaluators name it: its endpoint, else the address.
+    fn peer(&self, ip: IpAddr) -> FlowPeer {
+        match self.by_ip.get(&ip) {
+            Some(k) => FlowPeer::Endpoint(k.clone()),
+            None => FlowPeer::Ip(ip),
         }
     }
 
@@ -79,12 +101,11 @@ impl L7View {
     /// The rules of a TCP connection from `client` to `server:port`.
     pub fn connection(&self, client: IpAddr, server: IpAddr, port: u16) -> ConnectionRules {
         let flow = Flow {
-            src: FlowPeer::Ip(client),
-            dst: FlowPeer::Ip(server),
+            src: self.peer(client),
+            dst: self.peer(server),
             protocol: Protocol::TCP,
             port,
-        }
-        .normalized(self.engine.cluster());
+        };
         let identity = |p: &FlowPeer| {
             maps::peer_identity(&self.engine, p).unwrap_or(policy_compiler::abi::IDENTITY_UNKNOWN)
         };
