@@ -640,3 +640,68 @@ fn audit_mode_http_rules_forward_every_request_and_log_what_they_would_deny() {
         "{post:#}"
     );
 }
+
+/// A kept-alive proxied connection whose client loses its egress in a policy change: nothing
+/// more reaches the server. The datapath re-decides the client's connection to the proxy at
+/// its next packet (revision re-check) and drops it; the proxy, whose upstream leg does not
+/// pass the client's `from_pod`, also re-takes that decision per request
+/// (`view::ConnectionRules::judge`).
+#[test]
+fn a_kept_alive_connection_stops_when_the_clients_egress_is_revoked() {
+    let Some(c) = start(
+        "l7 e2e egress revoked",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", INGRESS_L7)],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 8, 10);
+    let backend = c.pod("production", "backend", 8, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let script = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('{}', 8080, timeout=5)\n\
+         for i in range(2):\n\
+         \x20   try:\n\
+         \x20       c.request('GET', '/api/v1/data')\n\
+         \x20       port = c.sock.getsockname()[1]\n\
+         \x20       r = c.getresponse(); r.read()\n\
+         \x20       print(r.status, port, flush=True)\n\
+         \x20   except OSError as e:\n\
+         \x20       print('none', port, flush=True)\n\
+         \x20   time.sleep(4)\n",
+        backend.ipv4
+    );
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            frontend
+                .run(&["python3", "-c", &script], Duration::from_secs(20))
+                .expect("python3 runs")
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        c.write_policy(
+            "the frontend's egress is isolated",
+            "30-egress-deny.yaml",
+            "apiVersion: networking.k8s.io/v1\n\
+             kind: NetworkPolicy\n\
+             metadata: {name: frontend-no-egress, namespace: production}\n\
+             spec:\n  podSelector: {matchLabels: {app: frontend}}\n  policyTypes: [Egress]\n",
+        );
+        client.join().unwrap()
+    });
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}\nagent log:\n{}", c.log());
+    let (first, port1) = lines[0].split_once(' ').unwrap();
+    let (second, port2) = lines[1].split_once(' ').unwrap();
+    assert_eq!(port1, port2, "one connection for both requests");
+    assert_eq!(first, "200");
+    // The datapath re-decides the client's tracked connection at its next packet and cuts
+    // it (the proxy would refuse the request too, were it to arrive): no answer, or 403.
+    assert!(["none", "403"].contains(&second), "{out:?}");
+    assert_eq!(
+        access_log(&nginx),
+        vec!["GET /api/v1/data"],
+        "nothing forwarded after the revocation"
+    );
+}

@@ -65,9 +65,9 @@ impl Default for ProxyConfig {
 
 /// The HTTP rules in force for a connection, asked once per request.
 pub trait Rules: Send + Sync {
-    /// The decision for one normalized request; `None`: no rules are known for this
-    /// connection (refused 403).
-    fn decide(&self, req: &NormalizedRequest) -> Option<Decision>;
+    /// The decision for one normalized request; `Err(reason)`: no rules may judge it on
+    /// this connection (refused 403 with the reason in the record).
+    fn decide(&self, req: &NormalizedRequest) -> Result<Decision, String>;
 }
 
 /// A closure giving the rule set in force: the set decides.
@@ -75,8 +75,10 @@ impl<F> Rules for F
 where
     F: Fn() -> Option<Arc<RuleSet>> + Send + Sync,
 {
-    fn decide(&self, req: &NormalizedRequest) -> Option<Decision> {
-        self().map(|set| set.decide(req))
+    fn decide(&self, req: &NormalizedRequest) -> Result<Decision, String> {
+        self()
+            .map(|set| set.decide(req))
+            .ok_or_else(|| "no HTTP rules are known for this connection".into())
     }
 }
 
@@ -296,11 +298,11 @@ where
         record.path = Some(req.target.path.clone());
         record.host = req.host.as_ref().map(|h| h.name.clone());
         let decision = match rules.decide(&req) {
-            Some(d) => d,
-            None => {
+            Ok(d) => d,
+            Err(reason) => {
                 record.outcome = Outcome::Refused {
                     status: 403,
-                    reason: "no HTTP rules are known for this connection".into(),
+                    reason,
                 };
                 return refuse(&mut client, 403, record, sink, config).await;
             }

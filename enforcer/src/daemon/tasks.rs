@@ -151,6 +151,7 @@ impl Daemon {
         use std::os::fd::AsFd as _;
         const TICK: Duration = Duration::from_millis(200);
         let mut lost_seen = 0u64;
+        let mut l7_lost_seen = 0u64;
         let mut last_tick = Instant::now();
         let mut last_gc = Instant::now();
         let mut last_checkpoint = Instant::now();
@@ -163,6 +164,18 @@ impl Daemon {
             }
             self.drain_events(&mut ring, &mut logger);
             self.drain_l7(&mut records, &mut logger);
+            if let Some(p) = &self.proxy {
+                let total = p.records_lost.load(Ordering::Relaxed);
+                if total > l7_lost_seen {
+                    if let Err(err) = logger.note_lost(total - l7_lost_seen) {
+                        warn!(error = err.to_string(), "verdict log write failed");
+                    }
+                    self.metrics
+                        .verdict_log_lost
+                        .fetch_add(total - l7_lost_seen, Ordering::Relaxed);
+                    l7_lost_seen = total;
+                }
+            }
             if stopping || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let lost = self.counter_total(abi::COUNTER_EVENTS_LOST);

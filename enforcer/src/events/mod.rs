@@ -321,6 +321,14 @@ impl FlowLogger {
         self.writer.flush()
     }
 
+    /// Records that never reached the writer (the L7 proxy's queue to it was full): written
+    /// at once as a `lost_events` line of source `OBSERVER_EVENTS_QUEUE`, so the log says
+    /// how many records it does not hold.
+    pub fn note_lost(&mut self, n: u64) -> Result<(), FlowLogError> {
+        self.writer_lost_pending += n;
+        self.report_writer_losses()
+    }
+
     fn report_writer_losses(&mut self) -> Result<(), FlowLogError> {
         if self.writer_lost_pending == 0 {
             return Ok(());

@@ -513,6 +513,15 @@ fn logger_writes_flows_and_accounts_for_losses() {
     assert!(lost["time"].as_str().unwrap().ends_with('Z'));
     let lost: Value = serde_json::from_str(&lines[2]).unwrap();
     assert_eq!(lost["lost_events"]["num_events_lost"], "2");
+    // Records the L7 proxy could not queue are written down at once.
+    log.note_lost(3).unwrap();
+    log.flush().unwrap();
+    let lines = lines_of(&path);
+    let lost: Value = serde_json::from_str(&lines[3]).unwrap();
+    assert_eq!(
+        lost["lost_events"],
+        json!({"source": "OBSERVER_EVENTS_QUEUE", "num_events_lost": "3"})
+    );
 }
 
 fn render_all(e: &Engine, ev: &VerdictEvent) -> Vec<Value> {

@@ -142,9 +142,11 @@ impl Connection {
 }
 
 impl Rules for Connection {
-    fn decide(&self, req: &NormalizedRequest) -> Option<Decision> {
+    fn decide(&self, req: &NormalizedRequest) -> Result<Decision, String> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        let (view, rules) = self.rules()?;
+        let (view, rules) = self
+            .rules()
+            .ok_or_else(|| "the agent has no policy view yet".to_string())?;
         let j = rules.judge(req)?;
         let decision = j.decision;
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((
@@ -153,7 +155,7 @@ impl Rules for Connection {
             rules.client_identity,
             rules.server_identity,
         ));
-        Some(decision)
+        Ok(decision)
     }
 }
 

@@ -151,10 +151,11 @@ impl ConnectionRules {
 
     /// Judges one request: each side in order; the first refusal stands. With no side
     /// (the policy changed to an L3/L4 allow since the connection was redirected) the
-    /// request passes on the L3/L4 decision.
-    pub fn judge(&self, req: &NormalizedRequest) -> Option<Judgement> {
-        if self.refused.is_some() {
-            return None;
+    /// request passes on the L3/L4 decision. `Err`: the client's L3/L4 egress decision no
+    /// longer admits the connection (why).
+    pub fn judge(&self, req: &NormalizedRequest) -> Result<Judgement, String> {
+        if let Some(why) = &self.refused {
+            return Err(why.clone());
         }
         let mut sides = Vec::new();
         let mut last = Decision::Allow { rule: 0 };
@@ -178,7 +179,7 @@ impl ConnectionRules {
                 break;
             }
         }
-        Some(Judgement {
+        Ok(Judgement {
             decision: last,
             sides,
         })
@@ -202,5 +203,99 @@ impl ViewCell {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+    use palisade_l7proxy::{NormalizeOptions, RequestHead, normalize};
+    use policy_compiler::EngineConfig;
+    use policy_compiler::manifest::{LoadOptions, load_str};
+
+    const PODS: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: prod, labels: {app: frontend}}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: prod, labels: {app: backend}}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: \"8080\", protocol: TCP}]
+      rules: {http: [{method: GET, path: /api/.*}]}
+";
+
+    fn view(extra: &str, local: &[&str]) -> L7View {
+        let loaded =
+            load_str("t.yaml", &format!("{PODS}{extra}"), &LoadOptions::default()).unwrap();
+        let (engine, _) = Engine::compile(&loaded.cluster, EngineConfig::default()).unwrap();
+        L7View::new(engine, local.iter().map(|s| s.to_string()).collect(), 1)
+    }
+
+    fn get(path: &str) -> NormalizedRequest {
+        let headers: [(&str, &[u8]); 1] = [("Host", b"backend")];
+        normalize(
+            &RequestHead {
+                method: "GET",
+                target: path.as_bytes(),
+                headers: &headers,
+            },
+            NormalizeOptions::default(),
+        )
+        .unwrap()
+    }
+
+    const CLIENT: &str = "10.1.0.1";
+    const SERVER: &str = "10.1.0.2";
+
+    #[test]
+    fn the_servers_ingress_rules_apply_only_when_it_is_local() {
+        let local = view("", &["prod/frontend", "prod/backend"]);
+        let r = local.connection(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        assert!(r.inspects());
+        assert!(r.judge(&get("/api/x")).unwrap().decision.allowed());
+        assert!(!r.judge(&get("/admin")).unwrap().decision.allowed());
+        // The backend on another node: its own node applies its ingress rules.
+        let remote = view("", &["prod/frontend"]);
+        let r = remote.connection(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        assert!(!r.inspects(), "{r:?}");
+    }
+
+    #[test]
+    fn a_client_whose_egress_no_longer_admits_the_flow_is_refused_with_the_reason() {
+        let v = view(
+            "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-egress, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: frontend}}
+  policyTypes: [Egress]
+",
+            &["prod/frontend", "prod/backend"],
+        );
+        let r = v.connection(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        let err = r.judge(&get("/api/x")).unwrap_err();
+        assert!(err.contains("egress policy no longer admits"), "{err}");
+    }
+
+    #[test]
+    fn a_connection_from_an_address_that_is_no_endpoint_is_refused() {
+        let v = view("", &["prod/backend"]);
+        let r = v.connection("10.9.9.9".parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        assert!(r.judge(&get("/api/x")).is_err());
     }
 }
