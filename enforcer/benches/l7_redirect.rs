@@ -183,10 +183,7 @@ fn main() {
         },
         load.trim()
     );
-    println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>8}",
-        "path", "req/s", "p50 µs", "p99 µs", "errors"
-    );
+    wrk::print_header();
     let mut errors = 0;
     let mut table = Vec::new();
     for close in [false, true] {
@@ -217,34 +214,13 @@ fn main() {
                     errors: runs[i].iter().map(|r| r.errors).sum(),
                 };
                 errors += r.errors;
-                println!(
-                    "{:<26} {:>10.0} {:>10.0} {:>10.0} {:>8}",
-                    format!(
-                        "{name} c={connections} {}",
-                        if close { "new-conn" } else { "keep-alive" }
-                    ),
-                    r.rps,
-                    r.p50_us,
-                    r.p99_us,
-                    r.errors
-                );
+                wrk::print_row(name, connections, close, &r);
                 row.push(r);
             }
             table.push((close, connections, row));
         }
     }
-    println!("ratios (same run):");
-    for (close, connections, row) in &table {
-        let (direct, pal, ha) = (row[0], row[1], row[2]);
-        println!(
-            "  c={connections} {:<10} palisade/haproxy req/s {:.2}  palisade/direct {:.2}  added p50 palisade {:+.0} µs, haproxy {:+.0} µs",
-            if *close { "new-conn" } else { "keep-alive" },
-            pal.rps / ha.rps.max(1.0),
-            pal.rps / direct.rps.max(1.0),
-            pal.p50_us - direct.p50_us,
-            ha.p50_us - direct.p50_us,
-        );
-    }
+    wrk::print_proxy_ratios(&table);
     assert_eq!(errors, 0, "requests failed during the benchmark");
     drop(enforcer);
 }

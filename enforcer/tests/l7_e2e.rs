@@ -264,38 +264,55 @@ fn the_next_request_of_a_kept_alive_connection_is_judged_by_the_new_policy() {
     c.register(&frontend, &[("app", "frontend")]);
     c.register(&backend, &[("app", "backend")]);
     let _nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
-    // One connection, two requests 4 s apart; the policy changes in between.
-    let script = format!(
-        "import http.client, time\n\
-         c = http.client.HTTPConnection('{}', 8080, timeout=5)\n\
-         for i in range(2):\n\
-         \x20   c.request('GET', '/api/v1/data')\n\
-         \x20   port = c.sock.getsockname()[1]\n\
-         \x20   r = c.getresponse(); r.read()\n\
-         \x20   print(r.status, port, flush=True)\n\
-         \x20   time.sleep(4)\n",
-        backend.ipv4
-    );
-    let out = std::thread::scope(|s| {
-        let client = s.spawn(|| {
-            frontend
-                .run(&["python3", "-c", &script], Duration::from_secs(20))
-                .expect("python3 runs")
-        });
-        std::thread::sleep(Duration::from_millis(1500));
+    let statuses = two_requests_on_one_connection(&c, &frontend, &backend, || {
         c.write_policy(
             "GET /api/v1/data is no longer allowed",
             "20-l7.yaml",
             &INGRESS_L7.replace("path: /api/v1/data", "path: /api/v2/data"),
         );
-        client.join().unwrap()
+    });
+    assert_eq!(statuses, ("200".into(), "403".into()));
+}
+
+/// `GET /api/v1/data` twice on one kept-alive connection from `client` to `server:8080`,
+/// 4 s apart, `between` running in the gap: the two outcomes (status, or `none` when no
+/// answer came), after checking that both went on one connection.
+fn two_requests_on_one_connection(
+    c: &Cluster,
+    client: &Pod,
+    server: &Pod,
+    between: impl FnOnce(),
+) -> (String, String) {
+    let script = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('{}', 8080, timeout=5)\n\
+         for i in range(2):\n\
+         \x20   try:\n\
+         \x20       c.request('GET', '/api/v1/data')\n\
+         \x20       port = c.sock.getsockname()[1]\n\
+         \x20       r = c.getresponse(); r.read()\n\
+         \x20       print(r.status, port, flush=True)\n\
+         \x20   except OSError:\n\
+         \x20       print('none', port, flush=True)\n\
+         \x20   time.sleep(4)\n",
+        server.ipv4
+    );
+    let out = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            client
+                .run(&["python3", "-c", &script], Duration::from_secs(20))
+                .expect("python3 runs")
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        between();
+        run.join().unwrap()
     });
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{out:?}\nagent log:\n{}", c.log());
     let (first, port1) = lines[0].split_once(' ').unwrap();
     let (second, port2) = lines[1].split_once(' ').unwrap();
-    assert_eq!(port1, port2, "one connection for both requests");
-    assert_eq!((first, second), ("200", "403"), "{out:?}");
+    assert_eq!(port1, port2, "one connection for both requests: {out:?}");
+    (first.to_string(), second.to_string())
 }
 
 fn wait_l7(c: &Cluster, n: usize) -> Vec<Value> {
@@ -659,27 +676,7 @@ fn a_kept_alive_connection_stops_when_the_clients_egress_is_revoked() {
     c.register(&frontend, &[("app", "frontend")]);
     c.register(&backend, &[("app", "backend")]);
     let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
-    let script = format!(
-        "import http.client, time\n\
-         c = http.client.HTTPConnection('{}', 8080, timeout=5)\n\
-         for i in range(2):\n\
-         \x20   try:\n\
-         \x20       c.request('GET', '/api/v1/data')\n\
-         \x20       port = c.sock.getsockname()[1]\n\
-         \x20       r = c.getresponse(); r.read()\n\
-         \x20       print(r.status, port, flush=True)\n\
-         \x20   except OSError as e:\n\
-         \x20       print('none', port, flush=True)\n\
-         \x20   time.sleep(4)\n",
-        backend.ipv4
-    );
-    let out = std::thread::scope(|s| {
-        let client = s.spawn(|| {
-            frontend
-                .run(&["python3", "-c", &script], Duration::from_secs(20))
-                .expect("python3 runs")
-        });
-        std::thread::sleep(Duration::from_millis(1500));
+    let (first, second) = two_requests_on_one_connection(&c, &frontend, &backend, || {
         c.write_policy(
             "the frontend's egress is isolated",
             "30-egress-deny.yaml",
@@ -688,17 +685,11 @@ fn a_kept_alive_connection_stops_when_the_clients_egress_is_revoked() {
              metadata: {name: frontend-no-egress, namespace: production}\n\
              spec:\n  podSelector: {matchLabels: {app: frontend}}\n  policyTypes: [Egress]\n",
         );
-        client.join().unwrap()
     });
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{out:?}\nagent log:\n{}", c.log());
-    let (first, port1) = lines[0].split_once(' ').unwrap();
-    let (second, port2) = lines[1].split_once(' ').unwrap();
-    assert_eq!(port1, port2, "one connection for both requests");
     assert_eq!(first, "200");
     // The datapath re-decides the client's tracked connection at its next packet and cuts
     // it (the proxy would refuse the request too, were it to arrive): no answer, or 403.
-    assert!(["none", "403"].contains(&second), "{out:?}");
+    assert!(["none", "403"].contains(&second.as_str()), "{second}");
     assert_eq!(
         access_log(&nginx),
         vec!["GET /api/v1/data"],

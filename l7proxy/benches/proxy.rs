@@ -25,69 +25,20 @@ use std::sync::Arc;
 use common::{Nginx, free_port, have, wait_listening};
 use palisade_l7proxy::proxy::{ProxyConfig, RequestRecord, serve};
 use palisade_l7proxy::{HttpRule, L7Action, RuleEntry, RuleSet};
+use palisade_testkit::wrk::{self, WrkRun};
+use std::time::Duration;
 
-/// One wrk measurement.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: u64,
-}
-
-fn duration_us(v: &str) -> Option<f64> {
-    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1_000.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1_000_000.0)
-    } else {
-        return None;
-    };
-    num.parse::<f64>().ok().map(|x| x * mult)
-}
-
-fn wrk(url: &str, connections: u32, seconds: u32, close: bool) -> Run {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
-    }
-    let out = cmd.arg(url).output().unwrap();
+fn wrk(url: &str, connections: u32, seconds: u32, close: bool) -> WrkRun {
+    let argv = wrk::args(
+        url,
+        connections,
+        Duration::from_secs(u64::from(seconds)),
+        close,
+    );
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk failed: {text}");
-    let mut run = Run {
-        rps: 0.0,
-        p50_us: 0.0,
-        p99_us: 0.0,
-        errors: 0,
-    };
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["Requests/sec:", v] => run.rps = v.parse().unwrap_or(0.0),
-            ["50%", v] => run.p50_us = duration_us(v).unwrap_or(0.0),
-            ["99%", v] => run.p99_us = duration_us(v).unwrap_or(0.0),
-            ["Non-2xx", "or", "3xx", "responses:", n] => {
-                run.errors += n.parse::<u64>().unwrap_or(0)
-            }
-            ["Socket", "errors:", rest @ ..] => {
-                // "connect 0, read 0, write 0, timeout 0"
-                run.errors += rest
-                    .iter()
-                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
-                    .sum::<u64>();
-            }
-            _ => {}
-        }
-    }
-    run
+    wrk::parse(&text)
 }
 
 /// HAProxy in front of `upstream` with the same rule as Palisade's; killed on drop.
@@ -233,10 +184,7 @@ fn main() {
         },
         load.trim()
     );
-    println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>8}",
-        "path", "req/s", "p50 µs", "p99 µs", "errors"
-    );
+    wrk::print_header();
     let mut results = Vec::new();
     for close in [false, true] {
         for connections in [1u32, 32] {
@@ -248,34 +196,13 @@ fn main() {
                     seconds,
                     close,
                 );
-                println!(
-                    "{:<26} {:>10.0} {:>10.0} {:>10.0} {:>8}",
-                    format!(
-                        "{name} c={connections} {}",
-                        if close { "new-conn" } else { "keep-alive" }
-                    ),
-                    r.rps,
-                    r.p50_us,
-                    r.p99_us,
-                    r.errors
-                );
+                wrk::print_row(name, connections, close, &r);
                 row.push(r);
             }
             results.push((close, connections, row));
         }
     }
-    println!("ratios (same run):");
-    for (close, connections, row) in &results {
-        let (direct, pal, ha) = (row[0], row[1], row[2]);
-        println!(
-            "  c={connections} {:<10} palisade/haproxy req/s {:.2}  palisade/direct {:.2}  added p50 palisade {:+.0} µs, haproxy {:+.0} µs",
-            if *close { "new-conn" } else { "keep-alive" },
-            pal.rps / ha.rps.max(1.0),
-            pal.rps / direct.rps.max(1.0),
-            pal.p50_us - direct.p50_us,
-            ha.p50_us - direct.p50_us,
-        );
-    }
+    wrk::print_proxy_ratios(&results);
     if let Some((_, _, row)) = results.iter().find(|(c, n, _)| !*c && *n == 32) {
         let ratio = row[1].rps / row[2].rps.max(1.0);
         println!(

@@ -69,6 +69,47 @@ pub fn parse(text: &str) -> WrkRun {
     run
 }
 
+/// The header of a results table: `path req/s p50 p99 errors`.
+pub fn print_header() {
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>8}",
+        "path", "req/s", "p50 µs", "p99 µs", "errors"
+    );
+}
+
+/// One row of the table: `<name> c=<connections> <keep-alive|new-conn>` and the run.
+pub fn print_row(name: &str, connections: u32, close: bool, r: &WrkRun) {
+    println!(
+        "{:<26} {:>10.0} {:>10.0} {:>10.0} {:>8}",
+        format!("{name} c={connections} {}", mode(close)),
+        r.rps,
+        r.p50_us,
+        r.p99_us,
+        r.errors
+    );
+}
+
+fn mode(close: bool) -> &'static str {
+    if close { "new-conn" } else { "keep-alive" }
+}
+
+/// The L7 proxy benchmarks' comparison, per (new connections?, connections): the runs of
+/// `direct`, `palisade` and `haproxy`, in that order, as ratios of the same run.
+pub fn print_proxy_ratios(table: &[(bool, u32, Vec<WrkRun>)]) {
+    println!("ratios (same run):");
+    for (close, connections, row) in table {
+        let (direct, pal, ha) = (row[0], row[1], row[2]);
+        println!(
+            "  c={connections} {:<10} palisade/haproxy req/s {:.2}  palisade/direct {:.2}  added p50 palisade {:+.0} µs, haproxy {:+.0} µs",
+            mode(*close),
+            pal.rps / ha.rps.max(1.0),
+            pal.rps / direct.rps.max(1.0),
+            pal.p50_us - direct.p50_us,
+            ha.p50_us - direct.p50_us,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

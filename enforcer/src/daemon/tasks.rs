@@ -18,28 +18,12 @@ impl Daemon {
                 events.push(ev);
             }
         }
-        if events.is_empty() {
-            return 0;
-        }
-        let lines: Vec<String> = {
-            let st = self.lock();
-            // The resolver indexes every endpoint: built only when there is an event.
-            let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
-            events
-                .iter()
-                .flat_map(|e| logger.render(e, &resolver))
-                .collect()
-        };
-        for line in &lines {
-            if let Err(err) = logger.write(line) {
-                warn!(error = err.to_string(), "verdict log write failed");
-            }
-        }
-        lines.len()
+        self.write_rendered(logger, &events, |logger, e, resolver| {
+            logger.render(e, resolver)
+        })
     }
 
-    /// Writes the L7 records the proxy queued, rendered under the state lock like the
-    /// datapath's events.
+    /// Writes the L7 records the proxy queued, like the datapath's events.
     fn drain_l7(
         &self,
         records: &mut tokio::sync::mpsc::Receiver<crate::events::L7Event>,
@@ -49,15 +33,28 @@ impl Daemon {
         while let Ok(ev) = records.try_recv() {
             events.push(ev);
         }
+        self.write_rendered(logger, &events, |logger, e, resolver| {
+            vec![logger.render_l7(e, resolver)]
+        })
+    }
+
+    /// Renders `events` under the state lock and writes the lines after it is released.
+    fn write_rendered<E>(
+        &self,
+        logger: &mut FlowLogger,
+        events: &[E],
+        render: impl Fn(&mut FlowLogger, &E, &EngineResolver<'_>) -> Vec<String>,
+    ) -> usize {
         if events.is_empty() {
             return 0;
         }
         let lines: Vec<String> = {
             let st = self.lock();
+            // The resolver indexes every endpoint: built only when there is an event.
             let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
             events
                 .iter()
-                .map(|e| logger.render_l7(e, &resolver))
+                .flat_map(|e| render(logger, e, &resolver))
                 .collect()
         };
         for line in &lines {

@@ -377,6 +377,14 @@ impl Datapath {
     }
 
     fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
+        self.program(name)
+    }
+
+    /// A program of the object as its kind.
+    fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
         let p = self
             .bpf
             .program_mut(name)
@@ -388,14 +396,7 @@ impl Datapath {
     }
 
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        let p = self
-            .bpf
-            .program_mut(name)
-            .ok_or_else(|| DatapathError::Program {
-                name: name.to_string(),
-                source: Box::new(ProgramError::NotLoaded),
-            })?;
-        p.try_into().map_err(prog_err(name))
+        self.program(name)
     }
 
     /// Takes over every pinned link: the new program replaces the old one inside the link
