@@ -20,11 +20,13 @@ use std::net::SocketAddr;
 use palisade_l7proxy::proxy::{Outcome, RequestRecord};
 use policy_compiler::engine::l7::L7Origin;
 use policy_compiler::model::Direction;
-use serde_json::{Map, Value, json};
+use policy_compiler::rules::RuleRef;
+use serde::Serialize;
+use serde_json::Value;
 
 use super::clock::WallTime;
-use super::render::{EVENT_TYPE_L7, EXTENSIONS_TYPE, flow_line, render_endpoint, rule_text};
-use super::resolve::FlowResolver;
+use super::render::{EVENT_TYPE_L7, EXTENSIONS_TYPE, EndpointOut, rule_text};
+use super::resolve::{FlowEndpoint, FlowResolver};
 
 /// One HTTP request the proxy judged, with the connection it came on.
 #[derive(Debug, Clone)]
@@ -70,6 +72,310 @@ impl L7Event {
     }
 }
 
+// The line as written: typed, so a record is serialized straight to text (no tree of
+// `serde_json::Value`s built and dropped per request). Field order is the byte order of the
+// keys, as the `Value`-built lines of the datapath's events have them.
+
+#[derive(Serialize)]
+struct LineOut<'a> {
+    flow: FlowOut<'a>,
+    node_name: &'a str,
+    time: &'a str,
+}
+
+#[derive(Serialize)]
+struct FlowOut<'a> {
+    #[serde(rename = "IP")]
+    ip: IpOut,
+    #[serde(rename = "Summary")]
+    summary: String,
+    #[serde(rename = "Type")]
+    ty: &'static str,
+    destination: EndpointOut<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    egress_allowed_by: Vec<PolicyOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    egress_denied_by: Vec<PolicyOut<'a>>,
+    event_type: EventTypeOut,
+    extensions: ExtensionsOut<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ingress_allowed_by: Vec<PolicyOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ingress_denied_by: Vec<PolicyOut<'a>>,
+    is_reply: bool,
+    l4: L4Out,
+    l7: L7Out<'a>,
+    node_name: &'a str,
+    source: EndpointOut<'a>,
+    time: &'a str,
+    traffic_direction: &'static str,
+    uuid: &'a str,
+    verdict: &'static str,
+}
+
+#[derive(Serialize)]
+struct IpOut {
+    destination: String,
+    #[serde(rename = "ipVersion")]
+    ip_version: &'static str,
+    source: String,
+}
+
+#[derive(Serialize)]
+struct L4Out {
+    #[serde(rename = "TCP")]
+    tcp: TcpOut,
+}
+
+#[derive(Serialize)]
+struct TcpOut {
+    destination_port: u16,
+    source_port: u16,
+}
+
+#[derive(Serialize)]
+struct EventTypeOut {
+    #[serde(rename = "type")]
+    ty: u8,
+}
+
+#[derive(Serialize)]
+struct L7Out<'a> {
+    http: HttpOut<'a>,
+    /// uint64 in the proto: protojson writes it as a string.
+    latency_ns: String,
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
+#[derive(Serialize)]
+struct HttpOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    method: &'a str,
+    protocol: &'a str,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct PolicyOut<'a> {
+    kind: &'static str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+    revision: String,
+}
+
+#[derive(Serialize)]
+struct ExtensionsOut<'a> {
+    #[serde(rename = "@type")]
+    ty: &'static str,
+    value: ExtOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ExtOut<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    audit_would_deny: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_rule_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l7_decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalized_path: Option<&'a str>,
+    policy_revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_error: Option<&'a str>,
+}
+
+/// Builds the typed record; `keep` holds what it borrows (the resolved endpoints and rules).
+fn l7_flow_out<'a>(
+    ev: &'a L7Event,
+    keep: &'a Resolved,
+    node_name: &'a str,
+    time: &'a str,
+    uuid: &'a str,
+) -> FlowOut<'a> {
+    let r = &ev.record;
+    let (forwarded, code) = match &r.outcome {
+        Outcome::Forwarded { status, .. } => (true, *status),
+        Outcome::Denied { status, .. } | Outcome::Refused { status, .. } => (false, *status),
+    };
+    // Responses travel from the server to the client.
+    let (src, dst, sa, da) = if forwarded {
+        (&keep.server, &keep.client, ev.server, ev.client)
+    } else {
+        (&keep.client, &keep.server, ev.client, ev.server)
+    };
+    let url = match &r.host {
+        Some(h) => format!("http://{h}{}", r.target),
+        None => format!("http://{}{}", ev.server.ip(), r.target),
+    };
+    // Forwarded, but audit-mode HTTP rules would have refused it: reported as AUDIT, as the
+    // datapath reports an audit-mode L3/L4 deny.
+    let audit = forwarded && ev.sides.iter().any(|s| s.audit.is_some());
+    let policy = |rule: &'a RuleRef| PolicyOut {
+        kind: rule.policy.kind.as_str(),
+        name: &rule.policy.name,
+        namespace: &rule.policy.namespace,
+        revision: ev.revision.to_string(),
+    };
+    let mut by: [Vec<PolicyOut<'a>>; 4] = Default::default(); // egress allowed/denied, ingress allowed/denied
+    let slot = |d: Direction, allowed: bool| match (d, allowed) {
+        (Direction::Egress, true) => 0,
+        (Direction::Egress, false) => 1,
+        (Direction::Ingress, true) => 2,
+        (Direction::Ingress, false) => 3,
+    };
+    for (i, side) in ev.sides.iter().enumerate() {
+        if let Some(rule) = &keep.side_rules[i] {
+            // Every side before the last one allowed; the last one decided.
+            let allowed = forwarded || i + 1 < ev.sides.len();
+            by[slot(side.direction, allowed)].push(policy(rule));
+        }
+    }
+    let mut would = Vec::new();
+    if audit {
+        for (i, side) in ev.sides.iter().enumerate() {
+            let Some(a) = &side.audit else { continue };
+            let rule = keep.audit_rules[i].as_ref();
+            if let Some(rule) = rule {
+                by[slot(side.direction, false)].push(policy(rule));
+            }
+            would.push(match (&a.decision, rule) {
+                (palisade_l7proxy::Decision::NoMatch, _) => {
+                    format!("{}: no audit-mode HTTP rule allows it", side.direction)
+                }
+                (d, Some(rule)) => format!("{}: {d:?} by {}", side.direction, rule_text(rule)),
+                (d, None) => format!("{}: {d:?}", side.direction),
+            });
+        }
+    }
+    let [
+        egress_allowed_by,
+        egress_denied_by,
+        ingress_allowed_by,
+        ingress_denied_by,
+    ] = by;
+    let deciding = ev.deciding().copied();
+    let decision = match &r.outcome {
+        Outcome::Forwarded { .. } if audit => format!("{code} audit: would be denied"),
+        Outcome::Forwarded { .. } => format!("{code}"),
+        Outcome::Denied { .. } => format!("{code} denied"),
+        Outcome::Refused { .. } => format!("{code} refused"),
+    };
+    let summary = format!(
+        "{} {decision} {}ms ({} {url})",
+        r.version,
+        r.latency.as_millis(),
+        if r.method.is_empty() { "?" } else { &r.method }
+    );
+    let origin = deciding.and_then(|s| s.origin);
+    let rule = keep.deciding_rule.as_ref();
+    FlowOut {
+        ip: IpOut {
+            destination: da.ip().to_string(),
+            ip_version: if ev.client.is_ipv6() { "IPv6" } else { "IPv4" },
+            source: sa.ip().to_string(),
+        },
+        summary,
+        ty: "L7",
+        destination: EndpointOut::from(dst),
+        egress_allowed_by,
+        egress_denied_by,
+        event_type: EventTypeOut { ty: EVENT_TYPE_L7 },
+        extensions: ExtensionsOut {
+            ty: EXTENSIONS_TYPE,
+            value: ExtOut {
+                audit_would_deny: would,
+                http_rule_index: origin.and_then(|o| o.http_index),
+                l7_decision: match &r.outcome {
+                    Outcome::Denied { decision, .. } => Some(format!("{decision:?}")),
+                    _ => None,
+                },
+                normalized_path: r.path.as_deref(),
+                policy_revision: ev.revision,
+                refused: match &r.outcome {
+                    Outcome::Refused { reason, .. } => Some(reason),
+                    _ => None,
+                },
+                rule: rule.map(rule_text),
+                rule_id: origin.map(|o| o.rule_id),
+                rule_index: rule.map(|r| r.index),
+                upstream_error: r.upstream_error.as_deref(),
+            },
+        },
+        ingress_allowed_by,
+        ingress_denied_by,
+        is_reply: forwarded,
+        l4: L4Out {
+            tcp: TcpOut {
+                destination_port: da.port(),
+                source_port: sa.port(),
+            },
+        },
+        l7: L7Out {
+            http: HttpOut {
+                code: (code != 0).then_some(code),
+                method: &r.method,
+                protocol: r.version,
+                url,
+            },
+            latency_ns: r.latency.as_nanos().to_string(),
+            ty: if forwarded { "RESPONSE" } else { "REQUEST" },
+        },
+        node_name,
+        source: EndpointOut::from(src),
+        time,
+        traffic_direction: match deciding.map(|s| s.direction) {
+            Some(Direction::Ingress) => "INGRESS",
+            Some(Direction::Egress) | None => "EGRESS",
+        },
+        uuid,
+        verdict: if audit {
+            "AUDIT"
+        } else if forwarded {
+            "FORWARDED"
+        } else {
+            "DROPPED"
+        },
+    }
+}
+
+/// What a record borrows from the resolver.
+struct Resolved {
+    client: FlowEndpoint,
+    server: FlowEndpoint,
+    /// Per side: the rule that decided there, and the audit-mode rule that would refuse.
+    side_rules: Vec<Option<RuleRef>>,
+    audit_rules: Vec<Option<RuleRef>>,
+    deciding_rule: Option<RuleRef>,
+}
+
+fn resolve(ev: &L7Event, resolver: &dyn FlowResolver) -> Resolved {
+    let rule = |o: Option<L7Origin>| o.and_then(|o| resolver.rule(o.rule_id));
+    Resolved {
+        client: resolver.endpoint(ev.client_identity, Some(ev.client.ip())),
+        server: resolver.endpoint(ev.server_identity, Some(ev.server.ip())),
+        side_rules: ev.sides.iter().map(|s| rule(s.origin)).collect(),
+        audit_rules: ev
+            .sides
+            .iter()
+            .map(|s| rule(s.audit.and_then(|a| a.origin)))
+            .collect(),
+        deciding_rule: rule(ev.deciding().and_then(|s| s.origin)),
+    }
+}
+
 /// The Hubble `flow` object of one L7 record.
 pub fn render_l7_flow(
     ev: &L7Event,
@@ -78,190 +384,9 @@ pub fn render_l7_flow(
     time: WallTime,
     uuid: &str,
 ) -> Value {
-    let r = &ev.record;
-    let (forwarded, code) = match &r.outcome {
-        Outcome::Forwarded { status, .. } => (true, *status),
-        Outcome::Denied { status, .. } | Outcome::Refused { status, .. } => (false, *status),
-    };
-    let client = resolver.endpoint(ev.client_identity, Some(ev.client.ip()));
-    let server = resolver.endpoint(ev.server_identity, Some(ev.server.ip()));
-    // Responses travel from the server to the client.
-    let (src, dst, sa, da) = if forwarded {
-        (&server, &client, ev.server, ev.client)
-    } else {
-        (&client, &server, ev.client, ev.server)
-    };
-    let host = r.host.clone().unwrap_or_else(|| ev.server.ip().to_string());
-    let url = format!("http://{host}{}", r.target);
-
-    let mut flow = Map::new();
-    flow.insert("time".into(), json!(time.rfc3339()));
-    flow.insert("uuid".into(), json!(uuid));
-    // Forwarded, but audit-mode HTTP rules would have refused it: reported as AUDIT, as the
-    // datapath reports an audit-mode L3/L4 deny.
-    let audited: Vec<(Direction, L7AuditRefusal)> = ev
-        .sides
-        .iter()
-        .filter_map(|s| s.audit.map(|a| (s.direction, a)))
-        .collect();
-    let audit = forwarded && !audited.is_empty();
-    flow.insert(
-        "verdict".into(),
-        json!(if audit {
-            "AUDIT"
-        } else if forwarded {
-            "FORWARDED"
-        } else {
-            "DROPPED"
-        }),
-    );
-    flow.insert(
-        "IP".into(),
-        json!({
-            "source": sa.ip().to_string(),
-            "destination": da.ip().to_string(),
-            "ipVersion": if ev.client.is_ipv6() { "IPv6" } else { "IPv4" },
-        }),
-    );
-    flow.insert(
-        "l4".into(),
-        json!({"TCP": {"source_port": sa.port(), "destination_port": da.port()}}),
-    );
-    flow.insert("source".into(), render_endpoint(src));
-    flow.insert("destination".into(), render_endpoint(dst));
-    flow.insert("Type".into(), json!("L7"));
-    flow.insert("node_name".into(), json!(node_name));
-    let mut http = Map::new();
-    if code != 0 {
-        http.insert("code".into(), json!(code));
-    }
-    if !r.method.is_empty() {
-        http.insert("method".into(), json!(r.method));
-    }
-    http.insert("url".into(), json!(url));
-    http.insert("protocol".into(), json!(r.version));
-    flow.insert(
-        "l7".into(),
-        json!({
-            "type": if forwarded { "RESPONSE" } else { "REQUEST" },
-            // uint64 in the proto: protojson writes it as a string.
-            "latency_ns": r.latency.as_nanos().to_string(),
-            "http": Value::Object(http),
-        }),
-    );
-    flow.insert("event_type".into(), json!({"type": EVENT_TYPE_L7}));
-    let deciding = ev.deciding().copied();
-    flow.insert(
-        "traffic_direction".into(),
-        json!(match deciding.map(|s| s.direction) {
-            Some(Direction::Ingress) => "INGRESS",
-            Some(Direction::Egress) | None => "EGRESS",
-        }),
-    );
-    flow.insert("is_reply".into(), json!(forwarded));
-
-    for (i, side) in ev.sides.iter().enumerate() {
-        let Some(rule) = side.origin.and_then(|o| resolver.rule(o.rule_id)) else {
-            continue;
-        };
-        let mut p = json!({
-            "name": rule.policy.name,
-            "namespace": rule.policy.namespace,
-            "kind": rule.policy.kind.as_str(),
-            "revision": ev.revision.to_string(),
-        });
-        if rule.policy.namespace.is_empty()
-            && let Some(o) = p.as_object_mut()
-        {
-            o.remove("namespace");
-        }
-        // Every side before the last one allowed; the last one decided.
-        let allowed = forwarded || i + 1 < ev.sides.len();
-        let key = if allowed { "allowed_by" } else { "denied_by" };
-        flow.insert(format!("{}_{key}", side.direction), json!([p]));
-    }
-    let mut would = Vec::new();
-    if audit {
-        for (direction, a) in &audited {
-            let rule = a.origin.and_then(|o| resolver.rule(o.rule_id));
-            if let Some(rule) = &rule {
-                let key = format!("{direction}_denied_by");
-                let p = json!({
-                    "name": rule.policy.name,
-                    "namespace": rule.policy.namespace,
-                    "kind": rule.policy.kind.as_str(),
-                    "revision": ev.revision.to_string(),
-                });
-                match flow.get_mut(&key).and_then(Value::as_array_mut) {
-                    Some(list) => list.push(p),
-                    None => {
-                        flow.insert(key, json!([p]));
-                    }
-                }
-            }
-            would.push(match (&a.decision, rule) {
-                (palisade_l7proxy::Decision::NoMatch, _) => {
-                    format!("{direction}: no audit-mode HTTP rule allows it")
-                }
-                (d, Some(rule)) => format!("{direction}: {d:?} by {}", rule_text(&rule)),
-                (d, None) => format!("{direction}: {d:?}"),
-            });
-        }
-    }
-    let rule = deciding
-        .and_then(|s| s.origin)
-        .and_then(|o| resolver.rule(o.rule_id));
-    let decision = match &r.outcome {
-        Outcome::Forwarded { .. } if audit => format!("{code} audit: would be denied"),
-        Outcome::Forwarded { .. } => format!("{code}"),
-        Outcome::Denied { .. } => format!("{code} denied"),
-        Outcome::Refused { .. } => format!("{code} refused"),
-    };
-    flow.insert(
-        "Summary".into(),
-        json!(format!(
-            "{} {decision} {}ms ({} {url})",
-            r.version,
-            r.latency.as_millis(),
-            if r.method.is_empty() { "?" } else { &r.method }
-        )),
-    );
-
-    let mut ext = Map::new();
-    if let Some(o) = deciding.and_then(|s| s.origin) {
-        ext.insert("rule_id".into(), json!(o.rule_id));
-        if let Some(i) = o.http_index {
-            ext.insert("http_rule_index".into(), json!(i));
-        }
-    }
-    if let Some(rule) = &rule {
-        ext.insert("rule".into(), json!(rule_text(rule)));
-        ext.insert("rule_index".into(), json!(rule.index));
-    }
-    match &r.outcome {
-        Outcome::Denied { decision, .. } => {
-            ext.insert("l7_decision".into(), json!(format!("{decision:?}")));
-        }
-        Outcome::Refused { reason, .. } => {
-            ext.insert("refused".into(), json!(reason));
-        }
-        Outcome::Forwarded { .. } => {}
-    }
-    if let Some(path) = &r.path {
-        ext.insert("normalized_path".into(), json!(path));
-    }
-    if !would.is_empty() {
-        ext.insert("audit_would_deny".into(), json!(would));
-    }
-    if let Some(e) = &r.upstream_error {
-        ext.insert("upstream_error".into(), json!(e));
-    }
-    ext.insert("policy_revision".into(), json!(ev.revision));
-    flow.insert(
-        "extensions".into(),
-        json!({"@type": EXTENSIONS_TYPE, "value": Value::Object(ext)}),
-    );
-    Value::Object(flow)
+    let keep = resolve(ev, resolver);
+    let time = time.rfc3339();
+    serde_json::to_value(l7_flow_out(ev, &keep, node_name, &time, uuid)).unwrap_or(Value::Null)
 }
 
 /// One verdict log line of an L7 record.
@@ -272,9 +397,13 @@ pub fn render_l7_line(
     time: WallTime,
     uuid: &str,
 ) -> String {
-    flow_line(
-        render_l7_flow(ev, resolver, node_name, time, uuid),
+    let keep = resolve(ev, resolver);
+    let time = time.rfc3339();
+    let line = LineOut {
+        flow: l7_flow_out(ev, &keep, node_name, &time, uuid),
         node_name,
-        time,
-    )
+        time: &time,
+    };
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
 }

@@ -362,29 +362,43 @@ fn render_l4(ev: &VerdictEvent, sport: u16, dport: u16) -> Option<Value> {
 }
 
 pub(super) fn render_endpoint(e: &FlowEndpoint) -> Value {
-    let mut m = Map::new();
-    m.insert("identity".into(), json!(e.identity));
-    if !e.namespace.is_empty() {
-        m.insert("namespace".into(), json!(e.namespace));
+    serde_json::to_value(EndpointOut::from(e)).unwrap_or(Value::Null)
+}
+
+/// Hubble's `Endpoint` as the log writes it (keys in byte order, empty parts left out).
+#[derive(serde::Serialize)]
+pub(super) struct EndpointOut<'a> {
+    identity: u32,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    labels: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pod_name: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    workloads: Vec<WorkloadOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct WorkloadOut<'a> {
+    kind: &'a str,
+    name: &'a str,
+}
+
+impl<'a> From<&'a FlowEndpoint> for EndpointOut<'a> {
+    fn from(e: &'a FlowEndpoint) -> Self {
+        EndpointOut {
+            identity: e.identity,
+            labels: &e.labels,
+            namespace: &e.namespace,
+            pod_name: &e.pod_name,
+            workloads: e
+                .workloads
+                .iter()
+                .map(|(kind, name)| WorkloadOut { kind, name })
+                .collect(),
+        }
     }
-    if !e.labels.is_empty() {
-        m.insert("labels".into(), json!(e.labels));
-    }
-    if !e.pod_name.is_empty() {
-        m.insert("pod_name".into(), json!(e.pod_name));
-    }
-    if !e.workloads.is_empty() {
-        m.insert(
-            "workloads".into(),
-            Value::Array(
-                e.workloads
-                    .iter()
-                    .map(|(kind, name)| json!({"name": name, "kind": kind}))
-                    .collect(),
-            ),
-        );
-    }
-    Value::Object(m)
 }
 
 fn hostport(ip: Option<IpAddr>, port: u16, with_port: bool) -> String {

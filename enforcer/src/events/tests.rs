@@ -688,3 +688,57 @@ spec:
         "{flow}"
     );
 }
+
+/// An L7 record's line, byte for byte: keys in byte order at every level (as the datapath
+/// events' lines), the chain's marker where `FlowLogger` seals it, and what hubble reads.
+#[test]
+fn an_l7_line_is_written_exactly_so() {
+    use crate::events::l7::{L7Event, L7Side, render_l7_line};
+    use palisade_l7proxy::proxy::{Outcome, RequestRecord};
+    let e = engine();
+    let ev = L7Event {
+        client: "10.0.0.1:40000".parse().unwrap(),
+        server: "10.0.0.2:5432".parse().unwrap(),
+        client_identity: ident(&e, "shop/web-1"),
+        server_identity: ident(&e, "shop/db-0"),
+        sides: vec![L7Side {
+            direction: policy_compiler::model::Direction::Ingress,
+            origin: Some(policy_compiler::engine::l7::L7Origin {
+                rule_id: 16,
+                http_index: Some(0),
+            }),
+            audit: None,
+        }],
+        revision: 3,
+        record: RequestRecord {
+            method: "GET".into(),
+            target: "/api?x=\"1\"".into(),
+            path: Some("/api".into()),
+            host: Some("db:5432".into()),
+            version: "HTTP/1.1",
+            outcome: Outcome::Forwarded {
+                rule: 0,
+                status: 200,
+            },
+            latency: std::time::Duration::from_micros(180),
+            upstream_error: None,
+        },
+    };
+    let line = render_l7_line(
+        &ev,
+        &EngineResolver::new(&e),
+        "node-a",
+        BootClock::with_offset(1_700_000_000_000_000_000).to_wall(0),
+        "u-1",
+    );
+    assert!(
+        line.contains(palisade_observe::chain::EXT_VALUE_MARKER),
+        "{line}"
+    );
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        serde_json::to_string(&v).unwrap(),
+        line,
+        "keys in byte order"
+    );
+}
