@@ -39,8 +39,8 @@ spec:
   policyTypes: [Ingress]
 ";
 
-/// The backend's ingress: the frontend may GET /api/v1/data, and nothing under /api/v1/admin
-/// whatever else allows it.
+/// The backend's ingress: the frontend may GET /api/v1/data and nothing else; no other pod
+/// gets a connection.
 const INGRESS_L7: &str = "\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
