@@ -52,6 +52,16 @@ fn redirect(rule: u32) -> PolicyValue {
     }
 }
 
+/// `pal_proxy` says the L7 proxy (port 15080) takes redirected connections.
+fn proxy_ready(dp: &mut Datapath) {
+    dp.set_proxy(&abi::ProxyState {
+        flags: abi::PROXY_F_READY,
+        port_be: 15080u16.to_be(),
+        pad: 0,
+    })
+    .unwrap();
+}
+
 fn port_key(identity: u32, dir: u8, proto: u8, port: u16) -> EntryKey {
     EntryKey {
         identity,
@@ -1429,12 +1439,7 @@ fn redirected_flows_are_marked_for_the_proxy_only_while_it_is_ready() {
 
     // The proxy ready: the SYN passes marked (kube-proxy's 0x4000 bit kept), reported and
     // counted as redirected; its entry is a proxied flow.
-    f.dp.set_proxy(&abi::ProxyState {
-        flags: abi::PROXY_F_READY,
-        port_be: 15080u16.to_be(),
-        pad: 0,
-    })
-    .unwrap();
+    proxy_ready(&mut f.dp);
     assert_eq!(
         run(&mut f, out, "10.0.0.1", "10.0.0.2", syn(1001, 8080), 0x4000),
         (PASS, 0x4000 | abi::PROXY_MARK_LOCAL)
@@ -1614,12 +1619,7 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
         f.events();
         // The proxy ready, but no endpoint here said to have ingress HTTP rules: the route
         // lookup is skipped (the destination's to_pod decides).
-        f.dp.set_proxy(&abi::ProxyState {
-            flags: abi::PROXY_F_READY,
-            port_be: 15080u16.to_be(),
-            pad: 0,
-        })
-        .unwrap();
+        proxy_ready(&mut f.dp);
         assert_eq!(run(&mut f, "10.0.0.2", syn(3004, 8082)), (PASS, 0));
         f.events();
         f.dp.set_proxy_ingress_l7(true).unwrap();
@@ -1690,12 +1690,7 @@ fn audit_only_redirects_pass_without_a_proxy() {
             (abi::EVENT_VERDICT_FORWARDED, 51)
         ]
     );
-    f.dp.set_proxy(&abi::ProxyState {
-        flags: abi::PROXY_F_READY,
-        port_be: 15080u16.to_be(),
-        pad: 0,
-    })
-    .unwrap();
+    proxy_ready(&mut f.dp);
     assert_eq!(
         run(
             &mut f,

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use palisade_enforcer::events::{EngineResolver, L7Event, L7Side, WallTime, render_l7_line};
+use palisade_enforcer::events::{
+    EngineResolver, L7AuditRefusal, L7Event, L7Side, WallTime, render_l7_line,
+};
 use palisade_l7proxy::proxy::{Outcome, RequestRecord};
 use palisade_l7proxy::{NormalizeOptions, RequestHead, normalize};
 use policy_compiler::eval::{Flow, FlowPeer, maps};
@@ -129,11 +131,18 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
             },
         }
     };
+    // A forwarded request an audit-mode policy's HTTP rules would have refused: AUDIT.
+    let mut audited = event("GET", "/api/v1/data", 200);
+    audited.sides[0].audit = Some(L7AuditRefusal {
+        decision: palisade_l7proxy::Decision::NoMatch,
+        origin: audited.sides[0].origin,
+    });
     let events = [
         ("get-data", event("GET", "/api/v1/data", 200)),
         ("post-data", event("POST", "/api/v1/data", 0)),
         ("get-admin", event("GET", "/admin", 0)),
         ("encoded-slash", event("GET", "/api%2Fv1/data", 0)),
+        ("audited", audited),
     ];
     let resolver = EngineResolver::new(&engine);
     let dir = std::env::temp_dir().join(format!("palisade-hubble-l7-{}", std::process::id()));
@@ -174,6 +183,11 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
         "{}",
         lines[3]
     );
+    assert_eq!(flows[4]["verdict"], "AUDIT", "{}", lines[4]);
+    assert_eq!(
+        flows[4]["ingress_denied_by"][0]["name"],
+        "l7-frontend-policy"
+    );
 
     let all: BTreeSet<String> = events.iter().map(|(u, _)| u.to_string()).collect();
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
@@ -184,10 +198,17 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["--type", "l7"],
-            &["get-data", "post-data", "get-admin", "encoded-slash"],
+            &[
+                "get-data",
+                "post-data",
+                "get-admin",
+                "encoded-slash",
+                "audited",
+            ],
         ),
         (&["--http-status", "403"], &["post-data", "get-admin"]),
-        (&["--http-status", "200"], &["get-data"]),
+        (&["--http-status", "200"], &["get-data", "audited"]),
+        (&["--verdict", "AUDIT"], &["audited"]),
         (&["--http-method", "POST"], &["post-data"]),
         (&["--http-path", "/admin"], &["get-admin"]),
         (
@@ -200,10 +221,19 @@ fn hubble_reads_l7_records_and_its_l7_filters_select_them() {
             &["--from-pod", "production/frontend"],
             &["post-data", "get-admin", "encoded-slash"],
         ),
-        (&["--to-pod", "production/frontend"], &["get-data"]),
+        (
+            &["--to-pod", "production/frontend"],
+            &["get-data", "audited"],
+        ),
         (
             &["--traffic-direction", "ingress"],
-            &["get-data", "post-data", "get-admin", "encoded-slash"],
+            &[
+                "get-data",
+                "post-data",
+                "get-admin",
+                "encoded-slash",
+                "audited",
+            ],
         ),
     ];
     for (args, want) in cases {
