@@ -696,3 +696,109 @@ fn a_kept_alive_connection_stops_when_the_clients_egress_is_revoked() {
         "nothing forwarded after the revocation"
     );
 }
+
+/// The proxy cannot start (its port is taken in the node's namespace): the agent says so in
+/// `status` and keeps enforcing L3/L4, and a flow an HTTP rule governs gets no connection at
+/// all — nothing reaches the server unjudged.
+#[test]
+fn a_proxy_that_cannot_start_leaves_http_rule_flows_dropped_and_says_why() {
+    let Some(node) = palisade_testkit::node::Node::for_test("l7e2e", "l7 e2e proxy start failure")
+    else {
+        return;
+    };
+    // Something else listens on the proxy's port first.
+    let squatter = std::process::Command::new("ip")
+        .args(["netns", "exec", node.netns_name(), "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET6)\n\
+             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+             s.bind(('::', 15099)); s.listen()\n\
+             time.sleep(60)\n",
+        )
+        .spawn()
+        .expect("python3 runs");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _squatter = Kill(squatter);
+    let listening = node
+        .run_in(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::net::TcpStream::connect("127.0.0.1:15099").is_err() {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            true
+        })
+        .unwrap();
+    assert!(listening, "the squatter listens");
+    let src = std::env::temp_dir().join(format!("palisade-l7e2e-squat-{}", node.tag()));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("00-ns.yaml"), NAMESPACE).unwrap();
+    std::fs::write(src.join("20-l7.yaml"), INGRESS_L7).unwrap();
+    let config = src.with_extension("config.yaml");
+    std::fs::write(&config, "l7_proxy_port: 15099\n").unwrap();
+    let enforcer = palisade_testkit::harness::Enforcer::start_with_config(
+        std::path::Path::new(env!("CARGO_BIN_EXE_palisade-enforcer")),
+        &node,
+        &src,
+        true,
+        Some(&config),
+    )
+    .expect("the agent starts without its proxy");
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_file(&config);
+    let c = Cluster {
+        enforcer,
+        node,
+        block: BLOCK,
+    };
+    let frontend = c.pod("production", "frontend", 9, 10);
+    let backend = c.pod("production", "backend", 9, 11);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let warnings = match c.enforcer.request(&palisade_api::Request::Status).unwrap() {
+        palisade_api::Response::Status { warnings, .. } => warnings,
+        other => panic!("status: {other:?}"),
+    };
+    assert!(
+        warnings.iter().any(|w| w.contains("L7 proxy not running")),
+        "{warnings:?}"
+    );
+    let (status, exit) = curl(
+        &frontend,
+        "GET",
+        &format!("http://{}:8080/api/v1/data", backend.ipv4),
+        DENY * 2,
+    );
+    assert_eq!(
+        (status, exit),
+        (0, 28),
+        "no connection while no proxy judges"
+    );
+    assert!(access_log(&nginx).is_empty(), "nothing reached the server");
+    assert!(c.log().contains("L7 proxy not started"), "{}", c.log());
+    // The verdict log names the drop's reason.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c
+        .enforcer
+        .verdicts()
+        .iter()
+        .any(|v| v["flow"]["drop_reason_desc"] == "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DROP_PROXY_UNAVAILABLE line: {:#?}",
+            c.enforcer.verdicts()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -120,20 +120,24 @@ struct Connection {
     shared: Arc<ProxyShared>,
     client: SocketAddr,
     server: SocketAddr,
-    cached: Mutex<Option<(Arc<L7View>, ConnectionRules)>>,
+    cached: Mutex<Option<(Arc<L7View>, Arc<ConnectionRules>)>>,
     /// The judgement of the request being handled, taken by the record.
     last: Mutex<Option<(Judgement, u64, u32, u32)>>,
     records: tokio::sync::mpsc::Sender<L7Event>,
 }
 
 impl Connection {
-    fn rules(&self) -> Option<(Arc<L7View>, ConnectionRules)> {
+    fn rules(&self) -> Option<(Arc<L7View>, Arc<ConnectionRules>)> {
         let view = self.shared.views.get()?;
         let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
         match &*cached {
             Some((v, r)) if Arc::ptr_eq(v, &view) => Some((v.clone(), r.clone())),
             _ => {
-                let r = view.connection(self.client.ip(), self.server.ip(), self.server.port());
+                let r = Arc::new(view.connection(
+                    self.client.ip(),
+                    self.server.ip(),
+                    self.server.port(),
+                ));
                 *cached = Some((view.clone(), r.clone()));
                 Some((view, r))
             }
@@ -251,7 +255,7 @@ pub async fn run(
                     client = client.to_string(),
                     server = server.to_string(),
                     reason = other
-                        .and_then(|(_, r)| r.refused)
+                        .and_then(|(_, r)| r.refused.clone())
                         .unwrap_or_else(|| "no HTTP rules apply to it".into()),
                     "proxy connection closed: not a redirected flow"
                 );
