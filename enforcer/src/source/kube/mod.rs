@@ -44,6 +44,21 @@ pub mod kinds;
 pub mod store;
 
 use kinds::KINDS;
+
+/// Retries of a failed watch: 0.8 s doubling to at most 5 s, with jitter, reset after two
+/// minutes of success. kube-runtime's default waits up to 30 s, so after an API server
+/// outage of half a minute the agent would go on enforcing a stale model that long after
+/// the server is back; a 5 s cap costs one request per watched kind every 5 s during an
+/// outage.
+fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .with_jitter();
+    kube::runtime::utils::ResetTimerBackoff::new(builder.into(), Duration::from_secs(120))
+}
 use store::{Outcome, Store};
 
 /// Default quiet time after an event before the model is rebuilt: events of one `kubectl
@@ -662,7 +677,9 @@ impl Aggregator {
         let tx = tx.clone();
         let config = self.watch_config();
         let h = tokio::spawn(async move {
-            let mut s = watcher::watcher(api, config).default_backoff().boxed();
+            let mut s = watcher::watcher(api, config)
+                .backoff(watch_backoff())
+                .boxed();
             while let Some(ev) = s.next().await {
                 let msg = match ev {
                     Ok(e) => Msg::Event(kind, Box::new(e)),
@@ -733,7 +750,9 @@ fn spawn_crd_watcher(
 ) -> tokio::task::AbortHandle {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     tokio::spawn(async move {
-        let mut s = watcher::watcher(api, config).default_backoff().boxed();
+        let mut s = watcher::watcher(api, config)
+            .backoff(watch_backoff())
+            .boxed();
         while let Some(ev) = s.next().await {
             let msg = match ev {
                 Ok(e) => Msg::Crd(Box::new(e)),
