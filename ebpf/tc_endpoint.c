@@ -16,10 +16,13 @@
  *      a later fragment takes its first fragment's ports (lib/frag.h), unknown ->
  *      DROP_FRAG_NOT_FOUND; a first fragment's ports are remembered, failing that ->
  *      DROP_FRAG_NOT_SUPPORTED.
+ *   3b. from_pod, TCP/UDP to a service frontend (lib/lb.h): translated to a backend (the
+ *      flow's, or a new pick), no backend -> DROP_NO_SERVICE; every later step sees the
+ *      backend.
  *   4. conntrack hit (lib/ct.h; one lookup of the canonical key) on a flow opened at this
  *      hook -> pass, re-decided once after a policy change (revision re-check).
  *   5. the same hit on a flow opened at the other hook of this endpoint: a reply -> pass,
- *      same re-check.
+ *      same re-check; a reply on a translated flow gets the frontend as its source.
  *   5b. ICMP error quoting a packet of a flow tracked at this endpoint (lib/ct.h
  *      ct_related) -> pass, counted COUNTER_ICMP_RELATED, no entry created.
  *   6. new flow: from_pod with a source that is not one of the pod's own addresses
@@ -45,6 +48,7 @@
 #include "lib/ct.h"
 #include "lib/events.h"
 #include "lib/proxy.h"
+#include "lib/lb.h"
 
 /* Local delivery to the L7 proxy: the redirected flow's packets, and a server's replies to
  * a proxy upstream connection (docs/datapath.md §11). */
@@ -112,6 +116,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		d.drop_reason = DROP_FRAG_NOT_SUPPORTED;
 		goto drop;
 	}
+	/* 3b. */
+	if (dir == DIRECTION_EGRESS) {
+		__u32 id = 0;
+		int lr = lb_translate(skb, &f.p, f.ifindex, &id);
+		f.service = (__u16)id;
+		if (lr == LB_NO_BACKEND || lr == LB_REWRITE_FAILED) {
+			d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
+			goto drop;
+		}
+		if (lr == LB_TRANSLATED)
+			ct_key_of(&fwd, &f.p, dir, f.ifindex);
+	}
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
 
 	if (f.p.trackable) {
@@ -121,6 +137,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			/* 4. Same flow, same hook: established. */
 			f.src_identity = ct->src_identity;
 			f.dst_identity = ct->dst_identity;
+			f.service = ct->rev_nat_index;
 			if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
 				count(dir, COUNTER_REVOKED, 0);
 				kind = EVENT_KIND_REVOKED;
@@ -155,6 +172,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			}
 			if (ct->flags & CT_F_PROXY_UPSTREAM)
 				mark_local(skb);
+			f.service = ct->rev_nat_index;
+			if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
+				d.verdict = EVENT_VERDICT_DROPPED;
+				d.drop_reason = DROP_NO_SERVICE;
+				goto drop;
+			}
 			count(dir, COUNTER_CT_REPLY, f.p.len);
 			return TCX_NEXT;
 		}
@@ -202,7 +225,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			? CT_F_PROXY_UPSTREAM
 			: 0;
 	if (ct_should_track(&f.p) && ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity,
-					      f.dst_identity, now, ct_flags)) {
+					      f.dst_identity, now, ct_flags, f.service)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;

@@ -96,6 +96,7 @@
 #define DROP_UNKNOWN_L4           142 /* UNKNOWN_L4_PROTOCOL (reserved, not emitted) */
 #define DROP_CT_INSERT_FAILED     155 /* CT_MAP_INSERTION_FAILED */
 #define DROP_FRAG_NOT_SUPPORTED   157 /* IP_FRAGMENTATION_NOT_SUPPORTED: a fragment that cannot be decided */
+#define DROP_NO_SERVICE           158 /* SERVICE_BACKEND_NOT_FOUND: a service frontend with no backend, or a translated flow whose frontend is gone */
 #define DROP_INVALID_IDENTITY     171 /* INVALID_IDENTITY */
 #define DROP_FRAG_NOT_FOUND       175 /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND (v2) */
 #define DROP_FORBIDDEN_ICMP6      176 /* FORBIDDEN_ICMPV6_MESSAGE (v2) */
@@ -247,6 +248,61 @@ struct proxy_state {
 	__u16 pad;
 };
 
+/* ---- services (docs/services.md) ---------------------------------------------------
+ * A frontend (an address, port and protocol clients connect to: a cluster IP, external IP
+ * or load-balancer IP with a service port) has a small id (1..65535) the control plane
+ * allocates. from_pod translates a pod's flow to a frontend before its policy lookup:
+ *   pal_lb_svc      hash  lb_key (the frontend)            -> lb_service
+ *   pal_lb_maglev   hash  __u32 id                         -> lb_maglev: slot -> backend index
+ *   pal_lb_backends hash  lb_backend_key (id, index)       -> lb_backend
+ *   pal_lb_revnat   hash  __u32 id                         -> lb_key (replies' source)
+ *   pal_lb_flows    LRU   ct_key (the flow as the pod sent it, at from_pod) -> lb_flow
+ * A new flow's backend is table[flow hash % table_size] (lib/jhash.h; with
+ * LB_F_AFFINITY the source port is hashed as 0); the choice is kept in pal_lb_flows, and
+ * the flow's conntrack entry records the id (rev_nat_index), so to_pod rewrites the
+ * replies' source back to the frontend. Backend indexes are stable while a backend stays,
+ * so a table and its backends can be replaced one entry at a time.
+ */
+#define LB_MAGLEV_MAX   16384 /* slots a table may have (the default size is 16381) */
+#define LB_ID_MAX       65535 /* ct_entry.rev_nat_index is 16 bits */
+#define LB_F_AFFINITY   0x01  /* sessionAffinity: ClientIP */
+
+struct lb_key {
+	__u8 addr[16];   /* network order; IPv4 in the first 4 bytes */
+	__be16 port;
+	__u8 protocol;
+	__u8 family;     /* 4 or 6 */
+};
+
+struct lb_service {
+	__u32 id;          /* the frontend id: tables, backends, reverse NAT */
+	__u32 table_size;  /* slots used in its pal_lb_maglev table (<= LB_MAGLEV_MAX) */
+	__u32 backends;    /* 0: no backend, new flows are dropped DROP_NO_SERVICE */
+	__u32 flags;       /* LB_F_* */
+};
+
+struct lb_maglev {
+	__u16 backend[LB_MAGLEV_MAX]; /* backend index of each slot */
+};
+
+struct lb_backend_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct lb_backend {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb_flow {
+	__u8 addr[16];   /* the backend the flow was translated to */
+	__be16 port;
+	__u16 index;     /* its index: the choice stands while that index holds this backend */
+	__u32 id;        /* the frontend */
+};
+
 /* ---- fragments: LRU hash "pal_frag" (v2) ------------------------------------------
  * The ports of a first fragment, keyed by the datagram (addresses, IP id, protocol), so
  * that later fragments, which carry no L4 header, are decided with the first one's ports.
@@ -309,7 +365,7 @@ struct verdict_event {
 	__u32 rule_id;       /* the deciding rule; RULE_ID_NONE for default deny */
 	__u32 revision;      /* endpoint policy revision that decided */
 	__be16 proxy_port;
-	__u16 pad;
+	__u16 service;       /* the frontend id a translated flow was sent to, 0 = none */
 	__u32 packet_len;
 };
 
@@ -347,6 +403,12 @@ _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key size");
 _Static_assert(sizeof(struct ipcache_value) == 8, "ipcache_value size");
 _Static_assert(sizeof(struct endpoint_info) == 36, "endpoint_info size");
+_Static_assert(sizeof(struct lb_key) == 20, "lb_key size");
+_Static_assert(sizeof(struct lb_service) == 16, "lb_service size");
+_Static_assert(sizeof(struct lb_maglev) == 2 * LB_MAGLEV_MAX, "lb_maglev size");
+_Static_assert(sizeof(struct lb_backend_key) == 8, "lb_backend_key size");
+_Static_assert(sizeof(struct lb_backend) == 20, "lb_backend size");
+_Static_assert(sizeof(struct lb_flow) == 24, "lb_flow size");
 
 /* Counter index = direction * COUNTER_DIR_STRIDE + code: a code at or above the stride
  * would count in the other direction's slots, and a COUNTER_* slot must stay below every
@@ -361,6 +423,7 @@ _Static_assert(PAL_CODE_FITS(DROP_INVALID_PACKET), "drop code aliases a counter 
 _Static_assert(PAL_CODE_FITS(DROP_UNKNOWN_L4), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_CT_INSERT_FAILED), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_FRAG_NOT_SUPPORTED), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_NO_SERVICE), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_INVALID_IDENTITY), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_FRAG_NOT_FOUND), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_FORBIDDEN_ICMP6), "drop code aliases a counter slot");

@@ -207,7 +207,7 @@ static __always_inline int ct_should_track(const struct pkt *p)
 static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p, __u8 dir,
 				     const struct decision *d, __u32 revision,
 				     __u32 src_identity, __u32 dst_identity, __u64 now,
-				     __u8 flags)
+				     __u8 flags, __u16 service)
 {
 	struct ct_entry e = {};
 
@@ -221,6 +221,8 @@ static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p
 	e.src_identity = src_identity;
 	e.dst_identity = dst_identity;
 	e.proxy_port = d->proxy_port;
+	e.rev_nat_index = service;
+	e.service_id = service;
 	e.packets = 1;
 	e.bytes = p->len;
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_FIN))

@@ -50,6 +50,7 @@ struct flow_ctx {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 revision;
+	__u16 service; /* the frontend id of a translated flow, 0 = none */
 	__u8 dir;
 };
 
@@ -77,7 +78,7 @@ static __noinline void event_fill(struct verdict_event *e, const struct flow_ctx
 	e->rule_id = d->rule_id;
 	e->revision = f->revision;
 	e->proxy_port = d->proxy_port;
-	e->pad = 0;
+	e->service = f->service;
 	e->packet_len = f->p.len;
 }
 

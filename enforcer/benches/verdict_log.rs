@@ -84,7 +84,7 @@ fn events(e: &Engine, n: usize) -> Vec<VerdictEvent> {
                 rule_id: if deny { abi::RULE_ID_NONE } else { rule },
                 revision: 1,
                 proxy_port_be: 0,
-                pad: 0,
+                service: 0,
                 packet_len: 74,
             }
         })

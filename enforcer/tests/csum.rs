@@ -15,71 +15,15 @@ use std::net::IpAddr;
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
-use palisade_testkit::packet::{self, L4, TCP_SYN};
+use palisade_testkit::packet::{self, L4, TCP_SYN, checksums_ok, with_checksums};
 
 static TEST_PROGS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test_progs.o"));
 
 const ETH: usize = 14;
 
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-fn add(sum: u32, data: &[u8]) -> u32 {
-    data.chunks(2).fold(sum, |s, c| {
-        s + u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
-    })
-}
-
-/// (L3 header length, L4 protocol, L4 checksum offset within the L4 header).
-fn shape(pkt: &[u8]) -> (usize, u8, usize) {
-    let v4 = pkt[12..14] == [0x08, 0x00];
-    let (l3, proto) = if v4 {
-        (20, pkt[ETH + 9])
-    } else {
-        (40, pkt[ETH + 6])
-    };
-    (l3, proto, if proto == 6 { 16 } else { 6 })
-}
-
-fn pseudo(pkt: &[u8], l4_len: usize, proto: u8) -> u32 {
-    let v4 = pkt[12..14] == [0x08, 0x00];
-    let addrs = if v4 {
-        &pkt[ETH + 12..ETH + 20]
-    } else {
-        &pkt[ETH + 8..ETH + 40]
-    };
-    let s = add(0, addrs);
-    s + u32::from(proto) + l4_len as u32
-}
-
-/// Fills in correct checksums (IPv4 header, L4 with pseudo-header).
-fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
-    let (l3, proto, c) = shape(&pkt);
-    if l3 == 20 {
-        pkt[ETH + 10..ETH + 12].fill(0);
-        let s = !fold(add(0, &pkt[ETH..ETH + 20]));
-        pkt[ETH + 10..ETH + 12].copy_from_slice(&s.to_be_bytes());
-    }
-    let l4 = ETH + l3;
-    pkt[l4 + c..l4 + c + 2].fill(0);
-    let len = pkt.len() - l4;
-    let s = !fold(add(pseudo(&pkt, len, proto), &pkt[l4..]));
-    pkt[l4 + c..l4 + c + 2].copy_from_slice(&s.to_be_bytes());
-    pkt
-}
-
-/// Whether every checksum of the packet verifies.
-fn checksums_ok(pkt: &[u8]) -> bool {
-    let (l3, proto, _) = shape(pkt);
-    if l3 == 20 && fold(add(0, &pkt[ETH..ETH + 20])) != 0xffff {
-        return false;
-    }
-    let l4 = ETH + l3;
-    fold(add(pseudo(pkt, pkt.len() - l4, proto), &pkt[l4..])) == 0xffff
+/// The IPv4 (20) or IPv6 (40) header length of a frame built by `packet::build`.
+fn l3_len(pkt: &[u8]) -> usize {
+    if pkt[12..14] == [0x08, 0x00] { 20 } else { 40 }
 }
 
 struct Prog {
@@ -140,7 +84,7 @@ fn rewrites_keep_every_checksum_valid() {
             assert!(checksums_ok(&input), "test helper: {src} {l4:?}");
             let out = prog.run(&input);
             assert_eq!(out.len(), input.len());
-            let (l3, _, _) = shape(&out);
+            let l3 = l3_len(&out);
             let l4o = ETH + l3;
             assert_eq!(
                 &out[l4o..l4o + 4],

@@ -69,6 +69,7 @@ fn assert_converged(fake: &FakeMaps, synced: &Synced, engine: &Engine, t: &Targe
         ipcache: fresh.ipcache().clone(),
         endpoints: t.endpoints.clone(),
         revision: t.revision,
+        lb: t.lb.clone(),
     };
     for e in t.endpoints.values() {
         fresh_t.policies.insert(
@@ -288,6 +289,7 @@ fn a_reload_over_capacity_is_refused_with_zero_writes() {
         )
     };
     let target = |ports: &[u16], revision: u32| Target {
+        lb: Default::default(),
         policies: [(
             100,
             std::sync::Arc::new(CompiledPolicy {
@@ -313,6 +315,7 @@ fn a_reload_over_capacity_is_refused_with_zero_writes() {
         policy: 4,
         ipcache: 16,
         endpoints: 4,
+        ..Capacity::default()
     };
     let mut fake = FakeMaps::default();
     let mut synced = Synced::adopt(&mut fake).unwrap().with_capacity(cap);

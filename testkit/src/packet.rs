@@ -152,3 +152,90 @@ pub fn ipv4_later_fragment(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     }
     f
 }
+
+// ---- checksums (tests of rewrites: service NAT, csum.h) ------------------------------
+
+const ETH: usize = 14;
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn add(sum: u32, data: &[u8]) -> u32 {
+    data.chunks(2).fold(sum, |s, c| {
+        s + u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
+    })
+}
+
+/// (L3 header length, L4 protocol, L4 checksum offset within the L4 header) of a TCP or
+/// UDP frame built by [`build`].
+fn shape(pkt: &[u8]) -> (usize, u8, usize) {
+    let v4 = pkt[12..14] == [0x08, 0x00];
+    let (l3, proto) = if v4 {
+        (20, pkt[ETH + 9])
+    } else {
+        (40, pkt[ETH + 6])
+    };
+    (l3, proto, if proto == PROTO_TCP { 16 } else { 6 })
+}
+
+fn pseudo(pkt: &[u8], l4_len: usize, proto: u8) -> u32 {
+    let v4 = pkt[12..14] == [0x08, 0x00];
+    let addrs = if v4 {
+        &pkt[ETH + 12..ETH + 20]
+    } else {
+        &pkt[ETH + 8..ETH + 40]
+    };
+    add(0, addrs) + u32::from(proto) + l4_len as u32
+}
+
+/// The frame of a TCP or UDP packet built by [`build`] with correct checksums (IPv4
+/// header; L4 with its pseudo-header), computed independently of the datapath.
+pub fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
+    let (l3, proto, c) = shape(&pkt);
+    if l3 == 20 {
+        pkt[ETH + 10..ETH + 12].fill(0);
+        let s = !fold(add(0, &pkt[ETH..ETH + 20]));
+        pkt[ETH + 10..ETH + 12].copy_from_slice(&s.to_be_bytes());
+    }
+    let l4 = ETH + l3;
+    pkt[l4 + c..l4 + c + 2].fill(0);
+    let len = pkt.len() - l4;
+    let s = !fold(add(pseudo(&pkt, len, proto), &pkt[l4..]));
+    pkt[l4 + c..l4 + c + 2].copy_from_slice(&s.to_be_bytes());
+    pkt
+}
+
+/// Whether every checksum of a TCP or UDP frame verifies.
+pub fn checksums_ok(pkt: &[u8]) -> bool {
+    let (l3, proto, _) = shape(pkt);
+    if l3 == 20 && fold(add(0, &pkt[ETH..ETH + 20])) != 0xffff {
+        return false;
+    }
+    let l4 = ETH + l3;
+    fold(add(pseudo(pkt, pkt.len() - l4, proto), &pkt[l4..])) == 0xffff
+}
+
+/// The (source, destination) addresses and ports of a TCP or UDP frame.
+pub fn tuple(pkt: &[u8]) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let (l3, _, _) = shape(pkt);
+    let (s, d): (IpAddr, IpAddr) = if l3 == 20 {
+        let a = |o: usize| -> IpAddr {
+            std::net::Ipv4Addr::new(pkt[o], pkt[o + 1], pkt[o + 2], pkt[o + 3]).into()
+        };
+        (a(ETH + 12), a(ETH + 16))
+    } else {
+        let a = |o: usize| -> IpAddr {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&pkt[o..o + 16]);
+            std::net::Ipv6Addr::from(b).into()
+        };
+        (a(ETH + 8), a(ETH + 24))
+    };
+    let l4 = ETH + l3;
+    let port = |o: usize| u16::from_be_bytes([pkt[l4 + o], pkt[l4 + o + 1]]);
+    ((s, port(0)), (d, port(2)))
+}

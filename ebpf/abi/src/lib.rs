@@ -68,6 +68,7 @@ pub const DROP_INVALID_PACKET: u32 = 134;
 pub const DROP_UNKNOWN_L4: u32 = 142;
 pub const DROP_CT_INSERT_FAILED: u32 = 155;
 pub const DROP_FRAG_NOT_SUPPORTED: u32 = 157;
+pub const DROP_NO_SERVICE: u32 = 158;
 pub const DROP_INVALID_IDENTITY: u32 = 171;
 pub const DROP_FRAG_NOT_FOUND: u32 = 175;
 pub const DROP_FORBIDDEN_ICMP6: u32 = 176;
@@ -84,6 +85,7 @@ pub const DROP_REASONS: &[(u32, &str)] = &[
     (DROP_UNKNOWN_L4, "UNKNOWN_L4_PROTOCOL"),
     (DROP_CT_INSERT_FAILED, "CT_MAP_INSERTION_FAILED"),
     (DROP_FRAG_NOT_SUPPORTED, "IP_FRAGMENTATION_NOT_SUPPORTED"),
+    (DROP_NO_SERVICE, "SERVICE_BACKEND_NOT_FOUND"),
     (DROP_INVALID_IDENTITY, "INVALID_IDENTITY"),
     (
         DROP_FRAG_NOT_FOUND,
@@ -314,7 +316,8 @@ pub struct VerdictEvent {
     pub rule_id: u32,
     pub revision: u32,
     pub proxy_port_be: u16,
-    pub pad: u16,
+    /// The service frontend id a translated flow was sent to; 0 = none.
+    pub service: u16,
     pub packet_len: u32,
 }
 
@@ -341,6 +344,163 @@ impl ProxyState {
             port_be: u16::from_ne_bytes([b[4], b[5]]),
             pad: 0,
         }
+    }
+}
+
+/// Slots a service frontend's Maglev table may have (`LB_MAGLEV_MAX`).
+pub const LB_MAGLEV_MAX: usize = 16_384;
+/// Frontend ids are 1..=`LB_ID_MAX` (`ct_entry.rev_nat_index` is 16 bits).
+pub const LB_ID_MAX: u32 = 65_535;
+/// `sessionAffinity: ClientIP`: the flow hash leaves the source port out.
+pub const LB_F_AFFINITY: u32 = 0x01;
+
+/// `struct lb_key`: a service frontend (address, port, protocol).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LbKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub protocol: u8,
+    pub family: u8,
+}
+
+impl LbKey {
+    pub fn new(addr: std::net::IpAddr, port: u16, protocol: u8) -> LbKey {
+        let (addr, family) = addr16_of(&addr);
+        LbKey {
+            addr,
+            port_be: port.to_be(),
+            protocol,
+            family,
+        }
+    }
+
+    pub fn ip(&self) -> std::net::IpAddr {
+        ip_of(&self.addr, self.family)
+    }
+
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..16].copy_from_slice(&self.addr);
+        b[16..18].copy_from_slice(&self.port_be.to_ne_bytes());
+        b[18] = self.protocol;
+        b[19] = self.family;
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 20]) -> LbKey {
+        LbKey {
+            addr: addr16(b, 0),
+            port_be: ne_u16(b, 16),
+            protocol: b[18],
+            family: b[19],
+        }
+    }
+}
+
+/// `struct lb_service`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LbService {
+    pub id: u32,
+    pub table_size: u32,
+    pub backends: u32,
+    pub flags: u32,
+}
+
+impl LbService {
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.table_size.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.backends.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 16]) -> LbService {
+        LbService {
+            id: ne_u32(b, 0),
+            table_size: ne_u32(b, 4),
+            backends: ne_u32(b, 8),
+            flags: ne_u32(b, 12),
+        }
+    }
+}
+
+/// `struct lb_backend_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LbBackendKey {
+    pub id: u32,
+    pub index: u32,
+}
+
+/// `struct lb_backend`: a backend's address and port.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LbBackend {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+impl LbBackend {
+    pub fn new(addr: std::net::IpAddr, port: u16) -> LbBackend {
+        LbBackend {
+            addr: addr16_of(&addr).0,
+            port_be: port.to_be(),
+            pad: 0,
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..16].copy_from_slice(&self.addr);
+        b[16..18].copy_from_slice(&self.port_be.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 20]) -> LbBackend {
+        LbBackend {
+            addr: addr16(b, 0),
+            port_be: ne_u16(b, 16),
+            pad: 0,
+        }
+    }
+}
+
+/// `struct lb_flow`: the backend a translated flow was sent to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LbFlow {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub index: u16,
+    pub id: u32,
+}
+
+/// An address as the maps store it (16 bytes, IPv4 in the first four) and its family.
+fn addr16_of(a: &std::net::IpAddr) -> ([u8; 16], u8) {
+    let mut b = [0u8; 16];
+    match a {
+        std::net::IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), 6),
+    }
+}
+
+fn ip_of(b: &[u8; 16], family: u8) -> std::net::IpAddr {
+    if family == 4 {
+        std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(*b).into()
     }
 }
 
@@ -385,6 +545,16 @@ const _: () = {
     assert!(offset_of!(VerdictEvent, proxy_port_be) == 72);
     assert!(offset_of!(VerdictEvent, packet_len) == 76);
     assert!(size_of::<CounterValue>() == 16);
+    assert!(size_of::<LbKey>() == 20);
+    assert!(offset_of!(LbKey, port_be) == 16);
+    assert!(offset_of!(LbKey, family) == 19);
+    assert!(size_of::<LbService>() == 16);
+    assert!(size_of::<LbBackendKey>() == 8);
+    assert!(size_of::<LbBackend>() == 20);
+    assert!(offset_of!(LbBackend, port_be) == 16);
+    assert!(size_of::<LbFlow>() == 24);
+    assert!(offset_of!(LbFlow, index) == 18);
+    assert!(offset_of!(LbFlow, id) == 20);
     assert!(size_of::<ProxyState>() == 8);
     assert!(offset_of!(ProxyState, port_be) == 4);
     assert!(size_of::<PolicyValue>() == 12);
@@ -494,7 +664,7 @@ impl VerdictEvent {
             rule_id: ne_u32(b, 64),
             revision: ne_u32(b, 68),
             proxy_port_be: ne_u16(b, 72),
-            pad: 0,
+            service: ne_u16(b, 74),
             packet_len: ne_u32(b, 76),
         })
     }
@@ -705,6 +875,11 @@ pub mod map_name {
     pub const COUNTERS: &str = "pal_counters";
     pub const PROXY: &str = "pal_proxy";
     pub const PROXY_SOCKS: &str = "pal_proxy_socks";
+    pub const LB_SVC: &str = "pal_lb_svc";
+    pub const LB_MAGLEV: &str = "pal_lb_maglev";
+    pub const LB_BACKENDS: &str = "pal_lb_backends";
+    pub const LB_REVNAT: &str = "pal_lb_revnat";
+    pub const LB_FLOWS: &str = "pal_lb_flows";
 }
 
 /// Entry capacities of the maps the control plane fills (`max_entries` in `ebpf/lib/*.h`;
@@ -714,6 +889,10 @@ pub mod capacity {
     pub const POLICY: u32 = 1_048_576;
     pub const IPCACHE: u32 = 524_288;
     pub const ENDPOINTS: u32 = 65_536;
+    /// Service frontends (`pal_lb_svc`, `pal_lb_maglev`, `pal_lb_revnat`).
+    pub const LB_FRONTENDS: u32 = 65_535;
+    /// Backends over all frontends (`pal_lb_backends`).
+    pub const LB_BACKENDS: u32 = 262_144;
 }
 
 /// What the control plane's map code assumes about one map: its type, and the C type and
@@ -802,6 +981,41 @@ pub const MAPS: &[MapAbi] = &[
         value: Some(("__u32", size_of::<u32>())),
         pinned: false,
     },
+    MapAbi {
+        name: map_name::LB_SVC,
+        map_type: map_type::HASH,
+        key: Some(("lb_key", size_of::<LbKey>())),
+        value: Some(("lb_service", size_of::<LbService>())),
+        pinned: true,
+    },
+    MapAbi {
+        name: map_name::LB_MAGLEV,
+        map_type: map_type::HASH,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("lb_maglev", 2 * LB_MAGLEV_MAX)),
+        pinned: true,
+    },
+    MapAbi {
+        name: map_name::LB_BACKENDS,
+        map_type: map_type::HASH,
+        key: Some(("lb_backend_key", size_of::<LbBackendKey>())),
+        value: Some(("lb_backend", size_of::<LbBackend>())),
+        pinned: true,
+    },
+    MapAbi {
+        name: map_name::LB_REVNAT,
+        map_type: map_type::HASH,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("lb_key", size_of::<LbKey>())),
+        pinned: true,
+    },
+    MapAbi {
+        name: map_name::LB_FLOWS,
+        map_type: map_type::LRU_HASH,
+        key: Some(("ct_key", size_of::<CtKey>())),
+        value: Some(("lb_flow", size_of::<LbFlow>())),
+        pinned: true,
+    },
 ];
 
 /// The layout of every ABI struct as the Rust mirror has it (compared with the object's
@@ -828,9 +1042,14 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(VerdictEvent, "verdict_event", [
             time_ns, saddr, daddr, sport_be as "sport", dport_be as "dport", protocol, family,
             direction, verdict, kind, tcp_flags, drop_reason, ifindex, src_identity,
-            dst_identity, rule_id, revision, proxy_port_be as "proxy_port", pad, packet_len
+            dst_identity, rule_id, revision, proxy_port_be as "proxy_port", service, packet_len
         ]),
         layout!(CounterValue, "counter_value", [packets, bytes]),
         layout!(ProxyState, "proxy_state", [flags, port_be as "port", pad]),
+        layout!(LbKey, "lb_key", [addr, port_be as "port", protocol, family]),
+        layout!(LbService, "lb_service", [id, table_size, backends, flags]),
+        layout!(LbBackendKey, "lb_backend_key", [id, index]),
+        layout!(LbBackend, "lb_backend", [addr, port_be as "port", pad]),
+        layout!(LbFlow, "lb_flow", [addr, port_be as "port", index, id]),
     ]
 }

@@ -160,11 +160,13 @@ mod tests {
                 policy: 3,
                 ipcache: 0,
                 endpoints: 1,
+                ..Usage::default()
             },
             capacity: Capacity {
                 policy: 4,
                 ipcache: 8,
                 endpoints: 2,
+                ..Capacity::default()
             },
             ..Health::default()
         };

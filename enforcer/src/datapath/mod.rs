@@ -36,6 +36,11 @@ type IpcacheKeyData = [u8; size_of::<abi::IpcacheKey>() - 4];
 type IpcacheValueBytes = [u8; size_of::<abi::IpcacheValue>()];
 type CtKeyBytes = [u8; size_of::<CtKey>()];
 type CtEntryBytes = [u8; size_of::<CtEntry>()];
+type LbKeyBytes = [u8; size_of::<abi::LbKey>()];
+type LbServiceBytes = [u8; size_of::<abi::LbService>()];
+type LbBackendKeyBytes = [u8; size_of::<abi::LbBackendKey>()];
+type LbBackendBytes = [u8; size_of::<abi::LbBackend>()];
+type LbMaglevBytes = [u8; 2 * abi::LB_MAGLEV_MAX];
 
 /// The compiled C datapath (ebpf/tc_endpoint.c), built by build.rs.
 pub static DATAPATH_OBJECT: &[u8] =
@@ -570,6 +575,124 @@ impl Datapath {
         }
     }
 
+    // ---- services (docs/services.md) ---------------------------------------------------
+
+    fn hash_insert<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        k: K,
+        v: V,
+    ) -> Result<()> {
+        let mut m: BpfHashMap<_, K, V> =
+            BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        m.insert(k, v, 0).map_err(map_err(name))
+    }
+
+    fn hash_remove_sized<K: aya::Pod>(&mut self, name: &'static str, k: &K) -> Result<()> {
+        let r = match name {
+            map_name::LB_SVC => BpfHashMap::<_, K, LbServiceBytes>::try_from(self.map_mut(name)?)
+                .map_err(map_err(name))?
+                .remove(k),
+            map_name::LB_MAGLEV => BpfHashMap::<_, K, LbMaglevBytes>::try_from(self.map_mut(name)?)
+                .map_err(map_err(name))?
+                .remove(k),
+            map_name::LB_BACKENDS => {
+                BpfHashMap::<_, K, LbBackendBytes>::try_from(self.map_mut(name)?)
+                    .map_err(map_err(name))?
+                    .remove(k)
+            }
+            _ => BpfHashMap::<_, K, LbKeyBytes>::try_from(self.map_mut(name)?)
+                .map_err(map_err(name))?
+                .remove(k),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(map_err(name)(source)),
+        }
+    }
+
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let m: BpfHashMap<_, K, V> =
+            BpfHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        m.iter().map(|r| r.map_err(map_err(name))).collect()
+    }
+
+    pub fn upsert_lb_service(&mut self, key: &abi::LbKey, svc: &abi::LbService) -> Result<()> {
+        self.hash_insert(map_name::LB_SVC, key.to_bytes(), svc.to_bytes())
+    }
+
+    pub fn delete_lb_service(&mut self, key: &abi::LbKey) -> Result<()> {
+        self.hash_remove_sized(map_name::LB_SVC, &key.to_bytes())
+    }
+
+    /// Writes a frontend's table in one update (readers see the old or the new table).
+    pub fn set_lb_table(&mut self, id: u32, slots: &[u16]) -> Result<()> {
+        let mut v = Box::new([0u8; 2 * abi::LB_MAGLEV_MAX]);
+        for (i, b) in slots.iter().take(abi::LB_MAGLEV_MAX).enumerate() {
+            v[2 * i..2 * i + 2].copy_from_slice(&b.to_ne_bytes());
+        }
+        self.hash_insert(map_name::LB_MAGLEV, id, *v)
+    }
+
+    pub fn delete_lb_table(&mut self, id: u32) -> Result<()> {
+        self.hash_remove_sized(map_name::LB_MAGLEV, &id)
+    }
+
+    pub fn upsert_lb_backend(&mut self, key: &abi::LbBackendKey, b: &abi::LbBackend) -> Result<()> {
+        self.hash_insert(
+            map_name::LB_BACKENDS,
+            lb_backend_key_bytes(key),
+            b.to_bytes(),
+        )
+    }
+
+    pub fn delete_lb_backend(&mut self, key: &abi::LbBackendKey) -> Result<()> {
+        self.hash_remove_sized(map_name::LB_BACKENDS, &lb_backend_key_bytes(key))
+    }
+
+    pub fn set_lb_revnat(&mut self, id: u32, frontend: &abi::LbKey) -> Result<()> {
+        self.hash_insert(map_name::LB_REVNAT, id, frontend.to_bytes())
+    }
+
+    pub fn delete_lb_revnat(&mut self, id: u32) -> Result<()> {
+        self.hash_remove_sized(map_name::LB_REVNAT, &id)
+    }
+
+    /// What the service maps hold (tables sized by their frontend's `table_size`).
+    pub fn lb_state(&self) -> Result<policy_compiler::plan::lb::LbState> {
+        let mut st = policy_compiler::plan::lb::LbState::default();
+        for (k, v) in self.hash_entries::<LbKeyBytes, LbServiceBytes>(map_name::LB_SVC)? {
+            st.services
+                .insert(abi::LbKey::from_bytes(&k), abi::LbService::from_bytes(&v));
+        }
+        let sizes: BTreeMap<u32, u32> =
+            st.services.values().map(|s| (s.id, s.table_size)).collect();
+        let m: BpfHashMap<_, u32, LbMaglevBytes> =
+            BpfHashMap::try_from(self.map(map_name::LB_MAGLEV)?)
+                .map_err(map_err(map_name::LB_MAGLEV))?;
+        for r in m.iter() {
+            let (id, v) = r.map_err(map_err(map_name::LB_MAGLEV))?;
+            let n = sizes.get(&id).copied().unwrap_or(0) as usize;
+            let slots: std::sync::Arc<[u16]> = (0..n.min(abi::LB_MAGLEV_MAX))
+                .map(|i| u16::from_ne_bytes([v[2 * i], v[2 * i + 1]]))
+                .collect();
+            st.tables.insert(id, slots);
+        }
+        for (k, v) in
+            self.hash_entries::<LbBackendKeyBytes, LbBackendBytes>(map_name::LB_BACKENDS)?
+        {
+            let key = abi::LbBackendKey {
+                id: u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
+                index: u32::from_ne_bytes([k[4], k[5], k[6], k[7]]),
+            };
+            st.backends.insert(key, abi::LbBackend::from_bytes(&v));
+        }
+        for (id, v) in self.hash_entries::<u32, LbKeyBytes>(map_name::LB_REVNAT)? {
+            st.revnat.insert(id, abi::LbKey::from_bytes(&v));
+        }
+        Ok(st)
+    }
+
     // ---- policy ----------------------------------------------------------------------
 
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKeyData, PolicyValueBytes>> {
@@ -798,6 +921,24 @@ impl Datapath {
         Ok((r.return_value, r.duration))
     }
 
+    /// [`Datapath::test_run`] that also returns the packet as the program left it (service
+    /// translation rewrites it).
+    pub fn test_run_output(&mut self, hook: Hook, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let name = self.program_name(hook)?;
+        let prog = self.classifier(&name)?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(prog_err(&name))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// [`Datapath::test_run`] with the packet's `skb->mark` set to `mark`: the return value
     /// and the mark the program left (the L7 redirect's marks).
     pub fn test_run_marked(&mut self, hook: Hook, packet: &[u8], mark: u32) -> Result<(u32, u32)> {
@@ -909,6 +1050,13 @@ impl Datapath {
 }
 
 /// The error of a failed operation on program `name`.
+fn lb_backend_key_bytes(k: &abi::LbBackendKey) -> LbBackendKeyBytes {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&k.id.to_ne_bytes());
+    b[4..].copy_from_slice(&k.index.to_ne_bytes());
+    b
+}
+
 fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> DatapathError + use<> {
     let name = name.to_string();
     move |source| DatapathError::Program {

@@ -92,6 +92,11 @@ pub fn program_specs_of(obj: &[u8]) -> Result<Vec<ProgramSpec>, DatapathError> {
     let funcs = elf::global_functions(obj).map_err(|e| object_err(e.to_string()))?;
     let mut out = Vec::new();
     for f in funcs {
+        // A global function in .text is a subprogram the programs call (verified once on
+        // its own), not an entry point.
+        if f.section == ".text" {
+            continue;
+        }
         let Some((_, attach)) = SECTIONS.iter().find(|(s, _)| *s == f.section) else {
             return Err(object_err(format!(
                 "program {} is in section {}, which names no hook",

@@ -105,7 +105,7 @@ pub(super) fn event(e: &Engine) -> VerdictEvent {
         rule_id: 0,
         revision: 3,
         proxy_port_be: 0,
-        pad: 0,
+        service: 0,
         packet_len: 60,
     }
 }

@@ -42,6 +42,14 @@ impl Maps for AyaMaps<'_> {
             Op::DeleteIpcache { cidr } => dp.delete_ipcache(cidr)?,
             Op::SetEndpoint { ifindex, info } => dp.set_endpoint(*ifindex, info)?,
             Op::DeleteEndpoint { ifindex } => dp.remove_endpoint(*ifindex)?,
+            Op::UpsertLbService { key, service } => dp.upsert_lb_service(key, service)?,
+            Op::DeleteLbService { key } => dp.delete_lb_service(key)?,
+            Op::SetLbTable { id, slots } => dp.set_lb_table(*id, slots)?,
+            Op::DeleteLbTable { id } => dp.delete_lb_table(*id)?,
+            Op::UpsertLbBackend { key, backend } => dp.upsert_lb_backend(key, backend)?,
+            Op::DeleteLbBackend { key } => dp.delete_lb_backend(key)?,
+            Op::SetLbRevNat { id, frontend } => dp.set_lb_revnat(*id, frontend)?,
+            Op::DeleteLbRevNat { id } => dp.delete_lb_revnat(*id)?,
         }
         Ok(())
     }
@@ -54,6 +62,7 @@ impl Maps for AyaMaps<'_> {
         }
         s.ipcache = dp.ipcache_entries()?.into_iter().collect();
         s.endpoints = dp.endpoints()?.into_iter().collect();
+        s.lb = dp.lb_state()?;
         Ok(s)
     }
 }

@@ -20,6 +20,10 @@ pub struct Capacity {
     pub policy: usize,
     pub ipcache: usize,
     pub endpoints: usize,
+    /// Service frontends (`pal_lb_svc`).
+    pub lb_frontends: usize,
+    /// Service backends over all frontends (`pal_lb_backends`).
+    pub lb_backends: usize,
 }
 
 impl Default for Capacity {
@@ -28,6 +32,8 @@ impl Default for Capacity {
             policy: abi::capacity::POLICY as usize,
             ipcache: abi::capacity::IPCACHE as usize,
             endpoints: abi::capacity::ENDPOINTS as usize,
+            lb_frontends: abi::capacity::LB_FRONTENDS as usize,
+            lb_backends: abi::capacity::LB_BACKENDS as usize,
         }
     }
 }
@@ -38,6 +44,8 @@ pub struct Usage {
     pub policy: usize,
     pub ipcache: usize,
     pub endpoints: usize,
+    pub lb_frontends: usize,
+    pub lb_backends: usize,
 }
 
 impl Usage {
@@ -46,6 +54,8 @@ impl Usage {
             policy: state.policy_entries(),
             ipcache: state.ipcache.len(),
             endpoints: state.endpoints.len(),
+            lb_frontends: state.lb.services.len(),
+            lb_backends: state.lb.backends.len(),
         }
     }
 }
@@ -82,6 +92,8 @@ pub fn peak(old: &MapState, plan: &Plan) -> Usage {
     let mut policy: BTreeMap<(u32, EntryKey), bool> = BTreeMap::new();
     let mut ipcache: BTreeMap<Cidr, bool> = BTreeMap::new();
     let mut endpoints: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut lb_frontends: BTreeMap<abi::LbKey, bool> = BTreeMap::new();
+    let mut lb_backends: BTreeMap<abi::LbBackendKey, bool> = BTreeMap::new();
     fn step<K: Ord>(
         seen: &mut BTreeMap<K, bool>,
         key: K,
@@ -123,7 +135,28 @@ pub fn peak(old: &MapState, plan: &Plan) -> Usage {
                 matches!(op, Op::SetEndpoint { .. }),
                 &mut cur.endpoints,
             ),
+            Op::UpsertLbService { key, .. } | Op::DeleteLbService { key } => step(
+                &mut lb_frontends,
+                *key,
+                |k| old.lb.services.contains_key(k),
+                matches!(op, Op::UpsertLbService { .. }),
+                &mut cur.lb_frontends,
+            ),
+            Op::UpsertLbBackend { key, .. } | Op::DeleteLbBackend { key } => step(
+                &mut lb_backends,
+                *key,
+                |k| old.lb.backends.contains_key(k),
+                matches!(op, Op::UpsertLbBackend { .. }),
+                &mut cur.lb_backends,
+            ),
+            // Tables and reverse-NAT entries are one per frontend id, bounded with them.
+            Op::SetLbTable { .. }
+            | Op::DeleteLbTable { .. }
+            | Op::SetLbRevNat { .. }
+            | Op::DeleteLbRevNat { .. } => {}
         }
+        peak.lb_frontends = peak.lb_frontends.max(cur.lb_frontends);
+        peak.lb_backends = peak.lb_backends.max(cur.lb_backends);
         peak.policy = peak.policy.max(cur.policy);
         peak.ipcache = peak.ipcache.max(cur.ipcache);
         peak.endpoints = peak.endpoints.max(cur.endpoints);
@@ -156,6 +189,22 @@ pub fn check(
     if let Some(e) = over(abi::map_name::POLICY, p.policy, cap.policy, largest)
         .or_else(|| over(abi::map_name::IPCACHE, p.ipcache, cap.ipcache, None))
         .or_else(|| over(abi::map_name::ENDPOINTS, p.endpoints, cap.endpoints, None))
+        .or_else(|| {
+            over(
+                abi::map_name::LB_SVC,
+                p.lb_frontends,
+                cap.lb_frontends,
+                None,
+            )
+        })
+        .or_else(|| {
+            over(
+                abi::map_name::LB_BACKENDS,
+                p.lb_backends,
+                cap.lb_backends,
+                None,
+            )
+        })
     {
         return Err(e);
     }

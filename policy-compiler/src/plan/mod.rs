@@ -24,6 +24,7 @@ use crate::cidr::Cidr;
 use crate::engine::{CompiledPolicy, Engine, EntryKey};
 
 pub mod capacity;
+pub mod lb;
 pub mod model;
 
 /// The entries of one slot.
@@ -37,6 +38,8 @@ pub struct MapState {
     pub ipcache: BTreeMap<Cidr, u32>,
     /// Host-side ifindex -> endpoint entry.
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// The service maps.
+    pub lb: lb::LbState,
 }
 
 impl MapState {
@@ -66,6 +69,7 @@ impl MapState {
             Op::DeleteEndpoint { ifindex } => {
                 self.endpoints.remove(ifindex);
             }
+            _ => self.lb.apply(op),
         }
     }
 
@@ -112,6 +116,34 @@ pub enum Op {
     DeleteEndpoint {
         ifindex: u32,
     },
+    UpsertLbService {
+        key: abi::LbKey,
+        service: abi::LbService,
+    },
+    DeleteLbService {
+        key: abi::LbKey,
+    },
+    SetLbTable {
+        id: u32,
+        slots: Arc<[u16]>,
+    },
+    DeleteLbTable {
+        id: u32,
+    },
+    UpsertLbBackend {
+        key: abi::LbBackendKey,
+        backend: abi::LbBackend,
+    },
+    DeleteLbBackend {
+        key: abi::LbBackendKey,
+    },
+    SetLbRevNat {
+        id: u32,
+        frontend: abi::LbKey,
+    },
+    DeleteLbRevNat {
+        id: u32,
+    },
 }
 
 impl std::fmt::Display for Op {
@@ -129,6 +161,41 @@ impl std::fmt::Display for Op {
                 info.identity, info.policy_slot, info.revision
             ),
             Op::DeleteEndpoint { ifindex } => write!(f, "endpoint {ifindex} delete"),
+            Op::UpsertLbService { key, service } => write!(
+                f,
+                "service {}:{}/{} -> id {} ({} backends)",
+                key.ip(),
+                key.port(),
+                key.protocol,
+                service.id,
+                service.backends
+            ),
+            Op::DeleteLbService { key } => {
+                write!(
+                    f,
+                    "service {}:{}/{} delete",
+                    key.ip(),
+                    key.port(),
+                    key.protocol
+                )
+            }
+            Op::SetLbTable { id, slots } => {
+                write!(f, "service table {id} ({} slots)", slots.len())
+            }
+            Op::DeleteLbTable { id } => write!(f, "service table {id} delete"),
+            Op::UpsertLbBackend { key, .. } => {
+                write!(f, "service backend {}/{}", key.id, key.index)
+            }
+            Op::DeleteLbBackend { key } => {
+                write!(f, "service backend {}/{} delete", key.id, key.index)
+            }
+            Op::SetLbRevNat { id, frontend } => write!(
+                f,
+                "service reverse NAT {id} -> {}:{}",
+                frontend.ip(),
+                frontend.port()
+            ),
+            Op::DeleteLbRevNat { id } => write!(f, "service reverse NAT {id} delete"),
         }
     }
 }
@@ -152,6 +219,8 @@ pub struct Target {
     pub endpoints: BTreeMap<u32, TargetEndpoint>,
     /// The revision endpoints record once the plan is complete.
     pub revision: u32,
+    /// Service frontends to translate.
+    pub lb: lb::LbTarget,
 }
 
 impl Target {
@@ -166,6 +235,7 @@ impl Target {
         let mut t = Target {
             ipcache: engine.ipcache().clone(),
             revision,
+            lb: lb::LbTarget::from_cluster(engine.cluster(), None),
             ..Target::default()
         };
         for (key, ifindex) in local {
@@ -201,6 +271,7 @@ impl Target {
             ipcache: engine.ipcache().clone(),
             endpoints: BTreeMap::new(),
             revision,
+            lb: lb::LbTarget::default(),
         }
     }
 
@@ -219,6 +290,10 @@ impl Target {
             if let Some(slot) = slots.get(&e.identity) {
                 s.endpoints.insert(*ifindex, ready(e, *slot, self.revision));
             }
+        }
+        // Service maps written from empty (ids as a first plan allocates them).
+        for op in lb::plan(&lb::LbState::default(), &self.lb).ops {
+            s.lb.apply(&op);
         }
         s
     }
@@ -253,6 +328,8 @@ pub struct PlanStats {
     pub endpoint_deletes: usize,
     pub fresh_slots: usize,
     pub transits: usize,
+    pub lb_writes: usize,
+    pub lb_deletes: usize,
 }
 
 /// The ordered operations and the slot table they leave.
@@ -262,6 +339,8 @@ pub struct Plan {
     /// Identity -> slot once the plan is complete.
     pub slots: BTreeMap<u32, u32>,
     pub stats: PlanStats,
+    /// Service frontends the plan could not write, and why.
+    pub lb_skipped: Vec<String>,
 }
 
 /// Options of [`plan`].
@@ -636,6 +715,13 @@ pub fn plan(
             });
         }
     }
+    // Service maps last: a backend new to the cluster has its address in the ipcache before
+    // any flow is translated to it.
+    let lbp = lb::plan(&old.lb, &target.lb);
+    p.stats.lb_writes = lbp.writes;
+    p.stats.lb_deletes = lbp.deletes;
+    p.lb_skipped = lbp.skipped;
+    p.ops.extend(lbp.ops);
     p
 }
 
@@ -648,6 +734,7 @@ impl Plan {
             Op::DeleteIpcache { .. } => self.stats.ipcache_deletes += 1,
             Op::SetEndpoint { .. } => self.stats.endpoint_writes += 1,
             Op::DeleteEndpoint { .. } => self.stats.endpoint_deletes += 1,
+            _ => {}
         }
         self.ops.push(op);
     }
@@ -817,12 +904,14 @@ mod tests {
             policy: [(7, policy(&[80, 9090]).entries.into_iter().collect())].into(),
             ipcache: ipcache.clone(),
             endpoints: [(1, ready(&ep, 7, 1))].into(),
+            lb: lb::LbState::default(),
         };
         let target = Target {
             policies: [(200, Arc::new(policy(&[80])))].into(),
             ipcache,
             endpoints: [(1, ep.clone())].into(),
             revision: 2,
+            lb: lb::LbTarget::default(),
         };
         let p = plan(&old, &[(200, 7)].into(), &target, PlanOptions::default());
         assert_eq!(p.slots, [(200, 7)].into(), "changed in place");

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Service translation (docs/services.md, docs/datapath.md §12): a pod's TCP/UDP flow to a
+ * service frontend is sent to one of its backends before the policy lookup, so egress
+ * policy is decided on the backend; its replies get the frontend back as their source.
+ * Owns pal_lb_svc, pal_lb_maglev, pal_lb_backends, pal_lb_revnat and pal_lb_flows (layouts
+ * in palisade_abi.h). */
+#ifndef PALISADE_LB_H
+#define PALISADE_LB_H
+
+#include "common.h"
+#include "parse.h"
+#include "csum.h"
+#include "jhash.h"
+#include "ct.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_key);
+	__type(value, struct lb_service);
+	__uint(max_entries, LB_ID_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_svc SEC(".maps");
+
+/* 32 KiB per frontend, allocated as frontends are written (not preallocated). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_maglev);
+	__uint(max_entries, LB_ID_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_backend_key);
+	__type(value, struct lb_backend);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_key);
+	__uint(max_entries, LB_ID_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct lb_flow);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_flows SEC(".maps");
+
+#define LB_NONE 0       /* not a service frontend: nothing translated */
+#define LB_TRANSLATED 1 /* the packet now goes to a backend */
+#define LB_NO_BACKEND -1
+#define LB_REWRITE_FAILED -2
+
+/* Rewrites the packet's destination (dst = 1) or source to addr:port and updates `p`. */
+static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, int dst,
+				      const __u8 *addr, __be16 port)
+{
+	__u8 *paddr = dst ? p->daddr : p->saddr;
+	__be16 *pport = dst ? &p->dport : &p->sport;
+
+	if (p->family == 4) {
+		__be32 a;
+		__builtin_memcpy(&a, addr, 4);
+		if (csum_set_addr4(skb, p, dst, a))
+			return -1;
+	} else if (csum_set_addr6(skb, p, dst, addr)) {
+		return -1;
+	}
+	__builtin_memcpy(paddr, addr, 16);
+	if (*pport != port) {
+		/* A later fragment has no L4 header: only its addresses change. */
+		if (p->frag != FRAG_LATER && csum_set_port(skb, p, dst, port))
+			return -1;
+		*pport = port;
+	}
+	return 0;
+}
+
+/* from_pod, before conntrack (step 3b): a TCP/UDP packet to a frontend goes to the backend its flow
+ * was given (pal_lb_flows), or, for a new flow, to table[hash % size]. The choice stands
+ * while the frontend keeps that backend at that index; otherwise the flow is given a live
+ * one (a TCP peer then resets it). Returns LB_NONE, LB_TRANSLATED (with *id the frontend),
+ * or an error: LB_NO_BACKEND (the frontend has none) or LB_REWRITE_FAILED. */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u32 ifindex,
+					__u32 *id)
+{
+	struct lb_key key = {};
+	struct ct_key fkey = {};
+
+	if (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP)
+		return LB_NONE;
+	__builtin_memcpy(key.addr, p->daddr, 16);
+	key.port = p->dport;
+	key.protocol = p->protocol;
+	key.family = p->family;
+	struct lb_service *svc = bpf_map_lookup_elem(&pal_lb_svc, &key);
+	if (!svc)
+		return LB_NONE;
+	struct lb_service s = *svc;
+	*id = s.id;
+	if (s.backends == 0 || s.table_size == 0 || s.table_size > LB_MAGLEV_MAX)
+		return LB_NO_BACKEND;
+
+	ct_key_of(&fkey, p, DIRECTION_EGRESS, ifindex);
+	struct lb_backend_key bkey = { .id = s.id };
+	struct lb_flow to = {};
+	struct lb_flow *fl = bpf_map_lookup_elem(&pal_lb_flows, &fkey);
+	if (fl && fl->id == s.id) {
+		to = *fl;
+		bkey.index = to.index;
+		struct lb_backend *b = bpf_map_lookup_elem(&pal_lb_backends, &bkey);
+		if (!b || b->port != to.port || __builtin_memcmp(b->addr, to.addr, 16) != 0)
+			to.id = 0; /* its backend left */
+	}
+	if (to.id == 0) {
+		/* A new flow (or one whose backend left): pick from the table. */
+		struct lb_maglev *t = bpf_map_lookup_elem(&pal_lb_maglev, &s.id);
+		if (!t)
+			return LB_NO_BACKEND;
+		__be16 sport = p->sport;
+		if (s.flags & LB_F_AFFINITY)
+			p->sport = 0;
+		__u32 slot = pal_flow_hash(p) % s.table_size;
+		p->sport = sport;
+		if (slot >= LB_MAGLEV_MAX)
+			return LB_NO_BACKEND;
+		bkey.index = t->backend[slot];
+		struct lb_backend *b = bpf_map_lookup_elem(&pal_lb_backends, &bkey);
+		if (!b)
+			return LB_NO_BACKEND;
+		__builtin_memcpy(to.addr, b->addr, 16);
+		to.port = b->port;
+		to.index = bkey.index;
+		to.id = s.id;
+		/* A failed insert costs only stickiness: the next packet picks the same slot
+		 * while the table stays. */
+		bpf_map_update_elem(&pal_lb_flows, &fkey, &to, BPF_ANY);
+	}
+	return lb_rewrite(skb, p, 1, to.addr, to.port) ? LB_REWRITE_FAILED : LB_TRANSLATED;
+}
+
+/* to_pod, a reply on a translated flow (conntrack entry with rev_nat_index): its source
+ * becomes the frontend the pod connected to. Returns 0, or -1 when the frontend is gone
+ * (or the rewrite failed): the caller drops, since the pod would not recognise the reply. */
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, __u32 id)
+{
+	struct lb_key *fe = bpf_map_lookup_elem(&pal_lb_revnat, &id);
+
+	if (!fe || fe->family != p->family)
+		return -1;
+	struct lb_key k = *fe;
+	return lb_rewrite(skb, p, 0, k.addr, k.port);
+}
+
+#endif

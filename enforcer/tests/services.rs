@@ -1,0 +1,371 @@
+//! Service translation at packet level (BPF_PROG_TEST_RUN on the real programs, maps
+//! written by the planner from manifests): a pod's flow to a frontend reaches the backend
+//! the policy core predicts, with every checksum valid; its replies come back from the
+//! frontend; egress policy is decided on the backend; a frontend without backends drops
+//! with its own reason; a flow keeps its backend while the backend stays.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code states expectations by panicking"
+)]
+
+mod common;
+
+use std::net::IpAddr;
+
+use aya::maps::{MapData, RingBuf};
+use palisade_enforcer::datapath::{Datapath, Hook};
+use palisade_enforcer::maps::{AyaMaps, Maps as _};
+use palisade_testkit::packet::{self, L4, TCP_ACK, TCP_SYN, checksums_ok, tuple, with_checksums};
+use policy_compiler::EntryKey;
+use policy_compiler::abi::{self, EndpointInfo, LbKey, PolicyValue, VerdictEvent};
+use policy_compiler::cidr::Cidr;
+use policy_compiler::manifest::{LoadOptions, load_str};
+use policy_compiler::plan::lb::{self, LbTarget};
+
+const PASS: u32 = abi::tcx::NEXT;
+const DROP: u32 = abi::tcx::DROP;
+
+const CLIENT: u32 = 300; // ifindex 1 (test_run binds the skb to lo): 10.0.0.1, fd00::1
+const WEB: u32 = 400; // web-0 and web-1
+const DB: u32 = 500; // db-0: reachable through the service, denied by the client's egress
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn manifests(web_pods: usize, affinity: bool) -> String {
+    let mut s = String::new();
+    for i in 0..web_pods {
+        s.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, namespace: shop, labels: {{app: web}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{podIPs: [{{ip: 10.0.1.{} }}, {{ip: \"fd00:1::{}\"}}]}}\n",
+            10 + i,
+            10 + i
+        ));
+    }
+    s.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: db-0, namespace: shop, labels: {app: web}}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]}\nstatus: {podIPs: [{ip: 10.0.1.99}, {ip: \"fd00:1::99\"}]}\n");
+    s.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n  ports: [{{name: http, port: 80, targetPort: http}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]\n{}",
+        if affinity {
+            "  sessionAffinity: ClientIP\n"
+        } else {
+            ""
+        }
+    ));
+    s.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: shop}\nspec:\n  selector: {app: nothing}\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 80}]\n");
+    s
+}
+
+fn target(web_pods: usize, affinity: bool) -> LbTarget {
+    let c = load_str(
+        "services.yaml",
+        &manifests(web_pods, affinity),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+    .cluster;
+    LbTarget::from_cluster(&c, None)
+}
+
+struct Node {
+    _fs: common::PrivateBpffs,
+    dp: Datapath,
+    events: RingBuf<MapData>,
+}
+
+fn allow(rule: u32) -> PolicyValue {
+    PolicyValue {
+        rule_id: rule,
+        verdict: abi::POLICY_VERDICT_ALLOW,
+        precedence: abi::PRECEDENCE_NETWORK_POLICY,
+        ..Default::default()
+    }
+}
+
+fn key(identity: u32, dir: u8, proto: u8, port: u16) -> EntryKey {
+    EntryKey {
+        identity,
+        direction: dir,
+        protocol: proto,
+        port,
+        prefixlen: abi::POLICY_PREFIX_FULL as u8,
+    }
+}
+
+/// The client may open TCP 8080 and UDP 5353 to WEB (egress); DB is not allowed. Replies
+/// need no rule.
+fn node(tag: &str) -> Option<Node> {
+    if !common::privileged(tag) {
+        return None;
+    }
+    let fs = common::PrivateBpffs::new(tag);
+    let mut dp = fs.load();
+    for (c, id) in [
+        ("10.0.0.1/32", CLIENT),
+        ("fd00::1/128", CLIENT),
+        ("10.0.1.0/24", WEB),
+        ("fd00:1::/64", WEB),
+        ("10.0.1.99/32", DB),
+        ("fd00:1::99/128", DB),
+        ("0.0.0.0/0", abi::IDENTITY_WORLD_IPV4),
+        ("::/0", abi::IDENTITY_WORLD_IPV6),
+    ] {
+        dp.upsert_ipcache(&c.parse::<Cidr>().unwrap(), id).unwrap();
+    }
+    let eg = abi::DIRECTION_EGRESS;
+    dp.upsert_policy(CLIENT, &key(WEB, eg, 6, 8080), &allow(16))
+        .unwrap();
+    dp.upsert_policy(CLIENT, &key(WEB, eg, 17, 5353), &allow(17))
+        .unwrap();
+    dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: CLIENT,
+            policy_slot: CLIENT,
+            flags: abi::ENDPOINT_F_READY,
+            revision: 1,
+            ..Default::default()
+        }
+        .with_addresses(&[ip("10.0.0.1"), ip("fd00::1")]),
+    )
+    .unwrap();
+    let events = dp.take_events().unwrap();
+    Some(Node {
+        _fs: fs,
+        dp,
+        events,
+    })
+}
+
+impl Node {
+    /// Writes the service maps for `t` through the planner, as the agent does.
+    fn services(&mut self, t: &LbTarget) -> lb::LbState {
+        let old = self.dp.lb_state().unwrap();
+        let p = lb::plan(&old, t);
+        let mut maps = AyaMaps(&mut self.dp);
+        for op in &p.ops {
+            maps.apply(op).unwrap();
+        }
+        let now = self.dp.lb_state().unwrap();
+        let mut expect = old;
+        for op in &p.ops {
+            expect.apply(op);
+        }
+        assert_eq!(now, expect, "the kernel maps hold what the plan says");
+        now
+    }
+
+    fn run(&mut self, hook: Hook, pkt: Vec<u8>) -> (u32, Vec<u8>) {
+        self.dp.test_run_output(hook, &with_checksums(pkt)).unwrap()
+    }
+
+    fn events(&mut self) -> Vec<VerdictEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(VerdictEvent::from_bytes(&item).unwrap());
+        }
+        out
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+#[test]
+fn flows_to_a_frontend_reach_the_predicted_backend_and_replies_come_from_the_frontend() {
+    let Some(mut n) = node("svc-xlate") else {
+        return;
+    };
+    let state = n.services(&target(2, false));
+    for (client, vip) in [("10.0.0.1", "10.96.0.10"), ("fd00::1", "fd00:96::10")] {
+        let fe = LbKey::new(ip(vip), 80, 6);
+        let mut reached = std::collections::BTreeSet::new();
+        let mut denied = 0;
+        for sport in 40000..40040u16 {
+            let (baddr, bport) = lb::pick(&state, &fe, ip(client), sport).unwrap();
+            let (rc, out) = n.run(
+                Hook::FromPod,
+                packet::build(ip(client), ip(vip), tcp(sport, 80, TCP_SYN)),
+            );
+            let ((s, sp), (d, dp)) = tuple(&out);
+            assert_eq!((s, sp), (ip(client), sport), "the source is untouched");
+            assert_eq!(
+                (d, dp),
+                (baddr, bport),
+                "{client}:{sport}: the predicted backend"
+            );
+            assert!(checksums_ok(&out), "{client}:{sport}: checksums after DNAT");
+            if baddr == ip("10.0.1.99") || baddr == ip("fd00:1::99") {
+                // Policy is decided on the backend: DB is not allowed.
+                assert_eq!(rc, DROP, "{client}:{sport} -> db through the frontend");
+                denied += 1;
+                continue;
+            }
+            assert_eq!(rc, PASS, "{client}:{sport} -> {baddr}");
+            reached.insert(baddr);
+            // The reply, as the backend sends it, reaches the client from the frontend.
+            let (rc, out) = n.run(
+                Hook::ToPod,
+                packet::build(baddr, ip(client), tcp(bport, sport, TCP_SYN | TCP_ACK)),
+            );
+            assert_eq!(rc, PASS, "reply from {baddr}");
+            assert_eq!(tuple(&out), ((ip(vip), 80), (ip(client), sport)));
+            assert!(checksums_ok(&out), "checksums after reverse NAT");
+            // The next packet of the flow goes to the same backend.
+            let (rc, out) = n.run(
+                Hook::FromPod,
+                packet::build(ip(client), ip(vip), tcp(sport, 80, TCP_ACK)),
+            );
+            assert_eq!(rc, PASS);
+            assert_eq!(tuple(&out).1, (baddr, bport));
+        }
+        assert_eq!(
+            reached.len(),
+            2,
+            "{client}: flows spread over both web pods"
+        );
+        assert!(denied > 0, "{client}: some flows were given db-0");
+    }
+    let ev = n.events();
+    let dropped: Vec<&VerdictEvent> = ev
+        .iter()
+        .filter(|e| e.verdict == abi::EVENT_VERDICT_DROPPED)
+        .collect();
+    assert!(!dropped.is_empty());
+    for e in &dropped {
+        assert_eq!(e.drop_reason as u32, abi::DROP_POLICY_DENIED);
+        assert_eq!(
+            e.dst_identity, DB,
+            "the verdict names the backend's identity"
+        );
+        assert_ne!(e.service, 0, "and the frontend it was sent to");
+    }
+    let fwd: Vec<&VerdictEvent> = ev
+        .iter()
+        .filter(|e| e.verdict == abi::EVENT_VERDICT_FORWARDED && e.kind == abi::EVENT_KIND_NEW_FLOW)
+        .collect();
+    assert!(fwd.iter().all(|e| e.service != 0 && e.dst_identity == WEB));
+}
+
+#[test]
+fn udp_is_translated_and_a_frontend_without_backends_drops_with_its_reason() {
+    let Some(mut n) = node("svc-udp") else {
+        return;
+    };
+    let state = n.services(&target(2, false));
+    let fe = LbKey::new(ip("10.96.0.10"), 53, 17);
+    let (rc, out) = n.run(
+        Hook::FromPod,
+        packet::build(
+            ip("10.0.0.1"),
+            ip("10.96.0.10"),
+            L4::Udp {
+                sport: 5000,
+                dport: 53,
+            },
+        ),
+    );
+    let want = lb::pick(&state, &fe, ip("10.0.0.1"), 5000).unwrap();
+    assert_eq!(tuple(&out).1, want);
+    assert!(checksums_ok(&out));
+    if want.0 == ip("10.0.1.99") {
+        assert_eq!(rc, DROP);
+    } else {
+        assert_eq!(rc, PASS);
+    }
+    n.events();
+    let (rc, out) = n.run(
+        Hook::FromPod,
+        packet::build(ip("10.0.0.1"), ip("10.96.0.20"), tcp(5001, 80, TCP_SYN)),
+    );
+    assert_eq!(rc, DROP, "no backend: dropped");
+    assert_eq!(tuple(&out).1, (ip("10.96.0.20"), 80), "and not rewritten");
+    let ev = n.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].drop_reason as u32, abi::DROP_NO_SERVICE);
+    assert_eq!(
+        abi::drop_reason_name(u32::from(ev[0].drop_reason)),
+        "SERVICE_BACKEND_NOT_FOUND"
+    );
+    assert_ne!(ev[0].service, 0);
+}
+
+#[test]
+fn a_flow_keeps_its_backend_while_it_stays_and_moves_when_it_leaves() {
+    let Some(mut n) = node("svc-churn") else {
+        return;
+    };
+    let vip = ip("10.96.0.10");
+    let client = ip("10.0.0.1");
+    let s3 = n.services(&target(3, false));
+    let fe = LbKey::new(vip, 80, 6);
+    // Open one flow to each web backend.
+    let mut flows = Vec::new();
+    for sport in 41000..41200u16 {
+        let b = lb::pick(&s3, &fe, client, sport).unwrap();
+        if b.0 == ip("10.0.1.99") || flows.iter().any(|(_, fb)| *fb == b) {
+            continue;
+        }
+        let (rc, _) = n.run(
+            Hook::FromPod,
+            packet::build(client, vip, tcp(sport, 80, TCP_SYN)),
+        );
+        assert_eq!(rc, PASS);
+        flows.push((sport, b));
+    }
+    assert_eq!(flows.len(), 3, "one flow per web pod");
+    // web-2 leaves: the other flows keep their backend, web-2's flow is given a live one.
+    let s2 = n.services(&target(2, false));
+    for (sport, b) in &flows {
+        let (_, out) = n.run(
+            Hook::FromPod,
+            packet::build(client, vip, tcp(*sport, 80, TCP_ACK)),
+        );
+        let now = tuple(&out).1;
+        if b.0 == ip("10.0.1.12") {
+            assert_ne!(now, *b, "a removed backend gets no more packets");
+            assert_eq!(now, lb::pick(&s2, &fe, client, *sport).unwrap());
+        } else {
+            assert_eq!(now, *b, "flow {sport} kept its backend");
+        }
+    }
+    // All backends gone: the frontend drops new flows with SERVICE_BACKEND_NOT_FOUND.
+    let mut none = target(0, false);
+    for fe in none.frontends.values_mut() {
+        fe.backends.clear();
+    }
+    n.services(&none);
+    n.events();
+    let (rc, _) = n.run(
+        Hook::FromPod,
+        packet::build(client, vip, tcp(42000, 80, TCP_SYN)),
+    );
+    assert_eq!(rc, DROP);
+    assert_eq!(n.events()[0].drop_reason as u32, abi::DROP_NO_SERVICE);
+    // The service deleted: the maps are empty and the address is no longer translated.
+    n.services(&LbTarget::default());
+    assert_eq!(n.dp.lb_state().unwrap(), lb::LbState::default());
+}
+
+#[test]
+fn session_affinity_sends_every_connection_of_a_client_to_one_backend() {
+    let Some(mut n) = node("svc-affinity") else {
+        return;
+    };
+    n.services(&target(3, true));
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 43000..43050u16 {
+        let (_, out) = n.run(
+            Hook::FromPod,
+            packet::build(ip("10.0.0.1"), ip("10.96.0.10"), tcp(sport, 80, TCP_SYN)),
+        );
+        seen.insert(tuple(&out).1);
+    }
+    assert_eq!(seen.len(), 1, "one backend for every source port: {seen:?}");
+}

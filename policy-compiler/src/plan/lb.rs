@@ -1,0 +1,495 @@
+//! Service frontends in the maps (docs/services.md): what the five `pal_lb_*` maps must
+//! hold for the cluster's services, and the ordered operations that get them there.
+//!
+//! Every frontend (address, port, protocol) has an id, kept for as long as the frontend
+//! exists; a new one takes the next id after the highest in use (wrapping), so an id freed
+//! by a deleted service is reused as late as possible (a reply of a flow translated for the
+//! old frontend must not be rewritten to the new one's address). Each backend of a frontend
+//! has an index, kept while the backend stays. Because indexes are stable, a change is
+//! written make-before-break: new backends first, then the table that names them, the
+//! reverse-NAT entry, the frontend entry; only then are frontends and backends that left
+//! deleted. After every single operation a new flow picks from the old table or the new
+//! one, and every index either table names resolves to a backend of that table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::abi::{self, LbBackend, LbBackendKey, LbKey, LbService};
+use crate::model::Cluster;
+use crate::services::backends::{self, FrontendKind};
+use crate::services::maglev::{self, Table};
+
+use super::Op;
+
+/// One frontend as the maps must serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbFrontend {
+    /// `namespace/name` of its service.
+    pub service: String,
+    /// Its backends, in the order the table's slots number them.
+    pub backends: Vec<LbBackend>,
+    pub table: Arc<Table>,
+    /// `LB_F_*`.
+    pub flags: u32,
+}
+
+/// Every frontend this node translates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbTarget {
+    pub frontends: BTreeMap<LbKey, LbFrontend>,
+    /// Services (or their frontends) left out, and why: shown in the agent's log.
+    pub skipped: Vec<String>,
+}
+
+impl LbTarget {
+    /// The frontends of the cluster's services: cluster IPs, external IPs and load-balancer
+    /// IPs with each TCP/UDP port. Tables of frontends whose backends did not change since
+    /// `previous` are reused (a table of the default 16,381 slots costs time to build).
+    /// Node ports are not translated yet (they need a program on the node's uplink); SCTP
+    /// frontends neither (a port rewrite would need the packet's CRC32c recomputed).
+    pub fn from_cluster(cluster: &Cluster, previous: Option<&LbTarget>) -> LbTarget {
+        let mut t = LbTarget::default();
+        for svc in cluster.services.values() {
+            let name = format!("{}/{}", svc.namespace, svc.name);
+            let fbs = match backends::frontends(cluster, svc, maglev::DEFAULT_TABLE_SIZE) {
+                Ok(f) => f,
+                Err(e) => {
+                    t.skipped.push(format!("service {name}: {e}"));
+                    continue;
+                }
+            };
+            for fb in fbs {
+                let fe = &fb.frontend;
+                if fe.kind == FrontendKind::NodePort {
+                    continue;
+                }
+                let proto = fe.protocol.0;
+                if proto != 6 && proto != 17 {
+                    t.skipped.push(format!(
+                        "service {name}: {} port {} is not translated (only TCP and UDP are)",
+                        fe.protocol, fe.port
+                    ));
+                    continue;
+                }
+                let key = LbKey::new(fe.vip, fe.port, proto);
+                let backends: Vec<LbBackend> = fb
+                    .backends
+                    .iter()
+                    .map(|b| LbBackend::new(b.addr, b.port))
+                    .collect();
+                let table = previous
+                    .and_then(|p| p.frontends.get(&key))
+                    .filter(|p| p.backends == backends && *p.table == fb.table)
+                    .map(|p| p.table.clone())
+                    .unwrap_or_else(|| Arc::new(fb.table.clone()));
+                let flags = if fb.affinity_s.is_some() {
+                    abi::LB_F_AFFINITY
+                } else {
+                    0
+                };
+                t.frontends.insert(
+                    key,
+                    LbFrontend {
+                        service: name.clone(),
+                        backends,
+                        table,
+                        flags,
+                    },
+                );
+            }
+        }
+        t
+    }
+}
+
+/// What the service maps hold (`pal_lb_flows` is the datapath's own and not here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbState {
+    pub services: BTreeMap<LbKey, LbService>,
+    /// Frontend id -> its table (slot -> backend index), `table_size` entries.
+    pub tables: BTreeMap<u32, Arc<[u16]>>,
+    pub backends: BTreeMap<LbBackendKey, LbBackend>,
+    pub revnat: BTreeMap<u32, LbKey>,
+}
+
+impl LbState {
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::UpsertLbService { key, service } => {
+                self.services.insert(*key, *service);
+            }
+            Op::DeleteLbService { key } => {
+                self.services.remove(key);
+            }
+            Op::SetLbTable { id, slots } => {
+                self.tables.insert(*id, slots.clone());
+            }
+            Op::DeleteLbTable { id } => {
+                self.tables.remove(id);
+            }
+            Op::UpsertLbBackend { key, backend } => {
+                self.backends.insert(*key, *backend);
+            }
+            Op::DeleteLbBackend { key } => {
+                self.backends.remove(key);
+            }
+            Op::SetLbRevNat { id, frontend } => {
+                self.revnat.insert(*id, *frontend);
+            }
+            Op::DeleteLbRevNat { id } => {
+                self.revnat.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The frontend ids in use anywhere in the maps.
+    fn ids(&self) -> BTreeSet<u32> {
+        let mut ids: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
+        ids.extend(self.tables.keys());
+        ids.extend(self.revnat.keys());
+        ids.extend(self.backends.keys().map(|k| k.id));
+        ids
+    }
+
+    /// The backends of frontend `id`: backend -> index.
+    fn backends_of(&self, id: u32) -> BTreeMap<LbBackend, u32> {
+        self.backends
+            .range(
+                LbBackendKey { id, index: 0 }..=LbBackendKey {
+                    id,
+                    index: u32::MAX,
+                },
+            )
+            .map(|(k, b)| (*b, k.index))
+            .collect()
+    }
+
+    /// The service a frontend id serves, for the verdict log.
+    pub fn frontend_of(&self, id: u32) -> Option<&LbKey> {
+        self.revnat.get(&id)
+    }
+}
+
+/// Counts of the service part of a plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbPlan {
+    pub ops: Vec<Op>,
+    pub writes: usize,
+    pub deletes: usize,
+    /// Frontends that could not be given an id or backend indexes (the maps are full).
+    pub skipped: Vec<String>,
+}
+
+/// The operations from `old` to `target` (see the module comment for their order).
+pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
+    let mut out = LbPlan::default();
+    let mut used = old.ids();
+    let mut next = used.last().map_or(1, |m| m % abi::LB_ID_MAX + 1);
+    let mut alloc = |used: &mut BTreeSet<u32>| -> Option<u32> {
+        for _ in 0..abi::LB_ID_MAX {
+            let id = next;
+            next = next % abi::LB_ID_MAX + 1;
+            if used.insert(id) {
+                return Some(id);
+            }
+        }
+        None
+    };
+    let mut adds = Vec::new();
+    let mut removes = Vec::new();
+    let mut kept_ids = BTreeSet::new();
+    for (key, fe) in &target.frontends {
+        let id = match old.services.get(key) {
+            Some(s) => s.id,
+            None => match alloc(&mut used) {
+                Some(id) => id,
+                None => {
+                    out.skipped.push(format!(
+                        "service {}: frontend {}:{} has no id (all {} in use)",
+                        fe.service,
+                        key.ip(),
+                        key.port(),
+                        abi::LB_ID_MAX
+                    ));
+                    continue;
+                }
+            },
+        };
+        // Stable indexes: a staying backend keeps its index; a new one takes the lowest
+        // index no backend of this frontend holds (old or new).
+        let old_idx = old.backends_of(id);
+        let mut taken: BTreeSet<u32> = old_idx.values().copied().collect();
+        let mut index_of = Vec::with_capacity(fe.backends.len());
+        let mut fresh = Vec::new();
+        let mut cursor = 0u32;
+        for b in &fe.backends {
+            match old_idx.get(b) {
+                Some(i) => index_of.push(*i),
+                None => {
+                    while taken.contains(&cursor) {
+                        cursor += 1;
+                    }
+                    taken.insert(cursor);
+                    index_of.push(cursor);
+                    fresh.push((cursor, *b));
+                }
+            }
+        }
+        if index_of.iter().any(|i| *i > u32::from(u16::MAX)) {
+            out.skipped.push(format!(
+                "service {}: frontend {}:{} has more backends than a table can index",
+                fe.service,
+                key.ip(),
+                key.port()
+            ));
+            continue;
+        }
+        kept_ids.insert(id);
+        for (index, backend) in fresh {
+            adds.push(Op::UpsertLbBackend {
+                key: LbBackendKey { id, index },
+                backend,
+            });
+        }
+        let size = if fe.backends.is_empty() {
+            0
+        } else {
+            fe.table.size
+        };
+        if size > 0 {
+            let slots: Arc<[u16]> = fe
+                .table
+                .slots
+                .iter()
+                .map(|pos| index_of.get(*pos as usize).map_or(0, |i| *i as u16))
+                .collect();
+            if old.tables.get(&id) != Some(&slots) {
+                adds.push(Op::SetLbTable { id, slots });
+            }
+        }
+        if old.revnat.get(&id) != Some(key) {
+            adds.push(Op::SetLbRevNat { id, frontend: *key });
+        }
+        let service = LbService {
+            id,
+            table_size: size,
+            backends: fe.backends.len() as u32,
+            flags: fe.flags,
+        };
+        if old.services.get(key) != Some(&service) {
+            adds.push(Op::UpsertLbService { key: *key, service });
+        }
+        if size == 0 && old.tables.contains_key(&id) {
+            removes.push(Op::DeleteLbTable { id });
+        }
+        for (b, i) in &old_idx {
+            if !fe.backends.contains(b) {
+                removes.push(Op::DeleteLbBackend {
+                    key: LbBackendKey { id, index: *i },
+                });
+            }
+        }
+    }
+    // Frontends that left, and anything a failed plan left without a frontend.
+    let mut gone = Vec::new();
+    for (key, s) in &old.services {
+        if !target.frontends.contains_key(key) || !kept_ids.contains(&s.id) {
+            gone.push(Op::DeleteLbService { key: *key });
+        }
+    }
+    for id in old.ids() {
+        if kept_ids.contains(&id) {
+            continue;
+        }
+        if old.tables.contains_key(&id) {
+            removes.push(Op::DeleteLbTable { id });
+        }
+        if old.revnat.contains_key(&id) {
+            removes.push(Op::DeleteLbRevNat { id });
+        }
+        for i in old.backends_of(id).values() {
+            removes.push(Op::DeleteLbBackend {
+                key: LbBackendKey { id, index: *i },
+            });
+        }
+    }
+    out.writes = adds.len();
+    out.deletes = gone.len() + removes.len();
+    out.ops = adds;
+    out.ops.extend(gone);
+    out.ops.extend(removes);
+    out
+}
+
+/// The backend a new flow `src:sport -> key` is translated to under `state`, computed as
+/// the datapath does (tests compare the two).
+pub fn pick(state: &LbState, key: &LbKey, src: IpAddr, sport: u16) -> Option<(IpAddr, u16)> {
+    let s = state.services.get(key)?;
+    if s.backends == 0 || s.table_size == 0 {
+        return None;
+    }
+    let sport = if s.flags & abi::LB_F_AFFINITY != 0 {
+        0
+    } else {
+        sport
+    };
+    let slot = maglev::flow_hash(src, key.ip(), sport, key.port(), key.protocol) % s.table_size;
+    let index = *state.tables.get(&s.id)?.get(slot as usize)?;
+    let b = state.backends.get(&LbBackendKey {
+        id: s.id,
+        index: u32::from(index),
+    })?;
+    let ip = LbKey {
+        addr: b.addr,
+        port_be: b.port_be,
+        protocol: key.protocol,
+        family: key.family,
+    }
+    .ip();
+    Some((ip, u16::from_be(b.port_be)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{LoadOptions, load_str};
+
+    fn pods(n: usize) -> String {
+        let mut s = String::new();
+        for i in 0..n {
+            s.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, namespace: shop, labels: {{app: web}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{podIPs: [{{ip: 10.0.1.{} }}]}}\n",
+                i + 10
+            ));
+        }
+        s
+    }
+
+    const SVC: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {app: web}\n  clusterIPs: [10.96.0.10]\n  ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP, targetPort: 5353}]\n";
+
+    fn target(n: usize) -> LbTarget {
+        let c = load_str("svc.yaml", &(pods(n) + SVC), &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        LbTarget::from_cluster(&c, None)
+    }
+
+    fn run(state: &mut LbState, p: &LbPlan) {
+        for op in &p.ops {
+            state.apply(op);
+            // After every operation, every index a table names resolves.
+            for (key, s) in &state.services {
+                if let Some(t) = state.tables.get(&s.id) {
+                    for i in t.iter() {
+                        assert!(
+                            state.backends.contains_key(&LbBackendKey {
+                                id: s.id,
+                                index: u32::from(*i)
+                            }),
+                            "{key:?} names index {i} with no backend after {op}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_reaches_the_target_and_a_second_plan_is_empty() {
+        let t = target(3);
+        assert_eq!(t.frontends.len(), 2);
+        let mut s = LbState::default();
+        let p = plan(&s, &t);
+        run(&mut s, &p);
+        assert_eq!(s.services.len(), 2);
+        assert_eq!(s.backends.len(), 6);
+        assert!(plan(&s, &t).ops.is_empty());
+        // Every pick is one of the three pods on the frontend's target port.
+        let key = LbKey::new("10.96.0.10".parse().unwrap(), 80, 6);
+        for sport in 1000..1100 {
+            let (ip, port) = pick(&s, &key, "10.0.2.1".parse().unwrap(), sport).unwrap();
+            assert_eq!(port, 8080);
+            assert!(
+                t.frontends[&key]
+                    .backends
+                    .contains(&LbBackend::new(ip, port))
+            );
+        }
+    }
+
+    #[test]
+    fn backends_keep_their_indexes_and_removal_is_make_before_break() {
+        let mut s = LbState::default();
+        let p = plan(&s, &target(3));
+        run(&mut s, &p);
+        let before = s.backends.clone();
+        let p = plan(&s, &target(5));
+        run(&mut s, &p);
+        for (k, b) in &before {
+            assert_eq!(s.backends.get(k), Some(b), "a staying backend moved");
+        }
+        let p = plan(&s, &target(2));
+        assert!(p.deletes > 0);
+        run(&mut s, &p);
+        assert_eq!(s.backends.len(), 4);
+        // The pick agrees with the policy core's own prediction.
+        let t = target(2);
+        let key = LbKey::new("10.96.0.10".parse().unwrap(), 80, 6);
+        let c = load_str("svc.yaml", &(pods(2) + SVC), &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let svc = c.services.values().next().unwrap();
+        let fb = &backends::frontends(&c, svc, maglev::DEFAULT_TABLE_SIZE).unwrap()[0];
+        for sport in 2000..2200 {
+            let src: IpAddr = "10.0.2.1".parse().unwrap();
+            let want = fb.pick(src, sport).unwrap();
+            assert_eq!(pick(&s, &key, src, sport), Some((want.addr, want.port)));
+        }
+        assert_eq!(t.frontends[&key].backends.len(), 2);
+    }
+
+    #[test]
+    fn a_deleted_service_leaves_nothing_and_ids_are_not_reused_at_once() {
+        let mut s = LbState::default();
+        let p = plan(&s, &target(2));
+        run(&mut s, &p);
+        let ids: BTreeSet<u32> = s.services.values().map(|v| v.id).collect();
+        let p = plan(&s, &LbTarget::default());
+        run(&mut s, &p);
+        assert_eq!(s, LbState::default());
+        // The old state is empty now, so ids start over; within one plan a frontend that
+        // replaces another never takes a freed id.
+        let mut s2 = LbState::default();
+        let p = plan(&s2, &target(2));
+        run(&mut s2, &p);
+        let mut t = target(2);
+        let (k, fe) = t.frontends.pop_first().unwrap();
+        let moved = LbKey::new("10.96.0.99".parse().unwrap(), k.port(), k.protocol);
+        t.frontends.insert(moved, fe);
+        let p = plan(&s2, &t);
+        run(&mut s2, &p);
+        let new_id = s2.services[&moved].id;
+        assert!(
+            !ids.contains(&new_id),
+            "id {new_id} reused in the same plan"
+        );
+    }
+
+    #[test]
+    fn a_frontend_without_backends_has_no_table() {
+        let mut s = LbState::default();
+        let p = plan(&s, &target(2));
+        run(&mut s, &p);
+        let p = plan(&s, &target(0));
+        run(&mut s, &p);
+        assert!(s.tables.is_empty());
+        assert!(s.backends.is_empty());
+        assert!(
+            s.services
+                .values()
+                .all(|v| v.backends == 0 && v.table_size == 0)
+        );
+    }
+}
