@@ -101,6 +101,10 @@ struct State {
     regs: BTreeMap<String, Stored>,
     revision: u32,
     ifnames: HashMap<u32, String>,
+    /// Service frontends by datapath id, for the verdict log (after each successful sync).
+    services: HashMap<u16, crate::events::ServiceFrontend>,
+    /// What the last target could not translate (logged when it changes).
+    lb_skipped: Vec<String>,
 }
 
 /// The running agent, shared by the API server and the loops.
@@ -215,11 +219,16 @@ impl Daemon {
         // Adopt the slots the previous run wrote; every endpoint gets the new revision so
         // conntrack it admitted is decided once more against the reconciled policy.
         let mut synced = Synced::adopt(&mut AyaMaps(&mut dp))?;
+        let target = sync::target(&engine, &local, revision);
         let stats = synced.reconcile(
             &mut AyaMaps(&mut dp),
-            &sync::target(&engine, &local, revision),
+            &target,
             policy_compiler::plan::PlanOptions { bump_all: true },
         )?;
+        let services = sync::service_frontends(&target.lb, &synced.state().lb);
+        if !target.lb.skipped.is_empty() {
+            warn!(skipped = ?target.lb.skipped, "service frontends not translated");
+        }
         // Connections an older agent (ABI v1, v2) tracked keep their replies across the
         // upgrade; each is re-decided against this policy on its next packet
         // (docs/upgrade.md).
@@ -257,6 +266,8 @@ impl Daemon {
                 regs,
                 revision,
                 ifnames,
+                services,
+                lb_skipped: target.lb.skipped.clone(),
             }),
             source,
             state_dir: opts.state_dir.clone(),
@@ -354,6 +365,8 @@ impl Daemon {
             dp,
             synced,
             local,
+            services,
+            lb_skipped,
             ..
         } = st;
         let was_dirty = synced.is_dirty();
@@ -364,7 +377,17 @@ impl Daemon {
         if ingress_l7 && let Err(e) = dp.set_proxy_ingress_l7(true) {
             warn!(error = e.to_string(), "pal_proxy not updated");
         }
-        let result = synced.apply(&mut AyaMaps(dp), &sync::target(engine, local, revision));
+        let target = sync::target(engine, local, revision);
+        let result = synced.apply(&mut AyaMaps(dp), &target);
+        if result.is_ok() {
+            *services = sync::service_frontends(&target.lb, &synced.state().lb);
+        }
+        if target.lb.skipped != *lb_skipped {
+            if !target.lb.skipped.is_empty() {
+                warn!(skipped = ?target.lb.skipped, "service frontends not translated");
+            }
+            *lb_skipped = target.lb.skipped.clone();
+        }
         if result.is_ok()
             && !ingress_l7
             && let Err(e) = dp.set_proxy_ingress_l7(false)

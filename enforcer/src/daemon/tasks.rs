@@ -51,7 +51,9 @@ impl Daemon {
         let lines: Vec<String> = {
             let st = self.lock();
             // The resolver indexes every endpoint: built only when there is an event.
-            let resolver = EngineResolver::new(&st.engine).with_interfaces(st.ifnames.clone());
+            let resolver = EngineResolver::new(&st.engine)
+                .with_interfaces(st.ifnames.clone())
+                .with_services(st.services.clone());
             events
                 .iter()
                 .flat_map(|e| render(logger, e, &resolver))

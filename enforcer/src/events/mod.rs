@@ -51,7 +51,7 @@ pub use render::{
     is_policy_denial, kind_name, render_flow, render_flows, render_line, render_lines,
     render_lost_line, rule_text, verdict_name,
 };
-pub use resolve::{EngineResolver, FlowEndpoint, FlowResolver};
+pub use resolve::{EngineResolver, FlowEndpoint, FlowResolver, ServiceFrontend};
 pub use rotate::RotatingWriter;
 
 #[derive(Debug, thiserror::Error)]

@@ -209,6 +209,17 @@ fn render_flow_as(
     if ev.verdict == abi::EVENT_VERDICT_REDIRECTED && proxy_port != 0 {
         flow.insert("proxy_port".into(), json!(proxy_port));
     }
+    // A translated flow: the addresses above are the backend's; the service and the
+    // frontend the client connected to are named here.
+    let service = (ev.service != 0)
+        .then(|| resolver.service(ev.service))
+        .flatten();
+    if let Some(s) = &service {
+        flow.insert(
+            "destination_service".into(),
+            json!({"name": s.name, "namespace": s.namespace}),
+        );
+    }
 
     // Attribution.
     let rule = if ev.rule_id >= abi::RULE_ID_FIRST_POLICY {
@@ -326,6 +337,16 @@ fn render_flow_as(
     }
     ext.insert("kind".into(), json!(kind_name(ev.kind)));
     ext.insert("policy_revision".into(), json!(ev.revision));
+    if ev.service != 0 {
+        ext.insert("service_id".into(), json!(ev.service));
+        if let Some(s) = &service {
+            let fe = match s.address {
+                IpAddr::V4(a) => format!("{a}:{}", s.port),
+                IpAddr::V6(a) => format!("[{a}]:{}", s.port),
+            };
+            ext.insert("service_frontend".into(), json!(fe));
+        }
+    }
     if ev.packet_len != 0 {
         ext.insert("packet_len".into(), json!(ev.packet_len));
     }

@@ -21,6 +21,16 @@ pub struct FlowEndpoint {
     pub workloads: Vec<(String, String)>,
 }
 
+/// The service frontend a translated flow was sent to (Hubble's `destination_service`, and
+/// the address the client used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFrontend {
+    pub namespace: String,
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
 /// What the verdict log needs from the control plane.
 pub trait FlowResolver {
     /// The endpoint with `identity` at address `ip` (the pod comes from the address, the
@@ -46,6 +56,10 @@ pub trait FlowResolver {
     fn rule_tier(&self, _rule: &RuleRef) -> Option<(PolicyTier, RuleAction)> {
         None
     }
+    /// The service frontend with datapath id `id` (`verdict_event.service`), when known.
+    fn service(&self, _id: u16) -> Option<ServiceFrontend> {
+        None
+    }
 }
 
 /// A [`FlowResolver`] over a compiled engine (which also holds this node's registered
@@ -56,6 +70,7 @@ pub struct EngineResolver<'a> {
     engine: &'a Engine,
     by_ip: HashMap<IpAddr, &'a Endpoint>,
     interfaces: HashMap<u32, String>,
+    services: HashMap<u16, ServiceFrontend>,
 }
 
 impl<'a> EngineResolver<'a> {
@@ -73,7 +88,14 @@ impl<'a> EngineResolver<'a> {
             engine,
             by_ip,
             interfaces: HashMap::new(),
+            services: HashMap::new(),
         }
+    }
+
+    /// Service frontends by datapath id (the sync loop knows them from the service maps).
+    pub fn with_services(mut self, services: HashMap<u16, ServiceFrontend>) -> Self {
+        self.services = services;
+        self
     }
 
     /// Interface names by ifindex (the sync loop knows them from registrations).
@@ -84,6 +106,10 @@ impl<'a> EngineResolver<'a> {
 }
 
 impl FlowResolver for EngineResolver<'_> {
+    fn service(&self, id: u16) -> Option<ServiceFrontend> {
+        self.services.get(&id).cloned()
+    }
+
     fn endpoint(&self, identity: u32, ip: Option<IpAddr>) -> FlowEndpoint {
         let mut out = FlowEndpoint {
             identity,

@@ -167,9 +167,9 @@ fn same_policy(a: &Policy, b: &Policy) -> bool {
         && *tier == b.tier
 }
 
-/// The changes that turn `old` into `new`: upserts of new or modified namespaces, policies
-/// and endpoints, then deletes of the ones that are gone. Services are not part of
-/// [`Change`] and are not compared; a policy that only moved to another file is unchanged.
+/// The changes that turn `old` into `new`: upserts of new or modified namespaces, policies,
+/// endpoints, services and EndpointSlices, then deletes of the ones that are gone; a policy
+/// that only moved to another file is unchanged.
 pub fn diff_clusters(old: &Cluster, new: &Cluster) -> Vec<Change> {
     let mut out = Vec::new();
     for (name, ns) in &new.namespaces {
@@ -187,9 +187,29 @@ pub fn diff_clusters(old: &Cluster, new: &Cluster) -> Vec<Change> {
             out.push(Change::UpsertEndpoint(ep.clone()));
         }
     }
+    for (key, svc) in &new.services {
+        if old.services.get(key) != Some(svc) {
+            out.push(Change::UpsertService(svc.clone()));
+        }
+    }
+    for (key, es) in &new.endpoint_slices {
+        if old.endpoint_slices.get(key) != Some(es) {
+            out.push(Change::UpsertEndpointSlice(es.clone()));
+        }
+    }
     for key in old.endpoints.keys() {
         if !new.endpoints.contains_key(key) {
             out.push(Change::DeleteEndpoint(key.clone()));
+        }
+    }
+    for key in old.services.keys() {
+        if !new.services.contains_key(key) {
+            out.push(Change::DeleteService(key.clone()));
+        }
+    }
+    for key in old.endpoint_slices.keys() {
+        if !new.endpoint_slices.contains_key(key) {
+            out.push(Change::DeleteEndpointSlice(key.clone()));
         }
     }
     for r in old.policies.keys() {

@@ -56,6 +56,10 @@ fn kinds(changes: &[Change]) -> Vec<String> {
             Change::DeleteEndpoint(k) => format!("-ep {k}"),
             Change::UpsertPolicy(p) => format!("+np {}/{}", p.namespace, p.name),
             Change::DeletePolicy(r) => format!("-np {r}"),
+            Change::UpsertService(s) => format!("+svc {}/{}", s.namespace, s.name),
+            Change::DeleteService((ns, n)) => format!("-svc {ns}/{n}"),
+            Change::UpsertEndpointSlice(s) => format!("+eps {}/{}", s.namespace, s.name),
+            Change::DeleteEndpointSlice((ns, n)) => format!("-eps {ns}/{n}"),
         })
         .collect();
     v.sort();

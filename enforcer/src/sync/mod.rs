@@ -68,6 +68,32 @@ pub fn target(engine: &Engine, local: &LocalEndpoints, revision: u32) -> Target 
     )
 }
 
+/// The service frontends the maps translate, by datapath id (for the verdict log).
+pub fn service_frontends(
+    target: &policy_compiler::plan::lb::LbTarget,
+    state: &policy_compiler::plan::lb::LbState,
+) -> std::collections::HashMap<u16, crate::events::ServiceFrontend> {
+    let mut out = std::collections::HashMap::new();
+    for (key, fe) in &target.frontends {
+        let (Some(s), Some((ns, name))) = (state.services.get(key), fe.service.split_once('/'))
+        else {
+            continue;
+        };
+        if let Ok(id) = u16::try_from(s.id) {
+            out.insert(
+                id,
+                crate::events::ServiceFrontend {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    address: key.ip(),
+                    port: key.port(),
+                },
+            );
+        }
+    }
+    out
+}
+
 /// What one apply or reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -79,6 +105,9 @@ pub struct ApplyStats {
     pub endpoints_deleted: usize,
     pub fresh_slots: usize,
     pub transits: usize,
+    /// Service map writes and deletes.
+    pub lb_writes: usize,
+    pub lb_deletes: usize,
     pub ops: usize,
 }
 
@@ -92,6 +121,8 @@ impl From<&Plan> for ApplyStats {
             endpoints_written: p.stats.endpoint_writes,
             endpoints_deleted: p.stats.endpoint_deletes,
             fresh_slots: p.stats.fresh_slots,
+            lb_writes: p.stats.lb_writes,
+            lb_deletes: p.stats.lb_deletes,
             transits: p.stats.transits,
             ops: p.ops.len(),
         }

@@ -101,6 +101,22 @@ impl Engine {
                     let e = b.policy_changes.entry(r).or_insert((prev, None));
                     e.1 = None;
                 }
+                Change::UpsertService(svc) => {
+                    self.cluster
+                        .services
+                        .insert((svc.namespace.clone(), svc.name.clone()), svc);
+                }
+                Change::DeleteService(key) => {
+                    self.cluster.services.remove(&key);
+                }
+                Change::UpsertEndpointSlice(es) => {
+                    self.cluster
+                        .endpoint_slices
+                        .insert((es.namespace.clone(), es.name.clone()), es);
+                }
+                Change::DeleteEndpointSlice(key) => {
+                    self.cluster.endpoint_slices.remove(&key);
+                }
             }
         }
         b.policy_changes.retain(|_, (old, new)| old != new);

@@ -21,7 +21,7 @@ use crate::cidr::Cidr;
 use crate::hash::FxHashMap;
 use crate::identity::{IdentityAllocator, IdentityError, Reserved};
 use crate::labels::LabelFilter;
-use crate::model::{Cluster, Direction, Endpoint, Namespace, Policy};
+use crate::model::{Cluster, Direction, Endpoint, EndpointSlice, Namespace, Policy, Service};
 use crate::rules::{PolicyRef, RuleTable};
 use crate::selector::{SelectorCache, SelectorId};
 
@@ -168,6 +168,14 @@ pub enum Change {
     DeleteEndpoint(String),
     UpsertPolicy(Arc<Policy>),
     DeletePolicy(PolicyRef),
+    /// Services and EndpointSlices are part of the model for service translation
+    /// (`plan::lb`); they change no policy.
+    UpsertService(Service),
+    /// (namespace, name).
+    DeleteService((String, String)),
+    UpsertEndpointSlice(EndpointSlice),
+    /// (namespace, name).
+    DeleteEndpointSlice((String, String)),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +354,13 @@ pub fn into_changes(cluster: Cluster) -> Vec<Change> {
     );
     v.extend(cluster.policies.into_values().map(Change::UpsertPolicy));
     v.extend(cluster.endpoints.into_values().map(Change::UpsertEndpoint));
+    v.extend(cluster.services.into_values().map(Change::UpsertService));
+    v.extend(
+        cluster
+            .endpoint_slices
+            .into_values()
+            .map(Change::UpsertEndpointSlice),
+    );
     v
 }
 
@@ -366,6 +381,20 @@ pub fn changes_for(cluster: &Cluster) -> Vec<Change> {
             .values()
             .cloned()
             .map(Change::UpsertEndpoint),
+    );
+    v.extend(
+        cluster
+            .services
+            .values()
+            .cloned()
+            .map(Change::UpsertService),
+    );
+    v.extend(
+        cluster
+            .endpoint_slices
+            .values()
+            .cloned()
+            .map(Change::UpsertEndpointSlice),
     );
     v
 }

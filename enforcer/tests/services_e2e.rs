@@ -1,0 +1,227 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failed step should stop the test with its message"
+)]
+//! Service translation end to end: real TCP from a pod in a network namespace to a
+//! ClusterIP, through the real `palisade-enforcer run` (maps from a Service manifest and
+//! the registered pods), reaching real servers that say which pod they are.
+//!
+//! Privileged tier: needs root, network namespaces and BPF (`Node::for_test`; under
+//! `CI=true` a host that cannot run it fails).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use palisade_api::NamedPort;
+use palisade_testkit::node::TcpOutcome;
+use serde_json::Value;
+
+mod common;
+
+use common::traffic::{Cluster, DENY, OK, serve_tcp};
+use palisade_testkit::node::Pod;
+
+/// This file's address block: `10.232.x.x`, `fd00:10:232::/48`.
+const BLOCK: u8 = 232;
+const VIP4: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+
+/// `web` selects three pods; the client may open 8080 only to the `tier: front` ones, so
+/// db-0 is a backend the client's egress policy denies.
+const MANIFESTS: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIPs: [10.96.0.10, \"fd00:96::10\"]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nothing, namespace: shop}
+spec:
+  selector: {app: nobody}
+  clusterIPs: [10.96.0.20]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {tier: front}}}]
+    ports: [{port: 8080}]
+";
+
+fn http() -> Vec<NamedPort> {
+    vec![NamedPort {
+        name: "http".into(),
+        port: 8080,
+        protocol: "TCP".into(),
+    }]
+}
+
+/// Connects `n` times to `vip:80` from `client`: which backend answered each time (its
+/// banner), and how many attempts were dropped.
+fn spread(c: &Cluster, client: &Pod, vip: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
+    let dst = SocketAddr::new(vip.parse::<IpAddr>().unwrap(), 80);
+    let mut by = BTreeMap::new();
+    let mut dropped = 0;
+    for _ in 0..n {
+        match client.tcp_connect(dst, Duration::from_secs(1)).unwrap() {
+            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
+            TcpOutcome::TimedOut => dropped += 1,
+            other => panic!("{vip}: {other:?}\n{}", c.log()),
+        }
+    }
+    (by, dropped)
+}
+
+fn service_lines(c: &Cluster) -> Vec<Value> {
+    c.enforcer
+        .verdicts()
+        .into_iter()
+        .filter(|l| l["flow"]["destination_service"]["name"] == "web")
+        .collect()
+}
+
+#[test]
+fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
+    let Some(c) = common::traffic::start(
+        "svc",
+        BLOCK,
+        "services: ClusterIP",
+        &[("shop.yaml", MANIFESTS)],
+    ) else {
+        return;
+    };
+    let web0 = c.pod("shop", "web-0", 1, 10);
+    let web1 = c.pod("shop", "web-1", 1, 11);
+    let db0 = c.pod("shop", "db-0", 1, 99);
+    let client = c.pod("shop", "client", 2, 1);
+    for (p, tier) in [(&web0, "front"), (&web1, "front"), (&db0, "data")] {
+        c.enforcer
+            .register_with_ports(p, &[("app", "web"), ("tier", tier)], http())
+            .unwrap();
+    }
+    c.register(&client, &[("app", "client")]);
+    let servers = [&web0, &web1, &db0].map(|p| serve_tcp(p, 8080));
+
+    for vip in [VIP4, VIP6] {
+        let (by, dropped) = spread(&c, &client, vip, 30);
+        assert_eq!(
+            by.keys().cloned().collect::<Vec<_>>(),
+            vec!["shop/web-0".to_string(), "shop/web-1".to_string()],
+            "{vip}: connections reach both front pods and only them: {by:?}\n{}",
+            c.log()
+        );
+        assert!(
+            dropped > 0,
+            "{vip}: no connection was given db-0 in 30 tries ({by:?})"
+        );
+    }
+    assert_eq!(
+        servers[2].served(),
+        0,
+        "db-0 is denied through the service: nothing may reach it"
+    );
+    // A frontend without backends: the SYN is dropped, with its own reason in the log.
+    let none = client
+        .tcp_connect(SocketAddr::new("10.96.0.20".parse().unwrap(), 80), DENY)
+        .unwrap();
+    assert!(matches!(none, TcpOutcome::TimedOut), "{none:?}");
+
+    // The verdict log names the service on every translated flow, with the backend's
+    // addresses and the frontend the client used.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = service_lines(&c);
+    let forwarded = lines
+        .iter()
+        .filter(|l| l["flow"]["verdict"] == "FORWARDED")
+        .count();
+    let dropped: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["flow"]["verdict"] == "DROPPED")
+        .collect();
+    assert!(forwarded > 0 && !dropped.is_empty(), "{lines:#?}");
+    for l in &dropped {
+        assert_eq!(l["flow"]["destination"]["pod_name"], "db-0");
+        assert_eq!(l["flow"]["destination_service"]["namespace"], "shop");
+        let fe = l["flow"]["extensions"]["value"]["service_frontend"]
+            .as_str()
+            .unwrap();
+        assert!(fe == "10.96.0.10:80" || fe == "[fd00:96::10]:80", "{fe}");
+    }
+    let all = c.enforcer.verdicts();
+    assert!(
+        all.iter()
+            .any(|l| l["flow"]["drop_reason_desc"] == "SERVICE_BACKEND_NOT_FOUND"),
+        "the empty service's drop is in the log"
+    );
+}
+
+#[test]
+fn a_kept_connection_survives_a_backend_change_and_an_agent_restart() {
+    let Some(mut c) = common::traffic::start(
+        "svcrestart",
+        BLOCK,
+        "services: restart",
+        &[("shop.yaml", MANIFESTS)],
+    ) else {
+        return;
+    };
+    let web0 = c.pod("shop", "web-0", 1, 10);
+    let web1 = c.pod("shop", "web-1", 1, 11);
+    let client = c.pod("shop", "client", 2, 1);
+    for p in [&web0, &web1] {
+        c.enforcer
+            .register_with_ports(p, &[("app", "web"), ("tier", "front")], http())
+            .unwrap();
+    }
+    c.register(&client, &[("app", "client")]);
+    let _servers = [&web0, &web1].map(|p| serve_tcp(p, 8080));
+    let dst = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let mut sessions: Vec<_> = (0..8)
+        .map(|_| client.tcp_session(dst, OK).unwrap())
+        .collect();
+    let echo_all = |sessions: &mut Vec<palisade_testkit::node::TcpSession>, what: &str| {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let r = s.echo(format!("{what} {i}").as_bytes(), OK).unwrap();
+            assert!(
+                matches!(r, palisade_testkit::node::EchoOutcome::Echoed),
+                "session {i} ({}) {what}: {r:?}",
+                s.banner()
+            );
+        }
+    };
+    echo_all(&mut sessions, "before");
+    c.enforcer.kill9();
+    echo_all(&mut sessions, "while the agent is down");
+    c.enforcer.spawn().expect("the agent restarts");
+    echo_all(&mut sessions, "after the restart");
+    // A new backend: kept connections keep theirs.
+    let web2 = c.pod("shop", "web-2", 1, 12);
+    let _s2 = serve_tcp(&web2, 8080);
+    // A registration returns once the maps (service maps included) say so.
+    c.enforcer
+        .register_with_ports(&web2, &[("app", "web"), ("tier", "front")], http())
+        .unwrap();
+    echo_all(&mut sessions, "after web-2 joined");
+    let (by, dropped) = spread(&c, &client, VIP4, 30);
+    assert_eq!(dropped, 0);
+    assert!(
+        by.contains_key("shop/web-2"),
+        "new flows reach the new pod: {by:?}"
+    );
+}
