@@ -528,6 +528,8 @@ struct Touched {
     namespaces: BTreeSet<String>,
     endpoints: BTreeSet<String>,
     policies: BTreeSet<PolicyRef>,
+    services: BTreeSet<(String, String)>,
+    endpoint_slices: BTreeSet<(String, String)>,
 }
 
 impl Touched {
@@ -547,6 +549,14 @@ impl Touched {
         for k in &self.policies {
             copy(&old.policies, &mut a.policies, k);
             copy(&new.policies, &mut b.policies, k);
+        }
+        for k in &self.services {
+            copy(&old.services, &mut a.services, k);
+            copy(&new.services, &mut b.services, k);
+        }
+        for k in &self.endpoint_slices {
+            copy(&old.endpoint_slices, &mut a.endpoint_slices, k);
+            copy(&new.endpoint_slices, &mut b.endpoint_slices, k);
         }
         diff_clusters(&a, &b)
     }
@@ -610,9 +620,11 @@ fn remove_part(model: &mut Cluster, part: &PartKeys, t: &mut Touched) {
     }
     for k in &part.services {
         model.services.remove(k);
+        t.services.insert(k.clone());
     }
     for k in &part.endpoint_slices {
         model.endpoint_slices.remove(k);
+        t.endpoint_slices.insert(k.clone());
     }
 }
 
@@ -629,8 +641,14 @@ fn insert_part(model: &mut Cluster, part: Cluster, t: &mut Touched) {
         t.policies.insert(k.clone());
         model.policies.insert(k, v);
     }
-    model.services.extend(part.services);
-    model.endpoint_slices.extend(part.endpoint_slices);
+    for (k, v) in part.services {
+        t.services.insert(k.clone());
+        model.services.insert(k, v);
+    }
+    for (k, v) in part.endpoint_slices {
+        t.endpoint_slices.insert(k.clone());
+        model.endpoint_slices.insert(k, v);
+    }
 }
 
 /// A new entry, keeping the old one's valid version when the new one has none.
