@@ -249,6 +249,29 @@ async fn the_source_follows_the_api_server_through_changes_crds_and_a_restart() 
         matches!(c, Change::UpsertEndpoint(e) if e.key == "shop/web" && e.labels.contains_key("tier"))
     })
     .await;
+    // A Service (its cluster IP allocated by the API server) reaches the engine, and so
+    // does its deletion: the service maps follow them.
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c.clone(), "shop");
+    svcs.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "web"},
+                    "spec": {"selector": {"app": "web"},
+                             "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})),
+    )
+    .await
+    .unwrap();
+    until(&mut rx, "creating service shop/web", |c| {
+        matches!(c, Change::UpsertService(s)
+            if s.name == "web" && s.namespace == "shop" && !s.cluster_ips.is_empty())
+    })
+    .await;
+    svcs.delete("web", &Default::default()).await.unwrap();
+    until(
+        &mut rx,
+        "deleting service shop/web",
+        |c| matches!(c, Change::DeleteService((ns, n)) if ns == "shop" && n == "web"),
+    )
+    .await;
     nps.replace("allow-client", &PostParams::default(), &{
         let mut p = policy("allow-client", 8080);
         p.metadata.resource_version = nps
