@@ -210,6 +210,18 @@ fn a_kept_connection_survives_a_backend_change_and_an_agent_restart() {
     echo_all(&mut sessions, "while the agent is down");
     c.enforcer.spawn().expect("the agent restarts");
     echo_all(&mut sessions, "after the restart");
+    // The restarted agent found the service maps as it would write them: not one write.
+    let log = c.log();
+    let ready: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("datapath ready"))
+        .collect();
+    assert!(
+        ready
+            .last()
+            .is_some_and(|l| l.contains("maps.service_writes=0")),
+        "the restart rewrote service maps: {ready:?}"
+    );
     // A new backend: kept connections keep theirs.
     let web2 = c.pod("shop", "web-2", 1, 12);
     let _s2 = serve_tcp(&web2, 8080);

@@ -103,8 +103,8 @@ struct State {
     ifnames: HashMap<u32, String>,
     /// Service frontends by datapath id, for the verdict log (after each successful sync).
     services: HashMap<u16, crate::events::ServiceFrontend>,
-    /// What the last target could not translate (logged when it changes).
-    lb_skipped: Vec<String>,
+    /// The last target's service frontends: their tables are reused while backends stay.
+    lb: policy_compiler::plan::lb::LbTarget,
 }
 
 /// The running agent, shared by the API server and the loops.
@@ -267,7 +267,7 @@ impl Daemon {
                 revision,
                 ifnames,
                 services,
-                lb_skipped: target.lb.skipped.clone(),
+                lb: target.lb,
             }),
             source,
             state_dir: opts.state_dir.clone(),
@@ -310,6 +310,7 @@ impl Daemon {
             elapsed_ms = t0.elapsed().as_millis() as u64,
             maps.policy_writes = stats.policy_writes,
             maps.ipcache_writes = stats.ipcache_writes,
+            maps.service_writes = stats.lb_writes,
             links.adopted = adopted,
             endpoints = endpoints,
             "datapath ready"
@@ -366,7 +367,7 @@ impl Daemon {
             synced,
             local,
             services,
-            lb_skipped,
+            lb,
             ..
         } = st;
         let was_dirty = synced.is_dirty();
@@ -377,17 +378,15 @@ impl Daemon {
         if ingress_l7 && let Err(e) = dp.set_proxy_ingress_l7(true) {
             warn!(error = e.to_string(), "pal_proxy not updated");
         }
-        let target = sync::target(engine, local, revision);
+        let target = sync::target_after(engine, local, revision, Some(lb));
         let result = synced.apply(&mut AyaMaps(dp), &target);
         if result.is_ok() {
             *services = sync::service_frontends(&target.lb, &synced.state().lb);
         }
-        if target.lb.skipped != *lb_skipped {
-            if !target.lb.skipped.is_empty() {
-                warn!(skipped = ?target.lb.skipped, "service frontends not translated");
-            }
-            *lb_skipped = target.lb.skipped.clone();
+        if target.lb.skipped != lb.skipped && !target.lb.skipped.is_empty() {
+            warn!(skipped = ?target.lb.skipped, "service frontends not translated");
         }
+        *lb = target.lb;
         if result.is_ok()
             && !ingress_l7
             && let Err(e) = dp.set_proxy_ingress_l7(false)
@@ -559,6 +558,7 @@ impl Daemon {
             maps.policy_deletes = stats.policy_deletes,
             maps.ipcache_writes = stats.ipcache_writes,
             maps.endpoints_written = stats.endpoints_written,
+            maps.service_writes = stats.lb_writes,
             elapsed_us = t0.elapsed().as_micros() as u64,
             "policy revision applied"
         );

@@ -61,10 +61,22 @@ impl LocalEndpoints {
 
 /// The target of an engine for these local endpoints.
 pub fn target(engine: &Engine, local: &LocalEndpoints, revision: u32) -> Target {
-    Target::from_engine(
+    target_after(engine, local, revision, None)
+}
+
+/// [`target`], reusing the service tables of the previous target where backends did not
+/// change.
+pub fn target_after(
+    engine: &Engine,
+    local: &LocalEndpoints,
+    revision: u32,
+    previous: Option<&policy_compiler::plan::lb::LbTarget>,
+) -> Target {
+    Target::from_engine_after(
         engine,
         local.iter().map(|(k, i)| (k.as_str(), *i)),
         revision,
+        previous,
     )
 }
 

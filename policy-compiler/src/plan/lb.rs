@@ -29,6 +29,8 @@ pub struct LbFrontend {
     pub service: String,
     /// Its backends, in the order the table's slots number them.
     pub backends: Vec<LbBackend>,
+    /// The same backends as the policy core lists them (what the table was built from).
+    pub sources: Vec<backends::Backend>,
     pub table: Arc<Table>,
     /// `LB_F_*`.
     pub flags: u32,
@@ -52,13 +54,22 @@ impl LbTarget {
         let mut t = LbTarget::default();
         for svc in cluster.services.values() {
             let name = format!("{}/{}", svc.namespace, svc.name);
-            let fbs = match backends::frontends(cluster, svc, maglev::DEFAULT_TABLE_SIZE) {
-                Ok(f) => f,
-                Err(e) => {
-                    t.skipped.push(format!("service {name}: {e}"));
-                    continue;
-                }
+            let reuse = |fe: &backends::Frontend, b: &[backends::Backend]| -> Option<Arc<Table>> {
+                let key = LbKey::new(fe.vip, fe.port, fe.protocol.0);
+                previous
+                    .and_then(|p| p.frontends.get(&key))
+                    .filter(|p| p.sources == b)
+                    .map(|p| p.table.clone())
             };
+            let fbs =
+                match backends::frontends_reusing(cluster, svc, maglev::DEFAULT_TABLE_SIZE, &reuse)
+                {
+                    Ok(f) => f,
+                    Err(e) => {
+                        t.skipped.push(format!("service {name}: {e}"));
+                        continue;
+                    }
+                };
             for fb in fbs {
                 let fe = &fb.frontend;
                 if fe.kind == FrontendKind::NodePort {
@@ -78,11 +89,7 @@ impl LbTarget {
                     .iter()
                     .map(|b| LbBackend::new(b.addr, b.port))
                     .collect();
-                let table = previous
-                    .and_then(|p| p.frontends.get(&key))
-                    .filter(|p| p.backends == backends && *p.table == fb.table)
-                    .map(|p| p.table.clone())
-                    .unwrap_or_else(|| Arc::new(fb.table.clone()));
+                let table = fb.table.clone();
                 let flags = if fb.affinity_s.is_some() {
                     abi::LB_F_AFFINITY
                 } else {
@@ -93,6 +100,7 @@ impl LbTarget {
                     LbFrontend {
                         service: name.clone(),
                         backends,
+                        sources: fb.backends.clone(),
                         table,
                         flags,
                     },
@@ -475,6 +483,26 @@ mod tests {
             !ids.contains(&new_id),
             "id {new_id} reused in the same plan"
         );
+    }
+
+    #[test]
+    fn unchanged_backends_reuse_the_previous_table() {
+        let c = |n| {
+            load_str("svc.yaml", &(pods(n) + SVC), &LoadOptions::default())
+                .unwrap()
+                .cluster
+        };
+        let first = LbTarget::from_cluster(&c(3), None);
+        let again = LbTarget::from_cluster(&c(3), Some(&first));
+        let changed = LbTarget::from_cluster(&c(4), Some(&first));
+        for (k, fe) in &first.frontends {
+            assert!(Arc::ptr_eq(&fe.table, &again.frontends[k].table), "reused");
+            assert!(
+                !Arc::ptr_eq(&fe.table, &changed.frontends[k].table),
+                "rebuilt"
+            );
+        }
+        assert_eq!(again, first);
     }
 
     #[test]

@@ -232,10 +232,21 @@ impl Target {
         local: impl IntoIterator<Item = (&'a str, u32)>,
         revision: u32,
     ) -> Target {
+        Target::from_engine_after(engine, local, revision, None)
+    }
+
+    /// [`Target::from_engine`], reusing the service tables of `previous` (the last target)
+    /// where a frontend's backends did not change.
+    pub fn from_engine_after<'a>(
+        engine: &Engine,
+        local: impl IntoIterator<Item = (&'a str, u32)>,
+        revision: u32,
+        previous: Option<&lb::LbTarget>,
+    ) -> Target {
         let mut t = Target {
             ipcache: engine.ipcache().clone(),
             revision,
-            lb: lb::LbTarget::from_cluster(engine.cluster(), None),
+            lb: lb::LbTarget::from_cluster(engine.cluster(), previous),
             ..Target::default()
         };
         for (key, ifindex) in local {

@@ -12,6 +12,7 @@
 //! may serve one service port on different numbers).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::maglev::{self, MaglevError, Table};
 use crate::model::{
@@ -75,7 +76,7 @@ pub struct FrontendBackends {
     pub port: ServicePortSpec,
     pub backends: Vec<Backend>,
     pub skipped: Vec<Skipped>,
-    pub table: Table,
+    pub table: Arc<Table>,
     /// `sessionAffinity: ClientIP`: the timeout in seconds. The flow hash then leaves the
     /// source port out, so every connection of a client picks the same backend.
     pub affinity_s: Option<u32>,
@@ -200,6 +201,18 @@ pub fn frontends(
     svc: &Service,
     table_size: u32,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
+    frontends_reusing(cluster, svc, table_size, &|_, _| None)
+}
+
+/// [`frontends`], taking a frontend's table from `reuse` when it has one for that frontend
+/// and backend list (a table is a function of the backend set and the size: building one of
+/// 16,381 slots for every service on every update would dominate the update's cost).
+pub fn frontends_reusing(
+    cluster: &Cluster,
+    svc: &Service,
+    table_size: u32,
+    reuse: &dyn Fn(&Frontend, &[Backend]) -> Option<Arc<Table>>,
+) -> Result<Vec<FrontendBackends>, MaglevError> {
     if svc.cluster_ips.is_empty() {
         return Ok(Vec::new());
     }
@@ -257,15 +270,21 @@ pub fn frontends(
             }
             backends.sort();
             backends.dedup();
-            let names: Vec<String> = backends.iter().map(Backend::maglev_name).collect();
-            let table = Table::build(&names, table_size)?;
+            let frontend = Frontend {
+                kind,
+                vip: *vip,
+                port: fport,
+                protocol: port.protocol,
+            };
+            let table = match reuse(&frontend, &backends) {
+                Some(t) if t.size == table_size => t,
+                _ => {
+                    let names: Vec<String> = backends.iter().map(Backend::maglev_name).collect();
+                    Arc::new(Table::build(&names, table_size)?)
+                }
+            };
             out.push(FrontendBackends {
-                frontend: Frontend {
-                    kind,
-                    vip: *vip,
-                    port: fport,
-                    protocol: port.protocol,
-                },
+                frontend,
                 port: port.clone(),
                 backends,
                 skipped,
