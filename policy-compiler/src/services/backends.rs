@@ -204,6 +204,9 @@ pub fn frontends(
     frontends_reusing(cluster, svc, table_size, &|_, _| None)
 }
 
+/// Where [`frontends_reusing`] may find a frontend's table already built for its backends.
+pub type ReuseTable<'a> = &'a dyn Fn(&Frontend, &[Backend]) -> Option<Arc<Table>>;
+
 /// [`frontends`], taking a frontend's table from `reuse` when it has one for that frontend
 /// and backend list (a table is a function of the backend set and the size: building one of
 /// 16,381 slots for every service on every update would dominate the update's cost).
@@ -211,7 +214,7 @@ pub fn frontends_reusing(
     cluster: &Cluster,
     svc: &Service,
     table_size: u32,
-    reuse: &dyn Fn(&Frontend, &[Backend]) -> Option<Arc<Table>>,
+    reuse: ReuseTable<'_>,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
     if svc.cluster_ips.is_empty() {
         return Ok(Vec::new());
