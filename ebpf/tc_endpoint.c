@@ -63,6 +63,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct decision d = {};
 	struct ct_key fwd = {};
 	__u8 kind = EVENT_KIND_NEW_FLOW;
+	int hairpin = 0;
 
 	/* 1. */
 	f.dir = dir;
@@ -125,8 +126,28 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
 			goto drop;
 		}
-		if (lr == LB_TRANSLATED)
+		if (lr == LB_TRANSLATED) {
+			/* A hairpin flow's source is rewritten below: the source check of step
+			 * 6 is made here, on the pod's own address. */
+			if (f.p.family == 4 &&
+			    __builtin_memcmp(f.p.saddr, f.p.daddr, 4) == 0 &&
+			    !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
+				d.drop_reason = DROP_INVALID_SOURCE_IP;
+				goto drop;
+			}
+			hairpin = lb_hairpin_source(skb, &f.p);
+			if (hairpin < 0) {
+				d.drop_reason = DROP_INVALID_PACKET;
+				goto drop;
+			}
 			ct_key_of(&fwd, &f.p, dir, f.ifindex);
+		}
+	}
+	/* A hairpin reply that from_pod translated back (3b'): judged with its flow. */
+	if (dir == DIRECTION_INGRESS && (skb->mark & PROXY_MARK_MASK) == LB_MARK_HAIRPIN) {
+		skb->mark &= ~PROXY_MARK_MASK;
+		count(dir, COUNTER_CT_REPLY, f.p.len);
+		return TCX_NEXT;
 	}
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
 
@@ -150,6 +171,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (ct->flags & CT_F_PROXY)
 				mark_local(skb);
 			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
+			if (hairpin)
+				return lb_send_back(skb, f.ifindex);
 			return TCX_NEXT;
 		}
 		if (ct) {
@@ -178,6 +201,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				d.drop_reason = DROP_NO_SERVICE;
 				goto drop;
 			}
+			if (dir == DIRECTION_EGRESS && (ct->flags & CT_F_HAIRPIN)) {
+				/* The pod answering itself: back to its client side, translated,
+				 * marked as judged for to_pod. */
+				if (!f.service || lb_hairpin_reply(skb, &f.p, f.service, ep.ipv4)) {
+					d.verdict = EVENT_VERDICT_DROPPED;
+					d.drop_reason = DROP_NO_SERVICE;
+					goto drop;
+				}
+				skb->mark = (skb->mark & ~PROXY_MARK_MASK) | LB_MARK_HAIRPIN;
+				count(dir, COUNTER_CT_REPLY, f.p.len);
+				return lb_send_back(skb, f.ifindex);
+			}
 			count(dir, COUNTER_CT_REPLY, f.p.len);
 			return TCX_NEXT;
 		}
@@ -196,11 +231,25 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* 6. A new flow. A pod may only open flows from its own addresses. Tracked packets
 	 * skip this check safely: conntrack is keyed by the pod's interface, and every entry
 	 * there was made by a packet that passed it (or by traffic addressed to the pod). */
-	if (dir == DIRECTION_EGRESS && !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
+	if (dir == DIRECTION_EGRESS && !hairpin && !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
 		d.drop_reason = DROP_INVALID_SOURCE_IP;
 		goto drop;
 	}
 	__u32 peer = ipcache_identity(peer_addr, f.p.family);
+	__u8 ct_hairpin = hairpin ? CT_F_HAIRPIN : 0;
+	if (dir == DIRECTION_INGRESS && lb_is_hairpin_addr(&f.p, f.p.saddr)) {
+		/* The hairpin source: the endpoint itself, when its own from_pod opened this
+		 * flow (that entry carries the frontend for the replies); else no one. */
+		struct ct_key hk = {};
+		ct_key_of(&hk, &f.p, DIRECTION_EGRESS, f.ifindex);
+		struct ct_entry *h = ct_lookup(&hk, now);
+		peer = IDENTITY_UNKNOWN;
+		if (h && (h->flags & CT_F_HAIRPIN)) {
+			peer = ep.identity;
+			f.service = h->rev_nat_index;
+			ct_hairpin = CT_F_HAIRPIN;
+		}
+	}
 	if (dir == DIRECTION_EGRESS)
 		f.dst_identity = peer;
 	else
@@ -220,10 +269,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	/* 7. A flow the proxy's upstream opens is flagged, so that its replies are delivered
 	 * to the proxy (step 5). */
-	__u8 ct_flags = dir == DIRECTION_INGRESS &&
-				(skb->mark & PROXY_MARK_MASK) == PROXY_MARK_UPSTREAM
-			? CT_F_PROXY_UPSTREAM
-			: 0;
+	__u8 ct_flags = (dir == DIRECTION_INGRESS &&
+				 (skb->mark & PROXY_MARK_MASK) == PROXY_MARK_UPSTREAM
+			 ? CT_F_PROXY_UPSTREAM
+			 : 0) |
+			ct_hairpin;
 	if (ct_should_track(&f.p) && ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity,
 					      f.dst_identity, now, ct_flags, f.service)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
@@ -238,6 +288,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 						      : COUNTER_FORWARDED,
 	      f.p.len);
 	emit(&f, &d, EVENT_KIND_NEW_FLOW);
+	if (hairpin)
+		return lb_send_back(skb, f.ifindex);
 	return TCX_NEXT;
 
 drop:

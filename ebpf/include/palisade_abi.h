@@ -187,6 +187,7 @@ struct endpoint_info {
 #define CT_F_PROXY        0x08 /* redirected to the L7 proxy */
 #define CT_F_OPENED_INGRESS 0x10 /* v3: opened at to_pod (DIRECTION_INGRESS), else from_pod */
 #define CT_F_PROXY_UPSTREAM 0x20 /* opened at to_pod by the L7 proxy's upstream (mark 0x0b00) */
+#define CT_F_HAIRPIN      0x40 /* a pod's flow to a service frontend that picked the pod itself */
 
 /* A flow is only established once a reply passed: until then its entry lives
  * CT_LIFETIME_TCP_SYN_S (TCP) or CT_LIFETIME_NONTCP_S, so a flood of openers that never get
@@ -238,6 +239,7 @@ struct ct_entry {
 #define PROXY_MARK_LOCAL    0x0200
 #define PROXY_MARK_LISTENER 0x0a00
 #define PROXY_MARK_UPSTREAM 0x0b00
+#define LB_MARK_HAIRPIN     0x0c00 /* from_pod: a hairpin reply, translated, sent back to the pod */
 #define PROXY_F_READY       0x01 /* the proxy listens and takes redirected connections */
 #define PROXY_F_INGRESS_L7  0x02 /* an endpoint of this node has ingress HTTP rules: step 6b
 				  * looks the destination up (else it costs a new flow nothing) */
@@ -266,6 +268,10 @@ struct proxy_state {
 #define LB_MAGLEV_MAX   16384 /* slots a table may have (the default size is 16381) */
 #define LB_ID_MAX       65535 /* ct_entry.rev_nat_index is 16 bits */
 #define LB_F_AFFINITY   0x01  /* sessionAffinity: ClientIP */
+/* Hairpin (IPv4): a flow whose backend is its own client leaves from_pod with this source
+ * (169.254.42.1, link-local: never routed off the node), so the pod's kernel accepts it;
+ * the pod's replies to it are translated back in from_pod (docs/datapath.md §12). */
+#define LB_HAIRPIN_V4   0xa9fe2a01
 
 struct lb_key {
 	__u8 addr[16];   /* network order; IPv4 in the first 4 bytes */

@@ -140,6 +140,13 @@ static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *
 	if (ct->revision == ep->revision)
 		return 0;
 	__u32 peer = ipcache_identity(peer_addr, p->family);
+	/* A hairpin flow's peer is the endpoint itself (its other side has the hairpin source,
+	 * which no ipcache entry maps). */
+	if (ct->flags & CT_F_HAIRPIN) {
+		__be32 h = bpf_htonl(LB_HAIRPIN_V4);
+		if (p->family == 4 && __builtin_memcmp(peer_addr, &h, 4) == 0)
+			peer = ep->identity;
+	}
 	/* Decided with the mark the flow was opened with: a proxy upstream keeps its standing. */
 	__u32 mark = ct->flags & CT_F_PROXY_UPSTREAM ? PROXY_MARK_UPSTREAM : 0;
 	*d = policy_decide(ep->policy_slot, peer, dir, p->protocol, policy_port(p, port), mark);

@@ -149,6 +149,64 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 	return lb_rewrite(skb, p, 1, to.addr, to.port) ? LB_REWRITE_FAILED : LB_TRANSLATED;
 }
 
+/* Hairpin (IPv4): after translation the backend is the client itself. Its kernel would drop
+ * a packet from its own address, so the flow's source becomes LB_HAIRPIN_V4; returns 1 when
+ * it did, 0 when this is not a hairpin flow, -1 when the rewrite failed. */
+static __always_inline int lb_hairpin_source(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->family != 4 || __builtin_memcmp(p->saddr, p->daddr, 4) != 0)
+		return 0;
+	__be32 h = bpf_htonl(LB_HAIRPIN_V4);
+	if (csum_set_addr4(skb, p, 0, h))
+		return -1;
+	__builtin_memcpy(p->saddr, &h, 4);
+	return 1;
+}
+
+/* A frame sent back out of the interface it came in on (hairpin): its Ethernet addresses
+ * are swapped, so the pod sees it addressed to itself (not PACKET_OTHERHOST) and it
+ * redirects it there. Returns the redirect verdict, or TCX_DROP if the frame cannot be
+ * rewritten. */
+static __always_inline int lb_send_back(struct __sk_buff *skb, __u32 ifindex)
+{
+	__u8 mac[12];
+	__u8 swapped[12];
+
+	if (bpf_skb_load_bytes(skb, 0, mac, 12))
+		return TCX_DROP;
+	__builtin_memcpy(swapped, mac + 6, 6);
+	__builtin_memcpy(swapped + 6, mac, 6);
+	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0))
+		return TCX_DROP;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* Whether `a` is the hairpin source. */
+static __always_inline int lb_is_hairpin_addr(const struct pkt *p, const __u8 *a)
+{
+	__be32 h = bpf_htonl(LB_HAIRPIN_V4);
+	return p->family == 4 && __builtin_memcmp(a, &h, 4) == 0;
+}
+
+/* from_pod, a pod's reply on a hairpin flow (its destination is LB_HAIRPIN_V4): the source
+ * becomes the frontend and the destination the pod's own address, as the pod's client side
+ * expects. Returns 0 or -1 (frontend gone, rewrite failed). */
+static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p, __u32 id,
+					    const __u8 *own4)
+{
+	struct lb_key *fe = bpf_map_lookup_elem(&pal_lb_revnat, &id);
+
+	if (!fe || fe->family != 4)
+		return -1;
+	struct lb_key k = *fe;
+	__be32 own;
+	__builtin_memcpy(&own, own4, 4);
+	if (csum_set_addr4(skb, p, 1, own))
+		return -1;
+	__builtin_memcpy(p->daddr, &own, 4);
+	return lb_rewrite(skb, p, 0, k.addr, k.port);
+}
+
 /* to_pod, a reply on a translated flow (conntrack entry with rev_nat_index): its source
  * becomes the frontend the pod connected to. Returns 0, or -1 when the frontend is gone
  * (or the rewrite failed): the caller drops, since the pod would not recognise the reply. */

@@ -136,6 +136,14 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
         0,
         "db-0 is denied through the service: nothing may reach it"
     );
+    // Hairpin: a backend reaching itself through its own service (web-0's egress is not
+    // isolated: every backend answers, itself included).
+    let (by, dropped) = spread(&c, &web0, VIP4, 30);
+    assert_eq!(dropped, 0, "hairpin: {by:?}\n{}", c.log());
+    assert!(
+        by.contains_key("shop/web-0"),
+        "web-0 reached itself: {by:?}"
+    );
     // A frontend without backends: the SYN is dropped, with its own reason in the log.
     let none = client
         .tcp_connect(SocketAddr::new("10.96.0.20".parse().unwrap(), 80), DENY)

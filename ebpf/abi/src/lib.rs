@@ -120,6 +120,8 @@ pub const CT_F_SEEN_RST: u8 = 0x04;
 pub const CT_F_PROXY: u8 = 0x08;
 pub const CT_F_OPENED_INGRESS: u8 = 0x10;
 pub const CT_F_PROXY_UPSTREAM: u8 = 0x20;
+/// A pod's flow to a service frontend whose backend is the pod itself (hairpin).
+pub const CT_F_HAIRPIN: u8 = 0x40;
 
 /// `skb->mark` bits of the L7 proxy redirect (`PROXY_MARK_*`, docs/datapath.md §11).
 pub const PROXY_MARK_MASK: u32 = 0x0f00;
@@ -129,6 +131,8 @@ pub const PROXY_MARK_LOCAL: u32 = 0x0200;
 pub const PROXY_MARK_LISTENER: u32 = 0x0a00;
 /// The proxy's upstream sockets: `to_pod` accepts a REDIRECT decision only with it.
 pub const PROXY_MARK_UPSTREAM: u32 = 0x0b00;
+/// Set by `from_pod` on a hairpin reply it translated and sends back to the pod.
+pub const LB_MARK_HAIRPIN: u32 = 0x0c00;
 /// `proxy_state.flags`: the proxy takes redirected connections.
 pub const PROXY_F_READY: u32 = 0x01;
 /// `PROXY_F_INGRESS_L7`: an endpoint of this node has ingress HTTP rules, so `from_pod`
@@ -353,6 +357,8 @@ pub const LB_MAGLEV_MAX: usize = 16_384;
 pub const LB_ID_MAX: u32 = 65_535;
 /// `sessionAffinity: ClientIP`: the flow hash leaves the source port out.
 pub const LB_F_AFFINITY: u32 = 0x01;
+/// The source a hairpin flow is given (169.254.42.1).
+pub const LB_HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
 
 /// `struct lb_key`: a service frontend (address, port, protocol).
 #[repr(C)]

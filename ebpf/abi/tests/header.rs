@@ -149,6 +149,13 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("COUNTER_REVOKED", abi::COUNTER_REVOKED as i64),
         ("COUNTER_ICMP_RELATED", abi::COUNTER_ICMP_RELATED as i64),
         ("COUNTER_LAST", abi::COUNTER_LAST as i64),
+        ("DROP_NO_SERVICE", abi::DROP_NO_SERVICE as i64),
+        ("LB_MAGLEV_MAX", abi::LB_MAGLEV_MAX as i64),
+        ("LB_ID_MAX", abi::LB_ID_MAX as i64),
+        ("LB_F_AFFINITY", abi::LB_F_AFFINITY as i64),
+        ("LB_HAIRPIN_V4", u32::from(abi::LB_HAIRPIN_V4) as i64),
+        ("LB_MARK_HAIRPIN", abi::LB_MARK_HAIRPIN as i64),
+        ("CT_F_HAIRPIN", abi::CT_F_HAIRPIN as i64),
     ])
 }
 
@@ -195,6 +202,7 @@ fn drop_codes_and_names_are_hubbles() {
         (142, "UNKNOWN_L4_PROTOCOL"),
         (155, "CT_MAP_INSERTION_FAILED"),
         (157, "IP_FRAGMENTATION_NOT_SUPPORTED"),
+        (158, "SERVICE_BACKEND_NOT_FOUND"),
         (171, "INVALID_IDENTITY"),
         (175, "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"),
         (176, "FORBIDDEN_ICMPV6_MESSAGE"),
