@@ -16,7 +16,12 @@
 //!   ready and no endpoint of the node has ingress HTTP rules (step 6b skipped);
 //! * `from_pod new, ingress L7` – the same while some endpoint of the node has ingress HTTP
 //!   rules: step 6b's route lookup for the destination's endpoint is added (what every new
-//!   TCP connection from a pod of such a node pays).
+//!   TCP connection from a pod of such a node pays);
+//! * `... via ClusterIP` – the same packets sent to a service frontend (10.96.0.1:80, whose
+//!   one backend is the peer) instead of the peer: the translation (frontend lookup, the
+//!   flow's backend from `pal_lb_flows`, the rewrite with checksums) and, for the reply, the
+//!   reverse rewrite. Next to their direct rows they give the price of a service hop. The
+//!   service maps also hold filler frontends (1,000; 100 in the quick run).
 //!
 //! The time includes what BPF_PROG_TEST_RUN adds around a run (the loop, `bpf_ktime`); the
 //! floor carries the same. Ratios to the floor and the nanoseconds above it are printed.
@@ -53,6 +58,7 @@ const POD: u32 = 300;
 const PEER: u32 = 400;
 const FILLER_IPS: u32 = 100_000;
 const FILLER_IDENTITIES: u32 = 10_000;
+const VIP: &str = "10.96.0.1";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -112,6 +118,43 @@ fn load(fs: &common::PrivateBpffs) -> Datapath {
     dp
 }
 
+/// `frontends` service frontends 10.97.x.y:80 with one backend each, and 10.96.0.1:80 whose
+/// one backend is the peer (10.0.0.2:80), written as the agent writes them.
+fn services(dp: &mut Datapath, frontends: u32) {
+    use policy_compiler::plan::lb;
+    use policy_compiler::services::maglev::{DEFAULT_TABLE_SIZE, Table};
+    let mut t = lb::LbTarget::default();
+    let mut add = |vip: IpAddr, backend: IpAddr| {
+        let b = policy_compiler::services::backends::Backend {
+            addr: backend,
+            port: 80,
+            endpoint: None,
+        };
+        let table = Table::build(&[b.maglev_name()], DEFAULT_TABLE_SIZE).unwrap();
+        t.frontends.insert(
+            abi::LbKey::new(vip, 80, 6),
+            lb::LbFrontend {
+                service: "bench/svc".into(),
+                backends: vec![abi::LbBackend::new(backend, 80)],
+                sources: vec![b],
+                table: std::sync::Arc::new(table),
+                flags: 0,
+            },
+        );
+    };
+    add(ip(VIP), ip("10.0.0.2"));
+    for i in 0..frontends {
+        let vip = std::net::Ipv4Addr::from(0x0a61_0000 + i);
+        let be = std::net::Ipv4Addr::from(0x0ac8_0000 + i);
+        add(vip.into(), be.into());
+    }
+    let p = lb::plan(&lb::LbState::default(), &t);
+    let mut maps = palisade_enforcer::maps::AyaMaps(dp);
+    for op in &p.ops {
+        palisade_enforcer::maps::Maps::apply(&mut maps, op).unwrap();
+    }
+}
+
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
     L4::Tcp {
         sport,
@@ -163,6 +206,8 @@ fn main() {
 
     let fs = common::PrivateBpffs::new("paths");
     let mut dp = load(&fs);
+    let filler_frontends = if quick { 100 } else { 1_000 };
+    services(&mut dp, filler_frontends);
     let (pod, peer) = ("10.0.0.1", "10.0.0.2");
     let pass = abi::tcx::NEXT;
     let drop = abi::tcx::DROP;
@@ -172,6 +217,9 @@ fn main() {
     let open_out = packet::build(ip(pod), ip(peer), tcp(41000, 80, TCP_SYN));
     assert_eq!(dp.test_run(Hook::ToPod, &open_in).unwrap(), pass);
     assert_eq!(dp.test_run(Hook::FromPod, &open_out).unwrap(), pass);
+    // The pod opened 42000 -> VIP:80, translated to peer:80 (tracked by from_pod).
+    let open_svc = packet::build(ip(pod), ip(VIP), tcp(42000, 80, TCP_SYN));
+    assert_eq!(dp.test_run(Hook::FromPod, &open_svc).unwrap(), pass);
     let mut paths = vec![
         Path {
             name: "to_pod established",
@@ -230,6 +278,30 @@ fn main() {
             ns: vec![],
         },
         Path {
+            name: "from_pod new via ClusterIP",
+            hook: Hook::FromPod,
+            pkt: packet::build(ip(pod), ip(VIP), tcp(42001, 80, TCP_RST)),
+            expect: pass,
+            proxy_flags: 0,
+            ns: vec![],
+        },
+        Path {
+            name: "from_pod estab. via ClusterIP",
+            hook: Hook::FromPod,
+            pkt: packet::build(ip(pod), ip(VIP), tcp(42000, 80, TCP_ACK)),
+            expect: pass,
+            proxy_flags: 0,
+            ns: vec![],
+        },
+        Path {
+            name: "to_pod reply via ClusterIP",
+            hook: Hook::ToPod,
+            pkt: packet::build(ip(peer), ip(pod), tcp(80, 42000, TCP_ACK)),
+            expect: pass,
+            proxy_flags: 0,
+            ns: vec![],
+        },
+        Path {
             name: "from_pod new, proxy up",
             hook: Hook::FromPod,
             pkt: packet::build(ip(pod), ip(peer), tcp(41001, 80, TCP_RST)),
@@ -264,7 +336,8 @@ fn main() {
 
     println!(
         "paths bench: {rounds} round(s) of {repeat} runs per path (BPF_PROG_TEST_RUN), \
-         {FILLER_IPS} ipcache entries, {FILLER_IDENTITIES} policy entries"
+         {FILLER_IPS} ipcache entries, {FILLER_IDENTITIES} policy entries, \
+         {filler_frontends} service frontends"
     );
     for _ in 0..rounds {
         let (ns, ret) = time(floor, &floor_pkt, repeat);
@@ -287,21 +360,37 @@ fn main() {
     }
     let floor = median(floor_ns);
     println!(
-        "{:<24} {:>9} {:>9} {:>12}",
+        "{:<30} {:>9} {:>9} {:>12}",
         "path", "ns/run", "x floor", "ns above"
     );
     println!(
-        "{:<24} {:>9.1} {:>9} {:>12}",
+        "{:<30} {:>9.1} {:>9} {:>12}",
         "floor (one lookup)", floor, "1.00", "-"
     );
+    let mut medians = std::collections::BTreeMap::new();
     for p in paths {
         let ns = median(p.ns);
+        medians.insert(p.name, ns);
         println!(
-            "{:<24} {:>9.1} {:>9.2} {:>12.1}",
+            "{:<30} {:>9.1} {:>9.2} {:>12.1}",
             p.name,
             ns,
             ns / floor,
             ns - floor
+        );
+    }
+    // The service hop: each ClusterIP path over its direct twin (above the floor both).
+    println!("service hop (above the floor, direct / via ClusterIP):");
+    for (svc, direct) in [
+        ("from_pod new via ClusterIP", "from_pod new, allowed"),
+        ("from_pod estab. via ClusterIP", "from_pod established"),
+        ("to_pod reply via ClusterIP", "to_pod reply"),
+    ] {
+        let (s, d) = (medians[svc] - floor, medians[direct] - floor);
+        println!(
+            "  {svc:<30} +{:.1} ns, direct/ClusterIP = {:.2}",
+            s - d,
+            d / s
         );
     }
 }

@@ -171,6 +171,23 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
             .unwrap();
         assert!(fe == "10.96.0.10:80" || fe == "[fd00:96::10]:80", "{fe}");
     }
+    // The real hubble reads the field: `--to-service` selects exactly the translated flows.
+    match common::hubble::binary() {
+        Ok(hubble) => {
+            let (selected, _, stderr) = common::hubble::observe(
+                &hubble,
+                &c.enforcer.verdict_log(),
+                &["--to-service", "shop/web"],
+            );
+            let want: std::collections::BTreeSet<String> = lines
+                .iter()
+                .filter_map(|l| l["flow"]["uuid"].as_str().map(str::to_string))
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(selected, want, "hubble --to-service shop/web: {stderr}");
+        }
+        Err(why) => palisade_testkit::privileged::skip_or_fail("hubble --to-service", &why),
+    }
     let all = c.enforcer.verdicts();
     assert!(
         all.iter()
