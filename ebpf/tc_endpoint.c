@@ -117,8 +117,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		d.drop_reason = DROP_FRAG_NOT_SUPPORTED;
 		goto drop;
 	}
-	/* 3b. */
-	if (dir == DIRECTION_EGRESS) {
+	/* 4./5. The flow's entry (one lookup: the key is canonical). Looked up before 3b, so
+	 * a packet of a flow to a pod address pays nothing for service translation. */
+	struct ct_entry *ct = f.p.trackable ? ct_lookup(&fwd, now) : NULL;
+	/* 3b. No entry for the tuple as sent: a packet to a service frontend is translated,
+	 * then its flow's entry is the one of the translated tuple. */
+	if (dir == DIRECTION_EGRESS && !ct) {
 		__u32 id = 0;
 		int lr = lb_translate(skb, &f.p, f.ifindex, &id);
 		f.service = (__u16)id;
@@ -141,6 +145,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				goto drop;
 			}
 			ct_key_of(&fwd, &f.p, dir, f.ifindex);
+			ct = f.p.trackable ? ct_lookup(&fwd, now) : NULL;
 		}
 	}
 	/* A hairpin reply that from_pod translated back (3b'): judged with its flow. */
@@ -151,71 +156,67 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	const __u8 *peer_addr = dir == DIRECTION_EGRESS ? f.p.daddr : f.p.saddr;
 
-	if (f.p.trackable) {
-		/* 4./5. The flow's entry (one lookup: the key is canonical). */
-		struct ct_entry *ct = ct_lookup(&fwd, now);
-		if (ct && ct_opener(ct) == dir) {
-			/* 4. Same flow, same hook: established. */
-			f.src_identity = ct->src_identity;
-			f.dst_identity = ct->dst_identity;
-			f.service = ct->rev_nat_index;
-			if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
-				count(dir, COUNTER_REVOKED, 0);
-				kind = EVENT_KIND_REVOKED;
-				goto drop;
-			}
-			if (ct_refresh(ct, &f.p, now)) {
-				d = ct_closed(ct);
-				emit(&f, &d, EVENT_KIND_CT_CLOSE);
-			}
-			if (ct->flags & CT_F_PROXY)
-				mark_local(skb);
-			count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
-			if (hairpin)
-				return lb_send_back(skb, f.ifindex);
-			return TCX_NEXT;
+	if (ct && ct_opener(ct) == dir) {
+		/* 4. Same flow, same hook: established. */
+		f.src_identity = ct->src_identity;
+		f.dst_identity = ct->dst_identity;
+		f.service = ct->rev_nat_index;
+		if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
+			count(dir, COUNTER_REVOKED, 0);
+			kind = EVENT_KIND_REVOKED;
+			goto drop;
 		}
-		if (ct) {
-			/* 5. Opened at the other hook of this endpoint: a reply. */
-			f.src_identity = ct->dst_identity;
-			f.dst_identity = ct->src_identity;
-			/* Re-decided as it was opened: the other direction, the same peer, the
-			 * port it was opened to. */
-			if (ct_recheck(ct, &fwd, &ep, peer_addr, ct_opener(ct), &f.p, f.p.sport,
-				       &d)) {
-				count(dir, COUNTER_REVOKED, 0);
-				kind = EVENT_KIND_REVOKED;
-				goto drop;
-			}
-			if (!(ct->flags & CT_F_REPLY_SEEN))
-				ct->flags |= CT_F_REPLY_SEEN;
-			if (ct_refresh(ct, &f.p, now)) {
-				d = ct_closed(ct);
-				emit(&f, &d, EVENT_KIND_CT_CLOSE);
-			}
-			if (ct->flags & CT_F_PROXY_UPSTREAM)
-				mark_local(skb);
-			f.service = ct->rev_nat_index;
-			if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
+		if (ct_refresh(ct, &f.p, now)) {
+			d = ct_closed(ct);
+			emit(&f, &d, EVENT_KIND_CT_CLOSE);
+		}
+		if (ct->flags & CT_F_PROXY)
+			mark_local(skb);
+		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
+		if (hairpin)
+			return lb_send_back(skb, f.ifindex);
+		return TCX_NEXT;
+	}
+	if (ct) {
+		/* 5. Opened at the other hook of this endpoint: a reply. */
+		f.src_identity = ct->dst_identity;
+		f.dst_identity = ct->src_identity;
+		/* Re-decided as it was opened: the other direction, the same peer, the
+		 * port it was opened to. */
+		if (ct_recheck(ct, &fwd, &ep, peer_addr, ct_opener(ct), &f.p, f.p.sport,
+			       &d)) {
+			count(dir, COUNTER_REVOKED, 0);
+			kind = EVENT_KIND_REVOKED;
+			goto drop;
+		}
+		if (!(ct->flags & CT_F_REPLY_SEEN))
+			ct->flags |= CT_F_REPLY_SEEN;
+		if (ct_refresh(ct, &f.p, now)) {
+			d = ct_closed(ct);
+			emit(&f, &d, EVENT_KIND_CT_CLOSE);
+		}
+		if (ct->flags & CT_F_PROXY_UPSTREAM)
+			mark_local(skb);
+		f.service = ct->rev_nat_index;
+		if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
+			d.verdict = EVENT_VERDICT_DROPPED;
+			d.drop_reason = DROP_NO_SERVICE;
+			goto drop;
+		}
+		if (dir == DIRECTION_EGRESS && (ct->flags & CT_F_HAIRPIN)) {
+			/* The pod answering itself: back to its client side, translated,
+			 * marked as judged for to_pod. */
+			if (!f.service || lb_hairpin_reply(skb, &f.p, f.service, ep.ipv4)) {
 				d.verdict = EVENT_VERDICT_DROPPED;
 				d.drop_reason = DROP_NO_SERVICE;
 				goto drop;
 			}
-			if (dir == DIRECTION_EGRESS && (ct->flags & CT_F_HAIRPIN)) {
-				/* The pod answering itself: back to its client side, translated,
-				 * marked as judged for to_pod. */
-				if (!f.service || lb_hairpin_reply(skb, &f.p, f.service, ep.ipv4)) {
-					d.verdict = EVENT_VERDICT_DROPPED;
-					d.drop_reason = DROP_NO_SERVICE;
-					goto drop;
-				}
-				skb->mark = (skb->mark & ~PROXY_MARK_MASK) | LB_MARK_HAIRPIN;
-				count(dir, COUNTER_CT_REPLY, f.p.len);
-				return lb_send_back(skb, f.ifindex);
-			}
+			skb->mark = (skb->mark & ~PROXY_MARK_MASK) | LB_MARK_HAIRPIN;
 			count(dir, COUNTER_CT_REPLY, f.p.len);
-			return TCX_NEXT;
+			return lb_send_back(skb, f.ifindex);
 		}
+		count(dir, COUNTER_CT_REPLY, f.p.len);
+		return TCX_NEXT;
 	}
 
 	/* 5b. An ICMP error about a flow tracked at this endpoint (its quoted packet): passes,
