@@ -16,9 +16,10 @@
  *      a later fragment takes its first fragment's ports (lib/frag.h), unknown ->
  *      DROP_FRAG_NOT_FOUND; a first fragment's ports are remembered, failing that ->
  *      DROP_FRAG_NOT_SUPPORTED.
- *   3b. from_pod, TCP/UDP to a service frontend (lib/lb.h): translated to a backend (the
- *      flow's, or a new pick), no backend -> DROP_NO_SERVICE; every later step sees the
- *      backend.
+ *   3b. from_pod, after conntrack found no entry for the tuple as sent, TCP/UDP to a
+ *      service frontend (lib/lb.h): translated to a backend (the flow's, or a new pick);
+ *      no backend -> DROP_NO_SERVICE, a TCP SYN answered with a reset; every later step
+ *      sees the backend.
  *   4. conntrack hit (lib/ct.h; one lookup of the canonical key) on a flow opened at this
  *      hook -> pass, re-decided once after a policy change (revision re-check).
  *   5. the same hit on a flow opened at the other hook of this endpoint: a reply -> pass,
@@ -64,6 +65,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_key fwd = {};
 	__u8 kind = EVENT_KIND_NEW_FLOW;
 	int hairpin = 0;
+	int reject = 0;
 
 	/* 1. */
 	f.dir = dir;
@@ -128,6 +130,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		f.service = (__u16)id;
 		if (lr == LB_NO_BACKEND || lr == LB_REWRITE_FAILED) {
 			d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
+			/* A TCP opener is refused with a reset (reported as the drop it is). */
+			reject = lr == LB_NO_BACKEND && lb_reject_syn(skb, &f.p) == 0;
 			goto drop;
 		}
 		if (lr == LB_TRANSLATED) {
@@ -297,6 +301,8 @@ drop:
 	count(dir, d.drop_reason, f.p.len);
 	if (kind == EVENT_KIND_REVOKED || drop_is_new(&fwd))
 		emit(&f, &d, kind);
+	if (reject)
+		return lb_send_back(skb, f.ifindex);
 	return TCX_DROP;
 }
 

@@ -181,6 +181,70 @@ static __always_inline int lb_send_back(struct __sk_buff *skb, __u32 ifindex)
 	return bpf_redirect(ifindex, 0);
 }
 
+/* A TCP SYN (without payload) to a frontend without backends is answered with a reset, as
+ * kube-proxy's reject rule answers it, so the client fails at once instead of retrying into
+ * a blackhole: the SYN itself becomes the RST|ACK (addresses and ports swapped, which leaves
+ * every checksum's sum unchanged; seq 0, ack the SYN's seq + 1, flags), to be sent back
+ * with lb_send_back. Returns 0 when the packet was turned into the reset, -1 otherwise (the
+ * caller drops it). */
+static __always_inline int lb_reject_syn(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 hdr[16];
+	__u8 addrs[32];
+
+	if (p->protocol != IPPROTO_TCP || p->frag != FRAG_NONE ||
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != TCP_FLAG_SYN)
+		return -1;
+	if (bpf_skb_load_bytes(skb, p->l4_off, hdr, 16))
+		return -1;
+	__u32 doff = (__u32)(hdr[12] >> 4) * 4;
+	if (doff < 20 || skb->len != (__u32)p->l4_off + doff)
+		return -1; /* a SYN carrying data: dropped, not answered */
+	/* Addresses, then ports, swapped. */
+	__u32 aoff = p->l3_off + (p->family == 4 ? IPV4_SADDR_OFF : IPV6_SADDR_OFF);
+	if (p->family == 4) {
+		if (bpf_skb_load_bytes(skb, aoff, addrs, 8))
+			return -1;
+		__u8 sw[8];
+		__builtin_memcpy(sw, addrs + 4, 4);
+		__builtin_memcpy(sw + 4, addrs, 4);
+		if (bpf_skb_store_bytes(skb, aoff, sw, 8, 0))
+			return -1;
+	} else {
+		if (bpf_skb_load_bytes(skb, aoff, addrs, 32))
+			return -1;
+		__u8 sw[32];
+		__builtin_memcpy(sw, addrs + 16, 16);
+		__builtin_memcpy(sw + 16, addrs, 16);
+		if (bpf_skb_store_bytes(skb, aoff, sw, 32, 0))
+			return -1;
+	}
+	__u8 ports[4] = { hdr[2], hdr[3], hdr[0], hdr[1] };
+	if (bpf_skb_store_bytes(skb, p->l4_off, ports, 4, 0))
+		return -1;
+	/* seq 0, ack = seq + 1, flags RST|ACK; the checksum follows each word. */
+	__be32 seq, ack_old, zero = 0;
+	__builtin_memcpy(&seq, hdr + 4, 4);
+	__builtin_memcpy(&ack_old, hdr + 8, 4);
+	__be32 ack = bpf_htonl(bpf_ntohl(seq) + 1);
+	__be16 fl_old, fl_new;
+	__builtin_memcpy(&fl_old, hdr + 12, 2);
+	__u8 fl[2] = { hdr[12], TCP_FLAG_RST | TCP_FLAG_ACK };
+	__builtin_memcpy(&fl_new, fl, 2);
+	__u32 csum = p->l4_off + 16;
+	if (bpf_l4_csum_replace(skb, csum, seq, zero, 4) ||
+	    bpf_l4_csum_replace(skb, csum, ack_old, ack, 4) ||
+	    bpf_l4_csum_replace(skb, csum, fl_old, fl_new, 2))
+		return -1;
+	__u8 words[10];
+	__builtin_memcpy(words, &zero, 4);
+	__builtin_memcpy(words + 4, &ack, 4);
+	__builtin_memcpy(words + 8, fl, 2);
+	if (bpf_skb_store_bytes(skb, p->l4_off + 4, words, 10, 0))
+		return -1;
+	return 0;
+}
+
 /* Whether `a` is the hairpin source. */
 static __always_inline int lb_is_hairpin_addr(const struct pkt *p, const __u8 *a)
 {

@@ -280,12 +280,31 @@ fn udp_is_translated_and_a_frontend_without_backends_drops_with_its_reason() {
         assert_eq!(rc, PASS);
     }
     n.events();
-    let (rc, out) = n.run(
-        Hook::FromPod,
-        packet::build(ip("10.0.0.1"), ip("10.96.0.20"), tcp(5001, 80, TCP_SYN)),
+    // No backend: the SYN is answered with a reset (sent back out of the pod's interface),
+    // and reported as the drop it is.
+    let syn = with_checksums(packet::build(
+        ip("10.0.0.1"),
+        ip("10.96.0.20"),
+        tcp(5001, 80, TCP_SYN),
+    ));
+    let (rc, out) = n.dp.test_run_output(Hook::FromPod, &syn).unwrap();
+    assert_eq!(rc, 7, "TC_ACT_REDIRECT: the reset goes back to the pod");
+    assert_eq!(
+        tuple(&out),
+        ((ip("10.96.0.20"), 80), (ip("10.0.0.1"), 5001)),
+        "from the frontend to the client"
     );
-    assert_eq!(rc, DROP, "no backend: dropped");
-    assert_eq!(tuple(&out).1, (ip("10.96.0.20"), 80), "and not rewritten");
+    let l4 = 14 + 20;
+    assert_eq!(out[l4 + 13], 0x14, "RST|ACK");
+    let seq = u32::from_be_bytes(syn[l4 + 4..l4 + 8].try_into().unwrap());
+    assert_eq!(out[l4 + 4..l4 + 8], [0, 0, 0, 0], "seq 0");
+    assert_eq!(
+        u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().unwrap()),
+        seq.wrapping_add(1),
+        "ack = the SYN's seq + 1"
+    );
+    assert_eq!(out[0..6], syn[6..12], "to the pod's MAC");
+    assert!(checksums_ok(&out), "the reset's checksums");
     let ev = n.events();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].drop_reason as u32, abi::DROP_NO_SERVICE);
@@ -294,6 +313,25 @@ fn udp_is_translated_and_a_frontend_without_backends_drops_with_its_reason() {
         "SERVICE_BACKEND_NOT_FOUND"
     );
     assert_ne!(ev[0].service, 0);
+    // UDP has no reset: dropped. So is a SYN carrying data (answered by no one).
+    let (rc, _) = n.run(
+        Hook::FromPod,
+        packet::build(
+            ip("10.0.0.1"),
+            ip("10.96.0.20"),
+            L4::Udp {
+                sport: 5002,
+                dport: 80,
+            },
+        ),
+    );
+    assert_eq!(rc, DROP);
+    let mut with_data = packet::build(ip("10.0.0.1"), ip("10.96.0.20"), tcp(5003, 80, TCP_SYN));
+    with_data.extend_from_slice(b"data");
+    let ip_len = ((with_data.len() - 14) as u16).to_be_bytes();
+    with_data[14 + 2..14 + 4].copy_from_slice(&ip_len);
+    let (rc, _) = n.dp.test_run_output(Hook::FromPod, &with_data).unwrap();
+    assert_eq!(rc, DROP, "a SYN with data is not answered");
 }
 
 #[test]
@@ -346,7 +384,7 @@ fn a_flow_keeps_its_backend_while_it_stays_and_moves_when_it_leaves() {
         Hook::FromPod,
         packet::build(client, vip, tcp(42000, 80, TCP_SYN)),
     );
-    assert_eq!(rc, DROP);
+    assert_eq!(rc, 7, "refused with a reset sent back to the pod");
     assert_eq!(n.events()[0].drop_reason as u32, abi::DROP_NO_SERVICE);
     // The service deleted: the maps are empty and the address is no longer translated.
     n.services(&LbTarget::default());

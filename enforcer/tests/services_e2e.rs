@@ -21,7 +21,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::traffic::{Cluster, DENY, OK, serve_tcp};
+use common::traffic::{Cluster, OK, serve_tcp};
 use palisade_testkit::node::Pod;
 
 /// This file's address block: `10.232.x.x`, `fd00:10:232::/48`.
@@ -144,11 +144,12 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
         by.contains_key("shop/web-0"),
         "web-0 reached itself: {by:?}"
     );
-    // A frontend without backends: the SYN is dropped, with its own reason in the log.
+    // A frontend without backends refuses at once (a reset, as kube-proxy's reject rule),
+    // with its own reason in the log.
     let none = client
-        .tcp_connect(SocketAddr::new("10.96.0.20".parse().unwrap(), 80), DENY)
+        .tcp_connect(SocketAddr::new("10.96.0.20".parse().unwrap(), 80), OK)
         .unwrap();
-    assert!(matches!(none, TcpOutcome::TimedOut), "{none:?}");
+    assert!(matches!(none, TcpOutcome::Refused), "{none:?}");
 
     // The verdict log names the service on every translated flow, with the backend's
     // addresses and the frontend the client used.
