@@ -255,6 +255,7 @@ pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
             continue;
         }
         kept_ids.insert(id);
+        let no_fresh = fresh.is_empty();
         for (index, backend) in fresh {
             adds.push(Op::UpsertLbBackend {
                 key: LbBackendKey { id, index },
@@ -266,7 +267,15 @@ pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
         } else {
             fe.table.size
         };
-        if size > 0 {
+        // The same backends at the same indexes: the table (a function of the backend
+        // set) is the one the maps hold, unless they hold none of that size.
+        let unchanged = no_fresh
+            && old_idx.len() == fe.backends.len()
+            && old
+                .tables
+                .get(&id)
+                .is_some_and(|t| t.len() == size as usize);
+        if size > 0 && !unchanged {
             let slots: Arc<[u16]> = fe
                 .table
                 .slots

@@ -221,9 +221,15 @@ pub fn frontends_reusing(
     }
     let slices = slices_of(cluster, svc);
     let pods: Vec<&Endpoint> = match &svc.selector {
+        // Endpoints are keyed `namespace/name`: the service's namespace is one range.
         Some(sel) if !sel.is_empty() => cluster
             .endpoints
-            .values()
+            .range(format!("{}/", svc.namespace)..)
+            .take_while(|(k, _)| {
+                k.strip_prefix(svc.namespace.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+            .map(|(_, e)| e)
             .filter(|e| {
                 e.namespace == svc.namespace
                     && !e.host_network
