@@ -136,7 +136,6 @@ fn services(dp: &mut Datapath, frontends: u32) {
             lb::LbFrontend {
                 service: "bench/svc".into(),
                 backends: vec![abi::LbBackend::new(backend, 80)],
-                sources: vec![b],
                 table: std::sync::Arc::new(table),
                 flags: 0,
             },

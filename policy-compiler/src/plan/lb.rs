@@ -27,10 +27,9 @@ use super::Op;
 pub struct LbFrontend {
     /// `namespace/name` of its service.
     pub service: String,
-    /// Its backends, in the order the table's slots number them.
+    /// Its backends, in the order the table's slots number them (the table is a function of
+    /// their addresses and ports).
     pub backends: Vec<LbBackend>,
-    /// The same backends as the policy core lists them (what the table was built from).
-    pub sources: Vec<backends::Backend>,
     pub table: Arc<Table>,
     /// `LB_F_*`.
     pub flags: u32,
@@ -58,7 +57,13 @@ impl LbTarget {
                 let key = LbKey::new(fe.vip, fe.port, fe.protocol.0);
                 previous
                     .and_then(|p| p.frontends.get(&key))
-                    .filter(|p| p.sources == b)
+                    .filter(|p| {
+                        p.backends.len() == b.len()
+                            && p.backends
+                                .iter()
+                                .zip(b)
+                                .all(|(x, y)| *x == LbBackend::new(y.addr, y.port))
+                    })
                     .map(|p| p.table.clone())
             };
             let fbs =
@@ -100,7 +105,6 @@ impl LbTarget {
                     LbFrontend {
                         service: name.clone(),
                         backends,
-                        sources: fb.backends.clone(),
                         table,
                         flags,
                     },
