@@ -262,4 +262,32 @@ fn a_kept_connection_survives_a_backend_change_and_an_agent_restart() {
         by.contains_key("shop/web-2"),
         "new flows reach the new pod: {by:?}"
     );
+    // A new Service alone: the agent plans that frontend only (no policy map is
+    // recomputed), new flows to it reach the pods, and kept connections are untouched.
+    c.write_policy(
+        "a second service",
+        "alt.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: alt, namespace: shop}\nspec:\n  \
+         selector: {app: web}\n  clusterIPs: [10.96.0.30]\n  ports: [{port: 80, targetPort: http}]\n",
+    );
+    let log = c.log();
+    let applied = log
+        .lines()
+        .rfind(|l| l.contains("policy revision applied"))
+        .unwrap_or_default();
+    assert!(
+        applied.contains("sync.services_only=true")
+            && applied.contains("maps.policy_writes=0")
+            && applied.contains("maps.ipcache_writes=0")
+            && !applied.contains("maps.service_writes=0"),
+        "a Service change writes service maps only: {applied}"
+    );
+    let (by, dropped) = spread(&c, &client, "10.96.0.30", 30);
+    assert_eq!(dropped, 0, "{by:?}");
+    assert_eq!(
+        by.len(),
+        3,
+        "the new service reaches all three pods: {by:?}"
+    );
+    echo_all(&mut sessions, "after a second service");
 }

@@ -107,6 +107,16 @@ struct State {
     lb: policy_compiler::plan::lb::LbTarget,
 }
 
+/// What a sync recomputes.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// The whole target, planned against the maps.
+    All,
+    /// The service frontends of these namespaces only (a batch of Service and EndpointSlice
+    /// changes).
+    Services(&'a std::collections::BTreeSet<String>),
+}
+
 /// The running agent, shared by the API server and the loops.
 pub struct Daemon {
     state: Mutex<State>,
@@ -361,6 +371,59 @@ impl Daemon {
     /// records the outcome: a failure marks the agent dirty (not ready, counted, logged
     /// with what it leaves) and wakes the reconcile task; a success clears it.
     fn sync(&self, st: &mut State, revision: u32) -> Result<sync::ApplyStats, sync::SyncError> {
+        self.sync_scoped(st, revision, Scope::All)
+    }
+
+    /// [`Daemon::sync`], recomputing only what `scope` says may have changed.
+    fn sync_scoped(
+        &self,
+        st: &mut State,
+        revision: u32,
+        scope: Scope<'_>,
+    ) -> Result<sync::ApplyStats, sync::SyncError> {
+        let was_dirty = st.synced.is_dirty();
+        let result = match scope {
+            // A dirty state is reconciled whole, whatever the batch.
+            Scope::Services(namespaces) if !was_dirty => self.sync_services(st, namespaces),
+            _ => self.sync_all(st, revision),
+        };
+        self.record_sync(st, revision, was_dirty, result)
+    }
+
+    /// A batch of Service and EndpointSlice changes: the service frontends of the
+    /// namespaces it touched, recomputed and planned alone (no identity, policy, ipcache or
+    /// endpoint entry can change, and the L7 view does not depend on services).
+    fn sync_services(
+        &self,
+        st: &mut State,
+        namespaces: &std::collections::BTreeSet<String>,
+    ) -> Result<sync::ApplyStats, sync::SyncError> {
+        let State {
+            engine,
+            dp,
+            synced,
+            services,
+            lb,
+            ..
+        } = st;
+        let skipped = lb.skipped.clone();
+        let keys = lb.update(engine.cluster(), namespaces);
+        let old_ids: Vec<u32> = keys
+            .iter()
+            .filter_map(|k| synced.state().lb.services.get(k).map(|s| s.id))
+            .collect();
+        let result = synced.apply_services(&mut AyaMaps(dp), lb, &keys);
+        if result.is_ok() {
+            sync::update_service_frontends(services, lb, &synced.state().lb, &old_ids, &keys);
+        }
+        if lb.skipped != skipped && !lb.skipped.is_empty() {
+            warn!(skipped = ?lb.skipped, "service frontends not translated");
+        }
+        result
+    }
+
+    /// The whole target, planned against what the maps hold.
+    fn sync_all(&self, st: &mut State, revision: u32) -> Result<sync::ApplyStats, sync::SyncError> {
         let State {
             engine,
             dp,
@@ -370,7 +433,6 @@ impl Daemon {
             lb,
             ..
         } = st;
-        let was_dirty = synced.is_dirty();
         // Step 6b's gate goes up before an ingress HTTP rule reaches the maps and comes down
         // only after the last one left them: never a window in which a local destination's
         // ingress REDIRECT is not taken to the proxy at the source.
@@ -395,6 +457,21 @@ impl Daemon {
         }
         if result.is_ok() {
             self.publish_l7_view(engine, local, revision);
+        }
+        result
+    }
+
+    /// Records a sync's outcome: health, metrics, the log, and a reconcile wake-up after a
+    /// failed write.
+    fn record_sync(
+        &self,
+        st: &mut State,
+        revision: u32,
+        was_dirty: bool,
+        result: Result<sync::ApplyStats, sync::SyncError>,
+    ) -> Result<sync::ApplyStats, sync::SyncError> {
+        let synced = &st.synced;
+        if result.is_ok() {
             self.metrics
                 .revision
                 .store(u64::from(revision), std::sync::atomic::Ordering::Relaxed);
@@ -521,19 +598,40 @@ impl Daemon {
         let n = merged.len();
         // Kept to go back to when the maps cannot hold the result: the model then stays
         // what the maps enforce (the last good policy), and the next change builds on it.
-        let last_good = st.engine.clone();
+        // A batch of Service and EndpointSlice changes keeps its undo instead of a copy of
+        // the engine (which grows with the cluster).
+        let undo = st.engine.undo_for(&merged);
+        let last_good = undo.is_none().then(|| st.engine.clone());
         let counted = |c: &std::sync::atomic::AtomicU64| {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
-        if let Err(e) = st.engine.apply(merged) {
-            counted(&self.metrics.changes_refused);
-            return Err(e.into());
-        }
+        let diff = match st.engine.apply(merged) {
+            Ok(d) => d,
+            Err(e) => {
+                counted(&self.metrics.changes_refused);
+                return Err(e.into());
+            }
+        };
         let revision = st.revision + 1;
-        let stats = match self.sync(&mut st, revision) {
+        let scope = match undo {
+            Some(_) => Scope::Services(&diff.services_touched),
+            None => Scope::All,
+        };
+        let stats = match self.sync_scoped(&mut st, revision, scope) {
             Ok(s) => s,
             Err(e @ sync::SyncError::CapacityExceeded(_)) => {
-                st.engine = last_good;
+                if let Some(engine) = last_good {
+                    st.engine = engine;
+                }
+                if let Some(undo) = undo {
+                    // Nothing was written: the model and the service target go back to
+                    // what the maps hold.
+                    if let Err(e) = st.engine.apply(undo) {
+                        warn!(error = e.to_string(), "service change not undone");
+                    }
+                    let State { engine, lb, .. } = &mut *st;
+                    lb.update(engine.cluster(), &diff.services_touched);
+                }
                 counted(&self.metrics.changes_refused);
                 return Err(e.into());
             }
@@ -559,6 +657,8 @@ impl Daemon {
             maps.ipcache_writes = stats.ipcache_writes,
             maps.endpoints_written = stats.endpoints_written,
             maps.service_writes = stats.lb_writes,
+            maps.service_deletes = stats.lb_deletes,
+            sync.services_only = stats.services_only,
             elapsed_us = t0.elapsed().as_micros() as u64,
             "policy revision applied"
         );

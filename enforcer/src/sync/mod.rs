@@ -23,10 +23,12 @@
 //!   old and new slot exist at once) is refused before its first write
 //!   ([`SyncError::CapacityExceeded`]): maps, mirror and dirty flag stay as they were.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use policy_compiler::Engine;
+use policy_compiler::abi::LbKey;
 use policy_compiler::plan::capacity::{self, Capacity, CapacityExceeded, Usage};
+use policy_compiler::plan::lb::{LbState, LbTarget};
 use policy_compiler::plan::{self, MapState, Op, Plan, PlanOptions, Target};
 
 use crate::maps::{Maps, MapsError};
@@ -80,30 +82,55 @@ pub fn target_after(
     )
 }
 
+/// Service frontends by datapath id, for the verdict log.
+pub type ServiceNames = std::collections::HashMap<u16, crate::events::ServiceFrontend>;
+
 /// The service frontends the maps translate, by datapath id (for the verdict log).
-pub fn service_frontends(
-    target: &policy_compiler::plan::lb::LbTarget,
-    state: &policy_compiler::plan::lb::LbState,
-) -> std::collections::HashMap<u16, crate::events::ServiceFrontend> {
-    let mut out = std::collections::HashMap::new();
-    for (key, fe) in &target.frontends {
-        let (Some(s), Some((ns, name))) = (state.services.get(key), fe.service.split_once('/'))
-        else {
-            continue;
-        };
-        if let Ok(id) = u16::try_from(s.id) {
-            out.insert(
-                id,
-                crate::events::ServiceFrontend {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    address: key.ip(),
-                    port: key.port(),
-                },
-            );
-        }
+pub fn service_frontends(target: &LbTarget, state: &LbState) -> ServiceNames {
+    let mut out = ServiceNames::new();
+    for key in target.frontends.keys() {
+        name_frontend(&mut out, target, state, key);
     }
     out
+}
+
+/// [`service_frontends`] for the frontends `keys` only, after a plan of those frontends;
+/// `old_ids` are the ids they had before it.
+pub fn update_service_frontends(
+    names: &mut ServiceNames,
+    target: &LbTarget,
+    state: &LbState,
+    old_ids: &[u32],
+    keys: &BTreeSet<LbKey>,
+) {
+    for id in old_ids {
+        if let Ok(id) = u16::try_from(*id) {
+            names.remove(&id);
+        }
+    }
+    for key in keys {
+        name_frontend(names, target, state, key);
+    }
+}
+
+fn name_frontend(out: &mut ServiceNames, target: &LbTarget, state: &LbState, key: &LbKey) {
+    let (Some(fe), Some(s)) = (target.frontends.get(key), state.services.get(key)) else {
+        return;
+    };
+    let Some((ns, name)) = fe.service.split_once('/') else {
+        return;
+    };
+    if let Ok(id) = u16::try_from(s.id) {
+        out.insert(
+            id,
+            crate::events::ServiceFrontend {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                address: key.ip(),
+                port: key.port(),
+            },
+        );
+    }
 }
 
 /// What one apply or reconcile did.
@@ -121,6 +148,8 @@ pub struct ApplyStats {
     pub lb_writes: usize,
     pub lb_deletes: usize,
     pub ops: usize,
+    /// Planned over the changed service frontends only ([`Synced::apply_services`]).
+    pub services_only: bool,
 }
 
 impl From<&Plan> for ApplyStats {
@@ -137,6 +166,7 @@ impl From<&Plan> for ApplyStats {
             lb_deletes: p.stats.lb_deletes,
             transits: p.stats.transits,
             ops: p.ops.len(),
+            services_only: false,
         }
     }
 }
@@ -231,6 +261,36 @@ impl Synced {
         let p = plan::plan(&self.state, &self.slots, target, PlanOptions::default());
         capacity::check(&self.state, &p, target, &self.capacity)?;
         self.run(maps, p)
+    }
+
+    /// Brings the service frontends `keys` to `lb` (what [`LbTarget::update`] said changed
+    /// for a batch of Service and EndpointSlice changes, which change no identity, policy
+    /// or ipcache entry): a plan of those frontends only, checked against the service maps'
+    /// capacity and run like any plan. Not for a dirty `Synced` (that needs the full
+    /// reconcile of [`Synced::apply`]).
+    ///
+    /// [`LbTarget::update`]: policy_compiler::plan::lb::LbTarget::update
+    pub fn apply_services(
+        &mut self,
+        maps: &mut dyn Maps,
+        lb: &LbTarget,
+        keys: &BTreeSet<LbKey>,
+    ) -> Result<ApplyStats, SyncError> {
+        let lbp = plan::lb::plan_for(&self.state.lb, lb, keys);
+        let mut p = Plan {
+            ops: lbp.ops,
+            slots: self.slots.clone(),
+            lb_skipped: lbp.skipped,
+            ..Plan::default()
+        };
+        p.stats.lb_writes = lbp.writes;
+        p.stats.lb_deletes = lbp.deletes;
+        capacity::check_with(&self.state, &p, &self.capacity, None)?;
+        let stats = self.run(maps, p)?;
+        Ok(ApplyStats {
+            services_only: true,
+            ..stats
+        })
     }
 
     /// Dumps the maps and brings them from what they really hold to `target`, touching only

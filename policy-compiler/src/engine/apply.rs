@@ -37,6 +37,7 @@ struct Batch {
     endpoint_deletes: Vec<String>,
     ip_touched: BTreeSet<IpAddr>,
     removed_set: FxHashSet<u32>,
+    services_touched: BTreeSet<String>,
 }
 
 impl Engine {
@@ -57,7 +58,59 @@ impl Engine {
         diff.endpoint_deletes = b.endpoint_deletes;
         diff.identities_added = b.added_ids;
         diff.identities_removed = b.removed_ids;
+        diff.services_touched = b.services_touched;
         Ok(diff)
+    }
+
+    /// The changes that take the model back to where it is now after `changes`, when they
+    /// are all Service and EndpointSlice changes (those touch no identity, policy or
+    /// ipcache entry, so applying the undo is the whole way back); `None` for any other
+    /// batch. The agent keeps this instead of a copy of the engine for a service change
+    /// the maps may refuse.
+    pub fn undo_for(&self, changes: &[Change]) -> Option<Vec<Change>> {
+        let mut undo = Vec::new();
+        let mut services = BTreeSet::new();
+        let mut slices = BTreeSet::new();
+        let c = &self.cluster;
+        for change in changes {
+            match change {
+                Change::UpsertService(svc) => {
+                    let key = (svc.namespace.clone(), svc.name.clone());
+                    if services.insert(key.clone()) {
+                        undo.push(match c.services.get(&key) {
+                            Some(old) => Change::UpsertService(old.clone()),
+                            None => Change::DeleteService(key),
+                        });
+                    }
+                }
+                Change::DeleteService(key) => {
+                    if services.insert(key.clone()) {
+                        undo.extend(c.services.get(key).cloned().map(Change::UpsertService));
+                    }
+                }
+                Change::UpsertEndpointSlice(es) => {
+                    let key = (es.namespace.clone(), es.name.clone());
+                    if slices.insert(key.clone()) {
+                        undo.push(match c.endpoint_slices.get(&key) {
+                            Some(old) => Change::UpsertEndpointSlice(old.clone()),
+                            None => Change::DeleteEndpointSlice(key),
+                        });
+                    }
+                }
+                Change::DeleteEndpointSlice(key) => {
+                    if slices.insert(key.clone()) {
+                        undo.extend(
+                            c.endpoint_slices
+                                .get(key)
+                                .cloned()
+                                .map(Change::UpsertEndpointSlice),
+                        );
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(undo)
     }
 
     /// Applies the changes to the model, recording what they touch.
@@ -75,18 +128,21 @@ impl Engine {
                 }
                 Change::UpsertEndpoint(ep) => {
                     let key = ep.key.clone();
-                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep)
-                        && !prev.ips.is_empty()
-                    {
-                        b.old_ips.entry(key.clone()).or_insert(prev.ips);
+                    b.services_touched.insert(ep.namespace.clone());
+                    if let Some(prev) = self.cluster.endpoints.insert(key.clone(), ep) {
+                        b.services_touched.insert(prev.namespace.clone());
+                        if !prev.ips.is_empty() {
+                            b.old_ips.entry(key.clone()).or_insert(prev.ips);
+                        }
                     }
                     b.touched_eps.insert(key);
                 }
                 Change::DeleteEndpoint(key) => {
-                    if let Some(prev) = self.cluster.endpoints.remove(&key)
-                        && !prev.ips.is_empty()
-                    {
-                        b.old_ips.entry(key.clone()).or_insert(prev.ips);
+                    if let Some(prev) = self.cluster.endpoints.remove(&key) {
+                        b.services_touched.insert(prev.namespace.clone());
+                        if !prev.ips.is_empty() {
+                            b.old_ips.entry(key.clone()).or_insert(prev.ips);
+                        }
                     }
                     b.touched_eps.insert(key);
                 }
@@ -102,19 +158,23 @@ impl Engine {
                     e.1 = None;
                 }
                 Change::UpsertService(svc) => {
+                    b.services_touched.insert(svc.namespace.clone());
                     self.cluster
                         .services
                         .insert((svc.namespace.clone(), svc.name.clone()), svc);
                 }
                 Change::DeleteService(key) => {
+                    b.services_touched.insert(key.0.clone());
                     self.cluster.services.remove(&key);
                 }
                 Change::UpsertEndpointSlice(es) => {
+                    b.services_touched.insert(es.namespace.clone());
                     self.cluster
                         .endpoint_slices
                         .insert((es.namespace.clone(), es.name.clone()), es);
                 }
                 Change::DeleteEndpointSlice(key) => {
+                    b.services_touched.insert(key.0.clone());
                     self.cluster.endpoint_slices.remove(&key);
                 }
             }

@@ -2,6 +2,8 @@
 //! from this: the update plan (`crate::plan`) computes their ordered operations from the
 //! old map state and the target.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use crate::abi::PolicyValue;
@@ -26,6 +28,11 @@ pub struct MapDiff {
     pub policies_removed: Vec<u32>,
     pub identities_added: Vec<u32>,
     pub identities_removed: Vec<u32>,
+    /// Namespaces whose services may translate differently now (a Service, EndpointSlice
+    /// or pod of theirs changed): what the service target recomputes
+    /// (`plan::lb::LbTarget::update`).
+    #[serde(skip)]
+    pub services_touched: BTreeSet<String>,
 }
 
 /// One change of a [`MapDiff`], as [`MapDiff::ops`] lists them.

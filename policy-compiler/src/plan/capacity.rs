@@ -172,6 +172,22 @@ pub fn check(
     target: &Target,
     cap: &Capacity,
 ) -> Result<Usage, CapacityExceeded> {
+    let largest = target
+        .policies
+        .iter()
+        .map(|(id, c)| (*id, c.entries.len()))
+        .max_by_key(|(id, n)| (*n, std::cmp::Reverse(*id)));
+    check_with(old, plan, cap, largest)
+}
+
+/// [`check`], with the target's largest policy (identity, entries) given: a plan that
+/// writes no policy (a service change) needs no target to be checked.
+pub fn check_with(
+    old: &MapState,
+    plan: &Plan,
+    cap: &Capacity,
+    largest: Option<(u32, usize)>,
+) -> Result<Usage, CapacityExceeded> {
     let p = peak(old, plan);
     let over = |map, needed: usize, capacity: usize, largest| {
         (needed > capacity).then_some(CapacityExceeded {
@@ -181,11 +197,6 @@ pub fn check(
             largest,
         })
     };
-    let largest = target
-        .policies
-        .iter()
-        .map(|(id, c)| (*id, c.entries.len()))
-        .max_by_key(|(id, n)| (*n, std::cmp::Reverse(*id)));
     if let Some(e) = over(abi::map_name::POLICY, p.policy, cap.policy, largest)
         .or_else(|| over(abi::map_name::IPCACHE, p.ipcache, cap.ipcache, None))
         .or_else(|| over(abi::map_name::ENDPOINTS, p.endpoints, cap.endpoints, None))

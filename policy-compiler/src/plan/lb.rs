@@ -35,12 +35,23 @@ pub struct LbFrontend {
     pub flags: u32,
 }
 
+/// A service's part of the target: its frontends and what was left out of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ServicePart {
+    frontends: Vec<(LbKey, LbFrontend)>,
+    skipped: Vec<String>,
+}
+
 /// Every frontend this node translates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbTarget {
     pub frontends: BTreeMap<LbKey, LbFrontend>,
     /// Services (or their frontends) left out, and why: shown in the agent's log.
     pub skipped: Vec<String>,
+    /// Each service's frontends, by (namespace, name).
+    parts: BTreeMap<(String, String), ServicePart>,
+    /// The services claiming each frontend: the first in (namespace, name) order serves it.
+    claims: BTreeMap<LbKey, BTreeSet<(String, String)>>,
 }
 
 impl LbTarget {
@@ -50,68 +61,170 @@ impl LbTarget {
     /// Node ports are not translated yet (they need a program on the node's uplink); SCTP
     /// frontends neither (a port rewrite would need the packet's CRC32c recomputed).
     pub fn from_cluster(cluster: &Cluster, previous: Option<&LbTarget>) -> LbTarget {
-        let mut t = LbTarget::default();
-        for svc in cluster.services.values() {
-            let name = format!("{}/{}", svc.namespace, svc.name);
-            let reuse = |fe: &backends::Frontend, b: &[backends::Backend]| -> Option<Arc<Table>> {
-                let key = LbKey::new(fe.vip, fe.port, fe.protocol.0);
-                previous
-                    .and_then(|p| p.frontends.get(&key))
-                    .filter(|p| {
-                        p.backends.len() == b.len()
-                            && p.backends
-                                .iter()
-                                .zip(b)
-                                .all(|(x, y)| *x == LbBackend::new(y.addr, y.port))
-                    })
-                    .map(|p| p.table.clone())
-            };
-            let fbs =
-                match backends::frontends_reusing(cluster, svc, maglev::DEFAULT_TABLE_SIZE, &reuse)
-                {
-                    Ok(f) => f,
-                    Err(e) => {
-                        t.skipped.push(format!("service {name}: {e}"));
-                        continue;
-                    }
-                };
-            for fb in fbs {
-                let fe = &fb.frontend;
-                if fe.kind == FrontendKind::NodePort {
-                    continue;
-                }
-                let proto = fe.protocol.0;
-                if proto != 6 && proto != 17 {
-                    t.skipped.push(format!(
-                        "service {name}: {} port {} is not translated (only TCP and UDP are)",
-                        fe.protocol, fe.port
-                    ));
-                    continue;
-                }
-                let key = LbKey::new(fe.vip, fe.port, proto);
-                let backends: Vec<LbBackend> = fb
-                    .backends
-                    .iter()
-                    .map(|b| LbBackend::new(b.addr, b.port))
-                    .collect();
-                let table = fb.table.clone();
-                let flags = if fb.affinity_s.is_some() {
-                    abi::LB_F_AFFINITY
-                } else {
-                    0
-                };
-                t.frontends.insert(
-                    key,
-                    LbFrontend {
-                        service: name.clone(),
-                        backends,
-                        table,
-                        flags,
-                    },
+        let mut t = previous.cloned().unwrap_or_default();
+        let mut all: BTreeSet<String> = cluster.services.keys().map(|k| k.0.clone()).collect();
+        all.extend(t.parts.keys().map(|k| k.0.clone()));
+        t.update(cluster, &all);
+        t
+    }
+
+    /// Brings the services of `namespaces` up to `cluster` (what a service translates to
+    /// depends only on its own namespace: the service, its EndpointSlices and, without
+    /// slices, its namespace's pods) and returns the frontends whose entry may have
+    /// changed. Any other service's part is kept as is: an update costs what its
+    /// namespaces hold, not what the cluster holds.
+    pub fn update(&mut self, cluster: &Cluster, namespaces: &BTreeSet<String>) -> BTreeSet<LbKey> {
+        let mut touched = BTreeSet::new();
+        for ns in namespaces {
+            let range = |k: &(String, String)| k.0 == *ns;
+            let start = (ns.clone(), String::new());
+            let old: Vec<(String, String)> = self
+                .parts
+                .range(start.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k| range(k))
+                .cloned()
+                .collect();
+            let mut parts = BTreeMap::new();
+            for (k, svc) in cluster
+                .services
+                .range(start..)
+                .take_while(|(k, _)| range(k))
+            {
+                parts.insert(
+                    k.clone(),
+                    self.service_part(cluster, svc, self.parts.get(k)),
                 );
             }
+            for k in old {
+                if let Some(p) = self.parts.remove(&k) {
+                    for (key, _) in p.frontends {
+                        touched.insert(key);
+                        if let Some(c) = self.claims.get_mut(&key) {
+                            c.remove(&k);
+                        }
+                    }
+                }
+            }
+            for (k, p) in parts {
+                for (key, _) in &p.frontends {
+                    touched.insert(*key);
+                    self.claims.entry(*key).or_default().insert(k.clone());
+                }
+                self.parts.insert(k, p);
+            }
         }
-        t
+        let mut changed = BTreeSet::new();
+        for key in touched {
+            let owner = self.claims.get(&key).and_then(|c| c.first());
+            let fe = owner
+                .and_then(|o| self.parts.get(o))
+                .and_then(|p| p.frontends.iter().find(|(k, _)| *k == key))
+                .map(|(_, fe)| fe.clone());
+            if owner.is_none() {
+                self.claims.remove(&key);
+            }
+            let differs = match fe {
+                Some(fe) => self.frontends.insert(key, fe.clone()).as_ref() != Some(&fe),
+                None => self.frontends.remove(&key).is_some(),
+            };
+            if differs {
+                changed.insert(key);
+            }
+        }
+        if !namespaces.is_empty() {
+            self.skipped = self.collect_skipped();
+        }
+        changed
+    }
+
+    fn collect_skipped(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .parts
+            .values()
+            .flat_map(|p| p.skipped.clone())
+            .collect();
+        for (key, c) in self.claims.iter().filter(|(_, c)| c.len() > 1) {
+            let mut names = c.iter().map(|(ns, n)| format!("{ns}/{n}"));
+            let first = names.next().unwrap_or_default();
+            for other in names {
+                out.push(format!(
+                    "service {other}: frontend {}:{} is also service {first}'s, which serves it",
+                    key.ip(),
+                    key.port()
+                ));
+            }
+        }
+        out
+    }
+
+    /// One service's frontends, reusing the tables of `previous` (its last part) where a
+    /// frontend's backends did not change.
+    fn service_part(
+        &self,
+        cluster: &Cluster,
+        svc: &crate::model::Service,
+        previous: Option<&ServicePart>,
+    ) -> ServicePart {
+        let name = format!("{}/{}", svc.namespace, svc.name);
+        let mut part = ServicePart::default();
+        let reuse = |fe: &backends::Frontend, b: &[backends::Backend]| -> Option<Arc<Table>> {
+            let key = LbKey::new(fe.vip, fe.port, fe.protocol.0);
+            previous
+                .and_then(|p| p.frontends.iter().find(|(k, _)| *k == key))
+                .map(|(_, p)| p)
+                .filter(|p| {
+                    p.backends.len() == b.len()
+                        && p.backends
+                            .iter()
+                            .zip(b)
+                            .all(|(x, y)| *x == LbBackend::new(y.addr, y.port))
+                })
+                .map(|p| p.table.clone())
+        };
+        let fbs =
+            match backends::frontends_reusing(cluster, svc, maglev::DEFAULT_TABLE_SIZE, &reuse) {
+                Ok(f) => f,
+                Err(e) => {
+                    part.skipped.push(format!("service {name}: {e}"));
+                    return part;
+                }
+            };
+        for fb in fbs {
+            let fe = &fb.frontend;
+            if fe.kind == FrontendKind::NodePort {
+                continue;
+            }
+            let proto = fe.protocol.0;
+            if proto != 6 && proto != 17 {
+                part.skipped.push(format!(
+                    "service {name}: {} port {} is not translated (only TCP and UDP are)",
+                    fe.protocol, fe.port
+                ));
+                continue;
+            }
+            let key = LbKey::new(fe.vip, fe.port, proto);
+            let backends: Vec<LbBackend> = fb
+                .backends
+                .iter()
+                .map(|b| LbBackend::new(b.addr, b.port))
+                .collect();
+            let flags = if fb.affinity_s.is_some() {
+                abi::LB_F_AFFINITY
+            } else {
+                0
+            };
+            part.frontends.push((
+                key,
+                LbFrontend {
+                    service: name.clone(),
+                    backends,
+                    table: fb.table.clone(),
+                    flags,
+                },
+            ));
+        }
+        part
     }
 }
 
@@ -194,38 +307,134 @@ pub struct LbPlan {
     pub skipped: Vec<String>,
 }
 
-/// The operations from `old` to `target` (see the module comment for their order).
-pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
-    let mut out = LbPlan::default();
-    let mut used = old.ids();
-    let mut next = used.last().map_or(1, |m| m % abi::LB_ID_MAX + 1);
-    let mut alloc = |used: &mut BTreeSet<u32>| -> Option<u32> {
+/// Frontend ids: which are in use in the old maps or taken by this plan, and the next to
+/// try. The old maps' ids are looked up per candidate, not collected, so a plan that
+/// allocates nothing pays nothing for them.
+struct Ids<'a> {
+    old: &'a LbState,
+    service_ids: Option<BTreeSet<u32>>,
+    taken: BTreeSet<u32>,
+    next: Option<u32>,
+}
+
+impl<'a> Ids<'a> {
+    fn new(old: &'a LbState) -> Ids<'a> {
+        Ids {
+            old,
+            service_ids: None,
+            taken: BTreeSet::new(),
+            next: None,
+        }
+    }
+
+    fn in_use(&mut self, id: u32) -> bool {
+        let old = self.old;
+        self.taken.contains(&id)
+            || old.tables.contains_key(&id)
+            || old.revnat.contains_key(&id)
+            || old
+                .backends
+                .range(
+                    LbBackendKey { id, index: 0 }..=LbBackendKey {
+                        id,
+                        index: u32::MAX,
+                    },
+                )
+                .next()
+                .is_some()
+            || self
+                .service_ids
+                .get_or_insert_with(|| old.services.values().map(|s| s.id).collect())
+                .contains(&id)
+    }
+
+    /// A free id after the highest in use (wrapping), or none when all are in use.
+    fn alloc(&mut self) -> Option<u32> {
+        let old = self.old;
+        let mut next = *self.next.get_or_insert_with(|| {
+            let highest = [
+                old.services.values().map(|s| s.id).max(),
+                old.tables.keys().next_back().copied(),
+                old.revnat.keys().next_back().copied(),
+                old.backends.keys().next_back().map(|k| k.id),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            highest.map_or(1, |m| m % abi::LB_ID_MAX + 1)
+        });
         for _ in 0..abi::LB_ID_MAX {
             let id = next;
             next = next % abi::LB_ID_MAX + 1;
-            if used.insert(id) {
+            if !self.in_use(id) {
+                self.taken.insert(id);
+                self.next = Some(next);
                 return Some(id);
             }
         }
         None
-    };
-    let mut adds = Vec::new();
-    let mut removes = Vec::new();
-    let mut kept_ids = BTreeSet::new();
-    for (key, fe) in &target.frontends {
+    }
+}
+
+/// The operations being collected, in their three groups (see the module comment).
+#[derive(Default)]
+struct Ops {
+    adds: Vec<Op>,
+    gone: Vec<Op>,
+    removes: Vec<Op>,
+    skipped: Vec<String>,
+}
+
+impl Ops {
+    fn finish(self) -> LbPlan {
+        let mut out = LbPlan {
+            writes: self.adds.len(),
+            deletes: self.gone.len() + self.removes.len(),
+            ops: self.adds,
+            skipped: self.skipped,
+        };
+        out.ops.extend(self.gone);
+        out.ops.extend(self.removes);
+        out
+    }
+
+    /// Everything the old maps hold under frontend id `id`, except its frontend entry.
+    fn remove_id(&mut self, old: &LbState, id: u32) {
+        if old.tables.contains_key(&id) {
+            self.removes.push(Op::DeleteLbTable { id });
+        }
+        if old.revnat.contains_key(&id) {
+            self.removes.push(Op::DeleteLbRevNat { id });
+        }
+        for i in old.backends_of(id).values() {
+            self.removes.push(Op::DeleteLbBackend {
+                key: LbBackendKey { id, index: *i },
+            });
+        }
+    }
+
+    /// The operations that bring frontend `key` from `old` to `fe`; returns its id, or
+    /// none when it could not be given one.
+    fn frontend(
+        &mut self,
+        old: &LbState,
+        ids: &mut Ids,
+        key: &LbKey,
+        fe: &LbFrontend,
+    ) -> Option<u32> {
         let id = match old.services.get(key) {
             Some(s) => s.id,
-            None => match alloc(&mut used) {
+            None => match ids.alloc() {
                 Some(id) => id,
                 None => {
-                    out.skipped.push(format!(
+                    self.skipped.push(format!(
                         "service {}: frontend {}:{} has no id (all {} in use)",
                         fe.service,
                         key.ip(),
                         key.port(),
                         abi::LB_ID_MAX
                     ));
-                    continue;
+                    return None;
                 }
             },
         };
@@ -250,18 +459,17 @@ pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
             }
         }
         if index_of.iter().any(|i| *i > u32::from(u16::MAX)) {
-            out.skipped.push(format!(
+            self.skipped.push(format!(
                 "service {}: frontend {}:{} has more backends than a table can index",
                 fe.service,
                 key.ip(),
                 key.port()
             ));
-            continue;
+            return None;
         }
-        kept_ids.insert(id);
         let no_fresh = fresh.is_empty();
         for (index, backend) in fresh {
-            adds.push(Op::UpsertLbBackend {
+            self.adds.push(Op::UpsertLbBackend {
                 key: LbBackendKey { id, index },
                 backend,
             });
@@ -287,11 +495,11 @@ pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
                 .map(|pos| index_of.get(*pos as usize).map_or(0, |i| *i as u16))
                 .collect();
             if old.tables.get(&id) != Some(&slots) {
-                adds.push(Op::SetLbTable { id, slots });
+                self.adds.push(Op::SetLbTable { id, slots });
             }
         }
         if old.revnat.get(&id) != Some(key) {
-            adds.push(Op::SetLbRevNat { id, frontend: *key });
+            self.adds.push(Op::SetLbRevNat { id, frontend: *key });
         }
         let service = LbService {
             id,
@@ -300,48 +508,67 @@ pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
             flags: fe.flags,
         };
         if old.services.get(key) != Some(&service) {
-            adds.push(Op::UpsertLbService { key: *key, service });
+            self.adds.push(Op::UpsertLbService { key: *key, service });
         }
         if size == 0 && old.tables.contains_key(&id) {
-            removes.push(Op::DeleteLbTable { id });
+            self.removes.push(Op::DeleteLbTable { id });
         }
         for (b, i) in &old_idx {
             if !fe.backends.contains(b) {
-                removes.push(Op::DeleteLbBackend {
+                self.removes.push(Op::DeleteLbBackend {
                     key: LbBackendKey { id, index: *i },
                 });
             }
         }
+        Some(id)
     }
-    // Frontends that left, and anything a failed plan left without a frontend.
-    let mut gone = Vec::new();
+}
+
+/// The operations from `old` to `target` (see the module comment for their order), over
+/// every frontend; also removes whatever the maps hold under an id no frontend uses (left
+/// by a failed plan).
+pub fn plan(old: &LbState, target: &LbTarget) -> LbPlan {
+    let mut ops = Ops::default();
+    let mut ids = Ids::new(old);
+    let mut kept_ids = BTreeSet::new();
+    for (key, fe) in &target.frontends {
+        if let Some(id) = ops.frontend(old, &mut ids, key, fe) {
+            kept_ids.insert(id);
+        }
+    }
     for (key, s) in &old.services {
         if !target.frontends.contains_key(key) || !kept_ids.contains(&s.id) {
-            gone.push(Op::DeleteLbService { key: *key });
+            ops.gone.push(Op::DeleteLbService { key: *key });
         }
     }
     for id in old.ids() {
-        if kept_ids.contains(&id) {
-            continue;
-        }
-        if old.tables.contains_key(&id) {
-            removes.push(Op::DeleteLbTable { id });
-        }
-        if old.revnat.contains_key(&id) {
-            removes.push(Op::DeleteLbRevNat { id });
-        }
-        for i in old.backends_of(id).values() {
-            removes.push(Op::DeleteLbBackend {
-                key: LbBackendKey { id, index: *i },
-            });
+        if !kept_ids.contains(&id) {
+            ops.remove_id(old, id);
         }
     }
-    out.writes = adds.len();
-    out.deletes = gone.len() + removes.len();
-    out.ops = adds;
-    out.ops.extend(gone);
-    out.ops.extend(removes);
-    out
+    ops.finish()
+}
+
+/// [`plan`] for the frontends `keys` only (those [`LbTarget::update`] says changed): the
+/// agent's path for a service or backend change, whose cost does not grow with the number
+/// of services. Valid when `old` is what the maps hold (the agent reconciles with the full
+/// [`plan`] after a failed write).
+pub fn plan_for(old: &LbState, target: &LbTarget, keys: &BTreeSet<LbKey>) -> LbPlan {
+    let mut ops = Ops::default();
+    let mut ids = Ids::new(old);
+    for key in keys {
+        let kept = target
+            .frontends
+            .get(key)
+            .and_then(|fe| ops.frontend(old, &mut ids, key, fe));
+        if kept.is_none()
+            && let Some(s) = old.services.get(key)
+        {
+            ops.gone.push(Op::DeleteLbService { key: *key });
+            ops.remove_id(old, s.id);
+        }
+    }
+    ops.finish()
 }
 
 /// The backend a new flow `src:sport -> key` is translated to under `state`, computed as
@@ -532,5 +759,114 @@ mod tests {
                 .values()
                 .all(|v| v.backends == 0 && v.table_size == 0)
         );
+    }
+
+    /// One change of the incremental-update property test: (kind, namespace, object, n).
+    fn change(kind: u8, ns: u8, obj: u8, n: u8) -> crate::engine::Change {
+        use crate::Protocol;
+        use crate::engine::Change;
+        use crate::model::{
+            Endpoint, EndpointSlice, NamedPort, Service, ServicePortSpec, ServiceTarget,
+            ServiceType, SliceEndpoint, WorkloadRef,
+        };
+        let ns = format!("ns{}", ns % 3);
+        let ip = |i: u8| -> IpAddr { format!("10.0.{}.{}", i % 4, i).parse().unwrap() };
+        match kind % 6 {
+            0 => {
+                let name = format!("p{}", obj % 6);
+                Change::UpsertEndpoint(Endpoint {
+                    key: Endpoint::pod_key(&ns, &name),
+                    namespace: ns.clone(),
+                    name,
+                    workload: WorkloadRef {
+                        kind: "ReplicaSet".into(),
+                        name: "web".into(),
+                    },
+                    labels: [("app".to_string(), format!("a{}", n % 3))].into(),
+                    ips: vec![ip(n)],
+                    ports: vec![NamedPort {
+                        name: "http".into(),
+                        port: 8080 + u16::from(n % 2),
+                        protocol: Protocol::TCP,
+                    }],
+                    host_network: false,
+                })
+            }
+            1 => Change::DeleteEndpoint(format!("{ns}/p{}", obj % 6)),
+            2 => Change::UpsertService(Service {
+                namespace: ns.clone(),
+                name: format!("s{}", obj % 3),
+                // Some services take their backends from EndpointSlices.
+                selector: (n % 4 != 0).then(|| [("app".to_string(), format!("a{}", n % 3))].into()),
+                // Few addresses: two services sometimes claim one frontend.
+                cluster_ips: vec![format!("10.96.0.{}", n % 7).parse().unwrap()],
+                ports: vec![ServicePortSpec {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Protocol::TCP,
+                    target: ServiceTarget::Named("http".into()),
+                    node_port: None,
+                }],
+                service_type: ServiceType::ClusterIP,
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                session_affinity_s: (n % 5 == 0).then_some(60),
+                internal_traffic_local: false,
+                external_traffic_local: false,
+            }),
+            3 => Change::DeleteService((ns, format!("s{}", obj % 3))),
+            4 => Change::UpsertEndpointSlice(EndpointSlice {
+                namespace: ns.clone(),
+                name: format!("sl{}", obj % 2),
+                service: format!("s{}", obj % 3),
+                ports: vec![(Some("http".into()), 9000 + u16::from(n % 2), Protocol::TCP)],
+                endpoints: (0..n % 4)
+                    .map(|i| SliceEndpoint {
+                        addresses: vec![ip(n.wrapping_add(i))],
+                        ready: i != 1,
+                        serving: true,
+                        terminating: i == 1,
+                        pod: None,
+                        node_name: None,
+                    })
+                    .collect(),
+            }),
+            _ => Change::DeleteEndpointSlice((ns, format!("sl{}", obj % 2))),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The agent's path (the namespaces a batch touched, the frontends that changed,
+        /// their plan only) lands where a full rebuild and a full plan would, after every
+        /// change of a random sequence.
+        #[test]
+        fn incremental_updates_equal_a_rebuild(
+            steps in proptest::collection::vec((0u8..6, 0u8..3, 0u8..6, 0u8..255), 1..40)
+        ) {
+            let mut engine = crate::engine::Engine::new(crate::engine::EngineConfig::default());
+            let mut t = LbTarget::default();
+            let mut s = LbState::default();
+            for (kind, ns, obj, n) in steps {
+                let ch = change(kind, ns, obj, n);
+                let undo = engine.undo_for(std::slice::from_ref(&ch));
+                proptest::prop_assert_eq!(undo.is_some(), kind % 6 >= 2, "undo only for services and slices");
+                let before = engine.cluster().clone();
+                let diff = engine.apply(vec![ch]).unwrap();
+                if let Some(undo) = undo {
+                    let mut back = engine.clone();
+                    back.apply(undo).unwrap();
+                    proptest::prop_assert_eq!(back.cluster(), &before, "the undo restores the model");
+                }
+                let keys = t.update(engine.cluster(), &diff.services_touched);
+                let p = plan_for(&s, &t, &keys);
+                run(&mut s, &p);
+                let fresh = LbTarget::from_cluster(engine.cluster(), None);
+                proptest::prop_assert_eq!(&t.frontends, &fresh.frontends);
+                proptest::prop_assert_eq!(&t.skipped, &fresh.skipped);
+                let rest = plan(&s, &fresh);
+                proptest::prop_assert!(rest.ops.is_empty(), "left for a full plan: {:?}", rest.ops);
+            }
+        }
     }
 }

@@ -122,10 +122,13 @@ fn target_port(port: &ServicePortSpec, ep: &Endpoint) -> Result<u16, String> {
 
 /// The service's EndpointSlices.
 fn slices_of<'a>(cluster: &'a Cluster, svc: &Service) -> Vec<&'a EndpointSlice> {
+    // Keyed (namespace, name): the service's namespace is one range.
     cluster
         .endpoint_slices
-        .values()
-        .filter(|s| s.namespace == svc.namespace && s.service == svc.name)
+        .range((svc.namespace.clone(), String::new())..)
+        .take_while(|((ns, _), _)| *ns == svc.namespace)
+        .map(|(_, s)| s)
+        .filter(|s| s.service == svc.name)
         .collect()
 }
 
