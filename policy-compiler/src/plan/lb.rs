@@ -797,7 +797,8 @@ mod tests {
                 namespace: ns.clone(),
                 name: format!("s{}", obj % 3),
                 // Some services take their backends from EndpointSlices.
-                selector: (n % 4 != 0).then(|| [("app".to_string(), format!("a{}", n % 3))].into()),
+                selector: (!n.is_multiple_of(4))
+                    .then(|| [("app".to_string(), format!("a{}", n % 3))].into()),
                 // Few addresses: two services sometimes claim one frontend.
                 cluster_ips: vec![format!("10.96.0.{}", n % 7).parse().unwrap()],
                 ports: vec![ServicePortSpec {
@@ -810,7 +811,7 @@ mod tests {
                 service_type: ServiceType::ClusterIP,
                 external_ips: vec![],
                 load_balancer_ips: vec![],
-                session_affinity_s: (n % 5 == 0).then_some(60),
+                session_affinity_s: n.is_multiple_of(5).then_some(60),
                 internal_traffic_local: false,
                 external_traffic_local: false,
             }),
