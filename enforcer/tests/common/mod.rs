@@ -68,4 +68,5 @@ impl Drop for PrivateBpffs {
 }
 pub mod hubble;
 pub mod kube;
+pub mod kube_proxy;
 pub mod traffic;

@@ -52,6 +52,10 @@ pub struct LbTarget {
     parts: BTreeMap<(String, String), ServicePart>,
     /// The services claiming each frontend: the first in (namespace, name) order serves it.
     claims: BTreeMap<LbKey, BTreeSet<(String, String)>>,
+    /// Services with something left out, and frontends claimed twice: what `skipped` is
+    /// made of, kept so that an update does not walk every service to say it.
+    with_skipped: BTreeSet<(String, String)>,
+    shared: BTreeSet<LbKey>,
 }
 
 impl LbTarget {
@@ -97,6 +101,7 @@ impl LbTarget {
                 );
             }
             for k in old {
+                self.with_skipped.remove(&k);
                 if let Some(p) = self.parts.remove(&k) {
                     for (key, _) in p.frontends {
                         touched.insert(key);
@@ -107,6 +112,9 @@ impl LbTarget {
                 }
             }
             for (k, p) in parts {
+                if !p.skipped.is_empty() {
+                    self.with_skipped.insert(k.clone());
+                }
                 for (key, _) in &p.frontends {
                     touched.insert(*key);
                     self.claims.entry(*key).or_default().insert(k.clone());
@@ -124,6 +132,11 @@ impl LbTarget {
             if owner.is_none() {
                 self.claims.remove(&key);
             }
+            if self.claims.get(&key).is_some_and(|c| c.len() > 1) {
+                self.shared.insert(key);
+            } else {
+                self.shared.remove(&key);
+            }
             let differs = match fe {
                 Some(fe) => self.frontends.insert(key, fe.clone()).as_ref() != Some(&fe),
                 None => self.frontends.remove(&key).is_some(),
@@ -140,11 +153,16 @@ impl LbTarget {
 
     fn collect_skipped(&self) -> Vec<String> {
         let mut out: Vec<String> = self
-            .parts
-            .values()
+            .with_skipped
+            .iter()
+            .filter_map(|k| self.parts.get(k))
             .flat_map(|p| p.skipped.clone())
             .collect();
-        for (key, c) in self.claims.iter().filter(|(_, c)| c.len() > 1) {
+        for (key, c) in self
+            .shared
+            .iter()
+            .filter_map(|k| Some((k, self.claims.get(k)?)))
+        {
             let mut names = c.iter().map(|(ns, n)| format!("{ns}/{n}"));
             let first = names.next().unwrap_or_default();
             for other in names {
@@ -308,12 +326,15 @@ pub struct LbPlan {
 }
 
 /// Frontend ids: which are in use in the old maps or taken by this plan, and the next to
-/// try. The old maps' ids are looked up per candidate, not collected, so a plan that
-/// allocates nothing pays nothing for them.
+/// try. A candidate above the highest id the old maps hold is free without a look; below
+/// it (after the ids wrapped) the old maps are asked per candidate, the frontends' ids
+/// collected once. A plan that allocates nothing pays nothing for them.
 struct Ids<'a> {
     old: &'a LbState,
-    service_ids: Option<BTreeSet<u32>>,
+    service_ids: Option<crate::hash::FxHashSet<u32>>,
     taken: BTreeSet<u32>,
+    /// The highest id in the old maps (0: none), and the next candidate.
+    highest: u32,
     next: Option<u32>,
 }
 
@@ -323,14 +344,20 @@ impl<'a> Ids<'a> {
             old,
             service_ids: None,
             taken: BTreeSet::new(),
+            highest: 0,
             next: None,
         }
     }
 
     fn in_use(&mut self, id: u32) -> bool {
         let old = self.old;
-        self.taken.contains(&id)
-            || old.tables.contains_key(&id)
+        if self.taken.contains(&id) {
+            return true;
+        }
+        if id > self.highest {
+            return false;
+        }
+        old.tables.contains_key(&id)
             || old.revnat.contains_key(&id)
             || old
                 .backends
@@ -351,8 +378,8 @@ impl<'a> Ids<'a> {
     /// A free id after the highest in use (wrapping), or none when all are in use.
     fn alloc(&mut self) -> Option<u32> {
         let old = self.old;
-        let mut next = *self.next.get_or_insert_with(|| {
-            let highest = [
+        if self.next.is_none() {
+            self.highest = [
                 old.services.values().map(|s| s.id).max(),
                 old.tables.keys().next_back().copied(),
                 old.revnat.keys().next_back().copied(),
@@ -360,9 +387,10 @@ impl<'a> Ids<'a> {
             ]
             .into_iter()
             .flatten()
-            .max();
-            highest.map_or(1, |m| m % abi::LB_ID_MAX + 1)
-        });
+            .max()
+            .unwrap_or(0);
+        }
+        let mut next = *self.next.get_or_insert(self.highest % abi::LB_ID_MAX + 1);
         for _ in 0..abi::LB_ID_MAX {
             let id = next;
             next = next % abi::LB_ID_MAX + 1;

@@ -78,20 +78,28 @@ impl Table {
             .collect();
         const FREE: u32 = u32::MAX;
         let mut slots = vec![FREE; size as usize];
-        let mut next = vec![0u64; names.len()];
+        // Backend i's n-th preference is (offset + n * skip) mod M; `cur[i]` is its next
+        // one, stepped by one addition (no division per probe).
+        let mut cur: Vec<u64> = prefs.iter().map(|(offset, _)| *offset).collect();
         let mut filled = 0usize;
         'fill: loop {
-            for (i, (offset, skip)) in prefs.iter().enumerate() {
+            for (i, (_, skip)) in prefs.iter().enumerate() {
                 // The next preferred slot of backend i that is still free. Each backend's
                 // preference list is a permutation of all slots (M prime, skip in 1..M), so
                 // this ends.
-                let mut c = (offset + next[i] * skip) % m;
+                let step = |c: u64| {
+                    if c + skip >= m {
+                        c + skip - m
+                    } else {
+                        c + skip
+                    }
+                };
+                let mut c = cur[i];
                 while slots[c as usize] != FREE {
-                    next[i] += 1;
-                    c = (offset + next[i] * skip) % m;
+                    c = step(c);
                 }
                 slots[c as usize] = i as u32;
-                next[i] += 1;
+                cur[i] = step(c);
                 filled += 1;
                 if filled == size as usize {
                     break 'fill;
@@ -181,6 +189,60 @@ mod tests {
             assert!(
                 lo >= ideal && hi <= ideal + 1,
                 "{n} backends: {lo}..{hi}, ideal {ideal}"
+            );
+        }
+    }
+
+    /// The population as the Maglev paper writes it (the n-th preference computed with a
+    /// division), against which the stepped one is checked slot by slot.
+    fn reference(names: &[String], size: u32) -> Vec<u32> {
+        let m = u64::from(size);
+        let prefs: Vec<(u64, u64)> = names
+            .iter()
+            .map(|n| {
+                let b = n.as_bytes();
+                (
+                    u64::from(jhash(b, SEED_OFFSET)) % m,
+                    u64::from(jhash(b, SEED_SKIP)) % (m - 1) + 1,
+                )
+            })
+            .collect();
+        let mut slots = vec![u32::MAX; size as usize];
+        let mut next = vec![0u64; names.len()];
+        let mut filled = 0;
+        'fill: loop {
+            for (i, (offset, skip)) in prefs.iter().enumerate() {
+                let mut c = (offset + next[i] * skip) % m;
+                while slots[c as usize] != u32::MAX {
+                    next[i] += 1;
+                    c = (offset + next[i] * skip) % m;
+                }
+                slots[c as usize] = i as u32;
+                next[i] += 1;
+                filled += 1;
+                if filled == size as usize {
+                    break 'fill;
+                }
+            }
+        }
+        slots
+    }
+
+    #[test]
+    fn the_stepped_population_equals_the_papers() {
+        for (n, size) in [
+            (1, 251),
+            (3, 251),
+            (11, 16_381),
+            (100, 16_381),
+            (250, 251),
+            (7, 65_521),
+        ] {
+            let t = Table::build(&names(n), size).unwrap();
+            assert_eq!(
+                t.slots,
+                reference(&names(n), size),
+                "{n} backends, {size} slots"
             );
         }
     }
