@@ -31,9 +31,11 @@
 //!   the service chain, `numgen random` over endpoint chains; `full`: `nft -f` of the table;
 //!   `partial`: one transaction adding the endpoint chain and rewriting the service chain.
 //!
-//!     cargo bench -p palisade-enforcer --bench service_updates          # needs root
-//!     PALISADE_BENCH_SCALE=0.1 cargo bench -p palisade-enforcer --bench service_updates
-//!     PALISADE_BENCH_RULES=0 ...   # Palisade's rows only
+//! ```sh
+//! cargo bench -p palisade-enforcer --bench service_updates          # needs root
+//! PALISADE_BENCH_SCALE=0.1 cargo bench -p palisade-enforcer --bench service_updates
+//! PALISADE_BENCH_RULES=0 cargo bench ...   # Palisade's rows only
+//! ```
 
 #![allow(
     clippy::unwrap_used,
