@@ -164,6 +164,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		/* 4. Same flow, same hook: established. */
 		f.src_identity = ct->src_identity;
 		f.dst_identity = ct->dst_identity;
+		/* An entry of this hook made for another frontend, or for none, was made by an
+		 * older flow on the same (translated) tuple: a client port reused within the
+		 * closing lifetime once to a pod address and once through a service, or a
+		 * frontend recreated under a new id. The decision (identity, port) is the
+		 * same; the replies must be translated for the frontend this packet was sent
+		 * to. */
+		if (dir == DIRECTION_EGRESS && ct->rev_nat_index != f.service &&
+		    !(ct->flags & CT_F_HAIRPIN)) {
+			ct->rev_nat_index = f.service;
+			ct->service_id = f.service;
+		}
 		f.service = ct->rev_nat_index;
 		if (ct_recheck(ct, &fwd, &ep, peer_addr, dir, &f.p, f.p.dport, &d)) {
 			count(dir, COUNTER_REVOKED, 0);

@@ -12,7 +12,17 @@
 //! * `floor`    – the floor of any eBPF datapath: `floor_lookup` of `ebpf/tests/test_progs.c`
 //!   attached like `palisade` (TCX, first, both hooks of both host veths), one hash lookup
 //!   keyed by the interface and TCX_NEXT ([`attach_floor`]). `palisade / floor` is what
-//!   Palisade costs above a program that does next to nothing.
+//!   Palisade costs above a program that does next to nothing;
+//! * `kube-proxy` – no policy; kube-proxy's iptables-mode `nat` rules for the cluster's
+//!   10,001 ClusterIP services (`common::kube_proxy`, 320,000 rules), the way a kube-proxy
+//!   node holds them.
+//!
+//! The cluster also has 10,000 ClusterIP services of 10 filler pods each and the server's
+//! service (SERVICE_VIP, the three benchmark ports): Palisade's service maps hold all of
+//! them. Two more columns send the same traffic to the server's ClusterIP instead of its pod
+//! address: `palisade → ClusterIP` (translated by the tc datapath, on the palisade node) and
+//! `kube-proxy → ClusterIP` (translated by the rules). `palisade → ClusterIP / palisade` is the
+//! price of a service hop in Palisade (target ≥ 0.95).
 //!
 //! Metrics: iperf3 single-stream throughput, 1-byte TCP request/response latency over one
 //! connection (mean and p99), and new connections per second (connect, 1-byte request and
@@ -54,6 +64,7 @@ use aya::maps::HashMap as BpfHashMap;
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use common::PrivateBpffs;
+use common::kube_proxy;
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use palisade_enforcer::datapath::Datapath;
@@ -66,7 +77,9 @@ use policy_compiler::model::{
     Endpoint, Namespace, NamespaceScope, Peer, Peers, Policy, PortMatch, PortSpec, Rule,
     WorkloadRef,
 };
+use policy_compiler::model::{Service, ServicePortSpec, ServiceTarget, ServiceType};
 use policy_compiler::plan::Target;
+use policy_compiler::plan::lb::LbTarget;
 use policy_compiler::{Change, Cluster, Engine, EngineConfig, Protocol};
 
 /// Test and bench-only programs (enforcer/build.rs): `floor_lookup` and its map.
@@ -90,6 +103,9 @@ const CRR_PORT: u16 = 7001;
 const DENIED_PORT: u16 = 7999;
 /// Added to and removed from the client rule in the policy-change measurement.
 const TOGGLE_PORT: u16 = 7100;
+/// The server's ClusterIP; filler services take 10.96.0.2 upwards.
+const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const FILLER_SERVICES: u32 = 10_000;
 
 const IPERF_SECS_FULL: u32 = 5;
 const RR_N_FULL: usize = 20_000;
@@ -134,14 +150,16 @@ enum Config {
     Palisade,
     Iptables,
     Floor,
+    KubeProxy,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const ALL: [Config; 5] = [
         Config::Base,
         Config::Palisade,
         Config::Iptables,
         Config::Floor,
+        Config::KubeProxy,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -149,12 +167,18 @@ impl Config {
             Config::Palisade => "palisade",
             Config::Iptables => "iptables",
             Config::Floor => "floor",
+            Config::KubeProxy => "kube-proxy",
         }
     }
 
     /// Whether the configuration enforces the policy (the denied port is dropped).
     fn enforces(self) -> bool {
         matches!(self, Config::Palisade | Config::Iptables)
+    }
+
+    /// Whether the configuration translates the server's ClusterIP.
+    fn translates(self) -> bool {
+        matches!(self, Config::Palisade | Config::KubeProxy)
     }
 
     /// Whether the configuration has TCX programs on the host veths.
@@ -310,7 +334,94 @@ fn cluster() -> Cluster {
     for p in [server_policy(false), client_policy()] {
         c.policies.insert(p.pref(), Arc::new(p));
     }
+    for svc in services() {
+        c.services
+            .insert((svc.namespace.clone(), svc.name.clone()), svc);
+    }
     c
+}
+
+/// The server's service (SERVICE_VIP, the benchmark ports) and FILLER_SERVICES services of
+/// one filler identity's pods each (about 10 backends, port 80 → 8080).
+fn services() -> Vec<Service> {
+    let svc = |name: String, app: String, vip: Ipv4Addr, ports: &[(u16, u16)]| Service {
+        namespace: NS.into(),
+        name,
+        selector: Some(labels(&[("app", &app)])),
+        cluster_ips: vec![IpAddr::V4(vip)],
+        ports: ports
+            .iter()
+            .map(|(port, target)| ServicePortSpec {
+                name: Some(format!("p{port}")),
+                port: *port,
+                protocol: Protocol::TCP,
+                target: ServiceTarget::Number(*target),
+                node_port: None,
+            })
+            .collect(),
+        service_type: ServiceType::ClusterIP,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        session_affinity_s: None,
+        internal_traffic_local: false,
+        external_traffic_local: false,
+    };
+    let mut out = vec![svc(
+        "server".into(),
+        "server".into(),
+        SERVICE_VIP,
+        &[
+            (IPERF_PORT, IPERF_PORT),
+            (RR_PORT, RR_PORT),
+            (CRR_PORT, CRR_PORT),
+        ],
+    )];
+    for i in 0..FILLER_SERVICES {
+        out.push(svc(
+            format!("fill-{i}"),
+            format!("fill-{i}"),
+            Ipv4Addr::from(u32::from(SERVICE_VIP) + 1 + i),
+            &[(80, 8080)],
+        ));
+    }
+    out
+}
+
+/// The same services as kube-proxy's rules: backends from the filler pods of each.
+fn kube_proxy_svcs() -> Vec<kube_proxy::Svc> {
+    let mut backends: Vec<Vec<(IpAddr, u16)>> = vec![Vec::new(); FILLER_SERVICES as usize];
+    for i in 0..FILLER_PODS {
+        let (id, _) = filler_identity(i);
+        backends[id as usize].push((IpAddr::V4(filler_ip(i)), 8080));
+    }
+    let mut out: Vec<kube_proxy::Svc> = [IPERF_PORT, RR_PORT, CRR_PORT]
+        .iter()
+        .map(|p| kube_proxy::Svc {
+            name: format!("{NS}/server"),
+            vip: IpAddr::V4(SERVICE_VIP),
+            port: *p,
+            endpoints: vec![(IpAddr::V4(SERVER_IP), *p)],
+        })
+        .collect();
+    for (i, b) in backends.into_iter().enumerate() {
+        out.push(kube_proxy::Svc {
+            name: format!("{NS}/fill-{i}"),
+            vip: IpAddr::V4(Ipv4Addr::from(u32::from(SERVICE_VIP) + 1 + i as u32)),
+            port: 80,
+            endpoints: b,
+        });
+    }
+    out
+}
+
+fn install_kube_proxy(node: &Node) {
+    let path = std::env::temp_dir().join(format!("palisade-dpbench-{}.nat", std::process::id()));
+    std::fs::write(&path, kube_proxy::iptables_full(&kube_proxy_svcs())).unwrap();
+    run_ok(
+        node.netns_name(),
+        &["iptables-restore", path.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&path);
 }
 
 // ---- configurations -------------------------------------------------------------------
@@ -424,17 +535,34 @@ struct Palisade {
     engine: Engine,
     synced: Synced,
     server_id: u32,
+    /// The service frontends (built once: services do not change during the run); lent to
+    /// each target and taken back after its plan.
+    lb: LbTarget,
 }
 
 impl Palisade {
     /// Every identity gets a slot (the maps hold the whole cluster's policy); `local`
     /// endpoints are written by the plan.
-    fn target(&self, local: Option<&LocalEndpoints>, revision: u32) -> Target {
+    fn target(&mut self, local: Option<&LocalEndpoints>, revision: u32) -> Target {
         let mut t = Target::all_identities(&self.engine, revision);
         if let Some(l) = local {
-            t.endpoints = sync::target(&self.engine, l, revision).endpoints;
+            t.endpoints = Target::from_engine_with(
+                &self.engine,
+                l.iter().map(|(k, i)| (k.as_str(), *i)),
+                revision,
+                LbTarget::default(),
+            )
+            .endpoints;
         }
+        t.lb = std::mem::take(&mut self.lb);
         t
+    }
+
+    /// Plans and writes `t`, then takes its service frontends back.
+    fn apply(&mut self, mut t: Target) -> sync::ApplyStats {
+        let stats = self.synced.apply(&mut AyaMaps(&mut self.dp), &t).unwrap();
+        self.lb = std::mem::take(&mut t.lb);
+        stats
     }
 
     /// Endpoints READY, then both programs on both host veths (attach runs in the node
@@ -443,7 +571,7 @@ impl Palisade {
         self.dp.ct_flush().unwrap();
         let rev = u32::try_from(self.engine.revision()).unwrap_or(u32::MAX);
         let t = self.target(Some(&Self::local(client, server)), rev);
-        self.synced.apply(&mut AyaMaps(&mut self.dp), &t).unwrap();
+        self.apply(t);
         let dp = &mut self.dp;
         node.run_in(|| {
             for pod in [client, server] {
@@ -460,7 +588,7 @@ impl Palisade {
         }
         let rev = u32::try_from(self.engine.revision()).unwrap_or(u32::MAX);
         let t = self.target(None, rev);
-        self.synced.apply(&mut AyaMaps(&mut self.dp), &t).unwrap();
+        self.apply(t);
     }
 
     fn local(client: &Pod, server: &Pod) -> LocalEndpoints {
@@ -613,6 +741,7 @@ impl Setup {
             Config::Palisade => pal.enable(&node, &client, &server),
             Config::Iptables => install_iptables(&node, &client, &server),
             Config::Floor => floor = Some(attach_floor(&node, &client, &server)),
+            Config::KubeProxy => install_kube_proxy(&node),
         }
         let port = IPERF_PORT.to_string();
         let iperf = server
@@ -665,6 +794,26 @@ impl Setup {
             "{}: port {DENIED_PORT}: {denied:?}",
             self.config.name()
         );
+        if self.config.translates() {
+            let via = self
+                .client
+                .tcp_connect(self.addr(RR_PORT, true), t)
+                .unwrap();
+            assert!(
+                via.is_connected(),
+                "{} via the ClusterIP: {via:?}",
+                self.config.name()
+            );
+        }
+    }
+
+    /// Where the client sends: the server's pod address or its ClusterIP.
+    fn addr(&self, port: u16, vip: bool) -> SocketAddr {
+        if vip {
+            SocketAddr::new(IpAddr::V4(SERVICE_VIP), port)
+        } else {
+            self.server.addr_v4(port)
+        }
     }
 
     /// Ids of the TCX programs on both host veths (one per hook and veth: a program
@@ -687,10 +836,10 @@ impl Setup {
             .unwrap()
     }
 
-    fn iperf(&self) -> f64 {
+    fn iperf(&self, vip: bool) -> f64 {
         let port = IPERF_PORT.to_string();
         let secs = IPERF_SECS().to_string();
-        let ip = self.server.ipv4.to_string();
+        let ip = self.addr(IPERF_PORT, vip).ip().to_string();
         let argv = [
             "iperf3", "-c", &ip, "-p", &port, "-t", &secs, "-A", "0", "-J",
         ];
@@ -715,8 +864,8 @@ impl Setup {
     }
 
     /// One connection, RR_N 1-byte round trips (after RR_WARMUP): latencies in µs.
-    fn request_response(&self) -> Vec<f64> {
-        let addr = self.server.addr_v4(RR_PORT);
+    fn request_response(&self, vip: bool) -> Vec<f64> {
+        let addr = self.addr(RR_PORT, vip);
         self.client
             .run_in(|| {
                 pin_cpu0();
@@ -742,8 +891,8 @@ impl Setup {
     /// New connections per second for CRR_SECS: connect, 1-byte request, 1-byte response,
     /// the server closes first (so TIME_WAIT sits on the server, not on the client's ports).
     /// Returns (connections per second, connections).
-    fn connect_rate(&self) -> (f64, u64) {
-        let addr = self.server.addr_v4(CRR_PORT);
+    fn connect_rate(&self, vip: bool) -> (f64, u64) {
+        let addr = self.addr(CRR_PORT, vip);
         self.client
             .run_in(|| {
                 pin_cpu0();
@@ -767,6 +916,9 @@ impl Setup {
                         Ok(()) => n += 1,
                         Err(e) => {
                             errors += 1;
+                            if errors <= 3 || std::env::var_os("PALISADE_DP_DEBUG").is_some() {
+                                eprintln!("CRR error {errors} to {addr}: {e}");
+                            }
                             assert!(errors < 100, "connect/request/response failing: {e}");
                         }
                     }
@@ -807,10 +959,7 @@ fn policy_changes(pal: &mut Palisade, setup: &Setup) -> ChangeResult {
         let t1 = Instant::now();
         let rev = u32::try_from(pal.engine.revision()).unwrap_or(u32::MAX);
         let target = pal.target(Some(&local), rev);
-        let stats = pal
-            .synced
-            .apply(&mut AyaMaps(&mut pal.dp), &target)
-            .unwrap();
+        let stats = pal.apply(target);
         let t2 = Instant::now();
         res.engine_us.push((t1 - t0).as_secs_f64() * 1e6);
         res.write_us.push((t2 - t1).as_secs_f64() * 1e6);
@@ -907,9 +1056,9 @@ fn program_costs(pal: &Setup, floor: &Setup) -> Option<Vec<Cost>> {
                 let ids = setup.program_ids();
                 let before = prog_stats(&ids);
                 let transactions = if flows == "established" {
-                    (RR_WARMUP + setup.request_response().len()) as f64
+                    (RR_WARMUP + setup.request_response(false).len()) as f64
                 } else {
-                    setup.connect_rate().1 as f64
+                    setup.connect_rate(false).1 as f64
                 };
                 let after = prog_stats(&ids);
                 assert_eq!(before.len(), after.len(), "programs changed during the run");
@@ -1004,13 +1153,14 @@ fn main() {
         engine,
         synced: Synced::default(),
         server_id,
+        lb: LbTarget::default(),
     };
     let t = Instant::now();
+    pal.lb = LbTarget::from_cluster(pal.engine.cluster(), None);
+    let lb_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let target = pal.target(None, 1);
-    let stats = pal
-        .synced
-        .apply(&mut AyaMaps(&mut pal.dp), &target)
-        .unwrap();
+    let stats = pal.apply(target);
     let fill_s = t.elapsed().as_secs_f64();
     let loaded_policy = pal.dp.policy_entries().unwrap().len();
     let loaded_ipcache = pal.dp.ipcache_entries().unwrap().len();
@@ -1021,8 +1171,9 @@ fn main() {
     println!(
         "maps: ipcache {loaded_ipcache} entries, policy {loaded_policy} entries \
          (server slot {server_entries}, client slot {client_entries}); \
-         initial plan {fill_s:.2} s ({} policy + {} ipcache writes)",
-        stats.policy_writes, stats.ipcache_writes
+         initial plan {fill_s:.2} s ({} policy + {} ipcache + {} service writes; \
+         service frontends built in {lb_s:.2} s)",
+        stats.policy_writes, stats.ipcache_writes, stats.lb_writes
     );
 
     // One node per configuration, alive for the whole run; every metric is taken for the
@@ -1039,29 +1190,41 @@ fn main() {
     println!("load average before rounds: {}", load.trim());
     std::thread::sleep(Duration::from_secs(1));
 
-    let n = setups.len();
-    let mut results: Vec<[Metrics; 4]> = Vec::new();
+    // Columns: (setup, to the ClusterIP), the first four in Config order.
+    let columns: [(usize, bool, &str); 6] = [
+        (0, false, "base"),
+        (1, false, "palisade"),
+        (2, false, "iptables"),
+        (3, false, "floor"),
+        (1, true, "palisade → ClusterIP"),
+        (4, true, "kube-proxy → ClusterIP"),
+    ];
+    let n = columns.len();
+    let mut results: Vec<[Metrics; 6]> = Vec::new();
     for r in 0..rounds {
-        let mut m = [Metrics::default(); 4];
+        let mut m = [Metrics::default(); 6];
         let order: Vec<usize> = (0..n).map(|k| (k + r) % n).collect();
         for &i in &order {
-            m[i].gbps = setups[i].iperf();
+            let (c, vip, _) = columns[i];
+            m[i].gbps = setups[c].iperf(vip);
         }
         for &i in &order {
-            let mut lat = setups[i].request_response();
+            let (c, vip, _) = columns[i];
+            let mut lat = setups[c].request_response(vip);
             m[i].rr_mean_us = lat.iter().sum::<f64>() / lat.len() as f64;
             lat.sort_by(f64::total_cmp);
             m[i].rr_p50_us = percentile(&lat, 0.50);
             m[i].rr_p99_us = percentile(&lat, 0.99);
         }
         for &i in &order {
-            m[i].crr_per_s = setups[i].connect_rate().0;
+            let (c, vip, _) = columns[i];
+            m[i].crr_per_s = setups[c].connect_rate(vip).0;
         }
-        for (i, s) in setups.iter().enumerate() {
+        for (i, (_, _, name)) in columns.iter().enumerate() {
             println!(
-                "round {} {:<9} {:>6.2} Gbit/s  RR mean {:>6.1} µs p50 {:>6.1} p99 {:>6.1}  CRR {:>7.0} conn/s",
+                "round {} {:<22} {:>6.2} Gbit/s  RR mean {:>6.1} µs p50 {:>6.1} p99 {:>6.1}  CRR {:>7.0} conn/s",
                 r + 1,
-                s.config.name(),
+                name,
                 m[i].gbps,
                 m[i].rr_mean_us,
                 m[i].rr_p50_us,
@@ -1079,7 +1242,8 @@ fn main() {
         ("RR latency p99 µs", |m| m.rr_p99_us, false),
         ("new connections/s", |m| m.crr_per_s, true),
     ];
-    let (base, palisade, iptables, floor) = (0, 1, 2, 3);
+    let (base, palisade, iptables, floor, pal_vip, kube_vip) = (0, 1, 2, 3, 4, 5);
+    let mut service_rows = Vec::new();
     println!();
     println!(
         "Medians over {rounds} rounds [min–max]; ratio = config / base of the same round \
@@ -1128,6 +1292,35 @@ fn main() {
             fmt(&pf)
         );
         verdicts.push((name, median(&rp), fmt(&pf)));
+        let (sp, sb, kb) = (
+            ratio_to(pal_vip, palisade),
+            ratio_to(pal_vip, base),
+            ratio_to(kube_vip, base),
+        );
+        service_rows.push(format!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt(&abs(pal_vip)),
+            fmt(&abs(kube_vip)),
+            fmt(&sp),
+            fmt(&sb),
+            fmt(&kb)
+        ));
+    }
+    println!();
+    println!(
+        "Services ({} ClusterIP services loaded in both): the same traffic to the server's \
+         ClusterIP. Ratios as above; palisade → ClusterIP / palisade is the price of the \
+         service hop (target ≥ 0.95).",
+        FILLER_SERVICES + 1
+    );
+    println!(
+        "| metric | palisade → ClusterIP | kube-proxy → ClusterIP | \
+         palisade → ClusterIP / palisade | palisade → ClusterIP / base | \
+         kube-proxy → ClusterIP / base |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in &service_rows {
+        println!("{r}");
     }
 
     // Diagnostic, outside the comparison: what the programs cost per invocation, with BPF

@@ -462,3 +462,49 @@ fn a_pod_reaching_itself_through_its_service_is_given_the_hairpin_source() {
     );
     assert_eq!(rc, DROP, "a hairpin source no flow of the pod opened");
 }
+
+#[test]
+fn a_client_port_reused_between_a_pod_address_and_a_frontend_gets_the_right_replies() {
+    let Some(mut n) = node("svc-reuse") else {
+        return;
+    };
+    let state = n.services(&target(2, false));
+    let (client, vip) = (ip("10.0.0.1"), ip("10.96.0.10"));
+    let fe = LbKey::new(vip, 80, 6);
+    // A port whose pick through the frontend is a web pod (the client may reach those).
+    let (sport, (baddr, bport)) = (41000..41100u16)
+        .map(|p| (p, lb::pick(&state, &fe, client, p).unwrap()))
+        .find(|(_, (b, _))| *b != ip("10.0.1.99"))
+        .unwrap();
+    let reply = |n: &mut Node| {
+        let (rc, out) = n.run(
+            Hook::ToPod,
+            packet::build(baddr, client, tcp(bport, sport, TCP_SYN | TCP_ACK)),
+        );
+        assert_eq!(rc, PASS);
+        tuple(&out).0
+    };
+    // Three connections from one client port, each after the last: to the pod address,
+    // through the frontend, to the pod address again. Each one's answer comes from the
+    // address that connection was sent to.
+    for (i, (dst, dport)) in [(baddr, bport), (vip, 80), (baddr, bport)]
+        .into_iter()
+        .enumerate()
+    {
+        let (rc, out) = n.run(
+            Hook::FromPod,
+            packet::build(client, dst, tcp(sport, dport, TCP_SYN)),
+        );
+        assert_eq!(rc, PASS, "connection {i}");
+        assert_eq!(
+            tuple(&out).1,
+            (baddr, bport),
+            "connection {i} reaches the pod"
+        );
+        assert_eq!(
+            reply(&mut n),
+            (dst, dport),
+            "connection {i}: the reply's source"
+        );
+    }
+}

@@ -90,14 +90,19 @@ impl LbTarget {
                 .cloned()
                 .collect();
             let mut parts = BTreeMap::new();
+            // The namespace's pods by label, built once when a service selects pods.
+            let mut index = None;
             for (k, svc) in cluster
                 .services
                 .range(start..)
                 .take_while(|(k, _)| range(k))
             {
+                let selects = backends::selects_pods(cluster, svc);
+                let index = selects
+                    .then(|| &*index.get_or_insert_with(|| backends::PodIndex::new(cluster, ns)));
                 parts.insert(
                     k.clone(),
-                    self.service_part(cluster, svc, self.parts.get(k)),
+                    self.service_part(cluster, svc, self.parts.get(k), index),
                 );
             }
             for k in old {
@@ -183,6 +188,7 @@ impl LbTarget {
         cluster: &Cluster,
         svc: &crate::model::Service,
         previous: Option<&ServicePart>,
+        index: Option<&backends::PodIndex<'_>>,
     ) -> ServicePart {
         let name = format!("{}/{}", svc.namespace, svc.name);
         let mut part = ServicePart::default();
@@ -200,14 +206,19 @@ impl LbTarget {
                 })
                 .map(|p| p.table.clone())
         };
-        let fbs =
-            match backends::frontends_reusing(cluster, svc, maglev::DEFAULT_TABLE_SIZE, &reuse) {
-                Ok(f) => f,
-                Err(e) => {
-                    part.skipped.push(format!("service {name}: {e}"));
-                    return part;
-                }
-            };
+        let fbs = match backends::frontends_reusing(
+            cluster,
+            svc,
+            maglev::DEFAULT_TABLE_SIZE,
+            &reuse,
+            index,
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                part.skipped.push(format!("service {name}: {e}"));
+                return part;
+            }
+        };
         for fb in fbs {
             let fe = &fb.frontend;
             if fe.kind == FrontendKind::NodePort {
@@ -893,6 +904,18 @@ mod tests {
                 let fresh = LbTarget::from_cluster(engine.cluster(), None);
                 proptest::prop_assert_eq!(&t.frontends, &fresh.frontends);
                 proptest::prop_assert_eq!(&t.skipped, &fresh.skipped);
+                // The namespace pod index selects what testing every pod selects.
+                for svc in engine.cluster().services.values() {
+                    let name = format!("{}/{}", svc.namespace, svc.name);
+                    for fb in backends::frontends(engine.cluster(), svc, 251).unwrap() {
+                        let key = LbKey::new(fb.frontend.vip, fb.frontend.port, fb.frontend.protocol.0);
+                        if let Some(fe) = t.frontends.get(&key).filter(|fe| fe.service == name) {
+                            let want: Vec<LbBackend> =
+                                fb.backends.iter().map(|b| LbBackend::new(b.addr, b.port)).collect();
+                            proptest::prop_assert_eq!(&fe.backends, &want, "{}", name);
+                        }
+                    }
+                }
                 let rest = plan(&s, &fresh);
                 proptest::prop_assert!(rest.ops.is_empty(), "left for a full plan: {:?}", rest.ops);
             }

@@ -243,10 +243,22 @@ impl Target {
         revision: u32,
         previous: Option<&lb::LbTarget>,
     ) -> Target {
+        let lb = lb::LbTarget::from_cluster(engine.cluster(), previous);
+        Target::from_engine_with(engine, local, revision, lb)
+    }
+
+    /// [`Target::from_engine`] with the service frontends given (kept up to date by their
+    /// owner, e.g. with [`lb::LbTarget::update`]) instead of built from the cluster.
+    pub fn from_engine_with<'a>(
+        engine: &Engine,
+        local: impl IntoIterator<Item = (&'a str, u32)>,
+        revision: u32,
+        lb: lb::LbTarget,
+    ) -> Target {
         let mut t = Target {
             ipcache: engine.ipcache().clone(),
             revision,
-            lb: lb::LbTarget::from_cluster(engine.cluster(), previous),
+            lb,
             ..Target::default()
         };
         for (key, ifindex) in local {

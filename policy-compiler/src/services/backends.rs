@@ -120,6 +120,11 @@ fn target_port(port: &ServicePortSpec, ep: &Endpoint) -> Result<u16, String> {
     }
 }
 
+/// Whether the service takes its pods from its selector (it has one, and no EndpointSlice).
+pub fn selects_pods(cluster: &Cluster, svc: &Service) -> bool {
+    svc.selector.as_ref().is_some_and(|s| !s.is_empty()) && slices_of(cluster, svc).is_empty()
+}
+
 /// The service's EndpointSlices.
 fn slices_of<'a>(cluster: &'a Cluster, svc: &Service) -> Vec<&'a EndpointSlice> {
     // Keyed (namespace, name): the service's namespace is one range.
@@ -204,40 +209,89 @@ pub fn frontends(
     svc: &Service,
     table_size: u32,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
-    frontends_reusing(cluster, svc, table_size, &|_, _| None)
+    frontends_reusing(cluster, svc, table_size, &|_, _| None, None)
 }
 
 /// Where [`frontends_reusing`] may find a frontend's table already built for its backends.
 pub type ReuseTable<'a> = &'a dyn Fn(&Frontend, &[Backend]) -> Option<Arc<Table>>;
 
+/// The pods of one namespace by label (key, value): a service's selected pods are found from
+/// its rarest label instead of by testing every pod of the namespace. Built once per
+/// namespace for all its services.
+#[derive(Debug, Default)]
+pub struct PodIndex<'a> {
+    by_label: crate::hash::FxHashMap<(&'a str, &'a str), Vec<&'a Endpoint>>,
+}
+
+impl<'a> PodIndex<'a> {
+    /// The non-host-network pods of `namespace`.
+    pub fn new(cluster: &'a Cluster, namespace: &str) -> PodIndex<'a> {
+        let mut by_label: crate::hash::FxHashMap<(&'a str, &'a str), Vec<&'a Endpoint>> =
+            Default::default();
+        for e in namespace_pods(cluster, namespace) {
+            for (k, v) in &e.labels {
+                by_label
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(e);
+            }
+        }
+        PodIndex { by_label }
+    }
+
+    /// The pods `sel` (non-empty) selects, in key order.
+    fn select(&self, sel: &crate::k8s::Labels) -> Vec<&'a Endpoint> {
+        let Some(rarest) = sel
+            .iter()
+            .map(|(k, v)| self.by_label.get(&(k.as_str(), v.as_str())))
+            .min_by_key(|p| p.map_or(0, Vec::len))
+            .flatten()
+        else {
+            return Vec::new();
+        };
+        rarest
+            .iter()
+            .copied()
+            .filter(|e| sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .collect()
+    }
+}
+
+/// The non-host-network pods of `namespace` (endpoints are keyed `namespace/name`: one
+/// range), in key order.
+fn namespace_pods<'a>(cluster: &'a Cluster, namespace: &str) -> impl Iterator<Item = &'a Endpoint> {
+    cluster
+        .endpoints
+        .range(format!("{namespace}/")..)
+        .take_while(move |(k, _)| {
+            k.strip_prefix(namespace)
+                .is_some_and(|r| r.starts_with('/'))
+        })
+        .map(|(_, e)| e)
+        .filter(move |e| e.namespace == namespace && !e.host_network)
+}
+
 /// [`frontends`], taking a frontend's table from `reuse` when it has one for that frontend
 /// and backend list (a table is a function of the backend set and the size: building one of
-/// 16,381 slots for every service on every update would dominate the update's cost).
+/// 16,381 slots for every service on every update would dominate the update's cost), and
+/// selected pods from `index` (of the service's namespace) when given.
 pub fn frontends_reusing(
     cluster: &Cluster,
     svc: &Service,
     table_size: u32,
     reuse: ReuseTable<'_>,
+    index: Option<&PodIndex<'_>>,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
     if svc.cluster_ips.is_empty() {
         return Ok(Vec::new());
     }
     let slices = slices_of(cluster, svc);
-    let pods: Vec<&Endpoint> = match &svc.selector {
-        // Endpoints are keyed `namespace/name`: the service's namespace is one range.
-        Some(sel) if !sel.is_empty() => cluster
-            .endpoints
-            .range(format!("{}/", svc.namespace)..)
-            .take_while(|(k, _)| {
-                k.strip_prefix(svc.namespace.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-            })
-            .map(|(_, e)| e)
-            .filter(|e| {
-                e.namespace == svc.namespace
-                    && !e.host_network
-                    && sel.iter().all(|(k, v)| e.labels.get(k) == Some(v))
-            })
+    let pods: Vec<&Endpoint> = match (&svc.selector, index) {
+        // With EndpointSlices the pods are not looked at.
+        _ if !slices.is_empty() => Vec::new(),
+        (Some(sel), Some(index)) if !sel.is_empty() => index.select(sel),
+        (Some(sel), None) if !sel.is_empty() => namespace_pods(cluster, &svc.namespace)
+            .filter(|e| sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .collect(),
         // No selector (or an empty one, which Kubernetes treats as none for endpoints):
         // backends come from EndpointSlices.
