@@ -555,6 +555,11 @@ impl Palisade {
             .endpoints;
         }
         t.lb = std::mem::take(&mut self.lb);
+        // The services do not change during the run: once written, no frontend needs a
+        // look (as the agent plans a policy change).
+        if !self.synced.state().lb.services.is_empty() {
+            t.lb_changed = Some(Default::default());
+        }
         t
     }
 

@@ -70,6 +70,7 @@ fn assert_converged(fake: &FakeMaps, synced: &Synced, engine: &Engine, t: &Targe
         endpoints: t.endpoints.clone(),
         revision: t.revision,
         lb: t.lb.clone(),
+        lb_changed: None,
     };
     for e in t.endpoints.values() {
         fresh_t.policies.insert(
@@ -290,6 +291,7 @@ fn a_reload_over_capacity_is_refused_with_zero_writes() {
     };
     let target = |ports: &[u16], revision: u32| Target {
         lb: Default::default(),
+        lb_changed: None,
         policies: [(
             100,
             std::sync::Arc::new(CompiledPolicy {

@@ -103,18 +103,21 @@ struct State {
     ifnames: HashMap<u32, String>,
     /// Service frontends by datapath id, for the verdict log (after each successful sync).
     services: HashMap<u16, crate::events::ServiceFrontend>,
-    /// The last target's service frontends: their tables are reused while backends stay.
+    /// The service frontends, kept current with `LbTarget::update` from the namespaces
+    /// each batch touched (`Engine::take_services_touched`).
     lb: policy_compiler::plan::lb::LbTarget,
+    /// `lb` no longer follows the engine (a refused change put an older engine back): the
+    /// next sync rebuilds it from the cluster and compares every frontend.
+    lb_stale: bool,
 }
 
 /// What a sync recomputes.
 #[derive(Debug, Clone, Copy)]
-enum Scope<'a> {
+enum Scope {
     /// The whole target, planned against the maps.
     All,
-    /// The service frontends of these namespaces only (a batch of Service and EndpointSlice
-    /// changes).
-    Services(&'a std::collections::BTreeSet<String>),
+    /// The service frontends only (a batch of Service and EndpointSlice changes).
+    Services,
 }
 
 /// The running agent, shared by the API server and the loops.
@@ -215,7 +218,10 @@ impl Daemon {
         };
         let (scratch, _) = Engine::compile_owned(cluster.clone(), engine_config.clone())?;
         let numbering = numbering_in_maps(&mut dp, &scratch, &local)?;
-        let (engine, _) = Engine::compile_owned_with_identities(cluster, engine_config, numbering)?;
+        let (mut engine, _) =
+            Engine::compile_owned_with_identities(cluster, engine_config, numbering)?;
+        // The first target is built from the whole cluster; later ones update it.
+        engine.take_services_touched();
         let revision = dp
             .endpoints()?
             .iter()
@@ -233,7 +239,10 @@ impl Daemon {
         let stats = synced.reconcile(
             &mut AyaMaps(&mut dp),
             &target,
-            policy_compiler::plan::PlanOptions { bump_all: true },
+            policy_compiler::plan::PlanOptions {
+                bump_all: true,
+                ..Default::default()
+            },
         )?;
         let services = sync::service_frontends(&target.lb, &synced.state().lb);
         if !target.lb.skipped.is_empty() {
@@ -278,6 +287,7 @@ impl Daemon {
                 ifnames,
                 services,
                 lb: target.lb,
+                lb_stale: false,
             }),
             source,
             state_dir: opts.state_dir.clone(),
@@ -379,12 +389,12 @@ impl Daemon {
         &self,
         st: &mut State,
         revision: u32,
-        scope: Scope<'_>,
+        scope: Scope,
     ) -> Result<sync::ApplyStats, sync::SyncError> {
         let was_dirty = st.synced.is_dirty();
         let result = match scope {
             // A dirty state is reconciled whole, whatever the batch.
-            Scope::Services(namespaces) if !was_dirty => self.sync_services(st, namespaces),
+            Scope::Services if !was_dirty && !st.lb_stale => self.sync_services(st),
             _ => self.sync_all(st, revision),
         };
         self.record_sync(st, revision, was_dirty, result)
@@ -393,11 +403,7 @@ impl Daemon {
     /// A batch of Service and EndpointSlice changes: the service frontends of the
     /// namespaces it touched, recomputed and planned alone (no identity, policy, ipcache or
     /// endpoint entry can change, and the L7 view does not depend on services).
-    fn sync_services(
-        &self,
-        st: &mut State,
-        namespaces: &std::collections::BTreeSet<String>,
-    ) -> Result<sync::ApplyStats, sync::SyncError> {
+    fn sync_services(&self, st: &mut State) -> Result<sync::ApplyStats, sync::SyncError> {
         let State {
             engine,
             dp,
@@ -407,7 +413,8 @@ impl Daemon {
             ..
         } = st;
         let skipped = lb.skipped.clone();
-        let keys = lb.update(engine.cluster(), namespaces);
+        let touched = engine.take_services_touched();
+        let keys = lb.update(engine.cluster(), &touched);
         let old_ids: Vec<u32> = keys
             .iter()
             .filter_map(|k| synced.state().lb.services.get(k).map(|s| s.id))
@@ -431,6 +438,7 @@ impl Daemon {
             local,
             services,
             lb,
+            lb_stale,
             ..
         } = st;
         // Step 6b's gate goes up before an ingress HTTP rule reaches the maps and comes down
@@ -440,15 +448,49 @@ impl Daemon {
         if ingress_l7 && let Err(e) = dp.set_proxy_ingress_l7(true) {
             warn!(error = e.to_string(), "pal_proxy not updated");
         }
-        let target = sync::target_after(engine, local, revision, Some(lb));
+        // The service frontends: the namespaces this batch touched, recomputed, and only the
+        // frontends that changed planned; rebuilt and compared whole after a refusal.
+        let skipped = lb.skipped.clone();
+        let touched = engine.take_services_touched();
+        let changed = if *lb_stale {
+            *lb = policy_compiler::plan::lb::LbTarget::from_cluster(engine.cluster(), Some(lb));
+            *lb_stale = false;
+            None
+        } else {
+            Some(lb.update(engine.cluster(), &touched))
+        };
+        let old_ids: Vec<u32> = changed
+            .iter()
+            .flatten()
+            .filter_map(|k| synced.state().lb.services.get(k).map(|s| s.id))
+            .collect();
+        let was_dirty = synced.is_dirty();
+        let mut target = policy_compiler::plan::Target::from_engine_with(
+            engine,
+            local.iter().map(|(k, i)| (k.as_str(), *i)),
+            revision,
+            std::mem::take(lb),
+        );
+        target.lb_changed = changed;
         let result = synced.apply(&mut AyaMaps(dp), &target);
+        *lb = std::mem::take(&mut target.lb);
         if result.is_ok() {
-            *services = sync::service_frontends(&target.lb, &synced.state().lb);
+            match &target.lb_changed {
+                Some(keys) if !was_dirty => {
+                    sync::update_service_frontends(
+                        services,
+                        lb,
+                        &synced.state().lb,
+                        &old_ids,
+                        keys,
+                    );
+                }
+                _ => *services = sync::service_frontends(lb, &synced.state().lb),
+            }
         }
-        if target.lb.skipped != lb.skipped && !target.lb.skipped.is_empty() {
-            warn!(skipped = ?target.lb.skipped, "service frontends not translated");
+        if lb.skipped != skipped && !lb.skipped.is_empty() {
+            warn!(skipped = ?lb.skipped, "service frontends not translated");
         }
-        *lb = target.lb;
         if result.is_ok()
             && !ingress_l7
             && let Err(e) = dp.set_proxy_ingress_l7(false)
@@ -605,16 +647,13 @@ impl Daemon {
         let counted = |c: &std::sync::atomic::AtomicU64| {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
-        let diff = match st.engine.apply(merged) {
-            Ok(d) => d,
-            Err(e) => {
-                counted(&self.metrics.changes_refused);
-                return Err(e.into());
-            }
-        };
+        if let Err(e) = st.engine.apply(merged) {
+            counted(&self.metrics.changes_refused);
+            return Err(e.into());
+        }
         let revision = st.revision + 1;
         let scope = match undo {
-            Some(_) => Scope::Services(&diff.services_touched),
+            Some(_) => Scope::Services,
             None => Scope::All,
         };
         let stats = match self.sync_scoped(&mut st, revision, scope) {
@@ -622,6 +661,8 @@ impl Daemon {
             Err(e @ sync::SyncError::CapacityExceeded(_)) => {
                 if let Some(engine) = last_good {
                     st.engine = engine;
+                    // The service target followed the refused model.
+                    st.lb_stale = true;
                 }
                 if let Some(undo) = undo {
                     // Nothing was written: the model and the service target go back to
@@ -630,7 +671,8 @@ impl Daemon {
                         warn!(error = e.to_string(), "service change not undone");
                     }
                     let State { engine, lb, .. } = &mut *st;
-                    lb.update(engine.cluster(), &diff.services_touched);
+                    let touched = engine.take_services_touched();
+                    lb.update(engine.cluster(), &touched);
                 }
                 counted(&self.metrics.changes_refused);
                 return Err(e.into());

@@ -63,22 +63,10 @@ impl LocalEndpoints {
 
 /// The target of an engine for these local endpoints.
 pub fn target(engine: &Engine, local: &LocalEndpoints, revision: u32) -> Target {
-    target_after(engine, local, revision, None)
-}
-
-/// [`target`], reusing the service tables of the previous target where backends did not
-/// change.
-pub fn target_after(
-    engine: &Engine,
-    local: &LocalEndpoints,
-    revision: u32,
-    previous: Option<&policy_compiler::plan::lb::LbTarget>,
-) -> Target {
-    Target::from_engine_after(
+    Target::from_engine(
         engine,
         local.iter().map(|(k, i)| (k.as_str(), *i)),
         revision,
-        previous,
     )
 }
 
@@ -302,6 +290,11 @@ impl Synced {
         opts: PlanOptions,
     ) -> Result<ApplyStats, SyncError> {
         let (state, slots) = self.reconcile_from(maps)?;
+        // The dump is the truth: every service frontend is compared with it.
+        let opts = PlanOptions {
+            all_services: true,
+            ..opts
+        };
         let p = plan::plan(&state, &slots, target, opts);
         capacity::check(&state, &p, target, &self.capacity)?;
         self.state = state;
@@ -314,7 +307,11 @@ impl Synced {
     pub fn next_plan(&self, maps: &mut dyn Maps, target: &Target) -> Result<Plan, SyncError> {
         if self.dirty {
             let (state, slots) = self.reconcile_from(maps)?;
-            return Ok(plan::plan(&state, &slots, target, PlanOptions::default()));
+            let opts = PlanOptions {
+                all_services: true,
+                ..PlanOptions::default()
+            };
+            return Ok(plan::plan(&state, &slots, target, opts));
         }
         Ok(plan::plan(
             &self.state,

@@ -58,6 +58,8 @@ impl Engine {
         diff.endpoint_deletes = b.endpoint_deletes;
         diff.identities_added = b.added_ids;
         diff.identities_removed = b.removed_ids;
+        self.services_pending
+            .extend(b.services_touched.iter().cloned());
         diff.services_touched = b.services_touched;
         Ok(diff)
     }

@@ -210,6 +210,9 @@ pub struct Engine {
     compiled: FxHashMap<u32, Arc<CompiledPolicy>>,
     ipcache: BTreeMap<Cidr, u32>,
     revision: u64,
+    /// Namespaces whose services may translate differently since the last
+    /// [`Engine::take_services_touched`].
+    services_pending: BTreeSet<String>,
 }
 
 impl Engine {
@@ -244,6 +247,7 @@ impl Engine {
             compiled: FxHashMap::default(),
             ipcache,
             revision: 0,
+            services_pending: BTreeSet::new(),
         }
     }
 
@@ -307,6 +311,13 @@ impl Engine {
 
     pub fn selectors(&self) -> &SelectorCache {
         &self.selectors
+    }
+
+    /// The namespaces whose services may translate differently since the last call (every
+    /// batch's `MapDiff::services_touched`, gathered): what the owner of a service target
+    /// passes to `plan::lb::LbTarget::update` to keep it current.
+    pub fn take_services_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.services_pending)
     }
 
     pub fn revision(&self) -> u64 {

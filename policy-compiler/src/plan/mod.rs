@@ -221,6 +221,10 @@ pub struct Target {
     pub revision: u32,
     /// Service frontends to translate.
     pub lb: lb::LbTarget,
+    /// The frontends that may differ from what the maps hold (what `LbTarget::update`
+    /// returned since the last plan): only those are planned. `None`: every frontend is
+    /// compared (a first plan, a reconcile).
+    pub lb_changed: Option<BTreeSet<crate::abi::LbKey>>,
 }
 
 impl Target {
@@ -295,6 +299,7 @@ impl Target {
             endpoints: BTreeMap::new(),
             revision,
             lb: lb::LbTarget::default(),
+            lb_changed: None,
         }
     }
 
@@ -372,6 +377,9 @@ pub struct PlanOptions {
     /// Give every endpoint the target revision even when nothing it depends on changed
     /// (a restart: conntrack admitted by the previous run is decided once more).
     pub bump_all: bool,
+    /// Compare every service frontend, whatever `Target::lb_changed` says (a reconcile
+    /// from dumped maps).
+    pub all_services: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -740,7 +748,10 @@ pub fn plan(
     }
     // Service maps last: a backend new to the cluster has its address in the ipcache before
     // any flow is translated to it.
-    let lbp = lb::plan(&old.lb, &target.lb);
+    let lbp = match &target.lb_changed {
+        Some(keys) if !opts.all_services => lb::plan_for(&old.lb, &target.lb, keys),
+        _ => lb::plan(&old.lb, &target.lb),
+    };
     p.stats.lb_writes = lbp.writes;
     p.stats.lb_deletes = lbp.deletes;
     p.lb_skipped = lbp.skipped;
@@ -935,6 +946,7 @@ mod tests {
             endpoints: [(1, ep.clone())].into(),
             revision: 2,
             lb: lb::LbTarget::default(),
+            lb_changed: None,
         };
         let p = plan(&old, &[(200, 7)].into(), &target, PlanOptions::default());
         assert_eq!(p.slots, [(200, 7)].into(), "changed in place");
