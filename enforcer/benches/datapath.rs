@@ -99,6 +99,12 @@ const GROUP_PORT_BASE: u16 = 9000;
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 7000;
 const CRR_PORT: u16 = 7001;
+/// The server port behind the ClusterIP's CRR_PORT. The connection-rate columns reuse client
+/// ports quickly; through the ClusterIP they must not land on tuples the direct column left
+/// in the server's TIME_WAIT (the client's TCP timestamps are offset per destination
+/// address, so the server's PAWS check would refuse some of them, as it would behind any
+/// DNAT without SNAT).
+const CRR_VIP_PORT: u16 = 7011;
 /// Not allowed by either policy: the sanity probe that enforcement is on.
 const DENIED_PORT: u16 = 7999;
 /// Added to and removed from the client rule in the policy-change measurement.
@@ -256,7 +262,12 @@ fn filler_identity(i: u32) -> (u32, u32) {
 
 /// The benchmark ports of the client rule.
 fn bench_ports(extra: bool) -> Vec<PortSpec> {
-    let mut v = vec![tcp(IPERF_PORT), tcp(RR_PORT), tcp(CRR_PORT)];
+    let mut v = vec![
+        tcp(IPERF_PORT),
+        tcp(RR_PORT),
+        tcp(CRR_PORT),
+        tcp(CRR_VIP_PORT),
+    ];
     if extra {
         v.push(tcp(TOGGLE_PORT));
     }
@@ -373,7 +384,7 @@ fn services() -> Vec<Service> {
         &[
             (IPERF_PORT, IPERF_PORT),
             (RR_PORT, RR_PORT),
-            (CRR_PORT, CRR_PORT),
+            (CRR_PORT, CRR_VIP_PORT),
         ],
     )];
     for i in 0..FILLER_SERVICES {
@@ -394,15 +405,19 @@ fn kube_proxy_svcs() -> Vec<kube_proxy::Svc> {
         let (id, _) = filler_identity(i);
         backends[id as usize].push((IpAddr::V4(filler_ip(i)), 8080));
     }
-    let mut out: Vec<kube_proxy::Svc> = [IPERF_PORT, RR_PORT, CRR_PORT]
-        .iter()
-        .map(|p| kube_proxy::Svc {
-            name: format!("{NS}/server"),
-            vip: IpAddr::V4(SERVICE_VIP),
-            port: *p,
-            endpoints: vec![(IpAddr::V4(SERVER_IP), *p)],
-        })
-        .collect();
+    let mut out: Vec<kube_proxy::Svc> = [
+        (IPERF_PORT, IPERF_PORT),
+        (RR_PORT, RR_PORT),
+        (CRR_PORT, CRR_VIP_PORT),
+    ]
+    .iter()
+    .map(|(p, target)| kube_proxy::Svc {
+        name: format!("{NS}/server"),
+        vip: IpAddr::V4(SERVICE_VIP),
+        port: *p,
+        endpoints: vec![(IpAddr::V4(SERVER_IP), *target)],
+    })
+    .collect();
     for (i, b) in backends.into_iter().enumerate() {
         out.push(kube_proxy::Svc {
             name: format!("{NS}/fill-{i}"),
@@ -445,7 +460,7 @@ fn iptables_rules(client: &Pod, server: &Pod) -> (String, String) {
         writeln!(sets, "add pal-{name} {ip}").unwrap();
     }
 
-    let ports = format!("{IPERF_PORT},{RR_PORT},{CRR_PORT}");
+    let ports = format!("{IPERF_PORT},{RR_PORT},{CRR_PORT},{CRR_VIP_PORT}");
     let mut r = String::from(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :PAL-CLIENT-EGRESS - [0:0]\n:PAL-SERVER-INGRESS - [0:0]\n",
@@ -727,6 +742,7 @@ struct Setup {
     _iperf: node::ProcessGuard,
     _rr: EchoServer,
     _crr: EchoServer,
+    _crr_vip: EchoServer,
     /// The floor program and its links (floor only).
     _floor: Option<aya::Ebpf>,
     client: Pod,
@@ -754,11 +770,13 @@ impl Setup {
             .unwrap();
         let rr = EchoServer::start(&server, RR_PORT, false);
         let crr = EchoServer::start(&server, CRR_PORT, true);
+        let crr_vip = EchoServer::start(&server, CRR_VIP_PORT, true);
         let setup = Setup {
             config,
             _iperf: iperf,
             _rr: rr,
             _crr: crr,
+            _crr_vip: crr_vip,
             _floor: floor,
             client,
             server,
