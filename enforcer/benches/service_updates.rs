@@ -219,10 +219,7 @@ impl Agent {
             .update(self.engine.cluster(), &diff.services_touched);
         let target = t.elapsed();
         let t = Instant::now();
-        let old_ids: Vec<u32> = keys
-            .iter()
-            .filter_map(|k| self.synced.state().lb.services.get(k).map(|s| s.id))
-            .collect();
+        let old_ids = sync::frontend_ids(&self.synced.state().lb, &keys);
         let stats = self.synced.apply_services(maps, &self.lb, &keys).unwrap();
         let write = t.elapsed();
         let t = Instant::now();

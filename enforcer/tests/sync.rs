@@ -365,3 +365,96 @@ fn a_reload_over_capacity_is_refused_with_zero_writes() {
     assert_eq!(synced.usage().policy, 1);
     assert!(!fake.state.policy[&synced.slot_of(100).unwrap()].contains_key(&entry(443).0));
 }
+
+/// The services-only path (`Synced::apply_services`) is refused whole when the service maps
+/// cannot hold the result at any operation: nothing written, the mirror unchanged, not
+/// dirty; the change that fits goes through from the same state.
+#[test]
+fn a_service_change_that_does_not_fit_is_refused_before_any_write() {
+    use policy_compiler::Change;
+    use policy_compiler::manifest::{LoadOptions, load_str};
+    use policy_compiler::plan::capacity::Capacity;
+    use policy_compiler::plan::lb::LbTarget;
+    let pods = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-{i}, namespace: shop, labels: {{app: web}}}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIPs: [{{ip: 10.0.1.{} }}]}}\n",
+                    i + 10
+                )
+            })
+            .collect()
+    };
+    let svc = |name: &str, vip: &str| -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  clusterIPs: [{vip}]\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        )
+    };
+    let cluster = load_str(
+        "c.yaml",
+        &(pods(3) + &svc("web", "10.96.0.10")),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+    .cluster;
+    let (mut engine, _) = Engine::compile_owned(cluster, EngineConfig::default()).unwrap();
+    engine.take_services_touched();
+    let mut lb = LbTarget::from_cluster(engine.cluster(), None);
+    let cap = Capacity {
+        lb_frontends: 2,
+        lb_backends: 4,
+        ..Capacity::default()
+    };
+    let mut fake = FakeMaps::default();
+    let mut synced = Synced::adopt(&mut fake).unwrap().with_capacity(cap);
+    let mut t = Target::from_engine(&engine, std::iter::empty(), 1);
+    t.lb = lb.clone();
+    synced.apply(&mut fake, &t).unwrap();
+    assert_eq!(synced.usage().lb_backends, 3);
+    let before = fake.state.clone();
+    let attempts = fake.attempts;
+
+    // A second service of the same three pods: 6 backends, over the 4 the maps hold.
+    let other = load_str(
+        "o.yaml",
+        &svc("other", "10.96.0.11"),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+    .cluster;
+    let change: Vec<Change> = other
+        .services
+        .into_values()
+        .map(Change::UpsertService)
+        .collect();
+    let undo = engine
+        .undo_for(&change)
+        .expect("a service-only batch has an undo");
+    engine.apply(change).unwrap();
+    let touched = engine.take_services_touched();
+    let keys = lb.update(engine.cluster(), &touched);
+    assert_eq!(keys.len(), 1, "one new frontend");
+    let err = synced.apply_services(&mut fake, &lb, &keys).unwrap_err();
+    match &err {
+        SyncError::CapacityExceeded(e) => {
+            assert_eq!(e.map, policy_compiler::abi::map_name::LB_BACKENDS);
+            assert_eq!((e.needed, e.capacity), (6, 4));
+        }
+        other => panic!("expected CapacityExceeded, got {other}"),
+    }
+    assert_eq!(
+        fake.attempts, attempts,
+        "a refused service change writes nothing"
+    );
+    assert_eq!(fake.state, before, "the maps keep the last good services");
+    assert_eq!(synced.state(), &before, "the mirror too");
+    assert!(!synced.is_dirty());
+
+    // The agent's way back: the undo, then the target updated to the model again.
+    engine.apply(undo).unwrap();
+    let touched = engine.take_services_touched();
+    let keys = lb.update(engine.cluster(), &touched);
+    let stats = synced.apply_services(&mut fake, &lb, &keys).unwrap();
+    assert_eq!(stats.ops, 0, "the target is what the maps hold again");
+    assert_eq!(fake.state, before);
+}

@@ -415,10 +415,7 @@ impl Daemon {
         let skipped = lb.skipped.clone();
         let touched = engine.take_services_touched();
         let keys = lb.update(engine.cluster(), &touched);
-        let old_ids: Vec<u32> = keys
-            .iter()
-            .filter_map(|k| synced.state().lb.services.get(k).map(|s| s.id))
-            .collect();
+        let old_ids = sync::frontend_ids(&synced.state().lb, &keys);
         let result = synced.apply_services(&mut AyaMaps(dp), lb, &keys);
         if result.is_ok() {
             sync::update_service_frontends(services, lb, &synced.state().lb, &old_ids, &keys);
@@ -459,11 +456,7 @@ impl Daemon {
         } else {
             Some(lb.update(engine.cluster(), &touched))
         };
-        let old_ids: Vec<u32> = changed
-            .iter()
-            .flatten()
-            .filter_map(|k| synced.state().lb.services.get(k).map(|s| s.id))
-            .collect();
+        let old_ids = sync::frontend_ids(&synced.state().lb, changed.iter().flatten());
         let was_dirty = synced.is_dirty();
         let mut target = policy_compiler::plan::Target::from_engine_with(
             engine,

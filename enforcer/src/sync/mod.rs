@@ -82,8 +82,16 @@ pub fn service_frontends(target: &LbTarget, state: &LbState) -> ServiceNames {
     out
 }
 
+/// The datapath ids the frontends `keys` have in `state` (taken before a plan of those
+/// frontends, for [`update_service_frontends`] after it).
+pub fn frontend_ids<'a>(state: &LbState, keys: impl IntoIterator<Item = &'a LbKey>) -> Vec<u32> {
+    keys.into_iter()
+        .filter_map(|k| state.services.get(k).map(|s| s.id))
+        .collect()
+}
+
 /// [`service_frontends`] for the frontends `keys` only, after a plan of those frontends;
-/// `old_ids` are the ids they had before it.
+/// `old_ids` are the ids they had before it ([`frontend_ids`]).
 pub fn update_service_frontends(
     names: &mut ServiceNames,
     target: &LbTarget,
