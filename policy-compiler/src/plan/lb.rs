@@ -907,7 +907,15 @@ mod tests {
                 // The namespace pod index selects what testing every pod selects.
                 for svc in engine.cluster().services.values() {
                     let name = format!("{}/{}", svc.namespace, svc.name);
-                    for fb in backends::frontends(engine.cluster(), svc, 251).unwrap() {
+                    let Ok(fbs) = backends::frontends(engine.cluster(), svc, 251) else {
+                        // Two pods with one address: no table; the target says why.
+                        proptest::prop_assert!(
+                            t.skipped.iter().any(|m| m.starts_with(&format!("service {name}:"))),
+                            "{name} left out without a word: {:?}", t.skipped
+                        );
+                        continue;
+                    };
+                    for fb in fbs {
                         let key = LbKey::new(fb.frontend.vip, fb.frontend.port, fb.frontend.protocol.0);
                         if let Some(fe) = t.frontends.get(&key).filter(|fe| fe.service == name) {
                             let want: Vec<LbBackend> =
