@@ -266,10 +266,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			ct_hairpin = CT_F_HAIRPIN;
 		}
 	}
-	if (dir == DIRECTION_EGRESS)
+	if (dir == DIRECTION_EGRESS) {
 		f.dst_identity = peer;
-	else
+	} else {
 		f.src_identity = peer;
+		/* A flow from outside that the uplink translated: named by its service. */
+		if (!f.service)
+			f.service = ct_uplink_service(&f.p, skb->ingress_ifindex, now);
+	}
 	if (peer == IDENTITY_UNKNOWN) {
 		d.drop_reason = DROP_INVALID_IDENTITY;
 		goto drop;
@@ -327,6 +331,112 @@ SEC("classifier/egress")
 int to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, DIRECTION_INGRESS);
+}
+
+/* The node's uplink (docs/datapath.md §13): traffic that enters the node from outside to a
+ * service frontend on it (a node port on one of the node's addresses, an external or
+ * load-balancer IP, a cluster IP routed to the node) is translated to a backend here, before
+ * the stack routes it; the backend pod's to_pod then decides its ingress policy on the
+ * client's own address (no source NAT). The uplink decides no policy and keeps state only
+ * for the flows it translated: an entry of its own interface in pal_ct, opened at its
+ * ingress, whose replies get the frontend back as their source at its egress.
+ *   from_uplink (TCX ingress of the uplink): TCP/UDP to a frontend -> the flow's backend
+ *     (lib/lb.h, as from_pod); no backend -> DROP_NO_SERVICE, a TCP SYN answered with a
+ *     reset; anything else passes untouched.
+ *   to_uplink (TCX egress of the uplink): a reply on a translated flow -> source = the
+ *     frontend; a translated flow whose frontend is gone -> DROP_NO_SERVICE. */
+static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow_ctx f = {};
+	struct decision d = {};
+	struct ct_key fwd = {};
+
+	f.dir = DIRECTION_INGRESS;
+	f.ifindex = skb->ifindex;
+	int pr = parse(skb, &f.p);
+	/* Not IP, neighbour discovery, malformed, a later fragment: the stack's to judge; no
+	 * frontend is translated for them (docs/datapath.md §13, limits). */
+	if (pr != PARSE_OK || !f.p.trackable || f.p.frag != FRAG_NONE ||
+	    (f.p.protocol != IPPROTO_TCP && f.p.protocol != IPPROTO_UDP))
+		return TCX_NEXT;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (dir == DIRECTION_EGRESS) {
+		ct_key_of(&fwd, &f.p, DIRECTION_EGRESS, f.ifindex);
+		struct ct_entry *ct = ct_lookup(&fwd, now);
+		if (!ct || ct_opener(ct) != DIRECTION_INGRESS || !ct->rev_nat_index)
+			return TCX_NEXT;
+		f.service = ct->rev_nat_index;
+		f.src_identity = ct->dst_identity;
+		f.dst_identity = ct->src_identity;
+		if (!(ct->flags & CT_F_REPLY_SEEN))
+			ct->flags |= CT_F_REPLY_SEEN;
+		ct_refresh(ct, &f.p, now);
+		if (lb_reverse(skb, &f.p, f.service)) {
+			d.verdict = EVENT_VERDICT_DROPPED;
+			d.drop_reason = DROP_NO_SERVICE;
+			f.dir = DIRECTION_EGRESS;
+			goto drop;
+		}
+		return TCX_NEXT;
+	}
+	__u32 id = 0;
+	int lr = lb_translate(skb, &f.p, f.ifindex, &id);
+	f.service = (__u16)id;
+	if (lr == LB_NONE)
+		return TCX_NEXT;
+	f.src_identity = ipcache_identity(f.p.saddr, f.p.family);
+	if (lr != LB_TRANSLATED) {
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
+		ct_key_of(&fwd, &f.p, DIRECTION_INGRESS, f.ifindex);
+		if (lr == LB_NO_BACKEND && lb_reject_syn(skb, &f.p) == 0) {
+			count(DIRECTION_INGRESS, d.drop_reason, f.p.len);
+			if (drop_is_new(&fwd))
+				emit(&f, &d, EVENT_KIND_NEW_FLOW);
+			return lb_send_back(skb, f.ifindex);
+		}
+		goto drop;
+	}
+	ct_key_of(&fwd, &f.p, DIRECTION_INGRESS, f.ifindex);
+	f.dst_identity = ipcache_identity(f.p.daddr, f.p.family);
+	struct ct_entry *ct = ct_lookup(&fwd, now);
+	if (ct) {
+		/* The same translated tuple: a reused client port keeps this frontend. */
+		if (ct->rev_nat_index != f.service) {
+			ct->rev_nat_index = f.service;
+			ct->service_id = f.service;
+		}
+		ct_refresh(ct, &f.p, now);
+		return TCX_NEXT;
+	}
+	d.verdict = EVENT_VERDICT_FORWARDED;
+	/* A translation that cannot be tracked would leave its replies untranslated: the
+	 * client would reset them, so the flow is refused now, and said. */
+	if (ct_create(&fwd, &f.p, DIRECTION_INGRESS, &d, 0, f.src_identity, f.dst_identity,
+		      now, CT_F_UPLINK, f.service)) {
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = DROP_CT_INSERT_FAILED;
+		goto drop;
+	}
+	return TCX_NEXT;
+
+drop:
+	count(f.dir, d.drop_reason, f.p.len);
+	if (drop_is_new(&fwd))
+		emit(&f, &d, EVENT_KIND_NEW_FLOW);
+	return TCX_DROP;
+}
+
+SEC("classifier/uplink_ingress")
+int from_uplink(struct __sk_buff *skb)
+{
+	return uplink(skb, DIRECTION_INGRESS);
+}
+
+SEC("classifier/uplink_egress")
+int to_uplink(struct __sk_buff *skb)
+{
+	return uplink(skb, DIRECTION_EGRESS);
 }
 
 /* The node namespace's socket lookup (lib/proxy.h): a redirected flow's SYN, delivered

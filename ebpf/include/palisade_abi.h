@@ -188,6 +188,7 @@ struct endpoint_info {
 #define CT_F_OPENED_INGRESS 0x10 /* v3: opened at to_pod (DIRECTION_INGRESS), else from_pod */
 #define CT_F_PROXY_UPSTREAM 0x20 /* opened at to_pod by the L7 proxy's upstream (mark 0x0b00) */
 #define CT_F_HAIRPIN      0x40 /* a pod's flow to a service frontend that picked the pod itself */
+#define CT_F_UPLINK       0x80 /* opened at the node's uplink (from_uplink): a flow from outside it translated */
 
 /* A flow is only established once a reply passed: until then its entry lives
  * CT_LIFETIME_TCP_SYN_S (TCP) or CT_LIFETIME_NONTCP_S, so a flood of openers that never get

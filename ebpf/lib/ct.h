@@ -238,4 +238,20 @@ static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p
 	return bpf_map_update_elem(&pal_ct, k, &e, BPF_ANY);
 }
 
+/* to_pod, a new flow: the frontend of the uplink's entry for this tuple, when the packet
+ * entered the node by an uplink that translated it (from_uplink), else 0. The entry is
+ * under the interface the packet came in by, so no other flow can name it. */
+static __always_inline __u16 ct_uplink_service(const struct pkt *p, __u32 in_ifindex, __u64 now)
+{
+	struct ct_key k = {};
+
+	if (!in_ifindex)
+		return 0;
+	ct_key_of(&k, p, DIRECTION_INGRESS, in_ifindex);
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (!e || !(e->flags & CT_F_UPLINK))
+		return 0;
+	return e->rev_nat_index;
+}
+
 #endif

@@ -181,8 +181,10 @@ fn loader_specs_are_the_objects() {
     assert_eq!(
         hooks,
         vec![
-            ("from_pod".to_string(), Attach::Endpoint(Hook::FromPod)),
-            ("to_pod".to_string(), Attach::Endpoint(Hook::ToPod)),
+            ("from_pod".to_string(), Attach::Tc(Hook::FromPod)),
+            ("to_pod".to_string(), Attach::Tc(Hook::ToPod)),
+            ("from_uplink".to_string(), Attach::Tc(Hook::FromUplink)),
+            ("to_uplink".to_string(), Attach::Tc(Hook::ToUplink)),
             ("proxy_lookup".to_string(), Attach::ProxyLookup),
         ]
     );

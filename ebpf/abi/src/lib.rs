@@ -122,6 +122,8 @@ pub const CT_F_OPENED_INGRESS: u8 = 0x10;
 pub const CT_F_PROXY_UPSTREAM: u8 = 0x20;
 /// A pod's flow to a service frontend whose backend is the pod itself (hairpin).
 pub const CT_F_HAIRPIN: u8 = 0x40;
+/// A flow from outside that the node's uplink translated (its entry is the uplink's).
+pub const CT_F_UPLINK: u8 = 0x80;
 
 /// `skb->mark` bits of the L7 proxy redirect (`PROXY_MARK_*`, docs/datapath.md §11).
 pub const PROXY_MARK_MASK: u32 = 0x0f00;

@@ -54,22 +54,33 @@ pub enum Hook {
     FromPod,
     /// tc egress of the host veth: packets to the pod (its ingress policy).
     ToPod,
+    /// tc ingress of the node's uplink: traffic from outside to a service frontend is
+    /// translated (docs/datapath.md §13).
+    FromUplink,
+    /// tc egress of the node's uplink: replies of the flows `FromUplink` translated.
+    ToUplink,
 }
 
 impl Hook {
-    /// Both hooks, in the order links are made and listed.
-    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    /// The hooks of a pod's host veth, in the order links are made and listed.
+    pub const ENDPOINT: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    /// The hooks of an uplink.
+    pub const UPLINK: [Hook; 2] = [Hook::FromUplink, Hook::ToUplink];
+    /// Every tc hook of the object.
+    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToPod, Hook::FromUplink, Hook::ToUplink];
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod => TcAttachType::Egress,
+            Hook::FromPod | Hook::FromUplink => TcAttachType::Ingress,
+            Hook::ToPod | Hook::ToUplink => TcAttachType::Egress,
         }
     }
     fn suffix(self) -> &'static str {
         match self {
             Hook::FromPod => "from-pod",
             Hook::ToPod => "to-pod",
+            Hook::FromUplink => "from-uplink",
+            Hook::ToUplink => "to-uplink",
         }
     }
 }
@@ -363,7 +374,7 @@ impl Datapath {
     fn program_name(&self, hook: Hook) -> Result<String> {
         self.programs
             .iter()
-            .find(|p| p.attach == Attach::Endpoint(hook))
+            .find(|p| p.attach == Attach::Tc(hook))
             .map(|p| p.name.clone())
             .ok_or_else(|| DatapathError::Object {
                 detail: format!("no program for hook {hook:?}"),
@@ -461,8 +472,19 @@ impl Datapath {
     /// Attaching an interface that already has Palisade's links replaces the program in
     /// place.
     pub fn attach(&mut self, ifname: &str) -> Result<u32> {
+        self.attach_hooks(ifname, Hook::ENDPOINT)
+    }
+
+    /// Attaches the uplink programs to the node's uplink `ifname` (docs/datapath.md §13):
+    /// first in its TCX chains, links pinned and adopted across restarts like an
+    /// endpoint's.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<u32> {
+        self.attach_hooks(ifname, Hook::UPLINK)
+    }
+
+    fn attach_hooks(&mut self, ifname: &str, hooks: [Hook; 2]) -> Result<u32> {
         let ifindex = ifindex_of(ifname)?;
-        for hook in Hook::ALL {
+        for hook in hooks {
             let path = self.link_pin(ifindex, hook);
             if path.exists() {
                 self.swap_into_pinned(&path, hook)?;
@@ -494,22 +516,30 @@ impl Datapath {
 
     /// Detaches from an interface: removing the pins releases the links.
     pub fn detach(&mut self, ifindex: u32) {
-        for hook in Hook::ALL {
+        for hook in Hook::ENDPOINT {
             let _ = std::fs::remove_file(self.link_pin(ifindex, hook));
         }
     }
 
-    /// Whether Palisade's links are pinned for this interface.
+    /// Detaches the uplink programs from an interface.
+    pub fn detach_uplink(&mut self, ifindex: u32) {
+        for hook in Hook::UPLINK {
+            let _ = std::fs::remove_file(self.link_pin(ifindex, hook));
+        }
+    }
+
+    /// Whether Palisade's links are pinned for this interface (an endpoint's, or an
+    /// uplink's).
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        Hook::ALL
+        [Hook::ENDPOINT, Hook::UPLINK]
             .iter()
-            .all(|h| self.link_pin(ifindex, *h).exists())
+            .any(|hooks| hooks.iter().all(|h| self.link_pin(ifindex, *h).exists()))
     }
 
     /// TCX programs on an interface, per hook, in chain order (for the debug command).
     pub fn query(ifname: &str) -> Result<Vec<(Hook, Vec<String>)>> {
         let mut out = Vec::new();
-        for hook in Hook::ALL {
+        for hook in Hook::ENDPOINT {
             let (_, progs) = SchedClassifier::query_tcx(ifname, hook.attach_type())
                 .map_err(prog_err(&format!("{hook:?}")))?;
             out.push((
@@ -1034,7 +1064,7 @@ impl Datapath {
         for spec in programs {
             let name = spec.name;
             let info = match spec.attach {
-                Attach::Endpoint(_) => self.classifier(&name).ok().map(|p| p.info()),
+                Attach::Tc(_) => self.classifier(&name).ok().map(|p| p.info()),
                 Attach::ProxyLookup => self.sk_lookup(&name).ok().map(|p| p.info()),
             };
             if let Some(Ok(info)) = info {
@@ -1149,6 +1179,8 @@ fn parse_link_pin(path: &Path) -> Option<(u32, Hook)> {
     let hook = match hook {
         "from-pod" => Hook::FromPod,
         "to-pod" => Hook::ToPod,
+        "from-uplink" => Hook::FromUplink,
+        "to-uplink" => Hook::ToUplink,
         _ => return None,
     };
     Some((idx.parse().ok()?, hook))

@@ -32,8 +32,8 @@ pub struct MapSpec {
 /// Where a program of the object is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
-    /// A tc hook of every pod's host veth.
-    Endpoint(Hook),
+    /// A tc hook: of every pod's host veth, or of the node's uplink.
+    Tc(Hook),
     /// The `sk_lookup` hook of the node's network namespace (the L7 proxy's listener).
     ProxyLookup,
 }
@@ -47,10 +47,13 @@ pub struct ProgramSpec {
 
 /// The section of a program attached at each hook: `SEC("classifier/ingress")` is the tc
 /// ingress of the host veth (packets from the pod), `classifier/egress` its tc egress,
-/// `sk_lookup` the node namespace's socket lookup.
-const SECTIONS: [(&str, Attach); 3] = [
-    ("classifier/ingress", Attach::Endpoint(Hook::FromPod)),
-    ("classifier/egress", Attach::Endpoint(Hook::ToPod)),
+/// `classifier/uplink_ingress` and `classifier/uplink_egress` the tc ingress and egress of the
+/// node's uplink, `sk_lookup` the node namespace's socket lookup.
+const SECTIONS: [(&str, Attach); 5] = [
+    ("classifier/ingress", Attach::Tc(Hook::FromPod)),
+    ("classifier/egress", Attach::Tc(Hook::ToPod)),
+    ("classifier/uplink_ingress", Attach::Tc(Hook::FromUplink)),
+    ("classifier/uplink_egress", Attach::Tc(Hook::ToUplink)),
     ("sk_lookup", Attach::ProxyLookup),
 ];
 
