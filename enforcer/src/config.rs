@@ -112,6 +112,13 @@ pub struct Config {
     /// Open proxied connections one client identity may hold (default 4096); more are
     /// closed at accept and logged, so one workload cannot exhaust the proxy.
     pub l7_proxy_connections_per_identity: usize,
+    /// The node's uplinks: interfaces (of the enforced network namespace) where traffic
+    /// from outside enters the node. Each gets the uplink programs, which translate node
+    /// ports, external IPs and load-balancer IPs for that traffic (docs/services.md,
+    /// docs/datapath.md §13). Default: none (services are translated for pods only). An
+    /// interface that does not exist fails the start; one dropped from this list is
+    /// detached at the next start.
+    pub uplinks: Vec<String>,
 }
 
 /// The metrics endpoint's default address: loopback of the enforced network namespace.
@@ -143,6 +150,7 @@ impl Default for Config {
             cni: None,
             l7_proxy_port: Some(policy_compiler::engine::DEFAULT_PROXY_PORT),
             l7_proxy_connections_per_identity: crate::proxy::DEFAULT_CONNECTIONS_PER_IDENTITY,
+            uplinks: Vec::new(),
         }
     }
 }
@@ -263,6 +271,27 @@ impl Config {
                     self.socket.as_os_str().len()
                 ),
             ));
+        }
+        for (i, name) in self.uplinks.iter().enumerate() {
+            // IFNAMSIZ is 16 with the NUL; '/' and whitespace cannot be in a name.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', ':'])
+                || name.chars().any(char::is_whitespace)
+                || name == "."
+                || name == ".."
+            {
+                return Err(invalid(
+                    "uplinks",
+                    format!(
+                        "entry {i} ({name:?}) is not an interface name \
+                         (1 to 15 bytes, no '/', ':' or whitespace)"
+                    ),
+                ));
+            }
+            if self.uplinks[..i].contains(name) {
+                return Err(invalid("uplinks", format!("{name:?} is listed twice")));
+            }
         }
         if self.l7_proxy_connections_per_identity == 0 {
             return Err(invalid(

@@ -103,6 +103,10 @@ struct RunArgs {
     /// its pods. Default: the addresses of the enforced network namespace.
     #[arg(long = "node-address")]
     node_address: Vec<std::net::IpAddr>,
+    /// An interface where traffic from outside enters the node (repeatable): node ports,
+    /// external IPs and load-balancer IPs are translated there. Default: none.
+    #[arg(long = "uplink", value_name = "IFNAME")]
+    uplink: Vec<String>,
     /// Fail instead of mounting a bpffs on the pin root.
     #[arg(long)]
     no_mount: bool,
@@ -201,6 +205,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if !a.node_address.is_empty() {
         config.node_addresses = Some(a.node_address);
+    }
+    if !a.uplink.is_empty() {
+        config.uplinks = a.uplink;
     }
     if let Some(v) = a.metrics_address {
         config.metrics_address = v;

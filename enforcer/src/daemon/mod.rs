@@ -13,7 +13,7 @@
 //! across a syscall) instead of the state. The agent's own log is `tracing` (text or JSON,
 //! fields with stable dotted names); the verdict log is its own file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -255,6 +255,26 @@ impl Daemon {
         for s in regs.values() {
             dp.attach(&s.registration.host_ifname)?;
         }
+        // The uplinks, once the service maps are written: traffic from outside to a
+        // frontend is translated from the first packet on (docs/datapath.md §13).
+        let mut uplinks = Vec::new();
+        for name in &opts.config.uplinks {
+            uplinks.push((name.clone(), dp.attach_uplink(name)?));
+        }
+        let configured: BTreeSet<u32> = uplinks.iter().map(|(_, i)| *i).collect();
+        let dropped: BTreeSet<u32> = dp
+            .adopted()
+            .iter()
+            .filter(|(i, h)| datapath::Hook::UPLINK.contains(h) && !configured.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        for ifindex in dropped {
+            dp.detach_uplink(ifindex);
+            info!(
+                uplink.ifindex = ifindex,
+                "uplink no longer configured: its programs are detached"
+            );
+        }
         // Only now, with every registered interface attached and the maps written, is what
         // an older ABI left behind released (docs/upgrade.md). A failure keeps the old
         // links, which still enforce: it is reported, not fatal.
@@ -333,6 +353,11 @@ impl Daemon {
             maps.service_writes = stats.lb_writes,
             links.adopted = adopted,
             endpoints = endpoints,
+            uplinks = uplinks
+                .iter()
+                .map(|(n, i)| format!("{n}(ifindex {i})"))
+                .collect::<Vec<_>>()
+                .join(","),
             "datapath ready"
         );
         Ok(daemon)

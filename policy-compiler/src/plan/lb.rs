@@ -56,14 +56,39 @@ pub struct LbTarget {
     /// made of, kept so that an update does not walk every service to say it.
     with_skipped: BTreeSet<(String, String)>,
     shared: BTreeSet<LbKey>,
+    /// The node's addresses: each node port is a frontend on each of them (of its family).
+    node: Vec<IpAddr>,
 }
 
 impl LbTarget {
+    /// An empty target for a node with these addresses: each node port becomes a frontend
+    /// on each of them (of its family), which the datapath translates from pods and, on
+    /// the node's uplink, from outside. Without addresses node ports are not translated.
+    pub fn for_node(addresses: &[IpAddr]) -> LbTarget {
+        let mut node: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|a| !a.is_unspecified() && !a.is_loopback() && !a.is_multicast())
+            .collect();
+        node.sort();
+        node.dedup();
+        LbTarget {
+            node,
+            ..LbTarget::default()
+        }
+    }
+
+    /// The node addresses node ports are served on.
+    pub fn node_addresses(&self) -> &[IpAddr] {
+        &self.node
+    }
+
     /// The frontends of the cluster's services: cluster IPs, external IPs and load-balancer
-    /// IPs with each TCP/UDP port. Tables of frontends whose backends did not change since
+    /// IPs with each TCP/UDP port, and each node port on each node address of `previous`
+    /// ([`LbTarget::for_node`]). Tables of frontends whose backends did not change since
     /// `previous` are reused (a table of the default 16,381 slots costs time to build).
-    /// Node ports are not translated yet (they need a program on the node's uplink); SCTP
-    /// frontends neither (a port rewrite would need the packet's CRC32c recomputed).
+    /// SCTP frontends are not translated (a port rewrite would need the packet's CRC32c
+    /// recomputed).
     pub fn from_cluster(cluster: &Cluster, previous: Option<&LbTarget>) -> LbTarget {
         let mut t = previous.cloned().unwrap_or_default();
         let mut all: BTreeSet<String> = cluster.services.keys().map(|k| k.0.clone()).collect();
@@ -192,10 +217,22 @@ impl LbTarget {
     ) -> ServicePart {
         let name = format!("{}/{}", svc.namespace, svc.name);
         let mut part = ServicePart::default();
+        // A node port is a frontend on each node address of its family.
+        let keys_of = |fe: &backends::Frontend| -> Vec<LbKey> {
+            if fe.kind == FrontendKind::NodePort {
+                self.node
+                    .iter()
+                    .filter(|a| a.is_ipv4() == fe.vip.is_ipv4())
+                    .map(|a| LbKey::new(*a, fe.port, fe.protocol.0))
+                    .collect()
+            } else {
+                vec![LbKey::new(fe.vip, fe.port, fe.protocol.0)]
+            }
+        };
         let reuse = |fe: &backends::Frontend, b: &[backends::Backend]| -> Option<Arc<Table>> {
-            let key = LbKey::new(fe.vip, fe.port, fe.protocol.0);
+            let keys = keys_of(fe);
             previous
-                .and_then(|p| p.frontends.iter().find(|(k, _)| *k == key))
+                .and_then(|p| p.frontends.iter().find(|(k, _)| keys.contains(k)))
                 .map(|(_, p)| p)
                 .filter(|p| {
                     p.backends.len() == b.len()
@@ -221,9 +258,6 @@ impl LbTarget {
         };
         for fb in fbs {
             let fe = &fb.frontend;
-            if fe.kind == FrontendKind::NodePort {
-                continue;
-            }
             let proto = fe.protocol.0;
             if proto != 6 && proto != 17 {
                 part.skipped.push(format!(
@@ -232,7 +266,6 @@ impl LbTarget {
                 ));
                 continue;
             }
-            let key = LbKey::new(fe.vip, fe.port, proto);
             let backends: Vec<LbBackend> = fb
                 .backends
                 .iter()
@@ -243,15 +276,17 @@ impl LbTarget {
             } else {
                 0
             };
-            part.frontends.push((
-                key,
-                LbFrontend {
-                    service: name.clone(),
-                    backends,
-                    table: fb.table.clone(),
-                    flags,
-                },
-            ));
+            for key in keys_of(fe) {
+                part.frontends.push((
+                    key,
+                    LbFrontend {
+                        service: name.clone(),
+                        backends: backends.clone(),
+                        table: fb.table.clone(),
+                        flags,
+                    },
+                ));
+            }
         }
         part
     }
@@ -661,6 +696,48 @@ mod tests {
             .unwrap()
             .cluster;
         LbTarget::from_cluster(&c, None)
+    }
+
+    #[test]
+    fn a_node_port_is_a_frontend_on_each_node_address_of_its_family() {
+        let svc = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  type: NodePort\n  selector: {app: web}\n  clusterIPs: [10.96.0.10]\n  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]\n";
+        let c = load_str("svc.yaml", &(pods(2) + svc), &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let node: Vec<IpAddr> = ["198.18.0.1", "169.254.1.1", "fd00::1", "127.0.0.1", "0.0.0.0"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let on_node = LbTarget::from_cluster(&c, Some(&LbTarget::for_node(&node)));
+        let keys: Vec<String> = on_node
+            .frontends
+            .keys()
+            .map(|k| format!("{}:{}", k.ip(), k.port()))
+            .collect();
+        // The IPv4 node port on both IPv4 node addresses (not loopback, not unspecified),
+        // none on the IPv6 one (the service is IPv4 only), and the cluster IP.
+        assert_eq!(keys, ["10.96.0.10:80", "169.254.1.1:30080", "198.18.0.1:30080"]);
+        let fe = |k: &str| {
+            on_node
+                .frontends
+                .iter()
+                .find(|(key, _)| format!("{}:{}", key.ip(), key.port()) == k)
+                .map(|(_, f)| f.clone())
+                .unwrap()
+        };
+        // The same backends and table as the cluster IP.
+        assert_eq!(fe("198.18.0.1:30080"), fe("10.96.0.10:80"));
+        assert_eq!(on_node.node_addresses().len(), 3);
+        // An update keeps the node's addresses; a target without them has no node port.
+        let again = LbTarget::from_cluster(&c, Some(&on_node));
+        assert_eq!(again.frontends, on_node.frontends);
+        assert_eq!(LbTarget::from_cluster(&c, None).frontends.len(), 1);
+        let planned = plan(&LbState::default(), &on_node);
+        let mut state = LbState::default();
+        run(&mut state, &planned);
+        let key = LbKey::new("198.18.0.1".parse().unwrap(), 30080, 6);
+        let (addr, port) = pick(&state, &key, "198.18.0.2".parse().unwrap(), 40000).unwrap();
+        assert!(addr.to_string().starts_with("10.0.1.") && port == 8080, "{addr}:{port}");
     }
 
     fn run(state: &mut LbState, p: &LbPlan) {

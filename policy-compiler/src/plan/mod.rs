@@ -240,14 +240,23 @@ impl Target {
     }
 
     /// [`Target::from_engine`], reusing the service tables of `previous` (the last target)
-    /// where a frontend's backends did not change.
+    /// where a frontend's backends did not change. Node ports are served on the node
+    /// addresses of `previous`, or without one on the engine's host addresses.
     pub fn from_engine_after<'a>(
         engine: &Engine,
         local: impl IntoIterator<Item = (&'a str, u32)>,
         revision: u32,
         previous: Option<&lb::LbTarget>,
     ) -> Target {
-        let lb = lb::LbTarget::from_cluster(engine.cluster(), previous);
+        let node;
+        let previous = match previous {
+            Some(p) => p,
+            None => {
+                node = lb::LbTarget::for_node(&engine.config().host_addresses);
+                &node
+            }
+        };
+        let lb = lb::LbTarget::from_cluster(engine.cluster(), Some(previous));
         Target::from_engine_with(engine, local, revision, lb)
     }
 
