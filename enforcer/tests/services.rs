@@ -508,3 +508,112 @@ fn a_client_port_reused_between_a_pod_address_and_a_frontend_gets_the_right_repl
         );
     }
 }
+
+/// The uplink (docs/datapath.md §13): a flow from outside to a node port on a node address
+/// is sent to the backend the policy core predicts, checksums valid; its reply leaving by
+/// the uplink comes from the node port; traffic to no frontend, and packets of flows the
+/// uplink did not translate, pass untouched; a node port without backends refuses a SYN
+/// with a reset and reports the drop.
+#[test]
+fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
+    let Some(mut n) = node("svc-uplink") else {
+        return;
+    };
+    let yaml = manifests(2, false)
+        .replace(
+            "  ports: [{name: http, port: 80, targetPort: http}, ",
+            "  type: NodePort\n  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}, ",
+        )
+        .replace(
+            "  ports: [{name: http, port: 80}]",
+            "  type: NodePort\n  ports: [{name: http, port: 80, nodePort: 30090}]",
+        );
+    let c = load_str("services.yaml", &yaml, &LoadOptions::default())
+        .unwrap()
+        .cluster;
+    let node_addrs = [ip("198.18.0.1"), ip("fd00:198:18::1")];
+    let t = LbTarget::from_cluster(&c, Some(&LbTarget::for_node(&node_addrs)));
+    let state = n.services(&t);
+    for (outside, node) in [("198.18.0.2", "198.18.0.1"), ("fd00:198:18::2", "fd00:198:18::1")] {
+        let fe = LbKey::new(ip(node), 30080, 6);
+        let mut reached = std::collections::BTreeSet::new();
+        for sport in 41000..41030u16 {
+            let (baddr, bport) = lb::pick(&state, &fe, ip(outside), sport).unwrap();
+            let (rc, out) = n.run(
+                Hook::FromUplink,
+                packet::build(ip(outside), ip(node), tcp(sport, 30080, TCP_SYN)),
+            );
+            assert_eq!(rc, PASS, "the uplink decides no policy: {outside}:{sport}");
+            assert_eq!(tuple(&out), ((ip(outside), sport), (baddr, bport)));
+            assert!(checksums_ok(&out), "{outside}:{sport}: checksums after DNAT");
+            reached.insert(baddr);
+            let (rc, out) = n.run(
+                Hook::ToUplink,
+                packet::build(baddr, ip(outside), tcp(bport, sport, TCP_SYN | TCP_ACK)),
+            );
+            assert_eq!(rc, PASS);
+            assert_eq!(
+                tuple(&out),
+                ((ip(node), 30080), (ip(outside), sport)),
+                "the reply leaves from the node port"
+            );
+            assert!(checksums_ok(&out), "checksums after reverse NAT");
+            // The flow's next packet keeps its backend.
+            let (_, out) = n.run(
+                Hook::FromUplink,
+                packet::build(ip(outside), ip(node), tcp(sport, 30080, TCP_ACK)),
+            );
+            assert_eq!(tuple(&out).1, (baddr, bport));
+        }
+        assert_eq!(reached.len(), 3, "{outside}: flows spread over every backend");
+    }
+    // Not a frontend (a pod address, another node port): untouched, both ways.
+    for (src, dst, sport, dport) in [
+        ("198.18.0.2", "10.0.1.10", 42000, 8080),
+        ("198.18.0.2", "198.18.0.1", 42001, 30081),
+    ] {
+        let pkt = with_checksums(packet::build(ip(src), ip(dst), tcp(sport, dport, TCP_SYN)));
+        let (rc, out) = n.dp.test_run_output(Hook::FromUplink, &pkt).unwrap();
+        assert_eq!((rc, out), (PASS, pkt), "{dst}:{dport} passes untouched");
+        let reply = with_checksums(packet::build(
+            ip(dst),
+            ip(src),
+            tcp(dport, sport, TCP_SYN | TCP_ACK),
+        ));
+        let (rc, out) = n.dp.test_run_output(Hook::ToUplink, &reply).unwrap();
+        assert_eq!((rc, out), (PASS, reply), "its reply too");
+    }
+    n.events();
+    // A node port without backends: the SYN comes back as a reset, out of the uplink.
+    let syn = with_checksums(packet::build(
+        ip("198.18.0.2"),
+        ip("198.18.0.1"),
+        tcp(42002, 30090, TCP_SYN),
+    ));
+    let (rc, out) = n.dp.test_run_output(Hook::FromUplink, &syn).unwrap();
+    assert_eq!(rc, 7, "TC_ACT_REDIRECT: the reset goes back out");
+    assert_eq!(
+        tuple(&out),
+        ((ip("198.18.0.1"), 30090), (ip("198.18.0.2"), 42002))
+    );
+    assert_eq!(out[14 + 20 + 13], 0x14, "RST|ACK");
+    assert!(checksums_ok(&out));
+    let ev = n.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].drop_reason as u32, abi::DROP_NO_SERVICE);
+    assert_eq!(ev[0].src_identity, abi::IDENTITY_WORLD_IPV4);
+    assert_ne!(ev[0].service, 0);
+    // A reply whose frontend was deleted meanwhile is dropped, not sent untranslated.
+    let (rc, out) = n.run(
+        Hook::FromUplink,
+        packet::build(ip("198.18.0.2"), ip("198.18.0.1"), tcp(42003, 30080, TCP_SYN)),
+    );
+    assert_eq!(rc, PASS);
+    let ((_, _), (baddr, bport)) = tuple(&out);
+    n.services(&LbTarget::for_node(&node_addrs));
+    let (rc, _) = n.run(
+        Hook::ToUplink,
+        packet::build(baddr, ip("198.18.0.2"), tcp(bport, 42003, TCP_SYN | TCP_ACK)),
+    );
+    assert_eq!(rc, DROP, "no frontend to answer from");
+}

@@ -291,3 +291,204 @@ fn a_kept_connection_survives_a_backend_change_and_an_agent_restart() {
     );
     echo_all(&mut sessions, "after a second service");
 }
+
+/// `web` as a NodePort service with an external IP; db-0 admits only the client pod, so a
+/// host outside the node is denied there however it reaches the service.
+const NODE_PORT: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: web}
+  clusterIPs: [10.96.0.10, \"fd00:96::10\"]
+  ipFamilies: [IPv4, IPv6]
+  externalIPs: [203.0.113.10]
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nothing, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: nobody}
+  clusterIPs: [10.96.0.20]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30090}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {tier: data}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+";
+
+/// Connects `n` times from the outside host to `dst`: which backend answered, and how many
+/// attempts timed out.
+fn spread_from(
+    c: &Cluster,
+    outside: &palisade_testkit::node::Outside,
+    dst: SocketAddr,
+    n: usize,
+) -> (BTreeMap<String, usize>, usize) {
+    let mut by = BTreeMap::new();
+    let mut dropped = 0;
+    for _ in 0..n {
+        match palisade_testkit::node::tcp_connect_in_netns(
+            &outside.netns_path,
+            dst,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+        {
+            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
+            TcpOutcome::TimedOut => dropped += 1,
+            other => panic!("{dst}: {other:?}\n{}", c.log()),
+        }
+    }
+    (by, dropped)
+}
+
+#[test]
+fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_backend() {
+    use palisade_testkit::node::{OUTSIDE_V4, UPLINK_NODE_V4, UPLINK_NODE_V6};
+    let Some((mut c, outside)) = common::traffic::start_with_outside(
+        "svcnodeport",
+        BLOCK,
+        "services: node ports from outside",
+        &[("shop.yaml", NODE_PORT)],
+        "uplinks: [uplink0]\n",
+    ) else {
+        return;
+    };
+    let web0 = c.pod("shop", "web-0", 1, 10);
+    let web1 = c.pod("shop", "web-1", 1, 11);
+    let db0 = c.pod("shop", "db-0", 1, 99);
+    let client = c.pod("shop", "client", 2, 1);
+    for (p, tier) in [(&web0, "front"), (&web1, "front"), (&db0, "data")] {
+        c.enforcer
+            .register_with_ports(p, &[("app", "web"), ("tier", tier)], http())
+            .unwrap();
+    }
+    c.register(&client, &[("app", "client")]);
+    let servers = [&web0, &web1, &db0].map(|p| serve_tcp(p, 8080));
+    let ready = c
+        .log()
+        .lines()
+        .rfind(|l| l.contains("datapath ready"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ready.contains("uplinks=\"uplink0(ifindex"),
+        "the uplink is attached: {ready}"
+    );
+
+    // From outside, the node port on both node address families and the external IP: the
+    // front pods answer; db-0, whose ingress admits only the client pod, never does.
+    for dst in [
+        SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30080),
+        SocketAddr::new(IpAddr::V6(UPLINK_NODE_V6), 30080),
+        SocketAddr::new("203.0.113.10".parse().unwrap(), 80),
+    ] {
+        let (by, dropped) = spread_from(&c, &outside, dst, 30);
+        assert_eq!(
+            by.keys().cloned().collect::<Vec<_>>(),
+            vec!["shop/web-0".to_string(), "shop/web-1".to_string()],
+            "{dst}: connections from outside reach both front pods and only them: {by:?}\n{}",
+            c.log()
+        );
+        assert!(dropped > 0, "{dst}: no connection was given db-0 in 30 tries");
+    }
+    assert_eq!(servers[2].served(), 0, "db-0 admits no one from outside");
+    // A pod reaches the node port too (translated at its own veth); db-0 admits it.
+    let mut by = BTreeMap::new();
+    for _ in 0..30 {
+        let dst = SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30080);
+        match client.tcp_connect(dst, OK).unwrap() {
+            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
+            other => panic!("client to the node port: {other:?}\n{}", c.log()),
+        }
+    }
+    assert_eq!(by.len(), 3, "the client pod reaches every backend: {by:?}");
+    // The node port's pick has no bearing on the ports the node itself listens on: a
+    // node port without backends is refused from outside at once (a reset).
+    let none = palisade_testkit::node::tcp_connect_in_netns(
+        &outside.netns_path,
+        SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30090),
+        OK,
+    )
+    .unwrap();
+    assert!(matches!(none, TcpOutcome::Refused), "{none:?}");
+
+    // The verdict log: the backend's decision on a flow from outside names the service,
+    // with the outside host as its source.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = service_lines(&c);
+    let from_outside: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["flow"]["IP"]["source"] == OUTSIDE_V4.to_string())
+        .collect();
+    assert!(
+        from_outside
+            .iter()
+            .any(|l| l["flow"]["verdict"] == "FORWARDED"),
+        "{lines:#?}"
+    );
+    let denied: Vec<&&Value> = from_outside
+        .iter()
+        .filter(|l| l["flow"]["verdict"] == "DROPPED")
+        .collect();
+    assert!(!denied.is_empty(), "{from_outside:#?}");
+    for l in denied {
+        assert_eq!(l["flow"]["destination"]["pod_name"], "db-0");
+        assert_eq!(l["flow"]["drop_reason_desc"], "POLICY_DENIED");
+    }
+
+    // Kept connections from outside survive the agent's SIGKILL and restart, and the
+    // restarted agent adopts the uplink's links.
+    let dst = SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30080);
+    // (A third of the attempts pick db-0 and are dropped: those are not kept.)
+    let sessions: Vec<_> = (0..30)
+        .filter_map(|_| {
+            palisade_testkit::node::tcp_session_in_netns(
+                &outside.netns_path,
+                dst,
+                Duration::from_secs(1),
+            )
+            .ok()
+        })
+        .take(6)
+        .collect();
+    let mut sessions = sessions;
+    assert_eq!(sessions.len(), 6, "{}", c.log());
+    let echo_all = |sessions: &mut Vec<palisade_testkit::node::TcpSession>, what: &str| {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let r = s.echo(format!("{what} {i}").as_bytes(), OK).unwrap();
+            assert!(
+                matches!(r, palisade_testkit::node::EchoOutcome::Echoed),
+                "session {i} ({}) {what}: {r:?}",
+                s.banner()
+            );
+        }
+    };
+    echo_all(&mut sessions, "before");
+    c.enforcer.kill9();
+    echo_all(&mut sessions, "while the agent is down");
+    c.enforcer.spawn().expect("the agent restarts");
+    echo_all(&mut sessions, "after the restart");
+    let log = c.log();
+    let ready = log
+        .lines()
+        .rfind(|l| l.contains("datapath ready"))
+        .unwrap_or_default();
+    assert!(
+        ready.contains("maps.service_writes=0") && ready.contains("uplinks=\"uplink0(ifindex"),
+        "the restart adopts the uplink and its maps: {ready}"
+    );
+}

@@ -279,6 +279,35 @@ pub struct Node {
     tag: String,
     netns: NetnsGuard,
     pods: Mutex<Vec<PodEntry>>,
+    /// The "outside" namespace, once [`Node::add_outside`] made it.
+    outside: Mutex<Option<(Outside, NetnsGuard)>>,
+}
+
+/// The node's uplink interface (in the node namespace), made by [`Node::add_outside`].
+pub const UPLINK_IFNAME: &str = "uplink0";
+/// The node's address on its uplink.
+pub const UPLINK_NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The outside host's address (a benchmarking range, RFC 2544: never routed anywhere real).
+pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The node's IPv6 address on its uplink.
+pub const UPLINK_NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 1);
+/// The outside host's IPv6 address.
+pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 2);
+
+/// A host outside the node: a namespace `pal-<tag>-out` whose `eth0` is wired to the node's
+/// [`UPLINK_IFNAME`] (198.18.0.0/24, fd00:198:18::/64), with its default routes via the node.
+/// Traffic from here enters the node the way traffic from another machine would: through
+/// the uplink, to a node address, an external IP or a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outside {
+    /// Name of its network namespace.
+    pub netns: String,
+    /// `/run/netns/<netns>`.
+    pub netns_path: PathBuf,
+    /// The node-side interface.
+    pub uplink_ifname: String,
+    /// Its index in the node namespace.
+    pub uplink_ifindex: u32,
 }
 
 /// A pod and the namespace guard that owns its lifetime.
@@ -397,6 +426,7 @@ impl Node {
             tag: tag.to_owned(),
             netns,
             pods: Mutex::new(Vec::new()),
+            outside: Mutex::new(None),
         })
     }
 
@@ -437,6 +467,54 @@ impl Node {
     /// Runs `f` on a thread inside the node namespace (see [`run_in_netns`]).
     pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
         run_in_netns(self.netns_path(), f)
+    }
+
+    /// Wires an "outside" host to the node through its uplink ([`Outside`]); a second
+    /// call returns the first one's. On error, whatever was created is removed again.
+    pub fn add_outside(&self) -> Result<Outside> {
+        let mut slot = self.outside.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((o, _)) = slot.as_ref() {
+            return Ok(o.clone());
+        }
+        let name = format!("{NETNS_PREFIX}{}-out", self.tag);
+        let guard = create_netns(&name)?;
+        let node = self.netns_name();
+        let wire = || -> Result<u32> {
+            for key in [
+                "net.ipv6.conf.all.accept_dad",
+                "net.ipv6.conf.default.accept_dad",
+            ] {
+                set_sysctl(&name, key, "0")?;
+            }
+            set_link_up(&name, "lo")?;
+            create_veth(node, UPLINK_IFNAME, &name, POD_IFNAME)?;
+            set_link_up(node, UPLINK_IFNAME)?;
+            set_link_up(&name, POD_IFNAME)?;
+            add_address(node, UPLINK_IFNAME, IpAddr::V4(UPLINK_NODE_V4), 24)?;
+            add_address(node, UPLINK_IFNAME, IpAddr::V6(UPLINK_NODE_V6), 64)?;
+            add_address(&name, POD_IFNAME, IpAddr::V4(OUTSIDE_V4), 24)?;
+            add_address(&name, POD_IFNAME, IpAddr::V6(OUTSIDE_V6), 64)?;
+            add_default_route(&name, IpAddr::V4(UPLINK_NODE_V4), POD_IFNAME)?;
+            add_default_route(&name, IpAddr::V6(UPLINK_NODE_V6), POD_IFNAME)?;
+            link_ifindex(node, UPLINK_IFNAME)
+        };
+        let uplink_ifindex = match wire() {
+            Ok(i) => i,
+            Err(e) => {
+                if let Err(cleanup) = delete_link(node, UPLINK_IFNAME) {
+                    eprintln!("palisade node cleanup: {cleanup}");
+                }
+                return Err(e);
+            }
+        };
+        let outside = Outside {
+            netns: name,
+            netns_path: guard.path().to_owned(),
+            uplink_ifname: UPLINK_IFNAME.to_owned(),
+            uplink_ifindex,
+        };
+        *slot = Some((outside.clone(), guard));
+        Ok(outside)
     }
 
     /// The pods currently on the node, in the order they were added.
@@ -601,10 +679,31 @@ impl Drop for Node {
             }
             drop(entry.netns);
         }
+        let outside = self
+            .outside
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((o, guard)) = outside {
+            if let Err(e) = kill_netns_processes(&o.netns) {
+                eprintln!("palisade node cleanup: {e}");
+            }
+            if let Err(e) = delete_link(&node, &o.uplink_ifname) {
+                eprintln!("palisade node cleanup: {e}");
+            }
+            drop(guard);
+        }
         if let Err(e) = kill_netns_processes(&node) {
             eprintln!("palisade node cleanup: {e}");
         }
         // The node namespace guard is dropped (deleted) after this function.
+    }
+}
+
+impl Outside {
+    /// Runs `f` on a thread inside the outside namespace (see [`run_in_netns`]).
+    pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        run_in_netns(&self.netns_path, f)
     }
 }
 

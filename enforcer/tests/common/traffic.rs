@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use palisade_testkit::harness::Enforcer;
-use palisade_testkit::node::{Node, Pod, ServerHandle, TcpOutcome};
+use palisade_testkit::node::{Node, Outside, Pod, ServerHandle, TcpOutcome};
 
 const EXE: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 /// For outcomes expected to succeed (returns as soon as they do).
@@ -45,7 +45,34 @@ pub fn start_with_config(
     manifests: &[(&str, &str)],
     config: Option<&str>,
 ) -> Option<Cluster> {
+    start_on(Node::for_test(tag, what)?, block, what, manifests, config)
+}
+
+/// [`start_with_config`] on a node with an outside host wired to its uplink
+/// ([`Node::add_outside`]), which the agent's configuration may name.
+pub fn start_with_outside(
+    tag: &str,
+    block: u8,
+    what: &str,
+    manifests: &[(&str, &str)],
+    config: &str,
+) -> Option<(Cluster, Outside)> {
     let node = Node::for_test(tag, what)?;
+    let outside = node
+        .add_outside()
+        .unwrap_or_else(|e| panic!("{what}: wiring the outside host: {e}"));
+    let c = start_on(node, block, what, manifests, Some(config))?;
+    Some((c, outside))
+}
+
+fn start_on(
+    node: Node,
+    block: u8,
+    what: &str,
+    manifests: &[(&str, &str)],
+    config: Option<&str>,
+) -> Option<Cluster> {
+    let tag = node.tag().to_string();
     let src = std::env::temp_dir().join(format!("palisade-{tag}-manifests-{}", node.tag()));
     std::fs::create_dir_all(&src).unwrap();
     for (name, yaml) in manifests {
