@@ -534,7 +534,10 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
     let node_addrs = [ip("198.18.0.1"), ip("fd00:198:18::1")];
     let t = LbTarget::from_cluster(&c, Some(&LbTarget::for_node(&node_addrs)));
     let state = n.services(&t);
-    for (outside, node) in [("198.18.0.2", "198.18.0.1"), ("fd00:198:18::2", "fd00:198:18::1")] {
+    for (outside, node) in [
+        ("198.18.0.2", "198.18.0.1"),
+        ("fd00:198:18::2", "fd00:198:18::1"),
+    ] {
         let fe = LbKey::new(ip(node), 30080, 6);
         let mut reached = std::collections::BTreeSet::new();
         for sport in 41000..41030u16 {
@@ -545,7 +548,10 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
             );
             assert_eq!(rc, PASS, "the uplink decides no policy: {outside}:{sport}");
             assert_eq!(tuple(&out), ((ip(outside), sport), (baddr, bport)));
-            assert!(checksums_ok(&out), "{outside}:{sport}: checksums after DNAT");
+            assert!(
+                checksums_ok(&out),
+                "{outside}:{sport}: checksums after DNAT"
+            );
             reached.insert(baddr);
             let (rc, out) = n.run(
                 Hook::ToUplink,
@@ -565,7 +571,11 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
             );
             assert_eq!(tuple(&out).1, (baddr, bport));
         }
-        assert_eq!(reached.len(), 3, "{outside}: flows spread over every backend");
+        assert_eq!(
+            reached.len(),
+            3,
+            "{outside}: flows spread over every backend"
+        );
     }
     // Not a frontend (a pod address, another node port): untouched, both ways.
     for (src, dst, sport, dport) in [
@@ -606,14 +616,22 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
     // A reply whose frontend was deleted meanwhile is dropped, not sent untranslated.
     let (rc, out) = n.run(
         Hook::FromUplink,
-        packet::build(ip("198.18.0.2"), ip("198.18.0.1"), tcp(42003, 30080, TCP_SYN)),
+        packet::build(
+            ip("198.18.0.2"),
+            ip("198.18.0.1"),
+            tcp(42003, 30080, TCP_SYN),
+        ),
     );
     assert_eq!(rc, PASS);
     let ((_, _), (baddr, bport)) = tuple(&out);
     n.services(&LbTarget::for_node(&node_addrs));
     let (rc, _) = n.run(
         Hook::ToUplink,
-        packet::build(baddr, ip("198.18.0.2"), tcp(bport, 42003, TCP_SYN | TCP_ACK)),
+        packet::build(
+            baddr,
+            ip("198.18.0.2"),
+            tcp(bport, 42003, TCP_SYN | TCP_ACK),
+        ),
     );
     assert_eq!(rc, DROP, "no frontend to answer from");
 }

@@ -403,7 +403,10 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
             "{dst}: connections from outside reach both front pods and only them: {by:?}\n{}",
             c.log()
         );
-        assert!(dropped > 0, "{dst}: no connection was given db-0 in 30 tries");
+        assert!(
+            dropped > 0,
+            "{dst}: no connection was given db-0 in 30 tries"
+        );
     }
     assert_eq!(servers[2].served(), 0, "db-0 admits no one from outside");
     // A pod reaches the node port too (translated at its own veth); db-0 admits it.

@@ -704,10 +704,16 @@ mod tests {
         let c = load_str("svc.yaml", &(pods(2) + svc), &LoadOptions::default())
             .unwrap()
             .cluster;
-        let node: Vec<IpAddr> = ["198.18.0.1", "169.254.1.1", "fd00::1", "127.0.0.1", "0.0.0.0"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
+        let node: Vec<IpAddr> = [
+            "198.18.0.1",
+            "169.254.1.1",
+            "fd00::1",
+            "127.0.0.1",
+            "0.0.0.0",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
         let on_node = LbTarget::from_cluster(&c, Some(&LbTarget::for_node(&node)));
         let keys: Vec<String> = on_node
             .frontends
@@ -716,7 +722,10 @@ mod tests {
             .collect();
         // The IPv4 node port on both IPv4 node addresses (not loopback, not unspecified),
         // none on the IPv6 one (the service is IPv4 only), and the cluster IP.
-        assert_eq!(keys, ["10.96.0.10:80", "169.254.1.1:30080", "198.18.0.1:30080"]);
+        assert_eq!(
+            keys,
+            ["10.96.0.10:80", "169.254.1.1:30080", "198.18.0.1:30080"]
+        );
         let fe = |k: &str| {
             on_node
                 .frontends
@@ -737,7 +746,10 @@ mod tests {
         run(&mut state, &planned);
         let key = LbKey::new("198.18.0.1".parse().unwrap(), 30080, 6);
         let (addr, port) = pick(&state, &key, "198.18.0.2".parse().unwrap(), 40000).unwrap();
-        assert!(addr.to_string().starts_with("10.0.1.") && port == 8080, "{addr}:{port}");
+        assert!(
+            addr.to_string().starts_with("10.0.1.") && port == 8080,
+            "{addr}:{port}"
+        );
     }
 
     fn run(state: &mut LbState, p: &LbPlan) {

@@ -495,7 +495,11 @@ fn run_services(
             if ok { "ALLOWED" } else { "DENIED" },
             outcome.unwrap_or_else(|| "-".into()),
             if predicted { "allow" } else { "deny" },
-            if ok == predicted { "" } else { "   <- MISMATCH" }
+            if ok == predicted {
+                ""
+            } else {
+                "   <- MISMATCH"
+            }
         );
     };
     for svc in cluster.services.values() {
@@ -515,9 +519,13 @@ fn run_services(
             // policy's answer for the backend that answered (or for every backend, when
             // none did: all must deny).
             let verdict = |from: &FlowPeer, banner: &Option<String>| -> bool {
-                let backends: Vec<&DemoPod> = fb.backends.iter().filter_map(|b| by_ip(b.addr)).collect();
+                let backends: Vec<&DemoPod> =
+                    fb.backends.iter().filter_map(|b| by_ip(b.addr)).collect();
                 let judged: Vec<&DemoPod> = match banner {
-                    Some(b) => backends.into_iter().filter(|p| p.pod.identity() == *b).collect(),
+                    Some(b) => backends
+                        .into_iter()
+                        .filter(|p| p.pod.identity() == *b)
+                        .collect(),
                     None => backends,
                 };
                 let port = fb.backends.first().map_or(fe.port, |b| b.port);
@@ -580,8 +588,12 @@ fn run_services(
         println!(
             "   {}  (service {}/{})",
             summary(v),
-            v["flow"]["destination_service"]["namespace"].as_str().unwrap_or("?"),
-            v["flow"]["destination_service"]["name"].as_str().unwrap_or("?")
+            v["flow"]["destination_service"]["namespace"]
+                .as_str()
+                .unwrap_or("?"),
+            v["flow"]["destination_service"]["name"]
+                .as_str()
+                .unwrap_or("?")
         );
     }
     mismatches
