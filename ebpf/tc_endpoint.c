@@ -382,10 +382,14 @@ static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
 	__u32 id = 0;
 	int lr = lb_translate(skb, &f.p, f.ifindex, &id);
 	f.service = (__u16)id;
-	if (lr == LB_NONE)
+	/* Ingress HTTP rules of a pod of this node apply to traffic from outside too: while
+	 * some endpoint has them and the proxy is ready, TCP flows are looked at here. */
+	const __u32 l7_want = PROXY_F_READY | PROXY_F_INGRESS_L7;
+	int l7 = f.p.protocol == IPPROTO_TCP && (proxy_flags() & l7_want) == l7_want;
+	if (lr == LB_NONE && !l7)
 		return TCX_NEXT;
-	f.src_identity = ipcache_identity(f.p.saddr, f.p.family);
-	if (lr != LB_TRANSLATED) {
+	if (lr != LB_TRANSLATED && lr != LB_NONE) {
+		f.src_identity = ipcache_identity(f.p.saddr, f.p.family);
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
 		ct_key_of(&fwd, &f.p, DIRECTION_INGRESS, f.ifindex);
@@ -398,25 +402,43 @@ static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
 		goto drop;
 	}
 	ct_key_of(&fwd, &f.p, DIRECTION_INGRESS, f.ifindex);
-	f.dst_identity = ipcache_identity(f.p.daddr, f.p.family);
 	struct ct_entry *ct = ct_lookup(&fwd, now);
 	if (ct) {
 		/* The same translated tuple: a reused client port keeps this frontend. */
-		if (ct->rev_nat_index != f.service) {
+		if (lr == LB_TRANSLATED && ct->rev_nat_index != f.service) {
 			ct->rev_nat_index = f.service;
 			ct->service_id = f.service;
 		}
 		ct_refresh(ct, &f.p, now);
+		if (ct->flags & CT_F_PROXY)
+			mark_local(skb);
 		return TCX_NEXT;
 	}
-	d.verdict = EVENT_VERDICT_FORWARDED;
-	/* A translation that cannot be tracked would leave its replies untranslated: the
-	 * client would reset them, so the flow is refused now, and said. */
+	/* A new flow. A TCP opener to a pod of this node whose ingress rules redirect it goes
+	 * to the L7 proxy (step 6b, with the client's identity); anything else the uplink
+	 * opens no flow for but a translation. Mid-stream packets without an entry are left to
+	 * the destination's to_pod, which drops a REDIRECT (fail closed). */
+	f.src_identity = ipcache_identity(f.p.saddr, f.p.family);
+	f.dst_identity = ipcache_identity(f.p.daddr, f.p.family);
+	if (l7 && (f.p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		policy_redirect_for_destination(skb, &d, &f.p, f.src_identity,
+						policy_port(&f.p, f.p.dport));
+	if (lr == LB_NONE && d.verdict != EVENT_VERDICT_REDIRECTED)
+		return TCX_NEXT;
+	if (d.verdict != EVENT_VERDICT_REDIRECTED)
+		d.verdict = EVENT_VERDICT_FORWARDED;
+	/* A translation (or redirect) that cannot be tracked would leave its replies
+	 * untranslated (or its packets undelivered): the flow is refused now, and said. */
 	if (ct_create(&fwd, &f.p, DIRECTION_INGRESS, &d, 0, f.src_identity, f.dst_identity,
 		      now, CT_F_UPLINK, f.service)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;
+	}
+	if (d.verdict == EVENT_VERDICT_REDIRECTED) {
+		mark_local(skb);
+		count(DIRECTION_INGRESS, COUNTER_REDIRECTED, f.p.len);
+		emit(&f, &d, EVENT_KIND_NEW_FLOW);
 	}
 	return TCX_NEXT;
 

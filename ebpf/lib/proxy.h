@@ -63,7 +63,13 @@ static __always_inline int proxy_flow(const struct bpf_sk_lookup *ctx)
 		return 0;
 	proxy_ct_key(&k, ctx);
 	ct = bpf_map_lookup_elem(&pal_ct, &k);
-	return ct && (ct->flags & CT_F_PROXY);
+	if (ct)
+		return !!(ct->flags & CT_F_PROXY);
+	/* A flow from outside the uplink redirected (docs/datapath.md §13): its entry is the
+	 * uplink's, opened at its ingress. */
+	k.direction ^= 1;
+	ct = bpf_map_lookup_elem(&pal_ct, &k);
+	return ct && (ct->flags & (CT_F_PROXY | CT_F_UPLINK)) == (CT_F_PROXY | CT_F_UPLINK);
 }
 
 /* The endpoint of this node a packet is routed to (the main table's route to the pod

@@ -63,9 +63,14 @@ fn start(what: &str, manifests: &[(&str, &str)]) -> Option<Cluster> {
 /// `curl -X method url` from a pod: the HTTP status, 0 when no response came (with curl's
 /// exit code).
 fn curl(pod: &Pod, method: &str, url: &str, timeout: Duration) -> (u16, i32) {
+    curl_in(&pod.netns, method, url, timeout)
+}
+
+/// [`curl`] from any namespace of the node (the outside host's).
+fn curl_in(netns: &str, method: &str, url: &str, timeout: Duration) -> (u16, i32) {
     let max = format!("{:.3}", timeout.as_secs_f64());
-    let out = pod
-        .run(
+    let out = palisade_testkit::node::run_command_in_netns(
+            netns,
             &[
                 "curl",
                 "-s",
@@ -800,5 +805,88 @@ fn a_proxy_that_cannot_start_leaves_http_rule_flows_dropped_and_says_why() {
             c.enforcer.verdicts()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The backend's ingress HTTP rules for hosts outside the cluster, and a node port to it.
+const FROM_OUTSIDE: &str = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: public-api, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: \"8080\", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /public/.*}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: production}
+spec:
+  type: NodePort
+  selector: {app: backend}
+  clusterIP: 10.96.0.47
+  ports: [{port: 80, targetPort: 8080, nodePort: 30047}]
+";
+
+/// Ingress HTTP rules apply to traffic from outside the node: the uplink hands a new TCP
+/// flow to a pod with ingress HTTP rules to the proxy (to the pod's address directly, and
+/// through a node port), which judges each request with the client's identity (world).
+#[test]
+fn ingress_http_rules_apply_to_traffic_from_outside_the_node() {
+    use palisade_testkit::node::UPLINK_NODE_V4;
+    let Some((c, outside)) = common::traffic::start_with_outside(
+        "l7uplink",
+        BLOCK,
+        "l7 e2e from outside",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", FROM_OUTSIDE)],
+        "uplinks: [uplink0]\n",
+    ) else {
+        return;
+    };
+    let backend = c.pod("production", "backend", 1, 11);
+    c.register(&backend, &[("app", "backend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    for base in [
+        format!("http://{}:8080", backend.ipv4),
+        format!("http://{UPLINK_NODE_V4}:30047"),
+    ] {
+        let (get, exit) = curl_in(&outside.netns, "GET", &format!("{base}/public/x"), TIMEOUT);
+        assert_eq!(
+            get,
+            200,
+            "GET {base}/public/x from outside (curl exit {exit})\nagent log:\n{}",
+            c.log()
+        );
+        let (post, _) = curl_in(&outside.netns, "POST", &format!("{base}/public/x"), TIMEOUT);
+        assert_eq!(post, 403, "{base}: POST is not allowed by any HTTP rule");
+        let (private, _) = curl_in(&outside.netns, "GET", &format!("{base}/private"), TIMEOUT);
+        assert_eq!(private, 403, "{base}: GET /private is not allowed");
+    }
+    // Only the allowed requests reached nginx.
+    let served = access_log(&nginx);
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert!(served.iter().all(|l| l == "GET /public/x"), "{served:?}");
+    // One L7 record per request, from the outside host, attributed to the rule.
+    let lines = wait_l7(&c, 6);
+    let outside_addr = palisade_testkit::node::OUTSIDE_V4.to_string();
+    assert!(
+        lines.iter().all(|l| {
+            l["flow"]["IP"]["source"] == outside_addr.as_str()
+                || l["flow"]["IP"]["destination"] == outside_addr.as_str()
+        }),
+        "{lines:#?}"
+    );
+    let allowed: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["flow"]["l7"]["http"]["code"] == 200)
+        .collect();
+    assert_eq!(allowed.len(), 2);
+    for l in allowed {
+        assert_eq!(l["flow"]["ingress_allowed_by"][0]["name"], "public-api");
     }
 }

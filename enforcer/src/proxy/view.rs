@@ -115,28 +115,35 @@ impl L7View {
             refused: None,
             sides: Vec::new(),
         };
-        let FlowPeer::Endpoint(client_key) = &flow.src else {
-            rules.refused = Some(format!(
-                "the client {client} is not an endpoint of this node"
-            ));
-            return rules;
-        };
-        let verdict = maps::evaluate(&self.engine, &flow);
-        if let Some(d) = &verdict.egress
-            && !d.allowed()
-        {
-            rules.refused = Some(format!(
-                "{client_key}'s egress policy no longer admits this connection ({d:?})"
-            ));
-            return rules;
+        // A client that is no endpoint (a host outside the cluster, through the node's
+        // uplink) has no egress policy here: only a local server's ingress rules can have
+        // redirected it, and only they judge it.
+        if let FlowPeer::Endpoint(client_key) = &flow.src {
+            let verdict = maps::evaluate(&self.engine, &flow);
+            if let Some(d) = &verdict.egress
+                && !d.allowed()
+            {
+                rules.refused = Some(format!(
+                    "{client_key}'s egress policy no longer admits this connection ({d:?})"
+                ));
+                return rules;
+            }
         }
         let (egress, ingress) = maps::l7_sets(&self.engine, &flow);
         let server_local = matches!(&flow.dst, FlowPeer::Endpoint(k) if self.local.contains(k));
-        if let Some(set) = egress {
+        if let Some(set) = egress
+            && matches!(flow.src, FlowPeer::Endpoint(_))
+        {
             rules.sides.push((Direction::Egress, self.compiled(&set)));
         }
         if server_local && let Some(set) = ingress {
             rules.sides.push((Direction::Ingress, self.compiled(&set)));
+        }
+        if rules.sides.is_empty() && !matches!(flow.src, FlowPeer::Endpoint(_)) {
+            rules.refused = Some(format!(
+                "the client {client} is not an endpoint, and no ingress HTTP rule of a local \
+                 server applies to it"
+            ));
         }
         rules
     }
@@ -293,9 +300,32 @@ spec:
     }
 
     #[test]
-    fn a_connection_from_an_address_that_is_no_endpoint_is_refused() {
+    fn a_client_outside_the_cluster_is_judged_only_by_a_local_servers_ingress_rules() {
+        // No rule admits the world: refused.
         let v = view("", &["prod/backend"]);
         let r = v.connection("10.9.9.9".parse().unwrap(), SERVER.parse().unwrap(), 8080);
         assert!(r.judge(&get("/api/x")).is_err());
+        // HTTP rules for the world (traffic from outside, through the uplink): judged.
+        let world = "---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: public, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: \"8080\", protocol: TCP}]
+      rules: {http: [{method: GET, path: /public/.*}]}
+";
+        let v = view(world, &["prod/backend"]);
+        let r = v.connection("10.9.9.9".parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        assert!(r.inspects(), "{r:?}");
+        assert!(r.judge(&get("/public/x")).unwrap().decision.allowed());
+        assert!(!r.judge(&get("/api/x")).unwrap().decision.allowed());
+        // The same server on another node: not this proxy's to judge.
+        let v = view(world, &[]);
+        let r = v.connection("10.9.9.9".parse().unwrap(), SERVER.parse().unwrap(), 8080);
+        assert!(r.judge(&get("/public/x")).is_err());
     }
 }
