@@ -873,6 +873,27 @@ fn ingress_http_rules_apply_to_traffic_from_outside_the_node() {
     assert!(served.iter().all(|l| l == "GET /public/x"), "{served:?}");
     // One L7 record per request, from the outside host, attributed to the rule.
     let lines = wait_l7(&c, 6);
+    // The redirect itself is recorded where it was decided: at the uplink, from the world.
+    let redirected: Vec<Value> = c
+        .enforcer
+        .verdicts()
+        .into_iter()
+        .filter(|l| l["flow"]["Type"] == "L3_L4" && l["flow"]["verdict"] == "REDIRECTED")
+        .collect();
+    assert_eq!(redirected.len(), 6, "one per connection: {redirected:#?}");
+    for l in &redirected {
+        assert_eq!(l["flow"]["interface"]["name"], "uplink0", "{l}");
+        assert_eq!(l["flow"]["source"]["labels"][0], "reserved:world-ipv4");
+        assert_eq!(l["flow"]["ingress_allowed_by"][0]["name"], "public-api");
+    }
+    assert_eq!(
+        redirected
+            .iter()
+            .filter(|l| l["flow"]["destination_service"]["name"] == "backend")
+            .count(),
+        3,
+        "the node port's connections name the service"
+    );
     let outside_addr = palisade_testkit::node::OUTSIDE_V4.to_string();
     assert!(
         lines.iter().all(|l| {

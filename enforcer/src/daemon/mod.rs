@@ -259,7 +259,10 @@ impl Daemon {
         // frontend is translated from the first packet on (docs/datapath.md §13).
         let mut uplinks = Vec::new();
         for name in &opts.config.uplinks {
-            uplinks.push((name.clone(), dp.attach_uplink(name)?));
+            let ifindex = dp.attach_uplink(name)?;
+            // The verdict log names the interface of what the uplink decides.
+            ifnames.insert(ifindex, name.clone());
+            uplinks.push((name.clone(), ifindex));
         }
         let configured: BTreeSet<u32> = uplinks.iter().map(|(_, i)| *i).collect();
         let dropped: BTreeSet<u32> = dp
