@@ -70,26 +70,26 @@ fn curl(pod: &Pod, method: &str, url: &str, timeout: Duration) -> (u16, i32) {
 fn curl_in(netns: &str, method: &str, url: &str, timeout: Duration) -> (u16, i32) {
     let max = format!("{:.3}", timeout.as_secs_f64());
     let out = palisade_testkit::node::run_command_in_netns(
-            netns,
-            &[
-                "curl",
-                "-s",
-                "-g",
-                "--noproxy",
-                "*",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                &max,
-                "-X",
-                method,
-                url,
-            ],
-            timeout + Duration::from_secs(2),
-        )
-        .expect("curl runs");
+        netns,
+        &[
+            "curl",
+            "-s",
+            "-g",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            &max,
+            "-X",
+            method,
+            url,
+        ],
+        timeout + Duration::from_secs(2),
+    )
+    .expect("curl runs");
     let status = out.stdout.trim().parse().unwrap_or(0);
     (status, out.status.code().unwrap_or(-1))
 }
