@@ -18,7 +18,8 @@
  *      DROP_FRAG_NOT_SUPPORTED.
  *   3b. from_pod, after conntrack found no entry for the tuple as sent, TCP/UDP to a
  *      service frontend (lib/lb.h): translated to a backend (the flow's, or a new pick);
- *      no backend -> DROP_NO_SERVICE, a TCP SYN answered with a reset; every later step
+ *      no backend -> DROP_NO_SERVICE, a TCP SYN answered with a reset, a UDP datagram
+ *      with an ICMP port unreachable (both passed by to_pod as judged); every later step
  *      sees the backend.
  *   4. conntrack hit (lib/ct.h; one lookup of the canonical key) on a flow opened at this
  *      hook -> pass, re-decided once after a policy change (revision re-check).
@@ -130,8 +131,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		f.service = (__u16)id;
 		if (lr == LB_NO_BACKEND || lr == LB_REWRITE_FAILED) {
 			d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
-			/* A TCP opener is refused with a reset (reported as the drop it is). */
-			reject = lr == LB_NO_BACKEND && lb_reject_syn(skb, &f.p) == 0;
+			/* A TCP opener is refused with a reset, a UDP datagram with an ICMP port
+			 * unreachable (reported as the drop it is). */
+			reject = lr == LB_NO_BACKEND &&
+				 (lb_reject_syn(skb, &f.p) == 0 || lb_reject_udp(skb, &f.p) == 0);
 			goto drop;
 		}
 		if (lr == LB_TRANSLATED) {
@@ -316,8 +319,11 @@ drop:
 	count(dir, d.drop_reason, f.p.len);
 	if (kind == EVENT_KIND_REVOKED || drop_is_new(&fwd))
 		emit(&f, &d, kind);
-	if (reject)
+	if (reject) {
+		/* Made here for the pod: its to_pod passes it as already judged. */
+		skb->mark = (skb->mark & ~PROXY_MARK_MASK) | LB_MARK_HAIRPIN;
 		return lb_send_back(skb, f.ifindex);
+	}
 	return TCX_DROP;
 }
 
@@ -342,7 +348,7 @@ int to_pod(struct __sk_buff *skb)
  * ingress, whose replies get the frontend back as their source at its egress.
  *   from_uplink (TCX ingress of the uplink): TCP/UDP to a frontend -> the flow's backend
  *     (lib/lb.h, as from_pod); no backend -> DROP_NO_SERVICE, a TCP SYN answered with a
- *     reset; anything else passes untouched.
+ *     reset, a UDP datagram with an ICMP port unreachable; anything else passes untouched.
  *   to_uplink (TCX egress of the uplink): a reply on a translated flow -> source = the
  *     frontend; a translated flow whose frontend is gone -> DROP_NO_SERVICE. */
 static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
@@ -393,7 +399,8 @@ static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = lr == LB_NO_BACKEND ? DROP_NO_SERVICE : DROP_INVALID_PACKET;
 		ct_key_of(&fwd, &f.p, DIRECTION_INGRESS, f.ifindex);
-		if (lr == LB_NO_BACKEND && lb_reject_syn(skb, &f.p) == 0) {
+		if (lr == LB_NO_BACKEND &&
+		    (lb_reject_syn(skb, &f.p) == 0 || lb_reject_udp(skb, &f.p) == 0)) {
 			count(DIRECTION_INGRESS, d.drop_reason, f.p.len);
 			if (drop_is_new(&fwd))
 				emit(&f, &d, EVENT_KIND_NEW_FLOW);

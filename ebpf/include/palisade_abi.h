@@ -240,7 +240,7 @@ struct ct_entry {
 #define PROXY_MARK_LOCAL    0x0200
 #define PROXY_MARK_LISTENER 0x0a00
 #define PROXY_MARK_UPSTREAM 0x0b00
-#define LB_MARK_HAIRPIN     0x0c00 /* from_pod: a hairpin reply, translated, sent back to the pod */
+#define LB_MARK_HAIRPIN     0x0c00 /* from_pod: sent back to the pod, judged (a hairpin reply; a reject) */
 #define PROXY_F_READY       0x01 /* the proxy listens and takes redirected connections */
 #define PROXY_F_INGRESS_L7  0x02 /* an endpoint of this node has ingress HTTP rules: step 6b
 				  * looks the destination up (else it costs a new flow nothing) */

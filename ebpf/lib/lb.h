@@ -245,6 +245,85 @@ static __always_inline int lb_reject_syn(struct __sk_buff *skb, const struct pkt
 	return 0;
 }
 
+/* The one's complement checksum of a bpf_csum_diff sum, ready to store as it is. */
+static __always_inline __u16 lb_csum_fold(__s64 sum)
+{
+	__u32 x = (__u32)sum;
+
+	x = (x & 0xffff) + (x >> 16);
+	x = (x & 0xffff) + (x >> 16);
+	return (__u16)~x;
+}
+
+/* A UDP datagram (not a fragment) to a frontend without backends is answered with an ICMP
+ * port unreachable (ICMPv6 destination unreachable, port unreachable), as kube-proxy's
+ * reject rule answers it, so the client's socket learns at once (ECONNREFUSED): the frame
+ * becomes the error, from the frontend to the client, quoting the datagram's first bytes
+ * (IPv4: its header, without options, and 8 bytes; IPv6: its first 48 bytes), to be sent
+ * back with lb_send_back. Written in place, piece by piece (the caller's stack is nearly
+ * full). Returns 0, or -1 (the caller drops). */
+static __always_inline int lb_reject_udp(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 quote[48];
+	__u8 head[20];
+	__u8 icmp[8] = {};
+	__u32 l3 = p->l3_off;
+
+	if (p->protocol != IPPROTO_UDP || p->frag != FRAG_NONE)
+		return -1;
+	if (p->family == 4) {
+		if (bpf_skb_load_bytes(skb, l3, quote, 28))
+			return -1;
+		if (quote[0] != 0x45)
+			return -1; /* IPv4 options: dropped, not answered */
+		__builtin_memset(head, 0, sizeof(head));
+		head[0] = 0x45;
+		head[3] = 20 + 8 + 28;
+		head[8] = 64;
+		head[9] = IPPROTO_ICMP;
+		__builtin_memcpy(head + 12, quote + 16, 4); /* from the frontend */
+		__builtin_memcpy(head + 16, quote + 12, 4); /* to the client */
+		__u16 c = lb_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)head, 20, 0));
+		__builtin_memcpy(head + 10, &c, 2);
+		icmp[0] = ICMP_DEST_UNREACH;
+		icmp[1] = 3; /* port unreachable */
+		__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)quote, 28, 0);
+		c = lb_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)icmp, 8, (__u32)sum));
+		__builtin_memcpy(icmp + 2, &c, 2);
+		if (bpf_skb_change_tail(skb, l3 + 20 + 8 + 28, 0) ||
+		    bpf_skb_store_bytes(skb, l3 + 28, quote, 28, 0) ||
+		    bpf_skb_store_bytes(skb, l3 + 20, icmp, 8, 0) ||
+		    bpf_skb_store_bytes(skb, l3, head, 20, 0))
+			return -1;
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, l3, quote, 48))
+		return -1;
+	/* The checksum's pseudo-header: the two addresses (the quote's, swapped: the same
+	 * sum), the ICMPv6 length and next header. */
+	__be32 lens[2] = { bpf_htonl(8 + 48), bpf_htonl(IPPROTO_ICMPV6_) };
+	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)(quote + 8), 32, 0);
+	sum = bpf_csum_diff(NULL, 0, lens, sizeof(lens), (__u32)sum);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)quote, 48, (__u32)sum);
+	icmp[0] = ICMPV6_DEST_UNREACH_;
+	icmp[1] = 4; /* port unreachable */
+	__u16 c = lb_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)icmp, 8, (__u32)sum));
+	__builtin_memcpy(icmp + 2, &c, 2);
+	__builtin_memset(head, 0, 8);
+	head[0] = 0x60;
+	head[5] = 8 + 48; /* payload length */
+	head[6] = IPPROTO_ICMPV6_;
+	head[7] = 64;
+	if (bpf_skb_change_tail(skb, l3 + 40 + 8 + 48, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 48, quote, 48, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 40, icmp, 8, 0) ||
+	    bpf_skb_store_bytes(skb, l3, head, 8, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 8, quote + 24, 16, 0) || /* from the frontend */
+	    bpf_skb_store_bytes(skb, l3 + 24, quote + 8, 16, 0))   /* to the client */
+		return -1;
+	return 0;
+}
+
 /* Whether `a` is the hairpin source. */
 static __always_inline int lb_is_hairpin_addr(const struct pkt *p, const __u8 *a)
 {

@@ -53,7 +53,7 @@ fn manifests(web_pods: usize, affinity: bool) -> String {
             ""
         }
     ));
-    s.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: shop}\nspec:\n  selector: {app: nothing}\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 80}]\n");
+    s.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: shop}\nspec:\n  selector: {app: nothing}\n  clusterIPs: [10.96.0.20, \"fd00:96::20\"]\n  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]\n");
     s
 }
 
@@ -313,19 +313,91 @@ fn udp_is_translated_and_a_frontend_without_backends_drops_with_its_reason() {
         "SERVICE_BACKEND_NOT_FOUND"
     );
     assert_ne!(ev[0].service, 0);
-    // UDP has no reset: dropped. So is a SYN carrying data (answered by no one).
-    let (rc, _) = n.run(
-        Hook::FromPod,
-        packet::build(
-            ip("10.0.0.1"),
-            ip("10.96.0.20"),
+    // A UDP datagram is answered with an ICMP port unreachable (over both families), sent
+    // back to the pod, marked as judged for its to_pod.
+    for (client, vip) in [("10.0.0.1", "10.96.0.20"), ("fd00::1", "fd00:96::20")] {
+        let mut dgram = packet::build(
+            ip(client),
+            ip(vip),
             L4::Udp {
                 sport: 5002,
-                dport: 80,
+                dport: 53,
             },
-        ),
-    );
-    assert_eq!(rc, DROP);
+        );
+        dgram.extend_from_slice(&[0xab; 100]);
+        let v4 = vip.contains('.');
+        let l3 = if v4 { 20 } else { 40 };
+        let len = (dgram.len() - 14 - if v4 { 0 } else { 40 }) as u16;
+        dgram[14 + if v4 { 2 } else { 4 }..][..2].copy_from_slice(&len.to_be_bytes());
+        dgram[14 + l3 + 4..14 + l3 + 6].copy_from_slice(&((108u16).to_be_bytes()));
+        let dgram = with_checksums(dgram);
+        let (rc, out) = n.dp.test_run_output(Hook::FromPod, &dgram).unwrap();
+        assert_eq!(
+            rc, 7,
+            "{vip}: TC_ACT_REDIRECT, the error goes back to the pod"
+        );
+        assert_eq!(out[0..6], dgram[6..12], "to the pod's MAC");
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        // (source, destination, protocol, ICMP type and code, quote, total length)
+        let (src, dst, proto, ty, code, quote, total) = if v4 {
+            (
+                &out[26..30],
+                &out[30..34],
+                out[23],
+                out[34],
+                out[35],
+                &out[42..],
+                70,
+            )
+        } else {
+            (
+                &out[22..38],
+                &out[38..54],
+                out[20],
+                out[54],
+                out[55],
+                &out[62..],
+                110,
+            )
+        };
+        assert_eq!(
+            out.len(),
+            total,
+            "{vip}: the error is exactly its headers and the quote"
+        );
+        assert_eq!(src, octets(ip(vip)), "{vip}: from the frontend");
+        assert_eq!(dst, octets(ip(client)), "{vip}: to the client");
+        assert_eq!(
+            (proto, ty, code),
+            if v4 { (1, 3, 3) } else { (58, 1, 4) },
+            "{vip}: port unreachable"
+        );
+        assert_eq!(
+            quote,
+            &dgram[14..14 + l3 + 8],
+            "{vip}: quoting the datagram's header and its first 8 bytes"
+        );
+        assert!(checksums_ok(&out), "{vip}: the error's checksums");
+    }
+    let (_, mark) =
+        n.dp.test_run_marked(
+            Hook::FromPod,
+            &with_checksums(packet::build(
+                ip("10.0.0.1"),
+                ip("10.96.0.20"),
+                L4::Udp {
+                    sport: 5003,
+                    dport: 53,
+                },
+            )),
+            0,
+        )
+        .unwrap();
+    assert_eq!(mark & abi::PROXY_MARK_MASK, abi::LB_MARK_HAIRPIN);
+    // A SYN carrying data is answered by no one.
     let mut with_data = packet::build(ip("10.0.0.1"), ip("10.96.0.20"), tcp(5003, 80, TCP_SYN));
     with_data.extend_from_slice(b"data");
     let ip_len = ((with_data.len() - 14) as u16).to_be_bytes();
@@ -525,8 +597,9 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
             "  type: NodePort\n  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}, ",
         )
         .replace(
-            "  ports: [{name: http, port: 80}]",
-            "  type: NodePort\n  ports: [{name: http, port: 80, nodePort: 30090}]",
+            "  ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]",
+            "  type: NodePort\n  ports: [{name: http, port: 80, nodePort: 30090}, \
+             {name: dns, port: 53, protocol: UDP, nodePort: 30053}]",
         );
     let c = load_str("services.yaml", &yaml, &LoadOptions::default())
         .unwrap()
@@ -608,11 +681,32 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
     );
     assert_eq!(out[14 + 20 + 13], 0x14, "RST|ACK");
     assert!(checksums_ok(&out));
+    // A UDP datagram there: an ICMP port unreachable, out of the uplink.
+    let dgram = with_checksums(packet::build(
+        ip("198.18.0.2"),
+        ip("198.18.0.1"),
+        L4::Udp {
+            sport: 42004,
+            dport: 30053,
+        },
+    ));
+    let (rc, out) = n.dp.test_run_output(Hook::FromUplink, &dgram).unwrap();
+    assert_eq!(rc, 7);
+    assert_eq!(
+        (out[23], out[34], out[35]),
+        (1, 3, 3),
+        "ICMP port unreachable"
+    );
+    assert_eq!(out[26..30], [198, 18, 0, 1], "from the node address");
+    assert_eq!(out[42..], dgram[14..42], "quoting the datagram");
+    assert!(checksums_ok(&out));
     let ev = n.events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(ev[0].drop_reason as u32, abi::DROP_NO_SERVICE);
-    assert_eq!(ev[0].src_identity, abi::IDENTITY_WORLD_IPV4);
-    assert_ne!(ev[0].service, 0);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for e in &ev {
+        assert_eq!(e.drop_reason as u32, abi::DROP_NO_SERVICE);
+        assert_eq!(e.src_identity, abi::IDENTITY_WORLD_IPV4);
+        assert_ne!(e.service, 0);
+    }
     // A reply whose frontend was deleted meanwhile is dropped, not sent untranslated.
     let (rc, out) = n.run(
         Hook::FromUplink,

@@ -30,7 +30,9 @@ const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
 
 /// `web` selects three pods; the client may open 8080 only to the `tier: front` ones, so
-/// db-0 is a backend the client's egress policy denies.
+/// db-0 is a backend the client's egress policy denies. Nothing may open a connection to the
+/// client (its ingress is isolated): what the datapath answers for a frontend without
+/// backends must still reach it.
 const MANIFESTS: &str = "\
 apiVersion: v1
 kind: Namespace
@@ -51,14 +53,14 @@ metadata: {name: nothing, namespace: shop}
 spec:
   selector: {app: nobody}
   clusterIPs: [10.96.0.20]
-  ports: [{name: http, port: 80, targetPort: 8080}]
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, protocol: UDP}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: client-egress, namespace: shop}
 spec:
   podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
+  policyTypes: [Egress, Ingress]
   egress:
   - to: [{podSelector: {matchLabels: {tier: front}}}]
     ports: [{port: 8080}]
@@ -150,6 +152,20 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
         .tcp_connect(SocketAddr::new("10.96.0.20".parse().unwrap(), 80), OK)
         .unwrap();
     assert!(matches!(none, TcpOutcome::Refused), "{none:?}");
+    // UDP there gets an ICMP port unreachable: the socket's ECONNREFUSED, at once.
+    let udp = palisade_testkit::node::udp_probe_in_netns(
+        &client.netns_path,
+        SocketAddr::new("10.96.0.20".parse().unwrap(), 53),
+        b"anyone?",
+        OK,
+    )
+    .unwrap();
+    assert_eq!(
+        udp,
+        palisade_testkit::node::UdpOutcome::Refused,
+        "{}",
+        c.log()
+    );
 
     // The verdict log names the service on every translated flow, with the backend's
     // addresses and the frontend the client used.

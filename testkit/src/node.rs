@@ -55,8 +55,9 @@ pub use process::{
     spawn_in_netns,
 };
 pub use traffic::{
-    EchoOutcome, ServerHandle, TcpOutcome, TcpSession, ping_in_netns, serve_tcp_in_netns,
-    serve_udp_in_netns, tcp_connect_in_netns, tcp_session_in_netns, udp_roundtrip_in_netns,
+    EchoOutcome, ServerHandle, TcpOutcome, TcpSession, UdpOutcome, ping_in_netns,
+    serve_tcp_in_netns, serve_udp_in_netns, tcp_connect_in_netns, tcp_session_in_netns,
+    udp_probe_in_netns, udp_roundtrip_in_netns,
 };
 
 /// Every namespace this module creates starts with this, so leftovers are easy to find.

@@ -209,14 +209,21 @@ pub fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
     pkt
 }
 
-/// Whether every checksum of a TCP or UDP frame verifies.
+/// Whether every checksum of a TCP, UDP, ICMP or ICMPv6 frame (without IPv4 options or IPv6
+/// extension headers) verifies: the IPv4 header's, and the L4 one with its pseudo-header
+/// (none for ICMP over IPv4).
 pub fn checksums_ok(pkt: &[u8]) -> bool {
     let (l3, proto, _) = shape(pkt);
     if l3 == 20 && fold(add(0, &pkt[ETH..ETH + 20])) != 0xffff {
         return false;
     }
     let l4 = ETH + l3;
-    fold(add(pseudo(pkt, pkt.len() - l4, proto), &pkt[l4..])) == 0xffff
+    let ph = if proto == 1 {
+        0
+    } else {
+        pseudo(pkt, pkt.len() - l4, proto)
+    };
+    fold(add(ph, &pkt[l4..])) == 0xffff
 }
 
 /// The (source, destination) addresses and ports of a TCP or UDP frame.

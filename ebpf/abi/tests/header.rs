@@ -156,6 +156,7 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("LB_HAIRPIN_V4", u32::from(abi::LB_HAIRPIN_V4) as i64),
         ("LB_MARK_HAIRPIN", abi::LB_MARK_HAIRPIN as i64),
         ("CT_F_HAIRPIN", abi::CT_F_HAIRPIN as i64),
+        ("CT_F_UPLINK", abi::CT_F_UPLINK as i64),
     ])
 }
 

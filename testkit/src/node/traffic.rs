@@ -396,6 +396,30 @@ pub fn udp_roundtrip_in_netns(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>> {
+    Ok(match udp_probe_in_netns(netns, dst, payload, timeout)? {
+        UdpOutcome::Reply(r) => Some(r),
+        UdpOutcome::Refused | UdpOutcome::TimedOut => None,
+    })
+}
+
+/// What one datagram got back ([`udp_probe_in_netns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UdpOutcome {
+    /// A datagram from `dst`.
+    Reply(Vec<u8>),
+    /// An ICMP port unreachable (the socket's ECONNREFUSED).
+    Refused,
+    /// Nothing in time.
+    TimedOut,
+}
+
+/// Sends one datagram from a namespace and says what came back from `dst`.
+pub fn udp_probe_in_netns(
+    netns: &Path,
+    dst: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<UdpOutcome> {
     if timeout.is_zero() {
         return Err(NodeError::ZeroTimeout);
     }
@@ -427,9 +451,11 @@ pub fn udp_roundtrip_in_netns(
     let deadline = Instant::now() + timeout;
     loop {
         match socket.recv(&mut buf) {
-            Ok(n) => return Ok(Some(buf[..n].to_vec())),
-            Err(e) if is_timeout(&e) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(None),
+            Ok(n) => return Ok(UdpOutcome::Reply(buf[..n].to_vec())),
+            Err(e) if is_timeout(&e) => return Ok(UdpOutcome::TimedOut),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Ok(UdpOutcome::Refused);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
             Err(e) => return Err(err("receive", e)),
         }
