@@ -140,9 +140,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (lr == LB_TRANSLATED) {
 			/* A hairpin flow's source is rewritten below: the source check of step
 			 * 6 is made here, on the pod's own address. */
-			if (f.p.family == 4 &&
-			    __builtin_memcmp(f.p.saddr, f.p.daddr, 4) == 0 &&
-			    !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
+			if (lb_same_addrs(&f.p) && !endpoint_owns(&ep, f.p.saddr, f.p.family)) {
 				d.drop_reason = DROP_INVALID_SOURCE_IP;
 				goto drop;
 			}
@@ -224,7 +222,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (dir == DIRECTION_EGRESS && (ct->flags & CT_F_HAIRPIN)) {
 			/* The pod answering itself: back to its client side, translated,
 			 * marked as judged for to_pod. */
-			if (!f.service || lb_hairpin_reply(skb, &f.p, f.service, ep.ipv4)) {
+			if (!f.service || lb_hairpin_reply(skb, &f.p, f.service, &ep)) {
 				d.verdict = EVENT_VERDICT_DROPPED;
 				d.drop_reason = DROP_NO_SERVICE;
 				goto drop;

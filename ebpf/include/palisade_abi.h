@@ -269,10 +269,13 @@ struct proxy_state {
 #define LB_MAGLEV_MAX   16384 /* slots a table may have (the default size is 16381) */
 #define LB_ID_MAX       65535 /* ct_entry.rev_nat_index is 16 bits */
 #define LB_F_AFFINITY   0x01  /* sessionAffinity: ClientIP */
-/* Hairpin (IPv4): a flow whose backend is its own client leaves from_pod with this source
- * (169.254.42.1, link-local: never routed off the node), so the pod's kernel accepts it;
- * the pod's replies to it are translated back in from_pod (docs/datapath.md §12). */
+/* Hairpin: a flow whose backend is its own client leaves from_pod with this source
+ * (IPv4 169.254.42.1, link-local; IPv6 100::a9fe:2a01, in the discard-only prefix 100::/64 of
+ * RFC 6666: neither is routed off the node), so the pod's kernel accepts it; the pod's
+ * replies to it are translated back in from_pod (docs/datapath.md §12). The IPv6 address is
+ * four big-endian words: LB_HAIRPIN_V6_HIGH, 0, 0, LB_HAIRPIN_V4. */
 #define LB_HAIRPIN_V4   0xa9fe2a01
+#define LB_HAIRPIN_V6_HIGH 0x01000000
 
 struct lb_key {
 	__u8 addr[16];   /* network order; IPv4 in the first 4 bytes */

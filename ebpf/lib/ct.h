@@ -143,8 +143,17 @@ static __always_inline int ct_recheck(struct ct_entry *ct, const struct ct_key *
 	/* A hairpin flow's peer is the endpoint itself (its other side has the hairpin source,
 	 * which no ipcache entry maps). */
 	if (ct->flags & CT_F_HAIRPIN) {
-		__be32 h = bpf_htonl(LB_HAIRPIN_V4);
-		if (p->family == 4 && __builtin_memcmp(peer_addr, &h, 4) == 0)
+		/* The family's hairpin source (lib/lb.h), compared on all 16 bytes (an IPv4
+		 * address is zero after its first 4). */
+		__u64 h[2] = {}, a[2];
+		if (p->family == 4) {
+			h[0] = bpf_htonl(LB_HAIRPIN_V4);
+		} else {
+			h[0] = bpf_htonl(LB_HAIRPIN_V6_HIGH);
+			h[1] = (__u64)bpf_htonl(LB_HAIRPIN_V4) << 32;
+		}
+		__builtin_memcpy(a, peer_addr, 16);
+		if (((a[0] ^ h[0]) | (a[1] ^ h[1])) == 0)
 			peer = ep->identity;
 	}
 	/* Decided with the mark the flow was opened with: a proxy upstream keeps its standing. */

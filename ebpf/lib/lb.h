@@ -149,17 +149,56 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 	return lb_rewrite(skb, p, 1, to.addr, to.port) ? LB_REWRITE_FAILED : LB_TRANSLATED;
 }
 
-/* Hairpin (IPv4): after translation the backend is the client itself. Its kernel would drop
- * a packet from its own address, so the flow's source becomes LB_HAIRPIN_V4; returns 1 when
- * it did, 0 when this is not a hairpin flow, -1 when the rewrite failed. */
+/* The hairpin source of a family (palisade_abi.h), 16 bytes (IPv4 in the first 4). */
+static __always_inline void lb_hairpin_addr(__u8 family, __u8 *out)
+{
+	__be32 w[4] = {};
+
+	if (family == 4) {
+		w[0] = bpf_htonl(LB_HAIRPIN_V4);
+	} else {
+		w[0] = bpf_htonl(LB_HAIRPIN_V6_HIGH);
+		w[3] = bpf_htonl(LB_HAIRPIN_V4);
+	}
+	__builtin_memcpy(out, w, 16);
+}
+
+/* Whether two 16-byte addresses are equal (an IPv4 address fills the first 4 bytes of
+ * its 16, the rest zero: the comparison serves both families). */
+static __always_inline int lb_addr_eq(const __u8 *x, const __u8 *y)
+{
+	__u64 a[2], b[2];
+
+	__builtin_memcpy(a, x, 16);
+	__builtin_memcpy(b, y, 16);
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0;
+}
+
+/* Whether the packet's two addresses are equal. */
+static __always_inline int lb_same_addrs(const struct pkt *p)
+{
+	return lb_addr_eq(p->saddr, p->daddr);
+}
+
+/* Hairpin: after translation the backend is the client itself. Its kernel would drop a
+ * packet from its own address, so the flow's source becomes the family's hairpin source;
+ * returns 1 when it did, 0 when this is not a hairpin flow, -1 when the rewrite failed. */
 static __always_inline int lb_hairpin_source(struct __sk_buff *skb, struct pkt *p)
 {
-	if (p->family != 4 || __builtin_memcmp(p->saddr, p->daddr, 4) != 0)
+	__u8 h[16];
+
+	if (!lb_same_addrs(p))
 		return 0;
-	__be32 h = bpf_htonl(LB_HAIRPIN_V4);
-	if (csum_set_addr4(skb, p, 0, h))
+	lb_hairpin_addr(p->family, h);
+	if (p->family == 4) {
+		__be32 a;
+		__builtin_memcpy(&a, h, 4);
+		if (csum_set_addr4(skb, p, 0, a))
+			return -1;
+	} else if (csum_set_addr6(skb, p, 0, h)) {
 		return -1;
-	__builtin_memcpy(p->saddr, &h, 4);
+	}
+	__builtin_memcpy(p->saddr, h, 16);
 	return 1;
 }
 
@@ -324,29 +363,37 @@ static __always_inline int lb_reject_udp(struct __sk_buff *skb, const struct pkt
 	return 0;
 }
 
-/* Whether `a` is the hairpin source. */
+/* Whether `a` is the hairpin source of the packet's family. */
 static __always_inline int lb_is_hairpin_addr(const struct pkt *p, const __u8 *a)
 {
-	__be32 h = bpf_htonl(LB_HAIRPIN_V4);
-	return p->family == 4 && __builtin_memcmp(a, &h, 4) == 0;
+	__u8 h[16];
+
+	lb_hairpin_addr(p->family, h);
+	return lb_addr_eq(a, h);
 }
 
-/* from_pod, a pod's reply on a hairpin flow (its destination is LB_HAIRPIN_V4): the source
- * becomes the frontend and the destination the pod's own address, as the pod's client side
- * expects. Returns 0 or -1 (frontend gone, rewrite failed). */
+/* from_pod, a pod's reply on a hairpin flow (its destination is the hairpin source): the
+ * source becomes the frontend and the destination the pod's own address, as the pod's
+ * client side expects. Returns 0 or -1 (frontend gone, rewrite failed). */
 static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p, __u32 id,
-					    const __u8 *own4)
+					    const struct endpoint_info *ep)
 {
 	struct lb_key *fe = bpf_map_lookup_elem(&pal_lb_revnat, &id);
 
-	if (!fe || fe->family != 4)
+	if (!fe || fe->family != p->family)
 		return -1;
 	struct lb_key k = *fe;
-	__be32 own;
-	__builtin_memcpy(&own, own4, 4);
-	if (csum_set_addr4(skb, p, 1, own))
-		return -1;
-	__builtin_memcpy(p->daddr, &own, 4);
+	if (p->family == 4) {
+		__be32 own;
+		__builtin_memcpy(&own, ep->ipv4, 4);
+		if (csum_set_addr4(skb, p, 1, own))
+			return -1;
+		__builtin_memcpy(p->daddr, &own, 4);
+	} else {
+		if (csum_set_addr6(skb, p, 1, ep->ipv6))
+			return -1;
+		__builtin_memcpy(p->daddr, ep->ipv6, 16);
+	}
 	return lb_rewrite(skb, p, 0, k.addr, k.port);
 }
 

@@ -486,7 +486,7 @@ fn a_pod_reaching_itself_through_its_service_is_given_the_hairpin_source() {
         return;
     };
     // The client is itself the one backend of `self`; its ingress admits itself on 8080.
-    let yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: me, namespace: shop, labels: {app: me}}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {podIPs: [{ip: 10.0.0.1}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: self, namespace: shop}\nspec:\n  selector: {app: me}\n  clusterIPs: [10.96.0.30]\n  ports: [{name: http, port: 80, targetPort: http}]\n";
+    let yaml = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: me, namespace: shop, labels: {app: me}}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {podIPs: [{ip: 10.0.0.1}, {ip: \"fd00::1\"}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: self, namespace: shop}\nspec:\n  selector: {app: me}\n  clusterIPs: [10.96.0.30, \"fd00:96::30\"]\n  ports: [{name: http, port: 80, targetPort: http}]\n";
     let c = load_str("self.yaml", yaml, &LoadOptions::default())
         .unwrap()
         .cluster;
@@ -503,36 +503,49 @@ fn a_pod_reaching_itself_through_its_service_is_given_the_hairpin_source() {
         &allow(19),
     )
     .unwrap();
-    let me = ip("10.0.0.1");
-    let vip = ip("10.96.0.30");
-    let hairpin = IpAddr::V4(abi::LB_HAIRPIN_V4);
     const REDIRECT: u32 = 7; // TC_ACT_REDIRECT: sent back out of the pod's host veth
-    // The SYN leaves translated, from the hairpin source, back towards the pod, addressed
-    // to the pod's own MAC (else its kernel drops it as another host's frame).
-    let syn = with_checksums(packet::build(me, vip, tcp(45000, 80, TCP_SYN)));
-    let (rc, out) = n.dp.test_run_output(Hook::FromPod, &syn).unwrap();
-    assert_eq!(rc, REDIRECT);
-    assert_eq!(out[0..6], syn[6..12], "destination MAC = the pod's");
-    assert_eq!(out[6..12], syn[0..6], "source MAC = the host side's");
-    assert_eq!(tuple(&out), ((hairpin, 45000), (me, 8080)));
-    assert!(checksums_ok(&out));
-    // Its to_pod admits it as the pod's own flow.
-    let (rc, _) = n.dp.test_run_output(Hook::ToPod, &out).unwrap();
-    assert_eq!(rc, PASS, "the hairpin SYN is the pod's own traffic");
-    // The pod's answer goes back to its client side from the frontend.
-    let (rc, out) = n.run(
-        Hook::FromPod,
-        packet::build(me, hairpin, tcp(8080, 45000, TCP_SYN | TCP_ACK)),
-    );
-    assert_eq!(rc, REDIRECT, "{:?}", n.events());
-    assert_eq!(tuple(&out), ((vip, 80), (me, 45000)));
-    assert!(checksums_ok(&out));
-    // Another pod may not pose as the hairpin source.
-    let (rc, _) = n.run(
-        Hook::ToPod,
-        packet::build(hairpin, me, tcp(46000, 8080, TCP_SYN)),
-    );
-    assert_eq!(rc, DROP, "a hairpin source no flow of the pod opened");
+    for (me, vip, hairpin) in [
+        (
+            ip("10.0.0.1"),
+            ip("10.96.0.30"),
+            IpAddr::V4(abi::LB_HAIRPIN_V4),
+        ),
+        (
+            ip("fd00::1"),
+            ip("fd00:96::30"),
+            IpAddr::V6(abi::LB_HAIRPIN_V6),
+        ),
+    ] {
+        // The SYN leaves translated, from the hairpin source, back towards the pod,
+        // addressed to the pod's own MAC (else its kernel drops it as another host's frame).
+        let syn = with_checksums(packet::build(me, vip, tcp(45000, 80, TCP_SYN)));
+        let (rc, out) = n.dp.test_run_output(Hook::FromPod, &syn).unwrap();
+        assert_eq!(rc, REDIRECT, "{vip}: {:?}", n.events());
+        assert_eq!(out[0..6], syn[6..12], "destination MAC = the pod's");
+        assert_eq!(out[6..12], syn[0..6], "source MAC = the host side's");
+        assert_eq!(tuple(&out), ((hairpin, 45000), (me, 8080)));
+        assert!(checksums_ok(&out), "{vip}");
+        // Its to_pod admits it as the pod's own flow.
+        let (rc, _) = n.dp.test_run_output(Hook::ToPod, &out).unwrap();
+        assert_eq!(rc, PASS, "{vip}: the hairpin SYN is the pod's own traffic");
+        // The pod's answer goes back to its client side from the frontend.
+        let (rc, out) = n.run(
+            Hook::FromPod,
+            packet::build(me, hairpin, tcp(8080, 45000, TCP_SYN | TCP_ACK)),
+        );
+        assert_eq!(rc, REDIRECT, "{:?}", n.events());
+        assert_eq!(tuple(&out), ((vip, 80), (me, 45000)));
+        assert!(checksums_ok(&out), "{vip}");
+        // Another pod may not pose as the hairpin source.
+        let (rc, _) = n.run(
+            Hook::ToPod,
+            packet::build(hairpin, me, tcp(46000, 8080, TCP_SYN)),
+        );
+        assert_eq!(
+            rc, DROP,
+            "{vip}: a hairpin source no flow of the pod opened"
+        );
+    }
 }
 
 #[test]

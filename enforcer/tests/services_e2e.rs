@@ -138,14 +138,16 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
         0,
         "db-0 is denied through the service: nothing may reach it"
     );
-    // Hairpin: a backend reaching itself through its own service (web-0's egress is not
-    // isolated: every backend answers, itself included).
-    let (by, dropped) = spread(&c, &web0, VIP4, 30);
-    assert_eq!(dropped, 0, "hairpin: {by:?}\n{}", c.log());
-    assert!(
-        by.contains_key("shop/web-0"),
-        "web-0 reached itself: {by:?}"
-    );
+    // Hairpin: a backend reaching itself through its own service, over both families
+    // (web-0's egress is not isolated: every backend answers, itself included).
+    for vip in [VIP4, VIP6] {
+        let (by, dropped) = spread(&c, &web0, vip, 30);
+        assert_eq!(dropped, 0, "hairpin {vip}: {by:?}\n{}", c.log());
+        assert!(
+            by.contains_key("shop/web-0"),
+            "web-0 reached itself through {vip}: {by:?}"
+        );
+    }
     // A frontend without backends refuses at once (a reset, as kube-proxy's reject rule),
     // with its own reason in the log.
     let none = client

@@ -361,6 +361,12 @@ pub const LB_ID_MAX: u32 = 65_535;
 pub const LB_F_AFFINITY: u32 = 0x01;
 /// The source a hairpin flow is given (169.254.42.1).
 pub const LB_HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
+/// The first 32 bits of the IPv6 hairpin source (`100::a9fe:2a01`, in the discard-only
+/// prefix 100::/64); its last 32 bits are [`LB_HAIRPIN_V4`]'s.
+pub const LB_HAIRPIN_V6_HIGH: u32 = 0x0100_0000;
+/// The source an IPv6 hairpin flow is given.
+pub const LB_HAIRPIN_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0xa9fe, 0x2a01);
 
 /// `struct lb_key`: a service frontend (address, port, protocol).
 #[repr(C)]

@@ -154,6 +154,7 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("LB_ID_MAX", abi::LB_ID_MAX as i64),
         ("LB_F_AFFINITY", abi::LB_F_AFFINITY as i64),
         ("LB_HAIRPIN_V4", u32::from(abi::LB_HAIRPIN_V4) as i64),
+        ("LB_HAIRPIN_V6_HIGH", abi::LB_HAIRPIN_V6_HIGH as i64),
         ("LB_MARK_HAIRPIN", abi::LB_MARK_HAIRPIN as i64),
         ("CT_F_HAIRPIN", abi::CT_F_HAIRPIN as i64),
         ("CT_F_UPLINK", abi::CT_F_UPLINK as i64),
@@ -223,4 +224,14 @@ fn drop_codes_and_names_are_hubbles() {
         .filter(|l| l.starts_with("#define DROP_"))
         .count();
     assert_eq!(defined, hubble.len());
+}
+
+#[test]
+fn the_ipv6_hairpin_source_is_its_defines_words() {
+    let o = abi::LB_HAIRPIN_V6.octets();
+    let word = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    assert_eq!(
+        [word(0), word(4), word(8), word(12)],
+        [abi::LB_HAIRPIN_V6_HIGH, 0, 0, u32::from(abi::LB_HAIRPIN_V4)]
+    );
 }
