@@ -129,6 +129,7 @@ fn services(dp: &mut Datapath, frontends: u32) {
             addr: backend,
             port: 80,
             endpoint: None,
+            node: None,
         };
         let table = Table::build(&[b.maglev_name()], DEFAULT_TABLE_SIZE).unwrap();
         t.frontends.insert(

@@ -513,3 +513,74 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
         "the restart adopts the uplink and its maps: {ready}"
     );
 }
+
+/// `internalTrafficPolicy: Local` with EndpointSlices naming two nodes: from this node
+/// (the agent's `node_name`, `local-node` in the harness), the cluster IP reaches only the
+/// backend the slice places here; the other one is never picked.
+#[test]
+fn a_local_traffic_policy_keeps_new_flows_on_this_nodes_backends() {
+    let ip = |host: u8| format!("10.{BLOCK}.1.{host}");
+    let manifests = format!(
+        "\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  clusterIPs: [10.96.0.50]
+  internalTrafficPolicy: Local
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: [{}], nodeName: local-node}}
+- {{addresses: [{}], nodeName: another-node}}
+",
+        ip(10),
+        ip(11)
+    );
+    let Some(c) = common::traffic::start(
+        "svclocal",
+        BLOCK,
+        "services: internalTrafficPolicy Local",
+        &[("shop.yaml", manifests.as_str())],
+    ) else {
+        return;
+    };
+    let web0 = c.pod("shop", "web-0", 1, 10);
+    let web1 = c.pod("shop", "web-1", 1, 11);
+    let client = c.pod("shop", "client", 2, 1);
+    c.register(&web0, &[("app", "web")]);
+    c.register(&web1, &[("app", "web")]);
+    c.register(&client, &[("app", "client")]);
+    let _servers = [&web0, &web1].map(|p| serve_tcp(p, 8080));
+    // web-1 is reachable directly: only the policy of the service keeps flows off it.
+    assert!(matches!(
+        client
+            .tcp_connect(SocketAddr::new(ip(11).parse().unwrap(), 8080), OK)
+            .unwrap(),
+        TcpOutcome::Connected { .. }
+    ));
+    let mut by = BTreeMap::new();
+    for _ in 0..30 {
+        match client
+            .tcp_connect(SocketAddr::new("10.96.0.50".parse().unwrap(), 80), OK)
+            .unwrap()
+        {
+            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
+            other => panic!("{other:?}\n{}", c.log()),
+        }
+    }
+    assert_eq!(
+        by.keys().cloned().collect::<Vec<_>>(),
+        ["shop/web-0".to_string()],
+        "only this node's backend: {by:?}"
+    );
+}

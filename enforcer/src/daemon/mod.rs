@@ -235,7 +235,7 @@ impl Daemon {
         // Adopt the slots the previous run wrote; every endpoint gets the new revision so
         // conntrack it admitted is decided once more against the reconciled policy.
         let mut synced = Synced::adopt(&mut AyaMaps(&mut dp))?;
-        let target = sync::target(&engine, &local, revision);
+        let target = sync::target_on_node(&engine, &local, revision, &opts.config.node_name);
         let stats = synced.reconcile(
             &mut AyaMaps(&mut dp),
             &target,

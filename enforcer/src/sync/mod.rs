@@ -70,6 +70,24 @@ pub fn target(engine: &Engine, local: &LocalEndpoints, revision: u32) -> Target 
     )
 }
 
+/// [`target`] on the node named `node_name`: services with a `Local` traffic policy keep
+/// the backends on it only (docs/services.md); node ports are served on the engine's host
+/// addresses.
+pub fn target_on_node(
+    engine: &Engine,
+    local: &LocalEndpoints,
+    revision: u32,
+    node_name: &str,
+) -> Target {
+    let node = LbTarget::for_node(&engine.config().host_addresses).with_node_name(node_name);
+    Target::from_engine_after(
+        engine,
+        local.iter().map(|(k, i)| (k.as_str(), *i)),
+        revision,
+        Some(&node),
+    )
+}
+
 /// Service frontends by datapath id, for the verdict log.
 pub type ServiceNames = std::collections::HashMap<u16, crate::events::ServiceFrontend>;
 

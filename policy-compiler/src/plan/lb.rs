@@ -58,6 +58,8 @@ pub struct LbTarget {
     shared: BTreeSet<LbKey>,
     /// The node's addresses: each node port is a frontend on each of them (of its family).
     node: Vec<IpAddr>,
+    /// The node's name: its `Local` traffic policies keep its own backends only.
+    node_name: Option<String>,
 }
 
 impl LbTarget {
@@ -81,6 +83,15 @@ impl LbTarget {
     /// The node addresses node ports are served on.
     pub fn node_addresses(&self) -> &[IpAddr] {
         &self.node
+    }
+
+    /// This target for the node named `name` (a Kubernetes node name, as in an
+    /// EndpointSlice's `nodeName`): services with a `Local` traffic policy keep only the
+    /// backends on it ([`backends::frontends_reusing`]). Without a name every backend is
+    /// kept.
+    pub fn with_node_name(mut self, name: &str) -> LbTarget {
+        self.node_name = Some(name.to_string()).filter(|n| !n.is_empty());
+        self
     }
 
     /// The frontends of the cluster's services: cluster IPs, external IPs and load-balancer
@@ -249,6 +260,7 @@ impl LbTarget {
             maglev::DEFAULT_TABLE_SIZE,
             &reuse,
             index,
+            self.node_name.as_deref(),
         ) {
             Ok(f) => f,
             Err(e) => {
@@ -750,6 +762,86 @@ mod tests {
             addr.to_string().starts_with("10.0.1.") && port == 8080,
             "{addr}:{port}"
         );
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_the_nodes_own_backends() {
+        let yaml = "---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  type: NodePort
+  clusterIPs: [10.96.0.40]
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30040}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIPs: [10.96.0.41]
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30041}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.1.1], nodeName: node-a}
+- {addresses: [10.0.2.1], nodeName: node-b}
+- {addresses: [10.0.3.1]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.1.2], nodeName: node-a}
+- {addresses: [10.0.2.2], nodeName: node-b}
+";
+        let c = load_str("local.yaml", yaml, &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        let node = [IpAddr::from([198, 18, 0, 1])];
+        let backends = |t: &LbTarget, addr: [u8; 4], port: u16| -> Vec<String> {
+            t.frontends[&LbKey::new(IpAddr::from(addr), port, 6)]
+                .backends
+                .iter()
+                .map(|b| IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]).to_string())
+                .collect()
+        };
+        let a = LbTarget::from_cluster(
+            &c,
+            Some(&LbTarget::for_node(&node).with_node_name("node-a")),
+        );
+        // internalTrafficPolicy: Local: the cluster IP keeps node-a's backend only (an
+        // endpoint without nodeName is no node's); externalTrafficPolicy: Local: so does
+        // the node port.
+        assert_eq!(backends(&a, [10, 96, 0, 40], 80), ["10.0.1.1"]);
+        assert_eq!(backends(&a, [198, 18, 0, 1], 30040), ["10.0.1.1"]);
+        // web: Cluster inside, Local from outside.
+        assert_eq!(backends(&a, [10, 96, 0, 41], 80), ["10.0.1.2", "10.0.2.2"]);
+        assert_eq!(backends(&a, [198, 18, 0, 1], 30041), ["10.0.1.2"]);
+        // Another node keeps its own; a node with none has a frontend without backends.
+        let b = LbTarget::from_cluster(
+            &c,
+            Some(&LbTarget::for_node(&node).with_node_name("node-b")),
+        );
+        assert_eq!(backends(&b, [198, 18, 0, 1], 30041), ["10.0.2.2"]);
+        let z = LbTarget::from_cluster(
+            &c,
+            Some(&LbTarget::for_node(&node).with_node_name("node-z")),
+        );
+        assert!(backends(&z, [10, 96, 0, 40], 80).is_empty());
+        // No node name: every backend.
+        let all = LbTarget::from_cluster(&c, Some(&LbTarget::for_node(&node)));
+        assert_eq!(backends(&all, [10, 96, 0, 40], 80).len(), 3);
     }
 
     fn run(state: &mut LbState, p: &LbPlan) {

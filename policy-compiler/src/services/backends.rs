@@ -49,6 +49,9 @@ pub struct Backend {
     pub port: u16,
     /// The endpoint key (`ns/name`) of the pod, when the manifests have it.
     pub endpoint: Option<String>,
+    /// The node it runs on (an EndpointSlice endpoint's `nodeName`); `None` for a backend
+    /// derived from the selector (no node known) or an endpoint without one.
+    pub node: Option<String>,
 }
 
 impl Backend {
@@ -156,6 +159,7 @@ fn slice_backends(slices: &[&EndpointSlice], port: &ServicePortSpec, vip: &IpAdd
                         addr: *a,
                         port: number,
                         endpoint: e.pod.clone(),
+                        node: e.node_name.clone(),
                     });
                 }
             }
@@ -209,7 +213,7 @@ pub fn frontends(
     svc: &Service,
     table_size: u32,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
-    frontends_reusing(cluster, svc, table_size, &|_, _| None, None)
+    frontends_reusing(cluster, svc, table_size, &|_, _| None, None, None)
 }
 
 /// Where [`frontends_reusing`] may find a frontend's table already built for its backends.
@@ -275,12 +279,20 @@ fn namespace_pods<'a>(cluster: &'a Cluster, namespace: &str) -> impl Iterator<It
 /// and backend list (a table is a function of the backend set and the size: building one of
 /// 16,381 slots for every service on every update would dominate the update's cost), and
 /// selected pods from `index` (of the service's namespace) when given.
+///
+/// `node`: the node the frontends are for. Its `Local` traffic policies keep only its own
+/// backends, as kube-proxy does: `internalTrafficPolicy: Local` for the cluster IPs,
+/// `externalTrafficPolicy: Local` for the node ports, external and load-balancer IPs. A
+/// backend from an EndpointSlice is the node's when its `nodeName` is the node's name; a
+/// backend derived from the selector (no EndpointSlices: no node is known) counts as the
+/// node's. `None` keeps every backend (the cluster-wide view of `policy-test`).
 pub fn frontends_reusing(
     cluster: &Cluster,
     svc: &Service,
     table_size: u32,
     reuse: ReuseTable<'_>,
     index: Option<&PodIndex<'_>>,
+    node: Option<&str>,
 ) -> Result<Vec<FrontendBackends>, MaglevError> {
     if svc.cluster_ips.is_empty() {
         return Ok(Vec::new());
@@ -325,6 +337,7 @@ pub fn frontends_reusing(
                                 addr: *a,
                                 port: p,
                                 endpoint: Some(ep.key.clone()),
+                                node: None,
                             });
                         }
                     }
@@ -333,6 +346,13 @@ pub fn frontends_reusing(
                         reason,
                     }),
                 }
+            }
+            let local_only = match kind {
+                FrontendKind::ClusterIp => svc.internal_traffic_local,
+                _ => svc.external_traffic_local,
+            };
+            if let Some(node) = node.filter(|_| local_only && !slices.is_empty()) {
+                backends.retain(|b| b.node.as_deref() == Some(node));
             }
             backends.sort();
             backends.dedup();
