@@ -78,6 +78,11 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, int 
 	}
 	__builtin_memcpy(paddr, addr, 16);
 	if (*pport != port) {
+		/* SCTP's CRC32c covers its ports (not the addresses): the planner writes SCTP
+		 * frontends only for backends on the frontend's port, and a port rewrite here
+		 * would leave the packet with a wrong checksum. */
+		if (p->protocol == IPPROTO_SCTP)
+			return -1;
 		/* A later fragment has no L4 header: only its addresses change. */
 		if (p->frag != FRAG_LATER && csum_set_port(skb, p, dst, port))
 			return -1;
@@ -97,7 +102,8 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 	struct lb_key key = {};
 	struct ct_key fkey = {};
 
-	if (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP)
+	if (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP &&
+	    p->protocol != IPPROTO_SCTP)
 		return LB_NONE;
 	__builtin_memcpy(key.addr, p->daddr, 16);
 	key.port = p->dport;

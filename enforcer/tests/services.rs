@@ -742,3 +742,96 @@ fn the_uplink_translates_node_ports_from_outside_and_reverses_the_replies() {
     );
     assert_eq!(rc, DROP, "no frontend to answer from");
 }
+
+/// SCTP (packet level only: this kernel has no SCTP sockets): a frontend whose backends
+/// listen on its own port is translated by its address alone, which leaves the CRC32c valid
+/// (it covers the SCTP packet, not the addresses) over both families, and the reply comes
+/// back from the frontend; a frontend that would need its port rewritten is left out, with
+/// the reason in the target's "not translated" list.
+#[test]
+fn sctp_frontends_on_their_backends_port_are_translated_with_the_crc_untouched() {
+    let Some(mut n) = node("svc-sctp") else {
+        return;
+    };
+    let yaml = "---
+apiVersion: v1
+kind: Pod
+metadata: {name: diameter-0, namespace: shop, labels: {app: diameter}}
+status: {podIPs: [{ip: 10.0.1.30}, {ip: \"fd00:1::30\"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: diameter, namespace: shop}
+spec:
+  selector: {app: diameter}
+  clusterIPs: [10.96.0.60, \"fd00:96::60\"]
+  ports: [{name: diameter, port: 3868, protocol: SCTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remap, namespace: shop}
+spec:
+  selector: {app: diameter}
+  clusterIPs: [10.96.0.61]
+  ports: [{name: diameter, port: 3868, targetPort: 3869, protocol: SCTP}]
+";
+    let c = load_str("sctp.yaml", yaml, &LoadOptions::default())
+        .unwrap()
+        .cluster;
+    let t = LbTarget::from_cluster(&c, None);
+    assert!(
+        t.skipped
+            .iter()
+            .any(|m| m.contains("shop/remap") && m.contains("CRC32c")),
+        "{:?}",
+        t.skipped
+    );
+    assert!(
+        !t.frontends
+            .contains_key(&LbKey::new(ip("10.96.0.61"), 3868, 132)),
+        "the remapped frontend is not written"
+    );
+    n.services(&t);
+    n.dp.upsert_policy(
+        CLIENT,
+        &key(WEB, abi::DIRECTION_EGRESS, 132, 3868),
+        &allow(20),
+    )
+    .unwrap();
+    let sctp = |sport, dport| L4::Sctp { sport, dport };
+    for (client, vip, backend) in [
+        ("10.0.0.1", "10.96.0.60", "10.0.1.30"),
+        ("fd00::1", "fd00:96::60", "fd00:1::30"),
+    ] {
+        let pkt = with_checksums(packet::build(ip(client), ip(vip), sctp(40000, 3868)));
+        assert!(checksums_ok(&pkt));
+        let (rc, out) = n.dp.test_run_output(Hook::FromPod, &pkt).unwrap();
+        assert_eq!(rc, PASS, "{vip}: {:?}", n.events());
+        assert_eq!(tuple(&out), ((ip(client), 40000), (ip(backend), 3868)));
+        let l4 = 14 + if vip.contains('.') { 20 } else { 40 };
+        assert_eq!(
+            out[l4..],
+            pkt[l4..],
+            "{vip}: the SCTP packet (and its CRC32c) untouched"
+        );
+        assert!(checksums_ok(&out), "{vip}: every checksum after DNAT");
+        let reply = with_checksums(packet::build(ip(backend), ip(client), sctp(3868, 40000)));
+        let (rc, out) = n.dp.test_run_output(Hook::ToPod, &reply).unwrap();
+        assert_eq!(rc, PASS);
+        assert_eq!(tuple(&out), ((ip(vip), 3868), (ip(client), 40000)));
+        assert!(
+            checksums_ok(&out),
+            "{vip}: every checksum after reverse NAT"
+        );
+    }
+    // The remapped frontend is no frontend: its packets go on untranslated (and the
+    // client's policy, which admits nothing there, drops them).
+    let pkt = with_checksums(packet::build(
+        ip("10.0.0.1"),
+        ip("10.96.0.61"),
+        sctp(40001, 3868),
+    ));
+    let (rc, out) = n.dp.test_run_output(Hook::FromPod, &pkt).unwrap();
+    assert_eq!(rc, DROP);
+    assert_eq!(tuple(&out).1, (ip("10.96.0.61"), 3868), "not translated");
+}

@@ -192,8 +192,33 @@ fn pseudo(pkt: &[u8], l4_len: usize, proto: u8) -> u32 {
     add(0, addrs) + u32::from(proto) + l4_len as u32
 }
 
-/// The frame of a TCP or UDP packet built by [`build`] with correct checksums (IPv4
-/// header; L4 with its pseudo-header), computed independently of the datapath.
+/// CRC32c (Castagnoli, reflected), as SCTP's checksum uses it (RFC 4960 appendix B).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The SCTP packet's checksum as it is stored (offset 8 of the common header): CRC32c over
+/// the SCTP packet with the field zero, least significant byte first (as Linux stores it).
+fn sctp_checksum(sctp: &[u8]) -> [u8; 4] {
+    let mut copy = sctp.to_vec();
+    copy[8..12].fill(0);
+    crc32c(&copy).to_le_bytes()
+}
+
+/// The frame of a TCP, UDP or SCTP packet built by [`build`] with correct checksums (IPv4
+/// header; L4 with its pseudo-header, or SCTP's CRC32c, which covers no address), computed
+/// independently of the datapath.
 pub fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
     let (l3, proto, c) = shape(&pkt);
     if l3 == 20 {
@@ -202,6 +227,11 @@ pub fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
         pkt[ETH + 10..ETH + 12].copy_from_slice(&s.to_be_bytes());
     }
     let l4 = ETH + l3;
+    if proto == PROTO_SCTP {
+        let sum = sctp_checksum(&pkt[l4..]);
+        pkt[l4 + 8..l4 + 12].copy_from_slice(&sum);
+        return pkt;
+    }
     pkt[l4 + c..l4 + c + 2].fill(0);
     let len = pkt.len() - l4;
     let s = !fold(add(pseudo(&pkt, len, proto), &pkt[l4..]));
@@ -209,15 +239,18 @@ pub fn with_checksums(mut pkt: Vec<u8>) -> Vec<u8> {
     pkt
 }
 
-/// Whether every checksum of a TCP, UDP, ICMP or ICMPv6 frame (without IPv4 options or IPv6
-/// extension headers) verifies: the IPv4 header's, and the L4 one with its pseudo-header
-/// (none for ICMP over IPv4).
+/// Whether every checksum of a TCP, UDP, SCTP, ICMP or ICMPv6 frame (without IPv4 options or
+/// IPv6 extension headers) verifies: the IPv4 header's, and the L4 one with its
+/// pseudo-header (none for ICMP over IPv4; SCTP's CRC32c).
 pub fn checksums_ok(pkt: &[u8]) -> bool {
     let (l3, proto, _) = shape(pkt);
     if l3 == 20 && fold(add(0, &pkt[ETH..ETH + 20])) != 0xffff {
         return false;
     }
     let l4 = ETH + l3;
+    if proto == PROTO_SCTP {
+        return pkt[l4 + 8..l4 + 12] == sctp_checksum(&pkt[l4..]);
+    }
     let ph = if proto == 1 {
         0
     } else {
@@ -245,4 +278,13 @@ pub fn tuple(pkt: &[u8]) -> ((IpAddr, u16), (IpAddr, u16)) {
     let l4 = ETH + l3;
     let port = |o: usize| u16::from_be_bytes([pkt[l4 + o], pkt[l4 + o + 1]]);
     ((s, port(0)), (d, port(2)))
+}
+
+#[cfg(test)]
+mod crc_tests {
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        // The check value of CRC-32C (iSCSI, SCTP) for "123456789".
+        assert_eq!(super::crc32c(b"123456789"), 0xE306_9283);
+    }
 }

@@ -98,8 +98,8 @@ impl LbTarget {
     /// IPs with each TCP/UDP port, and each node port on each node address of `previous`
     /// ([`LbTarget::for_node`]). Tables of frontends whose backends did not change since
     /// `previous` are reused (a table of the default 16,381 slots costs time to build).
-    /// SCTP frontends are not translated (a port rewrite would need the packet's CRC32c
-    /// recomputed).
+    /// SCTP frontends are translated only when every backend listens on the frontend's
+    /// port (a port rewrite would need the packet's CRC32c recomputed).
     pub fn from_cluster(cluster: &Cluster, previous: Option<&LbTarget>) -> LbTarget {
         let mut t = previous.cloned().unwrap_or_default();
         let mut all: BTreeSet<String> = cluster.services.keys().map(|k| k.0.clone()).collect();
@@ -271,10 +271,22 @@ impl LbTarget {
         for fb in fbs {
             let fe = &fb.frontend;
             let proto = fe.protocol.0;
-            if proto != 6 && proto != 17 {
+            // SCTP's CRC32c covers the ports but not the addresses: a frontend whose
+            // backends all listen on its own port needs only the address rewritten, which
+            // leaves the checksum valid; a port rewrite would need the CRC recomputed over
+            // the whole packet, which the datapath does not do.
+            let sctp_same_port = proto == 132 && fb.backends.iter().all(|b| b.port == fe.port);
+            if proto != 6 && proto != 17 && !sctp_same_port {
                 part.skipped.push(format!(
-                    "service {name}: {} port {} is not translated (only TCP and UDP are)",
-                    fe.protocol, fe.port
+                    "service {name}: {} port {} is not translated ({})",
+                    fe.protocol,
+                    fe.port,
+                    if proto == 132 {
+                        "an SCTP frontend is translated only when its backends listen on its \
+                         own port: a port rewrite would need the CRC32c recomputed"
+                    } else {
+                        "only TCP, UDP and SCTP are"
+                    }
                 ));
                 continue;
             }
