@@ -268,7 +268,7 @@ struct proxy_state {
  */
 #define LB_MAGLEV_MAX   16384 /* slots a table may have (the default size is 16381) */
 #define LB_ID_MAX       65535 /* ct_entry.rev_nat_index is 16 bits */
-#define LB_F_AFFINITY   0x01  /* sessionAffinity: ClientIP */
+#define LB_F_AFFINITY   0x01  /* sessionAffinity: ClientIP (its timeout: LB_AFFINITY_TIMEOUT_SHIFT) */
 /* Hairpin: a flow whose backend is its own client leaves from_pod with this source
  * (IPv4 169.254.42.1, link-local; IPv6 100::a9fe:2a01, in the discard-only prefix 100::/64 of
  * RFC 6666: neither is routed off the node), so the pod's kernel accepts it; the pod's
@@ -311,6 +311,27 @@ struct lb_flow {
 	__be16 port;
 	__u16 index;     /* its index: the choice stands while that index holds this backend */
 	__u32 id;        /* the frontend */
+};
+
+/* ---- session affinity: LRU hash "pal_lb_affinity" ---------------------------------
+ * A client's backend at a frontend with sessionAffinity: ClientIP (LB_F_AFFINITY): a new
+ * flow of the client takes it while it was last taken less than the frontend's timeout ago
+ * (lb_service.flags >> LB_AFFINITY_TIMEOUT_SHIFT, in seconds) and the frontend still has
+ * that backend at that index, whatever its table says since; each new flow that takes it
+ * starts the timeout again (kube-proxy's "recent" match). */
+#define LB_AFFINITY_TIMEOUT_SHIFT 8
+
+struct lb_affinity_key {
+	__u8 addr[16];   /* the client, network order; IPv4 in the first 4 bytes */
+	__u32 id;        /* the frontend */
+};
+
+struct lb_affinity {
+	__u64 used_ns;   /* bpf_ktime_get_coarse_ns() when a new flow last took it */
+	__u8 addr[16];   /* the backend */
+	__be16 port;
+	__u16 index;     /* its index at the frontend */
+	__u32 pad;
 };
 
 /* ---- fragments: LRU hash "pal_frag" (v2) ------------------------------------------
@@ -419,6 +440,8 @@ _Static_assert(sizeof(struct lb_maglev) == 2 * LB_MAGLEV_MAX, "lb_maglev size");
 _Static_assert(sizeof(struct lb_backend_key) == 8, "lb_backend_key size");
 _Static_assert(sizeof(struct lb_backend) == 20, "lb_backend size");
 _Static_assert(sizeof(struct lb_flow) == 24, "lb_flow size");
+_Static_assert(sizeof(struct lb_affinity_key) == 20, "lb_affinity_key size");
+_Static_assert(sizeof(struct lb_affinity) == 32, "lb_affinity size");
 
 /* Counter index = direction * COUNTER_DIR_STRIDE + code: a code at or above the stride
  * would count in the other direction's slots, and a COUNTER_* slot must stay below every

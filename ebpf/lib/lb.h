@@ -2,8 +2,8 @@
 /* Service translation (docs/services.md, docs/datapath.md §12): a pod's TCP/UDP flow to a
  * service frontend is sent to one of its backends before the policy lookup, so egress
  * policy is decided on the backend; its replies get the frontend back as their source.
- * Owns pal_lb_svc, pal_lb_maglev, pal_lb_backends, pal_lb_revnat and pal_lb_flows (layouts
- * in palisade_abi.h). */
+ * Owns pal_lb_svc, pal_lb_maglev, pal_lb_backends, pal_lb_revnat, pal_lb_flows and
+ * pal_lb_affinity (layouts in palisade_abi.h). */
 #ifndef PALISADE_LB_H
 #define PALISADE_LB_H
 
@@ -55,6 +55,14 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_lb_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_lb_affinity SEC(".maps");
 
 #define LB_NONE 0       /* not a service frontend: nothing translated */
 #define LB_TRANSLATED 1 /* the packet now goes to a backend */
@@ -128,6 +136,27 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 		if (!b || b->port != to.port || __builtin_memcmp(b->addr, to.addr, 16) != 0)
 			to.id = 0; /* its backend left */
 	}
+	/* Session affinity: the client's backend at this frontend, while its timeout runs and
+	 * the frontend still has it (pal_lb_affinity). */
+	struct lb_affinity_key akey = { .id = s.id };
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (to.id == 0 && (s.flags & LB_F_AFFINITY)) {
+		__builtin_memcpy(akey.addr, p->saddr, 16);
+		struct lb_affinity *a = bpf_map_lookup_elem(&pal_lb_affinity, &akey);
+		__u64 timeout = (__u64)(s.flags >> LB_AFFINITY_TIMEOUT_SHIFT) * NSEC_PER_SEC;
+		if (a && now - a->used_ns < timeout) {
+			bkey.index = a->index;
+			struct lb_backend *b = bpf_map_lookup_elem(&pal_lb_backends, &bkey);
+			if (b && b->port == a->port && __builtin_memcmp(b->addr, a->addr, 16) == 0) {
+				__builtin_memcpy(to.addr, a->addr, 16);
+				to.port = a->port;
+				to.index = a->index;
+				to.id = s.id;
+				a->used_ns = now;
+				bpf_map_update_elem(&pal_lb_flows, &fkey, &to, BPF_ANY);
+			}
+		}
+	}
 	if (to.id == 0) {
 		/* A new flow (or one whose backend left): pick from the table. */
 		struct lb_maglev *t = bpf_map_lookup_elem(&pal_lb_maglev, &s.id);
@@ -151,6 +180,13 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 		/* A failed insert costs only stickiness: the next packet picks the same slot
 		 * while the table stays. */
 		bpf_map_update_elem(&pal_lb_flows, &fkey, &to, BPF_ANY);
+		if (s.flags & LB_F_AFFINITY) {
+			struct lb_affinity na = { .used_ns = now, .port = to.port,
+						  .index = to.index };
+			__builtin_memcpy(na.addr, to.addr, 16);
+			__builtin_memcpy(akey.addr, p->saddr, 16);
+			bpf_map_update_elem(&pal_lb_affinity, &akey, &na, BPF_ANY);
+		}
 	}
 	return lb_rewrite(skb, p, 1, to.addr, to.port) ? LB_REWRITE_FAILED : LB_TRANSLATED;
 }

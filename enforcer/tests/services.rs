@@ -835,3 +835,65 @@ spec:
     assert_eq!(rc, DROP);
     assert_eq!(tuple(&out).1, (ip("10.96.0.61"), 3868), "not translated");
 }
+
+/// Session affinity holds across a backend change and ends with its timeout: after the
+/// frontend's table changes so that it would now send the client elsewhere, the client's
+/// new flows keep going to its backend (pal_lb_affinity) until `timeoutSeconds` pass
+/// without a new flow; then they follow the table.
+#[test]
+fn session_affinity_outlives_a_table_change_until_its_timeout() {
+    let Some(mut n) = node("svc-affinity-state") else {
+        return;
+    };
+    let yaml = |pods: usize| {
+        manifests(pods, true).replace(
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n",
+        )
+    };
+    let target = |pods: usize, previous: Option<&LbTarget>| {
+        let c = load_str("affinity.yaml", &yaml(pods), &LoadOptions::default())
+            .unwrap()
+            .cluster;
+        LbTarget::from_cluster(&c, previous)
+    };
+    let (client, vip) = (ip("10.0.0.1"), ip("10.96.0.10"));
+    let fe = LbKey::new(vip, 80, 6);
+    let t3 = target(3, None);
+    n.services(&t3);
+    let mut sport = 44000u16;
+    let mut new_flow = |n: &mut Node| {
+        sport += 1;
+        let (_, out) = n.run(
+            Hook::FromPod,
+            packet::build(client, vip, tcp(sport, 80, TCP_SYN)),
+        );
+        tuple(&out).1
+    };
+    let mine = new_flow(&mut n);
+    assert_eq!(new_flow(&mut n), mine, "affinity: the same backend");
+    // A backend set whose table sends the client to another backend, keeping the first.
+    let (pods, state) = (4..16)
+        .find_map(|pods| {
+            let t = target(pods, Some(&t3));
+            let s = n.services(&t);
+            let pick = lb::pick(&s, &fe, client, 0).unwrap();
+            let keeps = t.frontends[&fe]
+                .backends
+                .contains(&abi::LbBackend::new(mine.0, mine.1));
+            (pick != mine && keeps).then_some((pods, s))
+        })
+        .expect("some backend count moves the client's slot");
+    let table_pick = lb::pick(&state, &fe, client, 0).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            new_flow(&mut n),
+            mine,
+            "with {pods} pods the table says {table_pick:?}; the affinity keeps {mine:?}"
+        );
+    }
+    // No new flow for longer than the timeout: the next one follows the table.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(new_flow(&mut n), table_pick, "after the timeout");
+    assert_eq!(new_flow(&mut n), table_pick, "and sticks there");
+}

@@ -359,6 +359,8 @@ pub const LB_MAGLEV_MAX: usize = 16_384;
 pub const LB_ID_MAX: u32 = 65_535;
 /// `sessionAffinity: ClientIP`: the flow hash leaves the source port out.
 pub const LB_F_AFFINITY: u32 = 0x01;
+/// `lb_service.flags >> LB_AFFINITY_TIMEOUT_SHIFT`: the affinity timeout in seconds.
+pub const LB_AFFINITY_TIMEOUT_SHIFT: u32 = 8;
 /// The source a hairpin flow is given (169.254.42.1).
 pub const LB_HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
 /// The first 32 bits of the IPv6 hairpin source (`100::a9fe:2a01`, in the discard-only
@@ -498,6 +500,25 @@ pub struct LbFlow {
     pub id: u32,
 }
 
+/// `struct lb_affinity_key`: a client at a frontend with session affinity.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LbAffinityKey {
+    pub addr: [u8; 16],
+    pub id: u32,
+}
+
+/// `struct lb_affinity`: the backend a client's new flows take while the timeout runs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LbAffinity {
+    pub used_ns: u64,
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub index: u16,
+    pub pad: u32,
+}
+
 /// An address as the maps store it (16 bytes, IPv4 in the first four) and its family.
 fn addr16_of(a: &std::net::IpAddr) -> ([u8; 16], u8) {
     let mut b = [0u8; 16];
@@ -569,6 +590,11 @@ const _: () = {
     assert!(size_of::<LbFlow>() == 24);
     assert!(offset_of!(LbFlow, index) == 18);
     assert!(offset_of!(LbFlow, id) == 20);
+    assert!(size_of::<LbAffinityKey>() == 20);
+    assert!(offset_of!(LbAffinityKey, id) == 16);
+    assert!(size_of::<LbAffinity>() == 32);
+    assert!(offset_of!(LbAffinity, port_be) == 24);
+    assert!(offset_of!(LbAffinity, index) == 26);
     assert!(size_of::<ProxyState>() == 8);
     assert!(offset_of!(ProxyState, port_be) == 4);
     assert!(size_of::<PolicyValue>() == 12);
@@ -894,6 +920,7 @@ pub mod map_name {
     pub const LB_BACKENDS: &str = "pal_lb_backends";
     pub const LB_REVNAT: &str = "pal_lb_revnat";
     pub const LB_FLOWS: &str = "pal_lb_flows";
+    pub const LB_AFFINITY: &str = "pal_lb_affinity";
 }
 
 /// Entry capacities of the maps the control plane fills (`max_entries` in `ebpf/lib/*.h`;
@@ -1030,6 +1057,13 @@ pub const MAPS: &[MapAbi] = &[
         value: Some(("lb_flow", size_of::<LbFlow>())),
         pinned: true,
     },
+    MapAbi {
+        name: map_name::LB_AFFINITY,
+        map_type: map_type::LRU_HASH,
+        key: Some(("lb_affinity_key", size_of::<LbAffinityKey>())),
+        value: Some(("lb_affinity", size_of::<LbAffinity>())),
+        pinned: true,
+    },
 ];
 
 /// The layout of every ABI struct as the Rust mirror has it (compared with the object's
@@ -1065,5 +1099,7 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(LbBackendKey, "lb_backend_key", [id, index]),
         layout!(LbBackend, "lb_backend", [addr, port_be as "port", pad]),
         layout!(LbFlow, "lb_flow", [addr, port_be as "port", index, id]),
+        layout!(LbAffinityKey, "lb_affinity_key", [addr, id]),
+        layout!(LbAffinity, "lb_affinity", [used_ns, addr, port_be as "port", index, pad]),
     ]
 }

@@ -153,6 +153,10 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("LB_MAGLEV_MAX", abi::LB_MAGLEV_MAX as i64),
         ("LB_ID_MAX", abi::LB_ID_MAX as i64),
         ("LB_F_AFFINITY", abi::LB_F_AFFINITY as i64),
+        (
+            "LB_AFFINITY_TIMEOUT_SHIFT",
+            abi::LB_AFFINITY_TIMEOUT_SHIFT as i64,
+        ),
         ("LB_HAIRPIN_V4", u32::from(abi::LB_HAIRPIN_V4) as i64),
         ("LB_HAIRPIN_V6_HIGH", abi::LB_HAIRPIN_V6_HIGH as i64),
         ("LB_MARK_HAIRPIN", abi::LB_MARK_HAIRPIN as i64),

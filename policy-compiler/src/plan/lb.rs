@@ -295,10 +295,11 @@ impl LbTarget {
                 .iter()
                 .map(|b| LbBackend::new(b.addr, b.port))
                 .collect();
-            let flags = if fb.affinity_s.is_some() {
-                abi::LB_F_AFFINITY
-            } else {
-                0
+            // The affinity timeout rides in the flags' upper bits (at most 86,400 s, well
+            // inside their 24).
+            let flags = match fb.affinity_s {
+                Some(t) => abi::LB_F_AFFINITY | (t << abi::LB_AFFINITY_TIMEOUT_SHIFT),
+                None => 0,
             };
             for key in keys_of(fe) {
                 part.frontends.push((
