@@ -78,16 +78,41 @@ fn http() -> Vec<NamedPort> {
 /// banner), and how many attempts were dropped.
 fn spread(c: &Cluster, client: &Pod, vip: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
     let dst = SocketAddr::new(vip.parse::<IpAddr>().unwrap(), 80);
+    spread_with(c, dst, n, || {
+        client.tcp_connect(dst, Duration::from_secs(1)).unwrap()
+    })
+}
+
+/// `n` outcomes of `connect` (to `dst`) counted by the backend that answered, and the
+/// attempts that timed out; anything else fails the test.
+fn spread_with(
+    c: &Cluster,
+    dst: SocketAddr,
+    n: usize,
+    connect: impl Fn() -> TcpOutcome,
+) -> (BTreeMap<String, usize>, usize) {
     let mut by = BTreeMap::new();
     let mut dropped = 0;
     for _ in 0..n {
-        match client.tcp_connect(dst, Duration::from_secs(1)).unwrap() {
+        match connect() {
             TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
             TcpOutcome::TimedOut => dropped += 1,
-            other => panic!("{vip}: {other:?}\n{}", c.log()),
+            other => panic!("{dst}: {other:?}\n{}", c.log()),
         }
     }
     (by, dropped)
+}
+
+/// One echo on every kept session; each must come back.
+fn echo_all(sessions: &mut [palisade_testkit::node::TcpSession], what: &str) {
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let r = s.echo(format!("{what} {i}").as_bytes(), OK).unwrap();
+        assert!(
+            matches!(r, palisade_testkit::node::EchoOutcome::Echoed),
+            "session {i} ({}) {what}: {r:?}",
+            s.banner()
+        );
+    }
 }
 
 fn service_lines(c: &Cluster) -> Vec<Value> {
@@ -239,16 +264,6 @@ fn a_kept_connection_survives_a_backend_change_and_an_agent_restart() {
     let mut sessions: Vec<_> = (0..8)
         .map(|_| client.tcp_session(dst, OK).unwrap())
         .collect();
-    let echo_all = |sessions: &mut Vec<palisade_testkit::node::TcpSession>, what: &str| {
-        for (i, s) in sessions.iter_mut().enumerate() {
-            let r = s.echo(format!("{what} {i}").as_bytes(), OK).unwrap();
-            assert!(
-                matches!(r, palisade_testkit::node::EchoOutcome::Echoed),
-                "session {i} ({}) {what}: {r:?}",
-                s.banner()
-            );
-        }
-    };
     echo_all(&mut sessions, "before");
     c.enforcer.kill9();
     echo_all(&mut sessions, "while the agent is down");
@@ -355,22 +370,14 @@ fn spread_from(
     dst: SocketAddr,
     n: usize,
 ) -> (BTreeMap<String, usize>, usize) {
-    let mut by = BTreeMap::new();
-    let mut dropped = 0;
-    for _ in 0..n {
-        match palisade_testkit::node::tcp_connect_in_netns(
+    spread_with(c, dst, n, || {
+        palisade_testkit::node::tcp_connect_in_netns(
             &outside.netns_path,
             dst,
             Duration::from_secs(1),
         )
         .unwrap()
-        {
-            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
-            TcpOutcome::TimedOut => dropped += 1,
-            other => panic!("{dst}: {other:?}\n{}", c.log()),
-        }
-    }
-    (by, dropped)
+    })
 }
 
 #[test]
@@ -428,15 +435,13 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
     }
     assert_eq!(servers[2].served(), 0, "db-0 admits no one from outside");
     // A pod reaches the node port too (translated at its own veth); db-0 admits it.
-    let mut by = BTreeMap::new();
-    for _ in 0..30 {
-        let dst = SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30080);
-        match client.tcp_connect(dst, OK).unwrap() {
-            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
-            other => panic!("client to the node port: {other:?}\n{}", c.log()),
-        }
-    }
-    assert_eq!(by.len(), 3, "the client pod reaches every backend: {by:?}");
+    let dst = SocketAddr::new(IpAddr::V4(UPLINK_NODE_V4), 30080);
+    let (by, dropped) = spread_with(&c, dst, 30, || client.tcp_connect(dst, OK).unwrap());
+    assert_eq!(
+        (by.len(), dropped),
+        (3, 0),
+        "the client pod reaches every backend: {by:?}"
+    );
     // The node port's pick has no bearing on the ports the node itself listens on: a
     // node port without backends is refused from outside at once (a reset).
     let none = palisade_testkit::node::tcp_connect_in_netns(
@@ -488,16 +493,6 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
         .collect();
     let mut sessions = sessions;
     assert_eq!(sessions.len(), 6, "{}", c.log());
-    let echo_all = |sessions: &mut Vec<palisade_testkit::node::TcpSession>, what: &str| {
-        for (i, s) in sessions.iter_mut().enumerate() {
-            let r = s.echo(format!("{what} {i}").as_bytes(), OK).unwrap();
-            assert!(
-                matches!(r, palisade_testkit::node::EchoOutcome::Echoed),
-                "session {i} ({}) {what}: {r:?}",
-                s.banner()
-            );
-        }
-    };
     echo_all(&mut sessions, "before");
     c.enforcer.kill9();
     echo_all(&mut sessions, "while the agent is down");
@@ -568,16 +563,9 @@ endpoints:
             .unwrap(),
         TcpOutcome::Connected { .. }
     ));
-    let mut by = BTreeMap::new();
-    for _ in 0..30 {
-        match client
-            .tcp_connect(SocketAddr::new("10.96.0.50".parse().unwrap(), 80), OK)
-            .unwrap()
-        {
-            TcpOutcome::Connected { banner } => *by.entry(banner).or_insert(0) += 1,
-            other => panic!("{other:?}\n{}", c.log()),
-        }
-    }
+    let dst = SocketAddr::new("10.96.0.50".parse().unwrap(), 80);
+    let (by, dropped) = spread_with(&c, dst, 30, || client.tcp_connect(dst, OK).unwrap());
+    assert_eq!(dropped, 0, "{by:?}");
     assert_eq!(
         by.keys().cloned().collect::<Vec<_>>(),
         ["shop/web-0".to_string()],
