@@ -352,3 +352,29 @@ fn to_base36(mut n: u32) -> String {
     out.reverse();
     String::from_utf8(out).unwrap()
 }
+
+/// The outside host: wired to the node's uplink, it reaches pods through the node over both
+/// families (routed, as from another machine), a second call returns the same host, and
+/// dropping the node removes its namespace and link too.
+#[test]
+fn an_outside_host_reaches_pods_through_the_uplink_and_goes_with_the_node() {
+    let Some(n) = Node::for_test("nodeout", "outside host") else {
+        return;
+    };
+    let tag = n.tag().to_string();
+    let pod = n.add_pod("default", "web", v4(50), Some(v6(0x50))).unwrap();
+    let outside = n.add_outside().unwrap();
+    assert_eq!(n.add_outside().unwrap(), outside, "one outside host per node");
+    assert_eq!(netns_with(&tag).len(), 3, "node, pod, outside");
+    let server = pod.serve_tcp(0).unwrap();
+    for dst in [
+        SocketAddr::new(IpAddr::V4(pod.ipv4), server.port()),
+        SocketAddr::new(IpAddr::V6(v6(0x50)), server.port()),
+    ] {
+        let got = node::tcp_connect_in_netns(&outside.netns_path, dst, T).unwrap();
+        assert_eq!(got.banner(), Some("default/web"), "{dst}");
+    }
+    drop(server);
+    drop(n);
+    assert_eq!(netns_with(&tag), Vec::<String>::new());
+}
