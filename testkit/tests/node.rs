@@ -364,7 +364,11 @@ fn an_outside_host_reaches_pods_through_the_uplink_and_goes_with_the_node() {
     let tag = n.tag().to_string();
     let pod = n.add_pod("default", "web", v4(50), Some(v6(0x50))).unwrap();
     let outside = n.add_outside().unwrap();
-    assert_eq!(n.add_outside().unwrap(), outside, "one outside host per node");
+    assert_eq!(
+        n.add_outside().unwrap(),
+        outside,
+        "one outside host per node"
+    );
     assert_eq!(netns_with(&tag).len(), 3, "node, pod, outside");
     let server = pod.serve_tcp(0).unwrap();
     for dst in [
