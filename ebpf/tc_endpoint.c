@@ -367,14 +367,18 @@ static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
 	if (dir == DIRECTION_EGRESS) {
 		ct_key_of(&fwd, &f.p, DIRECTION_EGRESS, f.ifindex);
 		struct ct_entry *ct = ct_lookup(&fwd, now);
-		if (!ct || ct_opener(ct) != DIRECTION_INGRESS || !ct->rev_nat_index)
+		if (!ct || ct_opener(ct) != DIRECTION_INGRESS)
+			return TCX_NEXT;
+		/* A reply of a flow the uplink opened (translated, redirected or both): the
+		 * flow is established, its entry lives the established lifetime. */
+		if (!(ct->flags & CT_F_REPLY_SEEN))
+			ct->flags |= CT_F_REPLY_SEEN;
+		ct_refresh(ct, &f.p, now);
+		if (!ct->rev_nat_index)
 			return TCX_NEXT;
 		f.service = ct->rev_nat_index;
 		f.src_identity = ct->dst_identity;
 		f.dst_identity = ct->src_identity;
-		if (!(ct->flags & CT_F_REPLY_SEEN))
-			ct->flags |= CT_F_REPLY_SEEN;
-		ct_refresh(ct, &f.p, now);
 		if (lb_reverse(skb, &f.p, f.service)) {
 			d.verdict = EVENT_VERDICT_DROPPED;
 			d.drop_reason = DROP_NO_SERVICE;

@@ -1643,6 +1643,81 @@ fn a_local_destinations_ingress_http_rules_redirect_at_the_source() {
         // a destination no local interface is routed to: unmarked.
         assert_eq!(run(&mut f, "10.0.0.2", syn(3002, 9000)), (PASS, 0));
         assert_eq!(run(&mut f, "10.0.0.3", syn(3003, 8082)), (PASS, 0));
+
+        // The same decision at the node's uplink (docs/datapath.md §13), for a flow that
+        // enters the node there: its opener is redirected and tracked, its later packets
+        // follow it, its reply leaving by the uplink makes the entry established (else an
+        // idle kept-alive connection would outlive it); a mid-stream packet of a flow the
+        // uplink never saw opening is not redirected (the destination's to_pod decides).
+        f.events();
+        let up = |f: &mut Fixture, hook, src: &str, dst: &str, l4| {
+            f.dp.test_run_marked(hook, &packet::build(ip(src), ip(dst), l4), 0)
+                .unwrap()
+        };
+        assert_eq!(
+            up(
+                &mut f,
+                Hook::FromUplink,
+                "10.0.0.1",
+                "10.0.0.2",
+                syn(3010, 8082)
+            ),
+            (PASS, abi::PROXY_MARK_LOCAL)
+        );
+        let ev = f.events();
+        assert_eq!(
+            (ev[0].verdict, ev[0].rule_id),
+            (abi::EVENT_VERDICT_REDIRECTED, 42)
+        );
+        assert_eq!(
+            up(
+                &mut f,
+                Hook::FromUplink,
+                "10.0.0.1",
+                "10.0.0.2",
+                tcp(3010, 8082, TCP_ACK)
+            ),
+            (PASS, abi::PROXY_MARK_LOCAL)
+        );
+        let entry = |f: &mut Fixture| {
+            f.dp.ct_entries()
+                .unwrap()
+                .into_iter()
+                .find(|(k, e)| {
+                    e.flags & abi::CT_F_UPLINK != 0
+                        && (k.sport_be == 3010u16.to_be() || k.dport_be == 3010u16.to_be())
+                })
+                .map(|(_, e)| e)
+                .expect("the uplink's entry")
+        };
+        let e = entry(&mut f);
+        assert_ne!(e.flags & abi::CT_F_PROXY, 0);
+        assert_eq!(e.flags & abi::CT_F_REPLY_SEEN, 0);
+        assert_eq!(
+            up(
+                &mut f,
+                Hook::ToUplink,
+                "10.0.0.2",
+                "10.0.0.1",
+                tcp(8082, 3010, TCP_SYN | TCP_ACK)
+            ),
+            (PASS, 0)
+        );
+        assert_ne!(
+            entry(&mut f).flags & abi::CT_F_REPLY_SEEN,
+            0,
+            "the reply leaving by the uplink establishes the flow"
+        );
+        assert_eq!(
+            up(
+                &mut f,
+                Hook::FromUplink,
+                "10.0.0.1",
+                "10.0.0.2",
+                tcp(3011, 8082, TCP_ACK)
+            ),
+            (PASS, 0)
+        );
     })
     .unwrap();
 }
