@@ -1779,3 +1779,21 @@ fn audit_only_redirects_pass_without_a_proxy() {
         (PASS, abi::PROXY_MARK_LOCAL)
     );
 }
+
+/// Every delete of the update plan is idempotent: deleting an endpoint, an ipcache prefix, a
+/// policy entry or a service frontend that is not there succeeds (a deregistration removes
+/// the endpoint's entry before its plan deletes it again).
+#[test]
+fn deleting_what_is_not_there_succeeds() {
+    let Some(mut f) = fixture("absent") else {
+        return;
+    };
+    f.dp.remove_endpoint(4242).unwrap();
+    f.dp.delete_ipcache(&"10.99.0.0/16".parse::<Cidr>().unwrap())
+        .unwrap();
+    f.dp.delete_policy(77, &port_key(0, abi::DIRECTION_INGRESS, 6, 1))
+        .unwrap();
+    f.dp.delete_lb_service(&abi::LbKey::new(ip("10.96.9.9"), 80, 6))
+        .unwrap();
+    f.dp.delete_lb_revnat(9).unwrap();
+}

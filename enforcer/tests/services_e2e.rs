@@ -572,3 +572,66 @@ endpoints:
         "only this node's backend: {by:?}"
     );
 }
+
+/// Session affinity with real connections, and a backend removed: every connection of the
+/// client reaches one backend; once that backend's pod is gone (deregistered), new
+/// connections never reach it, and still all reach one backend.
+#[test]
+fn session_affinity_holds_and_a_removed_backend_gets_no_new_flows() {
+    const AFFINITY: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIPs: [10.96.0.70]
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: http}]
+";
+    let Some(c) = common::traffic::start(
+        "svcaffinity",
+        BLOCK,
+        "services: session affinity and backend removal",
+        &[("shop.yaml", AFFINITY)],
+    ) else {
+        return;
+    };
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| c.pod("shop", &format!("web-{i}"), 1, 10 + i))
+        .collect();
+    for p in &pods {
+        c.enforcer
+            .register_with_ports(p, &[("app", "web")], http())
+            .unwrap();
+    }
+    let client = c.pod("shop", "client", 2, 1);
+    c.register(&client, &[("app", "client")]);
+    let _servers: Vec<_> = pods.iter().map(|p| serve_tcp(p, 8080)).collect();
+    let vip = "10.96.0.70";
+    let (by, dropped) = spread(&c, &client, vip, 20);
+    assert_eq!(
+        (by.len(), dropped),
+        (1, 0),
+        "one backend for the client: {by:?}"
+    );
+    let chosen = by.keys().next().unwrap().clone();
+    // The chosen pod leaves: its registration (and so the service's backend) is gone.
+    match c
+        .enforcer
+        .request(&palisade_api::Request::Deregister {
+            container_id: chosen.clone(),
+        })
+        .unwrap()
+    {
+        palisade_api::Response::Deregistered { existed } => assert!(existed, "{chosen}"),
+        other => panic!("{other:?}\n{}", c.log()),
+    }
+    let (by, dropped) = spread(&c, &client, vip, 20);
+    assert_eq!(dropped, 0, "{by:?}\n{}", c.log());
+    assert!(!by.contains_key(&chosen), "{chosen} is gone: {by:?}");
+    assert_eq!(by.len(), 1, "still one backend for the client: {by:?}");
+}

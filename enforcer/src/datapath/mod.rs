@@ -599,10 +599,7 @@ impl Datapath {
         let name = map_name::ENDPOINTS;
         let mut m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        match m.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err(name)(source)),
-        }
+        deleted(m.remove(&ifindex)).map_err(map_err(name))
     }
 
     // ---- services (docs/services.md) ---------------------------------------------------
@@ -635,10 +632,7 @@ impl Datapath {
                 .map_err(map_err(name))?
                 .remove(k),
         };
-        match r {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err(name)(source)),
-        }
+        deleted(r).map_err(map_err(name))
     }
 
     fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
@@ -746,10 +740,7 @@ impl Datapath {
 
     pub fn delete_policy(&mut self, slot: u32, key: &EntryKey) -> Result<()> {
         let k = Self::policy_lpm_key(slot, key);
-        match self.policy_map()?.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err(map_name::POLICY)(source)),
-        }
+        deleted(self.policy_map()?.remove(&k)).map_err(map_err(map_name::POLICY))
     }
 
     /// Every policy entry in the map, as (slot, key bytes after prefixlen, prefixlen, value).
@@ -795,10 +786,8 @@ impl Datapath {
 
     pub fn delete_ipcache(&mut self, cidr: &Cidr) -> Result<()> {
         let (len, data) = cidr.ipcache_key();
-        match self.ipcache_map()?.remove(&LpmKey::new(len, data)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err(map_name::IPCACHE)(source)),
-        }
+        deleted(self.ipcache_map()?.remove(&LpmKey::new(len, data)))
+            .map_err(map_err(map_name::IPCACHE))
     }
 
     /// Every ipcache entry, as (cidr, identity).
@@ -1085,6 +1074,21 @@ fn lb_backend_key_bytes(k: &abi::LbBackendKey) -> LbBackendKeyBytes {
     b[..4].copy_from_slice(&k.id.to_ne_bytes());
     b[4..].copy_from_slice(&k.index.to_ne_bytes());
     b
+}
+
+/// A delete of a key that is not there is done (every delete of the update plan is
+/// idempotent): aya 0.14 reports `bpf_map_delete_elem`'s ENOENT as a syscall error, not as
+/// `MapError::KeyNotFound`, so both are accepted here.
+fn deleted(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> DatapathError + use<> {
