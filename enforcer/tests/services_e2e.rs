@@ -115,6 +115,31 @@ fn echo_all(sessions: &mut [palisade_testkit::node::TcpSession], what: &str) {
     }
 }
 
+/// web-0 and web-1 (`tier: front`) and db-0 (`tier: data`), each `app: web` with its
+/// `http` port 8080, and the client pod (`app: client`), all registered.
+fn shop_pods(c: &Cluster) -> (Pod, Pod, Pod, Pod) {
+    let web0 = c.pod("shop", "web-0", 1, 10);
+    let web1 = c.pod("shop", "web-1", 1, 11);
+    let db0 = c.pod("shop", "db-0", 1, 99);
+    let client = c.pod("shop", "client", 2, 1);
+    for (p, tier) in [(&web0, "front"), (&web1, "front"), (&db0, "data")] {
+        c.enforcer
+            .register_with_ports(p, &[("app", "web"), ("tier", tier)], http())
+            .unwrap();
+    }
+    c.register(&client, &[("app", "client")]);
+    (web0, web1, db0, client)
+}
+
+/// The agent's last "datapath ready" line.
+fn last_ready(c: &Cluster) -> String {
+    c.log()
+        .lines()
+        .rfind(|l| l.contains("datapath ready"))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn service_lines(c: &Cluster) -> Vec<Value> {
     c.enforcer
         .verdicts()
@@ -133,16 +158,7 @@ fn a_cluster_ip_reaches_the_allowed_backends_and_never_a_denied_one() {
     ) else {
         return;
     };
-    let web0 = c.pod("shop", "web-0", 1, 10);
-    let web1 = c.pod("shop", "web-1", 1, 11);
-    let db0 = c.pod("shop", "db-0", 1, 99);
-    let client = c.pod("shop", "client", 2, 1);
-    for (p, tier) in [(&web0, "front"), (&web1, "front"), (&db0, "data")] {
-        c.enforcer
-            .register_with_ports(p, &[("app", "web"), ("tier", tier)], http())
-            .unwrap();
-    }
-    c.register(&client, &[("app", "client")]);
+    let (web0, web1, db0, client) = shop_pods(&c);
     let servers = [&web0, &web1, &db0].map(|p| serve_tcp(p, 8080));
 
     for vip in [VIP4, VIP6] {
@@ -392,23 +408,9 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
     ) else {
         return;
     };
-    let web0 = c.pod("shop", "web-0", 1, 10);
-    let web1 = c.pod("shop", "web-1", 1, 11);
-    let db0 = c.pod("shop", "db-0", 1, 99);
-    let client = c.pod("shop", "client", 2, 1);
-    for (p, tier) in [(&web0, "front"), (&web1, "front"), (&db0, "data")] {
-        c.enforcer
-            .register_with_ports(p, &[("app", "web"), ("tier", tier)], http())
-            .unwrap();
-    }
-    c.register(&client, &[("app", "client")]);
+    let (web0, web1, db0, client) = shop_pods(&c);
     let servers = [&web0, &web1, &db0].map(|p| serve_tcp(p, 8080));
-    let ready = c
-        .log()
-        .lines()
-        .rfind(|l| l.contains("datapath ready"))
-        .unwrap_or_default()
-        .to_string();
+    let ready = last_ready(&c);
     assert!(
         ready.contains("uplinks=\"uplink0(ifindex"),
         "the uplink is attached: {ready}"
@@ -498,11 +500,7 @@ fn node_ports_and_external_ips_are_translated_on_the_uplink_and_policed_at_the_b
     echo_all(&mut sessions, "while the agent is down");
     c.enforcer.spawn().expect("the agent restarts");
     echo_all(&mut sessions, "after the restart");
-    let log = c.log();
-    let ready = log
-        .lines()
-        .rfind(|l| l.contains("datapath ready"))
-        .unwrap_or_default();
+    let ready = last_ready(&c);
     assert!(
         ready.contains("maps.service_writes=0") && ready.contains("uplinks=\"uplink0(ifindex"),
         "the restart adopts the uplink and its maps: {ready}"
