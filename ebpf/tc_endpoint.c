@@ -325,14 +325,151 @@ drop:
 	return TCX_DROP;
 }
 
+/* The decision programs, by direction (palisade_abi.h, TAIL_SLOTS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, TAIL_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_tail SEC(".maps");
+
+/* Not a tc action (TCX_NEXT is -1, TCX_PASS 0, TCX_DROP 2, TCX_REDIRECT 7). */
+#define FAST_DEFER 100
+
+/* The fast path (docs/datapath.md §3.1): a packet of a flow tracked at this endpoint under
+ * its current policy revision, that neither opens nor closes anything, needs its entry and
+ * nothing else: steps 1, 2, 4 and 5 of handle() with the same outcome, in a program small
+ * enough to stay in the instruction cache. Returns FAST_DEFER for every other packet, having
+ * changed nothing: handle() (the decision program) then takes it from the start. A packet
+ * from_pod sends to a frontend on a flow already translated and established for it is
+ * translated here (step 3b's kept backend). Deferred: anything that does not parse as a
+ * whole tracked packet (not IP, ND/MLD, malformed, fragments, ICMP errors), TCP FIN or RST
+ * (they close the entry and report it), a missing or unready endpoint, no entry (new flows,
+ * a frontend's new flows or flows whose backend left), an entry of an older revision
+ * (re-check), hairpin flows and their marked replies, and a packet from_pod sends to a pod
+ * address on an entry made through a service, or the reverse (handle() re-labels it). */
+static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow_ctx f = {};
+	struct ct_key k = {};
+
+	if (parse(skb, &f.p) != PARSE_OK || !f.p.trackable || f.p.frag != FRAG_NONE ||
+	    f.p.icmp_error)
+		return FAST_DEFER;
+	if (f.p.protocol == IPPROTO_TCP && (f.p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return FAST_DEFER;
+	if (dir == DIRECTION_INGRESS && (skb->mark & PROXY_MARK_MASK) == LB_MARK_HAIRPIN)
+		return FAST_DEFER;
+	f.dir = dir;
+	f.ifindex = skb->ifindex;
+	struct endpoint_info *ep = endpoint_lookup(f.ifindex);
+	if (!ep)
+		return FAST_DEFER;
+	ct_key_of(&k, &f.p, dir, f.ifindex);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct ct_entry *ct = ct_lookup(&k, now);
+	struct lb_flow to = {};
+	__u16 service = 0;
+	if (!ct && dir == DIRECTION_EGRESS) {
+		/* 3b for a flow already translated: the frontend, the backend its flow was
+		 * given (still the frontend's at that index, not the pod itself) and the entry
+		 * of the translated tuple, established here for this frontend; only then is the
+		 * packet rewritten (lib/lb.h). */
+		struct lb_service s = {};
+		if (!lb_frontend(&f.p, &s) || !s.backends || !lb_flow_backend(&k, &s, &to) ||
+		    lb_addr_eq(to.addr, f.p.saddr))
+			return FAST_DEFER;
+		ct_key_tuple(&k, f.p.saddr, to.addr, f.p.sport, to.port, f.p.protocol,
+			     f.p.family, dir, f.ifindex);
+		ct = ct_lookup(&k, now);
+		if (!ct || ct_opener(ct) != dir || ct->rev_nat_index != s.id)
+			return FAST_DEFER;
+		service = s.id;
+	}
+	if (!ct || ct->revision != ep->revision || (ct->flags & CT_F_HAIRPIN))
+		return FAST_DEFER;
+	if (ct_opener(ct) == dir) {
+		/* 4. */
+		if (dir == DIRECTION_EGRESS && ct->rev_nat_index != service)
+			return FAST_DEFER;
+		if (service && lb_rewrite(skb, &f.p, 1, to.addr, to.port)) {
+			/* As handle() reports a failed rewrite (nothing was deferred). */
+			struct decision d = {};
+			f.revision = ep->revision;
+			f.service = service;
+			f.src_identity = ct->src_identity;
+			f.dst_identity = ct->dst_identity;
+			d.verdict = EVENT_VERDICT_DROPPED;
+			d.drop_reason = DROP_INVALID_PACKET;
+			count(dir, d.drop_reason, f.p.len);
+			if (drop_is_new(&k))
+				emit(&f, &d, EVENT_KIND_NEW_FLOW);
+			return TCX_DROP;
+		}
+		ct_refresh(ct, &f.p, now);
+		if (ct->flags & CT_F_PROXY)
+			mark_local(skb);
+		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
+		return TCX_NEXT;
+	}
+	/* 5. */
+	if (!(ct->flags & CT_F_REPLY_SEEN))
+		ct->flags |= CT_F_REPLY_SEEN;
+	ct_refresh(ct, &f.p, now);
+	if (ct->flags & CT_F_PROXY_UPSTREAM)
+		mark_local(skb);
+	f.service = ct->rev_nat_index;
+	if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
+		struct decision d = {};
+		f.revision = ep->revision;
+		f.src_identity = ct->dst_identity;
+		f.dst_identity = ct->src_identity;
+		d.verdict = EVENT_VERDICT_DROPPED;
+		d.drop_reason = DROP_NO_SERVICE;
+		count(dir, d.drop_reason, f.p.len);
+		if (drop_is_new(&k))
+			emit(&f, &d, EVENT_KIND_NEW_FLOW);
+		return TCX_DROP;
+	}
+	count(dir, COUNTER_CT_REPLY, f.p.len);
+	return TCX_NEXT;
+}
+
+/* Entry of a hook: the fast path, else the decision program of the direction. A missing
+ * decision program drops (fail closed); the loader fills pal_tail before attaching. */
+static __always_inline int entry(struct __sk_buff *skb, __u8 dir)
+{
+	int r = fast(skb, dir);
+
+	if (r != FAST_DEFER)
+		return r;
+	bpf_tail_call(skb, &pal_tail, dir);
+	count(dir, DROP_MISSED_TAIL_CALL, skb->len);
+	return TCX_DROP;
+}
+
 SEC("classifier/ingress")
 int from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIRECTION_EGRESS);
+	return entry(skb, DIRECTION_EGRESS);
 }
 
 SEC("classifier/egress")
 int to_pod(struct __sk_buff *skb)
+{
+	return entry(skb, DIRECTION_INGRESS);
+}
+
+/* The whole decision (handle()), tail-called by from_pod and to_pod. */
+SEC("classifier/ingress_decide")
+int from_pod_decide(struct __sk_buff *skb)
+{
+	return handle(skb, DIRECTION_EGRESS);
+}
+
+SEC("classifier/egress_decide")
+int to_pod_decide(struct __sk_buff *skb)
 {
 	return handle(skb, DIRECTION_INGRESS);
 }

@@ -93,6 +93,7 @@
 #define DROP_INVALID_SOURCE_IP    132 /* INVALID_SOURCE_IP: a pod sent from an address that is not its own */
 #define DROP_POLICY_DENIED        133 /* POLICY_DENIED: default deny, no rule allows */
 #define DROP_INVALID_PACKET       134 /* INVALID_PACKET_DROPPED: truncated or malformed L3/L4 header */
+#define DROP_MISSED_TAIL_CALL     140 /* MISSED_TAIL_CALL: the decision program is not in pal_tail (fail closed) */
 #define DROP_UNKNOWN_L4           142 /* UNKNOWN_L4_PROTOCOL (reserved, not emitted) */
 #define DROP_CT_INSERT_FAILED     155 /* CT_MAP_INSERTION_FAILED */
 #define DROP_FRAG_NOT_SUPPORTED   157 /* IP_FRAGMENTATION_NOT_SUPPORTED: a fragment that cannot be decided */
@@ -250,6 +251,14 @@ struct proxy_state {
 	__be16 port;  /* the proxy's listener port (informational) */
 	__u16 pad;
 };
+
+/* ---- the decision programs (docs/datapath.md §3.1) -------------------------------
+ * from_pod and to_pod take the packets of tracked flows that need nothing but their entry
+ * (the fast path) and tail-call the whole decision for every other packet:
+ *   pal_tail  prog array  __u32 slot (= DIRECTION_*) -> from_pod_decide / to_pod_decide
+ * The loader fills both slots before anything is attached; an empty slot drops
+ * (DROP_MISSED_TAIL_CALL), it never passes. */
+#define TAIL_SLOTS 2
 
 /* ---- services (docs/services.md) ---------------------------------------------------
  * A frontend (an address, port and protocol clients connect to: a cluster IP, external IP
@@ -454,6 +463,7 @@ _Static_assert(PAL_CODE_FITS(DROP_INVALID_SOURCE_IP), "drop code aliases a count
 _Static_assert(PAL_CODE_FITS(DROP_POLICY_DENIED), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_INVALID_PACKET), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_UNKNOWN_L4), "drop code aliases a counter slot");
+_Static_assert(PAL_CODE_FITS(DROP_MISSED_TAIL_CALL), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_CT_INSERT_FAILED), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_FRAG_NOT_SUPPORTED), "drop code aliases a counter slot");
 _Static_assert(PAL_CODE_FITS(DROP_NO_SERVICE), "drop code aliases a counter slot");

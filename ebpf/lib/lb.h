@@ -104,23 +104,50 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, int 
  * while the frontend keeps that backend at that index; otherwise the flow is given a live
  * one (a TCP peer then resets it). Returns LB_NONE, LB_TRANSLATED (with *id the frontend),
  * or an error: LB_NO_BACKEND (the frontend has none) or LB_REWRITE_FAILED. */
-static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u32 ifindex,
-					__u32 *id)
+/* The frontend a packet is addressed to (pal_lb_svc), copied to *s: 1, or 0 when its
+ * destination is no frontend. */
+static __always_inline int lb_frontend(const struct pkt *p, struct lb_service *s)
 {
 	struct lb_key key = {};
-	struct ct_key fkey = {};
 
 	if (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP &&
 	    p->protocol != IPPROTO_SCTP)
-		return LB_NONE;
+		return 0;
 	__builtin_memcpy(key.addr, p->daddr, 16);
 	key.port = p->dport;
 	key.protocol = p->protocol;
 	key.family = p->family;
 	struct lb_service *svc = bpf_map_lookup_elem(&pal_lb_svc, &key);
 	if (!svc)
+		return 0;
+	*s = *svc;
+	return 1;
+}
+
+/* The backend the flow under `fkey` (the tuple as the pod sent it, at from_pod) was given
+ * at frontend `s`, while the frontend still has that backend at that index: 1 with *to, else
+ * 0 (a new flow, or one whose backend left). */
+static __always_inline int lb_flow_backend(const struct ct_key *fkey, const struct lb_service *s,
+					   struct lb_flow *to)
+{
+	struct lb_flow *fl = bpf_map_lookup_elem(&pal_lb_flows, fkey);
+
+	if (!fl || fl->id != s->id)
+		return 0;
+	*to = *fl;
+	struct lb_backend_key bkey = { .id = s->id, .index = to->index };
+	struct lb_backend *b = bpf_map_lookup_elem(&pal_lb_backends, &bkey);
+	return b && b->port == to->port && __builtin_memcmp(b->addr, to->addr, 16) == 0;
+}
+
+static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u32 ifindex,
+					__u32 *id)
+{
+	struct lb_service s = {};
+	struct ct_key fkey = {};
+
+	if (!lb_frontend(p, &s))
 		return LB_NONE;
-	struct lb_service s = *svc;
 	*id = s.id;
 	if (s.backends == 0 || s.table_size == 0 || s.table_size > LB_MAGLEV_MAX)
 		return LB_NO_BACKEND;
@@ -128,14 +155,8 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __
 	ct_key_of(&fkey, p, DIRECTION_EGRESS, ifindex);
 	struct lb_backend_key bkey = { .id = s.id };
 	struct lb_flow to = {};
-	struct lb_flow *fl = bpf_map_lookup_elem(&pal_lb_flows, &fkey);
-	if (fl && fl->id == s.id) {
-		to = *fl;
-		bkey.index = to.index;
-		struct lb_backend *b = bpf_map_lookup_elem(&pal_lb_backends, &bkey);
-		if (!b || b->port != to.port || __builtin_memcmp(b->addr, to.addr, 16) != 0)
-			to.id = 0; /* its backend left */
-	}
+	if (!lb_flow_backend(&fkey, &s, &to))
+		to.id = 0;
 	/* Session affinity: the client's backend at this frontend, while its timeout runs and
 	 * the frontend still has it (pal_lb_affinity). */
 	struct lb_affinity_key akey = { .id = s.id };

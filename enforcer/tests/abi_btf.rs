@@ -183,6 +183,11 @@ fn loader_specs_are_the_objects() {
         vec![
             ("from_pod".to_string(), Attach::Tc(Hook::FromPod)),
             ("to_pod".to_string(), Attach::Tc(Hook::ToPod)),
+            (
+                "from_pod_decide".to_string(),
+                Attach::Decision(Hook::FromPod)
+            ),
+            ("to_pod_decide".to_string(), Attach::Decision(Hook::ToPod)),
             ("from_uplink".to_string(), Attach::Tc(Hook::FromUplink)),
             ("to_uplink".to_string(), Attach::Tc(Hook::ToUplink)),
             ("proxy_lookup".to_string(), Attach::ProxyLookup),

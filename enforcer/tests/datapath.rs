@@ -276,6 +276,67 @@ fn allowed_syn_is_tracked_reported_and_counted() {
     assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY), 1);
 }
 
+/// Fail closed (docs/datapath.md §3.1): a pod hook whose decision program is missing from
+/// `pal_tail` drops every packet its fast path does not finish, counted as
+/// DROP_MISSED_TAIL_CALL, never passes it; the flows it can finish (established, same
+/// revision) keep passing, and the other direction's slot is untouched.
+#[test]
+fn a_missing_decision_program_drops_what_the_fast_path_does_not_finish() {
+    let Some(mut f) = fixture("tail") else {
+        return;
+    };
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40000, 80)),
+        PASS
+    );
+    let data = aya::maps::MapData::from_pin(f.dp.pin_dir().join(abi::map_name::TAIL)).unwrap();
+    let mut tail = aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(data)).unwrap();
+    tail.clear_index(&u32::from(abi::DIRECTION_INGRESS))
+        .unwrap();
+
+    // A new flow needs the decision: dropped and counted, not passed.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40001, 80)),
+        DROP
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::DROP_MISSED_TAIL_CALL),
+        1
+    );
+    // The tracked flow's next packet is finished by the fast path.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(40000, 80, TCP_ACK)),
+        PASS
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED),
+        1
+    );
+    // Its FIN closes the entry and reports it: that is the decision program's, so dropped.
+    assert_eq!(
+        f.run(
+            Hook::ToPod,
+            "10.0.0.2",
+            "10.0.0.1",
+            tcp(40000, 80, TCP_ACK | TCP_FIN)
+        ),
+        DROP
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::DROP_MISSED_TAIL_CALL),
+        2
+    );
+    // from_pod's slot is in place: its new flows are decided as before.
+    assert_eq!(
+        f.run(Hook::FromPod, "10.0.0.1", "10.0.0.2", syn(41000, 9999)),
+        PASS
+    );
+    assert_eq!(
+        f.counter(abi::DIRECTION_EGRESS, abi::DROP_MISSED_TAIL_CALL),
+        0
+    );
+}
+
 #[test]
 fn default_deny_drops_with_reason_and_one_event_per_repeat_window() {
     let Some(mut f) = fixture("deny") else { return };
@@ -905,11 +966,11 @@ fn verifier_instruction_counts_stay_within_the_recorded_margin() {
     for (name, insns, xlated) in &stats {
         eprintln!("{name}: {insns} verified instructions, {xlated} bytes translated");
     }
-    assert_eq!(stats.len(), 5);
+    assert_eq!(stats.len(), 7);
     assert_eq!(
         recorded.len(),
-        5,
-        "{recorded_path:?} lists the five programs"
+        7,
+        "{recorded_path:?} lists the seven programs"
     );
     for (name, insns, xlated) in stats {
         assert!(insns > 100 && xlated > 0, "{name}");

@@ -65,6 +65,8 @@ pub const DIRECTION_EGRESS: u8 = 1;
 pub const DROP_INVALID_SOURCE_IP: u32 = 132;
 pub const DROP_POLICY_DENIED: u32 = 133;
 pub const DROP_INVALID_PACKET: u32 = 134;
+/// A pod hook's program found no decision program in `pal_tail` (fail closed).
+pub const DROP_MISSED_TAIL_CALL: u32 = 140;
 pub const DROP_UNKNOWN_L4: u32 = 142;
 pub const DROP_CT_INSERT_FAILED: u32 = 155;
 pub const DROP_FRAG_NOT_SUPPORTED: u32 = 157;
@@ -82,6 +84,7 @@ pub const DROP_REASONS: &[(u32, &str)] = &[
     (DROP_INVALID_SOURCE_IP, "INVALID_SOURCE_IP"),
     (DROP_POLICY_DENIED, "POLICY_DENIED"),
     (DROP_INVALID_PACKET, "INVALID_PACKET_DROPPED"),
+    (DROP_MISSED_TAIL_CALL, "MISSED_TAIL_CALL"),
     (DROP_UNKNOWN_L4, "UNKNOWN_L4_PROTOCOL"),
     (DROP_CT_INSERT_FAILED, "CT_MAP_INSERTION_FAILED"),
     (DROP_FRAG_NOT_SUPPORTED, "IP_FRAGMENTATION_NOT_SUPPORTED"),
@@ -156,6 +159,9 @@ pub const EVENT_DROP_REPEAT_NS: u64 = 1_000_000_000;
 
 pub const COUNTER_DIR_STRIDE: u32 = 256;
 pub const COUNTER_MAX: u32 = 512;
+
+/// Slots of `pal_tail` (one decision program per policy direction, slot = `DIRECTION_*`).
+pub const TAIL_SLOTS: u32 = 2;
 pub const COUNTER_FORWARDED: u32 = 1;
 pub const COUNTER_REDIRECTED: u32 = 2;
 pub const COUNTER_AUDIT: u32 = 3;
@@ -899,6 +905,7 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
+    pub const PROG_ARRAY: u32 = 3;
     pub const SOCKMAP: u32 = 15;
     pub const RINGBUF: u32 = 27;
 }
@@ -915,6 +922,7 @@ pub mod map_name {
     pub const COUNTERS: &str = "pal_counters";
     pub const PROXY: &str = "pal_proxy";
     pub const PROXY_SOCKS: &str = "pal_proxy_socks";
+    pub const TAIL: &str = "pal_tail";
     pub const LB_SVC: &str = "pal_lb_svc";
     pub const LB_MAGLEV: &str = "pal_lb_maglev";
     pub const LB_BACKENDS: &str = "pal_lb_backends";
@@ -1021,6 +1029,13 @@ pub const MAPS: &[MapAbi] = &[
         key: Some(("__u32", size_of::<u32>())),
         value: Some(("__u32", size_of::<u32>())),
         pinned: false,
+    },
+    MapAbi {
+        name: map_name::TAIL,
+        map_type: map_type::PROG_ARRAY,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("__u32", size_of::<u32>())),
+        pinned: true,
     },
     MapAbi {
         name: map_name::LB_SVC,

@@ -162,6 +162,8 @@ fn rust_consts() -> BTreeMap<&'static str, i64> {
         ("LB_MARK_HAIRPIN", abi::LB_MARK_HAIRPIN as i64),
         ("CT_F_HAIRPIN", abi::CT_F_HAIRPIN as i64),
         ("CT_F_UPLINK", abi::CT_F_UPLINK as i64),
+        ("DROP_MISSED_TAIL_CALL", abi::DROP_MISSED_TAIL_CALL as i64),
+        ("TAIL_SLOTS", abi::TAIL_SLOTS as i64),
     ])
 }
 
@@ -205,6 +207,7 @@ fn drop_codes_and_names_are_hubbles() {
         (132, "INVALID_SOURCE_IP"),
         (133, "POLICY_DENIED"),
         (134, "INVALID_PACKET_DROPPED"),
+        (140, "MISSED_TAIL_CALL"),
         (142, "UNKNOWN_L4_PROTOCOL"),
         (155, "CT_MAP_INSERTION_FAILED"),
         (157, "IP_FRAGMENTATION_NOT_SUPPORTED"),

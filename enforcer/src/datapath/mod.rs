@@ -222,6 +222,7 @@ impl Datapath {
             let name = dp.program_name(hook)?;
             dp.classifier(&name)?.load().map_err(prog_err(&name))?;
         }
+        dp.load_decisions()?;
         let name = dp.proxy_lookup_name()?;
         dp.sk_lookup(&name)?.load().map_err(prog_err(&name))?;
         // A proxy of an earlier run is gone with its process: until this run's proxy has
@@ -379,6 +380,43 @@ impl Datapath {
             .ok_or_else(|| DatapathError::Object {
                 detail: format!("no program for hook {hook:?}"),
             })
+    }
+
+    /// Loads the decision programs and puts them in `pal_tail`, where the pod hooks'
+    /// programs tail-call them (slot = the hook's policy direction). Done before any link
+    /// is made or adopted: an empty slot drops every packet the fast path does not finish
+    /// (`DROP_MISSED_TAIL_CALL`). The map is pinned, so programs of an earlier run of this
+    /// ABI that are still attached call this run's decisions from here on (same maps, same
+    /// layouts).
+    fn load_decisions(&mut self) -> Result<()> {
+        let mut fds = Vec::new();
+        for hook in Hook::ENDPOINT {
+            let name = self
+                .programs
+                .iter()
+                .find(|p| p.attach == Attach::Decision(hook))
+                .map(|p| p.name.clone())
+                .ok_or_else(|| DatapathError::Object {
+                    detail: format!("no decision program for hook {hook:?}"),
+                })?;
+            let prog = self.classifier(&name)?;
+            prog.load().map_err(prog_err(&name))?;
+            let fd = prog
+                .fd()
+                .map_err(prog_err(&name))?
+                .try_clone()
+                .map_err(|e| DatapathError::Object {
+                    detail: format!("program {name}: {e}"),
+                })?;
+            fds.push((u32::from(hook_direction(hook)), fd));
+        }
+        let name = map_name::TAIL;
+        let mut tail: aya::maps::ProgramArray<_> =
+            aya::maps::ProgramArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for (slot, fd) in &fds {
+            tail.set(*slot, fd, 0).map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     /// The object's `sk_lookup` program.
@@ -1053,7 +1091,9 @@ impl Datapath {
         for spec in programs {
             let name = spec.name;
             let info = match spec.attach {
-                Attach::Tc(_) => self.classifier(&name).ok().map(|p| p.info()),
+                Attach::Tc(_) | Attach::Decision(_) => {
+                    self.classifier(&name).ok().map(|p| p.info())
+                }
                 Attach::ProxyLookup => self.sk_lookup(&name).ok().map(|p| p.info()),
             };
             if let Some(Ok(info)) = info {
@@ -1088,6 +1128,15 @@ fn deleted(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapE
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The policy direction a pod hook decides (`DIRECTION_*`), which is also its slot in
+/// `pal_tail`.
+fn hook_direction(hook: Hook) -> u8 {
+    match hook {
+        Hook::FromPod | Hook::FromUplink => abi::DIRECTION_EGRESS,
+        Hook::ToPod | Hook::ToUplink => abi::DIRECTION_INGRESS,
     }
 }
 

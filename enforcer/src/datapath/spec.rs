@@ -36,6 +36,10 @@ pub enum Attach {
     Tc(Hook),
     /// The `sk_lookup` hook of the node's network namespace (the L7 proxy's listener).
     ProxyLookup,
+    /// Not attached: the whole decision of a pod hook, tail-called by that hook's program
+    /// through `pal_tail` (slot = the hook's policy direction) for every packet its fast
+    /// path does not finish.
+    Decision(Hook),
 }
 
 /// One program of the object and the hook its section names.
@@ -48,10 +52,13 @@ pub struct ProgramSpec {
 /// The section of a program attached at each hook: `SEC("classifier/ingress")` is the tc
 /// ingress of the host veth (packets from the pod), `classifier/egress` its tc egress,
 /// `classifier/uplink_ingress` and `classifier/uplink_egress` the tc ingress and egress of the
-/// node's uplink, `sk_lookup` the node namespace's socket lookup.
-const SECTIONS: [(&str, Attach); 5] = [
+/// node's uplink, `sk_lookup` the node namespace's socket lookup; `classifier/ingress_decide`
+/// and `classifier/egress_decide` are the decision programs the two pod hooks tail-call.
+const SECTIONS: [(&str, Attach); 7] = [
     ("classifier/ingress", Attach::Tc(Hook::FromPod)),
     ("classifier/egress", Attach::Tc(Hook::ToPod)),
+    ("classifier/ingress_decide", Attach::Decision(Hook::FromPod)),
+    ("classifier/egress_decide", Attach::Decision(Hook::ToPod)),
     ("classifier/uplink_ingress", Attach::Tc(Hook::FromUplink)),
     ("classifier/uplink_egress", Attach::Tc(Hook::ToUplink)),
     ("sk_lookup", Attach::ProxyLookup),
