@@ -86,7 +86,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	ct_key_of(&fwd, &f.p, dir, f.ifindex);
 
-	/* 2. */
+	/* 2. The generation first (lib/endpoint.h): the endpoint read next is at least as new. */
+	__u32 gen = endpoint_generation();
 	d.verdict = EVENT_VERDICT_DROPPED;
 	struct endpoint_info *epp = endpoint_lookup(f.ifindex);
 	if (!epp) {
@@ -182,6 +183,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			kind = EVENT_KIND_REVOKED;
 			goto drop;
 		}
+		/* Ready and current under this generation: the fast path may take it. */
+		if (ct->ep_gen != gen)
+			ct->ep_gen = gen;
 		if (ct_refresh(ct, &f.p, now)) {
 			d = ct_closed(ct);
 			emit(&f, &d, EVENT_KIND_CT_CLOSE);
@@ -205,6 +209,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			kind = EVENT_KIND_REVOKED;
 			goto drop;
 		}
+		if (ct->ep_gen != gen)
+			ct->ep_gen = gen;
 		if (!(ct->flags & CT_F_REPLY_SEEN))
 			ct->flags |= CT_F_REPLY_SEEN;
 		if (ct_refresh(ct, &f.p, now)) {
@@ -296,7 +302,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			 : 0) |
 			ct_hairpin;
 	if (ct_should_track(&f.p) && ct_create(&fwd, &f.p, dir, &d, ep.revision, f.src_identity,
-					      f.dst_identity, now, ct_flags, f.service)) {
+					      f.dst_identity, now, ct_flags, f.service, gen)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;
@@ -337,17 +343,18 @@ struct {
 /* Not a tc action (TCX_NEXT is -1, TCX_PASS 0, TCX_DROP 2, TCX_REDIRECT 7). */
 #define FAST_DEFER 100
 
-/* The fast path (docs/datapath.md §3.1): a packet of a flow tracked at this endpoint under
- * its current policy revision, that neither opens nor closes anything, needs its entry and
+/* The fast path (docs/datapath.md §3.1): a packet of a flow tracked at this endpoint that a
+ * decision program validated under the current endpoint generation (pal_ep_gen: the
+ * endpoint ready, the entry of its current revision), that neither opens nor closes anything, needs its entry and
  * nothing else: steps 1, 2, 4 and 5 of handle() with the same outcome, in a program small
  * enough to stay in the instruction cache. Returns FAST_DEFER for every other packet, having
  * changed nothing: handle() (the decision program) then takes it from the start. A packet
  * from_pod sends to a frontend on a flow already translated and established for it is
  * translated here (step 3b's kept backend). Deferred: anything that does not parse as a
  * whole tracked packet (not IP, ND/MLD, malformed, fragments, ICMP errors), TCP FIN or RST
- * (they close the entry and report it), a missing or unready endpoint, no entry (new flows,
- * a frontend's new flows or flows whose backend left), an entry of an older revision
- * (re-check), hairpin flows and their marked replies, and a packet from_pod sends to a pod
+ * (they close the entry and report it), no entry (new flows, a frontend's new flows or
+ * flows whose backend left), an entry not validated under the current generation (any
+ * endpoint written since: a missing or unready endpoint, a revision re-check), hairpin flows and their marked replies, and a packet from_pod sends to a pod
  * address on an entry made through a service, or the reverse (handle() re-labels it). */
 static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 {
@@ -363,8 +370,9 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 		return FAST_DEFER;
 	f.dir = dir;
 	f.ifindex = skb->ifindex;
-	struct endpoint_info *ep = endpoint_lookup(f.ifindex);
-	if (!ep)
+	/* No endpoint lookup: the entry's generation stands for it (lib/endpoint.h). */
+	__u32 gen = endpoint_generation();
+	if (!gen)
 		return FAST_DEFER;
 	ct_key_of(&k, &f.p, dir, f.ifindex);
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -387,7 +395,7 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 			return FAST_DEFER;
 		service = s.id;
 	}
-	if (!ct || ct->revision != ep->revision || (ct->flags & CT_F_HAIRPIN))
+	if (!ct || ct->ep_gen != gen || (ct->flags & CT_F_HAIRPIN))
 		return FAST_DEFER;
 	if (ct_opener(ct) == dir) {
 		/* 4. */
@@ -396,7 +404,7 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 		if (service && lb_rewrite(skb, &f.p, 1, to.addr, to.port)) {
 			/* As handle() reports a failed rewrite (nothing was deferred). */
 			struct decision d = {};
-			f.revision = ep->revision;
+			f.revision = ct->revision;
 			f.service = service;
 			f.src_identity = ct->src_identity;
 			f.dst_identity = ct->dst_identity;
@@ -422,7 +430,7 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	f.service = ct->rev_nat_index;
 	if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
 		struct decision d = {};
-		f.revision = ep->revision;
+		f.revision = ct->revision;
 		f.src_identity = ct->dst_identity;
 		f.dst_identity = ct->src_identity;
 		d.verdict = EVENT_VERDICT_DROPPED;
@@ -576,7 +584,7 @@ static __always_inline int uplink(struct __sk_buff *skb, __u8 dir)
 	/* A translation (or redirect) that cannot be tracked would leave its replies
 	 * untranslated (or its packets undelivered): the flow is refused now, and said. */
 	if (ct_create(&fwd, &f.p, DIRECTION_INGRESS, &d, 0, f.src_identity, f.dst_identity,
-		      now, CT_F_UPLINK, f.service)) {
+		      now, CT_F_UPLINK, f.service, 0)) {
 		d.verdict = EVENT_VERDICT_DROPPED;
 		d.drop_reason = DROP_CT_INSERT_FAILED;
 		goto drop;

@@ -170,6 +170,14 @@ struct endpoint_info {
 	__u8 ipv6[16];     /* network order (ENDPOINT_F_IPV6) */
 };
 
+/* The endpoint generation: "pal_ep_gen", an array of one __u32, pinned. The enforcer adds
+ * one after every write or delete of a pal_endpoints entry (and at every load; never 0).
+ * A conntrack entry records the generation under which a decision program last found its
+ * endpoint ready and its revision current (ct_entry.ep_gen); the fast path takes a packet
+ * only while that is still the generation, so it needs no endpoint lookup, and any
+ * endpoint change on the node sends each flow's next packet through the decision program
+ * once (docs/datapath.md §3.1). */
+
 /* ---- conntrack: LRU hash, one entry per (flow, endpoint) --------------------------
  * Keyed by the flow's canonical tuple: the (address, port) side that is lower (addresses
  * compared as bytes, then ports in network order) is the key's source, the other its
@@ -224,7 +232,7 @@ struct ct_entry {
 	__u16 rev_nat_index; /* v2, service reverse-NAT index; 0 = not translated */
 	__u16 pad;
 	__u32 service_id;  /* v2, the service the flow was load-balanced for; 0 = none */
-	__u32 pad2;
+	__u32 ep_gen;      /* pal_ep_gen when a decision program last validated it; 0 = never */
 	__u64 packets;
 	__u64 bytes;
 };

@@ -223,10 +223,11 @@ static __always_inline int ct_should_track(const struct pkt *p)
 static __always_inline int ct_create(const struct ct_key *k, const struct pkt *p, __u8 dir,
 				     const struct decision *d, __u32 revision,
 				     __u32 src_identity, __u32 dst_identity, __u64 now,
-				     __u8 flags, __u16 service)
+				     __u8 flags, __u16 service, __u32 ep_gen)
 {
 	struct ct_entry e = {};
 
+	e.ep_gen = ep_gen;
 	e.flags = flags;
 	if (dir == DIRECTION_INGRESS)
 		e.flags |= CT_F_OPENED_INGRESS;

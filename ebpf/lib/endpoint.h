@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Endpoints: the pods this node enforces, keyed by the host-side interface index (what
- * skb->ifindex is on both hooks). Owns pal_endpoints. */
+ * skb->ifindex is on both hooks). Owns pal_endpoints and pal_ep_gen. */
 #ifndef PALISADE_ENDPOINT_H
 #define PALISADE_ENDPOINT_H
 
@@ -14,6 +14,28 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_endpoints SEC(".maps");
+
+/* The endpoint generation (palisade_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_ep_gen SEC(".maps");
+
+/* The current endpoint generation, 0 when unknown (which no fast path accepts). A decision
+ * program reads it before it looks its endpoint up: the enforcer writes an endpoint before
+ * it moves the generation, so an endpoint read after a generation is at least as new as
+ * that generation's writes (x86's loads are not reordered with older loads; the datapath
+ * is built for x86-64, and a weakly ordered port needs an acquire load here). */
+static __always_inline __u32 endpoint_generation(void)
+{
+	__u32 zero = 0;
+	__u32 *g = bpf_map_lookup_elem(&pal_ep_gen, &zero);
+
+	return g ? *g : 0;
+}
 
 /* The endpoint of a hook's interface, or NULL when it is missing or not READY: an
  * interface with Palisade's programs and no ready policy drops everything. */

@@ -41,7 +41,7 @@ struct CtEntrySwapped {
     rev_nat_index: u16,
     pad: u16,
     service_id: u32,
-    pad2: u32,
+    ep_gen: u32,
     packets: u64,
     bytes: u64,
 }
@@ -55,7 +55,7 @@ fn a_swapped_field_is_reported() {
     let swapped = layout!(CtEntrySwapped, "ct_entry", [
         expires_ns, revision, rule_id, src_identity, dst_identity,
         proxy_port_be as "proxy_port", flags, proxy_state, rev_nat_index, pad, service_id,
-        pad2, packets, bytes
+        ep_gen, packets, bytes
     ]);
     assert_eq!(
         swapped.size,

@@ -337,6 +337,61 @@ fn a_missing_decision_program_drops_what_the_fast_path_does_not_finish() {
     );
 }
 
+/// The fast path takes an established flow without looking its endpoint up; what stands
+/// for the lookup is the endpoint generation (docs/datapath.md §3.1). An endpoint written
+/// not ready, or deleted, or written for another endpoint, moves it: the flow's next packet
+/// is decided again, so an endpoint that stops being ready drops its established flows at
+/// once, as before the fast path, and a flow re-validated under the new generation is
+/// taken by the fast path again.
+#[test]
+fn an_endpoint_write_sends_established_flows_back_to_the_decision() {
+    let Some(mut f) = fixture("epgen") else {
+        return;
+    };
+    let ack = |f: &mut Fixture| f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(40000, 80, TCP_ACK));
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40000, 80)),
+        PASS
+    );
+    let gen0 = f.dp.ep_gen();
+    assert_ne!(gen0, 0);
+    assert_eq!(f.dp.ct_entries().unwrap()[0].1.ep_gen, gen0);
+    assert_eq!(ack(&mut f), PASS);
+
+    // Not ready: the established flow is dropped as the decision drops it.
+    f.dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: POD,
+            policy_slot: POD,
+            flags: 0,
+            revision: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(f.dp.ep_gen(), gen0 + 1);
+    assert_eq!(ack(&mut f), DROP);
+    assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::DROP_EP_NOT_READY), 1);
+
+    // Ready again, same revision: the decision re-validates the flow under the new
+    // generation, and from then on the fast path takes it.
+    set_ready(&mut f.dp, 1);
+    let established = f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED);
+    assert_eq!(ack(&mut f), PASS);
+    assert_eq!(f.dp.ct_entries().unwrap()[0].1.ep_gen, f.dp.ep_gen());
+    assert_eq!(ack(&mut f), PASS);
+    assert_eq!(
+        f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED),
+        established + 2
+    );
+
+    // Deleted: dropped again.
+    f.dp.remove_endpoint(1).unwrap();
+    assert_eq!(ack(&mut f), DROP);
+    assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::DROP_EP_NOT_READY), 2);
+}
+
 #[test]
 fn default_deny_drops_with_reason_and_one_event_per_repeat_window() {
     let Some(mut f) = fixture("deny") else { return };

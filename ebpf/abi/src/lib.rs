@@ -274,7 +274,10 @@ pub struct CtEntry {
     pub pad: u16,
     /// The service the flow was load-balanced for (ABI v2); 0 = none.
     pub service_id: u32,
-    pub pad2: u32,
+    /// `pal_ep_gen` when a decision program last found the flow's endpoint ready and its
+    /// revision current; the fast path takes the flow's packets only under that generation
+    /// (0 = never).
+    pub ep_gen: u32,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -792,6 +795,7 @@ impl CtEntry {
         b[27] = self.proxy_state;
         b[28..30].copy_from_slice(&self.rev_nat_index.to_ne_bytes());
         b[32..36].copy_from_slice(&self.service_id.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.ep_gen.to_ne_bytes());
         b[40..48].copy_from_slice(&self.packets.to_ne_bytes());
         b[48..56].copy_from_slice(&self.bytes.to_ne_bytes());
         b
@@ -810,7 +814,7 @@ impl CtEntry {
             rev_nat_index: ne_u16(b, 28),
             pad: 0,
             service_id: ne_u32(b, 32),
-            pad2: 0,
+            ep_gen: ne_u32(b, 36),
             packets: ne_u64(b, 40),
             bytes: ne_u64(b, 48),
         }
@@ -923,6 +927,7 @@ pub mod map_name {
     pub const PROXY: &str = "pal_proxy";
     pub const PROXY_SOCKS: &str = "pal_proxy_socks";
     pub const TAIL: &str = "pal_tail";
+    pub const EP_GEN: &str = "pal_ep_gen";
     pub const LB_SVC: &str = "pal_lb_svc";
     pub const LB_MAGLEV: &str = "pal_lb_maglev";
     pub const LB_BACKENDS: &str = "pal_lb_backends";
@@ -1031,6 +1036,13 @@ pub const MAPS: &[MapAbi] = &[
         pinned: false,
     },
     MapAbi {
+        name: map_name::EP_GEN,
+        map_type: map_type::ARRAY,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some(("__u32", size_of::<u32>())),
+        pinned: true,
+    },
+    MapAbi {
         name: map_name::TAIL,
         map_type: map_type::PROG_ARRAY,
         key: Some(("__u32", size_of::<u32>())),
@@ -1098,7 +1110,7 @@ pub fn layouts() -> Vec<StructLayout> {
         layout!(CtEntry, "ct_entry", [
             expires_ns, rule_id, revision, src_identity, dst_identity,
             proxy_port_be as "proxy_port", flags, proxy_state, rev_nat_index, pad, service_id,
-            pad2, packets, bytes
+            ep_gen, packets, bytes
         ]),
         layout!(FragKey, "frag_key", [saddr, daddr, id_be as "id", protocol, family, direction, pad, ifindex]),
         layout!(FragPorts, "frag_ports", [expires_ns, sport_be as "sport", dport_be as "dport", trackable, icmp_type, pad]),

@@ -177,6 +177,8 @@ pub struct Datapath {
     proxy_lookup_attached: bool,
     /// What `pal_proxy` holds (this process is its only writer).
     proxy_state: abi::ProxyState,
+    /// What `pal_ep_gen` holds (this process is its only writer; never 0 once loaded).
+    ep_gen: u32,
 }
 
 /// What [`Datapath::retire_older_abis`] did.
@@ -217,12 +219,17 @@ impl Datapath {
             older: older_abi_dirs(&opts.pin_root),
             proxy_lookup_attached: false,
             proxy_state: abi::ProxyState::default(),
+            ep_gen: 0,
         };
         for hook in Hook::ALL {
             let name = dp.program_name(hook)?;
             dp.classifier(&name)?.load().map_err(prog_err(&name))?;
         }
         dp.load_decisions()?;
+        // Continues the pinned generation (entries of an earlier run keep their standing
+        // until the next endpoint write) and moves it once: never 0 from here on.
+        dp.ep_gen = dp.read_ep_gen()?;
+        dp.bump_ep_gen()?;
         let name = dp.proxy_lookup_name()?;
         dp.sk_lookup(&name)?.load().map_err(prog_err(&name))?;
         // A proxy of an earlier run is gone with its process: until this run's proxy has
@@ -603,11 +610,43 @@ impl Datapath {
 
     // ---- endpoints -----------------------------------------------------------------
 
+    /// Writes an endpoint, then moves the endpoint generation, so no flow of the node keeps
+    /// the fast path without a decision program seeing the endpoints as they are now
+    /// (docs/datapath.md §3.1). Also after a failed write: whatever the map holds then is
+    /// what the next packets are decided on.
     pub fn set_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<()> {
         let name = map_name::ENDPOINTS;
         let mut m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        m.insert(ifindex, info.to_bytes(), 0).map_err(map_err(name))
+        let written = m.insert(ifindex, info.to_bytes(), 0).map_err(map_err(name));
+        self.bump_ep_gen()?;
+        written
+    }
+
+    /// The endpoint generation (`pal_ep_gen`).
+    pub fn ep_gen(&self) -> u32 {
+        self.ep_gen
+    }
+
+    fn read_ep_gen(&self) -> Result<u32> {
+        let name = map_name::EP_GEN;
+        let m: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        m.get(&0, 0).map_err(map_err(name))
+    }
+
+    /// Moves the endpoint generation on (skipping 0, which no fast path accepts).
+    fn bump_ep_gen(&mut self) -> Result<()> {
+        let next = match self.ep_gen.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        let name = map_name::EP_GEN;
+        let mut m: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        m.set(0, next, 0).map_err(map_err(name))?;
+        self.ep_gen = next;
+        Ok(())
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
@@ -633,11 +672,14 @@ impl Datapath {
             .collect()
     }
 
+    /// Deletes an endpoint, then moves the endpoint generation (as [`Datapath::set_endpoint`]).
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         let name = map_name::ENDPOINTS;
         let mut m: BpfHashMap<_, u32, EndpointBytes> =
             BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-        deleted(m.remove(&ifindex)).map_err(map_err(name))
+        let removed = deleted(m.remove(&ifindex)).map_err(map_err(name));
+        self.bump_ep_gen()?;
+        removed
     }
 
     // ---- services (docs/services.md) ---------------------------------------------------
