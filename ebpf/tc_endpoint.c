@@ -350,12 +350,13 @@ struct {
  * enough to stay in the instruction cache. Returns FAST_DEFER for every other packet, having
  * changed nothing: handle() (the decision program) then takes it from the start. A packet
  * from_pod sends to a frontend on a flow already translated and established for it is
- * translated here (step 3b's kept backend). Deferred: anything that does not parse as a
- * whole tracked packet (not IP, ND/MLD, malformed, fragments, ICMP errors), TCP FIN or RST
- * (they close the entry and report it), no entry (new flows, a frontend's new flows or
- * flows whose backend left), an entry not validated under the current generation (any
- * endpoint written since: a missing or unready endpoint, a revision re-check), hairpin flows and their marked replies, and a packet from_pod sends to a pod
- * address on an entry made through a service, or the reverse (handle() re-labels it). */
+ * translated here (step 3b's kept backend); a FIN or RST that closes the entry is reported
+ * here. Deferred: anything that does not parse as a whole tracked packet (not IP, ND/MLD,
+ * malformed, fragments, ICMP errors), no entry (new flows, a frontend's new flows or flows
+ * whose backend left), an entry not validated under the current generation (any endpoint
+ * written since: a missing or unready endpoint, a revision re-check), hairpin flows and
+ * their marked replies, and a packet from_pod sends to a pod address on an entry made
+ * through a service, or the reverse (handle() re-labels it). */
 static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow_ctx f = {};
@@ -363,8 +364,6 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 
 	if (parse(skb, &f.p) != PARSE_OK || !f.p.trackable || f.p.frag != FRAG_NONE ||
 	    f.p.icmp_error)
-		return FAST_DEFER;
-	if (f.p.protocol == IPPROTO_TCP && (f.p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
 		return FAST_DEFER;
 	if (dir == DIRECTION_INGRESS && (skb->mark & PROXY_MARK_MASK) == LB_MARK_HAIRPIN)
 		return FAST_DEFER;
@@ -379,6 +378,10 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	struct ct_entry *ct = ct_lookup(&k, now);
 	struct lb_flow to = {};
 	__u16 service = 0;
+	/* A TCP opener (or a reset) without an entry is the decision's, without the service
+	 * lookups below. */
+	if (!ct && f.p.protocol == IPPROTO_TCP && (f.p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST)))
+		return FAST_DEFER;
 	if (!ct && dir == DIRECTION_EGRESS) {
 		/* 3b for a flow already translated: the frontend, the backend its flow was
 		 * given (still the frontend's at that index, not the pod itself) and the entry
@@ -415,7 +418,15 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 				emit(&f, &d, EVENT_KIND_NEW_FLOW);
 			return TCX_DROP;
 		}
-		ct_refresh(ct, &f.p, now);
+		if (ct_refresh(ct, &f.p, now)) {
+			/* The first FIN or RST of the flow: reported, as handle() reports it. */
+			struct decision d = ct_closed(ct);
+			f.revision = ct->revision;
+			f.src_identity = ct->src_identity;
+			f.dst_identity = ct->dst_identity;
+			f.service = ct->rev_nat_index;
+			emit(&f, &d, EVENT_KIND_CT_CLOSE);
+		}
 		if (ct->flags & CT_F_PROXY)
 			mark_local(skb);
 		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
@@ -424,7 +435,13 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	/* 5. */
 	if (!(ct->flags & CT_F_REPLY_SEEN))
 		ct->flags |= CT_F_REPLY_SEEN;
-	ct_refresh(ct, &f.p, now);
+	if (ct_refresh(ct, &f.p, now)) {
+		struct decision d = ct_closed(ct);
+		f.revision = ct->revision;
+		f.src_identity = ct->dst_identity;
+		f.dst_identity = ct->src_identity;
+		emit(&f, &d, EVENT_KIND_CT_CLOSE);
+	}
 	if (ct->flags & CT_F_PROXY_UPSTREAM)
 		mark_local(skb);
 	f.service = ct->rev_nat_index;

@@ -312,14 +312,10 @@ fn a_missing_decision_program_drops_what_the_fast_path_does_not_finish() {
         f.counter(abi::DIRECTION_INGRESS, abi::COUNTER_CT_ESTABLISHED),
         1
     );
-    // Its FIN closes the entry and reports it: that is the decision program's, so dropped.
+    // After an endpoint write the flow must be validated again by the decision: dropped.
+    set_ready(&mut f.dp, 1);
     assert_eq!(
-        f.run(
-            Hook::ToPod,
-            "10.0.0.2",
-            "10.0.0.1",
-            tcp(40000, 80, TCP_ACK | TCP_FIN)
-        ),
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", tcp(40000, 80, TCP_ACK)),
         DROP
     );
     assert_eq!(
@@ -939,6 +935,14 @@ fn tcp_close_is_reported_once_and_shortens_the_entry() {
     let ev = f.events();
     assert_eq!(ev.len(), 2, "open + close: {ev:?}");
     assert_eq!(ev[1].kind, abi::EVENT_KIND_CT_CLOSE);
+    // Reported by the fast path with what the opening event said of the flow.
+    assert_eq!(ev[1].verdict, abi::EVENT_VERDICT_FORWARDED);
+    assert_eq!(
+        (ev[1].src_identity, ev[1].dst_identity, ev[1].rule_id),
+        (PEER, POD, 16)
+    );
+    assert_eq!(ev[1].direction, abi::DIRECTION_INGRESS);
+    assert_eq!(ev[1].revision, ev[0].revision);
     let (_, e) = f.dp.ct_entries().unwrap()[0];
     let left = e
         .expires_ns
