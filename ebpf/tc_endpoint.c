@@ -343,11 +343,33 @@ struct {
 /* Not a tc action (TCX_NEXT is -1, TCX_PASS 0, TCX_DROP 2, TCX_REDIRECT 7). */
 #define FAST_DEFER 100
 
+/* The fast path's drop (counted, reported unless it repeats), as handle() makes it. */
+static __always_inline int fast_drop(const struct flow_ctx *f, const struct ct_key *k,
+				     __u16 reason)
+{
+	struct decision d = {};
+
+	d.verdict = EVENT_VERDICT_DROPPED;
+	d.drop_reason = reason;
+	count(f->dir, reason, f->p.len);
+	if (drop_is_new(k))
+		emit(f, &d, EVENT_KIND_NEW_FLOW);
+	return TCX_DROP;
+}
+
+/* The first FIN or RST of a tracked flow, reported as handle() reports it. */
+static __always_inline void fast_closed(const struct flow_ctx *f, const struct ct_entry *ct)
+{
+	struct decision d = ct_closed(ct);
+
+	emit(f, &d, EVENT_KIND_CT_CLOSE);
+}
+
 /* The fast path (docs/datapath.md §3.1): a packet of a flow tracked at this endpoint that a
  * decision program validated under the current endpoint generation (pal_ep_gen: the
- * endpoint ready, the entry of its current revision), that neither opens nor closes anything, needs its entry and
- * nothing else: steps 1, 2, 4 and 5 of handle() with the same outcome, in a program small
- * enough to stay in the instruction cache. Returns FAST_DEFER for every other packet, having
+ * endpoint ready, the entry of its current revision), that opens nothing, needs its entry
+ * and nothing else: steps 1, 2, 4 and 5 of handle() with the same outcome, in a program
+ * small enough to stay in the instruction cache. Returns FAST_DEFER for every other packet, having
  * changed nothing: handle() (the decision program) then takes it from the start. A packet
  * from_pod sends to a frontend on a flow already translated and established for it is
  * translated here (step 3b's kept backend); a FIN or RST that closes the entry is reported
@@ -400,33 +422,21 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	}
 	if (!ct || ct->ep_gen != gen || (ct->flags & CT_F_HAIRPIN))
 		return FAST_DEFER;
-	if (ct_opener(ct) == dir) {
+	/* What handle() reports of the flow, should this packet close or drop it. */
+	int reply = ct_opener(ct) != dir;
+	f.revision = ct->revision;
+	f.src_identity = reply ? ct->dst_identity : ct->src_identity;
+	f.dst_identity = reply ? ct->src_identity : ct->dst_identity;
+	if (!reply) {
 		/* 4. */
 		if (dir == DIRECTION_EGRESS && ct->rev_nat_index != service)
 			return FAST_DEFER;
-		if (service && lb_rewrite(skb, &f.p, 1, to.addr, to.port)) {
-			/* As handle() reports a failed rewrite (nothing was deferred). */
-			struct decision d = {};
-			f.revision = ct->revision;
-			f.service = service;
-			f.src_identity = ct->src_identity;
-			f.dst_identity = ct->dst_identity;
-			d.verdict = EVENT_VERDICT_DROPPED;
-			d.drop_reason = DROP_INVALID_PACKET;
-			count(dir, d.drop_reason, f.p.len);
-			if (drop_is_new(&k))
-				emit(&f, &d, EVENT_KIND_NEW_FLOW);
-			return TCX_DROP;
-		}
-		if (ct_refresh(ct, &f.p, now)) {
-			/* The first FIN or RST of the flow: reported, as handle() reports it. */
-			struct decision d = ct_closed(ct);
-			f.revision = ct->revision;
-			f.src_identity = ct->src_identity;
-			f.dst_identity = ct->dst_identity;
-			f.service = ct->rev_nat_index;
-			emit(&f, &d, EVENT_KIND_CT_CLOSE);
-		}
+		f.service = ct->rev_nat_index;
+		/* A failed rewrite is the one drop made here (nothing was deferred). */
+		if (service && lb_rewrite(skb, &f.p, 1, to.addr, to.port))
+			return fast_drop(&f, &k, DROP_INVALID_PACKET);
+		if (ct_refresh(ct, &f.p, now))
+			fast_closed(&f, ct);
 		if (ct->flags & CT_F_PROXY)
 			mark_local(skb);
 		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
@@ -435,28 +445,13 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	/* 5. */
 	if (!(ct->flags & CT_F_REPLY_SEEN))
 		ct->flags |= CT_F_REPLY_SEEN;
-	if (ct_refresh(ct, &f.p, now)) {
-		struct decision d = ct_closed(ct);
-		f.revision = ct->revision;
-		f.src_identity = ct->dst_identity;
-		f.dst_identity = ct->src_identity;
-		emit(&f, &d, EVENT_KIND_CT_CLOSE);
-	}
+	if (ct_refresh(ct, &f.p, now))
+		fast_closed(&f, ct); /* as handle(): a reply's close names no service */
 	if (ct->flags & CT_F_PROXY_UPSTREAM)
 		mark_local(skb);
 	f.service = ct->rev_nat_index;
-	if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service)) {
-		struct decision d = {};
-		f.revision = ct->revision;
-		f.src_identity = ct->dst_identity;
-		f.dst_identity = ct->src_identity;
-		d.verdict = EVENT_VERDICT_DROPPED;
-		d.drop_reason = DROP_NO_SERVICE;
-		count(dir, d.drop_reason, f.p.len);
-		if (drop_is_new(&k))
-			emit(&f, &d, EVENT_KIND_NEW_FLOW);
-		return TCX_DROP;
-	}
+	if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service))
+		return fast_drop(&f, &k, DROP_NO_SERVICE);
 	count(dir, COUNTER_CT_REPLY, f.p.len);
 	return TCX_NEXT;
 }
