@@ -99,11 +99,6 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, struct pkt *p, int 
 	return 0;
 }
 
-/* from_pod, before conntrack (step 3b): a TCP/UDP packet to a frontend goes to the backend its flow
- * was given (pal_lb_flows), or, for a new flow, to table[hash % size]. The choice stands
- * while the frontend keeps that backend at that index; otherwise the flow is given a live
- * one (a TCP peer then resets it). Returns LB_NONE, LB_TRANSLATED (with *id the frontend),
- * or an error: LB_NO_BACKEND (the frontend has none) or LB_REWRITE_FAILED. */
 /* The frontend a packet is addressed to (pal_lb_svc), copied to *s: 1, or 0 when its
  * destination is no frontend. */
 static __always_inline int lb_frontend(const struct pkt *p, struct lb_service *s)
@@ -140,6 +135,11 @@ static __always_inline int lb_flow_backend(const struct ct_key *fkey, const stru
 	return b && b->port == to->port && __builtin_memcmp(b->addr, to->addr, 16) == 0;
 }
 
+/* from_pod, before conntrack (step 3b): a TCP/UDP packet to a frontend goes to the backend its flow
+ * was given (pal_lb_flows), or, for a new flow, to table[hash % size]. The choice stands
+ * while the frontend keeps that backend at that index; otherwise the flow is given a live
+ * one (a TCP peer then resets it). Returns LB_NONE, LB_TRANSLATED (with *id the frontend),
+ * or an error: LB_NO_BACKEND (the frontend has none) or LB_REWRITE_FAILED. */
 static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u32 ifindex,
 					__u32 *id)
 {

@@ -145,6 +145,21 @@ fn set_ready(dp: &mut Datapath, revision: u32) {
     .unwrap();
 }
 
+/// The test endpoint written without READY (its policy not in place).
+fn set_unready(dp: &mut Datapath) {
+    dp.set_endpoint(
+        1,
+        &EndpointInfo {
+            identity: POD,
+            policy_slot: POD,
+            flags: 0,
+            revision: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
 impl Fixture {
     fn run(&mut self, hook: Hook, src: &str, dst: &str, l4: L4) -> u32 {
         self.dp
@@ -355,17 +370,7 @@ fn an_endpoint_write_sends_established_flows_back_to_the_decision() {
     assert_eq!(ack(&mut f), PASS);
 
     // Not ready: the established flow is dropped as the decision drops it.
-    f.dp.set_endpoint(
-        1,
-        &EndpointInfo {
-            identity: POD,
-            policy_slot: POD,
-            flags: 0,
-            revision: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    set_unready(&mut f.dp);
     assert_eq!(f.dp.ep_gen(), gen0 + 1);
     assert_eq!(ack(&mut f), DROP);
     assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::DROP_EP_NOT_READY), 1);
@@ -733,17 +738,7 @@ fn fail_closed_cases_have_their_own_reasons() {
     assert_eq!(f.events()[0].drop_reason as u32, abi::DROP_INVALID_IDENTITY);
 
     // Not ready, then no endpoint at all: everything dropped, even allowed flows.
-    f.dp.set_endpoint(
-        1,
-        &EndpointInfo {
-            identity: POD,
-            policy_slot: POD,
-            flags: 0,
-            revision: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    set_unready(&mut f.dp);
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(2, 80)), DROP);
     f.dp.remove_endpoint(1).unwrap();
     assert_eq!(f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(3, 80)), DROP);
