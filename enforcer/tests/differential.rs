@@ -174,7 +174,10 @@ fn kernel_and_map_evaluator_agree_on_random_flows() {
     if !common::privileged("differential") {
         return;
     }
-    differential(cluster, cases(), FLOWS_PER_CASE, 10_000);
+    // Many clusters of few flows each, as below: the generator's clusters allow 86% of
+    // their flows on average, and 80 clusters of 1,500 flows drew 95% in one run in 70
+    // (standard deviation 4.4 points; 320 clusters of 375 flows: 1.7 points).
+    differential(cluster, cases() * 4, FLOWS_PER_CASE / 4, 10_000);
 }
 
 /// Every policy kind: the NetworkPolicy tier's deny, audit, entity and HTTP rules, and the
