@@ -38,6 +38,10 @@
  *      replies to a proxy upstream (CT_F_PROXY_UPSTREAM).
  *   7. an admitted new flow is tracked (insert failure -> DROP_CT_INSERT_FAILED); every
  *      outcome is counted and reported once (lib/events.h).
+ *   7b. an admitted new flow, or an entry re-validated under a new endpoint generation,
+ *      teaches how the node delivers to this pod (lib/local.h); the fast path then hands
+ *      established packets from_pod sends to a pod of this node straight to that pod's
+ *      host veth, where to_pod judges them (docs/datapath.md §3.2).
  * A pass returns TCX_NEXT, so programs after Palisade on the hook still run; a drop returns
  * TCX_DROP, which ends the chain.
  */
@@ -51,6 +55,7 @@
 #include "lib/events.h"
 #include "lib/proxy.h"
 #include "lib/lb.h"
+#include "lib/local.h"
 
 /* Local delivery to the L7 proxy: the redirected flow's packets, and a server's replies to
  * a proxy upstream connection (docs/datapath.md §11). */
@@ -184,8 +189,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			goto drop;
 		}
 		/* Ready and current under this generation: the fast path may take it. */
-		if (ct->ep_gen != gen)
+		if (ct->ep_gen != gen) {
 			ct->ep_gen = gen;
+			local_learn(skb, &f, &ep, gen); /* 7b. */
+		}
 		if (ct_refresh(ct, &f.p, now)) {
 			d = ct_closed(ct);
 			emit(&f, &d, EVENT_KIND_CT_CLOSE);
@@ -209,8 +216,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			kind = EVENT_KIND_REVOKED;
 			goto drop;
 		}
-		if (ct->ep_gen != gen)
+		if (ct->ep_gen != gen) {
 			ct->ep_gen = gen;
+			local_learn(skb, &f, &ep, gen); /* 7b. */
+		}
 		if (!(ct->flags & CT_F_REPLY_SEEN))
 			ct->flags |= CT_F_REPLY_SEEN;
 		if (ct_refresh(ct, &f.p, now)) {
@@ -309,6 +318,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (d.verdict == EVENT_VERDICT_REDIRECTED)
 		mark_local(skb);
+	else if (!ct_hairpin)
+		local_learn(skb, &f, &ep, gen); /* 7b. */
 	count(dir,
 	      d.verdict == EVENT_VERDICT_AUDIT	    ? COUNTER_AUDIT
 	      : d.verdict == EVENT_VERDICT_REDIRECTED ? COUNTER_REDIRECTED
@@ -339,6 +350,9 @@ struct {
 	__uint(max_entries, TAIL_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_tail SEC(".maps");
+
+/* Flows the node's own stack must deliver: to and from the L7 proxy. */
+#define CT_F_LOCAL_ONLY (CT_F_PROXY | CT_F_PROXY_UPSTREAM)
 
 /* Not a tc action (TCX_NEXT is -1, TCX_PASS 0, TCX_DROP 2, TCX_REDIRECT 7). */
 #define FAST_DEFER 100
@@ -440,6 +454,8 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 		if (ct->flags & CT_F_PROXY)
 			mark_local(skb);
 		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
+		if (dir == DIRECTION_EGRESS && !(ct->flags & CT_F_LOCAL_ONLY))
+			return local_deliver(skb, &f.p, gen);
 		return TCX_NEXT;
 	}
 	/* 5. */
@@ -453,6 +469,8 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 	if (f.service && dir == DIRECTION_INGRESS && lb_reverse(skb, &f.p, f.service))
 		return fast_drop(&f, &k, DROP_NO_SERVICE);
 	count(dir, COUNTER_CT_REPLY, f.p.len);
+	if (dir == DIRECTION_EGRESS && !(ct->flags & CT_F_LOCAL_ONLY))
+		return local_deliver(skb, &f.p, gen);
 	return TCX_NEXT;
 }
 

@@ -178,6 +178,29 @@ struct endpoint_info {
  * endpoint change on the node sends each flow's next packet through the decision program
  * once (docs/datapath.md §3.1). */
 
+/* ---- local delivery: "pal_local", an LRU hash, not pinned ---------------------------
+ * How the node delivers to each of its pods, as the decision programs see it: for a pod's
+ * own address, the host-side interface and the two MAC addresses of a frame on its link
+ * (the pod's, and the host side's it sends to and receives from). Learned by the decision
+ * programs from frames the node's own stack routed (to_pod: the destination's; from_pod:
+ * the validated source's) and stamped with the endpoint generation; the fast path hands an
+ * established packet of a pod to a pod of this node straight to that interface's egress
+ * (where to_pod still judges it), skipping the node's routing and forwarding, only while
+ * the stamp is the current generation (docs/datapath.md §3.2). Never written by user
+ * space: a restart begins with an empty map. */
+struct local_key {
+	__u8 family;     /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16];   /* network order; IPv4 uses the first 4 bytes */
+};
+
+struct local_route {
+	__u32 ifindex;   /* host-side interface of the pod */
+	__u32 ep_gen;    /* pal_ep_gen when learned */
+	__u8 pod_mac[6]; /* destination MAC of a frame to the pod */
+	__u8 node_mac[6];/* source MAC of a frame to the pod */
+};
+
 /* ---- conntrack: LRU hash, one entry per (flow, endpoint) --------------------------
  * Keyed by the flow's canonical tuple: the (address, port) side that is lower (addresses
  * compared as bytes, then ports in network order) is the key's source, the other its
@@ -451,6 +474,8 @@ _Static_assert(sizeof(struct policy_value) == 12, "policy_value size");
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key size");
 _Static_assert(sizeof(struct ipcache_value) == 8, "ipcache_value size");
 _Static_assert(sizeof(struct endpoint_info) == 36, "endpoint_info size");
+_Static_assert(sizeof(struct local_key) == 20, "local_key size");
+_Static_assert(sizeof(struct local_route) == 20, "local_route size");
 _Static_assert(sizeof(struct lb_key) == 20, "lb_key size");
 _Static_assert(sizeof(struct lb_service) == 16, "lb_service size");
 _Static_assert(sizeof(struct lb_maglev) == 2 * LB_MAGLEV_MAX, "lb_maglev size");

@@ -393,6 +393,128 @@ fn an_endpoint_write_sends_established_flows_back_to_the_decision() {
     assert_eq!(f.counter(abi::DIRECTION_INGRESS, abi::DROP_EP_NOT_READY), 2);
 }
 
+/// Local delivery (docs/datapath.md §3.2): a decision learns how the node delivers to its
+/// endpoint from a frame it admits; the fast path hands an established packet of the pod to
+/// a pod of this node learned under the current endpoint generation (that link's MACs, TTL
+/// or hop limit one less, redirected to its host veth), and leaves everything else to the
+/// node's stack: a route of an older generation, a hop limit that would run out.
+#[test]
+fn established_packets_go_straight_to_a_local_pod_learned_under_the_current_generation() {
+    let Some(mut f) = fixture("local") else {
+        return;
+    };
+    // A new flow to the pod: its address, interface and the frame's MACs are learned.
+    assert_eq!(
+        f.run(Hook::ToPod, "10.0.0.2", "10.0.0.1", syn(40000, 80)),
+        PASS
+    );
+    let routes = f.dp.local_routes().unwrap();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    let (k, r) = routes[0];
+    assert_eq!(k, abi::LocalKey::new(ip("10.0.0.1")));
+    assert_eq!((r.ifindex, r.ep_gen), (1, f.dp.ep_gen()));
+    assert_eq!(r.pod_mac, [2, 0, 0, 0, 0, 2], "the frame's destination");
+    assert_eq!(r.node_mac, [2, 0, 0, 0, 0, 1], "the frame's source");
+
+    // PEER is a pod of this node on interface 7 (test_run runs everything on 1).
+    let peer_route = |ep_gen| abi::LocalRoute {
+        ifindex: 7,
+        ep_gen,
+        pod_mac: [2, 0, 0, 0, 0, 0x22],
+        node_mac: [2, 0, 0, 0, 0, 0x11],
+    };
+    let peer4 = abi::LocalKey::new(ip("10.0.0.2"));
+    f.dp.write_local_route(&peer4, &peer_route(f.dp.ep_gen()))
+        .unwrap();
+    let reply = packet::with_checksums(packet::build(
+        ip("10.0.0.1"),
+        ip("10.0.0.2"),
+        tcp(80, 40000, TCP_SYN | TCP_ACK),
+    ));
+    let (ret, out) = f.dp.test_run_output(Hook::FromPod, &reply).unwrap();
+    assert_eq!(ret, abi::tcx::REDIRECT);
+    assert_eq!(out[0..6], [2, 0, 0, 0, 0, 0x22]);
+    assert_eq!(out[6..12], [2, 0, 0, 0, 0, 0x11]);
+    assert_eq!(out[14 + 8], 63, "TTL one less");
+    assert!(
+        packet::checksums_ok(&out),
+        "IPv4 header checksum follows the TTL"
+    );
+    assert_eq!(out[12..14 + 8], reply[12..14 + 8]);
+    assert_eq!(out[14 + 9..14 + 10], reply[14 + 9..14 + 10]);
+    assert_eq!(
+        out[14 + 12..],
+        reply[14 + 12..],
+        "addresses and TCP untouched"
+    );
+    assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY), 1);
+    // A hop limit that would run out is the stack's (it answers time exceeded).
+    let last_hop = packet::with_checksums(with_hop_limit(reply.clone(), 1));
+    assert_eq!(f.dp.test_run(Hook::FromPod, &last_hop).unwrap(), PASS);
+
+    // The generation moves: the decision re-validates the flow (and learns the pod's own
+    // address from its frame); the fast path then leaves the packet to the stack while
+    // PEER's route is of the older generation.
+    set_ready(&mut f.dp, 1);
+    assert_eq!(f.dp.test_run(Hook::FromPod, &reply).unwrap(), PASS);
+    assert_eq!(f.dp.test_run(Hook::FromPod, &reply).unwrap(), PASS);
+    let own = f.dp.local_routes().unwrap();
+    let (_, r) = own
+        .iter()
+        .find(|(k, _)| *k == abi::LocalKey::new(ip("10.0.0.1")))
+        .unwrap();
+    assert_eq!(r.ep_gen, f.dp.ep_gen());
+    assert_eq!(
+        r.pod_mac,
+        [2, 0, 0, 0, 0, 1],
+        "from the pod: the frame's source"
+    );
+    // Learned again under this generation: straight to PEER again.
+    f.dp.write_local_route(&peer4, &peer_route(f.dp.ep_gen()))
+        .unwrap();
+    assert_eq!(
+        f.dp.test_run(Hook::FromPod, &reply).unwrap(),
+        abi::tcx::REDIRECT
+    );
+
+    // IPv6: the hop limit, no header checksum.
+    assert_eq!(
+        f.run(Hook::ToPod, "fd00::2", "fd00::1", syn(40001, 443)),
+        PASS
+    );
+    f.dp.write_local_route(
+        &abi::LocalKey::new(ip("fd00::2")),
+        &peer_route(f.dp.ep_gen()),
+    )
+    .unwrap();
+    let reply6 = packet::with_checksums(packet::build(
+        ip("fd00::1"),
+        ip("fd00::2"),
+        tcp(443, 40001, TCP_SYN | TCP_ACK),
+    ));
+    let (ret, out) = f.dp.test_run_output(Hook::FromPod, &reply6).unwrap();
+    assert_eq!(ret, abi::tcx::REDIRECT);
+    assert_eq!(out[0..12], [2, 0, 0, 0, 0, 0x22, 2, 0, 0, 0, 0, 0x11]);
+    assert_eq!(out[14 + 7], 63, "hop limit one less");
+    assert_eq!(out[12..14 + 7], reply6[12..14 + 7]);
+    assert_eq!(out[14 + 8..], reply6[14 + 8..]);
+
+    // A frame to a group address teaches nothing: a new flow from PEER to the pod sent to a
+    // multicast MAC leaves the pod's route as it was.
+    let before = f.dp.local_routes().unwrap();
+    let mut mcast = packet::build(ip("10.0.0.2"), ip("10.0.0.1"), syn(40002, 80));
+    mcast[0] = 0x01;
+    set_ready(&mut f.dp, 1);
+    assert_eq!(f.dp.test_run(Hook::ToPod, &mcast).unwrap(), PASS);
+    let after = f.dp.local_routes().unwrap();
+    let route_of = |v: &[(abi::LocalKey, abi::LocalRoute)]| {
+        v.iter()
+            .find(|(k, _)| *k == abi::LocalKey::new(ip("10.0.0.1")))
+            .map(|(_, r)| *r)
+    };
+    assert_eq!(route_of(&after), route_of(&before));
+}
+
 #[test]
 fn default_deny_drops_with_reason_and_one_event_per_repeat_window() {
     let Some(mut f) = fixture("deny") else { return };

@@ -571,6 +571,190 @@ fn replies_pass_through_conntrack_and_unsolicited_packets_do_not() {
     assert_eq!(srv_t.served(), 2, "the two sessions");
 }
 
+// ---- 5b. local delivery --------------------------------------------------------------------
+
+const LOCAL: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: local}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: srv-ingress, namespace: local}
+spec:
+  podSelector: {matchLabels: {app: srv}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: cl}}}]
+    ports: [{port: 8080}]
+";
+
+/// Runs an iptables-family command in a namespace; panics with its output if it fails.
+fn xtables(netns: &str, argv: &[&str]) -> String {
+    let out = palisade_testkit::node::run_command_in_netns(netns, argv, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{argv:?} in {netns}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} in {netns}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Packets counted by the rule carrying `comment` in a listing of `iptables -L CHAIN -nvx`.
+fn rule_packets(listing: &str, comment: &str) -> u64 {
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("/* {comment} */")))
+        .unwrap_or_else(|| panic!("no rule {comment} in:\n{listing}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Local delivery (docs/datapath.md §3.2): once a flow between two pods of the node is
+/// established, its packets go from one host veth straight to the other, where to_pod
+/// still judges them; the node's forwarding sees only what a decision program took (the
+/// opening packet, and the first packet each way after an endpoint write), and the
+/// receiver gets what forwarding would have given it (TTL / hop limit one less).
+#[test]
+fn established_packets_between_pods_of_the_node_skip_its_forwarding() {
+    let Some(c) = start("e2e local delivery", &[("policy.yaml", LOCAL)]) else {
+        return;
+    };
+    let srv = c.pod("local", "srv", 11, 10);
+    let cl = c.pod("local", "cl", 11, 20);
+    c.register(&srv, &[("app", "srv")]);
+    c.register(&cl, &[("app", "cl")]);
+    let _srv_t = serve_tcp(&srv, 8080);
+    let node = c.node.netns_name().to_string();
+    let families = [
+        (
+            "iptables",
+            cl.ipv4.to_string(),
+            srv.ipv4.to_string(),
+            ["-m", "ttl", "--ttl-eq", "63"],
+        ),
+        (
+            "ip6tables",
+            cl.ipv6.unwrap().to_string(),
+            srv.ipv6.unwrap().to_string(),
+            ["-m", "hl", "--hl-eq", "63"],
+        ),
+    ];
+    for (tool, a, b, hop63) in &families {
+        // In the node: what its forwarding sees each way. In the server pod: how many
+        // packets from the client arrive, and how many with the hop limit one less.
+        for (src, dst, tag) in [(a, b, "to-srv"), (b, a, "to-cl")] {
+            xtables(
+                &node,
+                &[
+                    tool,
+                    "-w",
+                    "-A",
+                    "FORWARD",
+                    "-s",
+                    src,
+                    "-d",
+                    dst,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    tag,
+                ],
+            );
+        }
+        let mut rule = vec![*tool, "-w", "-A", "INPUT", "-s", a, "-p", "tcp"];
+        rule.extend_from_slice(hop63);
+        rule.extend_from_slice(&["-m", "comment", "--comment", "hop63"]);
+        xtables(&srv.netns, &rule);
+        xtables(
+            &srv.netns,
+            &[
+                tool,
+                "-w",
+                "-A",
+                "INPUT",
+                "-s",
+                a,
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                "all",
+            ],
+        );
+    }
+    // Read once the connections are quiet (a delayed ACK may still be on its way when the
+    // last echo returns): the rules' counters are not read all at one instant.
+    let counts = |tool: &str| {
+        std::thread::sleep(Duration::from_millis(500));
+        let fwd = xtables(&node, &[tool, "-w", "-L", "FORWARD", "-nvx"]);
+        let input = xtables(&srv.netns, &[tool, "-w", "-L", "INPUT", "-nvx"]);
+        (
+            rule_packets(&fwd, "to-srv"),
+            rule_packets(&fwd, "to-cl"),
+            rule_packets(&input, "all"),
+            rule_packets(&input, "hop63"),
+        )
+    };
+
+    let mut sessions = Vec::new();
+    for dst in [srv.addr_v4(8080), srv.addr_v6(8080).unwrap()] {
+        let mut s = cl
+            .tcp_session(dst, OK)
+            .unwrap_or_else(|e| panic!("session to {dst}: {e}\n{}", c.log()));
+        assert_eq!(s.banner(), "local/srv");
+        for i in 0..30 {
+            assert_eq!(
+                echo(&mut s, format!("msg {i}").as_bytes()),
+                EchoOutcome::Echoed
+            );
+        }
+        sessions.push(s);
+    }
+    for (tool, ..) in &families {
+        let (to_srv, to_cl, all, hop63) = counts(tool);
+        assert_eq!(to_srv, 1, "{tool}: only the SYN is forwarded by the node");
+        assert_eq!(to_cl, 0, "{tool}: the replies never are");
+        assert!(
+            all >= 31,
+            "{tool}: the server got {all} packets from the client"
+        );
+        assert_eq!(
+            hop63, all,
+            "{tool}: every packet arrives with the hop limit one less"
+        );
+    }
+
+    // An endpoint write (a third pod) moves the generation: the first packet each way is
+    // decided again and forwarded by the node, the rest go straight again.
+    let other = c.pod("local", "other", 11, 30);
+    c.register(&other, &[("app", "other")]);
+    let (to_srv0, to_cl0, all0, _) = counts("iptables");
+    for i in 0..30 {
+        assert_eq!(
+            echo(&mut sessions[0], format!("again {i}").as_bytes()),
+            EchoOutcome::Echoed
+        );
+    }
+    let (to_srv, to_cl, all, hop63) = counts("iptables");
+    assert!(
+        to_srv - to_srv0 <= 1,
+        "forwarded to the server after the write: {}",
+        to_srv - to_srv0
+    );
+    assert!(
+        to_cl - to_cl0 <= 1,
+        "forwarded to the client after the write: {}",
+        to_cl - to_cl0
+    );
+    assert!(all - all0 >= 30);
+    assert_eq!(hop63, all);
+}
+
 // ---- 6. IPv6 -------------------------------------------------------------------------------
 
 const IPV6: &str = "\

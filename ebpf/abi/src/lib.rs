@@ -282,6 +282,30 @@ pub struct CtEntry {
     pub bytes: u64,
 }
 
+/// `struct local_key`: a pod's own address (`pal_local`, learned by the datapath; user space
+/// only reads it, for inspection and tests).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LocalKey {
+    /// 4 or 6.
+    pub family: u8,
+    pub pad: [u8; 3],
+    /// Network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// `struct local_route`: how the node delivers to that pod.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LocalRoute {
+    /// Host-side interface of the pod.
+    pub ifindex: u32,
+    /// `pal_ep_gen` when learned; used only while it is the current generation.
+    pub ep_gen: u32,
+    pub pod_mac: [u8; 6],
+    pub node_mac: [u8; 6],
+}
+
 /// `struct frag_key`: a fragmented datagram at one endpoint interface.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -821,6 +845,56 @@ impl CtEntry {
     }
 }
 
+impl LocalKey {
+    pub fn new(addr: std::net::IpAddr) -> LocalKey {
+        let (addr, family) = addr16_of(&addr);
+        LocalKey {
+            family,
+            pad: [0; 3],
+            addr,
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0] = self.family;
+        b[4..20].copy_from_slice(&self.addr);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 20]) -> LocalKey {
+        LocalKey {
+            family: b[0],
+            pad: [0; 3],
+            addr: addr16(b, 4),
+        }
+    }
+}
+
+impl LocalRoute {
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.ep_gen.to_ne_bytes());
+        b[8..14].copy_from_slice(&self.pod_mac);
+        b[14..20].copy_from_slice(&self.node_mac);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 20]) -> LocalRoute {
+        let mut pod_mac = [0u8; 6];
+        pod_mac.copy_from_slice(&b[8..14]);
+        let mut node_mac = [0u8; 6];
+        node_mac.copy_from_slice(&b[14..20]);
+        LocalRoute {
+            ifindex: ne_u32(b, 0),
+            ep_gen: ne_u32(b, 4),
+            pod_mac,
+            node_mac,
+        }
+    }
+}
+
 impl EndpointInfo {
     pub fn to_bytes(&self) -> [u8; 36] {
         let mut b = [0u8; 36];
@@ -900,6 +974,8 @@ pub mod tcx {
     pub const NEXT: u32 = u32::MAX;
     /// Dropped; ends the chain (`TCX_DROP`).
     pub const DROP: u32 = 2;
+    /// Sent to another interface by `bpf_redirect` (`TCX_REDIRECT`, TC_ACT_REDIRECT).
+    pub const REDIRECT: u32 = 7;
 }
 
 /// `BPF_MAP_TYPE_*` values (kernel UAPI) of the map types the datapath declares.
@@ -928,6 +1004,8 @@ pub mod map_name {
     pub const PROXY_SOCKS: &str = "pal_proxy_socks";
     pub const TAIL: &str = "pal_tail";
     pub const EP_GEN: &str = "pal_ep_gen";
+    pub const LOCAL: &str = "pal_local";
+    pub const LOCAL_SCRATCH: &str = "pal_local_scratch";
     pub const LB_SVC: &str = "pal_lb_svc";
     pub const LB_MAGLEV: &str = "pal_lb_maglev";
     pub const LB_BACKENDS: &str = "pal_lb_backends";
@@ -1036,6 +1114,23 @@ pub const MAPS: &[MapAbi] = &[
         pinned: false,
     },
     MapAbi {
+        name: map_name::LOCAL,
+        map_type: map_type::LRU_HASH,
+        key: Some(("local_key", size_of::<LocalKey>())),
+        value: Some(("local_route", size_of::<LocalRoute>())),
+        pinned: false,
+    },
+    MapAbi {
+        name: map_name::LOCAL_SCRATCH,
+        map_type: map_type::PERCPU_ARRAY,
+        key: Some(("__u32", size_of::<u32>())),
+        value: Some((
+            "local_scratch",
+            size_of::<LocalKey>() + size_of::<LocalRoute>(),
+        )),
+        pinned: false,
+    },
+    MapAbi {
         name: map_name::EP_GEN,
         map_type: map_type::ARRAY,
         key: Some(("__u32", size_of::<u32>())),
@@ -1112,6 +1207,12 @@ pub fn layouts() -> Vec<StructLayout> {
             proxy_port_be as "proxy_port", flags, proxy_state, rev_nat_index, pad, service_id,
             ep_gen, packets, bytes
         ]),
+        layout!(LocalKey, "local_key", [family, pad, addr]),
+        layout!(
+            LocalRoute,
+            "local_route",
+            [ifindex, ep_gen, pod_mac, node_mac]
+        ),
         layout!(FragKey, "frag_key", [saddr, daddr, id_be as "id", protocol, family, direction, pad, ifindex]),
         layout!(FragPorts, "frag_ports", [expires_ns, sport_be as "sport", dport_be as "dport", trackable, icmp_type, pad]),
         layout!(VerdictEvent, "verdict_event", [

@@ -910,6 +910,40 @@ impl Datapath {
         Ok(out)
     }
 
+    fn local_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 20], [u8; 20]>> {
+        let name = map_name::LOCAL;
+        BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    /// What the decision programs learned of local delivery (`pal_local`, docs/datapath.md
+    /// §3.2): each pod address with its host-side interface, MACs and generation.
+    pub fn local_routes(&mut self) -> Result<Vec<(abi::LocalKey, abi::LocalRoute)>> {
+        let m = self.local_map()?;
+        let mut out = Vec::new();
+        for r in m.iter() {
+            let (k, v) = r.map_err(map_err(map_name::LOCAL))?;
+            out.push((
+                abi::LocalKey::from_bytes(&k),
+                abi::LocalRoute::from_bytes(&v),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Writes a local delivery as a decision program learns it. Only the datapath writes
+    /// this map in a running agent; tests use this to point an address at an interface
+    /// other than the one BPF_PROG_TEST_RUN runs on.
+    #[doc(hidden)]
+    pub fn write_local_route(
+        &mut self,
+        key: &abi::LocalKey,
+        route: &abi::LocalRoute,
+    ) -> Result<()> {
+        let mut m = self.local_map()?;
+        m.insert(key.to_bytes(), route.to_bytes(), 0)
+            .map_err(map_err(map_name::LOCAL))
+    }
+
     /// Deletes expired conntrack entries (the LRU would otherwise evict live flows
     /// first under churn). Returns how many were removed.
     pub fn ct_gc(&mut self) -> Result<usize> {
