@@ -35,6 +35,11 @@ struct {
 	__uint(max_entries, 1);
 } pal_local_scratch SEC(".maps");
 
+/* Local delivery on (1) or off (0): the agent's `local_delivery` setting, written into the
+ * object by the loader before it is loaded (enforcer/src/datapath/mod.rs), so the verifier
+ * sees a constant. */
+volatile const __u32 local_delivery_on = 1;
+
 /* The scratch map's key, in .rodata: a key on the stack would give local_learn a frame. */
 static const __u32 local_zero = 0;
 
@@ -99,6 +104,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt
 {
 	struct local_key k = {};
 
+	if (!local_delivery_on)
+		return TCX_NEXT;
 	local_key_of(&k, p->daddr, p->family);
 	struct local_route *r = bpf_map_lookup_elem(&pal_local, &k);
 	if (!r || r->ep_gen != gen || r->ifindex == skb->ifindex || p->hop_limit <= 1)

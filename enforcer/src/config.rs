@@ -119,6 +119,11 @@ pub struct Config {
     /// interface that does not exist fails the start; one dropped from this list is
     /// detached at the next start.
     pub uplinks: Vec<String>,
+    /// Local delivery (docs/datapath.md §3.2, default on): established packets between two
+    /// pods of this node go from one host veth to the other without the node's routing and
+    /// netfilter forward hooks (to_pod still judges them). Off: the node's stack forwards
+    /// every packet, for nodes whose own firewall must see pod-to-pod traffic.
+    pub local_delivery: bool,
 }
 
 /// The metrics endpoint's default address: loopback of the enforced network namespace.
@@ -151,6 +156,7 @@ impl Default for Config {
             l7_proxy_port: Some(policy_compiler::engine::DEFAULT_PROXY_PORT),
             l7_proxy_connections_per_identity: crate::proxy::DEFAULT_CONNECTIONS_PER_IDENTITY,
             uplinks: Vec::new(),
+            local_delivery: true,
         }
     }
 }

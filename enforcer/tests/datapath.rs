@@ -1109,6 +1109,7 @@ fn pinned_maps_are_checked_before_reuse() {
         palisade_enforcer::datapath::Datapath::load(&palisade_enforcer::datapath::LoadOptions {
             pin_root: f._fs.path().to_path_buf(),
             mount_if_missing: false,
+            local_delivery: true,
         })
         .unwrap_err()
         .to_string();

@@ -611,6 +611,124 @@ fn rule_packets(listing: &str, comment: &str) -> u64 {
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// A server and a client pod of the `local` namespace, with rules counting what the
+/// node's FORWARD chain sees each way and how many packets from the client reach the
+/// server (all, and with the hop limit one less), for IPv4 and IPv6.
+struct LocalPair {
+    srv: Pod,
+    cl: Pod,
+    _srv_t: ServerHandle,
+}
+
+impl LocalPair {
+    fn new(c: &Cluster) -> LocalPair {
+        let srv = c.pod("local", "srv", 11, 10);
+        let cl = c.pod("local", "cl", 11, 20);
+        c.register(&srv, &[("app", "srv")]);
+        c.register(&cl, &[("app", "cl")]);
+        let _srv_t = serve_tcp(&srv, 8080);
+        let node = c.node.netns_name();
+        for (tool, a, b, hop63) in Self::families(&cl, &srv) {
+            for (src, dst, tag) in [(&a, &b, "to-srv"), (&b, &a, "to-cl")] {
+                xtables(
+                    node,
+                    &[
+                        tool,
+                        "-w",
+                        "-A",
+                        "FORWARD",
+                        "-s",
+                        src,
+                        "-d",
+                        dst,
+                        "-p",
+                        "tcp",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        tag,
+                    ],
+                );
+            }
+            let mut rule = vec![tool, "-w", "-A", "INPUT", "-s", &a, "-p", "tcp"];
+            rule.extend_from_slice(&hop63);
+            rule.extend_from_slice(&["-m", "comment", "--comment", "hop63"]);
+            xtables(&srv.netns, &rule);
+            xtables(
+                &srv.netns,
+                &[
+                    tool,
+                    "-w",
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    &a,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "all",
+                ],
+            );
+        }
+        LocalPair { srv, cl, _srv_t }
+    }
+
+    fn families(cl: &Pod, srv: &Pod) -> [(&'static str, String, String, [&'static str; 4]); 2] {
+        [
+            (
+                "iptables",
+                cl.ipv4.to_string(),
+                srv.ipv4.to_string(),
+                ["-m", "ttl", "--ttl-eq", "63"],
+            ),
+            (
+                "ip6tables",
+                cl.ipv6.unwrap().to_string(),
+                srv.ipv6.unwrap().to_string(),
+                ["-m", "hl", "--hl-eq", "63"],
+            ),
+        ]
+    }
+
+    /// (forwarded to the server, forwarded to the client, received by the server, received
+    /// with the hop limit one less) for `tool`'s family; read once the connections are
+    /// quiet (a delayed ACK may still be on its way when the last echo returns), since the
+    /// rules' counters are not read all at one instant.
+    fn counts(&self, c: &Cluster, tool: &str) -> (u64, u64, u64, u64) {
+        std::thread::sleep(Duration::from_millis(500));
+        let fwd = xtables(c.node.netns_name(), &[tool, "-w", "-L", "FORWARD", "-nvx"]);
+        let input = xtables(&self.srv.netns, &[tool, "-w", "-L", "INPUT", "-nvx"]);
+        (
+            rule_packets(&fwd, "to-srv"),
+            rule_packets(&fwd, "to-cl"),
+            rule_packets(&input, "all"),
+            rule_packets(&input, "hop63"),
+        )
+    }
+
+    /// A session to the server over each family, with `n` echoes each; the sessions.
+    fn sessions(&self, c: &Cluster, n: usize) -> Vec<palisade_testkit::node::TcpSession> {
+        let mut sessions = Vec::new();
+        for dst in [self.srv.addr_v4(8080), self.srv.addr_v6(8080).unwrap()] {
+            let mut s = self
+                .cl
+                .tcp_session(dst, OK)
+                .unwrap_or_else(|e| panic!("session to {dst}: {e}\n{}", c.log()));
+            assert_eq!(s.banner(), "local/srv");
+            for i in 0..n {
+                assert_eq!(
+                    echo(&mut s, format!("msg {i}").as_bytes()),
+                    EchoOutcome::Echoed
+                );
+            }
+            sessions.push(s);
+        }
+        sessions
+    }
+}
+
 /// Local delivery (docs/datapath.md §3.2): once a flow between two pods of the node is
 /// established, its packets go from one host veth straight to the other, where to_pod
 /// still judges them; the node's forwarding sees only what a decision program took (the
@@ -621,102 +739,10 @@ fn established_packets_between_pods_of_the_node_skip_its_forwarding() {
     let Some(c) = start("e2e local delivery", &[("policy.yaml", LOCAL)]) else {
         return;
     };
-    let srv = c.pod("local", "srv", 11, 10);
-    let cl = c.pod("local", "cl", 11, 20);
-    c.register(&srv, &[("app", "srv")]);
-    c.register(&cl, &[("app", "cl")]);
-    let _srv_t = serve_tcp(&srv, 8080);
-    let node = c.node.netns_name().to_string();
-    let families = [
-        (
-            "iptables",
-            cl.ipv4.to_string(),
-            srv.ipv4.to_string(),
-            ["-m", "ttl", "--ttl-eq", "63"],
-        ),
-        (
-            "ip6tables",
-            cl.ipv6.unwrap().to_string(),
-            srv.ipv6.unwrap().to_string(),
-            ["-m", "hl", "--hl-eq", "63"],
-        ),
-    ];
-    for (tool, a, b, hop63) in &families {
-        // In the node: what its forwarding sees each way. In the server pod: how many
-        // packets from the client arrive, and how many with the hop limit one less.
-        for (src, dst, tag) in [(a, b, "to-srv"), (b, a, "to-cl")] {
-            xtables(
-                &node,
-                &[
-                    tool,
-                    "-w",
-                    "-A",
-                    "FORWARD",
-                    "-s",
-                    src,
-                    "-d",
-                    dst,
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "comment",
-                    "--comment",
-                    tag,
-                ],
-            );
-        }
-        let mut rule = vec![*tool, "-w", "-A", "INPUT", "-s", a, "-p", "tcp"];
-        rule.extend_from_slice(hop63);
-        rule.extend_from_slice(&["-m", "comment", "--comment", "hop63"]);
-        xtables(&srv.netns, &rule);
-        xtables(
-            &srv.netns,
-            &[
-                tool,
-                "-w",
-                "-A",
-                "INPUT",
-                "-s",
-                a,
-                "-p",
-                "tcp",
-                "-m",
-                "comment",
-                "--comment",
-                "all",
-            ],
-        );
-    }
-    // Read once the connections are quiet (a delayed ACK may still be on its way when the
-    // last echo returns): the rules' counters are not read all at one instant.
-    let counts = |tool: &str| {
-        std::thread::sleep(Duration::from_millis(500));
-        let fwd = xtables(&node, &[tool, "-w", "-L", "FORWARD", "-nvx"]);
-        let input = xtables(&srv.netns, &[tool, "-w", "-L", "INPUT", "-nvx"]);
-        (
-            rule_packets(&fwd, "to-srv"),
-            rule_packets(&fwd, "to-cl"),
-            rule_packets(&input, "all"),
-            rule_packets(&input, "hop63"),
-        )
-    };
-
-    let mut sessions = Vec::new();
-    for dst in [srv.addr_v4(8080), srv.addr_v6(8080).unwrap()] {
-        let mut s = cl
-            .tcp_session(dst, OK)
-            .unwrap_or_else(|e| panic!("session to {dst}: {e}\n{}", c.log()));
-        assert_eq!(s.banner(), "local/srv");
-        for i in 0..30 {
-            assert_eq!(
-                echo(&mut s, format!("msg {i}").as_bytes()),
-                EchoOutcome::Echoed
-            );
-        }
-        sessions.push(s);
-    }
-    for (tool, ..) in &families {
-        let (to_srv, to_cl, all, hop63) = counts(tool);
+    let pair = LocalPair::new(&c);
+    let mut sessions = pair.sessions(&c, 30);
+    for tool in ["iptables", "ip6tables"] {
+        let (to_srv, to_cl, all, hop63) = pair.counts(&c, tool);
         assert_eq!(to_srv, 1, "{tool}: only the SYN is forwarded by the node");
         assert_eq!(to_cl, 0, "{tool}: the replies never are");
         assert!(
@@ -733,14 +759,14 @@ fn established_packets_between_pods_of_the_node_skip_its_forwarding() {
     // decided again and forwarded by the node, the rest go straight again.
     let other = c.pod("local", "other", 11, 30);
     c.register(&other, &[("app", "other")]);
-    let (to_srv0, to_cl0, all0, _) = counts("iptables");
+    let (to_srv0, to_cl0, all0, _) = pair.counts(&c, "iptables");
     for i in 0..30 {
         assert_eq!(
             echo(&mut sessions[0], format!("again {i}").as_bytes()),
             EchoOutcome::Echoed
         );
     }
-    let (to_srv, to_cl, all, hop63) = counts("iptables");
+    let (to_srv, to_cl, all, hop63) = pair.counts(&c, "iptables");
     assert!(
         to_srv - to_srv0 <= 1,
         "forwarded to the server after the write: {}",
@@ -753,6 +779,32 @@ fn established_packets_between_pods_of_the_node_skip_its_forwarding() {
     );
     assert!(all - all0 >= 30);
     assert_eq!(hop63, all);
+}
+
+/// `local_delivery: false` (docs/configuration.md): the node's stack forwards every packet
+/// between its pods, as without Palisade.
+#[test]
+fn with_local_delivery_off_the_node_forwards_every_packet() {
+    let Some(c) = common::traffic::start_with_config(
+        "e2e",
+        BLOCK,
+        "e2e local delivery off",
+        &[("policy.yaml", LOCAL)],
+        Some("local_delivery: false\n"),
+    ) else {
+        return;
+    };
+    let pair = LocalPair::new(&c);
+    let _sessions = pair.sessions(&c, 30);
+    for tool in ["iptables", "ip6tables"] {
+        let (to_srv, to_cl, all, hop63) = pair.counts(&c, tool);
+        assert_eq!(
+            to_srv, all,
+            "{tool}: every packet to the server is forwarded"
+        );
+        assert!(to_cl >= 31, "{tool}: {to_cl} replies forwarded");
+        assert_eq!(hop63, all, "{tool}: the hop limit one less, by the node");
+    }
 }
 
 // ---- 6. IPv6 -------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ impl Daemon {
         let mut dp = Datapath::load(&LoadOptions {
             pin_root: opts.config.pin_root.clone(),
             mount_if_missing: opts.mount_bpffs,
+            local_delivery: opts.config.local_delivery,
         })?;
         let adopted = dp.adopted().len();
         std::fs::create_dir_all(&opts.state_dir).map_err(|e| DaemonError::State {

@@ -150,6 +150,10 @@ pub enum DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
+/// The object's switch for local delivery (`ebpf/lib/local.h`), a constant the verifier
+/// sees: off, `local_deliver` is dead code.
+const LOCAL_DELIVERY_GLOBAL: &str = "local_delivery_on";
+
 /// How to load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -158,6 +162,9 @@ pub struct LoadOptions {
     /// Mount a bpffs on `pin_root` when it is not one already (off in tests that give a
     /// directory inside an existing bpffs).
     pub mount_if_missing: bool,
+    /// Local delivery between pods of the node (docs/datapath.md §3.2); off, every packet
+    /// goes through the node's stack. Set in the object before it is loaded.
+    pub local_delivery: bool,
 }
 
 /// A loaded datapath.
@@ -210,7 +217,7 @@ impl Datapath {
         }
         spec::verify_pins(&pin_dir, &map_specs()?)?;
         let programs = program_specs()?;
-        let bpf = load_object(&pin_dir)?;
+        let bpf = load_object(&pin_dir, opts.local_delivery)?;
         let mut dp = Datapath {
             bpf,
             pin_dir,
@@ -1253,10 +1260,12 @@ fn sum_counters<T: std::borrow::Borrow<MapData>>(m: &PerCpuArray<T, [u64; 2]>) -
     Ok(out)
 }
 
-fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+fn load_object(pin_dir: &Path, local_delivery: bool) -> Result<Ebpf> {
+    let on = u32::from(local_delivery);
     let load = |level| {
         EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(LOCAL_DELIVERY_GLOBAL, &on, true)
             .verifier_log_level(level)
             .load(DATAPATH_OBJECT)
     };

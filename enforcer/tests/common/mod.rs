@@ -51,6 +51,7 @@ impl PrivateBpffs {
         Datapath::load(&LoadOptions {
             pin_root: self.root.clone(),
             mount_if_missing: false,
+            local_delivery: true,
         })
         .unwrap_or_else(|e| panic!("load datapath: {e}"))
     }
