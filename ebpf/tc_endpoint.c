@@ -40,8 +40,9 @@
  *      outcome is counted and reported once (lib/events.h).
  *   7b. an admitted new flow, or an entry re-validated under a new endpoint generation,
  *      teaches how the node delivers to this pod (lib/local.h); the fast path then hands
- *      established packets from_pod sends to a pod of this node straight to that pod's
- *      host veth, where to_pod judges them (docs/datapath.md §3.2).
+ *      established packets from_pod sends to a pod of this node, whose interface tracks
+ *      the same tuple, straight to that pod's host veth, where to_pod judges them
+ *      (docs/datapath.md §3.2).
  * A pass returns TCX_NEXT, so programs after Palisade on the hook still run; a drop returns
  * TCX_DROP, which ends the chain.
  */
@@ -455,7 +456,7 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 			mark_local(skb);
 		count(dir, COUNTER_CT_ESTABLISHED, f.p.len);
 		if (dir == DIRECTION_EGRESS && !(ct->flags & CT_F_LOCAL_ONLY))
-			return local_deliver(skb, &f.p, gen);
+			return local_deliver(skb, &f.p, gen, &k, now);
 		return TCX_NEXT;
 	}
 	/* 5. */
@@ -470,7 +471,7 @@ static __always_inline int fast(struct __sk_buff *skb, __u8 dir)
 		return fast_drop(&f, &k, DROP_NO_SERVICE);
 	count(dir, COUNTER_CT_REPLY, f.p.len);
 	if (dir == DIRECTION_EGRESS && !(ct->flags & CT_F_LOCAL_ONLY))
-		return local_deliver(skb, &f.p, gen);
+		return local_deliver(skb, &f.p, gen, &k, now);
 	return TCX_NEXT;
 }
 

@@ -12,6 +12,7 @@
 #include "parse.h"
 #include "endpoint.h"
 #include "events.h"
+#include "ct.h"
 
 /* a pod's own address -> how the node's stack delivers to it (palisade_abi.h) */
 struct {
@@ -95,12 +96,14 @@ __attribute__((noinline)) int local_learn(struct __sk_buff *skb, const struct fl
 }
 
 /* At from_pod, on an established packet: hands it to the destination pod's host veth when
- * the destination is a pod of this node learned under the current generation `gen`,
+ * the destination is a pod of this node learned under the current generation `gen` whose
+ * entries track this tuple (`peer`: scratch for its key; `now` for its lifetime),
  * forwarding as the node would (MACs of that link, TTL / hop limit one less). Returns
  * TCX_NEXT (the node's stack forwards it) when it is not, when the hop limit would run
  * out (the stack answers with its ICMP error), or when a rewrite fails (the stack
  * rewrites the MACs again). */
-static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt *p, __u32 gen)
+static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt *p, __u32 gen,
+					 struct ct_key *peer, __u64 now)
 {
 	struct local_key k = {};
 
@@ -114,6 +117,13 @@ static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt
 	__u8 macs[2 * ETH_ALEN];
 	__builtin_memcpy(macs, r->pod_mac, ETH_ALEN);
 	__builtin_memcpy(macs + ETH_ALEN, r->node_mac, ETH_ALEN);
+	/* The node's stack delivered this very tuple to that pod: the destination's to_pod
+	 * tracks it. A flow the node rewrites on its way (a DNAT or SNAT of its own, such as
+	 * kube-proxy's rules for a service Palisade does not translate) has another tuple
+	 * there and stays with the stack, which must undo its rewrite on the replies. */
+	ct_key_of(peer, p, DIRECTION_INGRESS, ifindex);
+	if (!ct_lookup(peer, now))
+		return TCX_NEXT;
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
 		return TCX_NEXT;
 	if (p->family == 4) {

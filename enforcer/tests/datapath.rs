@@ -398,6 +398,36 @@ fn an_endpoint_write_sends_established_flows_back_to_the_decision() {
 /// a pod of this node learned under the current endpoint generation (that link's MACs, TTL
 /// or hop limit one less, redirected to its host veth), and leaves everything else to the
 /// node's stack: a route of an older generation, a hop limit that would run out.
+/// Gives the flow `src:sport -> dst:dport` an entry at PEER's interface (7) as PEER's
+/// to_pod would make it, copied from the test endpoint's entry of the flow.
+fn track_at_peer(f: &mut Fixture, src: &str, dst: &str, sport: u16, dport: u16) {
+    let addr = |s: &str| abi::LocalKey::new(ip(s)).addr;
+    let family = if ip(src).is_ipv4() { 4 } else { 6 };
+    let key = |direction, ifindex| {
+        abi::CtKey::canonical(
+            addr(src),
+            addr(dst),
+            sport.to_be(),
+            dport.to_be(),
+            6,
+            family,
+            direction,
+            ifindex,
+        )
+    };
+    // The test endpoint's to_pod opened the flow from dst: its key is the reply's, swapped.
+    let own = key(abi::DIRECTION_EGRESS, 1);
+    let entry =
+        f.dp.ct_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == own)
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| panic!("no entry {own:?}"));
+    f.dp.write_ct_entry(&key(abi::DIRECTION_INGRESS, 7), &entry)
+        .unwrap();
+}
+
 #[test]
 fn established_packets_go_straight_to_a_local_pod_learned_under_the_current_generation() {
     let Some(mut f) = fixture("local") else {
@@ -431,6 +461,10 @@ fn established_packets_go_straight_to_a_local_pod_learned_under_the_current_gene
         ip("10.0.0.2"),
         tcp(80, 40000, TCP_SYN | TCP_ACK),
     ));
+    // Until PEER's interface tracks this very tuple (as when the node rewrote the flow on
+    // its way, a DNAT of its own), the packet stays with the node's stack.
+    assert_eq!(f.dp.test_run(Hook::FromPod, &reply).unwrap(), PASS);
+    track_at_peer(&mut f, "10.0.0.1", "10.0.0.2", 80, 40000);
     let (ret, out) = f.dp.test_run_output(Hook::FromPod, &reply).unwrap();
     assert_eq!(ret, abi::tcx::REDIRECT);
     assert_eq!(out[0..6], [2, 0, 0, 0, 0, 0x22]);
@@ -447,7 +481,7 @@ fn established_packets_go_straight_to_a_local_pod_learned_under_the_current_gene
         reply[14 + 12..],
         "addresses and TCP untouched"
     );
-    assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY), 1);
+    assert_eq!(f.counter(abi::DIRECTION_EGRESS, abi::COUNTER_CT_REPLY), 2);
     // A hop limit that would run out is the stack's (it answers time exceeded).
     let last_hop = packet::with_checksums(with_hop_limit(reply.clone(), 1));
     assert_eq!(f.dp.test_run(Hook::FromPod, &last_hop).unwrap(), PASS);
@@ -487,6 +521,7 @@ fn established_packets_go_straight_to_a_local_pod_learned_under_the_current_gene
         &peer_route(f.dp.ep_gen()),
     )
     .unwrap();
+    track_at_peer(&mut f, "fd00::1", "fd00::2", 443, 40001);
     let reply6 = packet::with_checksums(packet::build(
         ip("fd00::1"),
         ip("fd00::2"),

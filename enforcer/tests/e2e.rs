@@ -781,6 +781,74 @@ fn established_packets_between_pods_of_the_node_skip_its_forwarding() {
     assert_eq!(hop63, all);
 }
 
+/// A flow the node itself rewrites on its way between two of its pods (here a DNAT rule in
+/// its `nat` table, as kube-proxy writes for a service Palisade does not translate) stays
+/// with the node's stack: the server's replies must get the node's reverse translation,
+/// so local delivery does not take them (the server's interface tracks another tuple than
+/// the client's). Without that check the client would see replies from the server's own
+/// address and the connection would never open.
+#[test]
+fn a_flow_the_node_translates_itself_stays_with_the_node() {
+    let Some(c) = start("e2e local delivery dnat", &[("policy.yaml", LOCAL)]) else {
+        return;
+    };
+    let pair = LocalPair::new(&c);
+    let vip = v4(12, 1);
+    let vip6 = v6(12, 1);
+    let node = c.node.netns_name();
+    for (tool, vip, srv) in [
+        ("iptables", vip.to_string(), pair.srv.ipv4.to_string()),
+        (
+            "ip6tables",
+            vip6.to_string(),
+            format!("[{}]", pair.srv.ipv6.unwrap()),
+        ),
+    ] {
+        xtables(
+            node,
+            &[
+                tool,
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &vip,
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{srv}:8080"),
+            ],
+        );
+    }
+    for dst in [
+        std::net::SocketAddr::from((vip, 80)),
+        std::net::SocketAddr::from((vip6, 80)),
+    ] {
+        let mut s = pair
+            .cl
+            .tcp_session(dst, OK)
+            .unwrap_or_else(|e| panic!("session to {dst} through the node's DNAT: {e}"));
+        assert_eq!(s.banner(), "local/srv");
+        for i in 0..30 {
+            assert_eq!(
+                echo(&mut s, format!("msg {i}").as_bytes()),
+                EchoOutcome::Echoed
+            );
+        }
+    }
+    // Every reply went through the node (its reverse translation).
+    for tool in ["iptables", "ip6tables"] {
+        let (_, to_cl, ..) = pair.counts(&c, tool);
+        assert!(to_cl >= 31, "{tool}: {to_cl} replies forwarded by the node");
+    }
+}
+
 /// `local_delivery: false` (docs/configuration.md): the node's stack forwards every packet
 /// between its pods, as without Palisade.
 #[test]

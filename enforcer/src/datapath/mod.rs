@@ -951,6 +951,16 @@ impl Datapath {
             .map_err(map_err(map_name::LOCAL))
     }
 
+    /// Writes a conntrack entry as a program would make it. Only the programs (and the
+    /// upgrade import) write conntrack in a running agent; tests use this to give a flow an
+    /// entry at an interface BPF_PROG_TEST_RUN does not run on.
+    #[doc(hidden)]
+    pub fn write_ct_entry(&mut self, key: &CtKey, entry: &CtEntry) -> Result<()> {
+        let mut m = self.ct_map()?;
+        m.insert(key.to_bytes(), entry.to_bytes(), 0)
+            .map_err(map_err(map_name::CT))
+    }
+
     /// Deletes expired conntrack entries (the LRU would otherwise evict live flows
     /// first under churn). Returns how many were removed.
     pub fn ct_gc(&mut self) -> Result<usize> {
