@@ -86,7 +86,6 @@ __attribute__((noinline)) int local_learn(struct __sk_buff *skb, const struct fl
 	if ((s->r.pod_mac[0] & 1) || (s->r.node_mac[0] & 1))
 		return 0;
 	__builtin_memset(&s->k, 0, sizeof(s->k));
-	own = f->dir == DIRECTION_INGRESS ? f->p.daddr : f->p.saddr;
 	local_key_of(&s->k, own, f->p.family);
 	struct local_route *old = bpf_map_lookup_elem(&pal_local, &s->k);
 	if (old && __builtin_memcmp(old, &s->r, sizeof(s->r)) == 0)
