@@ -11,7 +11,9 @@
 //! Each at 1 and 32 connections, keep-alive and a new connection per request, interleaved
 //! rounds, medians. `cargo bench -p palisade-enforcer --bench l7_redirect` (5 s per
 //! measurement, 3 rounds); under `cargo test` a smoke run (1 s, 1 round) checks that every
-//! path serves the allowed request and both proxies refuse the denied one. Needs root. The
+//! path serves the allowed request and both proxies refuse the denied one.
+//! `PALISADE_L7_BENCH_SECONDS`, `PALISADE_L7_BENCH_ROUNDS` and `PALISADE_L7_BENCH_MODES`
+//! (`keep-alive`, `new-conn`; both by default) narrow a run, e.g. for a profile. Needs root. The
 //! ratios are the result: wrk, nginx, the agent and HAProxy share the machine's cores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -172,6 +174,16 @@ fn main() {
         }
     }
     let (seconds, rounds) = if full { (5, 3) } else { (1, 1) };
+    let knob = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let seconds = knob("PALISADE_L7_BENCH_SECONDS", seconds);
+    let rounds = knob("PALISADE_L7_BENCH_ROUNDS", rounds);
+    // `keep-alive`, `new-conn` or both (the default).
+    let modes = std::env::var("PALISADE_L7_BENCH_MODES").unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "L7 proxy through the datapath redirect ({}; {seconds} s per measurement, {rounds} \
@@ -187,6 +199,10 @@ fn main() {
     let mut errors = 0;
     let mut table = Vec::new();
     for close in [false, true] {
+        let mode = if close { "new-conn" } else { "keep-alive" };
+        if !modes.is_empty() && !modes.split(',').any(|m| m == mode) {
+            continue;
+        }
         for connections in [1u32, 32] {
             let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); paths.len()];
             for _ in 0..rounds {

@@ -112,6 +112,11 @@ pub struct Config {
     /// Open proxied connections one client identity may hold (default 4096); more are
     /// closed at accept and logged, so one workload cannot exhaust the proxy.
     pub l7_proxy_connections_per_identity: usize,
+    /// Seconds an upstream connection of the L7 proxy is kept, after its client connection
+    /// ended cleanly, for the next connection of the same client address to the same server
+    /// (default 4, under the usual servers' keep-alive timeouts); 0 opens a new upstream
+    /// connection for every client connection. docs/l7.md.
+    pub l7_upstream_idle_secs: u64,
     /// The node's uplinks: interfaces (of the enforced network namespace) where traffic
     /// from outside enters the node. Each gets the uplink programs, which translate node
     /// ports, external IPs and load-balancer IPs for that traffic (docs/services.md,
@@ -155,6 +160,7 @@ impl Default for Config {
             cni: None,
             l7_proxy_port: Some(policy_compiler::engine::DEFAULT_PROXY_PORT),
             l7_proxy_connections_per_identity: crate::proxy::DEFAULT_CONNECTIONS_PER_IDENTITY,
+            l7_upstream_idle_secs: crate::proxy::pool::DEFAULT_IDLE.as_secs(),
             uplinks: Vec::new(),
             local_delivery: true,
         }
@@ -303,6 +309,15 @@ impl Config {
             return Err(invalid(
                 "l7_proxy_connections_per_identity",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.l7_upstream_idle_secs > 3600 {
+            return Err(invalid(
+                "l7_upstream_idle_secs",
+                format!(
+                    "{} is more than an hour; idle upstream connections hold sockets on both ends",
+                    self.l7_upstream_idle_secs
+                ),
             ));
         }
         if self.l7_proxy_port == Some(0) {

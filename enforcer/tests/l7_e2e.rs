@@ -911,3 +911,102 @@ fn ingress_http_rules_apply_to_traffic_from_outside_the_node() {
         assert_eq!(l["flow"]["ingress_allowed_by"][0]["name"], "public-api");
     }
 }
+
+/// A metric's value in the agent's scrape (0 when absent).
+fn metric(c: &Cluster, name: &str) -> u64 {
+    scrape(c)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Established connections nginx in `server` holds from `client`'s address.
+fn upstreams_from(server: &Pod, client: &Pod) -> usize {
+    let out = server
+        .run(
+            &["ss", "-Htn", "state", "established", "( sport = :8080 )"],
+            TIMEOUT,
+        )
+        .expect("ss runs");
+    out.stdout
+        .lines()
+        .filter(|l| l.contains(&format!("{}:", client.ipv4)))
+        .count()
+}
+
+/// A client that opens a new connection per request (curl) is served over one upstream
+/// connection, kept by the proxy between its connections: nginx holds one connection from
+/// the client's address, and every request is still judged and logged. Another client
+/// address gets its own; a policy change retires the kept one (the next request opens a new
+/// connection), and an idle one is closed after `l7_upstream_idle_secs`.
+#[test]
+fn a_clients_new_connections_share_a_kept_upstream_connection_until_the_policy_changes() {
+    let Some(c) = start(
+        "l7 e2e kept upstream connections",
+        &[("00-ns.yaml", NAMESPACE), ("20-l7.yaml", INGRESS_L7)],
+    ) else {
+        return;
+    };
+    let frontend = c.pod("production", "frontend", 6, 10);
+    let backend = c.pod("production", "backend", 6, 11);
+    let other = c.pod("production", "frontend-2", 6, 12);
+    c.register(&frontend, &[("app", "frontend")]);
+    c.register(&backend, &[("app", "backend")]);
+    c.register(&other, &[("app", "frontend")]);
+    let nginx = backend.start_nginx(8080).expect("nginx in the backend pod");
+    let url = format!("http://{}:8080/api/v1/data", backend.ipv4);
+    let settle = || std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(curl(&frontend, "GET", &url, TIMEOUT).0, 200);
+        settle();
+    }
+    assert_eq!(curl(&frontend, "POST", &url, TIMEOUT).0, 403);
+    settle();
+    assert_eq!(
+        (
+            metric(&c, "palisade_l7_upstream_connections_opened_total"),
+            metric(&c, "palisade_l7_upstream_connections_reused_total")
+        ),
+        (1, 2),
+        "three GETs on three client connections, one upstream connection"
+    );
+    assert_eq!(upstreams_from(&backend, &frontend), 1);
+    assert_eq!(access_log(&nginx).len(), 3, "the POST was not forwarded");
+    // Another address of the same identity: its own upstream connection.
+    assert_eq!(curl(&other, "GET", &url, TIMEOUT).0, 200);
+    settle();
+    assert_eq!(
+        metric(&c, "palisade_l7_upstream_connections_opened_total"),
+        2
+    );
+    assert_eq!(upstreams_from(&backend, &other), 1);
+    // A policy change: the kept connections were opened under the old view.
+    c.write_policy(
+        "another HTTP rule",
+        "20-l7.yaml",
+        &INGRESS_L7.replace(
+            "- {method: GET, path: /api/v1/data}",
+            "- {method: GET, path: /api/v1/data}\n        - {method: GET, path: /healthz}",
+        ),
+    );
+    assert_eq!(curl(&frontend, "GET", &url, TIMEOUT).0, 200);
+    settle();
+    assert_eq!(
+        (
+            metric(&c, "palisade_l7_upstream_connections_opened_total"),
+            metric(&c, "palisade_l7_upstream_connections_reused_total")
+        ),
+        (3, 2)
+    );
+    // Every request judged and logged.
+    wait_l7(&c, 6);
+    // Idle longer than the default 4 s: closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstreams_from(&backend, &frontend) + upstreams_from(&backend, &other) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle upstream connections were not closed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -126,7 +126,7 @@ fn palisade(upstream: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
                 let sink = |_: RequestRecord| {};
                 let _ = serve(
                     client,
-                    || async move {
+                    &|| async move {
                         let s = tokio::net::TcpStream::connect(upstream).await?;
                         s.set_nodelay(true)?;
                         Ok(s)

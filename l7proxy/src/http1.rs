@@ -505,9 +505,9 @@ pub fn serialize_head(head: &ParsedHead, req: &NormalizedRequest) -> Vec<u8> {
         Framing::Length(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
-    if !head.keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
+    // The client's `Connection` options are its own (hop-by-hop): the upstream connection
+    // stays open whatever the client asked, so that it can carry later requests; the proxy
+    // closes the client's connection itself.
     out.extend_from_slice(b"\r\n");
     out
 }

@@ -17,6 +17,12 @@
 //! - `Upgrade` (including `h2c`) and `CONNECT` are refused (`501`) and logged as unsupported.
 //! - **Limits**: a head must be complete within `head_timeout` of its first byte, a kept-alive
 //!   connection may idle `idle_timeout`, the upstream must answer within `upstream_timeout`.
+//! - **Upstream connections** come from the caller's [`Upstreams`]: opened on the first
+//!   allowed request, and given back when the client leaves if their last response ended
+//!   cleanly (complete, kept alive, nothing unread), so that the caller may keep them for the
+//!   next connection of the same client. A request that finds a kept connection closed by the
+//!   server before any byte of its response (the race every connection pool has) is sent
+//!   once more on a new connection, but only a `GET`, `HEAD` or `OPTIONS` without a body.
 //!
 //! The caller owns the sockets: it accepts the client, decides which rules apply to the
 //! connection, and says how to reach the upstream (transparently, from the client's address,
@@ -128,6 +134,29 @@ impl RequestRecord {
     }
 }
 
+/// Where a client connection's upstream connections come from.
+pub trait Upstreams<U> {
+    /// A connection for the next request: one kept from an earlier client connection
+    /// (`true`: the server may have closed it since) unless `fresh`, else a new one.
+    fn open(&self, fresh: bool) -> impl Future<Output = io::Result<(U, bool)>>;
+
+    /// A connection whose last response ended cleanly, no longer needed by its client.
+    fn release(&self, conn: U) {
+        drop(conn);
+    }
+}
+
+/// A closure opening a new connection: nothing is kept.
+impl<U, F, Fut> Upstreams<U> for F
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<U>>,
+{
+    async fn open(&self, _fresh: bool) -> io::Result<(U, bool)> {
+        Ok((self().await?, false))
+    }
+}
+
 /// Where every request's record goes.
 pub trait Sink: Send + Sync {
     fn request(&self, record: RequestRecord);
@@ -149,6 +178,10 @@ struct Side<S> {
     io: S,
     buf: Vec<u8>,
     eof: bool,
+    /// An upstream whose last exchange ended cleanly (may serve another client).
+    clean: bool,
+    /// An upstream kept from an earlier client connection, not yet proven by a response.
+    reused: bool,
 }
 
 impl<S: AsyncRead + Unpin> Side<S> {
@@ -157,6 +190,8 @@ impl<S: AsyncRead + Unpin> Side<S> {
             io,
             buf: Vec::with_capacity(READ_CHUNK),
             eof: false,
+            clean: false,
+            reused: false,
         }
     }
 
@@ -178,23 +213,23 @@ impl<S: AsyncRead + Unpin> Side<S> {
     }
 
     /// Moves exactly `n` bytes (buffered first, then read within `limit` per read) to `to`;
-    /// `Ok(false)` when the stream ends first.
+    /// `Ok(false)` when the stream ends first. A failed write is `Err(Copy::Write)`.
     async fn copy_exact<W: AsyncWrite + Unpin>(
         &mut self,
         n: u64,
         to: &mut W,
         limit: Duration,
-    ) -> io::Result<bool> {
+    ) -> Result<bool, Copy> {
         let mut left = n;
         while left > 0 {
-            if self.buf.is_empty() && !self.fill(limit).await? {
+            if self.buf.is_empty() && !self.fill(limit).await.map_err(Copy::Read)? {
                 return Ok(false);
             }
             let take = self
                 .buf
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            to.write_all(&self.buf[..take]).await?;
+            to.write_all(&self.buf[..take]).await.map_err(Copy::Write)?;
             self.buf.drain(..take);
             left -= take as u64;
         }
@@ -202,11 +237,26 @@ impl<S: AsyncRead + Unpin> Side<S> {
     }
 }
 
-/// Serves one client connection until it ends. `connect` opens the upstream connection
-/// (once, on the first allowed request; again after the upstream closed).
-pub async fn serve<C, U, F, Fut>(
+/// Which side of a copy failed.
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl From<Copy> for io::Error {
+    fn from(c: Copy) -> io::Error {
+        match c {
+            Copy::Read(e) | Copy::Write(e) => e,
+        }
+    }
+}
+
+/// Serves one client connection until it ends. `upstreams` gives the upstream connection
+/// (on the first allowed request; again after the upstream closed) and takes it back at the
+/// end if its last exchange ended cleanly.
+pub async fn serve<C, U, P>(
     client: C,
-    connect: F,
+    upstreams: &P,
     rules: &dyn Rules,
     sink: &dyn Sink,
     config: &ProxyConfig,
@@ -214,11 +264,42 @@ pub async fn serve<C, U, F, Fut>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
-    F: Fn() -> Fut,
-    Fut: Future<Output = io::Result<U>>,
+    P: Upstreams<U>,
+{
+    let mut upstream: Option<Side<U>> = None;
+    let served = serve_client(client, &mut upstream, upstreams, rules, sink, config).await;
+    if let Some(up) = upstream
+        && up.clean
+        && !up.eof
+        && up.buf.is_empty()
+    {
+        upstreams.release(up.io);
+    }
+    served
+}
+
+/// A request that may be sent again on a new connection when a kept one turns out closed:
+/// no body, and a method that asks for nothing to change.
+fn retryable(head: &ParsedHead) -> bool {
+    matches!(head.framing, Framing::None)
+        && !head.expect_continue
+        && matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS")
+}
+
+async fn serve_client<C, U, P>(
+    client: C,
+    upstream: &mut Option<Side<U>>,
+    upstreams: &P,
+    rules: &dyn Rules,
+    sink: &dyn Sink,
+    config: &ProxyConfig,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    P: Upstreams<U>,
 {
     let mut client = Side::new(client);
-    let mut upstream: Option<Side<U>> = None;
     loop {
         // The next head: the idle limit until its first byte, then the head limit.
         let mut started: Option<Instant> = (!client.buf.is_empty()).then(Instant::now);
@@ -319,10 +400,12 @@ where
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await?;
         }
-        let up = match upstream.as_mut() {
-            Some(u) => u,
-            None => {
-                let conn = match timeout(config.upstream_timeout, connect()).await {
+        let mut relayed = None;
+        // At most two tries: the second only on a new connection, after a kept one failed
+        // before any byte of a response.
+        for fresh in [false, true] {
+            if upstream.is_none() {
+                let conn = match timeout(config.upstream_timeout, upstreams.open(fresh)).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(_)) | Err(_) => {
                         record.outcome = Outcome::Refused {
@@ -332,10 +415,30 @@ where
                         return refuse(&mut client, 503, record, sink, config).await;
                     }
                 };
-                upstream.insert(Side::new(conn))
+                let mut side = Side::new(conn.0);
+                side.reused = conn.1;
+                *upstream = Some(side);
             }
+            let Some(up) = upstream.as_mut() else {
+                unreachable!("an upstream was set above")
+            };
+            let reused = up.reused;
+            up.clean = false;
+            let r = forward(&mut client, up, &head, &req, config).await;
+            if let Ok((_, keep)) = &r {
+                up.clean = *keep;
+                up.reused = false;
+            }
+            if matches!(r, Err(Failure::Upstream(_))) && reused && !fresh && retryable(&head) {
+                drop(upstream.take());
+                continue;
+            }
+            relayed = Some(r);
+            break;
+        }
+        let Some(relayed) = relayed else {
+            unreachable!("the second try always ends the loop")
         };
-        let relayed = forward(&mut client, up, &head, &req, config).await;
         let (status, keep) = match relayed {
             Ok(r) => r,
             Err(Failure::RequestBody(reason)) => {
@@ -373,7 +476,7 @@ where
             return Ok(());
         }
         if upstream.as_ref().is_some_and(|u| u.eof) {
-            upstream = None;
+            *upstream = None;
         }
     }
 }
@@ -395,6 +498,13 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// A response relayed partway: the client already has bytes of it.
+impl From<Copy> for Failure {
+    fn from(c: Copy) -> Self {
+        Failure::Io(c.into())
+    }
+}
+
 /// Sends the request's head and body upstream, then relays the response. Returns the final
 /// status and whether both sides may continue.
 async fn forward<C, U>(
@@ -408,14 +518,24 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    up.io.write_all(&serialize_head(head, req)).await?;
+    // Nothing reached the client yet: a failed write of the head is the upstream's failure
+    // (answered 502), as a closed connection found on the first read is.
+    up.io
+        .write_all(&serialize_head(head, req))
+        .await
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
     match head.framing {
         Framing::None => {}
         Framing::Length(n) => {
-            if !client
+            // The upstream failing while it is sent the body: nothing reached the client yet.
+            let copied = client
                 .copy_exact(n, &mut up.io, config.head_timeout)
-                .await?
-            {
+                .await
+                .map_err(|e| match e {
+                    Copy::Write(e) => Failure::Upstream(e.to_string()),
+                    Copy::Read(e) => Failure::Io(e),
+                })?;
+            if !copied {
                 return Err(Failure::RequestBody(
                     "the request body ended before its Content-Length".into(),
                 ));
@@ -433,10 +553,16 @@ where
                     let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
                     chunk.append(&mut payload);
                     chunk.extend_from_slice(b"\r\n");
-                    up.io.write_all(&chunk).await?;
+                    up.io
+                        .write_all(&chunk)
+                        .await
+                        .map_err(|e| Failure::Upstream(e.to_string()))?;
                 }
                 if decoder.is_done() {
-                    up.io.write_all(b"0\r\n\r\n").await?;
+                    up.io
+                        .write_all(b"0\r\n\r\n")
+                        .await
+                        .map_err(|e| Failure::Upstream(e.to_string()))?;
                     break;
                 }
                 if !client.fill(config.head_timeout).await? {
@@ -447,8 +573,11 @@ where
             }
         }
     }
-    up.io.flush().await?;
-    relay_response(client, up, head.method == "HEAD", config).await
+    up.io
+        .flush()
+        .await
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
+    relay_response(client, up, head.method == "HEAD", !head.keep_alive, config).await
 }
 
 /// How a response body is delimited.
@@ -460,10 +589,13 @@ enum ResponseBody {
 }
 
 /// Relays 1xx responses and the final response (head as received, body by its framing).
+/// When the client's connection ends with this response (`client_close`), the final head is
+/// written again without the upstream's connection options and with `Connection: close`.
 async fn relay_response<C, U>(
     client: &mut Side<C>,
     up: &mut Side<U>,
     head_request: bool,
+    client_close: bool,
     config: &ProxyConfig,
 ) -> Result<(u16, bool), Failure>
 where
@@ -480,7 +612,7 @@ where
                 Failure::Upstream(e.to_string())
             }
         };
-        let (len, status, body, keep) = loop {
+        let (len, status, body, keep, closing_head) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 100];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(&up.buf) {
@@ -488,7 +620,9 @@ where
                     let status = resp.code.unwrap_or(0);
                     let (body, keep) = response_framing(&resp, status, head_request)
                         .map_err(|e| failed(relayed, e))?;
-                    break (len, status, body, keep);
+                    let closing_head = (client_close && !(100..200).contains(&status))
+                        .then(|| closing_response_head(&resp, status));
+                    break (len, status, body, keep, closing_head);
                 }
                 Ok(httparse::Status::Partial) => {
                     if up.buf.len() > config.head.max_head_bytes {
@@ -526,7 +660,13 @@ where
             }
             _ => len,
         };
-        client.io.write_all(&up.buf[..with_body]).await?;
+        match closing_head {
+            None => client.io.write_all(&up.buf[..with_body]).await?,
+            Some(mut head) => {
+                head.extend_from_slice(&up.buf[len..with_body]);
+                client.io.write_all(&head).await?;
+            }
+        }
         up.buf.drain(..with_body);
         let body = match body {
             ResponseBody::Length(n) => ResponseBody::Length(n - (with_body - len) as u64),
@@ -587,6 +727,43 @@ where
         client.io.flush().await?;
         return Ok((status, keep && !up.eof));
     }
+}
+
+/// A response head for a client whose connection closes after it: status line and fields
+/// as received, less the connection options (and the fields they name), plus
+/// `Connection: close`.
+fn closing_response_head(resp: &httparse::Response<'_, '_>, status: u16) -> Vec<u8> {
+    let named: Vec<String> = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| {
+            String::from_utf8_lossy(h.value)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "connection" | "keep-alive" | "proxy-connection"
+        ) || named.contains(&lower)
+        {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out
 }
 
 fn invalid(msg: &str) -> io::Error {

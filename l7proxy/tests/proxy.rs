@@ -78,7 +78,7 @@ impl Proxy {
                     let sink = move |record: RequestRecord| rec.lock().unwrap().push(record);
                     let _ = serve(
                         client,
-                        || tokio::net::TcpStream::connect(upstream),
+                        &|| tokio::net::TcpStream::connect(upstream),
                         &current,
                         &sink,
                         &config,
@@ -585,4 +585,214 @@ fn an_upstream_that_fails_before_answering_is_a_502() {
         );
         assert!(r.upstream_error.is_some(), "{r:?}");
     }
+}
+
+/// Upstream connections kept by the caller between client connections, as the agent keeps
+/// them per client address: the log of what was opened and reused.
+#[derive(Default)]
+struct KeptUpstreams {
+    addr: Option<SocketAddr>,
+    idle: Mutex<Vec<tokio::net::TcpStream>>,
+    opened: std::sync::atomic::AtomicUsize,
+    reused: std::sync::atomic::AtomicUsize,
+}
+
+impl palisade_l7proxy::proxy::Upstreams<tokio::net::TcpStream> for KeptUpstreams {
+    async fn open(&self, fresh: bool) -> std::io::Result<(tokio::net::TcpStream, bool)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !fresh && let Some(c) = self.idle.lock().unwrap().pop() {
+            self.reused.fetch_add(1, SeqCst);
+            return Ok((c, true));
+        }
+        self.opened.fetch_add(1, SeqCst);
+        Ok((
+            tokio::net::TcpStream::connect(self.addr.unwrap()).await?,
+            false,
+        ))
+    }
+
+    fn release(&self, conn: tokio::net::TcpStream) {
+        self.idle.lock().unwrap().push(conn);
+    }
+}
+
+/// A backend answering every request with the serial number of the connection it came on
+/// (`conn N`), keep-alive; with `close_after_answer` it closes each connection right after
+/// its first answer without saying so (as a server whose keep-alive timeout ran out does).
+fn counting_backend(close_after_answer: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match c.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let body_len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + body_len {
+                        match c.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..end + 4 + body_len);
+                    let body = format!("conn {n}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if c.write_all(answer.as_bytes()).is_err() || close_after_answer {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The proxy in front of `kept`'s address, keeping upstream connections there.
+fn proxy_keeping(kept: Arc<KeptUpstreams>) -> (SocketAddr, Proxy) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rules = Arc::new(RwLock::new(Some(Arc::new(example_rules()))));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (r, rec) = (rules.clone(), records.clone());
+    rt.spawn(async move {
+        let config = Arc::new(ProxyConfig::default());
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let (r, rec, config, kept) = (r.clone(), rec.clone(), config.clone(), kept.clone());
+            tokio::spawn(async move {
+                let current = move || r.read().unwrap().clone();
+                let sink = move |record: RequestRecord| rec.lock().unwrap().push(record);
+                let _ = serve(client, &*kept, &current, &sink, &config).await;
+            });
+        }
+    });
+    (
+        addr,
+        Proxy {
+            addr,
+            rules,
+            records,
+            _rt: rt,
+        },
+    )
+}
+
+/// Waits until `kept` holds `n` idle connections (a client connection's upstream is given
+/// back just after the proxy closed the client's side).
+fn wait_idle(kept: &KeptUpstreams, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while kept.idle.lock().unwrap().len() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client connection's upstream is given back when its last response ended cleanly and
+/// carries the next client connection's request; a kept connection the server closed
+/// meanwhile is tried again once on a new connection for a `GET`, never for a request with a
+/// body (502); a denied request's connection gives back the upstream the earlier request used.
+#[test]
+fn kept_upstream_connections_carry_later_clients_and_a_closed_one_is_retried_only_when_safe() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let get = b"GET /api/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+
+    // A server that keeps its connections open: one upstream connection for three clients.
+    let (backend, accepted) = counting_backend(false);
+    let kept = Arc::new(KeptUpstreams {
+        addr: Some(backend),
+        ..KeptUpstreams::default()
+    });
+    let (addr, _proxy) = proxy_keeping(kept.clone());
+    for i in 0..3 {
+        let answer = exchange(addr, get);
+        assert_eq!(statuses(&answer), vec![200], "{answer}");
+        assert!(answer.ends_with("conn 1"), "client {i}: {answer}");
+        // The client asked to close: told so, while the upstream connection stays open.
+        assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+        wait_idle(&kept, 1);
+    }
+    // Allowed, then denied on one connection: the denial answers 403 and the upstream the
+    // first request used is still given back.
+    let answer = exchange(
+        addr,
+        b"GET /api/a HTTP/1.1\r\nHost: h\r\n\r\nGET /api/admin HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    assert_eq!(statuses(&answer), vec![200, 403], "{answer}");
+    wait_idle(&kept, 1);
+    assert_eq!(accepted.load(SeqCst), 1);
+    assert_eq!((kept.opened.load(SeqCst), kept.reused.load(SeqCst)), (1, 3));
+
+    // A server that closes every connection after one answer without saying so.
+    let (backend, accepted) = counting_backend(true);
+    let kept = Arc::new(KeptUpstreams {
+        addr: Some(backend),
+        ..KeptUpstreams::default()
+    });
+    let (addr, proxy) = proxy_keeping(kept.clone());
+    let answer = exchange(addr, get);
+    assert!(answer.ends_with("conn 1"), "{answer}");
+    wait_idle(&kept, 1);
+    // The kept connection is closed: the GET goes again on a new one.
+    let answer = exchange(addr, get);
+    assert_eq!(statuses(&answer), vec![200], "{answer}");
+    assert!(answer.ends_with("conn 2"), "{answer}");
+    assert_eq!(accepted.load(SeqCst), 2);
+    wait_idle(&kept, 1);
+    // A request with a body is not sent twice: answered 502, no new connection.
+    let answer = exchange(
+        addr,
+        b"POST /api/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert_eq!(statuses(&answer), vec![502], "{answer}");
+    assert_eq!(accepted.load(SeqCst), 2);
+    let outcomes: Vec<Outcome> = proxy.outcomes().into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Forwarded {
+                rule: 1,
+                status: 200
+            },
+            Outcome::Forwarded {
+                rule: 1,
+                status: 200
+            },
+            Outcome::Forwarded {
+                rule: 3,
+                status: 502
+            },
+        ]
+    );
 }

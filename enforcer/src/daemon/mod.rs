@@ -291,6 +291,7 @@ impl Daemon {
         let proxy = opts.config.l7_proxy_port.map(|_| {
             Arc::new(crate::proxy::ProxyShared::new(
                 opts.config.l7_proxy_connections_per_identity,
+                std::time::Duration::from_secs(opts.config.l7_upstream_idle_secs),
             ))
         });
         let daemon = Daemon {

@@ -332,6 +332,16 @@ pub fn render(pin_dir: &Path, health: &Health, m: &Metrics) -> String {
                 &p.over_cap,
             ),
             (
+                "palisade_l7_upstream_connections_opened",
+                "Upstream connections the L7 proxy opened",
+                &p.upstreams.opened,
+            ),
+            (
+                "palisade_l7_upstream_connections_reused",
+                "Requests' upstream connections taken from those kept after an earlier client connection of the same client address",
+                &p.upstreams.reused,
+            ),
+            (
                 "palisade_l7_records_lost",
                 "L7 records not written: the queue to the verdict log was full",
                 &p.records_lost,

@@ -9,6 +9,7 @@
 //! socket. Requests are judged against the view published after the last successful map
 //! update; a connection accepted before the first view is closed unanswered.
 
+pub mod pool;
 pub mod sockets;
 pub mod view;
 
@@ -45,11 +46,16 @@ pub struct ProxyShared {
     open: Mutex<std::collections::HashMap<u32, usize>>,
     /// The cap per client identity.
     pub per_identity: usize,
+    /// Upstream connections kept between client connections of one client address.
+    pub upstreams: pool::UpstreamPool,
 }
 
 impl ProxyShared {
-    pub fn new(per_identity: usize) -> ProxyShared {
+    /// `upstream_idle`: how long an upstream connection is kept for the next connection of
+    /// the same client (zero keeps none).
+    pub fn new(per_identity: usize, upstream_idle: std::time::Duration) -> ProxyShared {
         ProxyShared {
+            upstreams: pool::UpstreamPool::new(upstream_idle),
             views: ViewCell::default(),
             records_lost: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -88,7 +94,7 @@ impl ProxyShared {
 
 impl Default for ProxyShared {
     fn default() -> Self {
-        ProxyShared::new(DEFAULT_CONNECTIONS_PER_IDENTITY)
+        ProxyShared::new(DEFAULT_CONNECTIONS_PER_IDENTITY, pool::DEFAULT_IDLE)
     }
 }
 
@@ -214,9 +220,15 @@ pub async fn run(
     records: tokio::sync::mpsc::Sender<L7Event>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = sweep.tick() => {
+                shared.upstreams.sweep(shared.views.get().as_ref());
+                continue;
+            }
             a = listener.accept() => a,
         };
         let (client_io, peer) = match accepted {
@@ -276,8 +288,8 @@ pub async fn run(
         tokio::spawn(async move {
             let _slot = slot;
             let c = conn.clone();
-            let connect = move || sockets::connect_upstream(client.ip(), server);
-            let _ = serve(client_io, connect, &*c, &*conn, &config).await;
+            let upstream = pool::ClientUpstream::new(c.shared.clone(), client.ip(), server);
+            let _ = serve(client_io, &upstream, &*c, &*conn, &config).await;
         });
     }
 }

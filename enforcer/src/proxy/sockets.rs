@@ -83,6 +83,7 @@ pub async fn connect_upstream(
     setsockopt(&fd, sockopt::Mark, &abi::PROXY_MARK_UPSTREAM).map_err(sock_err("SO_MARK"))?;
     let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
     sock.bind(SocketAddr::new(client, 0))?;
+    sock.set_nodelay(true)?;
     sock.connect(server).await
 }
 
