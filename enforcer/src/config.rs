@@ -567,5 +567,11 @@ mod tests {
         let c = Config::from_str_named(p, "node_name: Bad_Name\n").unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("node_name"), "{err}");
+
+        let c = Config::from_str_named(p, "node_name: n1\nl7_upstream_idle_secs: 0\n").unwrap();
+        c.validate().unwrap();
+        let c = Config::from_str_named(p, "node_name: n1\nl7_upstream_idle_secs: 7200\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("l7_upstream_idle_secs"), "{err}");
     }
 }
