@@ -196,7 +196,7 @@ fn main() {
         let t0 = Instant::now();
         for i in 0..n {
             let line = log.render_l7(&l7, &r);
-            log.write(&line).unwrap();
+            log.write(line).unwrap();
             if i % 10_000 == 9_999 {
                 log.checkpoint().unwrap();
             }

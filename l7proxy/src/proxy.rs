@@ -750,10 +750,12 @@ fn closing_response_head(resp: &httparse::Response<'_, '_>, status: u16) -> Vec<
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let lower = h.name.to_ascii_lowercase();
+        // The framing fields stay whatever a connection option names: the body follows.
+        let framing = matches!(lower.as_str(), "content-length" | "transfer-encoding");
         if matches!(
             lower.as_str(),
             "connection" | "keep-alive" | "proxy-connection"
-        ) || named.contains(&lower)
+        ) || (named.contains(&lower) && !framing)
         {
             continue;
         }
@@ -880,5 +882,25 @@ fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+
+    #[test]
+    fn a_closing_head_drops_the_upstreams_connection_options_and_keeps_the_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop, Content-Length\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-End: e\r\n\r\nok";
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(resp.parse(raw).unwrap().is_complete());
+        let head = closing_response_head(&resp, 200);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-End: e\r\nConnection: close\r\n\r\n"
+        );
     }
 }

@@ -35,13 +35,31 @@ pub const CHECKPOINT_HEAD: &str = r#"{"node_status":{"message":"palisade-checkpo
 const CHECKPOINT_DOMAIN: &str = "palisade-verdict-log-checkpoint v1";
 
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
+}
+
+/// Appends `bytes` in lowercase hex.
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         s.push(DIGITS[(b >> 4) as usize] as char);
         s.push(DIGITS[(b & 15) as usize] as char);
     }
-    s
+}
+
+/// `n` in decimal, without allocating: the digits are the tail of the returned buffer.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -103,7 +121,7 @@ impl Chain {
         let mut h = self.pending.clone();
         h.update(content);
         h.update(b"\n");
-        h.update(seq.to_string().as_bytes());
+        h.update(decimal(seq, &mut [0; 20]));
         h.finalize().into()
     }
 
@@ -114,27 +132,36 @@ impl Chain {
     /// Seals a flow line as the next record: returns the line with its chain member. A line
     /// without `flow.extensions.value` cannot carry one: it is absorbed and returned as is.
     pub fn seal(&mut self, line: &str) -> String {
+        let mut out = String::with_capacity(line.len() + 100);
+        out.push_str(line);
+        self.seal_in_place(&mut out);
+        out
+    }
+
+    /// [`Chain::seal`] on an owned line: the chain member is inserted into it.
+    pub fn seal_in_place(&mut self, line: &mut String) {
         let Some(at) = line
             .find(EXT_VALUE_MARKER)
             .map(|i| i + EXT_VALUE_MARKER.len())
         else {
             self.absorb(line.as_bytes());
-            return line.to_string();
+            return;
         };
         let seq = self.seq + 1;
         let hash = self.hash_of(line.as_bytes(), seq);
         self.advance(seq, hash);
-        let sep = if line[at..].starts_with('}') { "" } else { "," };
-        let mut out = String::with_capacity(line.len() + 100);
-        out.push_str(&line[..at]);
-        out.push_str(CHAIN_HEAD);
-        out.push_str(&hex(&hash));
-        out.push_str(CHAIN_SEQ);
-        out.push_str(&seq.to_string());
-        out.push('}');
-        out.push_str(sep);
-        out.push_str(&line[at..]);
-        out
+        let mut member = String::with_capacity(128);
+        member.push_str(CHAIN_HEAD);
+        push_hex(&mut member, &hash);
+        member.push_str(CHAIN_SEQ);
+        for &d in decimal(seq, &mut [0; 20]) {
+            member.push(d as char);
+        }
+        member.push('}');
+        if !line[at..].starts_with('}') {
+            member.push(',');
+        }
+        line.insert_str(at, &member);
     }
 
     /// Checks record `seq` claiming `hash` over `content` and, if it holds, advances.
@@ -287,6 +314,24 @@ mod tests {
     use super::*;
 
     const LINE: &str = r#"{"flow":{"extensions":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{"kind":"new_flow","rule_id":1}},"verdict":"FORWARDED"},"node_name":"n","time":"t"}"#;
+
+    #[test]
+    fn decimal_is_to_string() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            1 << 40,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes(), "{n}");
+        }
+    }
 
     #[test]
     fn sealed_lines_split_back_and_check() {

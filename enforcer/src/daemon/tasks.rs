@@ -59,12 +59,13 @@ impl Daemon {
                 .flat_map(|e| render(logger, e, &resolver))
                 .collect()
         };
-        for line in &lines {
+        let n = lines.len();
+        for line in lines {
             if let Err(err) = logger.write(line) {
                 warn!(error = err.to_string(), "verdict log write failed");
             }
         }
-        lines.len()
+        n
     }
 
     /// Starts the L7 proxy (docs/l7.md): routing, the listener, the listener into the

@@ -88,7 +88,7 @@ struct FlowOut<'a> {
     #[serde(rename = "IP")]
     ip: IpOut,
     #[serde(rename = "Summary")]
-    summary: String,
+    summary: AsStr<Summary<'a>>,
     #[serde(rename = "Type")]
     ty: &'static str,
     destination: EndpointOut<'a>,
@@ -113,12 +113,60 @@ struct FlowOut<'a> {
     verdict: &'static str,
 }
 
+/// A value written as a JSON string through its `Display` (escaped as a `String` would be,
+/// without building one).
+struct AsStr<T>(T);
+
+impl<T: std::fmt::Display> Serialize for AsStr<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// `http://<host><target>`: the request's Host, else the server's address.
+#[derive(Clone, Copy)]
+struct Url<'a> {
+    host: Option<&'a str>,
+    server: std::net::IpAddr,
+    target: &'a str,
+}
+
+impl std::fmt::Display for Url<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host {
+            Some(h) => write!(f, "http://{h}{}", self.target),
+            None => write!(f, "http://{}{}", self.server, self.target),
+        }
+    }
+}
+
+/// `<version> <code><outcome> <ms>ms (<method> <url>)`.
+struct Summary<'a> {
+    version: &'a str,
+    code: u16,
+    /// After the code: "", " denied", " refused", " audit: would be denied".
+    outcome: &'static str,
+    millis: u128,
+    method: &'a str,
+    url: Url<'a>,
+}
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}{} {}ms ({} {})",
+            self.version, self.code, self.outcome, self.millis, self.method, self.url
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct IpOut {
-    destination: String,
+    destination: AsStr<std::net::IpAddr>,
     #[serde(rename = "ipVersion")]
     ip_version: &'static str,
-    source: String,
+    source: AsStr<std::net::IpAddr>,
 }
 
 #[derive(Serialize)]
@@ -143,7 +191,7 @@ struct EventTypeOut {
 struct L7Out<'a> {
     http: HttpOut<'a>,
     /// uint64 in the proto: protojson writes it as a string.
-    latency_ns: String,
+    latency_ns: AsStr<u128>,
     #[serde(rename = "type")]
     ty: &'static str,
 }
@@ -155,7 +203,7 @@ struct HttpOut<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     method: &'a str,
     protocol: &'a str,
-    url: String,
+    url: AsStr<Url<'a>>,
 }
 
 #[derive(Serialize)]
@@ -164,7 +212,7 @@ struct PolicyOut<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     namespace: &'a str,
-    revision: String,
+    revision: AsStr<u64>,
 }
 
 #[derive(Serialize)]
@@ -216,9 +264,10 @@ fn l7_flow_out<'a>(
     } else {
         (&keep.client, &keep.server, ev.client, ev.server)
     };
-    let url = match &r.host {
-        Some(h) => format!("http://{h}{}", r.target),
-        None => format!("http://{}{}", ev.server.ip(), r.target),
+    let url = Url {
+        host: r.host.as_deref(),
+        server: ev.server.ip(),
+        target: &r.target,
     };
     // Forwarded, but audit-mode HTTP rules would have refused it: reported as AUDIT, as the
     // datapath reports an audit-mode L3/L4 deny.
@@ -227,7 +276,7 @@ fn l7_flow_out<'a>(
         kind: rule.policy.kind.as_str(),
         name: &rule.policy.name,
         namespace: &rule.policy.namespace,
-        revision: ev.revision.to_string(),
+        revision: AsStr(ev.revision),
     };
     let mut by: [Vec<PolicyOut<'a>>; 4] = Default::default(); // egress allowed/denied, ingress allowed/denied
     let slot = |d: Direction, allowed: bool| match (d, allowed) {
@@ -267,27 +316,28 @@ fn l7_flow_out<'a>(
         ingress_denied_by,
     ] = by;
     let deciding = ev.deciding().copied();
-    let decision = match &r.outcome {
-        Outcome::Forwarded { .. } if audit => format!("{code} audit: would be denied"),
-        Outcome::Forwarded { .. } => format!("{code}"),
-        Outcome::Denied { .. } => format!("{code} denied"),
-        Outcome::Refused { .. } => format!("{code} refused"),
+    let summary = Summary {
+        version: r.version,
+        code,
+        outcome: match &r.outcome {
+            Outcome::Forwarded { .. } if audit => " audit: would be denied",
+            Outcome::Forwarded { .. } => "",
+            Outcome::Denied { .. } => " denied",
+            Outcome::Refused { .. } => " refused",
+        },
+        millis: r.latency.as_millis(),
+        method: if r.method.is_empty() { "?" } else { &r.method },
+        url,
     };
-    let summary = format!(
-        "{} {decision} {}ms ({} {url})",
-        r.version,
-        r.latency.as_millis(),
-        if r.method.is_empty() { "?" } else { &r.method }
-    );
     let origin = deciding.and_then(|s| s.origin);
     let rule = keep.deciding_rule.as_ref();
     FlowOut {
         ip: IpOut {
-            destination: da.ip().to_string(),
+            destination: AsStr(da.ip()),
             ip_version: if ev.client.is_ipv6() { "IPv6" } else { "IPv4" },
-            source: sa.ip().to_string(),
+            source: AsStr(sa.ip()),
         },
-        summary,
+        summary: AsStr(summary),
         ty: "L7",
         destination: EndpointOut::from(dst),
         egress_allowed_by,
@@ -328,9 +378,9 @@ fn l7_flow_out<'a>(
                 code: (code != 0).then_some(code),
                 method: &r.method,
                 protocol: r.version,
-                url,
+                url: AsStr(url),
             },
-            latency_ns: r.latency.as_nanos().to_string(),
+            latency_ns: AsStr(r.latency.as_nanos()),
             ty: if forwarded { "RESPONSE" } else { "REQUEST" },
         },
         node_name,
@@ -404,6 +454,11 @@ pub fn render_l7_line(
         node_name,
         time: &time,
     };
-    // Serializing plain structs of strings and numbers cannot fail.
-    serde_json::to_string(&line).unwrap_or_default()
+    // Serializing plain structs of strings and numbers cannot fail; a record is ~1.2 KB, so
+    // one allocation of its size instead of doubling from empty.
+    let mut out = Vec::with_capacity(2048);
+    match serde_json::to_writer(&mut out, &line) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }

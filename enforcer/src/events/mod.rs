@@ -208,20 +208,19 @@ impl FlowLogger {
     /// the next record. Before a line that would rotate the file, rotates and starts the
     /// new file with a checkpoint (so a verifier can start there when older files are
     /// gone). The chain advances only for a line the writer accepted.
-    fn put(&mut self, line: &str, record: bool) -> Result<(), FlowLogError> {
+    fn put(&mut self, mut line: String, record: bool) -> Result<(), FlowLogError> {
         // The chain member adds under 100 bytes.
         if self.writer.would_rotate(line.len() as u64 + 101) {
             self.writer.rotate()?;
             self.checkpoint()?;
         }
         let mut next = self.chain.clone();
-        let out = if record {
-            next.seal(line)
+        if record {
+            next.seal_in_place(&mut line);
         } else {
             next.absorb(line.as_bytes());
-            line.to_string()
-        };
-        self.writer.write_line(&out)?;
+        }
+        self.writer.write_line(&line)?;
         self.chain = next;
         if record {
             self.unsigned += 1;
@@ -250,7 +249,7 @@ impl FlowLogger {
         resolver: &dyn FlowResolver,
     ) -> Result<(), FlowLogError> {
         for line in self.render(ev, resolver) {
-            self.write(&line)?;
+            self.write(line)?;
         }
         Ok(())
     }
@@ -277,7 +276,7 @@ impl FlowLogger {
     ) -> Result<(), FlowLogError> {
         let uuid = self.ids.next_id();
         let line = render_l7_line(ev, resolver, &self.node_name, WallTime::now(), &uuid);
-        self.write(&line)
+        self.write(line)
     }
 
     /// Renders an L7 record (with its uuid) without writing it.
@@ -287,7 +286,7 @@ impl FlowLogger {
     }
 
     /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.
-    pub fn write(&mut self, line: &str) -> Result<(), FlowLogError> {
+    pub fn write(&mut self, line: String) -> Result<(), FlowLogError> {
         self.report_writer_losses()?;
         self.put(line, true).inspect_err(|_| {
             self.writer_lost_pending += 1;
@@ -312,7 +311,7 @@ impl FlowLogger {
             &self.node_name,
             WallTime::now(),
         );
-        self.put(&line, false)?;
+        self.put(line, false)?;
         self.ring_lost_seen = total;
         Ok(delta)
     }
@@ -339,7 +338,7 @@ impl FlowLogger {
             &self.node_name,
             WallTime::now(),
         );
-        self.put(&line, false)?;
+        self.put(line, false)?;
         self.writer_lost_pending = 0;
         Ok(())
     }

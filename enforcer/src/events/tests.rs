@@ -741,4 +741,46 @@ fn an_l7_line_is_written_exactly_so() {
         line,
         "keys in byte order"
     );
+    // The strings written through their Display, escaped as strings are.
+    let f = &v["flow"];
+    assert_eq!(
+        f["Summary"],
+        "HTTP/1.1 200 0ms (GET http://db:5432/api?x=\"1\")"
+    );
+    assert_eq!(f["l7"]["http"]["url"], "http://db:5432/api?x=\"1\"");
+    assert_eq!(f["l7"]["latency_ns"], "180000");
+    assert_eq!(f["IP"]["source"], "10.0.0.2", "a response, from the server");
+    assert_eq!(f["IP"]["destination"], "10.0.0.1");
+    assert_eq!(f["ingress_allowed_by"][0]["revision"], "3");
+    assert!(
+        line.contains(r#""url":"http://db:5432/api?x=\"1\"""#),
+        "{line}"
+    );
+
+    // Denied, no Host: the server's address in the URL.
+    let mut denied = ev.clone();
+    denied.record.host = None;
+    denied.record.latency = std::time::Duration::from_millis(2);
+    denied.record.outcome = Outcome::Denied {
+        decision: palisade_l7proxy::Decision::NoMatch,
+        status: 403,
+    };
+    let line = render_l7_line(
+        &denied,
+        &EngineResolver::new(&e),
+        "node-a",
+        BootClock::with_offset(1_700_000_000_000_000_000).to_wall(0),
+        "u-2",
+    );
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        v["flow"]["Summary"],
+        "HTTP/1.1 403 denied 2ms (GET http://10.0.0.2/api?x=\"1\")"
+    );
+    assert_eq!(
+        v["flow"]["l7"]["http"]["url"],
+        "http://10.0.0.2/api?x=\"1\""
+    );
+    assert_eq!(v["flow"]["IP"]["source"], "10.0.0.1");
+    assert_eq!(v["flow"]["l7"]["latency_ns"], "2000000");
 }
