@@ -33,8 +33,10 @@ impl Daemon {
         while let Ok(ev) = records.try_recv() {
             events.push(ev);
         }
+        // One resolver per batch: the memo of its endpoints and rules lives as long.
+        let memo = std::cell::RefCell::new(crate::events::L7Memo::default());
         self.write_rendered(logger, &events, |logger, e, resolver| {
-            vec![logger.render_l7(e, resolver)]
+            vec![logger.render_l7_memo(e, resolver, &mut memo.borrow_mut())]
         })
     }
 

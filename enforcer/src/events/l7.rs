@@ -15,7 +15,9 @@
 //! normalized path the rules saw and, for a refusal, the reason. Pure: everything it needs
 //! is passed in.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 use palisade_l7proxy::proxy::{Outcome, RequestRecord};
 use policy_compiler::engine::l7::L7Origin;
@@ -260,9 +262,9 @@ fn l7_flow_out<'a>(
     };
     // Responses travel from the server to the client.
     let (src, dst, sa, da) = if forwarded {
-        (&keep.server, &keep.client, ev.server, ev.client)
+        (&*keep.server, &*keep.client, ev.server, ev.client)
     } else {
-        (&keep.client, &keep.server, ev.client, ev.server)
+        (&*keep.client, &*keep.server, ev.client, ev.server)
     };
     let url = Url {
         host: r.host.as_deref(),
@@ -296,7 +298,7 @@ fn l7_flow_out<'a>(
     if audit {
         for (i, side) in ev.sides.iter().enumerate() {
             let Some(a) = &side.audit else { continue };
-            let rule = keep.audit_rules[i].as_ref();
+            let rule = keep.audit_rules[i].as_deref();
             if let Some(rule) = rule {
                 by[slot(side.direction, false)].push(policy(rule));
             }
@@ -330,7 +332,7 @@ fn l7_flow_out<'a>(
         url,
     };
     let origin = deciding.and_then(|s| s.origin);
-    let rule = keep.deciding_rule.as_ref();
+    let rule = keep.deciding_rule.as_deref();
     FlowOut {
         ip: IpOut {
             destination: AsStr(da.ip()),
@@ -403,26 +405,56 @@ fn l7_flow_out<'a>(
 
 /// What a record borrows from the resolver.
 struct Resolved {
-    client: FlowEndpoint,
-    server: FlowEndpoint,
+    client: Rc<FlowEndpoint>,
+    server: Rc<FlowEndpoint>,
     /// Per side: the rule that decided there, and the audit-mode rule that would refuse.
-    side_rules: Vec<Option<RuleRef>>,
-    audit_rules: Vec<Option<RuleRef>>,
-    deciding_rule: Option<RuleRef>,
+    side_rules: Vec<Option<Rc<RuleRef>>>,
+    audit_rules: Vec<Option<Rc<RuleRef>>>,
+    deciding_rule: Option<Rc<RuleRef>>,
 }
 
-fn resolve(ev: &L7Event, resolver: &dyn FlowResolver) -> Resolved {
-    let rule = |o: Option<L7Origin>| o.and_then(|o| resolver.rule(o.rule_id));
+/// Endpoints and rules already resolved for the L7 records of one batch, rendered with one
+/// resolver: the requests of a connection name the same endpoints and rules, which are then
+/// looked up (and their labels and names copied) once, not per request. Valid only with the
+/// resolver it was filled from.
+#[derive(Debug, Default)]
+pub struct L7Memo {
+    endpoints: HashMap<(u32, IpAddr), Rc<FlowEndpoint>>,
+    rules: HashMap<u32, Option<Rc<RuleRef>>>,
+}
+
+impl L7Memo {
+    fn endpoint(&mut self, r: &dyn FlowResolver, identity: u32, ip: IpAddr) -> Rc<FlowEndpoint> {
+        self.endpoints
+            .entry((identity, ip))
+            .or_insert_with(|| Rc::new(r.endpoint(identity, Some(ip))))
+            .clone()
+    }
+
+    fn rule(&mut self, r: &dyn FlowResolver, origin: Option<L7Origin>) -> Option<Rc<RuleRef>> {
+        let id = origin?.rule_id;
+        self.rules
+            .entry(id)
+            .or_insert_with(|| r.rule(id).map(Rc::new))
+            .clone()
+    }
+}
+
+fn resolve(ev: &L7Event, resolver: &dyn FlowResolver, memo: &mut L7Memo) -> Resolved {
     Resolved {
-        client: resolver.endpoint(ev.client_identity, Some(ev.client.ip())),
-        server: resolver.endpoint(ev.server_identity, Some(ev.server.ip())),
-        side_rules: ev.sides.iter().map(|s| rule(s.origin)).collect(),
+        client: memo.endpoint(resolver, ev.client_identity, ev.client.ip()),
+        server: memo.endpoint(resolver, ev.server_identity, ev.server.ip()),
+        side_rules: ev
+            .sides
+            .iter()
+            .map(|s| memo.rule(resolver, s.origin))
+            .collect(),
         audit_rules: ev
             .sides
             .iter()
-            .map(|s| rule(s.audit.and_then(|a| a.origin)))
+            .map(|s| memo.rule(resolver, s.audit.and_then(|a| a.origin)))
             .collect(),
-        deciding_rule: rule(ev.deciding().and_then(|s| s.origin)),
+        deciding_rule: memo.rule(resolver, ev.deciding().and_then(|s| s.origin)),
     }
 }
 
@@ -434,7 +466,7 @@ pub fn render_l7_flow(
     time: WallTime,
     uuid: &str,
 ) -> Value {
-    let keep = resolve(ev, resolver);
+    let keep = resolve(ev, resolver, &mut L7Memo::default());
     let time = time.rfc3339();
     serde_json::to_value(l7_flow_out(ev, &keep, node_name, &time, uuid)).unwrap_or(Value::Null)
 }
@@ -447,7 +479,19 @@ pub fn render_l7_line(
     time: WallTime,
     uuid: &str,
 ) -> String {
-    let keep = resolve(ev, resolver);
+    render_l7_line_memo(ev, resolver, &mut L7Memo::default(), node_name, time, uuid)
+}
+
+/// [`render_l7_line`] for one of a batch of records rendered with the same resolver.
+pub fn render_l7_line_memo(
+    ev: &L7Event,
+    resolver: &dyn FlowResolver,
+    memo: &mut L7Memo,
+    node_name: &str,
+    time: WallTime,
+    uuid: &str,
+) -> String {
+    let keep = resolve(ev, resolver, memo);
     let time = time.rfc3339();
     let line = LineOut {
         flow: l7_flow_out(ev, &keep, node_name, &time, uuid),

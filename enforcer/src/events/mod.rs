@@ -44,7 +44,7 @@ mod rotate;
 pub use key::{KeyError, load_or_generate};
 
 pub use clock::{BootClock, FlowIds, WallTime};
-pub use l7::{L7AuditRefusal, L7Event, L7Side, render_l7_flow, render_l7_line};
+pub use l7::{L7AuditRefusal, L7Event, L7Memo, L7Side, render_l7_flow, render_l7_line};
 pub use render::{
     EVENT_TYPE_DROP, EVENT_TYPE_L7, EVENT_TYPE_POLICY_VERDICT, EXTENSIONS_TYPE, LostSource,
     MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, POLICY_KIND,
@@ -283,6 +283,18 @@ impl FlowLogger {
     pub fn render_l7(&mut self, ev: &L7Event, resolver: &dyn FlowResolver) -> String {
         let uuid = self.ids.next_id();
         render_l7_line(ev, resolver, &self.node_name, WallTime::now(), &uuid)
+    }
+
+    /// [`FlowLogger::render_l7`] for one of a batch rendered with the same resolver, whose
+    /// endpoints and rules `memo` keeps between records.
+    pub fn render_l7_memo(
+        &mut self,
+        ev: &L7Event,
+        resolver: &dyn FlowResolver,
+        memo: &mut L7Memo,
+    ) -> String {
+        let uuid = self.ids.next_id();
+        l7::render_l7_line_memo(ev, resolver, memo, &self.node_name, WallTime::now(), &uuid)
     }
 
     /// Writes one rendered line; a failed write is counted as [`FlowLogger::log`] does.

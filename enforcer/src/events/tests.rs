@@ -783,4 +783,17 @@ fn an_l7_line_is_written_exactly_so() {
     );
     assert_eq!(v["flow"]["IP"]["source"], "10.0.0.1");
     assert_eq!(v["flow"]["l7"]["latency_ns"], "2000000");
+
+    // A batch rendered with one memo writes what each record rendered alone writes.
+    let time = BootClock::with_offset(1_700_000_000_000_000_000).to_wall(0);
+    let resolver = EngineResolver::new(&e);
+    let mut memo = crate::events::L7Memo::default();
+    for record in [&ev, &denied, &ev, &denied] {
+        assert_eq!(
+            crate::events::l7::render_l7_line_memo(
+                record, &resolver, &mut memo, "node-a", time, "u"
+            ),
+            render_l7_line(record, &resolver, "node-a", time, "u")
+        );
+    }
 }
