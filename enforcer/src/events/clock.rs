@@ -109,20 +109,53 @@ impl FlowIds {
         let mut v = self.seed ^ (n & ((1u64 << 62) - 1)) as u128;
         v = (v & !(0xf_u128 << 76)) | (0x4_u128 << 76); // version 4
         v = (v & !(0x3_u128 << 62)) | (0x2_u128 << 62); // RFC 4122 variant
-        let h = format!("{v:032x}");
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        uuid_text(v)
     }
+}
+
+/// `v` as a UUID's text: 32 lowercase hex digits, dashes after the 8th, 12th, 16th, 20th.
+fn uuid_text(v: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            s.push('-');
+        }
+        s.push(char::from(DIGITS[((v >> (124 - 4 * i)) & 0xf) as usize]));
+    }
+    s
 }
 
 impl Default for FlowIds {
     fn default() -> Self {
         FlowIds::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text is `format!`'s hex, cut at the UUID's dashes.
+    #[test]
+    fn uuid_text_is_the_hex_cut_at_the_dashes() {
+        let mut x: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        for _ in 0..10_000 {
+            let h = format!("{x:032x}");
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            );
+            assert_eq!(uuid_text(x), want);
+            x = x
+                .wrapping_mul(0x2545_f491_4f6c_dd1d)
+                .wrapping_add(0x9e37_79b9);
+        }
+        assert_eq!(uuid_text(0), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(uuid_text(u128::MAX), "ffffffff-ffff-ffff-ffff-ffffffffffff");
     }
 }
