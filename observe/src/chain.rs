@@ -34,6 +34,13 @@ const CHAIN_SEQ: &str = r#"","seq":"#;
 pub const CHECKPOINT_HEAD: &str = r#"{"node_status":{"message":"palisade-checkpoint v1 "#;
 const CHECKPOINT_DOMAIN: &str = "palisade-verdict-log-checkpoint v1";
 
+/// The marker's searcher, built once.
+fn marker_finder() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(EXT_VALUE_MARKER.as_bytes()))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     push_hex(&mut s, bytes);
@@ -140,8 +147,8 @@ impl Chain {
 
     /// [`Chain::seal`] on an owned line: the chain member is inserted into it.
     pub fn seal_in_place(&mut self, line: &mut String) {
-        let Some(at) = line
-            .find(EXT_VALUE_MARKER)
+        let Some(at) = marker_finder()
+            .find(line.as_bytes())
             .map(|i| i + EXT_VALUE_MARKER.len())
         else {
             self.absorb(line.as_bytes());
@@ -188,7 +195,7 @@ pub struct Record {
 /// The chain member of a record line; `None` for a line that is not a record (no
 /// extensions, or no chain member in them).
 pub fn split_record(line: &[u8]) -> Option<Record> {
-    let at = memchr::memmem::find(line, EXT_VALUE_MARKER.as_bytes())? + EXT_VALUE_MARKER.len();
+    let at = marker_finder().find(line)? + EXT_VALUE_MARKER.len();
     let rest = line.get(at..)?.strip_prefix(CHAIN_HEAD.as_bytes())?;
     let hash = unhex::<32>(std::str::from_utf8(rest.get(..64)?).ok()?)?;
     let rest = rest.get(64..)?.strip_prefix(CHAIN_SEQ.as_bytes())?;
