@@ -53,7 +53,19 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// In front of `upstream`, a new upstream connection per client connection.
     fn start(upstream: SocketAddr, config: ProxyConfig) -> Proxy {
+        Proxy::with_upstreams(
+            Arc::new(KeptUpstreams {
+                addr: Some(upstream),
+                ..KeptUpstreams::default()
+            }),
+            config,
+        )
+    }
+
+    /// Taking upstream connections from `upstreams`.
+    fn with_upstreams(upstreams: Arc<KeptUpstreams>, config: ProxyConfig) -> Proxy {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -72,18 +84,12 @@ impl Proxy {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                let (r, rec, config) = (r.clone(), rec.clone(), config.clone());
+                let (r, rec, config, up) =
+                    (r.clone(), rec.clone(), config.clone(), upstreams.clone());
                 tokio::spawn(async move {
                     let current = move || r.read().unwrap().clone();
                     let sink = move |record: RequestRecord| rec.lock().unwrap().push(record);
-                    let _ = serve(
-                        client,
-                        &|| tokio::net::TcpStream::connect(upstream),
-                        &current,
-                        &sink,
-                        &config,
-                    )
-                    .await;
+                    let _ = serve(client, &*up, &current, &sink, &config).await;
                 });
             }
         });
@@ -592,6 +598,8 @@ fn an_upstream_that_fails_before_answering_is_a_502() {
 #[derive(Default)]
 struct KeptUpstreams {
     addr: Option<SocketAddr>,
+    /// Keep what is given back (else it is closed).
+    keep: bool,
     idle: Mutex<Vec<tokio::net::TcpStream>>,
     opened: std::sync::atomic::AtomicUsize,
     reused: std::sync::atomic::AtomicUsize,
@@ -612,7 +620,9 @@ impl palisade_l7proxy::proxy::Upstreams<tokio::net::TcpStream> for KeptUpstreams
     }
 
     fn release(&self, conn: tokio::net::TcpStream) {
-        self.idle.lock().unwrap().push(conn);
+        if self.keep {
+            self.idle.lock().unwrap().push(conn);
+        }
     }
 }
 
@@ -667,45 +677,6 @@ fn counting_backend(close_after_answer: bool) -> (SocketAddr, Arc<std::sync::ato
     (addr, accepted)
 }
 
-/// The proxy in front of `kept`'s address, keeping upstream connections there.
-fn proxy_keeping(kept: Arc<KeptUpstreams>) -> (SocketAddr, Proxy) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let rules = Arc::new(RwLock::new(Some(Arc::new(example_rules()))));
-    let records = Arc::new(Mutex::new(Vec::new()));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (r, rec) = (rules.clone(), records.clone());
-    rt.spawn(async move {
-        let config = Arc::new(ProxyConfig::default());
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
-            };
-            let (r, rec, config, kept) = (r.clone(), rec.clone(), config.clone(), kept.clone());
-            tokio::spawn(async move {
-                let current = move || r.read().unwrap().clone();
-                let sink = move |record: RequestRecord| rec.lock().unwrap().push(record);
-                let _ = serve(client, &*kept, &current, &sink, &config).await;
-            });
-        }
-    });
-    (
-        addr,
-        Proxy {
-            addr,
-            rules,
-            records,
-            _rt: rt,
-        },
-    )
-}
-
 /// Waits until `kept` holds `n` idle connections (a client connection's upstream is given
 /// back just after the proxy closed the client's side).
 fn wait_idle(kept: &KeptUpstreams, n: usize) {
@@ -732,9 +703,11 @@ fn kept_upstream_connections_carry_later_clients_and_a_closed_one_is_retried_onl
     let (backend, accepted) = counting_backend(false);
     let kept = Arc::new(KeptUpstreams {
         addr: Some(backend),
+        keep: true,
         ..KeptUpstreams::default()
     });
-    let (addr, _proxy) = proxy_keeping(kept.clone());
+    let proxy = Proxy::with_upstreams(kept.clone(), ProxyConfig::default());
+    let addr = proxy.addr;
     for i in 0..3 {
         let answer = exchange(addr, get);
         assert_eq!(statuses(&answer), vec![200], "{answer}");
@@ -758,9 +731,11 @@ fn kept_upstream_connections_carry_later_clients_and_a_closed_one_is_retried_onl
     let (backend, accepted) = counting_backend(true);
     let kept = Arc::new(KeptUpstreams {
         addr: Some(backend),
+        keep: true,
         ..KeptUpstreams::default()
     });
-    let (addr, proxy) = proxy_keeping(kept.clone());
+    let proxy = Proxy::with_upstreams(kept.clone(), ProxyConfig::default());
+    let addr = proxy.addr;
     let answer = exchange(addr, get);
     assert!(answer.ends_with("conn 1"), "{answer}");
     wait_idle(&kept, 1);
