@@ -605,6 +605,17 @@ struct KeptUpstreams {
     reused: std::sync::atomic::AtomicUsize,
 }
 
+impl KeptUpstreams {
+    /// Keeping what is given back, in front of `addr`.
+    fn keeping(addr: SocketAddr) -> Arc<KeptUpstreams> {
+        Arc::new(KeptUpstreams {
+            addr: Some(addr),
+            keep: true,
+            ..KeptUpstreams::default()
+        })
+    }
+}
+
 impl palisade_l7proxy::proxy::Upstreams<tokio::net::TcpStream> for KeptUpstreams {
     async fn open(&self, fresh: bool) -> std::io::Result<(tokio::net::TcpStream, bool)> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -701,11 +712,7 @@ fn kept_upstream_connections_carry_later_clients_and_a_closed_one_is_retried_onl
 
     // A server that keeps its connections open: one upstream connection for three clients.
     let (backend, accepted) = counting_backend(false);
-    let kept = Arc::new(KeptUpstreams {
-        addr: Some(backend),
-        keep: true,
-        ..KeptUpstreams::default()
-    });
+    let kept = KeptUpstreams::keeping(backend);
     let proxy = Proxy::with_upstreams(kept.clone(), ProxyConfig::default());
     let addr = proxy.addr;
     for i in 0..3 {
@@ -729,11 +736,7 @@ fn kept_upstream_connections_carry_later_clients_and_a_closed_one_is_retried_onl
 
     // A server that closes every connection after one answer without saying so.
     let (backend, accepted) = counting_backend(true);
-    let kept = Arc::new(KeptUpstreams {
-        addr: Some(backend),
-        keep: true,
-        ..KeptUpstreams::default()
-    });
+    let kept = KeptUpstreams::keeping(backend);
     let proxy = Proxy::with_upstreams(kept.clone(), ProxyConfig::default());
     let addr = proxy.addr;
     let answer = exchange(addr, get);

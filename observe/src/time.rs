@@ -25,10 +25,8 @@ fn rfc3339_i64(nanos: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // i64 nanoseconds span the years 1677-2262: four digits.
     let y = yoe + era * 400 + i64::from(m <= 2);
-    if !(0..=9999).contains(&y) {
-        return rfc3339_i128(i128::from(nanos));
-    }
     let mut s = String::with_capacity(30);
     push_digits(&mut s, y as u32, 4);
     s.push('-');

@@ -45,10 +45,31 @@ struct Idle {
     view: Weak<L7View>,
 }
 
+/// The kept connections per (client, server) pair, and how many in all.
+#[derive(Debug, Default)]
+struct Kept {
+    by_pair: HashMap<(IpAddr, SocketAddr), Vec<Idle>>,
+    total: usize,
+}
+
+impl Kept {
+    /// Keeps in `pair`'s list only what `keep` accepts, counting what leaves.
+    fn retain_pair(&mut self, pair: (IpAddr, SocketAddr), keep: impl Fn(&Idle) -> bool) {
+        if let Some(list) = self.by_pair.get_mut(&pair) {
+            let before = list.len();
+            list.retain(|c| keep(c));
+            self.total -= before - list.len();
+            if list.is_empty() {
+                self.by_pair.remove(&pair);
+            }
+        }
+    }
+}
+
 /// The kept connections, and how often one was used.
 #[derive(Debug)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<(IpAddr, SocketAddr), Vec<Idle>>>,
+    idle: Mutex<Kept>,
     idle_for: Duration,
     /// Requests' upstream connections taken from the pool / opened.
     pub reused: AtomicU64,
@@ -65,7 +86,7 @@ impl UpstreamPool {
     /// A pool keeping connections for `idle_for`; zero keeps none.
     pub fn new(idle_for: Duration) -> UpstreamPool {
         UpstreamPool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Kept::default()),
             idle_for,
             reused: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -81,10 +102,12 @@ impl UpstreamPool {
     /// quiet.
     fn take(&self, client: IpAddr, server: SocketAddr, view: &Arc<L7View>) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(&(client, server))?;
+        let kept = &mut *idle;
+        let list = kept.by_pair.get_mut(&(client, server))?;
         let mut found = None;
         // The most recently kept first: the least likely to have been closed meanwhile.
         while let Some(c) = list.pop() {
+            kept.total -= 1;
             if !self.usable(&c, view) {
                 continue;
             }
@@ -100,7 +123,7 @@ impl UpstreamPool {
             }
         }
         if list.is_empty() {
-            idle.remove(&(client, server));
+            kept.by_pair.remove(&(client, server));
         }
         found
     }
@@ -111,42 +134,28 @@ impl UpstreamPool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total >= MAX_IDLE {
+        idle.retain_pair((client, server), |c| self.usable(c, view));
+        if idle.total >= MAX_IDLE {
             return;
         }
-        let list = idle.entry((client, server)).or_default();
-        list.retain(|c| self.usable(c, view));
+        let list = idle.by_pair.entry((client, server)).or_default();
         if list.len() < MAX_IDLE_PER_PAIR {
             list.push(Idle {
                 conn,
                 since: Instant::now(),
                 view: Arc::downgrade(view),
             });
+            idle.total += 1;
         }
     }
 
     /// Drops the connections kept too long or under an earlier view.
     pub fn sweep(&self, current: Option<&Arc<L7View>>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|_, list| {
-            list.retain(|c| current.is_some_and(|v| self.usable(c, v)));
-            !list.is_empty()
-        });
-    }
-
-    /// Connections kept now.
-    pub fn len(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let pairs: Vec<_> = idle.by_pair.keys().copied().collect();
+        for pair in pairs {
+            idle.retain_pair(pair, |c| current.is_some_and(|v| self.usable(c, v)));
+        }
     }
 }
 
@@ -192,7 +201,6 @@ impl Upstreams<TcpStream> for ClientUpstream {
             self.set_opened_under(view);
             return Ok((conn, true));
         }
-        self.set_opened_under(None);
         let conn = super::sockets::connect_upstream(self.client, self.server).await?;
         pool.opened.fetch_add(1, Ordering::Relaxed);
         self.set_opened_under(view);
